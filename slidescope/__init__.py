@@ -1,0 +1,47 @@
+"""slidescope: whole-slide pathology images from slide to prediction.
+
+``import slidescope`` is cheap: it imports neither torch, napari nor the slide libraries. The public
+functions are loaded on first use::
+
+    import slidescope as ss
+    slide = ss.open_slide("CMU-1-Small-Region.svs")
+    grid = ss.make_tile_grid(slide, tile_size=224, mpp=0.5)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import *  # noqa: F403  (exceptions are light and part of the public API)
+from .errors import __all__ as _errors_all
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "open_slide": "slidescope.wsi",
+    "Slide": "slidescope.wsi",
+    "detect_tissue": "slidescope.wsi",
+    "TissueMask": "slidescope.wsi",
+    "make_tile_grid": "slidescope.wsi",
+    "TileGrid": "slidescope.wsi",
+    "iter_tiles": "slidescope.wsi",
+    "TileDataset": "slidescope.wsi",
+}
+
+__all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .wsi import TileDataset, TileGrid, TissueMask, detect_tissue, iter_tiles, make_tile_grid, open_slide
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slidescope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

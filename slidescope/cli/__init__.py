@@ -1,0 +1,51 @@
+"""The ``slidescope`` command. Each command gathers options and calls public functions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from ..errors import SlidescopeError
+
+app = typer.Typer(
+    name="slidescope",
+    help="Whole-slide pathology: slides, tissue, exact-mpp tiles, embeddings, MIL and zero-shot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+from . import _wsi  # noqa: E402,F401  (registers the commands)
+
+
+def main() -> None:
+    """Entry point: run the app, turning slidescope errors into one clear line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except SlidescopeError as err:
+        typer.secho(f"error: {type(err).__name__}: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except Exception as err:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

@@ -1,0 +1,45 @@
+"""Slides: reading (OpenSlide, tiffslide), tissue detection, tile grids at exact mpp, tile streaming.
+
+Public names are loaded on first use so ``import slidescope.wsi`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Slide": "._slide",
+    "open_slide": "._slide",
+    "TissueMask": "._tissue",
+    "detect_tissue": "._tissue",
+    "TileGrid": "._grid",
+    "make_tile_grid": "._grid",
+    "iter_tiles": "._stream",
+    "read_tile": "._stream",
+    "TileDataset": "._dataset",
+    "make_synthetic_slide": ".synthetic",
+    "SyntheticSlide": ".synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._dataset import TileDataset
+    from ._grid import TileGrid, make_tile_grid
+    from ._slide import Slide, open_slide
+    from ._stream import iter_tiles, read_tile
+    from ._tissue import TissueMask, detect_tissue
+    from .synthetic import SyntheticSlide, make_synthetic_slide
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

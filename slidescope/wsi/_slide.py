@@ -1,0 +1,396 @@
+"""`open_slide` and :class:`Slide`: one openslide-shaped interface over several readers."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    InvalidParameterError,
+    MissingMppError,
+    SlideNotFoundError,
+    SlideReadError,
+    UnsupportedSlideError,
+)
+from ._backends import BACKENDS, Backend, auto_order
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Slide", "open_slide", "MPP_PLAUSIBLE"]
+
+#: Level-0 pixel sizes outside this range (µm/px) are not a microscope scan: a TIFF written by
+#: ordinary software carries 72 or 96 dpi (353 or 265 µm/px), which must not pass for a real mpp.
+MPP_PLAUSIBLE = (0.02, 50.0)
+
+#: Tolerance when choosing a pyramid level for a target mpp: a level up to 1% coarser than the
+#: target is still used (and resized up by < 1%) rather than reading 4x more pixels from the level
+#: below. The physical extent of a tile is unaffected; only its sampling density differs by < 1%.
+LEVEL_MPP_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class _OpenArgs:
+    path: Path
+    backend: str
+    mpp: tuple[float, float] | None
+
+
+class _AssociatedImages(Mapping[str, np.ndarray]):
+    """Lazy name -> RGB (h, w, 3) uint8 mapping; images are decoded on access."""
+
+    def __init__(self, slide: Slide) -> None:
+        self._slide = slide
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._slide._backend.associated_image_names():
+            raise KeyError(name)
+        return _to_rgb(self._slide._backend.associated_image(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._slide._backend.associated_image_names())
+
+    def __len__(self) -> int:
+        return len(self._slide._backend.associated_image_names())
+
+
+def _to_rgb(arr: np.ndarray) -> np.ndarray:
+    """RGBA/RGB/grey uint8 -> RGB uint8, compositing transparency on white."""
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.dtype != np.uint8:
+        raise SlideReadError(f"expected 8-bit pixels, got {arr.dtype}; only 8-bit RGB brightfield slides are supported")
+    if arr.shape[2] == 4:
+        alpha = arr[..., 3:4]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(arr[..., :3])
+        # openslide returns premultiplied RGBA; fully transparent pixels are (0,0,0,0): add white behind
+        rgb = arr[..., :3].astype(np.uint16) + (255 - alpha.astype(np.uint16))
+        return np.minimum(rgb, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+class Slide:
+    """A whole-slide image opened through one of the registered backends.
+
+    The interface mirrors ``openslide.OpenSlide`` (``dimensions``, ``level_count``,
+    ``level_dimensions``, ``level_downsamples``, ``properties``, ``associated_images``,
+    ``read_region``, ``get_thumbnail``) with numpy outputs, plus the physical pixel size
+    (:attr:`mpp`, :attr:`mpp_source`) and :attr:`magnification`.
+
+    Create it with :func:`open_slide`. A ``Slide`` pickles as its path and options and reopens
+    itself in the receiving process, so it can be handed to DataLoader workers.
+    """
+
+    def __init__(self, path: Path, backend: Backend, *, mpp: tuple[float, float] | None = None) -> None:
+        self.path = path
+        self._backend = backend
+        self._mpp_override = mpp
+        self._tiff = None  # fast tile source, made on first use (see tile_source)
+        self._tiff_tried = False
+        self._backend_closed = False
+
+    # -- openslide-shaped interface ---------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """Name of the backend that reads this slide (``"openslide"`` or ``"tiffslide"``)."""
+        return self._backend.name
+
+    @property
+    def reader(self) -> str:
+        """Library and version that decodes the pixels, for provenance."""
+        return self._backend.library
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
+        return self._backend.dimensions
+
+    @property
+    def level_count(self) -> int:
+        return len(self._backend.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        """(width, height) of every pyramid level."""
+        return self._backend.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._backend.level_downsamples
+
+    @property
+    def properties(self) -> dict[str, str]:
+        """Metadata as strings, with openslide's key names (``openslide.mpp-x``...)."""
+        return dict(self._backend.properties)
+
+    @property
+    def associated_images(self) -> Mapping[str, np.ndarray]:
+        """Label, macro, thumbnail... as RGB arrays, decoded lazily."""
+        return _AssociatedImages(self)
+
+    @property
+    def vendor(self) -> str | None:
+        return self._backend.properties.get("openslide.vendor")
+
+    # -- physical size ----------------------------------------------------------------------------
+    @property
+    def mpp(self) -> tuple[float, float]:
+        """(x, y) micrometres per level-0 pixel.
+
+        Raises :class:`MissingMppError` when neither the file nor the caller gives a plausible one.
+        """
+        mpp, _ = self._resolve_mpp()
+        return mpp
+
+    @property
+    def mpp_source(self) -> str:
+        """Where :attr:`mpp` came from (``"user"``, ``"Aperio ImageDescription (MPP)"``...)."""
+        _, source = self._resolve_mpp()
+        return source
+
+    def _resolve_mpp(self) -> tuple[tuple[float, float], str]:
+        if self._mpp_override is not None:
+            return self._mpp_override, "user"
+        found, source = self._backend.mpp()
+        if found is None:
+            raise MissingMppError(
+                f"{self.path.name} carries no pixel size (µm/px) in its metadata. Pass it yourself: "
+                f"open_slide(path, mpp=0.25), or `--slide-mpp 0.25` on the command line (0.25 for a 40x scan, "
+                f"0.5 for 20x; check the scanner's report)."
+            )
+        lo, hi = MPP_PLAUSIBLE
+        if not all(lo <= v <= hi for v in found):
+            raise MissingMppError(
+                f"{self.path.name}: the {source} say {found[0]:.4g} µm/px, which is not a microscope scan "
+                f"(plausible: {lo}-{hi} µm/px; 72 dpi software defaults give 353). Pass the real pixel size: "
+                f"open_slide(path, mpp=...), or `--slide-mpp` on the command line."
+            )
+        return found, source
+
+    @property
+    def has_mpp(self) -> bool:
+        try:
+            self._resolve_mpp()
+        except MissingMppError:
+            return False
+        return True
+
+    @property
+    def magnification(self) -> float | None:
+        """Objective power from the metadata, else the usual 10 / mpp (20x ~ 0.5 µm/px), else None."""
+        power = self._backend.properties.get("openslide.objective-power")
+        try:
+            value = float(power) if power is not None else None
+        except ValueError:
+            value = None
+        if value and value > 0:
+            return value
+        if self.has_mpp:
+            return 10.0 / float(np.mean(self.mpp))
+        return None
+
+    @property
+    def magnification_source(self) -> str:
+        power = self._backend.properties.get("openslide.objective-power")
+        if power not in (None, "", "None"):
+            return "metadata (objective power)"
+        return "estimated as 10 / mpp" if self.has_mpp else "none"
+
+    def level_mpp(self, level: int) -> tuple[float, float]:
+        """(x, y) µm/px of a pyramid level (from its real size ratio to level 0)."""
+        w0, h0 = self.dimensions
+        w, h = self.level_dimensions[level]
+        mx, my = self.mpp
+        return mx * w0 / w, my * h0 / h
+
+    def best_level_for_mpp(self, mpp: float) -> int:
+        """The coarsest level whose pixels are at least as fine as ``mpp`` (1% tolerance)."""
+        best = 0
+        for level in range(self.level_count):
+            lx, ly = self.level_mpp(level)
+            if max(lx, ly) <= mpp * (1 + LEVEL_MPP_TOLERANCE):
+                best = level
+        return best
+
+    # -- pixels -----------------------------------------------------------------------------------
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read a region as RGB ``uint8 (h, w, 3)``.
+
+        Parameters
+        ----------
+        location : (x, y) top-left in level-0 pixels.
+        level : pyramid level to read from.
+        size : (w, h) in pixels of that level.
+
+        Transparent pixels are composited on white; the parts outside the slide are white.
+        A region that cannot be decoded raises :class:`SlideReadError` naming slide and region.
+        """
+        x, y = (int(v) for v in location)
+        w, h = (int(v) for v in size)
+        if w <= 0 or h <= 0:
+            raise InvalidParameterError(f"region size must be positive, got {size}")
+        if not 0 <= level < self.level_count:
+            raise InvalidParameterError(f"level {level} does not exist; {self.path.name} has {self.level_count}")
+        ds_x, ds_y = self._level_scale(level)
+        lw, lh = self.level_dimensions[level]
+        # the requested region in this level's pixel grid
+        lx0, ly0 = int(np.floor(x / ds_x)), int(np.floor(y / ds_y))
+        cx0, cy0 = max(lx0, 0), max(ly0, 0)
+        cx1, cy1 = min(lx0 + w, lw), min(ly0 + h, lh)
+        if cx0 == lx0 and cy0 == ly0 and cx1 == lx0 + w and cy1 == ly0 + h:
+            return self._read_inside((x, y), level, (w, h))
+        out = np.full((h, w, 3), 255, np.uint8)
+        if cx1 > cx0 and cy1 > cy0:
+            loc0 = (int(round(cx0 * ds_x)), int(round(cy0 * ds_y))) if level else (cx0, cy0)
+            part = self._read_inside(loc0, level, (cx1 - cx0, cy1 - cy0))
+            out[cy0 - ly0 : cy1 - ly0, cx0 - lx0 : cx1 - lx0] = part
+        return out
+
+    def _level_scale(self, level: int) -> tuple[float, float]:
+        w0, h0 = self.dimensions
+        w, h = self.level_dimensions[level]
+        return w0 / w, h0 / h
+
+    def _read_inside(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        try:
+            return _to_rgb(self._backend.read_region(location, level, size))
+        except SlideReadError as err:
+            raise SlideReadError(
+                f"{self.path.name}: cannot decode the region at level-0 (x={location[0]}, y={location[1]}), "
+                f"level {level}, size {size[0]}x{size[1]} ({self.backend}: {err}). The file is probably "
+                f"corrupt there: re-export or re-scan it, or exclude that region."
+            ) from err
+
+    def get_thumbnail(self, size: tuple[int, int]) -> np.ndarray:
+        """RGB ``uint8 (h, w, 3)`` of the whole slide, fitting in ``size=(w, h)``, aspect kept."""
+        from PIL import Image
+
+        w0, h0 = self.dimensions
+        scale = max(w0 / size[0], h0 / size[1])
+        level = 0
+        for lv, ds in enumerate(self.level_downsamples):
+            if ds <= scale:
+                level = lv
+        lw, lh = self.level_dimensions[level]
+        img = self.read_region((0, 0), level, (lw, lh))
+        tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
+        if (tw, th) != (lw, lh):
+            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=3.0))
+        return img
+
+    def tile_source(self):  # -> _tiff.TiffTileSource | None
+        """The direct TIFF tile decoder for this file, or None where it does not apply."""
+        if not self._tiff_tried:
+            from ._tiff import TiffTileSource
+
+            self._tiff_tried = True
+            self._tiff = TiffTileSource.open(self.path, self.level_dimensions)
+        return self._tiff
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the file handles (also done when the object is garbage collected)."""
+        backend, self._backend_closed = self._backend, True
+        backend.close()
+        if self._tiff is not None:
+            self._tiff.close()
+            self._tiff = None
+
+    def __del__(self) -> None:
+        if not getattr(self, "_backend_closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - interpreter shutdown: nothing useful to report
+                log.debug("closing %s at garbage collection failed", getattr(self, "path", "?"))
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (_OpenArgs(self.path, self.backend, self._mpp_override),))
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"Slide({str(self.path)!r}, backend={self.backend!r}, {w}x{h}, levels={self.level_count})"
+
+
+def _reopen(args: _OpenArgs) -> Slide:
+    return open_slide(args.path, backend=args.backend, mpp=args.mpp)
+
+
+def _check_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float] | None:
+    if mpp is None:
+        return None
+    pair = (mpp, mpp) if np.isscalar(mpp) else tuple(mpp)  # type: ignore[arg-type]
+    if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
+        raise InvalidParameterError(f"mpp must be a positive number of µm per pixel (or an (x, y) pair), got {mpp!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def open_slide(
+    path: str | os.PathLike[str], *, backend: str = "auto", mpp: float | tuple[float, float] | None = None
+) -> Slide:
+    """Open a whole-slide image.
+
+    Parameters
+    ----------
+    path : the slide file (SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF,
+        generic tiled TIFF...).
+    backend : ``"auto"``, ``"openslide"`` or ``"tiffslide"``. ``auto`` tries OpenSlide first
+        (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the other.
+    mpp : level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)).
+
+    Returns
+    -------
+    Slide
+
+    Examples
+    --------
+    >>> slide = open_slide("CMU-1-Small-Region.svs")          # doctest: +SKIP
+    >>> slide.dimensions, slide.mpp, slide.mpp_source           # doctest: +SKIP
+    ((2220, 2967), (0.499, 0.499), 'Aperio ImageDescription (MPP)')
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SlideNotFoundError(f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()}).")
+    if p.is_dir():
+        # DICOM-WSI series are folders of .dcm files; OpenSlide opens one file of the series.
+        dcm = sorted(p.glob("*.dcm"))
+        if dcm:
+            p = dcm[0]
+        else:
+            raise SlideNotFoundError(
+                f"{p} is a directory, not a slide. Pass a slide file (for a batch, use `slidescope` batch "
+                f"commands on the folder)."
+            )
+    override = _check_mpp(mpp)
+    if backend == "auto":
+        names = auto_order(p)
+    elif backend in BACKENDS:
+        names = [backend]
+    else:
+        raise InvalidParameterError(f"unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+    errors: list[str] = []
+    for name in names:
+        try:
+            opened = BACKENDS[name](p)
+        except UnsupportedSlideError as err:
+            errors.append(f"{name}: {err}")
+            log.debug("backend %s could not open %s: %s", name, p, err)
+            continue
+        return Slide(p, opened, mpp=override)
+    raise UnsupportedSlideError(
+        f"cannot open {p.name} as a slide ({'; '.join(errors)}). Is it a whole-slide image? Supported: "
+        f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF and tiled TIFF. A truncated or "
+        f"corrupt file gives this error too: check its size and checksum."
+    )

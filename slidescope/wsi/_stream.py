@@ -1,0 +1,139 @@
+"""Reading the tiles of a grid, fast and in bounded memory.
+
+Two paths, one result:
+
+* **direct** - the slide is a tiled TIFF (SVS, generic TIFF, OME-TIFF...) and tifffile can reach
+  the read level: tiles are assembled from the file's own decoded tiles (:mod:`._tiff`), each file
+  tile decoded about once thanks to a small LRU cache and block ordering. When the grid lines up
+  with the file's tiles a tile is a view of one decoded file tile.
+* **blocks** - any other format: tiles are grouped into blocks of about ``block_size`` px at the
+  read level, each block is one ``read_region`` call through the slide's backend, and the tiles
+  are cut out of it. This amortises the backend's per-call cost (about 1.5 ms for OpenSlide).
+
+Tiles whose read size differs from ``tile_size`` are resized once: area averaging (PIL ``BOX``)
+when shrinking, which is anti-aliased; bilinear when enlarging. Memory stays bounded by one block
+plus the decoded-tile cache, whatever the slide size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ._grid import TileGrid
+from ._slide import Slide
+
+__all__ = ["iter_tiles", "read_tile", "block_order", "DEFAULT_BLOCK_SIZE"]
+
+#: side in read-level pixels of the blocks that tiles are grouped into
+DEFAULT_BLOCK_SIZE = 2048
+
+
+def _level_xy(grid: TileGrid, coords: np.ndarray) -> np.ndarray:
+    """Top-left of tiles in read-level pixels, (N, 2) int64."""
+    if grid.level == 0:
+        return coords
+    ds = np.asarray(grid.level_downsample)
+    return np.floor(coords / ds + 1e-9).astype(np.int64)
+
+
+def _resize(tile: np.ndarray, size: int) -> np.ndarray:
+    if tile.shape[0] == size and tile.shape[1] == size:
+        return tile
+    from PIL import Image
+
+    shrinking = tile.shape[0] > size or tile.shape[1] > size
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(np.ascontiguousarray(tile)).resize((size, size), method))
+
+
+def _read_level(slide: Slide, level: int, x: int, y: int, w: int, h: int, direct: bool) -> np.ndarray:
+    """(h, w, 3) at read-level pixel (x, y); white outside the slide."""
+    lw, lh = slide.level_dimensions[level]
+    if direct and x >= 0 and y >= 0 and x + w <= lw and y + h <= lh:
+        try:
+            return slide.tile_source().read(level, x, y, w, h)
+        except Exception as err:
+            from ..errors import SlideReadError
+
+            if isinstance(err, SlideReadError):
+                raise SlideReadError(
+                    f"{slide.path.name}: cannot decode the region at level {level} (x={x}, y={y}, {w}x{h} px): "
+                    f"{err}. The file is probably corrupt there: re-export or re-scan it, or exclude that region."
+                ) from err
+            raise
+    if level == 0:
+        loc = (x, y)
+    else:
+        w0, h0 = slide.dimensions
+        dsx, dsy = w0 / lw, h0 / lh
+        loc = (int(np.ceil(x * dsx - 1e-9)), int(np.ceil(y * dsy - 1e-9)))
+    return slide.read_region(loc, level, (w, h))
+
+
+def block_order(grid: TileGrid, block_size: int = DEFAULT_BLOCK_SIZE) -> list[np.ndarray]:
+    """Tile indices grouped into spatial blocks (row-major blocks, row-major inside)."""
+    n = len(grid)
+    if n == 0:
+        return []
+    lxy = _level_xy(grid, grid.coords)
+    step_x = max(1, round(grid.stride[0] / grid.level_downsample[0]))
+    step_y = max(1, round(grid.stride[1] / grid.level_downsample[1]))
+    per_x = max(1, block_size // max(step_x, 1))
+    per_y = max(1, block_size // max(step_y, 1))
+    origin = lxy.min(axis=0)
+    bx = (lxy[:, 0] - origin[0]) // (step_x * per_x)
+    by = (lxy[:, 1] - origin[1]) // (step_y * per_y)
+    order = np.lexsort((lxy[:, 0], lxy[:, 1], bx, by))
+    keys = by[order] * (bx.max() + 1) + bx[order]
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    return np.split(order, cuts)
+
+
+def iter_tiles(
+    slide: Slide,
+    grid: TileGrid,
+    *,
+    indices: np.ndarray | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    direct: bool = True,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, tile)`` for the tiles of ``grid``, tile an RGB ``uint8 (tile_size, tile_size, 3)``.
+
+    Tiles come in block order, not index order; ``index`` says which tile it is. ``indices``
+    restricts the tiles read (e.g. one DataLoader worker's share). ``direct=False`` forces the
+    backend path (for comparison and tests).
+    """
+    use_direct = bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
+    blocks = block_order(grid, block_size)
+    if indices is not None:
+        wanted = np.zeros(len(grid), bool)
+        wanted[np.asarray(indices)] = True
+        blocks = [b[wanted[b]] for b in blocks]
+        blocks = [b for b in blocks if len(b)]
+    rw, rh = grid.read_size
+    size = grid.tile_size
+    lxy_all = _level_xy(grid, grid.coords)
+    for block in blocks:
+        lxy = lxy_all[block]
+        if use_direct:
+            for i, (x, y) in zip(block, lxy, strict=True):
+                tile = _read_level(slide, grid.level, int(x), int(y), rw, rh, True)
+                yield int(i), _resize(tile, size)
+            continue
+        bx0, by0 = lxy.min(axis=0)
+        bx1, by1 = lxy.max(axis=0) + (rw, rh)
+        region = _read_level(slide, grid.level, int(bx0), int(by0), int(bx1 - bx0), int(by1 - by0), False)
+        for i, (x, y) in zip(block, lxy, strict=True):
+            ox, oy = int(x - bx0), int(y - by0)
+            yield int(i), _resize(region[oy : oy + rh, ox : ox + rw], size)
+
+
+def read_tile(slide: Slide, grid: TileGrid, index: int, *, direct: bool = True) -> np.ndarray:
+    """One tile of ``grid`` as RGB ``uint8 (tile_size, tile_size, 3)``."""
+    (x, y), = _level_xy(grid, grid.coords[index : index + 1])
+    use_direct = bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
+    rw, rh = grid.read_size
+    tile = _read_level(slide, grid.level, int(x), int(y), rw, rh, use_direct)
+    return np.array(_resize(tile, grid.tile_size))

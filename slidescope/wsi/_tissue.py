@@ -1,0 +1,637 @@
+"""Tissue detection on a low-resolution image of the slide: :func:`detect_tissue` and :class:`TissueMask`.
+
+The slide is read once at a coarse pixel size (8 µm/px by default: a 20 x 15 mm section gives a
+2500 x 1875 mask), from the coarsest pyramid level that is at least that fine, block by block, each
+block area-averaged down to the mask grid, so time and memory stay bounded whatever the slide.
+
+Algorithm (:func:`tissue_mask_from_rgb`)
+----------------------------------------
+1. White balance: the colour of the glass is estimated from the bright, near-grey pixels
+   (median of the brightest of them) and every channel is divided by it.
+2. Optical density per channel, ``OD_c = -log10(I_c / glass_c)``. The tissue score is the OD
+   *chroma* ``max_c OD_c - min_c OD_c``: stains (haematoxylin, eosin, DAB...) absorb the three
+   channels unequally, glass does not. A change of illumination (vignetting, a dim scan, glass at
+   230 instead of 255) adds the same OD to every channel, so it leaves the score unchanged; scanner
+   noise averaged over a mask pixel is far below the floor.
+3. Threshold: Otsu on the score, clipped to [:data:`SCORE_FLOOR`, :data:`SCORE_CEILING`]. The floor
+   keeps a blank slide empty; the ceiling keeps a slide that is all tissue (no glass mode to find)
+   from being split into dark and light tissue. ``threshold=`` replaces this with a fixed value.
+4. Pen and ink (``remove_pen``): blue/green/cyan ink (red clearly below green: neither
+   haematoxylin, eosin nor DAB ever does that) and black ink (very dark and nearly neutral) are
+   excluded, with a one-pixel margin for the blurred edge of the stroke. Tissue marking dye is ink
+   too and is excluded the same way.
+5. Clean up: closing then opening with a disk of ~10 µm, holes filled (``fill_holes``), pen
+   removed, and connected components smaller than ``min_area_um2`` dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._slide import Slide
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TissueMask",
+    "detect_tissue",
+    "tissue_mask_from_rgb",
+    "DEFAULT_MASK_MPP",
+    "DEFAULT_MIN_AREA_UM2",
+    "SCORE_FLOOR",
+    "SCORE_CEILING",
+]
+
+#: Default pixel size of the tissue mask, µm/px (a 20 x 15 mm section -> 2500 x 1875 mask).
+DEFAULT_MASK_MPP = 8.0
+#: Default smallest tissue piece kept, µm² (0.02 mm², a 140 µm square): drops dust and specks.
+DEFAULT_MIN_AREA_UM2 = 20_000.0
+#: Lowest automatic threshold on the OD-chroma score. Glass (noise, uneven illumination) stays
+#: below ~0.01 at mask resolution; H&E scaled to 0.3 of its normal density still scores > 0.05.
+SCORE_FLOOR = 0.035
+#: Highest automatic threshold: normal H&E and IHC tissue scores 0.1-1; without this cap Otsu on a
+#: slide that is all tissue would split the tissue itself.
+SCORE_CEILING = 0.08
+#: The mask must stay a low-resolution image: more pixels than this is refused.
+MAX_MASK_PIXELS = 120_000_000
+#: Level pixels per block read from the slide (side), bounding the memory of a read.
+READ_BLOCK = 2048
+#: Radius of the closing/opening disk, µm.
+MORPH_RADIUS_UM = 10.0
+#: Colour of the "Tissue" class in the GeoJSON (QuPath shows it).
+TISSUE_COLOR = [0, 160, 60]
+
+
+# -------------------------------------------------------------------------------------------------
+# result
+# -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TissueMask:
+    """Where the tissue is, as a low-resolution mask over the whole slide and as polygons.
+
+    Attributes
+    ----------
+    mask : bool ndarray, shape (h, w)
+        True where there is tissue. Covers the whole slide: pixel ``(r, c)`` is the level-0 area
+        ``[c * downsample[0], (c + 1) * downsample[0]) x [r * downsample[1], (r + 1) * downsample[1])``.
+    downsample : (float, float)
+        Level-0 pixels per mask pixel, (x, y) = ``(w0 / w, h0 / h)`` exactly.
+    mpp : (float, float)
+        µm per mask pixel (x, y).
+    slide_dimensions : (int, int)
+        Level-0 (width, height) of the slide.
+    contours : tuple of float64 ndarray, each shape (K, 2)
+        Outer boundary of every connected tissue piece, (x, y) in level-0 pixels, top-left origin,
+        closed (first point == last point), simplified to about one mask pixel.
+    params : dict
+        The parameters and derived values used (requested and actual mpp, pyramid level read,
+        threshold, glass colour...), JSON-serialisable, for provenance.
+    holes : tuple of tuple of ndarray
+        ``holes[i]`` are the inner boundaries (same format) of ``contours[i]``; empty tuples when
+        holes were filled.
+    """
+
+    mask: np.ndarray
+    downsample: tuple[float, float]
+    mpp: tuple[float, float]
+    slide_dimensions: tuple[int, int]
+    contours: tuple[np.ndarray, ...]
+    params: dict = field(default_factory=dict)
+    holes: tuple[tuple[np.ndarray, ...], ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no tissue was found."""
+        return not bool(self.mask.any())
+
+    @property
+    def tissue_fraction(self) -> float:
+        """Fraction of the slide area that is tissue, 0-1."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def area_um2(self) -> float:
+        """Tissue area in µm² (mask pixels x pixel area)."""
+        return float(self.mask.sum()) * self.mpp[0] * self.mpp[1]
+
+    def to_geojson(self) -> dict[str, Any]:
+        """QuPath-compatible GeoJSON ``FeatureCollection``, one ``Polygon`` feature per tissue piece.
+
+        Coordinates are level-0 pixels (x, y), top-left origin, as QuPath expects when the file is
+        dropped onto the slide. Each polygon has its outer ring first, then its holes, all closed.
+        Properties: ``objectType: "annotation"``, ``classification: {"name": "Tissue", "color"}``,
+        ``measurements: {"area_um2"}`` (area of that piece from the mask).
+        """
+        features = []
+        for i, outer in enumerate(self.contours):
+            holes = self.holes[i] if i < len(self.holes) else ()
+            area = _ring_area_um2(outer, self.mpp, self.downsample) - sum(
+                _ring_area_um2(h, self.mpp, self.downsample) for h in holes
+            )
+            features.append(
+                {
+                    "type": "Feature",
+                    "id": f"tissue-{i}",
+                    "geometry": {
+                        "type": "Polygon",
+                        "coordinates": [_ring_to_list(r) for r in (outer, *holes)],
+                    },
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": f"Tissue {i + 1}",
+                        "classification": {"name": "Tissue", "color": list(TISSUE_COLOR)},
+                        "isLocked": False,
+                        "measurements": {"area_um2": round(float(area), 2)},
+                    },
+                }
+            )
+        return {"type": "FeatureCollection", "features": features}
+
+    def save_geojson(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`to_geojson` to ``path`` (UTF-8 JSON) and return the path."""
+        p = Path(path)
+        p.write_text(json.dumps(self.to_geojson()), encoding="utf-8")
+        return p
+
+    @classmethod
+    def from_geojson(
+        cls,
+        source: str | os.PathLike[str] | dict | list,
+        *,
+        slide_dimensions: tuple[int, int],
+        mpp_slide: float | tuple[float, float],
+        mask_mpp: float = DEFAULT_MASK_MPP,
+    ) -> TissueMask:
+        """Rasterise polygons (e.g. a tissue annotation drawn in QuPath) into a :class:`TissueMask`.
+
+        Parameters
+        ----------
+        source : path of a GeoJSON file, or the parsed object: a ``FeatureCollection``, a list of
+            features, one ``Feature`` or a bare geometry. Every ``Polygon`` and ``MultiPolygon``
+            is used (holes included), whatever its classification; other geometries are ignored.
+            Coordinates are level-0 pixels, top-left origin.
+        slide_dimensions : level-0 (width, height) of the slide.
+        mpp_slide : level-0 µm/px of the slide (one number or (x, y)).
+        mask_mpp : µm per mask pixel, as in :func:`detect_tissue`.
+
+        Returns
+        -------
+        TissueMask
+            Mask of shape (round(h0 / ds), round(w0 / ds)), ds = mask_mpp / mpp_slide.
+        """
+        from skimage.draw import polygon as draw_polygon
+
+        data = source
+        if not isinstance(source, (dict, list)):
+            data = json.loads(Path(source).read_text(encoding="utf-8"))
+        slide_mpp = _check_pair(mpp_slide, "mpp_slide")
+        _check_positive(mask_mpp, "mask_mpp")
+        w0, h0 = (int(v) for v in slide_dimensions)
+        if w0 <= 0 or h0 <= 0:
+            raise InvalidParameterError(f"slide_dimensions must be positive (w, h), got {slide_dimensions}")
+        (mw, mh), ds, mpp = _mask_geometry((w0, h0), slide_mpp, mask_mpp)
+        mask = np.zeros((mh, mw), bool)
+        n = 0
+        for rings in _iter_polygons(data):
+            for k, ring in enumerate(rings):
+                xy = np.asarray(ring, float).reshape(-1, 2)
+                if len(xy) < 3:
+                    continue
+                # level-0 edge coordinates -> mask pixel-centre index coordinates
+                cols = xy[:, 0] / ds[0] - 0.5
+                rows = xy[:, 1] / ds[1] - 0.5
+                rr, cc = draw_polygon(rows, cols, shape=mask.shape)
+                mask[rr, cc] = k == 0  # outer ring sets, holes clear
+            n += 1
+        if n == 0:
+            log.warning("from_geojson: no Polygon or MultiPolygon found; the mask is empty")
+        contours, holes = _mask_contours(mask, ds)
+        params = {
+            "source": "geojson",
+            "mask_mpp_requested": float(mask_mpp),
+            "mask_mpp": list(mpp),
+            "n_polygons": n,
+        }
+        return cls(mask, ds, mpp, (w0, h0), contours, params, holes)
+
+    def __repr__(self) -> str:
+        h, w = self.mask.shape
+        return (
+            f"TissueMask({w}x{h} at {self.mpp[0]:.3g} µm/px, {len(self.contours)} pieces, "
+            f"{self.tissue_fraction:.1%} tissue, {self.area_um2 / 1e6:.3g} mm²)"
+        )
+
+
+# -------------------------------------------------------------------------------------------------
+# public functions
+# -------------------------------------------------------------------------------------------------
+def detect_tissue(
+    slide: Slide,
+    *,
+    mpp: float = DEFAULT_MASK_MPP,
+    min_area_um2: float = DEFAULT_MIN_AREA_UM2,
+    remove_pen: bool = True,
+    fill_holes: bool = True,
+    threshold: float | None = None,
+) -> TissueMask:
+    """Find the tissue on a slide.
+
+    Parameters
+    ----------
+    slide : an open :class:`~slidescope.wsi.Slide` with a known pixel size.
+    mpp : µm per pixel of the mask (default 8: fast, and fine enough for tiling at 256 px x
+        0.5 µm = 128 µm). It is read from the coarsest pyramid level at least that fine, in
+        blocks, area-averaged. A value finer than the slide's own pixels is raised to them.
+    min_area_um2 : tissue pieces smaller than this (µm²) are dropped (default 20,000 µm² =
+        0.02 mm²). Independent of ``mpp``.
+    remove_pen : exclude blue, green and black ink (pen marks, marking dye).
+    fill_holes : fill holes completely enclosed by tissue (lumens, tears, fat).
+    threshold : fixed threshold on the OD-chroma score (see module doc; 0.035-0.08 is the usual
+        range) instead of the automatic one.
+
+    Returns
+    -------
+    TissueMask
+        ``mask`` of shape (round(h0 / ds), round(w0 / ds)) with ds = mpp / slide mpp, at least 1 x 1.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``mpp`` not a positive finite number, or so fine that the mask would be huge.
+    MissingMppError
+        The slide has no pixel size: open it with ``open_slide(path, mpp=...)``.
+    """
+    _check_positive(mpp, "mpp")
+    _check_nonneg(min_area_um2, "min_area_um2")
+    if threshold is not None:
+        _check_positive(threshold, "threshold")
+    slide_mpp = slide.mpp  # MissingMppError propagates, its message says to pass mpp=
+    w0, h0 = slide.dimensions
+    eff_mpp = max(float(mpp), float(slide_mpp[0]), float(slide_mpp[1]))
+    if eff_mpp > mpp:
+        log.warning(
+            "tissue mask at %.4g µm/px requested but the slide's pixels are %.4g µm; using %.4g", mpp,
+            max(slide_mpp), eff_mpp,
+        )
+    (mw, mh), ds, mask_mpp = _mask_geometry((w0, h0), slide_mpp, eff_mpp)
+    if mw * mh > MAX_MASK_PIXELS:
+        raise InvalidParameterError(
+            f"a tissue mask at {mpp} µm/px would have {mw}x{mh} pixels; tissue detection works on a "
+            f"low-resolution image: use mpp >= {eff_mpp * math.sqrt(mw * mh / MAX_MASK_PIXELS):.3g} (default 8)"
+        )
+    level = slide.best_level_for_mpp(eff_mpp)
+    rgb = _read_downsampled(slide, level, (mw, mh))
+    pixel_mpp = float(math.sqrt(mask_mpp[0] * mask_mpp[1]))
+    mask, info = _segment(
+        rgb,
+        mpp=pixel_mpp,
+        min_area_um2=min_area_um2,
+        remove_pen=remove_pen,
+        fill_holes=fill_holes,
+        threshold=threshold,
+    )
+    contours, holes = _mask_contours(mask, ds)
+    params = {
+        "mpp": float(mpp),
+        "mask_mpp": [float(mask_mpp[0]), float(mask_mpp[1])],
+        "min_area_um2": float(min_area_um2),
+        "remove_pen": bool(remove_pen),
+        "fill_holes": bool(fill_holes),
+        "threshold": None if threshold is None else float(threshold),
+        "level": int(level),
+        "level_dimensions": list(slide.level_dimensions[level]),
+        "slide_mpp": [float(slide_mpp[0]), float(slide_mpp[1])],
+        "slide": slide.path.name,
+        "backend": slide.backend,
+        **info,
+    }
+    result = TissueMask(mask, ds, mask_mpp, (int(w0), int(h0)), contours, params, holes)
+    log.info("%s: %r", slide.path.name, result)
+    return result
+
+
+def tissue_mask_from_rgb(
+    rgb: np.ndarray,
+    *,
+    mpp: float,
+    min_area_um2: float = DEFAULT_MIN_AREA_UM2,
+    remove_pen: bool = True,
+    fill_holes: bool = True,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Tissue mask of a low-resolution RGB image of a slide (the core of :func:`detect_tissue`).
+
+    Parameters
+    ----------
+    rgb : uint8 ndarray, shape (h, w, 3)
+        The slide (or a part of it) at ``mpp`` µm/px, area-averaged (not point-sampled).
+    mpp : µm per pixel of ``rgb``; sets the sizes of ``min_area_um2`` and of the clean-up.
+    min_area_um2, remove_pen, fill_holes, threshold : as in :func:`detect_tissue`.
+
+    Returns
+    -------
+    bool ndarray, shape (h, w)
+        True where there is tissue.
+    """
+    _check_positive(mpp, "mpp")
+    _check_nonneg(min_area_um2, "min_area_um2")
+    if threshold is not None:
+        _check_positive(threshold, "threshold")
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidParameterError(f"rgb must be an (h, w, 3) image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise InvalidParameterError(f"rgb must be uint8, got {arr.dtype}")
+    mask, _ = _segment(
+        arr[..., :3],
+        mpp=float(mpp),
+        min_area_um2=min_area_um2,
+        remove_pen=remove_pen,
+        fill_holes=fill_holes,
+        threshold=threshold,
+    )
+    return mask
+
+
+# -------------------------------------------------------------------------------------------------
+# segmentation
+# -------------------------------------------------------------------------------------------------
+def _glass_colour(rgb: np.ndarray) -> np.ndarray:
+    """Estimated RGB of the empty glass: the bright near-neutral pixels; white if there are none."""
+    flat = rgb.reshape(-1, 3).astype(np.float32)
+    bright = flat.mean(1)
+    neutral = (flat.max(1) - flat.min(1) <= 24) & (bright >= 150)
+    cand = flat[neutral]
+    if len(cand) < max(16, 0.005 * len(flat)):
+        return np.array([255.0, 255.0, 255.0], np.float32)
+    b = cand.mean(1)
+    top = cand[b >= np.percentile(b, 75)]
+    return np.median(top, axis=0).astype(np.float32)
+
+
+def _otsu(values: np.ndarray) -> float | None:
+    if values.size < 16 or float(values.max() - values.min()) < 1e-6:
+        return None
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values, nbins=256))
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return xx * xx + yy * yy <= radius * radius + radius * 0.5
+
+
+def _segment(
+    rgb: np.ndarray,
+    *,
+    mpp: float,
+    min_area_um2: float,
+    remove_pen: bool,
+    fill_holes: bool,
+    threshold: float | None,
+) -> tuple[np.ndarray, dict]:
+    from scipy import ndimage
+
+    h, w = rgb.shape[:2]
+    glass = _glass_colour(rgb)
+    img = rgb.astype(np.float32)
+    # white-balanced intensity (glass -> ~255) and optical density relative to the glass
+    od = np.log10(glass[None, None, :] + 1.0) - np.log10(img + 1.0)
+    score = od.max(2) - od.min(2)
+
+    if remove_pen:
+        bal = np.clip(img * (255.0 / np.maximum(glass, 1.0)), 0, 255)
+        r, g, b = bal[..., 0], bal[..., 1], bal[..., 2]
+        vmax, vmin = bal.max(2), bal.min(2)
+        # blue / green / cyan ink: red clearly below green (H&E and DAB never do this)
+        coloured_ink = (g - r > 15.0) & (np.maximum(g, b) - r > 30.0)
+        # black ink: very dark, nearly neutral (dense haematoxylin stays bluish, B >> R)
+        black_ink = (vmax < 80.0) & (vmax - vmin < 40.0)
+        pen = coloured_ink | black_ink
+        if pen.any():
+            pen = ndimage.binary_dilation(pen, structure=np.ones((3, 3), bool))
+    else:
+        pen = np.zeros((h, w), bool)
+
+    if threshold is None:
+        auto = _otsu(score[~pen]) if (~pen).any() else None
+        t = SCORE_FLOOR if auto is None else float(np.clip(auto, SCORE_FLOOR, SCORE_CEILING))
+    else:
+        auto, t = None, float(threshold)
+    tissue = (score > t) & ~pen
+
+    radius = max(1, int(round(MORPH_RADIUS_UM / mpp)))
+    se = _disk(radius)
+    if tissue.any():
+        tissue = ndimage.binary_closing(tissue, structure=se, border_value=0)
+        # closing near the border treats the outside as background; keep that (no border artefacts)
+        if fill_holes:
+            tissue = ndimage.binary_fill_holes(tissue)
+        tissue &= ~pen
+        tissue = ndimage.binary_opening(tissue, structure=se, border_value=0)
+        min_px = min_area_um2 / (mpp * mpp)
+        if min_px > 0 and tissue.any():
+            labels, n = ndimage.label(tissue, structure=np.ones((3, 3), bool))
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)
+            keep = sizes >= min_px
+            keep[0] = False
+            tissue = keep[labels]
+    info = {
+        "glass_rgb": [round(float(v), 1) for v in glass],
+        "threshold_auto": None if auto is None else round(float(auto), 5),
+        "threshold_used": round(float(t), 5),
+        "pen_fraction": round(float(pen.mean()), 5) if remove_pen else 0.0,
+        "morph_radius_px": radius,
+    }
+    return tissue.astype(bool, copy=False), info
+
+
+# -------------------------------------------------------------------------------------------------
+# reading
+# -------------------------------------------------------------------------------------------------
+def _mask_geometry(
+    dims: tuple[int, int], slide_mpp: tuple[float, float], mask_mpp: float
+) -> tuple[tuple[int, int], tuple[float, float], tuple[float, float]]:
+    """(mask w, h), exact downsample (x, y) and mask µm/px (x, y) for a slide."""
+    w0, h0 = dims
+    mw = max(1, int(round(w0 * slide_mpp[0] / mask_mpp)))
+    mh = max(1, int(round(h0 * slide_mpp[1] / mask_mpp)))
+    ds = (w0 / mw, h0 / mh)
+    return (mw, mh), ds, (slide_mpp[0] * ds[0], slide_mpp[1] * ds[1])
+
+
+def _level0_coord(lv: int, scale: float) -> int:
+    """A level-0 coordinate that :meth:`Slide.read_region` maps back to level pixel ``lv``."""
+    if scale == 1.0:
+        return lv
+    x = int(round(lv * scale))
+    while x > 0 and math.floor(x / scale) > lv:
+        x -= 1
+    while math.floor(x / scale) < lv:
+        x += 1
+    return x
+
+
+def _read_downsampled(slide: Slide, level: int, size: tuple[int, int]) -> np.ndarray:
+    """The whole slide as RGB uint8 (mh, mw, 3), area-averaged from ``level`` block by block."""
+    from PIL import Image
+
+    mw, mh = size
+    w0, h0 = slide.dimensions
+    lw, lh = slide.level_dimensions[level]
+    sx, sy = w0 / lw, h0 / lh  # level-0 px per level px
+    fx, fy = lw / mw, lh / mh  # level px per mask px
+    bw = max(1, int(READ_BLOCK // max(fx, 1.0)))
+    bh = max(1, int(READ_BLOCK // max(fy, 1.0)))
+    out = np.empty((mh, mw, 3), np.uint8)
+    for r0 in range(0, mh, bh):
+        r1 = min(mh, r0 + bh)
+        y0f, y1f = r0 * fy, min(r1 * fy, lh)
+        ly0, ly1 = int(math.floor(y0f)), min(lh, max(int(math.ceil(y1f)), int(math.floor(y0f)) + 1))
+        for c0 in range(0, mw, bw):
+            c1 = min(mw, c0 + bw)
+            x0f, x1f = c0 * fx, min(c1 * fx, lw)
+            lx0, lx1 = int(math.floor(x0f)), min(lw, max(int(math.ceil(x1f)), int(math.floor(x0f)) + 1))
+            block = slide.read_region(
+                (_level0_coord(lx0, sx), _level0_coord(ly0, sy)), level, (lx1 - lx0, ly1 - ly0)
+            )
+            tw, th = c1 - c0, r1 - r0
+            box = (x0f - lx0, y0f - ly0, min(x1f - lx0, lx1 - lx0), min(y1f - ly0, ly1 - ly0))
+            if block.shape[:2] == (th, tw) and box == (0.0, 0.0, float(tw), float(th)):
+                out[r0:r1, c0:c1] = block
+            else:
+                img = Image.fromarray(block).resize((tw, th), Image.Resampling.BOX, box=box)
+                out[r0:r1, c0:c1] = np.asarray(img)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# polygons
+# -------------------------------------------------------------------------------------------------
+def _signed_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+
+
+def _ring_area_um2(ring: np.ndarray, mpp: tuple[float, float], ds: tuple[float, float]) -> float:
+    # ring is in level-0 px; level-0 µm/px = mask mpp / downsample
+    return abs(_signed_area(ring)) * (mpp[0] / ds[0]) * (mpp[1] / ds[1])
+
+
+def _ring_to_list(ring: np.ndarray) -> list[list[float]]:
+    return [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
+
+
+def _mask_contours(
+    mask: np.ndarray, ds: tuple[float, float]
+) -> tuple[tuple[np.ndarray, ...], tuple[tuple[np.ndarray, ...], ...]]:
+    """Outer ring and holes of every 8-connected component, level-0 (x, y), closed, simplified."""
+    from scipy import ndimage
+    from skimage.measure import approximate_polygon, find_contours
+
+    if not mask.any():
+        return (), ()
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    objects = ndimage.find_objects(labels)
+    outers: list[np.ndarray] = []
+    holes_all: list[tuple[np.ndarray, ...]] = []
+    order: list[tuple[int, int]] = []
+    for i, sl in enumerate(objects):
+        if sl is None:
+            continue
+        comp = labels[sl] == i + 1
+        padded = np.pad(comp, 1).astype(np.float32)
+        rings = []
+        for rc in find_contours(padded, 0.5, fully_connected="high"):
+            if len(rc) < 3:
+                continue
+            rc = approximate_polygon(rc, tolerance=0.5)
+            if not np.array_equal(rc[0], rc[-1]):
+                rc = np.vstack([rc, rc[:1]])
+            # padded (row, col) index -> mask edge coordinates -> level-0 (x, y)
+            x = (rc[:, 1] - 1.0 + 0.5 + sl[1].start) * ds[0]
+            y = (rc[:, 0] - 1.0 + 0.5 + sl[0].start) * ds[1]
+            ring = np.column_stack([x, y]).astype(np.float64)
+            if len(ring) >= 4:
+                rings.append(ring)
+        if not rings:
+            continue
+        areas = [abs(_signed_area(r)) for r in rings]
+        k = int(np.argmax(areas))
+        outer = rings[k]
+        if _signed_area(outer) < 0:  # outer counter-clockwise in (x, y) numbers, holes clockwise
+            outer = outer[::-1].copy()
+        holes = []
+        for j, r in enumerate(rings):
+            if j != k:
+                holes.append(r[::-1].copy() if _signed_area(r) > 0 else r)
+        outers.append(outer)
+        holes_all.append(tuple(holes))
+        order.append((sl[0].start, sl[1].start))
+    idx = sorted(range(len(outers)), key=lambda j: order[j])
+    return tuple(outers[j] for j in idx), tuple(holes_all[j] for j in idx)
+
+
+def _iter_polygons(data: Any):
+    """Yield the rings (list of (x, y) lists) of every Polygon in a GeoJSON-like object."""
+    if isinstance(data, list):
+        for item in data:
+            yield from _iter_polygons(item)
+        return
+    if not isinstance(data, dict):
+        return
+    kind = data.get("type")
+    if kind == "FeatureCollection":
+        yield from _iter_polygons(data.get("features", []))
+    elif kind == "Feature":
+        yield from _iter_polygons(data.get("geometry"))
+    elif kind == "GeometryCollection":
+        yield from _iter_polygons(data.get("geometries", []))
+    elif kind == "Polygon":
+        yield data.get("coordinates", [])
+    elif kind == "MultiPolygon":
+        yield from data.get("coordinates", [])
+    else:
+        log.debug("from_geojson: ignoring a %s", kind)
+
+
+# -------------------------------------------------------------------------------------------------
+# checks
+# -------------------------------------------------------------------------------------------------
+def _check_positive(value: Any, name: str) -> None:
+    try:
+        ok = value is not None and not isinstance(value, bool) and math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidParameterError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _check_nonneg(value: Any, name: str) -> None:
+    try:
+        ok = value is not None and math.isfinite(float(value)) and float(value) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidParameterError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_pair(value: Any, name: str) -> tuple[float, float]:
+    pair = (value, value) if np.isscalar(value) else tuple(value)
+    if len(pair) != 2:
+        raise InvalidParameterError(f"{name} must be a number or an (x, y) pair, got {value!r}")
+    for v in pair:
+        _check_positive(v, name)
+    return float(pair[0]), float(pair[1])
