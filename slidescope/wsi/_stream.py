@@ -132,7 +132,9 @@ def iter_tiles(
 
 def read_tile(slide: Slide, grid: TileGrid, index: int, *, direct: bool = True) -> np.ndarray:
     """One tile of ``grid`` as RGB ``uint8 (tile_size, tile_size, 3)``."""
-    (x, y), = _level_xy(grid, grid.coords[index : index + 1])
+    if not -len(grid) <= index < len(grid):
+        raise IndexError(f"tile {index} is not in this grid of {len(grid)} tiles")
+    (x, y), = _level_xy(grid, grid.coords[[index]])
     use_direct = bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
     rw, rh = grid.read_size
     tile = _read_level(slide, grid.level, int(x), int(y), rw, rh, use_direct)

@@ -20,8 +20,9 @@ Algorithm (:func:`tissue_mask_from_rgb`)
    haematoxylin, eosin nor DAB ever does that) and black ink (very dark and nearly neutral) are
    excluded, with a one-pixel margin for the blurred edge of the stroke. Tissue marking dye is ink
    too and is excluded the same way.
-5. Clean up: closing then opening with a disk of ~10 µm, holes filled (``fill_holes``), pen
-   removed, and connected components smaller than ``min_area_um2`` dropped.
+5. Clean up: closing with a disk of ~10 µm, holes filled (``fill_holes``), pen removed, and
+   connected pieces smaller than ``min_area_um2`` dropped. No opening: thin strands of tissue
+   one or two mask pixels wide are kept.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ SCORE_CEILING = 0.08
 MAX_MASK_PIXELS = 120_000_000
 #: Level pixels per block read from the slide (side), bounding the memory of a read.
 READ_BLOCK = 2048
-#: Radius of the closing/opening disk, µm.
+#: Radius of the closing disk, µm.
 MORPH_RADIUS_UM = 10.0
 #: Colour of the "Tissue" class in the GeoJSON (QuPath shows it).
 TISSUE_COLOR = [0, 160, 60]
@@ -417,8 +418,10 @@ def _segment(
         vmax, vmin = bal.max(2), bal.min(2)
         # blue / green / cyan ink: red clearly below green (H&E and DAB never do this)
         coloured_ink = (g - r > 15.0) & (np.maximum(g, b) - r > 30.0)
-        # black ink: very dark, nearly neutral (dense haematoxylin stays bluish, B >> R)
-        black_ink = (vmax < 80.0) & (vmax - vmin < 40.0)
+        # black ink: nearly neutral and dark, or darker than any stained tissue at this scale
+        # (dense haematoxylin / keratin stay purple: HSV saturation > 0.5, max channel > 45)
+        sat = (vmax - vmin) / np.maximum(vmax, 1.0)
+        black_ink = (vmax < 40.0) | ((vmax < 90.0) & (sat < 0.25))
         pen = coloured_ink | black_ink
         if pen.any():
             pen = ndimage.binary_dilation(pen, structure=np.ones((3, 3), bool))
@@ -433,14 +436,16 @@ def _segment(
     tissue = (score > t) & ~pen
 
     radius = max(1, int(round(MORPH_RADIUS_UM / mpp)))
-    se = _disk(radius)
     if tissue.any():
-        tissue = ndimage.binary_closing(tissue, structure=se, border_value=0)
-        # closing near the border treats the outside as background; keep that (no border artefacts)
+        # closing bridges gaps of ~2 radius (loose stroma, nuclei-free gaps); no opening, which
+        # would cut thin strands of real tissue (specks go with min_area_um2). The image is padded
+        # by replication so tissue touching the border is not eroded there.
+        padded = np.pad(tissue, radius, mode="edge")
+        padded = ndimage.binary_closing(padded, structure=_disk(radius))
+        tissue = padded[radius:-radius, radius:-radius]
         if fill_holes:
             tissue = ndimage.binary_fill_holes(tissue)
         tissue &= ~pen
-        tissue = ndimage.binary_opening(tissue, structure=se, border_value=0)
         min_px = min_area_um2 / (mpp * mpp)
         if min_px > 0 and tissue.any():
             labels, n = ndimage.label(tissue, structure=np.ones((3, 3), bool))

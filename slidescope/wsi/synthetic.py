@@ -472,18 +472,25 @@ class _Renderer:
 
     # -- background ------------------------------------------------------------------------------
 
-    def _finish(self, od_h: np.ndarray | None, od_e: np.ndarray | None, grain: np.ndarray) -> np.ndarray:
+    def _finish(self, c_h: np.ndarray | None, c_e: np.ndarray | None, grain: np.ndarray) -> np.ndarray:
+        """Beer-Lambert compositing, one colour plane at a time (much faster than (h, w, 3) broadcasts)."""
+        h, w = grain.shape
+        out = np.empty((h, w, 3), np.uint8)
         base = grain * np.float32(0.8)
-        if od_h is None:
-            out = base[:, :, None] + self.bg
-        else:
-            od = od_h[:, :, None] * _OD_HAEM + od_e[:, :, None] * _OD_EOSIN
-            np.negative(od, out=od)
-            np.exp(od, out=od)
-            out = od * (base[:, :, None] + self.bg)
-        out += np.float32(0.5)
-        np.clip(out, 0, 255, out=out)
-        return out.astype(np.uint8)
+        base += np.float32(0.5)  # rounding
+        for ch in range(3):
+            if c_h is None or c_e is None:
+                plane = base + self.bg[ch]
+            else:
+                plane = c_h * -_OD_HAEM[ch]
+                plane -= c_e * _OD_EOSIN[ch]
+                np.exp(plane, out=plane)
+                plane *= base + (self.bg[ch] - np.float32(0.5))
+                plane += np.float32(0.5)
+            np.minimum(plane, np.float32(255), out=plane)
+            np.maximum(plane, np.float32(0), out=plane)
+            out[:, :, ch] = plane
+        return out
 
     # -- chunk -----------------------------------------------------------------------------------
 
