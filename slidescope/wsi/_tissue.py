@@ -61,6 +61,9 @@ DEFAULT_MIN_AREA_UM2 = 20_000.0
 #: Lowest automatic threshold on the OD-chroma score. Glass (noise, uneven illumination) stays
 #: below ~0.01 at mask resolution; H&E scaled to 0.3 of its normal density still scores > 0.05.
 SCORE_FLOOR = 0.035
+#: Faint pixels above this score (and above a third of the threshold) are tissue when they touch
+#: clear tissue (hysteresis): the thin membranes of fat, pale edges of a section.
+SCORE_WEAK_FLOOR = 0.025
 #: Highest automatic threshold: normal H&E and IHC tissue scores 0.1-1; without this cap Otsu on a
 #: slide that is all tissue would split the tissue itself.
 SCORE_CEILING = 0.08
@@ -433,7 +436,19 @@ def _segment(
         t = SCORE_FLOOR if auto is None else float(np.clip(auto, SCORE_FLOOR, SCORE_CEILING))
     else:
         auto, t = None, float(threshold)
-    tissue = (score > t) & ~pen
+    # hysteresis: faint pixels (fat membranes, pale edges) count when connected to clear tissue
+    t_low = max(SCORE_WEAK_FLOOR, t / 3.0)
+    strong = (score > t) & ~pen
+    weak = (score > t_low) & ~pen
+    if strong.any():
+        labels, _ = ndimage.label(weak, structure=np.ones((3, 3), bool))
+        ids = np.unique(labels[strong])
+        keep = np.zeros(int(labels.max()) + 1, bool)
+        keep[ids] = True
+        keep[0] = False
+        tissue = keep[labels]
+    else:
+        tissue = strong
 
     radius = max(1, int(round(MORPH_RADIUS_UM / mpp)))
     if tissue.any():
@@ -457,6 +472,7 @@ def _segment(
         "glass_rgb": [round(float(v), 1) for v in glass],
         "threshold_auto": None if auto is None else round(float(auto), 5),
         "threshold_used": round(float(t), 5),
+        "threshold_weak": round(float(t_low), 5),
         "pen_fraction": round(float(pen.mean()), 5) if remove_pen else 0.0,
         "morph_radius_px": radius,
     }

@@ -1,0 +1,224 @@
+"""Reading and tissue benchmark: our tile streaming against a plain OpenSlide loop and the raw JPEG
+decode limit, measured in one run on the same grids.
+
+    uv run python benchmarks/bench_wsi.py            # full: two 40k x 30k synthetic slides + CMU-1
+    uv run python benchmarks/bench_wsi.py --quick    # 12k x 9k slides, for a smoke run
+
+Slides (generated once into benchmarks/.cache/, reused afterwards):
+  * 20x-native: 40,000 x 30,000 px at 0.5 µm/px, JPEG 256 px tiles, /4 pyramid;
+  * 40x-native: 40,000 x 30,000 px at 0.25 µm/px, same layout;
+  * CMU-1-Small-Region.svs from the shared test data (real Aperio file).
+
+Cases, each on the tissue tiles of the same grid:
+  * native: 224 px tiles at the scan's own mpp (no resize);
+  * 40x -> 20x: 256 px at 0.5 µm/px from the 0.25 µm/px scan (read 512, resize once).
+
+Columns: tiles/s for (a) a plain ``openslide.OpenSlide.read_region`` loop converting each tile to
+an RGB array (and resizing with PIL in the 40x case), (b) the raw decode limit: imagecodecs decoding
+the file tiles that the grid touches, no slide library, expressed per grid tile; (c) ours in-process
+(``iter_tiles``); (d) ours through ``TileDataset`` + DataLoader with 1 and 2 worker processes.
+Peak memory of the streaming process is reported too, and ``detect_tissue`` time against a plain
+Otsu on an OpenSlide thumbnail at 1/16 and 1/64 scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / "benchmarks" / ".cache"
+
+
+def shared_slide() -> Path | None:
+    env = os.environ.get("SLIDESCOPE_TEST_DATA")
+    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        p = base / "slides" / "CMU-1-Small-Region.svs"
+        if p.exists():
+            return p
+    return None
+
+
+def synthetic(width: int, height: int, mpp: float) -> Path:
+    from slidescope.wsi.synthetic import make_synthetic_slide
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"synthetic_{width}x{height}_{mpp}.svs"
+    if not path.exists():
+        t = time.perf_counter()
+        tmp = path.with_suffix(".partial.svs")
+        make_synthetic_slide(tmp, width=width, height=height, mpp=mpp, seed=7, n_islands=4)
+        tmp.rename(path)
+        print(f"  generated {path.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return path
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def plain_openslide(path: Path, grid, indices: np.ndarray) -> float:
+    import openslide
+    from PIL import Image
+
+    slide = openslide.OpenSlide(str(path))
+    size = grid.read_size
+    t = time.perf_counter()
+    for i in indices:
+        x, y = grid.coords[i]
+        img = slide.read_region((int(x), int(y)), grid.level, size).convert("RGB")
+        if size[0] != grid.tile_size:
+            img = img.resize((grid.tile_size, grid.tile_size), Image.Resampling.BOX)
+        np.asarray(img)
+    return rate(len(indices), time.perf_counter() - t)
+
+
+def raw_decode(path: Path, grid, indices: np.ndarray) -> tuple[float, int]:
+    """Decode every file tile that the chosen grid tiles touch, once, with imagecodecs only.
+
+    Returns grid tiles per second at that cost (so it compares with the other columns) and the
+    number of file tiles decoded."""
+    import imagecodecs
+    import tifffile
+
+    from slidescope.wsi import open_slide
+
+    slide = open_slide(path)
+    src = slide.tile_source()
+    level = src._levels[grid.level]  # the same page mapping the reader uses
+    ds = grid.level_downsample
+    touched = set()
+    for i in indices:
+        x, y = grid.coords[i]
+        lx, ly = int(x / ds[0]), int(y / ds[1])
+        for ty in range(ly // level.th, (ly + grid.read_size[1] - 1) // level.th + 1):
+            for tx in range(lx // level.tw, (lx + grid.read_size[0] - 1) // level.tw + 1):
+                touched.add(ty * level.ntx + tx)
+    with tifffile.TiffFile(str(path)) as tif:
+        fh = tif.filehandle
+        blobs = []
+        for index in sorted(touched):
+            fh.seek(int(level.offsets[index]))
+            blobs.append(fh.read(int(level.counts[index])))
+    tables = level.jpegtables
+    t = time.perf_counter()
+    for blob in blobs:
+        data = imagecodecs.jpeg_decode(blob, tables=tables) if tables else imagecodecs.jpeg_decode(blob)
+        assert data.shape[0] == level.th
+    seconds = time.perf_counter() - t
+    return rate(len(indices), seconds), len(blobs)
+
+
+def ours_inprocess(path: Path, grid, indices: np.ndarray) -> float:
+    from slidescope.wsi import iter_tiles, open_slide
+
+    slide = open_slide(path)
+    t = time.perf_counter()
+    n = sum(1 for _ in iter_tiles(slide, grid, indices=indices))
+    return rate(n, time.perf_counter() - t)
+
+
+def ours_loader(path: Path, grid, indices: np.ndarray, workers: int) -> float:
+    from slidescope.wsi import TileDataset, open_slide
+
+    sub = grid.subset(indices)
+    ds = TileDataset(open_slide(path), sub)
+    loader = ds.loader(batch_size=64, num_workers=workers)
+    it = iter(loader)
+    first = next(it)  # worker start-up is not throughput
+    n = len(first["index"])
+    t = time.perf_counter()
+    for batch in it:
+        n += len(batch["index"])
+    seconds = time.perf_counter() - t
+    return rate(n - len(first["index"]), seconds)
+
+
+def tissue_times(path: Path) -> tuple[float, float, float, int]:
+    import openslide
+    from skimage.color import rgb2gray
+    from skimage.filters import threshold_otsu
+
+    from slidescope.wsi import detect_tissue, open_slide
+
+    slide = open_slide(path)
+    t = time.perf_counter()
+    mask = detect_tissue(slide)
+    ours = time.perf_counter() - t
+    base = []
+    for scale in (16, 64):
+        o = openslide.OpenSlide(str(path))
+        w, h = o.dimensions
+        t = time.perf_counter()
+        thumb = np.asarray(o.get_thumbnail((w // scale, h // scale)).convert("RGB"))
+        grey = rgb2gray(thumb)
+        _ = grey < threshold_otsu(grey)
+        base.append(time.perf_counter() - t)
+    return ours, base[0], base[1], int(mask.mask.sum())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="12k x 9k slides instead of 40k x 30k")
+    ap.add_argument("--max-tiles", type=int, default=3000, help="tiles per case (first N of the tissue grid)")
+    args = ap.parse_args()
+
+    from slidescope.wsi import detect_tissue, make_tile_grid, open_slide
+
+    w, h = (12000, 9000) if args.quick else (40000, 30000)
+    print(f"building slides ({w} x {h})...", file=sys.stderr)
+    slides = [("synthetic 20x (0.5 µm/px)", synthetic(w, h, 0.5), 0.5, 224),
+              ("synthetic 40x (0.25 µm/px)", synthetic(w, h, 0.25), 0.25, 224)]
+    cmu = shared_slide()
+    if cmu:
+        slides.append(("CMU-1-Small-Region (real SVS)", cmu, 0.499, 224))
+    cases = []
+    for name, path, native_mpp, size in slides:
+        cases.append((f"{name}, native {size} px", path, native_mpp, size))
+    cases.append((f"{slides[1][0]}, 40x->20x 256 px", slides[1][1], 0.5, 256))
+
+    rows = []
+    for label, path, mpp, size in cases:
+        slide = open_slide(path)
+        mask = detect_tissue(slide)
+        grid = make_tile_grid(slide, tile_size=size, mpp=mpp, mask=mask)
+        indices = np.arange(min(len(grid), args.max_tiles))
+        print(f"{label}: {len(grid)} tissue tiles, timing {len(indices)}", file=sys.stderr)
+        plain = plain_openslide(path, grid, indices)
+        raw, nfile = raw_decode(path, grid, indices)
+        ours = ours_inprocess(path, grid, indices)
+        w1 = ours_loader(path, grid, indices, 1)
+        w2 = ours_loader(path, grid, indices, 2)
+        rows.append((label, len(indices), nfile, plain, raw, ours, w1, w2))
+
+    print()
+    print(f"Tile reading, tiles/s (machine: {os.cpu_count()} cores; peak RSS {peak_rss_mb():.0f} MB)")
+    head = "| case | tiles | file tiles decoded | openslide loop | raw decode limit | ours (in-process) | ours 1 worker | ours 2 workers | ours / openslide | ours / raw | 2w / 1w |"
+    print(head)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, n, nfile, plain, raw, ours, w1, w2 in rows:
+        best = max(ours, w1)
+        print(f"| {label} | {n} | {nfile} | {plain:.0f} | {raw:.0f} | {ours:.0f} | {w1:.0f} | {w2:.0f} | "
+              f"{best / plain:.2f}x | {best / raw:.0%} | {w2 / w1:.2f}x |")
+
+    print()
+    print("Tissue detection, seconds")
+    print("| slide | detect_tissue (ours) | Otsu on openslide thumbnail 1/16 | Otsu 1/64 | ours / 1/64 Otsu |")
+    print("|---|---:|---:|---:|---:|")
+    for name, path, _, _ in slides:
+        ours, b16, b64, _ = tissue_times(path)
+        print(f"| {name} | {ours:.2f} | {b16:.2f} | {b64:.2f} | {ours / b64:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
