@@ -284,9 +284,10 @@ class _Layout:
         i0 = i0 - rs.start
         j0 = j0 - cs.start
         wy = wy[None, :, None]
-        rows = sub[:, i0, :] * (1 - wy) + sub[:, i0 + 1, :] * wy
+        # np.take keeps C order (fancy indexing on the last axis would return a transposed layout)
+        rows = np.take(sub, i0, axis=1) * (1 - wy) + np.take(sub, i0 + 1, axis=1) * wy
         wx = wx[None, None, :]
-        return rows[:, :, j0] * (1 - wx) + rows[:, :, j0 + 1] * wx
+        return np.take(rows, j0, axis=2) * (1 - wx) + np.take(rows, j0 + 1, axis=2) * wx
 
 
 def _make_layout(
@@ -433,11 +434,11 @@ def _grain_texture(rng: np.random.Generator, size: int, mpp: float) -> np.ndarra
 def _gather(tex: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     p0, p1 = tex.shape
     r = y0 % p0
-    block = tex[r : r + h] if r + h <= p0 else tex[(y0 + np.arange(h)) % p0]
+    block = tex[r : r + h] if r + h <= p0 else np.take(tex, (y0 + np.arange(h)) % p0, axis=0)
     c = x0 % p1
     if c + w <= p1:
-        return block[:, c : c + w]
-    return block[:, (x0 + np.arange(w)) % p1]
+        return np.ascontiguousarray(block[:, c : c + w])
+    return np.take(block, (x0 + np.arange(w)) % p1, axis=1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,3 @@
+from slidescope.cli import main
+
+main()
