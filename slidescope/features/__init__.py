@@ -1,0 +1,57 @@
+"""Patch encoders, the extraction engine and the Zarr embedding store.
+
+Public names load on first use (torch is imported only then).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Encoder": ".encoders",
+    "EncoderConfig": ".encoders",
+    "WeightsError": ".encoders",
+    "create_encoder": ".encoders",
+    "get_encoder_config": ".encoders",
+    "list_encoders": ".encoders",
+    "register_encoder": ".encoders",
+    "extract_features": ".extract",
+    "extract_slides": ".extract",
+    "ExtractionResult": ".extract",
+    "open_store": ".store",
+    "SlideStore": ".store",
+    "StoreError": ".store",
+    "StoreCorruptError": ".store",
+    "IncompleteStoreError": ".store",
+    "export_h5": ".h5",
+    "import_h5": ".h5",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .encoders import (
+        Encoder,
+        EncoderConfig,
+        WeightsError,
+        create_encoder,
+        get_encoder_config,
+        list_encoders,
+        register_encoder,
+    )
+    from .extract import ExtractionResult, extract_features, extract_slides
+    from .h5 import export_h5, import_h5
+    from .store import IncompleteStoreError, SlideStore, StoreCorruptError, StoreError, open_store
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

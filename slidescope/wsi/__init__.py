@@ -18,6 +18,7 @@ _EXPORTS = {
     "iter_tiles": "._stream",
     "read_tile": "._stream",
     "TileDataset": "._dataset",
+    "expand_slides": "._inputs",
     "make_synthetic_slide": ".synthetic",
     "SyntheticSlide": ".synthetic",
 }
@@ -27,6 +28,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from ._dataset import TileDataset
     from ._grid import TileGrid, make_tile_grid
+    from ._inputs import expand_slides
     from ._slide import Slide, open_slide
     from ._stream import iter_tiles, read_tile
     from ._tissue import TissueMask, detect_tissue

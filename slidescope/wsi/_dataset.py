@@ -34,6 +34,7 @@ class TileDataset(IterableDataset):
     grid : the :class:`TileGrid` to read.
     transform : optional callable applied to each uint8 (H, W, 3) numpy tile in the worker.
     block_size : read-level pixels per block side (see :func:`iter_tiles`).
+    indices : stream only these tiles (e.g. the ones a resumed extraction still needs).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class TileDataset(IterableDataset):
         transform: Callable[[np.ndarray], Any] | None = None,
         block_size: int = DEFAULT_BLOCK_SIZE,
         direct: bool = True,
+        indices: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if isinstance(slide, Slide):
@@ -54,12 +56,18 @@ class TileDataset(IterableDataset):
         self.transform = transform
         self.block_size = block_size
         self.direct = direct
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.grid)
+        return len(self.grid) if self.indices is None else len(self.indices)
 
     def _share(self, worker: int, workers: int) -> np.ndarray:
         blocks = block_order(self.grid, self.block_size)
+        if self.indices is not None:
+            wanted = np.zeros(len(self.grid), bool)
+            wanted[self.indices] = True
+            blocks = [b[wanted[b]] for b in blocks]
+            blocks = [b for b in blocks if len(b)]
         mine = blocks[worker::workers]
         return np.concatenate(mine) if mine else np.zeros(0, np.int64)
 

@@ -1,0 +1,5 @@
+"""Importing this module registers every built-in encoder (one module per model family)."""
+
+from __future__ import annotations
+
+from . import clip, conch, he_descriptor, phikon, timm_models  # noqa: F401

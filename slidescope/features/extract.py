@@ -1,0 +1,302 @@
+"""The extraction engine: tiles -> patch encoder -> the Zarr store, resumable and fast.
+
+Producer/consumer: DataLoader worker processes read and decode tiles (each with its own slide
+handle); the main process moves uint8 batches to the device (pinned memory, non-blocking copies),
+encodes them under autocast at the encoder's precision, and hands finished chunks to a background
+writer thread, so the device never waits on disk. A run resumes from the last complete chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidParameterError, SlidescopeError
+from ..wsi import Slide, TileDataset, TileGrid, open_slide
+from .encoders import Encoder, create_encoder
+from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_fingerprint, store_path
+
+log = logging.getLogger(__name__)
+
+__all__ = ["extract_features", "extract_slides", "ExtractionResult", "default_num_workers"]
+
+
+@dataclass
+class ExtractionResult:
+    """What happened to one slide."""
+
+    slide: str
+    status: str  # "done", "reused", "empty", "failed", "claimed"
+    store: str | None = None
+    n_tiles: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+    tiles_per_s: float = 0.0
+    effective_mpp: list[float] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_num_workers() -> int:
+    """Reader processes: one per core but one left for the main process (at least 1, at most 8)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _slide_attrs(slide: Slide) -> dict[str, Any]:
+    return {
+        "name": slide.path.name,
+        "path": str(slide.path.resolve()),
+        "fingerprint": slide_fingerprint(slide.path),
+        "reader": slide.reader,
+        "backend": slide.backend,
+        "mpp": list(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "dimensions": list(slide.dimensions),
+    }
+
+
+class _Writer(threading.Thread):
+    """Writes finished chunks in the background; the first error is re-raised by :meth:`close`."""
+
+    def __init__(self, writer) -> None:
+        super().__init__(daemon=True, name="slidescope-store-writer")
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=16)
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write_chunk(*item)
+                except BaseException as err:  # noqa: BLE001 - handed to the main thread in close()
+                    self.error = err
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _encode(encoder: Encoder, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    use_autocast = encoder.autocast_dtype != torch.float32
+    with torch.inference_mode(), torch.autocast(device.type, dtype=encoder.autocast_dtype, enabled=use_autocast):
+        out = encoder(images)
+    return out.float()
+
+
+def _encode_adaptive(encoder: Encoder, images: torch.Tensor, device: torch.device, state: dict[str, int]) -> torch.Tensor:
+    """Encode, splitting the batch when the device runs out of memory (and remembering the size)."""
+    limit = state.get("limit", len(images))
+    parts = []
+    start = 0
+    while start < len(images):
+        part = images[start : start + limit]
+        try:
+            parts.append(_encode(encoder, part, device))
+            start += len(part)
+        except RuntimeError as err:
+            if not _is_oom(err) or limit == 1:
+                raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            limit = max(1, limit // 2)
+            state["limit"] = limit
+            log.warning("out of memory at batch %d; going on with batches of %d", len(part), limit)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _auto_batch_size(device: torch.device, encoder: Encoder) -> int:
+    if device.type != "cuda":
+        return 32
+    return 256 if encoder.config.embed_dim <= 1024 else 128
+
+
+def extract_features(
+    slide: Slide | str | os.PathLike[str],
+    grid: TileGrid,
+    encoder: Encoder | str,
+    *,
+    store: str | os.PathLike[str],
+    batch_size: int | str = "auto",
+    num_workers: int | None = None,
+    device: str | torch.device = "auto",
+    dtype: str = "float16",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    stain: str | None = None,
+    progress: bool = True,
+) -> ExtractionResult:
+    """Embed every tile of ``grid`` with ``encoder`` into the slide's store under ``store``.
+
+    Parameters
+    ----------
+    slide : an open :class:`~slidescope.wsi.Slide` or a path.
+    grid : the tiles (see :func:`~slidescope.wsi.make_tile_grid`), usually at the encoder's
+        ``config.tile_size`` and ``config.mpp``.
+    encoder : an :class:`Encoder` or a registry name (built with :func:`create_encoder`).
+    store : the folder that holds one ``<slide>.zarr`` store per slide.
+    batch_size : tiles per batch, or ``"auto"`` (32 on CPU, 128-256 on GPU; lowered on out-of-memory).
+    num_workers : DataLoader reader processes (default: cores - 1).
+    dtype : ``"float16"`` (default) or ``"float32"`` for the stored embeddings.
+    chunk_rows : tiles per store chunk (the unit of resuming and of checksums).
+    stain : ``None``, ``"macenko"`` or ``"reinhard"`` stain normalisation before the encoder.
+
+    Returns
+    -------
+    ExtractionResult; the embeddings are then in ``open_store(result.store).embeddings(name)``,
+    shape (N, D) with row i the embedding of ``grid.coords[i]``.
+    """
+    if dtype not in ("float16", "float32"):
+        raise InvalidParameterError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if not isinstance(slide, Slide):
+        slide = open_slide(slide)
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder, device=device)
+    dev = next((p.device for p in encoder.parameters()), None) or next(
+        (b.device for b in encoder.buffers()), torch.device("cpu"))
+    if batch_size == "auto":
+        batch_size = _auto_batch_size(dev, encoder)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParameterError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    normalizer = None
+    if stain:
+        from .stain import make_normalizer
+
+        normalizer = make_normalizer(stain)
+
+    path = store_path(store, slide.path)
+    t0 = time.perf_counter()
+    result = ExtractionResult(slide=str(slide.path), status="done", store=str(path), n_tiles=len(grid),
+                              effective_mpp=list(grid.effective_mpp))
+    with claim(path):
+        st = SlideStore.create_or_open(path, slide_attrs=_slide_attrs(slide), tiling=grid.to_dict(),
+                                       coords=grid.coords, tissue_fraction=grid.tissue_fraction)
+        key = CacheKey(
+            encoder={**encoder.config.to_dict(), "stain": stain},
+            weights_digest=encoder.weights_digest,
+            precision=encoder.precision,
+            dtype=dtype,
+            package_version=st.attrs["package_version"],
+        )
+        writer = st.prepare_embeddings(key, embed_dim=encoder.config.embed_dim, chunk_rows=chunk_rows)
+        if writer.complete:
+            result.status = "reused" if len(grid) else "empty"
+            result.seconds = time.perf_counter() - t0
+            return result
+        pending = writer.pending_indices()
+        if len(pending) < len(grid):
+            log.info("%s: resuming, %d of %d tiles left", slide.path.name, len(pending), len(grid))
+        result.computed = int(len(pending))
+        if len(pending):
+            _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer, progress)
+        result.seconds = time.perf_counter() - t0
+        result.tiles_per_s = result.computed / result.seconds if result.seconds > 0 else 0.0
+        writer.finish(seconds=round(result.seconds, 3), tiles_per_s=round(result.tiles_per_s, 2),
+                      stain=stain, batch_size=batch_size, num_workers=workers)
+        if not len(grid):
+            result.status = "empty"
+    return result
+
+
+def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer, progress) -> None:
+    from tqdm.auto import tqdm
+
+    dataset = TileDataset(slide, grid, indices=pending)
+    loader = dataset.loader(batch_size=batch_size, num_workers=min(workers, max(1, len(pending) // batch_size)),
+                            pin_memory=dev.type == "cuda")
+    background = _Writer(writer)
+    state: dict[str, int] = {}
+    bar = tqdm(total=len(pending), desc=slide.path.name, unit="tile", disable=not progress, leave=False,
+               dynamic_ncols=True)
+    try:
+        for batch in loader:
+            images = batch["image"]
+            if normalizer is not None:
+                images = normalizer(images)
+            emb = _encode_adaptive(encoder, images, dev, state).cpu().numpy()
+            for chunk in writer.add(batch["index"].numpy(), emb):
+                background.put(chunk)
+            bar.update(len(images))
+    finally:
+        bar.close()
+        background.close()
+
+
+def extract_slides(
+    slides: Iterable[str | os.PathLike[str]],
+    encoder: Encoder | str,
+    *,
+    store: str | os.PathLike[str],
+    mpp: float | None = None,
+    tile_size: int | None = None,
+    overlap: int = 0,
+    min_tissue: float = 0.25,
+    slide_mpp: float | None = None,
+    backend: str = "auto",
+    weights: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    **kwargs: Any,
+) -> list[ExtractionResult]:
+    """Extract a batch of slides; one bad slide never stops the batch (its failure is recorded).
+
+    ``mpp`` and ``tile_size`` default to what the encoder was trained on.
+    """
+    from tqdm.auto import tqdm
+
+    from ..wsi import detect_tissue, make_tile_grid
+
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder, weights=weights, device=device)
+    mpp = encoder.config.mpp if mpp is None else mpp
+    tile_size = encoder.config.tile_size if tile_size is None else tile_size
+    results = []
+    for path in tqdm(list(slides), desc="slides", unit="slide", disable=not progress):
+        t0 = time.perf_counter()
+        try:
+            with open_slide(path, backend=backend, mpp=slide_mpp) as slide:
+                mask = detect_tissue(slide)
+                grid = make_tile_grid(slide, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue,
+                                      mask=mask, allow_empty=True)
+                if len(grid) == 0:
+                    log.warning("%s: no tissue tiles; writing an empty store", Path(path).name)
+                res = extract_features(slide, grid, encoder, store=store, progress=progress, **kwargs)
+                res.extra["tissue_mm2"] = round(mask.area_um2 / 1e6, 4)
+        except (SlidescopeError, OSError, RuntimeError, ValueError) as err:
+            status = "claimed" if type(err).__name__ == "SlideClaimedError" else "failed"
+            log.error("%s: %s: %s", Path(path).name, type(err).__name__, err)
+            res = ExtractionResult(slide=str(path), status=status, error=str(err), error_type=type(err).__name__,
+                                   seconds=time.perf_counter() - t0)
+        results.append(res)
+    return results
+

@@ -1,0 +1,517 @@
+"""The embedding store: one Zarr v3 group per slide, safe to reuse, resume and share.
+
+Layout of ``<root>/<slide key>.zarr``::
+
+    zarr.json               attrs: schema_version, slide{name, path, fingerprint, size, reader, backend,
+                            mpp, mpp_source, dimensions}, tiling{grid parameters, effective mpp...},
+                            package_version, created, updated
+    coords                  (N, 2) int64   level-0 top-left (x, y) of every tile
+    tissue_fraction         (N,)   float32
+    features/<encoder>/     attrs: encoder config, weights_digest, precision, dtype, chunk_rows, complete,
+                                   n_tiles, embed_dim, timings
+        embeddings          (N, D) float16 (float32 on request), chunks of ``chunk_rows`` tiles
+        done                (n_chunks,) uint8, one marker chunk per embeddings chunk, written after it
+    slide_embeddings/<model>  (D,) or (K, D) slide-level vectors, attrs say which model made them
+    scores/<name>           (N,) or (N, K) per-tile scores (attention, probabilities, similarities)
+
+Trust rules:
+
+* Every chunk carries a CRC32C checksum (zarr's ``crc32c`` codec); a corrupt chunk raises
+  :class:`StoreCorruptError` on read.
+* An encoder's embeddings are *complete* only when every ``done`` marker is set and the group's
+  ``complete`` attribute is written, last. Readers refuse incomplete embeddings.
+* A cached result is reused only if the schema version, slide fingerprint, reader, tiling
+  parameters, encoder config, weights digest, precision, dtype and package version all match;
+  otherwise it is recomputed (the mismatch is logged), never mixed.
+* A run killed at any moment resumes from the last chunk whose marker was written: a marker is
+  written only after its chunk, so a half-written chunk is simply redone.
+* Two runs on the same folder: a slide is claimed with an exclusive lock file
+  (``<key>.zarr.lock``, created with O_EXCL); a claim whose process is gone (same host) is stale
+  and taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError, SlidescopeError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "StoreError",
+    "StoreCorruptError",
+    "IncompleteStoreError",
+    "SlideClaimedError",
+    "SlideStore",
+    "open_store",
+    "slide_fingerprint",
+    "store_path",
+    "claim",
+]
+
+SCHEMA_VERSION = 1
+DEFAULT_CHUNK_ROWS = 1024
+
+
+class StoreError(SlidescopeError):
+    """The embedding store cannot be used as asked."""
+
+
+class StoreCorruptError(StoreError):
+    """A chunk failed its checksum or the metadata cannot be parsed."""
+
+
+class IncompleteStoreError(StoreError):
+    """Embeddings were asked for that are not completely written."""
+
+
+class SlideClaimedError(StoreError):
+    """Another live process is writing this slide's store."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def slide_fingerprint(path: str | os.PathLike[str], *, samples: int = 8, sample_bytes: int = 1 << 16) -> str:
+    """``"<size>:<sha256 of sampled bytes>"``: first and last MiB plus ``samples`` evenly spaced blocks.
+
+    Cheap for multi-GB slides, and changes when the file is replaced, truncated or re-exported."""
+    p = Path(path)
+    size = p.stat().st_size
+    h = hashlib.sha256()
+    h.update(str(size).encode())
+    with open(p, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 2 << 20:
+            for k in range(1, samples + 1):
+                fh.seek(int(size * k / (samples + 1)))
+                h.update(fh.read(sample_bytes))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return f"{size}:{h.hexdigest()[:32]}"
+
+
+def slide_key(path: str | os.PathLike[str]) -> str:
+    """The store name of a slide: its file name without the slide extension(s)."""
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def store_path(root: str | os.PathLike[str], slide: str | os.PathLike[str]) -> Path:
+    return Path(root) / f"{slide_key(slide)}.zarr"
+
+
+# -- claiming -------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def claim(path: Path) -> Iterator[None]:
+    """Hold the exclusive claim on a slide store while writing it (see module docstring)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                other = {}
+            same_host = other.get("host") == me["host"]
+            if same_host and isinstance(other.get("pid"), int) and not _pid_alive(other["pid"]):
+                log.warning("%s: taking over a stale claim of pid %s (the process is gone)", path.name, other["pid"])
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            raise SlideClaimedError(
+                f"{path.name} is being written by another run (host {other.get('host', '?')}, pid "
+                f"{other.get('pid', '?')}, since {other.get('since', '?')}). Wait for it, or delete {lock} if that "
+                f"run is dead."
+            ) from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:  # pragma: no cover - two takeovers in a row lost the race
+        raise SlideClaimedError(f"could not claim {path.name}; another run keeps taking it")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+def _checksummed() -> list[Any]:
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
+
+
+def _read(array, selection=slice(None)) -> np.ndarray:
+    try:
+        return np.asarray(array[selection])
+    except ValueError as err:
+        if "checksum" in str(err).lower():
+            raise StoreCorruptError(
+                f"{array.store_path}: a chunk failed its checksum ({err}). The store is corrupt: delete it "
+                f"and extract again (slidescope recomputes what is missing)."
+            ) from err
+        raise
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What must match for stored embeddings to be reused."""
+
+    encoder: dict[str, Any]
+    weights_digest: str | None
+    precision: str
+    dtype: str
+    package_version: str
+
+    def as_attrs(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder,
+            "weights_digest": self.weights_digest,
+            "precision": self.precision,
+            "dtype": self.dtype,
+            "package_version": self.package_version,
+        }
+
+
+class SlideStore:
+    """One slide's Zarr group. Use :func:`open_store` to read, :meth:`create_or_open` to write."""
+
+    def __init__(self, path: Path, group) -> None:
+        self.path = path
+        self._group = group
+
+    # -- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> SlideStore:
+        p = Path(path)
+        if not (p / "zarr.json").exists():
+            raise StoreError(f"{p} is not a slidescope store (no zarr.json). Extract features into it first.")
+        try:
+            group = _zarr().open_group(str(p), mode=mode)
+            attrs = dict(group.attrs)
+        except Exception as err:  # malformed JSON metadata and friends: zarr raises several types
+            raise StoreCorruptError(f"{p}: the store metadata cannot be read ({err}). Delete it and extract again.") from err
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{p} has store schema {version!r}; this slidescope reads schema {SCHEMA_VERSION}. Re-extract into a "
+                f"new folder (or upgrade slidescope if the store is newer)."
+            )
+        return cls(p, group)
+
+    @classmethod
+    def create_or_open(cls, path: Path, *, slide_attrs: dict[str, Any], tiling: dict[str, Any],
+                       coords: np.ndarray, tissue_fraction: np.ndarray) -> SlideStore:
+        """Open the store for writing if it describes the same slide and tiling, else start it afresh."""
+        if (path / "zarr.json").exists():
+            try:
+                store = cls.open(path, mode="r+")
+                reason = store._mismatch(slide_attrs, tiling)
+                if reason is None:
+                    if len(store.coords) == len(coords) and np.array_equal(store.coords, coords):
+                        return store
+                    reason = "tile coordinates differ"
+                log.info("%s: starting the store afresh (%s)", path.name, reason)
+            except StoreError as err:
+                log.warning("%s: unusable store, starting afresh (%s)", path.name, err)
+            shutil.rmtree(path)
+        zarr = _zarr()
+        group = zarr.open_group(str(path), mode="w")
+        n = len(coords)
+        c = group.create_array("coords", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int64",
+                               compressors=_checksummed(), fill_value=0)
+        t = group.create_array("tissue_fraction", shape=(n,), chunks=(max(n, 1),), dtype="float32",
+                               compressors=_checksummed(), fill_value=0)
+        if n:
+            c[:] = coords
+            t[:] = tissue_fraction
+        group.require_group("features")
+        group.attrs.update({
+            "schema_version": SCHEMA_VERSION,
+            "slide": slide_attrs,
+            "tiling": tiling,
+            "n_tiles": int(n),
+            "package_version": _package_version(),
+            "created": _now(),
+            "updated": _now(),
+        })
+        return cls(path, group)
+
+    def _mismatch(self, slide_attrs: dict[str, Any], tiling: dict[str, Any]) -> str | None:
+        attrs = self.attrs
+        old = attrs.get("slide", {})
+        for key in ("fingerprint", "reader", "mpp"):
+            if old.get(key) != _jsonify(slide_attrs.get(key)):
+                return f"slide {key} changed: {old.get(key)!r} -> {slide_attrs.get(key)!r}"
+        if attrs.get("tiling") != _jsonify(tiling):
+            return "tiling parameters changed"
+        return None
+
+    # -- reading ----------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._group.attrs)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(N, 2) int64 level-0 top-left (x, y)."""
+        return _read(self._group["coords"]).astype(np.int64, copy=False)
+
+    @property
+    def tissue_fraction(self) -> np.ndarray:
+        return _read(self._group["tissue_fraction"])
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self._group.attrs.get("n_tiles", 0))
+
+    @property
+    def tile_extent(self) -> tuple[int, int]:
+        """Level-0 (w, h) of one tile."""
+        ext = self.attrs["tiling"]["extent"]
+        return int(ext[0]), int(ext[1])
+
+    def encoders(self, *, complete_only: bool = True) -> list[str]:
+        names = []
+        feats = self._group["features"]
+        for name in sorted(k for k, _ in feats.groups()):
+            if not complete_only or feats[name].attrs.get("complete"):
+                names.append(name)
+        return names
+
+    def encoder_attrs(self, encoder: str) -> dict[str, Any]:
+        return dict(self._feature_group(encoder).attrs)
+
+    def _feature_group(self, encoder: str):
+        feats = self._group["features"]
+        if encoder not in feats:
+            have = ", ".join(self.encoders(complete_only=False)) or "none"
+            raise StoreError(f"{self.path.name} has no embeddings for encoder {encoder!r} (has: {have}). Run "
+                             f"`slidescope extract --encoder {encoder}` on this slide.")
+        return feats[encoder]
+
+    def embeddings(self, encoder: str, *, as_: str = "numpy", lazy: bool = False):
+        """The (N, D) embeddings of ``encoder``: numpy (default), ``as_="torch"``, or the lazy zarr array."""
+        group = self._feature_group(encoder)
+        if not group.attrs.get("complete"):
+            raise IncompleteStoreError(
+                f"{self.path.name}: the {encoder!r} embeddings are incomplete (an extraction was interrupted or is "
+                f"running). Run `slidescope extract` again: it resumes where it stopped."
+            )
+        array = group["embeddings"]
+        if lazy:
+            return array
+        data = _read(array)
+        if as_ == "torch":
+            import torch
+
+            return torch.from_numpy(data)
+        if as_ != "numpy":
+            raise InvalidParameterError(f"as_ must be 'numpy' or 'torch', got {as_!r}")
+        return data
+
+    # -- writing embeddings -----------------------------------------------------------------------
+    def prepare_embeddings(self, key: CacheKey, *, embed_dim: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> EmbeddingWriter:
+        """Open (resume) or create the embeddings of ``key.encoder['name']``; returns a writer."""
+        name = key.encoder["name"]
+        feats = self._group.require_group("features")
+        wanted = _jsonify(key.as_attrs())
+        if name in feats:
+            group = feats[name]
+            have = {k: group.attrs.get(k) for k in wanted}
+            same = have == wanted and group.attrs.get("embed_dim") == embed_dim
+            if not same:
+                changed = [k for k in wanted if have.get(k) != wanted[k]] or ["embed_dim"]
+                log.info("%s: %s embeddings were made with other %s; recomputing", self.path.name, name, changed)
+                del feats[name]
+        if name not in feats:
+            group = feats.create_group(name)
+            n = self.n_tiles
+            n_chunks = max(1, -(-n // chunk_rows))
+            group.create_array("embeddings", shape=(n, embed_dim), chunks=(chunk_rows, embed_dim), dtype=key.dtype,
+                               compressors=_checksummed(), fill_value=0)
+            group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="uint8", compressors=_checksummed(),
+                               fill_value=0)
+            group.attrs.update({**wanted, "embed_dim": int(embed_dim), "chunk_rows": int(chunk_rows),
+                                "n_tiles": int(n), "complete": False, "created": _now()})
+        return EmbeddingWriter(self, feats[name])
+
+    # -- scores and slide embeddings -----------------------------------------------------------------
+    def write_scores(self, name: str, scores: np.ndarray, *, attrs: dict[str, Any] | None = None) -> None:
+        """Per-tile scores (N,) or (N, K) under ``scores/<name>`` (replacing any previous ones)."""
+        scores = np.asarray(scores)
+        if scores.shape[0] != self.n_tiles:
+            raise InvalidParameterError(f"{len(scores)} scores for {self.n_tiles} tiles in {self.path.name}")
+        group = self._group.require_group("scores")
+        if name in group:
+            del group[name]
+        arr = group.create_array(name, shape=scores.shape, chunks=scores.shape if scores.size else None,
+                                 dtype=scores.dtype, compressors=_checksummed(), fill_value=0)
+        if scores.size:
+            arr[...] = scores
+        arr.attrs.update({**(attrs or {}), "written": _now()})
+
+    def scores(self, name: str | None = None):
+        group = self._group.get("scores")
+        if name is None:
+            return sorted(k for k, _ in group.arrays()) if group is not None else []
+        if group is None or name not in group:
+            raise StoreError(f"{self.path.name} has no scores named {name!r}")
+        return _read(group[name])
+
+    def write_slide_embedding(self, name: str, vector: np.ndarray, *, attrs: dict[str, Any] | None = None) -> None:
+        vector = np.asarray(vector, dtype=np.float32)
+        group = self._group.require_group("slide_embeddings")
+        if name in group:
+            del group[name]
+        arr = group.create_array(name, shape=vector.shape, dtype="float32", compressors=_checksummed(), fill_value=0)
+        arr[...] = vector
+        arr.attrs.update({**(attrs or {}), "written": _now()})
+
+    def slide_embedding(self, name: str) -> np.ndarray:
+        group = self._group.get("slide_embeddings")
+        if group is None or name not in group:
+            raise StoreError(f"{self.path.name} has no slide embedding named {name!r}")
+        return _read(group[name])
+
+    def __repr__(self) -> str:
+        return f"SlideStore({str(self.path)!r}, tiles={self.n_tiles}, encoders={self.encoders(complete_only=False)})"
+
+
+class EmbeddingWriter:
+    """Chunk-wise writer for one encoder's embeddings; tiles may arrive in any order."""
+
+    def __init__(self, store: SlideStore, group) -> None:
+        self.store = store
+        self._group = group
+        self.array = group["embeddings"]
+        self.done_array = group["done"]
+        self.chunk_rows = int(group.attrs["chunk_rows"])
+        self.n = int(group.attrs["n_tiles"])
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._group.attrs.get("complete"))
+
+    def done_chunks(self) -> np.ndarray:
+        """Boolean (n_chunks,): chunks whose marker is written (a corrupt marker counts as not done)."""
+        try:
+            return _read(self.done_array).astype(bool)
+        except StoreCorruptError:
+            out = np.zeros(self.done_array.shape[0], bool)
+            for i in range(len(out)):
+                with contextlib.suppress(StoreCorruptError):
+                    out[i] = bool(_read(self.done_array, slice(i, i + 1))[0])
+            return out
+
+    def pending_indices(self) -> np.ndarray:
+        """Tile indices whose chunk is not done yet."""
+        done = self.done_chunks()
+        idx = np.arange(self.n)
+        return idx[~done[idx // self.chunk_rows]] if self.n else idx
+
+    def _chunk_len(self, chunk: int) -> int:
+        return min(self.chunk_rows, self.n - chunk * self.chunk_rows)
+
+    def add(self, indices: np.ndarray, values: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Buffer embeddings; return the chunks that became full as (chunk index, rows)."""
+        full = []
+        chunks = indices // self.chunk_rows
+        for chunk in np.unique(chunks):
+            sel = chunks == chunk
+            c = int(chunk)
+            if c not in self._buffers:
+                size = self._chunk_len(c)
+                self._buffers[c] = (np.zeros((size, values.shape[1]), self.array.dtype), np.zeros(size, bool))
+            buf, seen = self._buffers[c]
+            rows = indices[sel] - c * self.chunk_rows
+            buf[rows] = values[sel]
+            seen[rows] = True
+            if seen.all():
+                full.append((c, buf))
+                del self._buffers[c]
+        return full
+
+    def write_chunk(self, chunk: int, rows: np.ndarray) -> None:
+        """Write one chunk, then its marker (in that order: see the module docstring)."""
+        start = chunk * self.chunk_rows
+        self.array[start : start + len(rows)] = rows
+        self.done_array[chunk : chunk + 1] = np.ones(1, np.uint8)
+
+    def finish(self, **attrs: Any) -> None:
+        if self._buffers:
+            raise StoreError(f"{self.store.path.name}: {len(self._buffers)} chunks are still partly filled")
+        if not self.done_chunks().all() and self.n:
+            raise StoreError(f"{self.store.path.name}: not every chunk was written; run the extraction again")
+        self._group.attrs.update({**_jsonify(attrs), "complete": True, "finished": _now()})
+        self.store._group.attrs.update({"updated": _now()})
+
+
+def _jsonify(value: Any) -> Any:
+    """Round-trip through JSON so comparisons with stored attrs are like for like (tuples -> lists)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def open_store(path: str | os.PathLike[str]) -> SlideStore:
+    """Open a slide's store for reading: ``store.coords``, ``store.embeddings(encoder)``, ``store.attrs``.
+
+    Examples
+    --------
+    >>> store = open_store("stores/CMU-1-Small-Region.zarr")      # doctest: +SKIP
+    >>> store.encoders()                                            # doctest: +SKIP
+    ['he-descriptor']
+    >>> store.embeddings("he-descriptor").shape                     # doctest: +SKIP
+    (57, 96)
+    """
+    return SlideStore.open(path)

@@ -1,0 +1,183 @@
+"""The extraction engine and the store: correct rows, reuse, invalidation, resume, corruption, claims."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slidescope.errors import EmptyTissueError
+from slidescope.features.extract import extract_features, extract_slides
+from slidescope.features.store import (
+    IncompleteStoreError,
+    SlideClaimedError,
+    StoreCorruptError,
+    claim,
+    open_store,
+    store_path,
+)
+from slidescope.wsi import iter_tiles, make_tile_grid, open_slide
+
+
+@pytest.fixture
+def cmu_grid(cmu_small):
+    slide = open_slide(cmu_small)
+    return slide, make_tile_grid(slide, tile_size=224, mpp=0.5)
+
+
+def expected(encoder, slide, grid) -> np.ndarray:
+    tiles = dict(iter_tiles(slide, grid))
+    batch = torch.from_numpy(np.stack([tiles[i] for i in range(len(grid))]))
+    with torch.inference_mode():
+        return encoder(batch).numpy()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_rows_match_grid_order(cmu_grid, tiny_encoder, tmp_path, num_workers) -> None:
+    slide, grid = cmu_grid
+    enc = tiny_encoder()
+    res = extract_features(slide, grid, enc, store=tmp_path, num_workers=num_workers, batch_size=8, chunk_rows=16,
+                           progress=False)
+    assert res.status == "done" and res.computed == len(grid)
+    store = open_store(res.store)
+    emb = store.embeddings("tiny-test")
+    assert emb.shape == (len(grid), 16) and emb.dtype == np.float16
+    np.testing.assert_allclose(emb.astype(np.float32), expected(enc, slide, grid), rtol=2e-3, atol=2e-3)
+    assert np.array_equal(store.coords, grid.coords)
+    attrs = store.attrs
+    assert attrs["schema_version"] == 1 and attrs["slide"]["mpp"] == [0.499, 0.499]
+    assert attrs["tiling"]["effective_mpp"] == [0.499, 0.499]
+    enc_attrs = store.encoder_attrs("tiny-test")
+    assert enc_attrs["weights_digest"] == "sha256:tiny-0" and enc_attrs["complete"] is True
+    assert torch.is_tensor(store.embeddings("tiny-test", as_="torch"))
+
+
+def test_reuse_and_invalidation(cmu_grid, tiny_encoder, tmp_path) -> None:
+    slide, grid = cmu_grid
+    first = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, progress=False)
+    again = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, progress=False)
+    assert first.status == "done" and again.status == "reused" and again.computed == 0
+    # other weights: recomputed, never mixed
+    other = tiny_encoder(seed=1)
+    res = extract_features(slide, grid, other, store=tmp_path, num_workers=0, progress=False)
+    assert res.status == "done" and res.computed == len(grid)
+    np.testing.assert_allclose(open_store(res.store).embeddings("tiny-test").astype(np.float32),
+                               expected(other, slide, grid), rtol=2e-3, atol=2e-3)
+    # float32 on request is another cache entry
+    res = extract_features(slide, grid, other, store=tmp_path, num_workers=0, dtype="float32", progress=False)
+    assert res.computed == len(grid) and open_store(res.store).embeddings("tiny-test").dtype == np.float32
+    # another tiling: the whole store starts afresh
+    grid2 = make_tile_grid(slide, tile_size=112, mpp=1.0)
+    res = extract_features(slide, grid2, other, store=tmp_path, num_workers=0, progress=False)
+    assert res.computed == len(grid2) and open_store(res.store).n_tiles == len(grid2)
+
+
+def test_interrupted_run_resumes_to_the_same_result(cmu_grid, tiny_encoder, tmp_path) -> None:
+    slide, grid = cmu_grid
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(slide, grid, tiny_encoder(fail_after=3), store=tmp_path, num_workers=0, batch_size=8,
+                         chunk_rows=8, progress=False)
+    store = open_store(store_path(tmp_path, slide.path))
+    with pytest.raises(IncompleteStoreError, match="resumes"):
+        store.embeddings("tiny-test")
+    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, batch_size=8, chunk_rows=8,
+                           progress=False)
+    assert 0 < res.computed < len(grid)
+    clean = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "clean", num_workers=0, progress=False)
+    assert np.array_equal(open_store(res.store).embeddings("tiny-test"), open_store(clean.store).embeddings("tiny-test"))
+
+
+KILL_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import TinyEncoder
+from slidescope.features.extract import extract_features
+from slidescope.wsi import open_slide, make_tile_grid
+slide = open_slide({slide!r})
+grid = make_tile_grid(slide, tile_size=224, mpp=0.5)
+extract_features(slide, grid, TinyEncoder(delay=0.15), store={store!r}, num_workers=0, batch_size=4, chunk_rows=8,
+                 progress=False)
+"""
+
+
+def test_kill_9_then_rerun_equals_uninterrupted(cmu_grid, tiny_encoder, tmp_path) -> None:
+    slide, grid = cmu_grid
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), slide=str(slide.path), store=str(tmp_path / "s"))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    done = store_path(tmp_path / "s", slide.path) / "features" / "tiny-test" / "done" / "c"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (done.exists() and len(list(done.iterdir())) >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    store = open_store(store_path(tmp_path / "s", slide.path))
+    with pytest.raises(IncompleteStoreError):
+        store.embeddings("tiny-test")
+    # the dead run's claim is stale: the rerun takes it over and finishes
+    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "s", num_workers=0, batch_size=4,
+                           chunk_rows=8, progress=False)
+    assert res.status == "done" and 0 < res.computed < len(grid)
+    clean = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "clean", num_workers=0, progress=False)
+    assert np.array_equal(open_store(res.store).embeddings("tiny-test"), open_store(clean.store).embeddings("tiny-test"))
+
+
+def test_corrupt_chunk_is_detected(cmu_grid, tiny_encoder, tmp_path) -> None:
+    slide, grid = cmu_grid
+    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, chunk_rows=16, progress=False)
+    chunk = Path(res.store) / "features" / "tiny-test" / "embeddings" / "c" / "1" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[10] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreCorruptError, match="checksum"):
+        open_store(res.store).embeddings("tiny-test")
+
+
+def test_claims(cmu_grid, tmp_path) -> None:
+    slide, _ = cmu_grid
+    path = store_path(tmp_path, slide.path)
+    with claim(path):
+        with pytest.raises(SlideClaimedError, match="being written by another run"):
+            with claim(path):
+                pass
+    lock = path.with_name(path.name + ".lock")
+    assert not lock.exists()
+    import socket
+
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "since": "x"}))
+    with claim(path):  # stale: that pid does not exist
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_empty_grid_gives_valid_empty_store(tmp_path, tiny_encoder) -> None:
+    import tifffile
+
+    blank = np.full((1024, 1024, 3), 243, np.uint8)
+    path = tmp_path / "blank.tiff"
+    tifffile.imwrite(path, blank, tile=(256, 256), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5),
+                     resolutionunit="CENTIMETER", metadata=None)
+    slide = open_slide(path)
+    with pytest.raises(EmptyTissueError):
+        make_tile_grid(slide, tile_size=224, mpp=0.5)
+    results = extract_slides([path], tiny_encoder(), store=tmp_path / "s", num_workers=0, progress=False)
+    assert results[0].status == "empty"
+    store = open_store(results[0].store)
+    assert store.n_tiles == 0 and store.embeddings("tiny-test").shape == (0, 16)
+
+
+def test_batch_goes_on_past_bad_slides(cmu_small, fixtures_dir, tiny_encoder, tmp_path) -> None:
+    slides = [fixtures_dir / "not-a-tiff.svs", cmu_small, tmp_path / "missing.svs", fixtures_dir / "boxes.tiff"]
+    results = extract_slides(slides, tiny_encoder(), store=tmp_path / "s", num_workers=0, progress=False)
+    by_name = {Path(r.slide).name: r for r in results}
+    assert by_name["CMU-1-Small-Region.svs"].status == "done"
+    assert by_name["not-a-tiff.svs"].error_type == "UnsupportedSlideError"
+    assert by_name["missing.svs"].error_type == "SlideNotFoundError"
+    assert by_name["boxes.tiff"].error_type == "MissingMppError"
