@@ -31,6 +31,7 @@ independent of the chunking. The same ``seed`` and arguments give the same bytes
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -64,6 +65,7 @@ _AUTO_MIN_SIDE = 1000  # n_levels=None: add levels while the smallest side is ab
 _THUMB_MAX_SIDE = 768
 _MEMMAP_THRESHOLD = 512 * 2**20  # bytes of the 4x-reduced level above which it goes to a temp file
 _MAX_WORKERS = 4
+_MAX_DEFAULT_MASK_PIXELS = 8_000_000  # default mask_mpp doubles from 16 * mpp until the mask is this small
 
 # Nuclei: jittered grid of this cell size (um), this many independent layers.
 _NUC_CELL_UM = 11.0
@@ -208,7 +210,9 @@ def _bspline_matrix(pos: np.ndarray, n: int) -> sparse.csr_matrix:
 class _NoiseSampler:
     """Smooth Gaussian-ish noise in physical coordinates, sampled at the mask pixel centres."""
 
-    def __init__(self, rng: np.random.Generator, ys_um: np.ndarray, xs_um: np.ndarray, extent_um: tuple[float, float]):
+    def __init__(
+        self, rng: np.random.Generator, ys_um: np.ndarray, xs_um: np.ndarray, extent_um: tuple[float, float]
+    ):
         self.rng = rng
         self.ys_um = ys_um
         self.xs_um = xs_um
@@ -216,42 +220,58 @@ class _NoiseSampler:
 
     def noise(self, spacing_um: float) -> np.ndarray:
         spacing_um = max(float(spacing_um), 20.0)
-        ny = int(math.ceil(self.extent_um[0] / spacing_um)) + 5
-        nx = int(math.ceil(self.extent_um[1] / spacing_um)) + 5
+        ny = math.ceil(self.extent_um[0] / spacing_um) + 5
+        nx = math.ceil(self.extent_um[1] / spacing_um) + 5
         lattice = self.rng.standard_normal((ny, nx))
         my = _bspline_matrix(self.ys_um / spacing_um + 2.0, ny)
         mx = _bspline_matrix(self.xs_um / spacing_um + 2.0, nx)
-        field = np.asarray((mx @ (my @ lattice).T).T)
-        std = field.std()
-        return field / std if std > 0 else field
+        field = np.ascontiguousarray(np.asarray(mx @ (my @ lattice).T, dtype=np.float32).T)
+        std = float(field.std(dtype=np.float64))
+        if std > 0:
+            field *= np.float32(1.0 / std)
+        return field
 
     def fbm(self, spacings_um: list[float], amps: list[float] | None = None) -> np.ndarray:
         amps = amps or [0.5**k for k in range(len(spacings_um))]
-        out = sum(a * self.noise(s) for s, a in zip(spacings_um, amps, strict=True))
-        std = out.std()
-        return out / std if std > 0 else out
+        out = np.zeros((self.ys_um.size, self.xs_um.size), np.float32)
+        for spacing, amp in zip(spacings_um, amps, strict=True):
+            layer = self.noise(spacing)
+            layer *= np.float32(amp)
+            out += layer
+        std = float(out.std(dtype=np.float64))
+        if std > 0:
+            out *= np.float32(1.0 / std)
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Layout: tissue / tumour / fat / stroma fields at mask resolution
 
 
-@dataclass
 class _Layout:
-    f: float  # level-0 px per mask px
-    shape: tuple[int, int]
-    tissue: np.ndarray  # float32, > 0 is tissue
-    tumour: np.ndarray  # float32, > 0 (and tissue) is tumour
-    fat: np.ndarray  # float32, > 0 (and tissue, not tumour) is fat
-    density: np.ndarray  # float32 in [0, 1], stroma cellularity / eosin strength
-    orient: np.ndarray  # float32 in [0, 1], weight of fibre texture A vs B
-    nest: np.ndarray  # float32 in [0, 1], tumour nest density modulation
+    """The low-resolution fields the slide is drawn from, one value per mask pixel.
 
-    def __post_init__(self) -> None:
-        stack = np.stack([self.tissue, self.tumour, self.density, self.orient])
-        self.pixel_fields = np.pad(stack, ((0, 0), (0, 1), (0, 1)), mode="edge").astype(np.float32)
-        point = np.stack([self.tissue, self.tumour, self.density, self.orient, self.fat, self.nest])
-        self.point_fields = np.pad(point, ((0, 0), (0, 1), (0, 1)), mode="edge").astype(np.float32)
+    ``fields`` is a float32 ``(6, rows + 1, cols + 1)`` stack (edge-padded by one for bilinear
+    interpolation) of: tissue (> 0 is tissue), tumour (> 0 inside tissue is tumour), stroma density
+    [0, 1], fibre orientation weight [0, 1], fat (> 0 in normal tissue is fat), tumour nest density
+    [0, 1].
+    """
+
+    TISSUE, TUMOUR, DENSITY, ORIENT, FAT, NEST = range(6)
+
+    def __init__(self, f: float, fields: np.ndarray) -> None:
+        self.f = f
+        self.shape = (fields.shape[1], fields.shape[2])
+        self.fields = np.pad(fields, ((0, 0), (0, 1), (0, 1)), mode="edge")
+        self.pixel_fields = self.fields[:4]  # the ones needed at every pixel
+
+    @property
+    def tissue(self) -> np.ndarray:
+        return self.fields[self.TISSUE, :-1, :-1]
+
+    @property
+    def tumour(self) -> np.ndarray:
+        return self.fields[self.TUMOUR, :-1, :-1]
 
     def index(self, coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Bilinear lattice index and weight along one axis for level-0 continuous coordinates."""
@@ -260,10 +280,10 @@ class _Layout:
         return i0, (m - i0).astype(np.float32)
 
     def sample_points(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        """All point fields at level-0 continuous coordinates -> (6, N)."""
+        """All fields at level-0 continuous coordinates -> (6, N)."""
         i0, wy = self.index(ys, self.shape[0])
         j0, wx = self.index(xs, self.shape[1])
-        fp = self.point_fields
+        fp = self.fields
         top = fp[:, i0, j0] * (1 - wx) + fp[:, i0, j0 + 1] * wx
         bot = fp[:, i0 + 1, j0] * (1 - wx) + fp[:, i0 + 1, j0 + 1] * wx
         return top * (1 - wy) + bot * wy
@@ -299,29 +319,61 @@ def _make_layout(
     n_islands: int,
     tumour: bool,
 ) -> _Layout:
+    """Draw the layout fields at mask resolution (float32, a handful of full-size temporaries)."""
     f = mask_mpp / mpp
-    mh = max(1, int(math.ceil(height / f - 1e-9)))
-    mw = max(1, int(math.ceil(width / f - 1e-9)))
+    mh = max(1, math.ceil(height / f - 1e-9))
+    mw = max(1, math.ceil(width / f - 1e-9))
     h_um, w_um = height * mpp, width * mpp
     ys_um = (np.arange(mh) + 0.5) * mask_mpp
     xs_um = (np.arange(mw) + 0.5) * mask_mpp
     noise = _NoiseSampler(rng, ys_um, xs_um, (h_um, w_um))
-    yy, xx = np.meshgrid(ys_um, xs_um, indexing="ij")
+    y_col = ys_um.astype(np.float32)[:, None]
+    x_row = xs_um.astype(np.float32)[None, :]
+    fields = np.empty((6, mh, mw), np.float32)
+
+    def ellipse_field(
+        out: np.ndarray,
+        wy: np.ndarray,
+        wx: np.ndarray,
+        cy: float,
+        cx: float,
+        ry: float,
+        rx: float,
+        theta: float,
+    ) -> None:
+        """out = max(out, 1 - elliptical radius), computed on warped coordinates."""
+        dy = wy - np.float32(cy)
+        dx = wx - np.float32(cx)
+        c, s_ = np.float32(math.cos(theta)), np.float32(math.sin(theta))
+        u = dx * (c / np.float32(rx)) + dy * (s_ / np.float32(rx))
+        dy *= c / np.float32(ry)
+        dx *= s_ / np.float32(ry)
+        dy -= dx  # v / ry
+        u *= u
+        dy *= dy
+        u += dy
+        np.sqrt(u, out=u)
+        np.subtract(np.float32(1), u, out=u)
+        np.maximum(out, u, out=out)
 
     # ---- tissue islands: warped ellipses on a loose grid, plus border detail
     coverage = rng.uniform(0.30, 0.50)
+    tissue_f = fields[_Layout.TISSUE]
     if n_islands > 0:
         rows_g = max(1, round(math.sqrt(n_islands * h_um / w_um)))
-        cols_g = int(math.ceil(n_islands / rows_g))
-        rows_g = int(math.ceil(n_islands / cols_g))
+        cols_g = math.ceil(n_islands / rows_g)
+        rows_g = math.ceil(n_islands / cols_g)
         cell_h, cell_w = h_um / rows_g, w_um / cols_g
         cells = rng.permutation(rows_g * cols_g)[:n_islands]
         scale = min(1.15, math.sqrt(coverage * rows_g * cols_g / (0.636 * n_islands)))
         mean_r = 0.45 * scale * math.sqrt(cell_h * cell_w)
-        warp_y = noise.fbm([mean_r, mean_r / 3]) * (0.18 * mean_r)
-        warp_x = noise.fbm([mean_r, mean_r / 3]) * (0.18 * mean_r)
-        wy_um, wx_um = yy + warp_y, xx + warp_x
-        field = np.full((mh, mw), -np.inf)
+        warp_y = noise.fbm([mean_r, mean_r / 3])
+        warp_y *= np.float32(0.18 * mean_r)
+        warp_y += y_col
+        warp_x = noise.fbm([mean_r, mean_r / 3])
+        warp_x *= np.float32(0.18 * mean_r)
+        warp_x += x_row
+        tissue_f.fill(-np.inf)
         for cell in cells:
             r, c = divmod(int(cell), cols_g)
             cy = (r + 0.5 + rng.uniform(-0.08, 0.08)) * cell_h
@@ -329,34 +381,45 @@ def _make_layout(
             ry = 0.45 * scale * cell_h * rng.uniform(0.8, 1.0)
             rx = 0.45 * scale * cell_w * rng.uniform(0.8, 1.0)
             theta = rng.uniform(-0.35, 0.35)
-            dy, dx = wy_um - cy, wx_um - cx
-            u = dx * math.cos(theta) + dy * math.sin(theta)
-            v = -dx * math.sin(theta) + dy * math.cos(theta)
-            field = np.maximum(field, 1.0 - np.sqrt((u / rx) ** 2 + (v / ry) ** 2))
-        field = field + 0.10 * noise.fbm([mean_r / 4, mean_r / 10, 40.0], [1.0, 0.6, 0.35])
+            ellipse_field(tissue_f, warp_y, warp_x, cy, cx, ry, rx, theta)
+        del warp_y, warp_x
+        detail = noise.fbm([mean_r / 4, mean_r / 10, 40.0], [1.0, 0.6, 0.35])
+        detail *= np.float32(0.10)
+        tissue_f += detail
+        del detail
         # keep clear of the glass edges
         margin = 0.04 * min(h_um, w_um)
-        edge = np.minimum(np.minimum(yy, h_um - yy), np.minimum(xx, w_um - xx))
-        field = field - 3.0 * np.clip(1.0 - edge / margin, 0.0, 1.0)
-        thr = np.quantile(field, 1.0 - coverage)
-        tissue_f = (field - thr).astype(np.float32)
+        edge_y = np.minimum(y_col, np.float32(h_um) - y_col)
+        edge_x = np.minimum(x_row, np.float32(w_um) - x_row)
+        edge = np.minimum(edge_y, edge_x)
+        edge *= np.float32(-1.0 / margin)
+        edge += np.float32(1)
+        np.clip(edge, 0, 1, out=edge)
+        edge *= np.float32(3)
+        tissue_f -= edge
+        del edge
+        tissue_f -= np.float32(np.quantile(tissue_f, 1.0 - coverage))
     else:
         mean_r = 0.25 * min(h_um, w_um)
-        tissue_f = np.full((mh, mw), -1.0, np.float32)
+        tissue_f.fill(-1.0)
     tissue_m = tissue_f > 0
 
     # ---- tumour blobs inside tissue
-    tumour_f = np.full((mh, mw), -1.0, np.float32)
+    tumour_f = fields[_Layout.TUMOUR]
+    tumour_f.fill(-1.0)
     if tumour and tissue_m.any():
         frac = rng.uniform(0.08, 0.16)
         k = int(rng.integers(1, min(3, n_islands) + 1))
-        dist = ndimage.distance_transform_edt(np.pad(tissue_m, 1))[1:-1, 1:-1] * mask_mpp
+        score = ndimage.distance_transform_edt(np.pad(tissue_m, 1))[1:-1, 1:-1].astype(np.float32)
         tissue_area = tissue_m.sum() * mask_mpp**2
         r_blob = math.sqrt(frac * tissue_area / (k * math.pi))
-        score = dist.copy()
-        blob = np.full((mh, mw), -np.inf)
-        warp_y = noise.fbm([r_blob, r_blob / 3]) * (0.25 * r_blob)
-        warp_x = noise.fbm([r_blob, r_blob / 3]) * (0.25 * r_blob)
+        warp_y = noise.fbm([r_blob, r_blob / 3])
+        warp_y *= np.float32(0.25 * r_blob)
+        warp_y += y_col
+        warp_x = noise.fbm([r_blob, r_blob / 3])
+        warp_x *= np.float32(0.25 * r_blob)
+        warp_x += x_row
+        tumour_f.fill(-np.inf)
         for _ in range(k):
             if score.max() <= 0:
                 break
@@ -366,37 +429,44 @@ def _make_layout(
             cy, cx = ys_um[ci], xs_um[cj]
             ry = r_blob * rng.uniform(0.8, 1.2)
             rx = r_blob * rng.uniform(0.8, 1.2)
-            dd = np.sqrt(((yy + warp_y - cy) / ry) ** 2 + ((xx + warp_x - cx) / rx) ** 2)
-            blob = np.maximum(blob, 1.0 - dd)
-            score = score * np.clip(np.hypot(yy - cy, xx - cx) / (3.0 * r_blob), 0.0, 1.0)
-        blob = blob + 0.12 * noise.fbm([r_blob / 2, r_blob / 5, 40.0], [1.0, 0.6, 0.3])
-        thr_u = np.quantile(blob[tissue_m], 1.0 - frac)
-        tumour_f = (blob - thr_u).astype(np.float32)
-        # a blob can only be tumour inside tissue: make that explicit in the field too
-        tumour_f = np.where(tissue_m, tumour_f, np.minimum(tumour_f, -1e-3)).astype(np.float32)
+            ellipse_field(tumour_f, warp_y, warp_x, cy, cx, ry, rx, 0.0)
+            away = np.hypot(y_col - np.float32(cy), x_row - np.float32(cx))
+            away *= np.float32(1.0 / (3.0 * r_blob))
+            np.minimum(away, 1, out=away)
+            score *= away
+            del away
+        del warp_y, warp_x, score
+        detail = noise.fbm([r_blob / 2, r_blob / 5, 40.0], [1.0, 0.6, 0.3])
+        detail *= np.float32(0.12)
+        tumour_f += detail
+        del detail
+        tumour_f -= np.float32(np.quantile(tumour_f[tissue_m], 1.0 - frac))
+        # tumour only inside tissue: make that explicit in the field too
+        np.minimum(tumour_f, np.where(tissue_m, np.float32(np.inf), np.float32(-1e-3)), out=tumour_f)
     tumour_m = tissue_m & (tumour_f > 0)
 
     # ---- fat patches in non-tumour tissue, stroma density, fibre orientation, tumour nests
     fat = noise.fbm([max(4 * _FAT_CELL_UM, mean_r / 3), 3 * _FAT_CELL_UM])
     normal = tissue_m & ~tumour_m
     if normal.any():
-        thr_f = np.quantile(fat[normal], 1.0 - rng.uniform(0.06, 0.15))
+        fat -= np.float32(np.quantile(fat[normal], 1.0 - rng.uniform(0.06, 0.15)))
     else:
-        thr_f = np.inf
-    fat_f = (fat - thr_f).astype(np.float32) if np.isfinite(thr_f) else np.full((mh, mw), -1.0, np.float32)
-    density = (0.5 + 0.5 * np.tanh(noise.fbm([500.0, 150.0]))).astype(np.float32)
-    orient = (0.5 + 0.5 * np.tanh(1.5 * noise.fbm([300.0, 120.0]))).astype(np.float32)
-    nest = (0.5 + 0.5 * np.tanh(1.5 * noise.noise(40.0))).astype(np.float32)
-    return _Layout(
-        f=f,
-        shape=(mh, mw),
-        tissue=tissue_f,
-        tumour=tumour_f,
-        fat=fat_f,
-        density=density,
-        orient=orient,
-        nest=nest,
-    )
+        fat.fill(-1.0)
+    fields[_Layout.FAT] = fat
+    del fat, normal, tissue_m, tumour_m
+    for index, spacings, gain in (
+        (_Layout.DENSITY, [500.0, 150.0], 1.0),
+        (_Layout.ORIENT, [300.0, 120.0], 1.5),
+        (_Layout.NEST, [40.0], 1.5),
+    ):
+        g = noise.fbm(spacings)
+        g *= np.float32(gain)
+        np.tanh(g, out=g)
+        g *= np.float32(0.5)
+        g += np.float32(0.5)
+        fields[index] = g
+        del g
+    return _Layout(f, fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,8 +538,8 @@ class _Renderer:
         self.nuc_keys = [_scalar_key(seed, 0xC0FFEE, layer) for layer in range(_NUC_LAYERS)]
         self.fat_cell = _FAT_CELL_UM / mpp
         self.fat_key = _scalar_key(seed, 0xFA7)
-        self.stamp_normal = 2 * int(math.ceil(_NUC_MAX_SEMI_AXIS_NORMAL_UM / mpp + 1.5)) + 1
-        self.stamp_tumour = 2 * int(math.ceil(_NUC_MAX_SEMI_AXIS_TUMOUR_UM / mpp + 1.5)) + 1
+        self.stamp_normal = 2 * math.ceil(_NUC_MAX_SEMI_AXIS_NORMAL_UM / mpp + 1.5) + 1
+        self.stamp_tumour = 2 * math.ceil(_NUC_MAX_SEMI_AXIS_TUMOUR_UM / mpp + 1.5) + 1
 
     # -- background ------------------------------------------------------------------------------
 
@@ -495,12 +565,20 @@ class _Renderer:
 
     # -- chunk -----------------------------------------------------------------------------------
 
+    def is_glass(self, y0: int, x0: int, h: int, w: int) -> bool:
+        """True if the block has no tissue pixel (its pixels then depend only on the grain phase)."""
+        rs, cs = self.layout.window(y0, x0, h, w)
+        return not bool((self.layout.pixel_fields[0, rs, cs] > 0).any())
+
+    def glass_key(self, y0: int, x0: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """Blocks of glass with equal keys have equal pixels."""
+        return y0 % self.grain.shape[0], x0 % self.grain.shape[1], h, w
+
     def render(self, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """RGB uint8 (h, w, 3) of level-0 pixels [y0, y0+h) x [x0, x0+w)."""
         lay = self.layout
         grain = _gather(self.grain, y0, x0, h, w)
-        rs, cs = lay.window(y0, x0, h, w)
-        if not (lay.pixel_fields[0, rs, cs] > 0).any():
+        if self.is_glass(y0, x0, h, w):
             return self._finish(None, None, grain)
         fields = lay.sample_pixels(y0, x0, h, w)
         tissue = fields[0] > 0
@@ -573,8 +651,12 @@ class _Renderer:
             fibro = u3 < 0.55
             lymph = (u3 >= 0.55) & (u3 < 0.85)
             fib_theta = np.where(orient > 0.5, self.theta_a, self.theta_b)
-            a = np.where(fibro, 4.0 + 2.0 * u4, np.where(lymph, (2.8 + 0.7 * u4) * (1 + 0.15 * u5), 3.5 + 1.5 * u4))
-            b = np.where(fibro, 1.4 + 0.8 * u5, np.where(lymph, 2.8 + 0.7 * u4, (3.5 + 1.5 * u4) * (0.6 + 0.3 * u5)))
+            a = np.where(
+                fibro, 4.0 + 2.0 * u4, np.where(lymph, (2.8 + 0.7 * u4) * (1 + 0.15 * u5), 3.5 + 1.5 * u4)
+            )
+            b = np.where(
+                fibro, 1.4 + 0.8 * u5, np.where(lymph, 2.8 + 0.7 * u4, (3.5 + 1.5 * u4) * (0.6 + 0.3 * u5))
+            )
             theta = np.where(fibro, fib_theta + (u6 - 0.5) * 0.7, u6 * math.pi)
             dark = np.where(fibro, 0.95 + 0.35 * u7, np.where(lymph, 1.35 + 0.3 * u7, 0.9 + 0.3 * u7))
             # tumour: large, pleomorphic, hyperchromatic
@@ -641,32 +723,69 @@ class _Renderer:
         if not is_fat.any():
             return None
         shape = ii.shape
-        py, px, is_fat = py.reshape(shape), px.reshape(shape), is_fat.reshape(shape)
+        py = py.reshape(shape).astype(np.float32)
+        px = px.reshape(shape).astype(np.float32)
+        is_fat = is_fat.reshape(shape)
+        # a pixel can only be fat (or a fat-cell membrane) if a fat cell is among its 3 x 3 neighbours
+        near = ndimage.binary_dilation(is_fat, structure=np.ones((3, 3), bool))
         ys = (y0 + np.arange(h) + 0.5).astype(np.float32)
         xs = (x0 + np.arange(w) + 0.5).astype(np.float32)
         ci = np.floor(ys / c).astype(np.int64) - i_lo
         cj = np.floor(xs / c).astype(np.int64) - j_lo
+        rows_near = near[np.unique(ci)].any(axis=0)
+        f1 = np.zeros((h, w), bool)
+        membrane = np.zeros((h, w), np.float32)
+        block = 256
+        for b0 in range(0, w, block):
+            b1 = min(w, b0 + block)
+            if not rows_near[cj[b0] : cj[b1 - 1] + 1].any():
+                continue
+            fb, mb = self._worley(py, px, is_fat, ci, cj[b0:b1], ys, xs[b0:b1])
+            f1[:, b0:b1] = fb
+            membrane[:, b0:b1] = mb
+        return f1, membrane
+
+    def _worley(
+        self,
+        py: np.ndarray,
+        px: np.ndarray,
+        is_fat: np.ndarray,
+        ci: np.ndarray,
+        cj: np.ndarray,
+        ys: np.ndarray,
+        xs: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest / second-nearest fat-grid points of a pixel block -> (in a fat cell, membrane)."""
+        h, w = ys.size, xs.size
         d1 = np.full((h, w), np.inf, np.float32)
         d2 = np.full((h, w), np.inf, np.float32)
         f1 = np.zeros((h, w), bool)
         f2 = np.zeros((h, w), bool)
         for di in (-1, 0, 1):
-            ri = np.clip(ci + di, 0, shape[0] - 1)[:, None]
+            ri = np.clip(ci + di, 0, py.shape[0] - 1)
+            py_r, px_r, fat_r = py[ri], px[ri], is_fat[ri]
             for dj in (-1, 0, 1):
-                rj = np.clip(cj + dj, 0, shape[1] - 1)[None, :]
-                d = (py[ri, rj].astype(np.float32) - ys[:, None]) ** 2
-                d += (px[ri, rj].astype(np.float32) - xs[None, :]) ** 2
-                fat_here = is_fat[ri, rj]
+                rj = np.clip(cj + dj, 0, py.shape[1] - 1)
+                d = np.take(py_r, rj, axis=1)
+                d -= ys[:, None]
+                d *= d
+                dx = np.take(px_r, rj, axis=1)
+                dx -= xs[None, :]
+                dx *= dx
+                d += dx
+                fat_here = np.take(fat_r, rj, axis=1)
                 closer = d < d1
                 second = ~closer & (d < d2)
-                d2 = np.where(closer, d1, np.where(second, d, d2))
                 f2 = np.where(closer, f1, np.where(second, fat_here, f2))
-                d1 = np.where(closer, d, d1)
                 f1 = np.where(closer, fat_here, f1)
-        gap = (np.sqrt(d2) - np.sqrt(d1)) * 0.5  # ~ distance to the cell wall, px
-        thick = _FAT_MEMBRANE_UM / self.mpp
-        membrane = np.clip(thick - gap + 0.5, 0.0, 1.0).astype(np.float32)
-        membrane *= (f1 | f2).astype(np.float32)
+                np.minimum(d2, np.maximum(d1, d), out=d2)
+                np.minimum(d1, d, out=d1)
+        np.sqrt(d1, out=d1)
+        np.sqrt(d2, out=d2)
+        gap = (d2 - d1) * np.float32(0.5)  # ~ distance to the cell wall, px
+        thick = np.float32(_FAT_MEMBRANE_UM / self.mpp + 0.5)
+        membrane = np.clip(thick - gap, 0.0, 1.0)
+        membrane *= f1 | f2
         return f1, membrane
 
 
@@ -681,13 +800,22 @@ def _encode(tile: np.ndarray, quality: int) -> bytes:
 
 
 def _downsample(img: np.ndarray) -> np.ndarray:
+    """4 x 4 box mean of an (h, w, 3) uint8 image (edge-padded to multiples of 4), rounded."""
     h, w = img.shape[:2]
     ph, pw = (-h) % _LEVEL_FACTOR, (-w) % _LEVEL_FACTOR
     if ph or pw:
         img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="edge")
     k = _LEVEL_FACTOR
-    s = img.reshape(img.shape[0] // k, k, img.shape[1] // k, k, 3).sum(axis=(1, 3), dtype=np.uint16)
-    return ((s + (k * k) // 2) // (k * k)).astype(np.uint8)
+    rows = img[0::k].astype(np.uint16)
+    for r in range(1, k):
+        rows += img[r::k]
+    quads = rows.reshape(rows.shape[0], rows.shape[1] // k, k, 3)
+    acc = quads[:, :, 0] + quads[:, :, 1]
+    for c in range(2, k):
+        acc += quads[:, :, c]
+    acc += (k * k) // 2
+    acc //= k * k
+    return acc.astype(np.uint8)
 
 
 def _ordered_map(executor: ThreadPoolExecutor, fn: Any, items: list[Any], window: int) -> Iterator[Any]:
@@ -706,7 +834,13 @@ def _ordered_map(executor: ThreadPoolExecutor, fn: Any, items: list[Any], window
 
 
 def _aperio_description(
-    width: int, height: int, tile: int, quality: int, mpp: float, extra: str = "", level_dims: tuple[int, int] | None = None
+    width: int,
+    height: int,
+    tile: int,
+    quality: int,
+    mpp: float,
+    extra: str = "",
+    level_dims: tuple[int, int] | None = None,
 ) -> str:
     mag = 10.0 / mpp
     geometry = f"{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
@@ -745,7 +879,9 @@ def _macro_image(thumb: np.ndarray, label: np.ndarray, background: tuple[int, in
     area_w, area_h = mw - mh - 40, mh - 40
     th, tw = thumb.shape[:2]
     scale = min(area_w / tw, area_h / th)
-    t = Image.fromarray(thumb).resize((max(1, round(tw * scale)), max(1, round(th * scale))), Image.Resampling.LANCZOS)
+    t = Image.fromarray(thumb).resize(
+        (max(1, round(tw * scale)), max(1, round(th * scale))), Image.Resampling.LANCZOS
+    )
     glass.paste(t, (mh + 20 + (area_w - t.width) // 2, 20 + (area_h - t.height) // 2))
     return np.asarray(glass)
 
@@ -795,7 +931,8 @@ def make_synthetic_slide(
         seed: Random seed (>= 0); the same seed and arguments give the same file.
         background: RGB of the empty glass.
         mask_mpp: Microns per pixel of the returned masks and of the layout the slide is drawn from;
-            default ``16 * mpp``. Must be >= ``mpp``.
+            default ``16 * mpp`` (a 40,000 x 30,000 slide gives 2500 x 1875 masks), doubled for
+            slides so large that the masks would exceed 8 Mpx. Must be >= ``mpp``.
 
     Returns:
         A :class:`SyntheticSlide` with the path, size, mpp and the tissue/tumour masks.
@@ -819,11 +956,15 @@ def make_synthetic_slide(
     try:
         bg = tuple(int(v) for v in background)
     except (TypeError, ValueError):
-        raise InvalidParameterError(f"background must be three integers 0-255 (R, G, B), got {background!r}.") from None
+        raise InvalidParameterError(
+            f"background must be three integers 0-255 (R, G, B), got {background!r}."
+        ) from None
     if len(bg) != 3 or not all(0 <= v <= 255 for v in bg):
         raise InvalidParameterError(f"background must be three integers 0-255 (R, G, B), got {background!r}.")
     if mask_mpp is None:
         mask_mpp = 16.0 * mpp
+        while (width / 16.0) * (height / 16.0) * (16.0 * mpp / mask_mpp) ** 2 > _MAX_DEFAULT_MASK_PIXELS:
+            mask_mpp *= 2.0  # keep the layout (6 float32 fields at mask size) within ~200 MB
     else:
         mask_mpp = _check_positive_float("mask_mpp", mask_mpp)
         if mask_mpp < mpp:
@@ -831,7 +972,9 @@ def make_synthetic_slide(
                 f"mask_mpp ({mask_mpp}) must be >= mpp ({mpp}): the masks are no finer than level 0."
             )
     if tumour and n_islands == 0:
-        raise InvalidParameterError("tumour=True needs tissue: use n_islands >= 1, or tumour=False for empty glass.")
+        raise InvalidParameterError(
+            "tumour=True needs tissue: use n_islands >= 1, or tumour=False for empty glass."
+        )
     dims = _level_dims(width, height, n_levels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -870,27 +1013,61 @@ def _write_pyramid(
 ) -> None:
     width, height = dims[0]
     n_ty, n_tx = -(-height // tile), -(-width // tile)
+    k = _LEVEL_FACTOR
+    # The 4x-reduced image, filled while level 0 streams (padded to whole level-0 tiles). It is level 1
+    # of the pyramid, and the source of the thumbnail even for a one-level slide. In memory, or in a
+    # temporary file beside the output when large.
+    shape1 = (n_ty * tile // k, n_tx * tile // k, 3)
+    with contextlib.ExitStack() as stack:
+        if math.prod(shape1) > _MEMMAP_THRESHOLD:
+            tmpfile = stack.enter_context(
+                tempfile.TemporaryFile(dir=path.parent, prefix=".synthetic-", suffix=".raw")
+            )
+            level1: np.ndarray = np.memmap(tmpfile, dtype=np.uint8, mode="w+", shape=shape1)
+        else:
+            level1 = np.empty(shape1, np.uint8)
+        _write_levels(
+            path, renderer, dims, tile, quality, mpp, seed, has_tumour, background, mask_mpp, level1
+        )
+
+
+def _write_levels(
+    path: Path,
+    renderer: _Renderer,
+    dims: list[tuple[int, int]],
+    tile: int,
+    quality: int,
+    mpp: float,
+    seed: int,
+    has_tumour: bool,
+    background: tuple[int, int, int],
+    mask_mpp: float,
+    level1: np.ndarray,
+) -> None:
+    width, height = dims[0]
+    n_ty, n_tx = -(-height // tile), -(-width // tile)
     group = max(1, _CHUNK_WIDTH // tile)
-    chunk_w = group * tile
     k = _LEVEL_FACTOR
     workers = max(1, min(_MAX_WORKERS, os.cpu_count() or 1))
     bigtiff = width * height * 3 > 2**31
 
-    # The 4x-reduced image, filled while level 0 streams (padded to whole level-0 tiles). It is level 1
-    # of the pyramid, and the source of the thumbnail even for a one-level slide.
-    shape1 = (n_ty * tile // k, n_tx * tile // k, 3)
-    tmpfile = None
-    if math.prod(shape1) > _MEMMAP_THRESHOLD:
-        tmpfile = tempfile.TemporaryFile(dir=path.parent, prefix=".synthetic-", suffix=".raw")
-        level1: np.ndarray = np.memmap(tmpfile, dtype=np.uint8, mode="w+", shape=shape1)
-    else:
-        level1 = np.empty(shape1, np.uint8)
+    glass_cache: dict[tuple[int, int, int, int], tuple[list[bytes], np.ndarray]] = {}
 
     def chunk_task(ty: int, tx0: int, ntiles: int) -> tuple[list[bytes], np.ndarray]:
-        y0, x0 = ty * tile, tx0 * tile
-        img = renderer.render(y0, x0, tile, ntiles * tile)
-        tiles = [_encode(img[:, t * tile : (t + 1) * tile], quality) for t in range(ntiles)]
-        return tiles, _downsample(img)
+        y0, x0, w = ty * tile, tx0 * tile, ntiles * tile
+        glass = renderer.is_glass(y0, x0, tile, w)
+        if glass:  # empty glass repeats with the grain texture: encode each phase once
+            hit = glass_cache.get(renderer.glass_key(y0, x0, tile, w))
+            if hit is not None:
+                return hit
+        img = renderer.render(y0, x0, tile, w)
+        result = (
+            [_encode(img[:, t * tile : (t + 1) * tile], quality) for t in range(ntiles)],
+            _downsample(img),
+        )
+        if glass:
+            glass_cache[renderer.glass_key(y0, x0, tile, w)] = result
+        return result
 
     def level0_tiles(executor: ThreadPoolExecutor) -> Iterator[bytes]:
         tasks = [(ty, tx0, min(group, n_tx - tx0)) for ty in range(n_ty) for tx0 in range(0, n_tx, group)]
@@ -900,7 +1077,9 @@ def _write_pyramid(
             level1[r0 : r0 + small.shape[0], c0 : c0 + small.shape[1]] = small
             yield from tiles
 
-    def level_tiles(executor: ThreadPoolExecutor, img: np.ndarray, dims_l: tuple[int, int]) -> Iterator[bytes]:
+    def level_tiles(
+        executor: ThreadPoolExecutor, img: np.ndarray, dims_l: tuple[int, int]
+    ) -> Iterator[bytes]:
         wl, hl = dims_l
         ny, nx = -(-hl // tile), -(-wl // tile)
 
@@ -914,79 +1093,74 @@ def _write_pyramid(
         yield from _ordered_map(executor, one, tasks, window=8 * workers)
 
     extra = f"|Synthetic Seed = {seed}|Synthetic Tumour = {int(has_tumour)}|Synthetic Mask MPP = {mask_mpp!r}"
-    common = dict(
-        photometric="rgb",
-        compression="jpeg",
-        compressionargs={"level": quality},
-        metadata=None,
-        software=_SOFTWARE,
-        resolutionunit="CENTIMETER",
-    )
-    try:
-        with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw, ThreadPoolExecutor(workers) as ex:
+    common = {
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "metadata": None,
+        "software": _SOFTWARE,
+        "resolutionunit": "CENTIMETER",
+    }
+    with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw, ThreadPoolExecutor(workers) as ex:
+        tw.write(
+            data=level0_tiles(ex),
+            shape=(height, width, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            description=_aperio_description(width, height, tile, quality, mpp, extra),
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            **common,
+        )
+        # Lower levels from the 4x-reduced image; keep reducing for the thumbnail if needed.
+        reduced = [level1]
+        reduced_dims = [(-(-width // k), -(-height // k))]
+        while len(reduced) < len(dims) - 1 or max(reduced_dims[-1]) > 4 * _THUMB_MAX_SIDE:
+            reduced.append(_downsample(reduced[-1]))
+            w_l, h_l = reduced_dims[-1]
+            reduced_dims.append((-(-w_l // k), -(-h_l // k)))
+        src_w, src_h = reduced_dims[-1]
+        thumb_src = np.ascontiguousarray(reduced[-1][:src_h, :src_w])
+        thumb = _thumbnail(thumb_src)
+        tw.write(
+            thumb,
+            description=_aperio_description(
+                width, height, tile, quality, mpp, level_dims=(thumb.shape[1], thumb.shape[0])
+            ),
+            rowsperstrip=16,
+            **{**common, "compressionargs": {"level": 90}},
+            resolution=(1e4 / mpp * thumb.shape[1] / width,) * 2,
+        )
+        for img, dims_l in zip(reduced, dims[1:], strict=False):
+            ds = width / dims_l[0]
             tw.write(
-                data=level0_tiles(ex),
-                shape=(height, width, 3),
+                data=level_tiles(ex, img, dims_l),
+                shape=(dims_l[1], dims_l[0], 3),
                 dtype=np.uint8,
                 tile=(tile, tile),
-                description=_aperio_description(width, height, tile, quality, mpp, extra),
-                resolution=(1e4 / mpp, 1e4 / mpp),
+                description=_aperio_description(width, height, tile, quality, mpp, level_dims=dims_l),
+                resolution=(1e4 / (mpp * ds),) * 2,
                 **common,
             )
-            # Lower levels from the 4x-reduced image; keep reducing for the thumbnail if needed.
-            reduced = [level1]
-            reduced_dims = [(-(-width // k), -(-height // k))]
-            while len(reduced) < len(dims) - 1 or max(reduced_dims[-1]) > 4 * _THUMB_MAX_SIDE:
-                reduced.append(_downsample(reduced[-1]))
-                w_l, h_l = reduced_dims[-1]
-                reduced_dims.append((-(-w_l // k), -(-h_l // k)))
-            src_w, src_h = reduced_dims[-1]
-            thumb_src = np.ascontiguousarray(reduced[-1][:src_h, :src_w])
-            thumb = _thumbnail(thumb_src)
-            tw.write(
-                thumb,
-                description=_aperio_description(
-                    width, height, tile, quality, mpp, level_dims=(thumb.shape[1], thumb.shape[0])
-                ),
-                rowsperstrip=16,
-                **{**common, "compressionargs": {"level": 90}},
-                resolution=(1e4 / mpp * thumb.shape[1] / width,) * 2,
-            )
-            for img, dims_l in zip(reduced, dims[1:], strict=False):
-                ds = width / dims_l[0]
-                tw.write(
-                    data=level_tiles(ex, img, dims_l),
-                    shape=(dims_l[1], dims_l[0], 3),
-                    dtype=np.uint8,
-                    tile=(tile, tile),
-                    description=_aperio_description(width, height, tile, quality, mpp, level_dims=dims_l),
-                    resolution=(1e4 / (mpp * ds),) * 2,
-                    **common,
-                )
-            label = _label_image(seed, has_tumour)
-            tw.write(
-                label,
-                description=f"{_HEADER}\r\nlabel {label.shape[1]}x{label.shape[0]}",
-                photometric="rgb",
-                compression="lzw",
-                metadata=None,
-                software=_SOFTWARE,
-                subfiletype=1,
-                rowsperstrip=64,
-            )
-            macro = _macro_image(thumb, label, background)
-            tw.write(
-                macro,
-                description=f"{_HEADER}\r\nmacro {macro.shape[1]}x{macro.shape[0]}",
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": 90},
-                metadata=None,
-                software=_SOFTWARE,
-                subfiletype=9,
-                rowsperstrip=16,
-            )
-    finally:
-        del level1
-        if tmpfile is not None:
-            tmpfile.close()
+        label = _label_image(seed, has_tumour)
+        tw.write(
+            label,
+            description=f"{_HEADER}\r\nlabel {label.shape[1]}x{label.shape[0]}",
+            photometric="rgb",
+            compression="lzw",
+            metadata=None,
+            software=_SOFTWARE,
+            subfiletype=1,
+            rowsperstrip=64,
+        )
+        macro = _macro_image(thumb, label, background)
+        tw.write(
+            macro,
+            description=f"{_HEADER}\r\nmacro {macro.shape[1]}x{macro.shape[0]}",
+            photometric="rgb",
+            compression="jpeg",
+            compressionargs={"level": 90},
+            metadata=None,
+            software=_SOFTWARE,
+            subfiletype=9,
+            rowsperstrip=16,
+        )
