@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -57,6 +58,7 @@ class TileDataset(IterableDataset):
         self.block_size = block_size
         self.direct = direct
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.batch_size: int | None = None  # set on the copy that loader() makes
 
     def __len__(self) -> int:
         return len(self.grid) if self.indices is None else len(self.indices)
@@ -79,19 +81,47 @@ class TileDataset(IterableDataset):
             return
         path, backend, mpp = self._open
         with open_slide(path, backend=backend, mpp=mpp) as slide:
-            for index, tile in iter_tiles(
-                slide, self.grid, indices=indices, block_size=self.block_size, direct=self.direct
-            ):
-                image = self.transform(tile) if self.transform else torch.from_numpy(np.array(tile))
-                yield {"image": image, "index": index}
+            tiles = iter_tiles(slide, self.grid, indices=indices, block_size=self.block_size, direct=self.direct)
+            if self.batch_size is None:
+                for index, tile in tiles:
+                    image = self.transform(tile) if self.transform else torch.from_numpy(np.array(tile))
+                    yield {"image": image, "index": index}
+                return
+            # batches are stacked here, in the worker: one shared-memory tensor per batch crosses to
+            # the main process instead of one per tile, and the main process does no collation
+            size = self.grid.tile_size
+            buf = np.empty((self.batch_size, size, size, 3), np.uint8)
+            idx = np.empty(self.batch_size, np.int64)
+            n = 0
+            for index, tile in tiles:
+                buf[n] = tile
+                idx[n] = index
+                n += 1
+                if n == self.batch_size:
+                    yield self._batch(buf, idx, n)
+                    n = 0
+            if n:
+                yield self._batch(buf, idx, n)
+
+    def _batch(self, buf: np.ndarray, idx: np.ndarray, n: int) -> dict[str, Any]:
+        images = torch.from_numpy(buf[:n].copy())
+        if self.transform is not None:
+            images = torch.stack([torch.as_tensor(self.transform(t)) for t in buf[:n]])
+        return {"image": images, "index": torch.from_numpy(idx[:n].copy())}
 
     def loader(self, *, batch_size: int = 64, num_workers: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
-        """A DataLoader over this dataset with sensible defaults (workers persist, prefetch 4)."""
+        """A DataLoader yielding ``{"image": uint8 (B, H, W, 3), "index": int64 (B,)}`` batches.
+
+        Batches are assembled inside the workers (``batch_size`` of this dataset, DataLoader
+        ``batch_size=None``); each worker prefetches 4 batches.
+        """
         extra: dict[str, Any] = {}
         if num_workers > 0:
             extra = {"prefetch_factor": 4, "persistent_workers": False}
         extra.update(kwargs)
-        return torch.utils.data.DataLoader(self, batch_size=batch_size, num_workers=num_workers, **extra)
+        batched = copy.copy(self)
+        batched.batch_size = int(batch_size)
+        return torch.utils.data.DataLoader(batched, batch_size=None, num_workers=num_workers, **extra)
 
     def num_batches(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)

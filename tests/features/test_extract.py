@@ -181,3 +181,43 @@ def test_batch_goes_on_past_bad_slides(cmu_small, fixtures_dir, tiny_encoder, tm
     assert by_name["not-a-tiff.svs"].error_type == "UnsupportedSlideError"
     assert by_name["missing.svs"].error_type == "SlideNotFoundError"
     assert by_name["boxes.tiff"].error_type == "MissingMppError"
+
+
+def test_h5_round_trip(cmu_grid, tiny_encoder, tmp_path) -> None:
+    import h5py
+
+    from slidescope.features import export_h5, import_h5
+
+    slide, grid = cmu_grid
+    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "s", num_workers=0, progress=False)
+    h5 = export_h5(res.store, "tiny-test", tmp_path / "h5" / "CMU-1-Small-Region.h5")
+    with h5py.File(h5) as f:
+        assert f["features"].shape == (len(grid), 16) and f["features"].dtype == np.float32
+        assert np.array_equal(f["coords"][:], grid.coords)
+        assert f["coords"].attrs["patch_size_level0"] == 224 and f["coords"].attrs["patch_size"] == 224
+        assert f["coords"].attrs["level0_width"] == 2220
+    back = import_h5(h5, encoder="tiny-test", store=tmp_path / "imported", slide=slide.path)
+    st = open_store(back)
+    assert np.array_equal(st.coords, grid.coords)
+    assert np.array_equal(st.embeddings("tiny-test"), open_store(res.store).embeddings("tiny-test"))
+    assert st.attrs["slide"]["fingerprint"] == open_store(res.store).attrs["slide"]["fingerprint"]
+    assert st.tile_extent == (224, 224)
+
+
+def test_import_clam_style_h5_without_slide(tmp_path) -> None:
+    import h5py
+
+    from slidescope.features import import_h5
+
+    path = tmp_path / "clam.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32))
+        c = f.create_dataset("coords", data=np.arange(10).reshape(5, 2) * 512)
+        c.attrs["patch_level"] = 0
+        c.attrs["patch_size"] = 512
+    with pytest.raises(Exception, match="pixel size"):
+        import_h5(path, encoder="clam-r50", store=tmp_path / "s")
+    out = import_h5(path, encoder="clam-r50", store=tmp_path / "s", slide_mpp=0.25)
+    st = open_store(out)
+    assert st.embeddings("clam-r50").shape == (5, 8) and st.tile_extent == (512, 512)
+    assert st.attrs["slide"]["fingerprint"].startswith("unverified")

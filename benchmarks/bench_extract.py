@@ -1,0 +1,152 @@
+"""Extraction benchmark: end-to-end tiles/s against its two limits, and the store against h5py.
+
+    uv run python benchmarks/bench_extract.py [--slide PATH] [--tiles 2000] [--workers 1]
+
+One run, same slide and grid (default: a 12,000 x 9,000 synthetic slide at 0.5 µm/px, cached in
+benchmarks/.cache/):
+
+* model-only: the encoder on random uint8 tiles already in memory (batch 32);
+* reader-only: TileDataset + DataLoader with the same number of workers, no model;
+* end-to-end: ``extract_features`` into a fresh store (reading, encoding, writing, checksums);
+  target >= 90% of min(reader, model).
+
+Encoders: ``he-descriptor`` (weight-free default) and a ViT-S/16 (``timm:vit_small_patch16_224``,
+random weights). On a GPU (``--device cuda``) add ``--vit-l`` for ViT-L/16 (UNI's architecture) in bf16.
+
+Store: writing and reading a (50,000, 1,024) float16 array, zarr store (checksummed chunks of 1024
+rows, as extraction writes them) against h5py (contiguous), same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_wsi import synthetic  # noqa: E402
+
+
+def model_only(encoder, device, n: int = 512, batch: int = 32) -> float:
+    x = torch.randint(0, 256, (batch, encoder.config.tile_size, encoder.config.tile_size, 3), dtype=torch.uint8)
+    x = x.to(device)
+    dtype = encoder.autocast_dtype
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        encoder(x)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        done = 0
+        while done < n:
+            encoder(x)
+            done += batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return done / (time.perf_counter() - t)
+
+
+def reader_only(slide, grid, workers: int, batch: int = 32) -> float:
+    from slidescope.wsi import TileDataset
+
+    loader = TileDataset(slide, grid).loader(batch_size=batch, num_workers=workers)
+    t = time.perf_counter()
+    n = sum(len(b["index"]) for b in loader)
+    return n / (time.perf_counter() - t)
+
+
+def end_to_end(slide, grid, encoder, workers: int) -> float:
+    from slidescope.features import extract_features
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = extract_features(slide, grid, encoder, store=tmp, num_workers=workers, batch_size=32, progress=False)
+    return res.computed / res.seconds
+
+
+def store_vs_h5(n: int = 50_000, d: int = 1024) -> list[tuple[str, float, float]]:
+    import h5py
+    import zarr
+
+    from slidescope.features.store import _checksummed
+
+    data = np.random.default_rng(0).normal(size=(n, d)).astype(np.float16)
+    gb = data.nbytes / 1e9
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        t = time.perf_counter()
+        g = zarr.open_group(str(tmp / "a.zarr"), mode="w")
+        arr = g.create_array("e", shape=data.shape, chunks=(1024, d), dtype="float16", compressors=_checksummed())
+        for s in range(0, n, 1024):
+            arr[s : s + 1024] = data[s : s + 1024]
+        w_zarr = gb / (time.perf_counter() - t)
+        t = time.perf_counter()
+        with h5py.File(tmp / "a.h5", "w") as f:
+            f.create_dataset("e", data=data)
+        w_h5 = gb / (time.perf_counter() - t)
+        os.sync()
+        best_z, best_h = 0.0, 0.0
+        for _ in range(3):
+            t = time.perf_counter()
+            back = zarr.open_group(str(tmp / "a.zarr"), mode="r")["e"][:]
+            best_z = max(best_z, gb / (time.perf_counter() - t))
+            t = time.perf_counter()
+            with h5py.File(tmp / "a.h5", "r") as f:
+                back_h = f["e"][:]
+            best_h = max(best_h, gb / (time.perf_counter() - t))
+        assert np.array_equal(back, data) and np.array_equal(back_h, data)
+        rows.append(("write", w_zarr, w_h5))
+        rows.append(("read (warm cache)", best_z, best_h))
+    finally:
+        shutil.rmtree(tmp)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slide", type=Path, default=None)
+    ap.add_argument("--tiles", type=int, default=1500)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--vit-l", action="store_true", help="also ViT-L/16 in bf16 (GPU)")
+    args = ap.parse_args()
+
+    from slidescope.features import create_encoder
+    from slidescope.wsi import detect_tissue, make_tile_grid, open_slide
+
+    path = args.slide or synthetic(12000, 9000, 0.5)
+    slide = open_slide(path)
+    device = torch.device(args.device)
+    names = [("he-descriptor", "fp32"), ("timm:vit_small_patch16_224", "fp32")]
+    if args.vit_l:
+        names.append(("timm:vit_large_patch16_224", "bf16"))
+    print(f"slide {path.name}; {args.workers} reader worker(s); torch threads {torch.get_num_threads()}; "
+          f"{os.cpu_count()} cores; device {device}")
+    print()
+    print("| encoder | tiles | model-only tiles/s | reader-only tiles/s | end-to-end tiles/s | e2e / min(limits) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    mask = detect_tissue(slide)
+    for name, precision in names:
+        enc = create_encoder(name, pretrained=False, device=device, precision=precision if device.type == "cuda" else None)
+        grid = make_tile_grid(slide, tile_size=enc.config.tile_size, mpp=enc.config.mpp, mask=mask)
+        grid = grid.subset(np.arange(min(len(grid), args.tiles)))
+        m = model_only(enc, device)
+        r = reader_only(slide, grid, args.workers)
+        e = end_to_end(slide, grid, enc, args.workers)
+        print(f"| {name} ({precision}) | {len(grid)} | {m:.0f} | {r:.0f} | {e:.0f} | {e / min(m, r):.0%} |")
+    print()
+    print("Store: (50,000 x 1,024) float16, GB/s")
+    print("| operation | zarr (checksummed, 1024-row chunks) | h5py (contiguous) | zarr / h5py |")
+    print("|---|---:|---:|---:|")
+    for op, z, h in store_vs_h5():
+        print(f"| {op} | {z:.2f} | {h:.2f} | {z / h:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

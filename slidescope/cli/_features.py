@@ -1,0 +1,126 @@
+"""`slidescope extract`, `export-h5`, `import-h5`, `encoders`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from . import app
+from ._wsi import SLIDE_MPP_HELP
+
+#: exit code when some slides of a batch failed (the others are done)
+EXIT_SOME_FAILED = 1
+
+
+def write_report(out: Path, command: str, results: list, extra: dict | None = None) -> Path:
+    """A per-run JSON report next to the outputs: per-slide status, timings, errors."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = out / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [r.to_dict() for r in results]
+    report = {
+        "command": command,
+        "argv": sys.argv,
+        "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+        "counts": {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})},
+        **(extra or {}),
+        "slides": rows,
+    }
+    path = folder / f"{command}-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2))
+    (folder / f"{command}-latest.json").write_text(json.dumps(report, indent=2))
+    return path
+
+
+@app.command()
+def extract(
+    slides: list[str] = typer.Argument(..., help="Slide files, folders, glob patterns or a CSV manifest."),
+    encoder: str = typer.Option("he-descriptor", help="Encoder name (see `slidescope encoders`) or timm:<name>."),
+    weights: str | None = typer.Option(None, help="Local weights file or folder (offline use)."),
+    out: Path = typer.Option(Path("stores"), help="Store folder: one <slide>.zarr per slide."),
+    mpp: float | None = typer.Option(None, help="Tile µm/px (default: what the encoder was trained at)."),
+    tile_size: int | None = typer.Option(None, "--tile-size", help="Tile px (default: the encoder's)."),
+    overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles."),
+    min_tissue: float = typer.Option(0.25, "--min-tissue", help="Minimum tissue fraction of a tile."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="Tiles per batch or 'auto'."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="Reader processes (default cores - 1)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1..."),
+    precision: str | None = typer.Option(None, help="fp32, fp16 or bf16 (default: the model's on GPU)."),
+    dtype: str = typer.Option("float16", help="Stored embedding dtype: float16 or float32."),
+    stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard."),
+    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
+    backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
+) -> None:
+    """Embed the tissue tiles of slides into Zarr stores (cached, resumable; bad slides are reported)."""
+    from ..features import create_encoder
+    from ..features.extract import extract_slides
+    from ..wsi import expand_slides
+
+    paths = expand_slides(slides)
+    enc = create_encoder(encoder, weights=weights, device=device, precision=precision)
+    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
+    results = extract_slides(paths, enc, store=out, mpp=mpp, tile_size=tile_size, overlap=overlap,
+                             min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend, batch_size=bs,
+                             num_workers=num_workers, dtype=dtype, stain=stain)
+    report = write_report(out, "extract", results, {"encoder": encoder, "weights_digest": enc.weights_digest})
+    failed = [r for r in results if r.status in ("failed", "claimed")]
+    for r in results:
+        line = f"{Path(r.slide).name}: {r.status}"
+        if r.status in ("done", "reused", "empty"):
+            line += f", {r.n_tiles} tiles" + (f", {r.tiles_per_s:.0f} tiles/s" if r.computed else "")
+        else:
+            line += f" ({r.error_type}: {r.error})"
+        typer.echo(line)
+    typer.echo(f"{len(results) - len(failed)} of {len(results)} slides ok; report: {report}")
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("export-h5")
+def export_h5_cmd(
+    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or a store folder."),
+    encoder: str = typer.Option(..., help="Which embeddings to export."),
+    out: Path = typer.Option(Path("h5"), help="Output folder for <slide>.h5 files."),
+) -> None:
+    """Export embeddings as TRIDENT/CLAM h5 files (features, coords + patch_size_level0...)."""
+    from ..features import export_h5
+
+    paths = [p for s in stores for p in (sorted(s.glob("*.zarr")) if not s.name.endswith(".zarr") else [s])]
+    for p in paths:
+        target = export_h5(p, encoder, out / (p.name[: -len(".zarr")] + ".h5"))
+        typer.echo(f"{p.name} -> {target}")
+
+
+@app.command("import-h5")
+def import_h5_cmd(
+    files: list[Path] = typer.Argument(..., help="TRIDENT/CLAM h5 feature files."),
+    encoder: str = typer.Option(..., help="Name of the encoder that made the features (e.g. uni)."),
+    out: Path = typer.Option(Path("stores"), help="Store folder."),
+    slides: Path | None = typer.Option(None, help="Folder with the slides (matched by name) for provenance."),
+    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
+) -> None:
+    """Import TRIDENT/CLAM h5 features into slidescope stores."""
+    from ..features import import_h5
+
+    for f in files:
+        slide = None
+        if slides is not None:
+            matches = [p for p in slides.iterdir() if p.is_file() and p.name.split(".")[0] == f.stem]
+            slide = matches[0] if matches else None
+        target = import_h5(f, encoder=encoder, store=out, slide=slide, slide_mpp=slide_mpp)
+        typer.echo(f"{f.name} -> {target}")
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoders with dims, tile size, mpp and licence."""
+    from ..features import get_encoder_config, list_encoders
+
+    for name in list_encoders():
+        c = get_encoder_config(name)
+        gated = " (gated)" if c.gated else ""
+        typer.echo(f"{name:<18} {c.embed_dim:>5}-d  {c.tile_size} px @ {c.mpp:g} µm/px  {c.license}{gated}")
