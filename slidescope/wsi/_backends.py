@@ -114,7 +114,9 @@ class OpenSlideBackend(Backend):
             img = self._slide.read_region(location, level, size)
         except self._openslide.OpenSlideError as err:
             raise SlideReadError(str(err)) from err
-        return np.asarray(img)
+        if img.getchannel("A").getextrema()[0] == 255:  # opaque: PIL drops alpha in C, no numpy pass
+            return np.asarray(img.convert("RGB"))
+        return np.asarray(img)  # premultiplied RGBA; Slide composites it on white
 
     def associated_image_names(self) -> list[str]:
         return sorted(self._slide.associated_images.keys())

@@ -101,12 +101,13 @@ def create_encoder(
         precision = config.precision if dev.type == "cuda" else "fp32"
     if precision not in _DTYPES:
         raise InvalidParameterError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+    # find the weights first: a missing or gated file fails fast, before a large model is built
+    path = resolve_weights(config, weights) if pretrained and not config.weight_free else None
     encoder = builder(config)
     digest = None
     if config.weight_free:
         digest = "weight-free"
-    elif pretrained:
-        path = resolve_weights(config, weights)
+    elif path is not None:
         state = read_state_dict(path)
         state = encoder.convert_state_dict(state) if hasattr(encoder, "convert_state_dict") else state
         load_into(encoder.checkpoint_module(), state, name=config.name, strict=strict)
