@@ -148,6 +148,7 @@ def tissue_times(path: Path) -> tuple[float, float, float, int]:
     from slidescope.wsi import detect_tissue, open_slide
 
     slide = open_slide(path)
+    detect_tissue(slide)  # first call pays one-time imports (scipy.ndimage...), not detection
     t = time.perf_counter()
     mask = detect_tissue(slide)
     ours = time.perf_counter() - t
@@ -203,13 +204,13 @@ def main() -> None:
 
     print()
     print(f"Tile reading, tiles/s (machine: {os.cpu_count()} cores; peak RSS {peak_rss_mb():.0f} MB)")
-    head = "| case | tiles | file tiles decoded | openslide loop | raw decode limit | ours (in-process) | ours 1 worker | ours 2 workers | ours / openslide | ours / raw | 2w / 1w |"
+    head = "| case | tiles | file tiles decoded | openslide loop | raw decode limit | ours (in-process) | ours 1 worker | ours 2 workers | ours in-process / openslide | best ours / openslide | ours in-process / raw | 2w / 1w |"
     print(head)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, nfile, plain, raw, ours, w1, w2 in rows:
-        best = max(ours, w1)
+        best = max(ours, w1, w2)
         print(f"| {label} | {n} | {nfile} | {plain:.0f} | {raw:.0f} | {ours:.0f} | {w1:.0f} | {w2:.0f} | "
-              f"{best / plain:.2f}x | {best / raw:.0%} | {w2 / w1:.2f}x |")
+              f"{ours / plain:.2f}x | {best / plain:.2f}x | {ours / raw:.0%} | {w2 / w1:.2f}x |")
 
     print()
     print("Tissue detection, seconds")

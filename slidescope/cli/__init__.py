@@ -33,7 +33,9 @@ from . import _features, _wsi  # noqa: E402,F401  (registers the commands)
 def main() -> None:
     """Entry point: run the app, turning slidescope errors into one clear line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit codes in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SlidescopeError as err:
         typer.secho(f"error: {type(err).__name__}: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
