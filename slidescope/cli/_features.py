@@ -49,6 +49,7 @@ def extract(
     batch_size: str = typer.Option("auto", "--batch-size", help="Tiles per batch or 'auto'."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="Reader processes (default cores - 1)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1..."),
+    devices: str | None = typer.Option(None, help="Several devices, one process each: 'cuda:0,cuda:1'."),
     precision: str | None = typer.Option(None, help="fp32, fp16 or bf16 (default: the model's on GPU)."),
     dtype: str = typer.Option("float16", help="Stored embedding dtype: float16 or float32."),
     stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard."),
@@ -61,12 +62,20 @@ def extract(
     from ..wsi import expand_slides
 
     paths = expand_slides(slides)
-    enc = create_encoder(encoder, weights=weights, device=device, precision=precision)
+    device_list = [d.strip() for d in devices.split(",")] if devices else None
+    if device_list and len(device_list) > 1:
+        if precision:
+            raise typer.BadParameter("--precision is not supported with --devices yet; the model default is used")
+        enc, digest = encoder, None  # each device process builds its own
+    else:
+        enc = create_encoder(encoder, weights=weights, device=(device_list or [device])[0], precision=precision)
+        digest = enc.weights_digest
     bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
     results = extract_slides(paths, enc, store=out, mpp=mpp, tile_size=tile_size, overlap=overlap,
                              min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend, batch_size=bs,
-                             num_workers=num_workers, dtype=dtype, stain=stain)
-    report = write_report(out, "extract", results, {"encoder": encoder, "weights_digest": enc.weights_digest})
+                             num_workers=num_workers, dtype=dtype, stain=stain, weights=weights,
+                             devices=device_list)
+    report = write_report(out, "extract", results, {"encoder": encoder, "weights_digest": digest})
     failed = [r for r in results if r.status in ("failed", "claimed")]
     for r in results:
         line = f"{Path(r.slide).name}: {r.status}"

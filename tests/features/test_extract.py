@@ -221,3 +221,35 @@ def test_import_clam_style_h5_without_slide(tmp_path) -> None:
     st = open_store(out)
     assert st.embeddings("clam-r50").shape == (5, 8) and st.tile_extent == (512, 512)
     assert st.attrs["slide"]["fingerprint"].startswith("unverified")
+
+
+def test_one_process_per_device(cmu_small, tmp_path) -> None:
+    """``devices`` spawns one process per device; on this CPU machine two 'cpu' devices stand in for GPUs."""
+    sample = Path(__file__).resolve().parents[2] / "sample_data" / "sample_slide.tiff"
+    results = extract_slides([cmu_small, sample], "he-descriptor", store=tmp_path, devices=["cpu", "cpu"],
+                             num_workers=0, progress=False)
+    assert [r.status for r in results] == ["done", "done"]
+    assert [Path(r.slide).name for r in results] == ["CMU-1-Small-Region.svs", "sample_slide.tiff"]
+    single = extract_slides([cmu_small], "he-descriptor", store=tmp_path / "one", num_workers=0, progress=False)
+    assert np.array_equal(open_store(results[0].store).embeddings("he-descriptor"),
+                          open_store(single[0].store).embeddings("he-descriptor"))
+
+
+def test_out_of_memory_lowers_the_batch(cmu_grid, tiny_encoder, tmp_path) -> None:
+    from slidescope.features.extract import _encode_adaptive
+
+    enc = tiny_encoder()
+    real = enc.embed
+
+    def picky(x):
+        if len(x) > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x)
+
+    enc.embed = picky
+    images = torch.randint(0, 255, (10, 64, 64, 3), dtype=torch.uint8)
+    state: dict[str, int] = {}
+    out = _encode_adaptive(enc, images, torch.device("cpu"), state)
+    enc.embed = real
+    assert out.shape == (10, 16) and state["limit"] == 2  # halved 10 -> 5 -> 2, then every part fits
+    np.testing.assert_allclose(out.numpy(), enc(images).detach().numpy(), rtol=1e-5, atol=1e-5)
