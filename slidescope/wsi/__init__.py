@@ -20,6 +20,7 @@ _EXPORTS = {
     "TileDataset": "._dataset",
     "expand_slides": "._inputs",
     "make_synthetic_slide": ".synthetic",
+    "make_synthetic_cohort": ".cohort",
     "SyntheticSlide": ".synthetic",
 }
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._slide import Slide, open_slide
     from ._stream import iter_tiles, read_tile
     from ._tissue import TissueMask, detect_tissue
+    from .cohort import make_synthetic_cohort
     from .synthetic import SyntheticSlide, make_synthetic_slide
 
 
