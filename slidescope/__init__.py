@@ -10,9 +10,9 @@ functions are loaded on first use::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from .errors import *  # noqa: F403  (exceptions are light and part of the public API)
 from .errors import __all__ as _errors_all
 
@@ -27,21 +27,17 @@ _EXPORTS = {
     "TileGrid": "slidescope.wsi",
     "iter_tiles": "slidescope.wsi",
     "TileDataset": "slidescope.wsi",
+    "create_encoder": "slidescope.features",
+    "list_encoders": "slidescope.features",
+    "extract_features": "slidescope.features",
+    "open_store": "slidescope.features",
 }
 
 __all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .features import create_encoder, extract_features, list_encoders, open_store
     from .wsi import TileDataset, TileGrid, TissueMask, detect_tissue, iter_tiles, make_tile_grid, open_slide
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'slidescope' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

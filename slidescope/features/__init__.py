@@ -5,8 +5,9 @@ Public names load on first use (torch is imported only then).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Encoder": ".encoders",
@@ -45,13 +46,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .store import IncompleteStoreError, SlideStore, StoreCorruptError, StoreError, open_store
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
