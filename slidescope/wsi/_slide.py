@@ -269,21 +269,20 @@ class Slide:
             ) from err
 
     def get_thumbnail(self, size: tuple[int, int]) -> np.ndarray:
-        """RGB ``uint8 (h, w, 3)`` of the whole slide, fitting in ``size=(w, h)``, aspect kept."""
-        from PIL import Image
+        """RGB ``uint8 (h, w, 3)`` of the whole slide, fitting in ``size=(w, h)``, aspect kept.
+
+        Read from the coarsest level that is at least as detailed as the thumbnail, block by block
+        and area-averaged, so memory stays bounded even for a single-level gigapixel slide."""
+        from ._downsample import read_downsampled
 
         w0, h0 = self.dimensions
-        scale = max(w0 / size[0], h0 / size[1])
+        scale = max(w0 / size[0], h0 / size[1], 1.0)
         level = 0
         for lv, ds in enumerate(self.level_downsamples):
             if ds <= scale:
                 level = lv
-        lw, lh = self.level_dimensions[level]
-        img = self.read_region((0, 0), level, (lw, lh))
         tw, th = max(1, round(w0 / scale)), max(1, round(h0 / scale))
-        if (tw, th) != (lw, lh):
-            img = np.asarray(Image.fromarray(img).resize((tw, th), Image.Resampling.BILINEAR, reducing_gap=3.0))
-        return img
+        return read_downsampled(self, level, (tw, th))
 
     def tile_source(self):  # -> _tiff.TiffTileSource | None
         """The direct TIFF tile decoder for this file, or None where it does not apply."""

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from slidescope.errors import InvalidParameterError, MissingMppError
 from slidescope.wsi import open_slide
-from slidescope.wsi import _tissue
+from slidescope.wsi import _downsample, _tissue
 from slidescope.wsi._tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
 
 MPP = 8.0  # µm/px of the crafted images (the default mask resolution)
@@ -364,14 +364,14 @@ def test_geojson_round_trip_real_slide_with_holes(cmu_small: Path) -> None:
 
 def test_blockwise_reading_matches_one_read(square_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slide = open_slide(square_slide)
-    whole = _tissue._read_downsampled(slide, 0, (192, 128))
-    monkeypatch.setattr(_tissue, "READ_BLOCK", 300)  # many blocks, not aligned with the file tiles
-    blocks = _tissue._read_downsampled(slide, 0, (192, 128))
+    whole = _downsample.read_downsampled(slide, 0, (192, 128))
+    monkeypatch.setattr(_downsample, "READ_BLOCK", 300)  # many blocks, not aligned with the file tiles
+    blocks = _downsample.read_downsampled(slide, 0, (192, 128))
     assert np.abs(whole.astype(int) - blocks.astype(int)).max() <= 1
     # a non-integer reduction (5.3 level px per mask px) is seamless too
-    odd = _tissue._read_downsampled(slide, 0, (580, 387))
-    monkeypatch.setattr(_tissue, "READ_BLOCK", 4096)
-    ref = _tissue._read_downsampled(slide, 0, (580, 387))
+    odd = _downsample.read_downsampled(slide, 0, (580, 387))
+    monkeypatch.setattr(_downsample, "READ_BLOCK", 4096)
+    ref = _downsample.read_downsampled(slide, 0, (580, 387))
     assert np.abs(odd.astype(int) - ref.astype(int)).max() <= 2
 
 
