@@ -1,0 +1,110 @@
+"""The aggregator registry: name -> aggregator class. Registering builds nothing and imports nothing heavy."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ...errors import InvalidParameterError
+from ._base import Aggregator
+
+log = logging.getLogger(__name__)
+
+__all__ = ["register_aggregator", "list_aggregators", "create_aggregator"]
+
+_REGISTRY: dict[str, type[Aggregator]] = {}
+# the built-in families; each module registers its classes when imported
+_BUILTIN_MODULES = ("pooling", "abmil", "clam", "transmil", "dsmil", "dtfd", "acmil", "ins")
+
+A = TypeVar("A", bound=type[Aggregator])
+
+
+def register_aggregator(name: str) -> Callable[[A], A]:
+    """Class decorator that registers an :class:`Aggregator` subclass under ``name``.
+
+    The class is built as ``cls(in_dim=..., num_classes=..., **kwargs)``; its keyword defaults are the
+    published hyper-parameters. A second registration of the same name replaces the first (logged).
+
+    Examples
+    --------
+    >>> @register_aggregator("my-mil")  # doctest: +SKIP
+    ... class MyMIL(Aggregator): ...
+    """
+
+    def decorator(cls: A) -> A:
+        if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+            raise InvalidParameterError(
+                f"register_aggregator({name!r}) expects an Aggregator subclass, got {cls!r}"
+            )
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            log.warning("aggregator %r registered twice; the later one wins", name)
+        _REGISTRY[name] = cls
+        cls.registry_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def list_aggregators() -> list[str]:
+    """Names accepted by :func:`create_aggregator`, sorted."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def create_aggregator(name: str, *, in_dim: int, num_classes: int, **kwargs: Any) -> Aggregator:
+    """Build a registered MIL aggregator with random weights.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_aggregators` (``"abmil"``, ``"clam-sb"``, ``"transmil"``...).
+    in_dim : int
+        Length ``D`` of the tile embeddings it will receive as (B, N, D).
+    num_classes : int
+        Number of slide classes ``C``.
+    **kwargs
+        Model hyper-parameters; anything left out keeps the published default (see each class).
+        ``None`` values are dropped, so defaults stay with the architecture.
+
+    Returns
+    -------
+    Aggregator
+        ``forward(features (B, N, D), mask (B, N) | None, *, labels (B,) | None) -> AggregatorOutput``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown name (the message lists the registered ones) or unknown hyper-parameter.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = create_aggregator("abmil", in_dim=1024, num_classes=2).eval()
+    >>> model(torch.randn(1, 100, 1024)).logits.shape
+    torch.Size([1, 2])
+    """
+    names = list_aggregators()
+    if name not in _REGISTRY:
+        raise InvalidParameterError(f"unknown aggregator {name!r}. Registered: {', '.join(names)}")
+    cls = _REGISTRY[name]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    accepted = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name not in ("self", "in_dim", "num_classes") and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InvalidParameterError(
+            f"aggregator {name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(accepted)}"
+        )
+    return cls(in_dim=in_dim, num_classes=num_classes, **kwargs)

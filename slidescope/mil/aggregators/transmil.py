@@ -1,0 +1,266 @@
+"""TransMIL (Shao et al., NeurIPS 2021): Nystrom-attention transformer with the PPEG position encoder.
+
+Nystrom attention (Xiong et al., AAAI 2021) is implemented here in plain torch, following the
+computation of the ``nystrom_attention`` package the reference uses (sum-pooled landmarks, iterative
+Moore-Penrose pseudo-inverse, residual depth-wise convolution over the value sequence).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import InvalidParameterError
+from ._base import Aggregator, AggregatorOutput, embed_mlp, masked_softmax
+from ._registry import register_aggregator
+
+__all__ = ["TransMIL", "NystromAttention", "PPEG"]
+
+
+def _iterative_pinv(x: Tensor, iters: int) -> Tensor:
+    """Moore-Penrose pseudo-inverse of softmax matrices by Newton-Schulz-type iterations.
+
+    Parameters
+    ----------
+    x : Tensor of shape (..., M, M)
+    iters : int
+
+    Notes
+    -----
+    The initial scale uses the largest row and column sums over the whole tensor, as the reference does;
+    TransMIL here always calls it on one bag at a time, so bags never influence each other.
+    """
+    abs_x = x.abs()
+    col, row = abs_x.sum(-1), abs_x.sum(-2)
+    z = x.transpose(-1, -2) / (col.max() * row.max())
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+class NystromAttention(nn.Module):
+    """Multi-head Nystrom self-attention over one unpadded sequence (B = 1 in TransMIL).
+
+    Parameters
+    ----------
+    dim : int
+        Token width.
+    heads, dim_head : int
+        Number of heads and width of each (TransMIL: 8 x dim // 8).
+    num_landmarks : int
+        Maximum number of landmarks ``m`` (TransMIL: dim // 2).
+    pinv_iterations : int
+        Iterations of the pseudo-inverse (6).
+    residual_kernel : int
+        Length of the depth-wise residual convolution over the value sequence (33); 0 disables it.
+    dropout : float
+        Dropout on the output projection (0.1).
+
+    Notes
+    -----
+    As in the reference, the sequence of ``n`` tokens is split into ``m`` consecutive groups of
+    ``l = ceil(n / m)`` tokens (zeros are prepended to reach ``m * l``) and each landmark is the mean of a
+    group. The reference, called without a mask as TransMIL does, lets groups made only of those
+    alignment zeros act as extra all-zero landmarks (and divides partial groups by ``l``); here such groups
+    are dropped and a partial group is averaged over its real tokens. (The reference's own masked path is
+    close but not identical: its masked landmark rows still enter the pseudo-inverse.) When ``n`` is a
+    multiple of ``m`` all three coincide exactly. For ``n <= m`` every token is its own landmark.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int = 8,
+        dim_head: int = 64,
+        num_landmarks: int = 256,
+        pinv_iterations: int = 6,
+        residual_kernel: int = 33,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
+        self.scale = dim_head**-0.5
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.res_conv: nn.Conv2d | None = None
+        if residual_kernel > 0:  # depth-wise over the sequence axis, one filter per head
+            kernel, pad = (residual_kernel, 1), (residual_kernel // 2, 0)
+            self.res_conv = nn.Conv2d(heads, heads, kernel, padding=pad, groups=heads, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Self-attention.
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, n, dim)
+            Real tokens only (no padding).
+
+        Returns
+        -------
+        Tensor of shape (B, n, dim)
+        """
+        b, n, _ = x.shape
+        qkv = self.to_qkv(x).reshape(b, n, 3, self.heads, self.dim_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, h, n, d) each
+        q = q * self.scale
+        m = self.num_landmarks
+        size = math.ceil(n / m)  # tokens per landmark
+        pad = m * size - n
+        # the groups the reference forms on the front-padded sequence; keep those with a real token
+        counts = torch.full((m,), size, device=x.device)
+        counts[: pad // size] = 0
+        counts[pad // size] -= pad % size
+        keep = counts > 0
+
+        def landmarks(t: Tensor) -> Tensor:
+            padded = torch.cat([t.new_zeros(b, self.heads, pad, self.dim_head), t], dim=2)
+            sums = padded.reshape(b, self.heads, m, size, self.dim_head).sum(3)
+            return (sums / counts[:, None].to(t.dtype))[:, :, keep] if pad else sums / size
+
+        q_land, k_land = landmarks(q), landmarks(k)
+        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, h, n, m')
+        attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, h, m', m')
+        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # (B, h, m', n)
+        out = (attn1 @ _iterative_pinv(attn2, self.pinv_iterations)) @ (attn3 @ v)
+        if self.res_conv is not None:
+            out = out + self.res_conv(v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+
+
+class PPEG(nn.Module):
+    """Pyramid position encoding generator: ``x + DWConv7(x) + DWConv5(x) + DWConv3(x)`` on the token grid.
+
+    Parameters
+    ----------
+    dim : int
+        Token width (number of depth-wise channels).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj7 = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.proj5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.proj3 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor, side: int) -> Tensor:
+        """
+        Parameters
+        ----------
+        x : Tensor of shape (B, 1 + side**2, dim)
+            CLS token first, then the square grid of patch tokens in row-major order.
+        side : int
+
+        Returns
+        -------
+        Tensor of the same shape.
+        """
+        b, _, c = x.shape
+        cls, grid = x[:, :1], x[:, 1:].transpose(1, 2).reshape(b, c, side, side)
+        grid = grid + self.proj7(grid) + self.proj5(grid) + self.proj3(grid)
+        return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+
+
+class _TransLayer(nn.Module):
+    """Pre-norm residual Nystrom attention: ``x + NystromAttention(LayerNorm(x))``."""
+
+    def __init__(self, dim: int, heads: int, pinv_iterations: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = NystromAttention(
+            dim,
+            heads=heads,
+            dim_head=dim // heads,
+            num_landmarks=dim // 2,
+            pinv_iterations=pinv_iterations,
+            residual_kernel=33,
+            dropout=dropout,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.attn(self.norm(x))
+
+
+@register_aggregator("transmil")
+class TransMIL(Aggregator):
+    """TransMIL: ``Linear+ReLU, square pad, [CLS], TransLayer, PPEG, TransLayer, LN, CLS -> Linear``.
+
+    Parameters
+    ----------
+    in_dim, num_classes : int
+        Tile embedding length ``D`` and number of classes ``C``.
+    embed_dim : int
+        Transformer width (512).
+    heads : int
+        Attention heads (8, head width ``embed_dim // heads``; MIL-Lab defaults to 4).
+    pinv_iterations : int
+        Pseudo-inverse iterations (6). Landmarks: ``embed_dim // 2`` (256).
+    attn_dropout : float
+        Dropout on the attention output projections (0.1).
+    dropout : float
+        Dropout after the input embedding (0, as the original; MIL-Lab uses 0.25).
+
+    Notes
+    -----
+    Masking: square padding (repeating the first ``M - n`` tokens up to ``M = ceil(sqrt(n))**2``), the
+    Nystrom landmarks and the PPEG grid all depend on the bag length, so each bag's real tokens are run
+    through the transformer **separately** (a Python loop over the batch). This is exact: a padded batch
+    gives the same result as each bag alone.
+
+    ``scores`` (attention kind): TransMIL has no native tile weights. As in the MIL-Lab port, the tile
+    score is the dot product between the CLS token and each patch token after the first layer (before
+    PPEG); here it is scaled by ``1 / sqrt(embed_dim)`` and softmax-normalised over the real tiles (the
+    first ``n`` tokens, not their square-padding copies). Treat it as a saliency proxy.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        *,
+        embed_dim: int = 512,
+        heads: int = 8,
+        pinv_iterations: int = 6,
+        attn_dropout: float = 0.1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(in_dim, num_classes)
+        if embed_dim % heads or embed_dim < 2:
+            raise InvalidParameterError(f"embed_dim ({embed_dim}) must be divisible by heads ({heads})")
+        self.embed = embed_mlp(in_dim, embed_dim, dropout)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
+        self.layer1 = _TransLayer(embed_dim, heads, pinv_iterations, attn_dropout)
+        self.ppeg = PPEG(embed_dim)
+        self.layer2 = _TransLayer(embed_dim, heads, pinv_iterations, attn_dropout)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.classifier = nn.Linear(embed_dim, num_classes)
+
+    def _forward_bag(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """One bag: (1, n, E) embedded real tiles -> ((1, C) logits, (n,) CLS-similarity logits)."""
+        n = h.shape[1]
+        side = math.ceil(math.sqrt(n))
+        extra = side * side - n
+        if extra:  # repeat the first tokens (cyclically when n is tiny and extra > n)
+            h = torch.cat([h, h[:, torch.arange(extra, device=h.device) % n]], dim=1)
+        x = torch.cat([self.cls_token.to(h.dtype), h], dim=1)
+        x = self.layer1(x)
+        sim = (x[:, 1 : n + 1] @ x[:, 0].unsqueeze(-1)).squeeze(-1)[0] / math.sqrt(x.shape[-1])
+        x = self.ppeg(x, side)
+        x = self.layer2(x)
+        return self.classifier(self.norm(x)[:, 0]), sim
+
+    def _forward(self, features: Tensor, mask: Tensor, labels: Tensor | None) -> AggregatorOutput:
+        h = self.embed(features)  # (B, N, E)
+        logits, sims = [], []
+        for b in range(h.shape[0]):
+            valid = mask[b].nonzero().squeeze(1)
+            logit, sim = self._forward_bag(h[b, valid].unsqueeze(0))
+            logits.append(logit)
+            sims.append(sim.new_zeros(mask.shape[1]).index_put((valid,), sim))
+        return AggregatorOutput(logits=torch.cat(logits), scores=masked_softmax(torch.stack(sims), mask))
