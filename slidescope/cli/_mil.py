@@ -1,0 +1,100 @@
+"""`slidescope train`, `score`, `heatmap`: supervised MIL on embedding stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command()
+def train(
+    manifest: Path = typer.Option(..., help="CSV with slide, label, patient (optional site, split)."),
+    store: Path = typer.Option(..., help="Store folder with the slides' embeddings."),
+    encoder: str = typer.Option(..., help="Which embeddings to train on (e.g. he-descriptor, uni)."),
+    model: str = typer.Option("abmil", help="Aggregator name (abmil, mean, clam-sb, transmil...)."),
+    model_kwargs: str | None = typer.Option(None, "--model-kwargs", help='Aggregator kwargs as JSON, e.g. '
+                                            '\'{"embed_dim": 256}\'.'),
+    folds: int = typer.Option(5, help="Patient-level cross-validation folds."),
+    epochs: int = typer.Option(20, help="Maximum epochs per fold."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Bags per batch."),
+    lr: float = typer.Option(2e-4, help="AdamW learning rate."),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay", help="AdamW weight decay."),
+    seed: int = typer.Option(0, help="Seed of splits, sampling and initialisation."),
+    max_instances: int = typer.Option(512, "--max-instances", help="Tiles per training bag (subsampled)."),
+    early_stopping_patience: int = typer.Option(5, "--early-stopping-patience", help="Epochs without a lower "
+                                                "validation loss before a fold stops."),
+    site_preserving: bool = typer.Option(False, "--site-preserving", help="Hold out whole sites per fold."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
+    devices: int = typer.Option(1, help="Devices (more than 1 uses DDP)."),
+    precision: str | None = typer.Option(None, help="Lightning precision, e.g. bf16-mixed or 16-mixed."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Reuse finished folds, continue interrupted ones."),
+    out: Path = typer.Option(Path("runs/mil"), help="Run folder."),
+) -> None:
+    """Train a MIL classifier with patient-level cross-validation; prints held-out metrics with 95% CIs."""
+    from ..errors import InvalidParameterError
+    from ..mil.train import train as run_train
+
+    try:
+        kwargs = json.loads(model_kwargs) if model_kwargs else None
+    except json.JSONDecodeError as err:
+        raise InvalidParameterError(f"--model-kwargs is not valid JSON: {err}") from err
+    res = run_train(manifest, store=store, encoder=encoder, out=out, model=model, model_kwargs=kwargs, folds=folds,
+                    epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                    max_instances=max_instances, early_stopping_patience=early_stopping_patience,
+                    site_preserving=site_preserving, accelerator=accelerator, devices=devices, precision=precision,
+                    num_workers=num_workers, resume=resume)
+    for f in res.folds:
+        typer.echo(f"fold {f.fold}: {f.status}, {f.epochs} epochs, {f.n_train} train / {f.n_val} val / "
+                   f"{f.n_test} held-out slides")
+    typer.echo(res.summary())
+    typer.echo(f"out-of-fold predictions: {res.oof_csv}\nmetrics: {res.results_csv}\n"
+               f"checkpoints: {' '.join(str(c) for c in res.checkpoints)}")
+
+
+@app.command()
+def score(
+    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
+    model: list[Path] = typer.Option(..., "--model", help="Checkpoint (best.ckpt); repeat for an ensemble."),
+    out: Path | None = typer.Option(None, help="Predictions CSV."),
+    name: str | None = typer.Option(None, help="Scores name in the stores (default: the run folder's name)."),
+    write_scores: bool = typer.Option(True, "--write-scores/--no-write-scores",
+                                      help="Write the attention into each store."),
+    device: str = typer.Option("cpu", help="cpu, cuda..."),
+) -> None:
+    """Predict slides with MIL checkpoints (probabilities averaged) and store the tile attention."""
+    from ..mil.score import run_name
+    from ..mil.score import score as run_score
+
+    results = run_score(list(model), list(stores), out_csv=out, write_scores=write_scores, name=name, device=device)
+    for r in results:
+        probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
+        typer.echo(f"{r.slide}: {r.predicted} ({probs})")
+    if write_scores:
+        typer.echo(f"tile scores written as '{name or run_name(model[0])}/attention'")
+    if out is not None:
+        typer.echo(f"predictions: {out}")
+
+
+@app.command()
+def heatmap(
+    slide: Path = typer.Argument(..., help="The slide file."),
+    store: Path = typer.Option(..., help="The slide's store or the store folder."),
+    scores: str = typer.Option(..., help="Scores name in the store, e.g. <run>/attention."),
+    out: Path = typer.Option(..., help="PNG to write."),
+    geojson: Path | None = typer.Option(None, help="Also write the scored tiles as QuPath GeoJSON."),
+    size: int = typer.Option(1024, help="Thumbnail size (px, longest side)."),
+    cmap: str = typer.Option("inferno", help="inferno, viridis, magma or jet."),
+    normalize: str = typer.Option("rank", help="rank or minmax."),
+    alpha: float = typer.Option(0.5, help="Opacity of the tiles."),
+) -> None:
+    """Paint per-tile scores over the slide thumbnail (PNG with colour bar, optional GeoJSON)."""
+    from ..mil.heatmap import heatmap as run_heatmap
+
+    png = run_heatmap(slide, store, scores=scores, out_png=out, out_geojson=geojson, size=size, cmap=cmap,
+                      normalize=normalize, alpha=alpha)
+    typer.echo(f"heatmap: {png}" + (f"; GeoJSON: {geojson}" if geojson else ""))

@@ -1,0 +1,409 @@
+"""MIL data: the manifest, patient-level splits, bags of tile embeddings and their DataModule.
+
+A *bag* is one slide's ``(N, D)`` tile embeddings read from its store
+(``<store>/<slide key>.zarr``, see :func:`slidescope.features.store.store_path`). Bags of a batch
+are padded to the longest one; ``mask`` (``True`` = real tile) says which rows are padding.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InvalidParameterError
+from ..features.store import StoreError, open_store, store_path
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SlideRow",
+    "Splits",
+    "read_manifest",
+    "make_splits",
+    "BagDataset",
+    "collate_bags",
+    "BagDataModule",
+]
+
+REQUIRED_COLUMNS = ("slide", "label", "patient")
+
+
+@dataclass(frozen=True)
+class SlideRow:
+    """One manifest row. ``slide`` is an absolute path (resolved against the manifest's folder)."""
+
+    slide: str
+    label: str
+    patient: str
+    site: str | None = None
+    split: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The slide's store name (its file name without the slide extension)."""
+        from ..features.store import slide_key
+
+        return slide_key(self.slide)
+
+
+def read_manifest(
+    path: str | os.PathLike[str],
+    *,
+    store: str | os.PathLike[str] | None = None,
+    encoder: str | None = None,
+    labels: list[str] | None = None,
+) -> list[SlideRow]:
+    """Read and check a training manifest (CSV).
+
+    Columns: ``slide`` (path relative to the manifest), ``label``, ``patient``; optional ``site``
+    (for site-preserving folds) and ``split`` (an integer fold per row: predefined folds).
+
+    Parameters
+    ----------
+    path : the CSV file.
+    store : the store folder; with ``encoder``, every slide must have complete embeddings there.
+    encoder : the encoder whose embeddings training will use.
+    labels : the allowed labels (any other label is an error); default: whatever is in the file.
+
+    Raises
+    ------
+    InvalidParameterError
+        Missing columns, empty file, unknown labels, a single class, or slides without a store or
+        without embeddings (all such slides are listed in one message).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidParameterError(f"manifest {path} does not exist")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise InvalidParameterError(
+                f"{path.name} lacks the column(s) {', '.join(missing)}; a MIL manifest needs slide, label, patient "
+                f"(optional: site, split). Columns found: {', '.join(columns) or 'none'}")
+        raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    if not raw:
+        raise InvalidParameterError(f"{path.name} has no rows")
+    rows: list[SlideRow] = []
+    blanks = []
+    for i, r in enumerate(raw, start=2):
+        if not r["slide"] or not r["label"] or not r["patient"]:
+            blanks.append(i)
+            continue
+        slide = Path(r["slide"])
+        slide = slide if slide.is_absolute() else (path.parent / slide)
+        rows.append(SlideRow(slide=str(slide), label=r["label"], patient=r["patient"],
+                             site=r.get("site") or None, split=r.get("split") or None))
+    if blanks:
+        raise InvalidParameterError(f"{path.name}: empty slide, label or patient on line(s) {_short(blanks)}")
+    keys = collections.Counter(r.key for r in rows)
+    dup = sorted(k for k, n in keys.items() if n > 1)
+    if dup:
+        raise InvalidParameterError(f"{path.name}: several rows map to the same store name: {_short(dup)}")
+    found = sorted({r.label for r in rows})
+    if labels is not None:
+        unknown = sorted(set(found) - set(labels))
+        if unknown:
+            raise InvalidParameterError(f"{path.name}: unknown label(s) {_short(unknown)}; expected one of "
+                                        f"{', '.join(labels)}")
+    if len(found) < 2:
+        raise InvalidParameterError(f"{path.name}: every slide has label {found[0]!r}; a classifier needs at least "
+                                    f"two classes")
+    if store is not None:
+        problems = []
+        for r in rows:
+            sp = store_path(store, r.slide)
+            if not (sp / "zarr.json").exists():
+                problems.append(f"{r.key} (no store {sp.name})")
+                continue
+            if encoder is not None:
+                try:
+                    s = open_store(sp)
+                    if encoder not in s.encoders(complete_only=True):
+                        problems.append(f"{r.key} (no complete {encoder!r} embeddings)")
+                    elif s.n_tiles == 0:
+                        problems.append(f"{r.key} (no tissue tiles)")
+                except StoreError as err:
+                    problems.append(f"{r.key} ({err})")
+        if problems:
+            raise InvalidParameterError(
+                f"{len(problems)} of {len(rows)} slides in {path.name} cannot be used from {store}: "
+                f"{'; '.join(problems)}. Run `slidescope extract --encoder {encoder or 'NAME'} --out {store}` on them "
+                f"or drop them from the manifest.")
+    return rows
+
+
+def _short(items: list, n: int = 10) -> str:
+    text = ", ".join(str(i) for i in items[:n])
+    return text + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# -- splits -----------------------------------------------------------------------------------------
+
+@dataclass
+class Splits:
+    """Patient-level fold assignment: ``patients[patient] = fold`` (0-based)."""
+
+    folds: int
+    patients: dict[str, int]
+    seed: int = 0
+    site_preserving: bool = False
+    sites: dict[str, int] = field(default_factory=dict)
+
+    def fold_of(self, row: SlideRow) -> int:
+        return self.patients[row.patient]
+
+    def rows_in(self, rows: list[SlideRow], fold: int) -> list[SlideRow]:
+        return [r for r in rows if self.patients[r.patient] == fold]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Splits:
+        data = json.loads(Path(path).read_text())
+        data["patients"] = {str(k): int(v) for k, v in data["patients"].items()}
+        data["sites"] = {str(k): int(v) for k, v in data.get("sites", {}).items()}
+        return cls(**data)
+
+
+def _patient_labels(rows: list[SlideRow]) -> dict[str, str]:
+    by_patient: dict[str, list[str]] = collections.defaultdict(list)
+    for r in rows:
+        by_patient[r.patient].append(r.label)
+    mixed = sorted(p for p, labs in by_patient.items() if len(set(labs)) > 1)
+    if mixed:
+        warnings.warn(f"patient(s) {_short(mixed)} have slides with different labels; they are stratified by "
+                      f"their most common label", UserWarning, stacklevel=3)
+    return {p: collections.Counter(labs).most_common(1)[0][0] for p, labs in by_patient.items()}
+
+
+def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_preserving: bool = False) -> Splits:
+    """Patient-level stratified k-fold.
+
+    A patient is never in two folds. Patients are stratified by their label (the most common
+    one if their slides differ: a warning). With ``site_preserving``, whole sites are held out:
+    every site goes to exactly one fold (sites are dealt largest first to the smallest fold), so
+    there must be at least ``folds`` sites. Rows with an integer ``split`` column use it as their
+    fold (predefined folds).
+
+    Returns
+    -------
+    Splits
+        Save it next to the run with :meth:`Splits.save` (``splits.json``).
+    """
+    if folds < 2:
+        raise InvalidParameterError(f"folds must be >= 2, got {folds}")
+    plabel = _patient_labels(rows)
+    if any(r.split is not None for r in rows):
+        return _predefined(rows, folds=folds, seed=seed)
+    rng = np.random.default_rng(seed)
+    n_slides = collections.Counter(r.patient for r in rows)
+    if site_preserving:
+        by_patient: dict[str, list[str]] = collections.defaultdict(list)
+        for r in rows:
+            if r.site is None:
+                raise InvalidParameterError("site_preserving needs a 'site' value on every manifest row")
+            by_patient[r.patient].append(r.site)
+        psite = {p: collections.Counter(s).most_common(1)[0][0] for p, s in by_patient.items()}
+        multi = sorted(p for p, s in by_patient.items() if len(set(s)) > 1)
+        if multi:
+            warnings.warn(f"patient(s) {_short(multi)} have slides from several sites; each is held out with its "
+                          f"most common site so that no patient is in two folds", UserWarning, stacklevel=2)
+        site_size = collections.Counter(psite[r.patient] for r in rows)
+        if len(site_size) < folds:
+            raise InvalidParameterError(f"site-preserving folds need at least as many sites as folds: "
+                                        f"{len(site_size)} sites ({', '.join(sorted(site_size))}) for {folds} folds")
+        names = sorted(site_size)
+        order = sorted(rng.permutation(len(names)).tolist(), key=lambda i: -site_size[names[i]])
+        load = [0] * folds
+        sites: dict[str, int] = {}
+        for i in order:
+            k = int(np.argmin(load))
+            sites[names[i]] = k
+            load[k] += site_size[names[i]]
+        return Splits(folds=folds, patients={p: sites[s] for p, s in sorted(psite.items())}, seed=seed,
+                      site_preserving=True, sites=sites)
+    n_patients = len(plabel)
+    if n_patients < folds:
+        raise InvalidParameterError(f"{n_patients} patients cannot fill {folds} folds")
+    assign: dict[str, int] = {}
+    total = np.zeros(folds)
+    for label in sorted(set(plabel.values())):
+        group = sorted(p for p, lab in plabel.items() if lab == label)
+        group = [group[i] for i in rng.permutation(len(group))]
+        per = np.zeros(folds)
+        for p in group:
+            # fewest patients of this label, then fewest slides, then a random tie-break
+            cand = np.lexsort((rng.random(folds), total, per))
+            k = int(cand[0])
+            assign[p] = k
+            per[k] += 1
+            total[k] += n_slides[p]
+    for label in sorted(set(plabel.values())):
+        have = {assign[p] for p, lab in plabel.items() if lab == label}
+        if len(have) < folds:
+            log.warning("label %r has patients in only %d of %d folds", label, len(have), folds)
+    return Splits(folds=folds, patients=dict(sorted(assign.items())), seed=seed)
+
+
+def _predefined(rows: list[SlideRow], *, folds: int, seed: int) -> Splits:
+    assign: dict[str, int] = {}
+    for r in rows:
+        try:
+            k = int(r.split) if r.split is not None else None
+        except ValueError:
+            k = None
+        if k is None or not 0 <= k < folds:
+            raise InvalidParameterError(f"the 'split' column must hold a fold number 0..{folds - 1} on every row "
+                                        f"(got {r.split!r} for {r.key}); or drop the column for automatic folds")
+        if assign.setdefault(r.patient, k) != k:
+            raise InvalidParameterError(f"patient {r.patient} is in folds {assign[r.patient]} and {k}")
+    return Splits(folds=folds, patients=dict(sorted(assign.items())), seed=seed)
+
+
+def inner_validation(rows: list[SlideRow], *, fraction: float = 0.2, seed: int = 0) -> tuple[list[SlideRow],
+                                                                                               list[SlideRow]]:
+    """Split training rows into (train, val) by patient, stratified by label (>= 1 patient per label)."""
+    plabel = {r.patient: r.label for r in rows}
+    rng = np.random.default_rng(seed)
+    val: set[str] = set()
+    for label in sorted(set(plabel.values())):
+        group = sorted(p for p, lab in plabel.items() if lab == label)
+        n = max(1, int(round(fraction * len(group)))) if len(group) > 1 else 0
+        val.update(group[i] for i in rng.permutation(len(group))[:n])
+    return [r for r in rows if r.patient not in val], [r for r in rows if r.patient in val]
+
+
+# -- bags -------------------------------------------------------------------------------------------
+
+class BagDataset(Dataset):
+    """One item per slide: ``{"features": (N, D) float32, "label": long, "index": int}``.
+
+    Parameters
+    ----------
+    rows : the slides.
+    store : the store folder.
+    encoder : which embeddings.
+    class_names : label order (the label of an item is its index here).
+    max_instances : cap on tiles per bag; larger bags are subsampled (without replacement) with a
+        generator seeded by ``seed``, differently at each draw. ``None`` keeps every tile (eval).
+    cache : keep the embeddings in memory after the first read.
+    """
+
+    def __init__(self, rows: list[SlideRow], *, store: str | os.PathLike[str], encoder: str,
+                 class_names: list[str], max_instances: int | None = None, seed: int = 0, cache: bool = True) -> None:
+        self.rows = list(rows)
+        self.store = Path(store)
+        self.encoder = encoder
+        self.class_names = list(class_names)
+        self.max_instances = max_instances
+        self.cache = cache
+        self._rng = np.random.default_rng(seed)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def embeddings(self, i: int) -> np.ndarray:
+        if i in self._cache:
+            return self._cache[i]
+        emb = open_store(store_path(self.store, self.rows[i].slide)).embeddings(self.encoder).astype(np.float32)
+        if self.cache:
+            self._cache[i] = emb
+        return emb
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        emb = self.embeddings(i)
+        if self.max_instances is not None and len(emb) > self.max_instances:
+            keep = np.sort(self._rng.choice(len(emb), self.max_instances, replace=False))
+            emb = emb[keep]
+        label = self.class_names.index(self.rows[i].label) if self.rows[i].label in self.class_names else -1
+        return {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": label, "index": i}
+
+
+def collate_bags(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad bags to the longest: ``features (B, N, D)``, ``mask (B, N)`` bool (True = real), ``labels (B,)``."""
+    n = max(max(int(b["features"].shape[0]) for b in batch), 1)
+    d = int(batch[0]["features"].shape[1])
+    feats = torch.zeros(len(batch), n, d, dtype=torch.float32)
+    mask = torch.zeros(len(batch), n, dtype=torch.bool)
+    for i, b in enumerate(batch):
+        k = int(b["features"].shape[0])
+        feats[i, :k] = b["features"]
+        mask[i, :k] = True
+    return {"features": feats, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+            "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}
+
+
+class BagDataModule(L.LightningDataModule):
+    """The bags of one cross-validation fold.
+
+    ``test`` is fold ``fold`` of ``splits``; the other folds' patients are split again
+    (stratified, by patient, ``val_fraction``) into ``train`` and ``val`` (early stopping), so the
+    held-out fold never steers training.
+    """
+
+    def __init__(self, rows: list[SlideRow], *, splits: Splits, fold: int, store: str | os.PathLike[str],
+                 encoder: str, class_names: list[str], batch_size: int = 8, max_instances: int = 512,
+                 val_fraction: float = 0.2, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        store = str(store)  # checkpoints keep primitives only (they load with torch.load(weights_only=True))
+        class_names = [str(c) for c in class_names]
+        self.save_hyperparameters(ignore=["rows", "splits"], logger=False)
+        self.rows = list(rows)
+        self.splits = splits
+        self.train_rows: list[SlideRow] = []
+        self.val_rows: list[SlideRow] = []
+        self.test_rows: list[SlideRow] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_rows:
+            return
+        hp = self.hparams
+        self.test_rows = self.splits.rows_in(self.rows, hp.fold)
+        rest = [r for r in self.rows if self.splits.fold_of(r) != hp.fold]
+        self.train_rows, self.val_rows = inner_validation(rest, fraction=hp.val_fraction, seed=hp.seed + hp.fold)
+        common = dict(store=hp.store, encoder=hp.encoder, class_names=hp.class_names)
+        self.train_set = BagDataset(self.train_rows, max_instances=hp.max_instances, seed=hp.seed + hp.fold, **common)
+        self.val_set = BagDataset(self.val_rows, **common)
+        self.test_set = BagDataset(self.test_rows, **common)
+
+    def _loader(self, dataset: BagDataset, *, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.hparams.seed + self.hparams.fold) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size or self.hparams.batch_size, shuffle=shuffle,
+                          generator=gen, collate_fn=collate_bags, num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, batch_size=1)
+
+    def class_weights(self) -> list[float]:
+        """Inverse class frequency of the training rows, normalised to mean 1."""
+        counts = collections.Counter(r.label for r in self.train_rows)
+        c = np.array([counts.get(n, 0) for n in self.hparams.class_names], dtype=np.float64)
+        w = np.where(c > 0, c.sum() / np.maximum(c, 1) / len(c), 0.0)
+        return (w / w[w > 0].mean()).round(6).tolist()

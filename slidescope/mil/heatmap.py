@@ -1,0 +1,168 @@
+"""``heatmap()``: per-tile scores painted over a slide thumbnail (PNG) and exported as QuPath GeoJSON.
+
+Scores are normalised to [0, 1] before colouring: ``normalize="rank"`` (default) uses each tile's
+rank (``rank / (N - 1)``), so attention that is peaked on a few tiles still spreads over the
+colour map; ``"minmax"`` maps the lowest score to 0 and the highest to 1. The GeoJSON keeps the
+raw scores (``properties.measurements.score``) and the normalised ones (``score_normalized``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..features.store import open_store, store_path
+
+__all__ = ["heatmap", "colormap", "normalize_scores", "tiles_geojson"]
+
+# a few anchors of matplotlib's maps (no matplotlib dependency): position, RGB
+_CMAPS: dict[str, list[tuple[int, int, int]]] = {
+    "inferno": [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
+                (250, 193, 39), (252, 255, 164)],
+    "viridis": [(68, 1, 84), (70, 50, 126), (54, 92, 141), (39, 127, 142), (31, 161, 135), (74, 193, 109),
+                (160, 218, 57), (253, 231, 37)],
+    "magma": [(0, 0, 4), (44, 17, 95), (114, 31, 129), (183, 55, 121), (241, 96, 93), (254, 159, 109),
+              (254, 224, 161), (252, 253, 191)],
+    "jet": [(0, 0, 128), (0, 0, 255), (0, 128, 255), (0, 255, 255), (128, 255, 128), (255, 255, 0),
+            (255, 128, 0), (128, 0, 0)],
+}
+
+
+def colormap(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """``values`` in [0, 1] -> ``(..., 3) uint8`` RGB (linear interpolation between anchors)."""
+    if cmap not in _CMAPS:
+        raise InvalidParameterError(f"unknown colour map {cmap!r}; choose one of {', '.join(sorted(_CMAPS))}")
+    anchors = np.asarray(_CMAPS[cmap], dtype=np.float64)
+    v = np.clip(np.asarray(values, dtype=np.float64), 0, 1) * (len(anchors) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(anchors) - 2)
+    t = (v - lo)[..., None]
+    return np.round(anchors[lo] * (1 - t) + anchors[lo + 1] * t).astype(np.uint8)
+
+
+def normalize_scores(scores: np.ndarray, *, normalize: str = "rank") -> np.ndarray:
+    """(N,) scores -> (N,) in [0, 1] by ``"rank"`` (ties share their mean rank) or ``"minmax"``."""
+    s = np.asarray(scores, dtype=np.float64)
+    if len(s) == 0:
+        return s
+    if normalize == "minmax":
+        span = s.max() - s.min()
+        return (s - s.min()) / span if span > 0 else np.full_like(s, 0.5)
+    if normalize == "rank":
+        if len(s) == 1:
+            return np.array([0.5])
+        order = np.argsort(s, kind="mergesort")
+        ranks = np.empty(len(s))
+        ranks[order] = np.arange(len(s))
+        for v in np.unique(s):  # ties share the mean rank
+            sel = s == v
+            if sel.sum() > 1:
+                ranks[sel] = ranks[sel].mean()
+        return ranks / (len(s) - 1)
+    raise InvalidParameterError(f"normalize must be 'rank' or 'minmax', got {normalize!r}")
+
+
+def tiles_geojson(coords: np.ndarray, extent: tuple[int, int], scores: np.ndarray, *,
+                  normalized: np.ndarray | None = None, object_type: str = "tile", name: str = "score") -> dict:
+    """QuPath GeoJSON FeatureCollection: one Polygon per tile in level-0 px (top-left origin)."""
+    w, h = int(extent[0]), int(extent[1])
+    feats = []
+    for i, ((x, y), s) in enumerate(zip(np.asarray(coords).tolist(), np.asarray(scores).tolist(), strict=True)):
+        meas = {name: float(s)}
+        if normalized is not None:
+            meas[f"{name}_normalized"] = float(normalized[i])
+        feats.append({
+            "type": "Feature",
+            "geometry": {"type": "Polygon",
+                         "coordinates": [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]},
+            "properties": {"objectType": object_type, "name": f"tile {i}", "measurements": meas},
+        })
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def heatmap(
+    slide_path: str | os.PathLike[str],
+    store: str | os.PathLike[str],
+    *,
+    scores: str,
+    out_png: str | os.PathLike[str],
+    out_geojson: str | os.PathLike[str] | None = None,
+    size: int = 1024,
+    cmap: str = "inferno",
+    alpha: float = 0.5,
+    normalize: str = "rank",
+    column: int | None = None,
+    backend: str = "auto",
+    slide_mpp: float | None = None,
+) -> Path:
+    """Paint a slide's per-tile scores over its thumbnail, with a colour bar; optionally export GeoJSON.
+
+    Parameters
+    ----------
+    slide_path : the slide file.
+    store : the slide's store (``<slide>.zarr``) or the folder of stores.
+    scores : name of the scores in the store (e.g. ``"<run>/attention"`` written by ``score``).
+    out_png : the image to write; the thumbnail fits in ``size`` x ``size`` px plus a colour bar.
+    out_geojson : QuPath GeoJSON of the scored tiles (level-0 px, raw and normalised scores).
+    normalize : ``"rank"`` (default) or ``"minmax"``, see the module docstring.
+    column : which column of (N, K) scores to draw (required for 2-D scores).
+
+    Returns
+    -------
+    Path of the PNG.
+    """
+    from PIL import Image, ImageDraw
+
+    from ..wsi import open_slide
+
+    sp = Path(store)
+    if not (sp / "zarr.json").exists():
+        sp = store_path(sp, slide_path)
+    st = open_store(sp)
+    values = np.asarray(st.scores(scores), dtype=np.float64)
+    if values.ndim == 2:
+        if column is None:
+            raise InvalidParameterError(f"scores {scores!r} have {values.shape[1]} columns; choose one with column=")
+        values = values[:, column]
+    coords = st.coords
+    tw, th = st.tile_extent
+    norm = normalize_scores(values, normalize=normalize)
+    with open_slide(slide_path, backend=backend, mpp=slide_mpp) as slide:
+        w0, h0 = slide.dimensions
+        thumb = slide.get_thumbnail((size, size))
+    sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0
+    base = Image.fromarray(thumb).convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    colours = colormap(norm, cmap)
+    a = int(round(255 * float(np.clip(alpha, 0, 1))))
+    for (x, y), c in zip(coords.tolist(), colours.tolist(), strict=True):
+        box = (int(round(x * sx)), int(round(y * sy)), int(round((x + tw) * sx)) - 1, int(round((y + th) * sy)) - 1)
+        draw.rectangle(box, fill=(*c, a))
+    painted = Image.alpha_composite(base, overlay).convert("RGB")
+    # colour bar on the right: high at the top
+    bar_w, pad, label_w = max(12, painted.height // 25), 10, 60
+    canvas = Image.new("RGB", (painted.width + pad + bar_w + label_w, max(painted.height, 80)), (255, 255, 255))
+    canvas.paste(painted, (0, 0))
+    bar_h = canvas.height - 2 * pad
+    ramp = colormap(np.linspace(1, 0, bar_h), cmap)
+    bar = np.repeat(ramp[:, None, :], bar_w, axis=1)
+    bx = painted.width + pad
+    canvas.paste(Image.fromarray(bar), (bx, pad))
+    d = ImageDraw.Draw(canvas)
+    d.rectangle((bx - 1, pad - 1, bx + bar_w, pad + bar_h), outline=(0, 0, 0))
+    hi, lo = ("1", "0") if normalize == "minmax" else ("top", "bottom")
+    d.text((bx + bar_w + 4, pad), f"{hi}", fill=(0, 0, 0))
+    d.text((bx + bar_w + 4, pad + bar_h - 12), f"{lo}", fill=(0, 0, 0))
+    d.text((bx + bar_w + 4, pad + bar_h // 2 - 6), normalize, fill=(0, 0, 0))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out_png)
+    if out_geojson is not None:
+        gj = tiles_geojson(coords, (tw, th), values, normalized=norm)
+        Path(out_geojson).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_geojson).write_text(json.dumps(gj))
+    return out_png

@@ -1,0 +1,148 @@
+"""``score()``: apply trained MIL checkpoints (an ensemble of folds) to slide stores."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ..features.store import SlideStore, StoreError, open_store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["score", "SlideScore", "expand_stores", "run_name"]
+
+
+@dataclass
+class SlideScore:
+    """One slide's ensemble prediction. ``attention (N,)`` is the mean over checkpoints of the tile scores."""
+
+    slide: str
+    store: Path
+    probs: dict[str, float]
+    predicted: str
+    attention: np.ndarray
+
+
+def expand_stores(stores: list[str | os.PathLike[str]]) -> list[Path]:
+    """Slide stores (``<slide>.zarr``) and store folders (every ``*.zarr`` inside) -> store paths."""
+    paths: list[Path] = []
+    for s in stores:
+        p = Path(s)
+        if (p / "zarr.json").exists():
+            paths.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.glob("*.zarr") if (q / "zarr.json").exists())
+            if not found:
+                raise InvalidParameterError(f"{p} is neither a slide store nor a folder of stores")
+            paths.extend(found)
+        else:
+            raise InvalidParameterError(f"{p} does not exist")
+    return paths
+
+
+def run_name(checkpoint: str | os.PathLike[str]) -> str:
+    """The name scores are written under: the run folder of ``<run>/fold<k>/best.ckpt`` (else the file stem)."""
+    p = Path(checkpoint).resolve()
+    if p.parent.name.startswith("fold"):
+        return p.parent.parent.name
+    return p.stem
+
+
+def score(
+    checkpoints: list[str | os.PathLike[str]],
+    stores: list[str | os.PathLike[str]],
+    *,
+    out_csv: str | os.PathLike[str] | None = None,
+    write_scores: bool = True,
+    name: str | None = None,
+    device: str = "cpu",
+) -> list[SlideScore]:
+    """Score slides with an ensemble of MIL checkpoints (e.g. the folds of one run).
+
+    Per slide, the class probabilities and the tile scores (attention) are averaged over the
+    checkpoints. With ``write_scores``, each store gets ``scores/<name>/attention`` (N,) with the
+    per-class probabilities, the predicted label and the checkpoints in its attrs; ``name``
+    defaults to the run folder of the first checkpoint (:func:`run_name`).
+
+    Parameters
+    ----------
+    checkpoints : ``best.ckpt`` files; all must share encoder, embedding size and classes.
+    stores : slide stores or folders of stores.
+    out_csv : CSV with ``slide, prob_<class>..., predicted``.
+
+    Raises
+    ------
+    EncoderMismatchError
+        A store lacks embeddings of the checkpoints' encoder, or their size differs.
+    """
+    import torch
+
+    from .task import EncoderMismatchError, load_task
+
+    if not checkpoints:
+        raise InvalidParameterError("give at least one checkpoint")
+    tasks = [load_task(c, map_location=device) for c in checkpoints]
+    first = tasks[0]
+    for c, t in zip(checkpoints, tasks, strict=True):
+        if (t.encoder_name, t.hparams.embed_dim, t.class_names) != (first.encoder_name, first.hparams.embed_dim,
+                                                                     first.class_names):
+            raise InvalidParameterError(f"{c} differs from {checkpoints[0]} in encoder, embedding size or classes; "
+                                        f"an ensemble needs the same ones")
+    encoder, dim, classes = first.encoder_name, int(first.hparams.embed_dim), first.class_names
+    name = name or run_name(checkpoints[0])
+    results: list[SlideScore] = []
+    for sp in expand_stores(stores):
+        store = open_store(sp)
+        emb = _embeddings(store, encoder, dim, checkpoints[0], load_task_error=EncoderMismatchError)
+        probs, att = [], []
+        with torch.no_grad():
+            for t in tasks:
+                p, s = t.predict_bag(emb)
+                probs.append(p.numpy())
+                att.append(s.numpy())
+        prob = np.mean(probs, axis=0)
+        attention = np.mean(att, axis=0).astype(np.float32)
+        res = SlideScore(slide=sp.name[: -len(".zarr")], store=sp,
+                         probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
+                         predicted=classes[int(prob.argmax())], attention=attention)
+        results.append(res)
+        if write_scores:
+            writable = SlideStore.open(sp, mode="r+")
+            writable.write_scores(f"{name}/attention", attention, attrs={
+                "kind": "attention", "probabilities": res.probs, "predicted": res.predicted, "encoder": encoder,
+                "model": str(first.hparams.aggregator), "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
+            })
+    if out_csv is not None:
+        out_csv = Path(out_csv)
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_csv, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["slide", *[f"prob_{c}" for c in classes], "predicted"])
+            for r in results:
+                w.writerow([r.slide, *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
+    return results
+
+
+def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_error) -> np.ndarray:
+    try:
+        emb = store.embeddings(encoder)
+    except StoreError as err:
+        have = store.encoders()
+        detail = ""
+        if have:
+            d = store.encoder_attrs(have[0]).get("embed_dim")
+            detail = f"; these are {have[0]!r} {d}-d"
+        raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings{detail}: extract "
+                              f"{store.path.name} with --encoder {encoder}") from err
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings; {store.path.name} "
+                              f"has {encoder!r} {emb.shape[-1]}-d: extract again with --encoder {encoder}")
+    if len(emb) == 0:
+        raise InvalidParameterError(f"{store.path.name} has no tiles to score")
+    return emb

@@ -1,0 +1,412 @@
+"""``train()``: patient-level cross-validated MIL training with Lightning.
+
+Layout of ``out``::
+
+    run.json                 the configuration (a rerun with another one refuses to resume)
+    splits.json              patient -> fold (see :class:`~slidescope.mil.data.Splits`)
+    fold{k}/best.ckpt        lowest validation loss
+    fold{k}/last.ckpt        the latest epoch (resume point)
+    fold{k}/predictions.csv  held-out predictions of fold k
+    fold{k}/done.json        written last: the fold is finished
+    fold{k}/logs/            CSV logs of Lightning
+    oof_predictions.csv      slide, patient, label, fold, prob_<class>...
+    results.csv              per fold and pooled metrics with bootstrap 95% CIs
+
+For fold k the held-out fold is never seen during training: the remaining patients are split
+again (by patient, stratified) into train and validation (early stopping, best checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from .data import BagDataModule, SlideRow, Splits, make_splits, read_manifest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "TrainResult", "FoldResult", "classification_metrics", "bootstrap_ci"]
+
+METRICS = ("auroc", "balanced_accuracy", "f1", "kappa", "accuracy")
+
+
+# -- metrics (numpy; the same definitions as the torchmetrics used during training) ----------------
+
+def _binary_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(allv))
+    # average ranks for ties
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i : j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(allv))
+    r[order] = ranks
+    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Macro one-vs-rest AUROC; ``probs (n, C)``; binary = the AUROC of class 1."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1:
+        return _binary_auroc(labels, probs)
+    if probs.shape[1] == 2:
+        return _binary_auroc((labels == 1).astype(int), probs[:, 1])
+    vals = [_binary_auroc((labels == c).astype(int), probs[:, c]) for c in range(probs.shape[1])]
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """AUROC, balanced accuracy (macro recall), macro F1, Cohen's kappa and accuracy."""
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=np.float64)
+    c = probs.shape[1]
+    pred = probs.argmax(1)
+    cm = np.zeros((c, c))
+    np.add.at(cm, (labels, pred), 1)
+    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros(c), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(c), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(c), where=(precision + recall) > 0)
+    n = cm.sum()
+    po = tp.sum() / n
+    pe = (support * predicted).sum() / n**2
+    kappa = (po - pe) / (1 - pe) if pe < 1 else float("nan")
+    return {"auroc": auroc(labels, probs), "balanced_accuracy": float(recall[present].mean()),
+            "f1": float(f1[present | (predicted > 0)].mean()), "kappa": float(kappa), "accuracy": float(po)}
+
+
+def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, *, n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs (slides resampled with replacement; resamples lacking a class skipped)."""
+    labels = np.asarray(labels, dtype=int)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {m: [] for m in METRICS}
+    k = len(np.unique(labels))
+    for _ in range(n):
+        idx = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[idx])) < k:
+            continue
+        for m, v in classification_metrics(labels[idx], probs[idx]).items():
+            draws[m].append(v)
+    a = (1 - level) / 2
+    out = {}
+    for m, vals in draws.items():
+        vals = np.asarray(vals, dtype=np.float64)
+        vals = vals[~np.isnan(vals)]
+        out[m] = (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))) if len(vals) else (np.nan, np.nan)
+    return out
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+@dataclass
+class FoldResult:
+    fold: int
+    status: str  # "trained", "resumed" or "skipped" (already done)
+    best_checkpoint: Path
+    n_train: int
+    n_val: int
+    n_test: int
+    epochs: int
+    metrics: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    class_names: list[str]
+    folds: list[FoldResult]
+    pooled: dict[str, float]
+    pooled_ci: dict[str, tuple[float, float]]
+    oof_csv: Path
+    results_csv: Path
+    splits: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return [f.best_checkpoint for f in self.folds]
+
+    def summary(self) -> str:
+        lines = [f"{'':<8}" + "".join(f"{m:>26}" for m in METRICS)]
+        for f in self.folds:
+            lines.append(f"fold {f.fold:<3}" + "".join(_fmt(f.metrics[m], f.ci[m]) for m in METRICS))
+        lines.append(f"{'pooled':<8}" + "".join(_fmt(self.pooled[m], self.pooled_ci[m]) for m in METRICS))
+        return "\n".join(lines)
+
+
+def _fmt(v: float, ci: tuple[float, float]) -> str:
+    return f"{v:>9.3f} [{ci[0]:.3f}, {ci[1]:.3f}]".rjust(26)
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+def _config(rows: list[SlideRow], **kw: Any) -> dict[str, Any]:
+    return {"slides": [[r.key, r.label, r.patient, r.site] for r in rows], **kw}
+
+
+def _quiet_lightning() -> None:
+    """Known-harmless Lightning messages, silenced inside ``train()`` only (warnings stay errors elsewhere)."""
+    # bags are read from an in-memory cache; worker processes would only add start-up time
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # tiny cohorts: fewer batches than the logging interval is expected
+    warnings.filterwarnings("ignore", message=r".*number of training batches.*logging interval.*")
+    # resuming writes into the fold's own checkpoint folder on purpose
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    # CPU-only hosts: Lightning points out that a GPU/TPU/HPU could be used (only when one exists)
+    warnings.filterwarnings("ignore", message=r".*available but not used.*")
+    # torch >= 2.10 deprecates LeafSpec, which lightning's CombinedLoader still constructs
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*", category=FutureWarning)
+    # torchmetrics: a validation set may lack a class in early epochs of a small cohort
+    warnings.filterwarnings("ignore", message=r".*No (positive|negative) samples in targets.*")
+
+
+@contextlib.contextmanager
+def _lightning_info(show: bool):
+    """Lightning logs "GPU available...", tips and stop reasons at INFO to stdout; keep them for ``progress``."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    if not show:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def train(
+    manifest: str | os.PathLike[str],
+    *,
+    store: str | os.PathLike[str],
+    encoder: str,
+    out: str | os.PathLike[str],
+    model: str = "abmil",
+    model_kwargs: dict[str, Any] | None = None,
+    folds: int = 5,
+    epochs: int = 20,
+    batch_size: int = 8,
+    lr: float = 2e-4,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+    max_instances: int = 512,
+    val_fraction: float = 0.2,
+    early_stopping_patience: int = 5,
+    site_preserving: bool = False,
+    class_weighting: bool = True,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    precision: str | None = None,
+    num_workers: int = 0,
+    resume: bool = True,
+    bootstrap: int = 1000,
+    callbacks: list | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train one model per fold with patient-level cross-validation and report held-out metrics.
+
+    Parameters
+    ----------
+    manifest : CSV with slide, label, patient (optional site, split); see :func:`read_manifest`.
+    store : folder of the slides' stores; every slide needs complete ``encoder`` embeddings.
+    encoder : which embeddings to train on.
+    out : run folder (see the module docstring for its layout).
+    model, model_kwargs : aggregator registry name and its kwargs.
+    folds, seed, site_preserving : the patient-level split (:func:`make_splits`).
+    epochs, batch_size, lr, weight_decay : AdamW with a cosine schedule over ``epochs``.
+    max_instances : tiles per training bag (subsampled, seeded); evaluation uses every tile.
+    early_stopping_patience : epochs without a lower validation loss before a fold stops.
+    class_weighting : weight the cross-entropy by inverse class frequency of each fold's training set.
+    accelerator, devices, precision : passed to ``lightning.Trainer`` (``devices > 1`` uses DDP;
+        ``precision="bf16-mixed"``/``"16-mixed"`` for mixed precision on GPU).
+    resume : a fold with ``done.json`` is reused; a fold with ``last.ckpt`` continues from it.
+        ``False`` deletes the fold folders and starts again.
+    callbacks : extra Lightning callbacks (added to every fold).
+
+    Returns
+    -------
+    TrainResult
+        Per-fold and pooled out-of-fold metrics with bootstrap 95% CIs; the checkpoints. Under DDP
+        (``devices > 1``) only rank 0 predicts and returns results; the other ranks return None.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from .task import MILTask, load_task
+
+    out = Path(out)
+    rows = read_manifest(manifest, store=store, encoder=encoder)
+    class_names = sorted({r.label for r in rows})
+    from ..features.store import open_store, store_path
+
+    first = open_store(store_path(store, rows[0].slide))
+    in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
+    if folds < 2:
+        raise InvalidParameterError(f"folds must be >= 2, got {folds}")
+
+    config = _config(rows, encoder=encoder, model=model, model_kwargs=model_kwargs or {}, folds=folds, seed=seed,
+                     site_preserving=site_preserving, max_instances=max_instances, lr=lr, weight_decay=weight_decay,
+                     batch_size=batch_size, val_fraction=val_fraction, class_weighting=class_weighting,
+                     class_names=class_names, in_dim=in_dim)
+    out.mkdir(parents=True, exist_ok=True)
+    run_json = out / "run.json"
+    splits = make_splits(rows, folds=folds, seed=seed, site_preserving=site_preserving)
+    if resume and run_json.exists():
+        old = json.loads(run_json.read_text()).get("config")
+        if old != json.loads(json.dumps(config)):
+            changed = sorted(k for k in config if (old or {}).get(k) != json.loads(json.dumps(config[k])))
+            raise InvalidParameterError(f"{out} holds a run with another configuration (differs in: "
+                                        f"{', '.join(changed) or 'format'}); use another --out or resume=False")
+        if (out / "splits.json").exists() and Splits.load(out / "splits.json") != splits:
+            raise InvalidParameterError(f"{out}/splits.json differs from the splits of this manifest; use another "
+                                        f"--out or resume=False")
+    if not resume:
+        for k in range(folds):
+            shutil.rmtree(out / f"fold{k}", ignore_errors=True)
+    from .. import __version__
+
+    run_json.write_text(json.dumps({"config": config, "epochs": epochs, "slidescope_version": __version__},
+                                   indent=2))
+    splits.save(out / "splits.json")
+
+    rank0 = True
+    fold_results: list[FoldResult] = []
+    oof: list[dict[str, Any]] = []
+    for k in range(folds):
+        fdir = out / f"fold{k}"
+        done = fdir / "done.json"
+        dm = BagDataModule(rows, splits=splits, fold=k, store=store, encoder=encoder, class_names=class_names,
+                           batch_size=batch_size, max_instances=max_instances, val_fraction=val_fraction,
+                           num_workers=num_workers, seed=seed)
+        dm.setup("fit")
+        if resume and done.exists() and (fdir / "best.ckpt").exists() and (fdir / "predictions.csv").exists():
+            info = json.loads(done.read_text())
+            preds = _read_predictions(fdir / "predictions.csv")
+            status = "skipped"
+            log.info("fold %d: already done, reusing %s", k, fdir / "best.ckpt")
+        else:
+            last = fdir / "last.ckpt"
+            ckpt_path = str(last) if resume and last.exists() else None
+            status = "resumed" if ckpt_path else "trained"
+            if ckpt_path is None and fdir.exists():
+                shutil.rmtree(fdir)
+            fdir.mkdir(parents=True, exist_ok=True)
+            L.seed_everything(seed + k, workers=True, verbose=False)
+            task = MILTask(aggregator=model, aggregator_kwargs=model_kwargs or {}, in_dim=in_dim,
+                           num_classes=len(class_names), class_names=class_names, encoder=encoder, lr=lr,
+                           weight_decay=weight_decay, epochs=epochs,
+                           class_weights=dm.class_weights() if class_weighting else None)
+            ckpt_cb = ModelCheckpoint(dirpath=str(fdir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                      auto_insert_metric_name=False, enable_version_counter=False)
+            # every epoch, whether or not it improved (lightning >= 2.6 writes save_last only with a new best)
+            last_cb = ModelCheckpoint(dirpath=str(fdir), filename="last", monitor=None, save_top_k=1,
+                                      enable_version_counter=False)
+            stop_cb = EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience)
+            with _lightning_info(progress):
+                trainer = L.Trainer(
+                    max_epochs=epochs, accelerator=accelerator, devices=devices, precision=precision,
+                    logger=CSVLogger(str(fdir), name="logs"), callbacks=[ckpt_cb, last_cb, stop_cb, *(callbacks or [])],
+                    enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+                    deterministic=True, num_sanity_val_steps=0, default_root_dir=str(fdir),
+                )
+            with warnings.catch_warnings(), _lightning_info(progress):
+                _quiet_lightning()
+                trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+            if trainer.interrupted:
+                raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")
+            best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
+            if best != fdir / "best.ckpt":
+                shutil.copyfile(best, fdir / "best.ckpt")
+            if trainer.global_rank != 0:  # DDP: only rank 0 predicts and writes
+                rank0 = False
+                continue
+            preds = _predict(load_task(fdir / "best.ckpt", encoder=encoder, embed_dim=in_dim), dm)
+            _write_predictions(fdir / "predictions.csv", preds, class_names)
+            info = {"epochs": int(trainer.current_epoch), "best_val_loss": float(ckpt_cb.best_model_score)
+                    if ckpt_cb.best_model_score is not None else None,
+                    "n_train": len(dm.train_rows), "n_val": len(dm.val_rows), "n_test": len(dm.test_rows)}
+            done.write_text(json.dumps(info, indent=2))
+        labels = np.array([class_names.index(p["label"]) for p in preds])
+        probs = np.array([[p[f"prob_{c}"] for c in class_names] for p in preds])
+        metrics = classification_metrics(labels, probs) if len(set(labels.tolist())) > 1 else \
+            {m: float("nan") for m in METRICS}
+        ci = bootstrap_ci(labels, probs, n=bootstrap, seed=seed) if len(set(labels.tolist())) > 1 else \
+            {m: (float("nan"), float("nan")) for m in METRICS}
+        fold_results.append(FoldResult(fold=k, status=status, best_checkpoint=fdir / "best.ckpt",
+                                       n_train=info.get("n_train", len(dm.train_rows)),
+                                       n_val=info.get("n_val", len(dm.val_rows)), n_test=len(preds),
+                                       epochs=int(info.get("epochs", 0)), metrics=metrics, ci=ci))
+        oof.extend({**p, "fold": k} for p in preds)
+
+    if not rank0:
+        return None  # type: ignore[return-value]
+    oof_csv = out / "oof_predictions.csv"
+    _write_predictions(oof_csv, oof, class_names, fold=True)
+    labels = np.array([class_names.index(p["label"]) for p in oof])
+    probs = np.array([[p[f"prob_{c}"] for c in class_names] for p in oof])
+    pooled = classification_metrics(labels, probs)
+    pooled_ci = bootstrap_ci(labels, probs, n=bootstrap, seed=seed)
+    results_csv = out / "results.csv"
+    with open(results_csv, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["fold", "metric", "value", "ci_low", "ci_high", "n_slides"])
+        for f in fold_results:
+            for m in METRICS:
+                w.writerow([f.fold, m, _r(f.metrics[m]), _r(f.ci[m][0]), _r(f.ci[m][1]), f.n_test])
+        for m in METRICS:
+            w.writerow(["pooled", m, _r(pooled[m]), _r(pooled_ci[m][0]), _r(pooled_ci[m][1]), len(oof)])
+    return TrainResult(out=out, class_names=class_names, folds=fold_results, pooled=pooled, pooled_ci=pooled_ci,
+                       oof_csv=oof_csv, results_csv=results_csv, splits=out / "splits.json")
+
+
+def _r(v: float) -> str:
+    return "" if v is None or np.isnan(v) else f"{v:.6g}"
+
+
+def _predict(task, dm: BagDataModule) -> list[dict[str, Any]]:
+    """Held-out predictions of one fold (every tile of each bag)."""
+    preds = []
+    for i, row in enumerate(dm.test_rows):
+        probs, _ = task.predict_bag(dm.test_set.embeddings(i))
+        preds.append({"slide": row.key, "patient": row.patient, "label": row.label,
+                      **{f"prob_{c}": float(p) for c, p in zip(task.class_names, probs.tolist(), strict=True)}})
+    return preds
+
+
+def _write_predictions(path: Path, preds: list[dict[str, Any]], class_names: list[str], *, fold: bool = False) -> None:
+    cols = ["slide", "patient", "label", *(["fold"] if fold else []), *[f"prob_{c}" for c in class_names]]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for p in preds:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in p.items()})
+
+
+def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as fh:
+        return [{k: (float(v) if k.startswith("prob_") else v) for k, v in r.items()} for r in csv.DictReader(fh)]
