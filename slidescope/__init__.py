@@ -31,12 +31,17 @@ _EXPORTS = {
     "list_encoders": "slidescope.features",
     "extract_features": "slidescope.features",
     "open_store": "slidescope.features",
+    "create_aggregator": "slidescope.mil",
+    "train": "slidescope.mil",
+    "score": "slidescope.mil",
+    "heatmap": "slidescope.mil",
 }
 
 __all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from .features import create_encoder, extract_features, list_encoders, open_store
+    from .mil import create_aggregator, heatmap, score, train
     from .wsi import TileDataset, TileGrid, TissueMask, detect_tissue, iter_tiles, make_tile_grid, open_slide
 
 

@@ -1,0 +1,37 @@
+"""Supervised slide prediction from cached tile embeddings: aggregators, training, scoring, heatmaps.
+
+Public names load on first use (torch and lightning are imported only then).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "create_aggregator": ".aggregators",
+    "list_aggregators": ".aggregators",
+    "register_aggregator": ".aggregators",
+    "AggregatorOutput": ".aggregators",
+    "read_manifest": ".data",
+    "make_splits": ".data",
+    "BagDataModule": ".data",
+    "MILTask": ".task",
+    "load_task": ".task",
+    "train": ".train",
+    "score": ".score",
+    "heatmap": ".heatmap",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .aggregators import AggregatorOutput, create_aggregator, list_aggregators, register_aggregator
+    from .data import BagDataModule, make_splits, read_manifest
+    from .heatmap import heatmap
+    from .score import score
+    from .task import MILTask, load_task
+    from .train import train
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
