@@ -1,0 +1,41 @@
+"""The slide-level foundation model: Perceiver slide encoder, text towers, contrastive heads,
+zero-shot scoring (prompt ensembles, MI-Zero) and few-shot adapters.
+
+Public names load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "PerceiverSlideEncoder": ".slide_encoder",
+    "PerceiverSlideEncoderConfig": ".slide_encoder",
+    "TextTower": ".text",
+    "HFTextTower": ".text",
+    "SmallTextTower": ".text",
+    "load_text_tower": ".text",
+    "SlideTextModel": ".model",
+    "build_prompts": ".zeroshot",
+    "zero_shot_logits": ".zeroshot",
+    "mi_zero": ".zeroshot",
+    "prompt_spread": ".zeroshot",
+    "linear_probe": ".fewshot",
+    "simpleshot": ".fewshot",
+    "knn": ".fewshot",
+    "gda": ".fewshot",
+    "tip_adapter": ".fewshot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .fewshot import gda, knn, linear_probe, simpleshot, tip_adapter
+    from .model import SlideTextModel
+    from .slide_encoder import PerceiverSlideEncoder, PerceiverSlideEncoderConfig
+    from .text import HFTextTower, SmallTextTower, TextTower, load_text_tower
+    from .zeroshot import build_prompts, mi_zero, prompt_spread, zero_shot_logits
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
