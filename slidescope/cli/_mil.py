@@ -12,7 +12,8 @@ from . import app
 
 @app.command()
 def train(
-    manifest: Path = typer.Option(..., help="CSV with slide, label, patient (optional site, split)."),
+    manifest: Path = typer.Option(..., help="CSV with slide, patient and label (classification, regression) or "
+                                  "time and event (survival); optional site, split."),
     store: Path = typer.Option(..., help="Store folder with the slides' embeddings."),
     encoder: str = typer.Option(..., help="Which embeddings to train on (e.g. he-descriptor, uni)."),
     model: str = typer.Option("abmil", help="Aggregator name (abmil, mean, clam-sb, transmil...)."),
@@ -20,7 +21,7 @@ def train(
                                             '\'{"embed_dim": 256}\'.'),
     folds: int = typer.Option(5, help="Patient-level cross-validation folds."),
     epochs: int = typer.Option(20, help="Maximum epochs per fold."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Bags per batch."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Bags per batch (default 8; 32 for Cox)."),
     lr: float = typer.Option(2e-4, help="AdamW learning rate."),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", help="AdamW weight decay."),
     seed: int = typer.Option(0, help="Seed of splits, sampling and initialisation."),
@@ -34,8 +35,16 @@ def train(
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Reuse finished folds, continue interrupted ones."),
     out: Path = typer.Option(Path("runs/mil"), help="Run folder."),
+    task: str = typer.Option("classification", help="classification, regression or survival."),
+    label_column: str = typer.Option("label", "--label-column", help="Column with the class (classification) or "
+                                     "the numeric target (regression), e.g. tumour_fraction."),
+    survival_model: str = typer.Option("cox", "--survival-model", help="Survival head: cox or discrete."),
+    time_column: str = typer.Option("time", "--time-column", help="Survival: time to event or censoring."),
+    event_column: str = typer.Option("event", "--event-column", help="Survival: 1 = event, 0 = censored."),
+    n_bins: int = typer.Option(4, "--n-bins", help="Discrete survival: time bins (quantiles of event times)."),
 ) -> None:
-    """Train a MIL classifier with patient-level cross-validation; prints held-out metrics with 95% CIs."""
+    """Train a MIL model (classification, regression or survival) with patient-level cross-validation;
+    prints held-out metrics with 95% CIs."""
     from ..errors import InvalidParameterError
     from ..mil.train import train as run_train
 
@@ -47,7 +56,8 @@ def train(
                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                     max_instances=max_instances, early_stopping_patience=early_stopping_patience,
                     site_preserving=site_preserving, accelerator=accelerator, devices=devices, precision=precision,
-                    num_workers=num_workers, resume=resume)
+                    num_workers=num_workers, resume=resume, task=task, label_column=label_column,
+                    survival_model=survival_model, time_column=time_column, event_column=event_column, n_bins=n_bins)
     for f in res.folds:
         typer.echo(f"fold {f.fold}: {f.status}, {f.epochs} epochs, {f.n_train} train / {f.n_val} val / "
                    f"{f.n_test} held-out slides")
@@ -66,14 +76,20 @@ def score(
                                       help="Write the attention into each store."),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
 ) -> None:
-    """Predict slides with MIL checkpoints (probabilities averaged) and store the tile attention."""
+    """Predict slides with MIL checkpoints (probabilities, regression predictions or survival risks averaged)
+    and store the tile attention."""
     from ..mil.score import run_name
     from ..mil.score import score as run_score
 
     results = run_score(list(model), list(stores), out_csv=out, write_scores=write_scores, name=name, device=device)
     for r in results:
-        probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
-        typer.echo(f"{r.slide}: {r.predicted} ({probs})")
+        if r.risk is not None:
+            typer.echo(f"{r.slide}: risk {r.risk:.4f}")
+        elif r.prediction is not None:
+            typer.echo(f"{r.slide}: {r.prediction:.4g}")
+        else:
+            probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
+            typer.echo(f"{r.slide}: {r.predicted} ({probs})")
     if write_scores:
         typer.echo(f"tile scores written as '{name or run_name(model[0])}/attention'")
     if out is not None:

@@ -1,5 +1,9 @@
 """MIL data: the manifest, patient-level splits, bags of tile embeddings and their DataModule.
 
+Three tasks share them (:data:`TASKS`): ``"classification"`` (a ``label`` per slide),
+``"regression"`` (a numeric target per slide, from ``label_column``) and ``"survival"`` (``time``
+and ``event`` columns, 1 = event, 0 = censored).
+
 A *bag* is one slide's ``(N, D)`` tile embeddings read from its store
 (``<store>/<slide key>.zarr``, see :func:`slidescope.features.store.store_path`). Bags of a batch
 are padded to the longest one; ``mask`` (``True`` = real tile) says which rows are padding.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +33,7 @@ from ..features.store import StoreError, open_store, store_path
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "TASKS",
     "SlideRow",
     "Splits",
     "read_manifest",
@@ -39,6 +45,9 @@ __all__ = [
 
 REQUIRED_COLUMNS = ("slide", "label", "patient")
 
+#: the supervised tasks a manifest can describe
+TASKS = ("classification", "regression", "survival")
+
 
 @dataclass(frozen=True)
 class SlideRow:
@@ -49,6 +58,11 @@ class SlideRow:
     patient: str
     site: str | None = None
     split: str | None = None
+    #: regression: the numeric target (``label`` holds its text)
+    target: float | None = None
+    #: survival: follow-up time (>= 0, any unit) and event indicator (1 = event, 0 = censored)
+    time: float | None = None
+    event: int | None = None
 
     @property
     def key(self) -> str:
@@ -64,11 +78,18 @@ def read_manifest(
     store: str | os.PathLike[str] | None = None,
     encoder: str | None = None,
     labels: list[str] | None = None,
+    task: str = "classification",
+    label_column: str = "label",
+    time_column: str = "time",
+    event_column: str = "event",
 ) -> list[SlideRow]:
     """Read and check a training manifest (CSV).
 
-    Columns: ``slide`` (path relative to the manifest), ``label``, ``patient``; optional ``site``
-    (for site-preserving folds) and ``split`` (an integer fold per row: predefined folds).
+    Columns: ``slide`` (path relative to the manifest), ``patient`` and, per ``task``:
+    classification ``label_column`` (a class name); regression ``label_column`` (a number, e.g.
+    ``tumour_fraction``); survival ``time_column`` (>= 0) and ``event_column`` (1 = event,
+    0 = censored). Optional ``site`` (for site-preserving folds) and ``split`` (an integer fold per
+    row: predefined folds).
 
     Parameters
     ----------
@@ -76,50 +97,63 @@ def read_manifest(
     store : the store folder; with ``encoder``, every slide must have complete embeddings there.
     encoder : the encoder whose embeddings training will use.
     labels : the allowed labels (any other label is an error); default: whatever is in the file.
+    task : one of :data:`TASKS`.
+    label_column, time_column, event_column : which columns hold the label/target, time and event.
 
     Raises
     ------
     InvalidParameterError
-        Missing columns, empty file, unknown labels, a single class, or slides without a store or
-        without embeddings (all such slides are listed in one message).
+        Missing columns, empty file, unknown labels, a single class, non-numeric or constant
+        regression targets, missing/negative times, non-binary events, no events at all, or slides
+        without a store or without embeddings (all such slides are listed in one message).
     """
+    if task not in TASKS:
+        raise InvalidParameterError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     path = Path(path)
     if not path.is_file():
         raise InvalidParameterError(f"manifest {path} does not exist")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        needed = {"classification": ("slide", label_column, "patient"),
+                  "regression": ("slide", label_column, "patient"),
+                  "survival": ("slide", "patient", time_column, event_column)}[task]
+        missing = [c for c in needed if c not in columns]
         if missing:
             raise InvalidParameterError(
-                f"{path.name} lacks the column(s) {', '.join(missing)}; a MIL manifest needs slide, label, patient "
-                f"(optional: site, split). Columns found: {', '.join(columns) or 'none'}")
+                f"{path.name} lacks the column(s) {', '.join(missing)}; a {task} manifest needs "
+                f"{', '.join(needed)} (optional: site, split). Columns found: {', '.join(columns) or 'none'}")
         raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
     if not raw:
         raise InvalidParameterError(f"{path.name} has no rows")
     rows: list[SlideRow] = []
     blanks = []
     for i, r in enumerate(raw, start=2):
-        if not r["slide"] or not r["label"] or not r["patient"]:
+        if not r["slide"] or not r["patient"] or any(not r[c] for c in needed):
             blanks.append(i)
             continue
         slide = Path(r["slide"])
         slide = slide if slide.is_absolute() else (path.parent / slide)
-        rows.append(SlideRow(slide=str(slide), label=r["label"], patient=r["patient"],
+        rows.append(SlideRow(slide=str(slide), label=r.get(label_column, "") or "", patient=r["patient"],
                              site=r.get("site") or None, split=r.get("split") or None))
     if blanks:
-        raise InvalidParameterError(f"{path.name}: empty slide, label or patient on line(s) {_short(blanks)}")
+        raise InvalidParameterError(f"{path.name}: empty {', '.join(needed)} on line(s) {_short(blanks)}")
+    if task == "regression":
+        rows = _regression_rows(path, rows, label_column)
+    elif task == "survival":
+        rows = _survival_rows(path, rows, [(r[time_column], r[event_column]) for r in raw], time_column,
+                              event_column)
     keys = collections.Counter(r.key for r in rows)
     dup = sorted(k for k, n in keys.items() if n > 1)
     if dup:
         raise InvalidParameterError(f"{path.name}: several rows map to the same store name: {_short(dup)}")
     found = sorted({r.label for r in rows})
-    if labels is not None:
+    if task == "classification" and labels is not None:
         unknown = sorted(set(found) - set(labels))
         if unknown:
             raise InvalidParameterError(f"{path.name}: unknown label(s) {_short(unknown)}; expected one of "
                                         f"{', '.join(labels)}")
-    if len(found) < 2:
+    if task == "classification" and len(found) < 2:
         raise InvalidParameterError(f"{path.name}: every slide has label {found[0]!r}; a classifier needs at least "
                                     f"two classes")
     if store is not None:
@@ -144,6 +178,54 @@ def read_manifest(
                 f"{'; '.join(problems)}. Run `slidescope extract --encoder {encoder or 'NAME'} --out {store}` on them "
                 f"or drop them from the manifest.")
     return rows
+
+
+def _regression_rows(path: Path, rows: list[SlideRow], column: str) -> list[SlideRow]:
+    out, bad = [], []
+    for i, r in enumerate(rows, start=2):
+        try:
+            v = float(r.label)
+        except ValueError:
+            v = float("nan")
+        if not np.isfinite(v):
+            bad.append(f"line {i}: {r.label!r}")
+        out.append(dataclasses.replace(r, target=v))
+    if bad:
+        raise InvalidParameterError(f"{path.name}: the regression target column {column!r} must hold finite numbers; "
+                                    f"got {_short(bad)}. Pick a numeric column with --label-column")
+    if len({r.target for r in out}) < 2:
+        raise InvalidParameterError(f"{path.name}: every slide has the same {column!r} ({out[0].target}); there is "
+                                    f"nothing to regress")
+    return out
+
+
+def _survival_rows(path: Path, rows: list[SlideRow], values: list[tuple[str, str]], time_column: str,
+                   event_column: str) -> list[SlideRow]:
+    out, bad_time, bad_event = [], [], []
+    for i, (r, (t, e)) in enumerate(zip(rows, values, strict=True), start=2):
+        try:
+            tv = float(t)
+        except ValueError:
+            tv = float("nan")
+        if not np.isfinite(tv) or tv < 0:
+            bad_time.append(f"line {i}: {t!r}")
+        try:
+            ev = float(e)
+        except ValueError:
+            ev = float("nan")
+        if ev not in (0.0, 1.0):
+            bad_event.append(f"line {i}: {e!r}")
+        out.append(dataclasses.replace(r, time=tv, event=int(ev) if ev in (0.0, 1.0) else -1))
+    if bad_time:
+        raise InvalidParameterError(f"{path.name}: the time column {time_column!r} must hold numbers >= 0 (time to "
+                                    f"event or censoring); got {_short(bad_time)}")
+    if bad_event:
+        raise InvalidParameterError(f"{path.name}: the event column {event_column!r} must be 1 (event) or 0 "
+                                    f"(censored); got {_short(bad_event)}")
+    if not any(r.event for r in out):
+        raise InvalidParameterError(f"{path.name}: every slide is censored ({event_column!r} is 0 everywhere); "
+                                    f"survival models need observed events")
+    return out
 
 
 def _short(items: list, n: int = 10) -> str:
@@ -182,6 +264,25 @@ class Splits:
         return cls(**data)
 
 
+def _patient_strata(rows: list[SlideRow], *, n_bins: int) -> dict[str, str]:
+    """What patients are stratified by: their label (classification), the quantile bin (``n_bins``) of
+    their mean target (regression), or whether any of their slides has an event (survival)."""
+    if rows and rows[0].target is not None:
+        by_patient: dict[str, list[float]] = collections.defaultdict(list)
+        for r in rows:
+            by_patient[r.patient].append(float(r.target))
+        mean = {p: float(np.mean(v)) for p, v in by_patient.items()}
+        n_bins = max(1, min(n_bins, len(mean)))
+        ordered = sorted(mean, key=lambda p: (mean[p], p))
+        return {p: f"q{min(n_bins - 1, i * n_bins // len(ordered)):03d}" for i, p in enumerate(ordered)}
+    if rows and rows[0].event is not None:
+        ev: dict[str, int] = collections.defaultdict(int)
+        for r in rows:
+            ev[r.patient] = max(ev[r.patient], int(r.event))
+        return {p: f"event={e}" for p, e in ev.items()}
+    return _patient_labels(rows)
+
+
 def _patient_labels(rows: list[SlideRow]) -> dict[str, str]:
     by_patient: dict[str, list[str]] = collections.defaultdict(list)
     for r in rows:
@@ -197,7 +298,9 @@ def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_pre
     """Patient-level stratified k-fold.
 
     A patient is never in two folds. Patients are stratified by their label (the most common
-    one if their slides differ: a warning). With ``site_preserving``, whole sites are held out:
+    one if their slides differ: a warning); for regression by quantile bins of their mean target
+    (about ``folds`` patients per bin, at most 10 bins); for survival by their event indicator.
+    With ``site_preserving``, whole sites are held out:
     every site goes to exactly one fold (sites are dealt largest first to the smallest fold), so
     there must be at least ``folds`` sites. Rows with an integer ``split`` column use it as their
     fold (predefined folds).
@@ -209,7 +312,7 @@ def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_pre
     """
     if folds < 2:
         raise InvalidParameterError(f"folds must be >= 2, got {folds}")
-    plabel = _patient_labels(rows)
+    plabel = _patient_strata(rows, n_bins=min(10, max(1, len({r.patient for r in rows}) // folds)))
     if any(r.split is not None for r in rows):
         return _predefined(rows, folds=folds, seed=seed)
     rng = np.random.default_rng(seed)
@@ -258,7 +361,7 @@ def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_pre
     for label in sorted(set(plabel.values())):
         have = {assign[p] for p, lab in plabel.items() if lab == label}
         if len(have) < folds:
-            log.warning("label %r has patients in only %d of %d folds", label, len(have), folds)
+            log.warning("stratum %r has patients in only %d of %d folds", label, len(have), folds)
     return Splits(folds=folds, patients=dict(sorted(assign.items())), seed=seed)
 
 
@@ -279,8 +382,12 @@ def _predefined(rows: list[SlideRow], *, folds: int, seed: int) -> Splits:
 
 def inner_validation(rows: list[SlideRow], *, fraction: float = 0.2, seed: int = 0) -> tuple[list[SlideRow],
                                                                                                list[SlideRow]]:
-    """Split training rows into (train, val) by patient, stratified by label (>= 1 patient per label)."""
-    plabel = {r.patient: r.label for r in rows}
+    """Split training rows into (train, val) by patient, stratified (>= 1 patient per stratum; see
+    :func:`make_splits`; regression uses about ``1 / fraction`` patients per quantile bin)."""
+    if rows and rows[0].target is None and rows[0].event is None:
+        plabel = {r.patient: r.label for r in rows}
+    else:
+        plabel = _patient_strata(rows, n_bins=max(1, int(round(fraction * len({r.patient for r in rows})))))
     rng = np.random.default_rng(seed)
     val: set[str] = set()
     for label in sorted(set(plabel.values())):
@@ -293,7 +400,8 @@ def inner_validation(rows: list[SlideRow], *, fraction: float = 0.2, seed: int =
 # -- bags -------------------------------------------------------------------------------------------
 
 class BagDataset(Dataset):
-    """One item per slide: ``{"features": (N, D) float32, "label": long, "index": int}``.
+    """One item per slide: ``{"features": (N, D) float32, "label": long, "index": int}``, plus
+    ``"target"`` (regression rows) or ``"time"`` and ``"event"`` (survival rows).
 
     Parameters
     ----------
@@ -333,12 +441,22 @@ class BagDataset(Dataset):
         if self.max_instances is not None and len(emb) > self.max_instances:
             keep = np.sort(self._rng.choice(len(emb), self.max_instances, replace=False))
             emb = emb[keep]
-        label = self.class_names.index(self.rows[i].label) if self.rows[i].label in self.class_names else -1
-        return {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": label, "index": i}
+        row = self.rows[i]
+        label = self.class_names.index(row.label) if row.label in self.class_names else -1
+        item: dict[str, Any] = {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": label, "index": i}
+        if row.target is not None:
+            item["target"] = float(row.target)
+        if row.time is not None:
+            item["time"], item["event"] = float(row.time), int(row.event)
+        return item
 
 
 def collate_bags(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pad bags to the longest: ``features (B, N, D)``, ``mask (B, N)`` bool (True = real), ``labels (B,)``."""
+    """Pad bags to the longest: ``features (B, N, D)``, ``mask (B, N)`` bool (True = real), ``labels (B,)``.
+
+    Regression items add ``targets (B,)`` float (original units); survival items add ``times (B,)``
+    float and ``events (B,)`` long.
+    """
     n = max(max(int(b["features"].shape[0]) for b in batch), 1)
     d = int(batch[0]["features"].shape[1])
     feats = torch.zeros(len(batch), n, d, dtype=torch.float32)
@@ -347,8 +465,14 @@ def collate_bags(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         k = int(b["features"].shape[0])
         feats[i, :k] = b["features"]
         mask[i, :k] = True
-    return {"features": feats, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long),
-            "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}
+    out = {"features": feats, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+           "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}
+    if all("target" in b for b in batch):
+        out["targets"] = torch.tensor([b["target"] for b in batch], dtype=torch.float32)
+    if all("time" in b for b in batch):
+        out["times"] = torch.tensor([b["time"] for b in batch], dtype=torch.float32)
+        out["events"] = torch.tensor([b["event"] for b in batch], dtype=torch.long)
+    return out
 
 
 class BagDataModule(L.LightningDataModule):
@@ -356,12 +480,14 @@ class BagDataModule(L.LightningDataModule):
 
     ``test`` is fold ``fold`` of ``splits``; the other folds' patients are split again
     (stratified, by patient, ``val_fraction``) into ``train`` and ``val`` (early stopping), so the
-    held-out fold never steers training.
+    held-out fold never steers training. ``eval_batch_size`` (default ``batch_size``) batches the
+    validation and test bags (a Cox loss needs them together: pass their count or more).
     """
 
     def __init__(self, rows: list[SlideRow], *, splits: Splits, fold: int, store: str | os.PathLike[str],
                  encoder: str, class_names: list[str], batch_size: int = 8, max_instances: int = 512,
-                 val_fraction: float = 0.2, num_workers: int = 0, seed: int = 0) -> None:
+                 val_fraction: float = 0.2, num_workers: int = 0, seed: int = 0,
+                 eval_batch_size: int | None = None) -> None:
         super().__init__()
         store = str(store)  # checkpoints keep primitives only (they load with torch.load(weights_only=True))
         class_names = [str(c) for c in class_names]
@@ -393,10 +519,10 @@ class BagDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set)
+        return self._loader(self.val_set, batch_size=self.hparams.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set)
+        return self._loader(self.test_set, batch_size=self.hparams.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, batch_size=1)
@@ -407,3 +533,21 @@ class BagDataModule(L.LightningDataModule):
         c = np.array([counts.get(n, 0) for n in self.hparams.class_names], dtype=np.float64)
         w = np.where(c > 0, c.sum() / np.maximum(c, 1) / len(c), 0.0)
         return (w / w[w > 0].mean()).round(6).tolist()
+
+    def target_stats(self) -> tuple[float, float]:
+        """Regression: mean and standard deviation of the training rows' targets (std 1 if constant)."""
+        t = np.array([r.target for r in self.train_rows], dtype=np.float64)
+        sd = float(t.std())
+        return float(t.mean()), (sd if sd > 1e-12 else 1.0)
+
+    def time_bins(self, n_bins: int) -> list[float]:
+        """Survival: the ``n_bins - 1`` inner cut points of the training rows' event times (quantiles).
+
+        A time ``t`` falls in bin ``searchsorted(cuts, t, side="right")`` (0 .. n_bins - 1).
+        """
+        t = np.array([r.time for r in self.train_rows if r.event], dtype=np.float64)
+        if len(t) == 0:
+            raise InvalidParameterError(f"fold {self.hparams.fold}: no events among the training slides; use fewer "
+                                        f"folds or a cohort with more events")
+        cuts = np.quantile(t, np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.array([])
+        return [float(c) for c in cuts]

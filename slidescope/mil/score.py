@@ -20,13 +20,19 @@ __all__ = ["score", "SlideScore", "expand_stores", "run_name"]
 
 @dataclass
 class SlideScore:
-    """One slide's ensemble prediction. ``attention (N,)`` is the mean over checkpoints of the tile scores."""
+    """One slide's ensemble prediction. ``attention (N,)`` is the mean over checkpoints of the tile scores.
+
+    Classification fills ``probs`` and ``predicted`` (a class); regression ``prediction`` (original
+    units; ``probs`` empty, ``predicted`` its text); survival ``risk`` (higher = earlier event).
+    """
 
     slide: str
     store: Path
     probs: dict[str, float]
     predicted: str
     attention: np.ndarray
+    prediction: float | None = None
+    risk: float | None = None
 
 
 def expand_stores(stores: list[str | os.PathLike[str]]) -> list[Path]:
@@ -65,8 +71,9 @@ def score(
 ) -> list[SlideScore]:
     """Score slides with an ensemble of MIL checkpoints (e.g. the folds of one run).
 
-    Per slide, the class probabilities and the tile scores (attention) are averaged over the
-    checkpoints. With ``write_scores``, each store gets ``scores/<name>/attention`` (N,) with the
+    Per slide, the class probabilities (regression: the predictions; survival: the risks) and the
+    tile scores (attention) are averaged over the checkpoints. With ``write_scores``, each store
+    gets ``scores/<name>/attention`` (N,) with the
     per-class probabilities, the predicted label and the checkpoints in its attrs; ``name``
     defaults to the run folder of the first checkpoint (:func:`run_name`).
 
@@ -74,7 +81,8 @@ def score(
     ----------
     checkpoints : ``best.ckpt`` files; all must share encoder, embedding size and classes.
     stores : slide stores or folders of stores.
-    out_csv : CSV with ``slide, prob_<class>..., predicted``.
+    out_csv : CSV with ``slide, prob_<class>..., predicted`` (regression ``slide, prediction``;
+        survival ``slide, risk``).
 
     Raises
     ------
@@ -90,10 +98,11 @@ def score(
     tasks = [load_task(c, map_location=device) for c in checkpoints]
     first = tasks[0]
     for c, t in zip(checkpoints, tasks, strict=True):
-        if (t.encoder_name, t.hparams.embed_dim, t.class_names) != (first.encoder_name, first.hparams.embed_dim,
-                                                                     first.class_names):
-            raise InvalidParameterError(f"{c} differs from {checkpoints[0]} in encoder, embedding size or classes; "
-                                        f"an ensemble needs the same ones")
+        if (t.encoder_name, t.hparams.embed_dim, t.class_names, t.task) != (
+                first.encoder_name, first.hparams.embed_dim, first.class_names, first.task):
+            raise InvalidParameterError(f"{c} differs from {checkpoints[0]} in encoder, embedding size, task or "
+                                        f"classes; an ensemble needs the same ones")
+    kind = first.task
     encoder, dim, classes = first.encoder_name, int(first.hparams.embed_dim), first.class_names
     name = name or run_name(checkpoints[0])
     results: list[SlideScore] = []
@@ -108,14 +117,21 @@ def score(
                 att.append(s.numpy())
         prob = np.mean(probs, axis=0)
         attention = np.mean(att, axis=0).astype(np.float32)
-        res = SlideScore(slide=sp.name[: -len(".zarr")], store=sp,
-                         probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
-                         predicted=classes[int(prob.argmax())], attention=attention)
+        slide = sp.name[: -len(".zarr")]
+        if kind == "classification":
+            res = SlideScore(slide=slide, store=sp, probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
+                             predicted=classes[int(prob.argmax())], attention=attention)
+            attrs = {"probabilities": res.probs, "predicted": res.predicted}
+        else:
+            value = float(prob[0])
+            res = SlideScore(slide=slide, store=sp, probs={}, predicted=f"{value:.6g}", attention=attention,
+                             **{_VALUE[kind]: value})
+            attrs = {_VALUE[kind]: value}
         results.append(res)
         if write_scores:
             writable = SlideStore.open(sp, mode="r+")
             writable.write_scores(f"{name}/attention", attention, attrs={
-                "kind": "attention", "probabilities": res.probs, "predicted": res.predicted, "encoder": encoder,
+                "kind": "attention", "task": kind, **attrs, "encoder": encoder,
                 "model": str(first.hparams.aggregator), "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
             })
     if out_csv is not None:
@@ -123,10 +139,19 @@ def score(
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         with open(out_csv, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["slide", *[f"prob_{c}" for c in classes], "predicted"])
-            for r in results:
-                w.writerow([r.slide, *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
+            if kind == "classification":
+                w.writerow(["slide", *[f"prob_{c}" for c in classes], "predicted"])
+                for r in results:
+                    w.writerow([r.slide, *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
+            else:
+                w.writerow(["slide", _VALUE[kind]])
+                for r in results:
+                    w.writerow([r.slide, f"{getattr(r, _VALUE[kind]):.6f}"])
     return results
+
+
+#: the SlideScore field (and CSV column) of each non-classification task
+_VALUE = {"regression": "prediction", "survival": "risk"}
 
 
 def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_error) -> np.ndarray:

@@ -1,4 +1,12 @@
-"""``MILTask``: the LightningModule around a registered MIL aggregator (slide classification).
+"""``MILTask``: the LightningModule around a registered MIL aggregator.
+
+Tasks (``task=``): ``"classification"`` (cross-entropy), ``"regression"`` (MSE on targets
+standardised with the training fold's mean and std, stored in the hparams so predictions come back
+in original units) and ``"survival"`` with ``survival_model="cox"`` (one risk score, Cox partial
+likelihood with Breslow ties over the batch: see :func:`cox_loss`) or ``"discrete"`` (one hazard
+logit per time bin, the censored discrete-time likelihood: see :func:`discrete_time_nll`).
+Aggregators whose auxiliary loss needs a class label (CLAM, DSMIL...) get no labels outside
+classification, so their auxiliary term is skipped there.
 
 The aggregator ``nn.Module`` is built **inside** ``__init__`` from its registry name and kwargs,
 so a checkpoint holds only primitives (plus ``slidescope_version``, ``embed_dim`` and
@@ -22,7 +30,11 @@ from ..errors import SlidescopeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MILTask", "load_task", "CheckpointError", "EncoderMismatchError", "CHECKPOINT_SCHEMA"]
+__all__ = ["MILTask", "load_task", "CheckpointError", "EncoderMismatchError", "CHECKPOINT_SCHEMA", "cox_loss",
+           "discrete_time_nll", "SURVIVAL_MODELS"]
+
+#: survival heads of ``MILTask(task="survival", survival_model=...)``
+SURVIVAL_MODELS = ("cox", "discrete")
 
 #: bumped when the checkpoint layout changes; newer checkpoints are refused
 CHECKPOINT_SCHEMA = 1
@@ -58,8 +70,201 @@ def _metrics(num_classes: int, prefix: str) -> torchmetrics.MetricCollection:
     }, prefix=prefix)
 
 
+# -- losses -----------------------------------------------------------------------------------------
+
+def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    """Negative Cox partial log-likelihood of a batch, Breslow ties, averaged over its events.
+
+    ``loss = -1/E * sum_{i: event_i} [risk_i - log sum_{j: time_j >= time_i} exp(risk_j)]``
+
+    Parameters
+    ----------
+    risk : (B,) log hazard ratios (higher = earlier event).
+    time : (B,) follow-up times.
+    event : (B,) 1 = event, 0 = censored.
+
+    Returns
+    -------
+    Tensor of shape (): 0 (with a gradient path) when the batch has no event. The risk set is the
+    batch, so the loss depends on the batch size: larger batches approximate the cohort likelihood.
+    """
+    risk = risk.float().reshape(-1)
+    time = time.to(risk.device).float().reshape(-1)
+    ev = event.to(risk.device).float().reshape(-1)
+    at_risk = time[None, :] >= time[:, None]  # (i, j): j is in the risk set of i
+    log_denominator = torch.logsumexp(risk[None, :].masked_fill(~at_risk, float("-inf")), dim=1)
+    n_events = ev.sum()
+    if n_events == 0:
+        return risk.sum() * 0.0
+    return -((risk - log_denominator) * ev).sum() / n_events
+
+
+def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, event: torch.Tensor, *,
+                      alpha: float = 0.0) -> torch.Tensor:
+    """Negative log-likelihood of the discrete-time hazard model with censoring (mean over the batch).
+
+    Zadeh & Schmid (2021), as ``NLLSurvLoss`` of PORPOISE (Chen et al. 2022): hazards
+    ``h_k = sigmoid(logits_k)``, survival ``S_k = prod_{m <= k} (1 - h_m)``, ``S_{-1} = 1``.
+    An event in bin ``y`` contributes ``-log S_{y-1} - log h_y``; a slide censored in bin ``y``
+    contributes ``-log S_y`` (it survived bin ``y``). ``alpha`` up-weights the uncensored term:
+    ``(1 - alpha) * (uncensored + censored) + alpha * uncensored``.
+
+    Parameters
+    ----------
+    logits : (B, K) hazard logits of the K time bins.
+    bins : (B,) long, the bin of each slide's time.
+    event : (B,) 1 = event, 0 = censored.
+    """
+    logits = logits.float()
+    bins = bins.to(logits.device).long().reshape(-1, 1)
+    ev = event.to(logits.device).float().reshape(-1)
+    log_h = F.logsigmoid(logits)
+    log_s = torch.cumsum(F.logsigmoid(-logits), dim=1)  # log S_k
+    log_s_pad = torch.cat([torch.zeros_like(log_s[:, :1]), log_s], dim=1)  # log S_{k-1} at k
+    uncensored = -ev * (log_s_pad.gather(1, bins).squeeze(1) + log_h.gather(1, bins).squeeze(1))
+    censored = -(1.0 - ev) * log_s_pad.gather(1, bins + 1).squeeze(1)
+    return ((1.0 - alpha) * (uncensored + censored) + alpha * uncensored).mean()
+
+
+# -- task heads: what turns logits into a loss, metrics and a prediction ----------------------------
+
+class _Head:
+    """Task-specific part of :class:`MILTask`; ``hp`` are its hyperparameters."""
+
+    def __init__(self, hp: Any) -> None:
+        self.hp = hp
+
+    def num_outputs(self) -> int:
+        return int(self.hp.num_classes)
+
+    def metrics(self, prefix: str) -> torchmetrics.MetricCollection:
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], class_weight) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` logits -> ``(B, C')`` predictions (probabilities, original units or risk)."""
+        raise NotImplementedError
+
+    def update(self, metrics, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def labels(self, batch):
+        """Labels passed to the aggregator (only classification has class indices)."""
+        return None
+
+
+class _Classification(_Head):
+    def metrics(self, prefix):
+        return _metrics(self.num_outputs(), prefix)
+
+    def loss(self, logits, batch, class_weight):
+        return F.cross_entropy(logits.float(), batch["labels"], weight=class_weight)
+
+    def predict(self, logits):
+        return logits.float().softmax(-1)
+
+    def update(self, metrics, logits, batch):
+        metrics.update(self.predict(logits), batch["labels"])
+
+    def labels(self, batch):
+        return batch["labels"]
+
+
+class _Regression(_Head):
+    def num_outputs(self):
+        return 1
+
+    def metrics(self, prefix):
+        return torchmetrics.MetricCollection({"mae": torchmetrics.MeanAbsoluteError(),
+                                              "mse": torchmetrics.MeanSquaredError()}, prefix=prefix)
+
+    def loss(self, logits, batch, class_weight):
+        z = (batch["targets"].to(logits.device) - float(self.hp.target_mean)) / float(self.hp.target_std)
+        return F.mse_loss(logits.float()[:, 0], z)
+
+    def predict(self, logits):
+        return logits.float() * float(self.hp.target_std) + float(self.hp.target_mean)
+
+    def update(self, metrics, logits, batch):
+        metrics.update(self.predict(logits)[:, 0], batch["targets"].to(logits.device))
+
+
+class _ConcordanceIndex(torchmetrics.Metric):
+    """Harrell's C over an epoch (gathers risk, time and event; see ``slidescope.mil.train.concordance_index``)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("risk", default=[], dist_reduce_fx="cat")
+        self.add_state("time", default=[], dist_reduce_fx="cat")
+        self.add_state("event", default=[], dist_reduce_fx="cat")
+
+    def update(self, risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> None:
+        self.risk.append(risk.detach().float().reshape(-1))
+        self.time.append(time.detach().float().reshape(-1))
+        self.event.append(event.detach().long().reshape(-1))
+
+    def compute(self) -> torch.Tensor:
+        from torchmetrics.utilities import dim_zero_cat
+
+        from .train import concordance_index
+
+        if not len(self.risk):
+            return torch.tensor(float("nan"))
+        t, r, e = (dim_zero_cat(x).cpu().numpy() for x in (self.time, self.risk, self.event))
+        return torch.tensor(concordance_index(t, r, e), dtype=torch.float32)
+
+
+class _Survival(_Head):
+    def metrics(self, prefix):
+        return torchmetrics.MetricCollection({"c_index": _ConcordanceIndex()}, prefix=prefix)
+
+    def update(self, metrics, logits, batch):
+        metrics.update(self.predict(logits)[:, 0], batch["times"], batch["events"])
+
+
+class _Cox(_Survival):
+    def num_outputs(self):
+        return 1
+
+    def loss(self, logits, batch, class_weight):
+        return cox_loss(logits[:, 0], batch["times"], batch["events"])
+
+    def predict(self, logits):
+        return logits.float()[:, :1]
+
+
+class _Discrete(_Survival):
+    def num_outputs(self):
+        return len(self.hp.time_bins) + 1
+
+    def loss(self, logits, batch, class_weight):
+        cuts = torch.tensor(list(self.hp.time_bins), dtype=torch.float32, device=logits.device)
+        bins = torch.searchsorted(cuts, batch["times"].to(logits.device).float().contiguous(), right=True)
+        return discrete_time_nll(logits, bins, batch["events"])
+
+    def predict(self, logits):
+        """Risk = minus the sum over bins of the survival function (B, 1)."""
+        return -torch.cumprod(torch.sigmoid(-logits.float()), dim=1).sum(1, keepdim=True)
+
+
+_HEADS: dict[str, type[_Head]] = {"classification": _Classification, "regression": _Regression,
+                                  "survival/cox": _Cox, "survival/discrete": _Discrete}
+
+
+def _head_name(task: str, survival_model: str) -> str:
+    name = f"survival/{survival_model}" if task == "survival" else task
+    if name not in _HEADS:
+        raise CheckpointError(f"unknown task {task!r} (survival model {survival_model!r}); tasks: classification, "
+                              f"regression, survival with survival_model one of {', '.join(SURVIVAL_MODELS)}")
+    return name
+
+
 class MILTask(L.LightningModule):
-    """Slide classification with a MIL aggregator.
+    """Slide classification, regression or survival with a MIL aggregator.
 
     Parameters
     ----------
@@ -71,30 +276,46 @@ class MILTask(L.LightningModule):
     lr, weight_decay : AdamW.
     epochs : length of the cosine schedule.
     class_weights : cross-entropy weights per class (None: unweighted).
+    task : ``"classification"``, ``"regression"`` or ``"survival"``.
+    target_mean, target_std : regression: the training fold's target statistics (the model predicts
+        ``(y - mean) / std``; :meth:`predict_bag` returns original units).
+    survival_model : ``"cox"`` (num_classes 1) or ``"discrete"`` (num_classes = ``len(time_bins) + 1``).
+    time_bins : discrete survival: the inner cut points of the time bins (training-fold quantiles).
 
     Batches are ``{"features": (B, N, D), "mask": (B, N) bool, "labels": (B,)}``. The loss is
     ``aggregator.task_loss_weight`` x the weighted cross-entropy plus the aggregator's ``aux_loss``
     (already weighted). Logged keys:
     ``train/loss``, ``val/loss``, ``val/auroc``, ``val/balanced_accuracy``, ``val/f1``,
-    ``val/kappa`` (and ``train/...``, ``test/...``).
+    ``val/kappa`` (and ``train/...``, ``test/...``); regression ``val/mae``, ``val/mse``; survival
+    ``val/c_index``.
     """
 
     def __init__(self, aggregator: str, aggregator_kwargs: dict[str, Any] | None, in_dim: int, num_classes: int,
                  class_names: list[str], encoder: str, lr: float = 1e-4, weight_decay: float = 1e-2,
-                 epochs: int = 20, class_weights: list[float] | None = None) -> None:
+                 epochs: int = 20, class_weights: list[float] | None = None, task: str = "classification",
+                 target_mean: float = 0.0, target_std: float = 1.0, survival_model: str = "cox",
+                 time_bins: list[float] | None = None) -> None:
         super().__init__()
         aggregator_kwargs = dict(aggregator_kwargs or {})
         class_names = [str(c) for c in class_names]
-        if len(class_names) != num_classes:
+        time_bins = [float(t) for t in time_bins] if time_bins is not None else None
+        target_mean, target_std = float(target_mean), float(target_std)
+        head = _head_name(task, survival_model)
+        if task == "classification" and len(class_names) != num_classes:
             raise CheckpointError(f"{len(class_names)} class names for {num_classes} classes")
+        if head == "survival/discrete" and time_bins is None:
+            raise CheckpointError("survival_model='discrete' needs time_bins (the inner cut points of the bins)")
         self.save_hyperparameters(logger=False)
         self.hparams.update(slidescope_version=_version(), embed_dim=int(in_dim), checkpoint_schema=CHECKPOINT_SCHEMA)
+        self.head = _HEADS[head](self.hparams)
+        if self.head.num_outputs() != num_classes:
+            raise CheckpointError(f"task {head} needs num_classes={self.head.num_outputs()}, got {num_classes}")
         self.model = _create_aggregator(aggregator, in_dim=in_dim, num_classes=num_classes, **aggregator_kwargs)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weight", weight, persistent=False)
-        self.train_metrics = _metrics(num_classes, "train/")
-        self.val_metrics = _metrics(num_classes, "val/")
-        self.test_metrics = _metrics(num_classes, "test/")
+        self.train_metrics = self.head.metrics("train/")
+        self.val_metrics = self.head.metrics("val/")
+        self.test_metrics = self.head.metrics("test/")
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
@@ -104,18 +325,18 @@ class MILTask(L.LightningModule):
         return self.model(features, mask, labels=labels)
 
     def model_step(self, batch: dict[str, torch.Tensor], *, train: bool):
-        labels = batch["labels"]
+        labels = self.head.labels(batch)
         out = self(batch["features"], batch["mask"], labels=labels if train else None)
-        loss = F.cross_entropy(out.logits.float(), labels, weight=self.class_weight)
+        loss = self.head.loss(out.logits, batch, self.class_weight)
         loss = float(getattr(self.model, "task_loss_weight", 1.0)) * loss
         if train and getattr(out, "aux_loss", None) is not None:
             loss = loss + out.aux_loss
-        return loss, out.logits.float().softmax(-1), labels
+        return loss, out.logits
 
     def _stage(self, batch, stage: str, metrics: torchmetrics.MetricCollection):
-        loss, probs, labels = self.model_step(batch, train=stage == "train")
-        metrics.update(probs, labels)
-        bs = int(labels.shape[0])
+        loss, logits = self.model_step(batch, train=stage == "train")
+        self.head.update(metrics, logits.detach(), batch)
+        bs = int(batch["features"].shape[0])
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
         return loss
 
@@ -130,7 +351,7 @@ class MILTask(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         out = self(batch["features"], batch["mask"])
-        return {"index": batch["index"], "probs": out.logits.float().softmax(-1),
+        return {"index": batch["index"], "probs": self.head.predict(out.logits),
                 "scores": out.scores.float().masked_fill(~batch["mask"], 0.0)}
 
     def _log_metrics(self, metrics: torchmetrics.MetricCollection) -> None:
@@ -166,19 +387,29 @@ class MILTask(L.LightningModule):
     def class_names(self) -> list[str]:
         return list(self.hparams.class_names)
 
+    @property
+    def task(self) -> str:
+        """``"classification"``, ``"regression"`` or ``"survival"``."""
+        return str(self.hparams.get("task", "classification"))
+
     @torch.no_grad()
     def predict_bag(self, embeddings) -> tuple[torch.Tensor, torch.Tensor]:
-        """One slide's ``(N, D)`` embeddings -> ``(probs (C,), scores (N,))`` on the CPU, in eval mode."""
+        """One slide's ``(N, D)`` embeddings -> ``(prediction, scores (N,))`` on the CPU, in eval mode.
+
+        ``prediction`` is ``probs (C,)`` for classification, ``(1,)`` the target in original units for
+        regression, ``(1,)`` the risk (higher = earlier event) for survival.
+        """
         was = self.training
         self.eval()
         x = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)[None]
         out = self(x)
         self.train(was)
-        return out.logits.float().softmax(-1)[0].cpu(), out.scores.float()[0].cpu()
+        return self.head.predict(out.logits)[0].cpu(), out.scores.float()[0].cpu()
 
 
 _INIT_KEYS = ("aggregator", "aggregator_kwargs", "in_dim", "num_classes", "class_names", "encoder", "lr",
-              "weight_decay", "epochs", "class_weights")
+              "weight_decay", "epochs", "class_weights", "task", "target_mean", "target_std", "survival_model",
+              "time_bins")
 
 
 def load_task(ckpt: str | os.PathLike[str], *, encoder: str | None = None, embed_dim: int | None = None,

@@ -9,7 +9,9 @@ Layout of ``out``::
     fold{k}/predictions.csv  held-out predictions of fold k
     fold{k}/done.json        written last: the fold is finished
     fold{k}/logs/            CSV logs of Lightning
-    oof_predictions.csv      slide, patient, label, fold, prob_<class>...
+    oof_predictions.csv      slide, patient, label, fold, prob_<class>...   (classification)
+                             slide, patient, target, fold, prediction      (regression)
+                             slide, patient, time, event, fold, risk       (survival)
     results.csv              per fold and pooled metrics with bootstrap 95% CIs
 
 For fold k the held-out fold is never seen during training: the remaining patients are split
@@ -36,9 +38,12 @@ from .data import BagDataModule, SlideRow, Splits, make_splits, read_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "TrainResult", "FoldResult", "classification_metrics", "bootstrap_ci"]
+__all__ = ["train", "TrainResult", "FoldResult", "classification_metrics", "regression_metrics", "concordance_index",
+           "survival_metrics", "bootstrap_ci"]
 
 METRICS = ("auroc", "balanced_accuracy", "f1", "kappa", "accuracy")
+REGRESSION_METRICS = ("pearson", "spearman", "r2", "mae")
+SURVIVAL_METRICS = ("c_index",)
 
 
 # -- metrics (numpy; the same definitions as the torchmetrics used during training) ----------------
@@ -101,14 +106,93 @@ def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, *, n: int = 1000, seed: 
                  level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap CIs (slides resampled with replacement; resamples lacking a class skipped)."""
     labels = np.asarray(labels, dtype=int)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {m: [] for m in METRICS}
+    probs = np.asarray(probs, dtype=np.float64)
     k = len(np.unique(labels))
+    return _bootstrap(classification_metrics, (labels, probs), METRICS, n=n, seed=seed, level=level,
+                      valid=lambda y, _p: len(np.unique(y)) >= k)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), 1-based."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    ranks = np.empty(len(x))
+    start = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    end = np.r_[start[1:], len(x)]
+    for a, b in zip(start, end, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Pearson r, Spearman r (average ranks for ties), R² (1 - SSres/SStot) and MAE; ``(n,)`` arrays.
+
+    Correlations are NaN when either side is constant; R² is NaN when the targets are.
+    """
+    y = np.asarray(targets, dtype=np.float64).reshape(-1)
+    f = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if len(y) < 2:
+        return {m: float("nan") for m in REGRESSION_METRICS} | {"mae": float(np.abs(y - f).mean()) if len(y) else
+                                                                  float("nan")}
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    return {"pearson": _pearson(y, f), "spearman": _pearson(_ranks(y), _ranks(f)),
+            "r2": float(1 - ((y - f) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+            "mae": float(np.abs(y - f).mean())}
+
+
+def concordance_index(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> float:
+    """Harrell's C-index: the fraction of comparable pairs whose risks are ordered like their times.
+
+    A pair (i, j) is comparable when i had an event first: ``event_i == 1`` and ``time_i < time_j``,
+    or ``time_i == time_j`` with j censored (j is known to outlive i; the convention of
+    scikit-survival). Two events at the same time are not comparable. A comparable pair is
+    concordant when ``risk_i > risk_j`` (1), tied in risk (0.5), else discordant (0). NaN without
+    comparable pairs.
+
+    Parameters
+    ----------
+    time : (n,) follow-up times. risk : (n,) predicted risk (higher = earlier event).
+    event : (n,) 1 = event, 0 = censored.
+    """
+    t = np.asarray(time, dtype=np.float64).reshape(-1)
+    r = np.asarray(risk, dtype=np.float64).reshape(-1)
+    e = np.asarray(event).reshape(-1).astype(bool)
+    if not len(t) == len(r) == len(e):
+        raise InvalidParameterError(f"time, risk and event differ in length ({len(t)}, {len(r)}, {len(e)})")
+    # comparable[i, j]: i's event is known to precede j's time
+    comparable = e[:, None] & ((t[:, None] < t[None, :]) | ((t[:, None] == t[None, :]) & ~e[None, :]))
+    n = comparable.sum()
+    if n == 0:
+        return float("nan")
+    concordant = (r[:, None] > r[None, :]) & comparable
+    tied = (r[:, None] == r[None, :]) & comparable
+    return float((concordant.sum() + 0.5 * tied.sum()) / n)
+
+
+def survival_metrics(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> dict[str, float]:
+    """``{"c_index": Harrell's C}`` (see :func:`concordance_index`)."""
+    return {"c_index": concordance_index(time, risk, event)}
+
+
+def _bootstrap(fn, arrays: tuple[np.ndarray, ...], names: tuple[str, ...], *, n: int, seed: int, level: float,
+               valid=None) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap of ``fn(*arrays)`` resampling rows; resamples failing ``valid`` are skipped."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {m: [] for m in names}
+    size = len(arrays[0])
     for _ in range(n):
-        idx = rng.integers(0, len(labels), len(labels))
-        if len(np.unique(labels[idx])) < k:
+        idx = rng.integers(0, size, size)
+        sample = tuple(a[idx] for a in arrays)
+        if valid is not None and not valid(*sample):
             continue
-        for m, v in classification_metrics(labels[idx], probs[idx]).items():
+        for m, v in fn(*sample).items():
             draws[m].append(v)
     a = (1 - level) / 2
     out = {}
@@ -117,6 +201,63 @@ def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, *, n: int = 1000, seed: 
         vals = vals[~np.isnan(vals)]
         out[m] = (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))) if len(vals) else (np.nan, np.nan)
     return out
+
+
+# -- per-task evaluation of predictions ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _TaskEval:
+    """How one task's prediction records become metrics: the metric names, the record columns, the arrays."""
+
+    metrics: tuple[str, ...]
+    columns: tuple[str, ...]  # after slide, patient (and before/after fold, see _write_predictions)
+    compute: Any  # (records, class_names) -> dict
+    ci: Any  # (records, class_names, n, seed) -> dict
+
+
+def _cls_arrays(preds, class_names):
+    labels = np.array([class_names.index(p["label"]) for p in preds], dtype=int)
+    probs = np.array([[p[f"prob_{c}"] for c in class_names] for p in preds], dtype=np.float64)
+    return labels, probs
+
+
+def _cls_compute(preds, class_names):
+    labels, probs = _cls_arrays(preds, class_names)
+    if len(set(labels.tolist())) < 2:
+        return {m: float("nan") for m in METRICS}
+    return classification_metrics(labels, probs)
+
+
+def _cls_ci(preds, class_names, n, seed):
+    labels, probs = _cls_arrays(preds, class_names)
+    if len(set(labels.tolist())) < 2:
+        return {m: (float("nan"), float("nan")) for m in METRICS}
+    return bootstrap_ci(labels, probs, n=n, seed=seed)
+
+
+def _reg_arrays(preds):
+    return (np.array([p["target"] for p in preds], dtype=np.float64),
+            np.array([p["prediction"] for p in preds], dtype=np.float64))
+
+
+def _surv_arrays(preds):
+    return (np.array([p["time"] for p in preds], dtype=np.float64), np.array([p["risk"] for p in preds], dtype=np.float64),
+            np.array([p["event"] for p in preds], dtype=int))
+
+
+_EVALS: dict[str, _TaskEval] = {
+    "classification": _TaskEval(METRICS, ("label",), _cls_compute, _cls_ci),
+    "regression": _TaskEval(
+        REGRESSION_METRICS, ("target", "prediction"),
+        lambda preds, _c: regression_metrics(*_reg_arrays(preds)),
+        lambda preds, _c, n, seed: _bootstrap(regression_metrics, _reg_arrays(preds), REGRESSION_METRICS, n=n,
+                                              seed=seed, level=0.95, valid=lambda y, f: len(np.unique(y)) > 1)),
+    "survival": _TaskEval(
+        SURVIVAL_METRICS, ("time", "event", "risk"),
+        lambda preds, _c: survival_metrics(*_surv_arrays(preds)),
+        lambda preds, _c, n, seed: _bootstrap(survival_metrics, _surv_arrays(preds), SURVIVAL_METRICS, n=n,
+                                              seed=seed, level=0.95, valid=lambda t, r, e: bool(e.any()))),
+}
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -145,16 +286,22 @@ class TrainResult:
     results_csv: Path
     splits: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     @property
     def checkpoints(self) -> list[Path]:
         return [f.best_checkpoint for f in self.folds]
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return _EVALS[self.task].metrics
+
     def summary(self) -> str:
-        lines = [f"{'':<8}" + "".join(f"{m:>26}" for m in METRICS)]
+        names = self.metric_names
+        lines = [f"{'':<8}" + "".join(f"{m:>26}" for m in names)]
         for f in self.folds:
-            lines.append(f"fold {f.fold:<3}" + "".join(_fmt(f.metrics[m], f.ci[m]) for m in METRICS))
-        lines.append(f"{'pooled':<8}" + "".join(_fmt(self.pooled[m], self.pooled_ci[m]) for m in METRICS))
+            lines.append(f"fold {f.fold:<3}" + "".join(_fmt(f.metrics[m], f.ci[m]) for m in names))
+        lines.append(f"{'pooled':<8}" + "".join(_fmt(self.pooled[m], self.pooled_ci[m]) for m in names))
         return "\n".join(lines)
 
 
@@ -165,7 +312,10 @@ def _fmt(v: float, ci: tuple[float, float]) -> str:
 # -- training ---------------------------------------------------------------------------------------
 
 def _config(rows: list[SlideRow], **kw: Any) -> dict[str, Any]:
-    return {"slides": [[r.key, r.label, r.patient, r.site] for r in rows], **kw}
+    def entry(r: SlideRow) -> list:
+        return [r.key, r.label, r.patient, r.site] + ([r.time, r.event] if r.time is not None else [])
+
+    return {"slides": [entry(r) for r in rows], **kw}
 
 
 def _quiet_lightning() -> None:
@@ -209,7 +359,7 @@ def train(
     model_kwargs: dict[str, Any] | None = None,
     folds: int = 5,
     epochs: int = 20,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     lr: float = 2e-4,
     weight_decay: float = 1e-2,
     seed: int = 0,
@@ -226,6 +376,12 @@ def train(
     bootstrap: int = 1000,
     callbacks: list | None = None,
     progress: bool = False,
+    task: str = "classification",
+    label_column: str = "label",
+    survival_model: str = "cox",
+    time_column: str = "time",
+    event_column: str = "event",
+    n_bins: int = 4,
 ) -> TrainResult:
     """Train one model per fold with patient-level cross-validation and report held-out metrics.
 
@@ -237,7 +393,9 @@ def train(
     out : run folder (see the module docstring for its layout).
     model, model_kwargs : aggregator registry name and its kwargs.
     folds, seed, site_preserving : the patient-level split (:func:`make_splits`).
-    epochs, batch_size, lr, weight_decay : AdamW with a cosine schedule over ``epochs``.
+    epochs, batch_size, lr, weight_decay : AdamW with a cosine schedule over ``epochs``. ``batch_size``
+        defaults to 8 bags, or 32 for a Cox model (its loss compares the bags of a batch: small
+        batches give a noisy partial likelihood; validation and test use all their bags at once).
     max_instances : tiles per training bag (subsampled, seeded); evaluation uses every tile.
     early_stopping_patience : epochs without a lower validation loss before a fold stops.
     class_weighting : weight the cross-entropy by inverse class frequency of each fold's training set.
@@ -246,6 +404,12 @@ def train(
     resume : a fold with ``done.json`` is reused; a fold with ``last.ckpt`` continues from it.
         ``False`` deletes the fold folders and starts again.
     callbacks : extra Lightning callbacks (added to every fold).
+    task : ``"classification"`` (``label_column`` holds classes), ``"regression"`` (``label_column``
+        holds numbers; MSE on targets standardised with each fold's training mean and std) or
+        ``"survival"`` (``time_column``, ``event_column``).
+    survival_model : ``"cox"`` (risk score, Cox partial likelihood with Breslow ties) or
+        ``"discrete"`` (``n_bins`` time bins from quantiles of the training fold's event times,
+        the censored discrete-time hazard likelihood; risk = minus the sum of the survival curve).
 
     Returns
     -------
@@ -260,8 +424,20 @@ def train(
     from .task import MILTask, load_task
 
     out = Path(out)
-    rows = read_manifest(manifest, store=store, encoder=encoder)
-    class_names = sorted({r.label for r in rows})
+    from .task import SURVIVAL_MODELS
+
+    if task == "survival" and survival_model not in SURVIVAL_MODELS:
+        raise InvalidParameterError(f"unknown survival model {survival_model!r}; use one of "
+                                    f"{', '.join(SURVIVAL_MODELS)}")
+    if task == "survival" and survival_model == "discrete" and n_bins < 2:
+        raise InvalidParameterError(f"n_bins must be >= 2 for the discrete survival model, got {n_bins}")
+    cox = task == "survival" and survival_model == "cox"
+    if batch_size is None:
+        batch_size = 32 if cox else 8
+    rows = read_manifest(manifest, store=store, encoder=encoder, task=task, label_column=label_column,
+                         time_column=time_column, event_column=event_column)
+    evaluation = _EVALS[task]
+    class_names = sorted({r.label for r in rows}) if task == "classification" else []
     from ..features.store import open_store, store_path
 
     first = open_store(store_path(store, rows[0].slide))
@@ -273,6 +449,10 @@ def train(
                      site_preserving=site_preserving, max_instances=max_instances, lr=lr, weight_decay=weight_decay,
                      batch_size=batch_size, val_fraction=val_fraction, class_weighting=class_weighting,
                      class_names=class_names, in_dim=in_dim)
+    if task != "classification":  # classification runs keep the configuration of earlier versions
+        config.update(task=task, label_column=label_column, class_weighting=False)
+        if task == "survival":
+            config.update(survival_model=survival_model, n_bins=n_bins if survival_model == "discrete" else None)
     out.mkdir(parents=True, exist_ok=True)
     run_json = out / "run.json"
     splits = make_splits(rows, folds=folds, seed=seed, site_preserving=site_preserving)
@@ -302,7 +482,7 @@ def train(
         done = fdir / "done.json"
         dm = BagDataModule(rows, splits=splits, fold=k, store=store, encoder=encoder, class_names=class_names,
                            batch_size=batch_size, max_instances=max_instances, val_fraction=val_fraction,
-                           num_workers=num_workers, seed=seed)
+                           num_workers=num_workers, seed=seed, eval_batch_size=len(rows) if cox else None)
         dm.setup("fit")
         if resume and done.exists() and (fdir / "best.ckpt").exists() and (fdir / "predictions.csv").exists():
             info = json.loads(done.read_text())
@@ -317,10 +497,21 @@ def train(
                 shutil.rmtree(fdir)
             fdir.mkdir(parents=True, exist_ok=True)
             L.seed_everything(seed + k, workers=True, verbose=False)
-            task = MILTask(aggregator=model, aggregator_kwargs=model_kwargs or {}, in_dim=in_dim,
-                           num_classes=len(class_names), class_names=class_names, encoder=encoder, lr=lr,
-                           weight_decay=weight_decay, epochs=epochs,
-                           class_weights=dm.class_weights() if class_weighting else None)
+            head: dict[str, Any] = {"task": task}
+            num_classes = len(class_names)
+            if task == "regression":
+                mean, std = dm.target_stats()
+                head.update(target_mean=mean, target_std=std)
+                num_classes = 1
+            elif task == "survival":
+                bins = dm.time_bins(n_bins) if survival_model == "discrete" else None
+                head.update(survival_model=survival_model, time_bins=bins)
+                num_classes = len(bins) + 1 if bins is not None else 1
+            lit = MILTask(aggregator=model, aggregator_kwargs=model_kwargs or {}, in_dim=in_dim,
+                          num_classes=num_classes, class_names=class_names, encoder=encoder, lr=lr,
+                          weight_decay=weight_decay, epochs=epochs,
+                          class_weights=dm.class_weights() if class_weighting and task == "classification" else None,
+                          **head)
             ckpt_cb = ModelCheckpoint(dirpath=str(fdir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                       auto_insert_metric_name=False, enable_version_counter=False)
             # every epoch, whether or not it improved (lightning >= 2.6 writes save_last only with a new best)
@@ -336,7 +527,7 @@ def train(
                 )
             with warnings.catch_warnings(), _lightning_info(progress):
                 _quiet_lightning()
-                trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+                trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
             if trainer.interrupted:
                 raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")
             best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
@@ -346,17 +537,13 @@ def train(
                 rank0 = False
                 continue
             preds = _predict(load_task(fdir / "best.ckpt", encoder=encoder, embed_dim=in_dim), dm)
-            _write_predictions(fdir / "predictions.csv", preds, class_names)
+            _write_predictions(fdir / "predictions.csv", preds, class_names, task=task)
             info = {"epochs": int(trainer.current_epoch), "best_val_loss": float(ckpt_cb.best_model_score)
                     if ckpt_cb.best_model_score is not None else None,
                     "n_train": len(dm.train_rows), "n_val": len(dm.val_rows), "n_test": len(dm.test_rows)}
             done.write_text(json.dumps(info, indent=2))
-        labels = np.array([class_names.index(p["label"]) for p in preds])
-        probs = np.array([[p[f"prob_{c}"] for c in class_names] for p in preds])
-        metrics = classification_metrics(labels, probs) if len(set(labels.tolist())) > 1 else \
-            {m: float("nan") for m in METRICS}
-        ci = bootstrap_ci(labels, probs, n=bootstrap, seed=seed) if len(set(labels.tolist())) > 1 else \
-            {m: (float("nan"), float("nan")) for m in METRICS}
+        metrics = evaluation.compute(preds, class_names)
+        ci = evaluation.ci(preds, class_names, bootstrap, seed)
         fold_results.append(FoldResult(fold=k, status=status, best_checkpoint=fdir / "best.ckpt",
                                        n_train=info.get("n_train", len(dm.train_rows)),
                                        n_val=info.get("n_val", len(dm.val_rows)), n_test=len(preds),
@@ -366,22 +553,20 @@ def train(
     if not rank0:
         return None  # type: ignore[return-value]
     oof_csv = out / "oof_predictions.csv"
-    _write_predictions(oof_csv, oof, class_names, fold=True)
-    labels = np.array([class_names.index(p["label"]) for p in oof])
-    probs = np.array([[p[f"prob_{c}"] for c in class_names] for p in oof])
-    pooled = classification_metrics(labels, probs)
-    pooled_ci = bootstrap_ci(labels, probs, n=bootstrap, seed=seed)
+    _write_predictions(oof_csv, oof, class_names, fold=True, task=task)
+    pooled = evaluation.compute(oof, class_names)
+    pooled_ci = evaluation.ci(oof, class_names, bootstrap, seed)
     results_csv = out / "results.csv"
     with open(results_csv, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["fold", "metric", "value", "ci_low", "ci_high", "n_slides"])
         for f in fold_results:
-            for m in METRICS:
+            for m in evaluation.metrics:
                 w.writerow([f.fold, m, _r(f.metrics[m]), _r(f.ci[m][0]), _r(f.ci[m][1]), f.n_test])
-        for m in METRICS:
+        for m in evaluation.metrics:
             w.writerow(["pooled", m, _r(pooled[m]), _r(pooled_ci[m][0]), _r(pooled_ci[m][1]), len(oof)])
     return TrainResult(out=out, class_names=class_names, folds=fold_results, pooled=pooled, pooled_ci=pooled_ci,
-                       oof_csv=oof_csv, results_csv=results_csv, splits=out / "splits.json")
+                       oof_csv=oof_csv, results_csv=results_csv, splits=out / "splits.json", task=task)
 
 
 def _r(v: float) -> str:
@@ -392,14 +577,26 @@ def _predict(task, dm: BagDataModule) -> list[dict[str, Any]]:
     """Held-out predictions of one fold (every tile of each bag)."""
     preds = []
     for i, row in enumerate(dm.test_rows):
-        probs, _ = task.predict_bag(dm.test_set.embeddings(i))
-        preds.append({"slide": row.key, "patient": row.patient, "label": row.label,
-                      **{f"prob_{c}": float(p) for c, p in zip(task.class_names, probs.tolist(), strict=True)}})
+        value, _ = task.predict_bag(dm.test_set.embeddings(i))
+        rec: dict[str, Any] = {"slide": row.key, "patient": row.patient}
+        if task.task == "regression":
+            rec.update(target=float(row.target), prediction=float(value[0]))
+        elif task.task == "survival":
+            rec.update(time=float(row.time), event=int(row.event), risk=float(value[0]))
+        else:
+            rec.update(label=row.label, **{f"prob_{c}": float(p) for c, p in zip(task.class_names, value.tolist(),
+                                                                                 strict=True)})
+        preds.append(rec)
     return preds
 
 
-def _write_predictions(path: Path, preds: list[dict[str, Any]], class_names: list[str], *, fold: bool = False) -> None:
-    cols = ["slide", "patient", "label", *(["fold"] if fold else []), *[f"prob_{c}" for c in class_names]]
+def _write_predictions(path: Path, preds: list[dict[str, Any]], class_names: list[str], *, fold: bool = False,
+                       task: str = "classification") -> None:
+    given = _EVALS[task].columns
+    if task == "classification":
+        cols = ["slide", "patient", "label", *(["fold"] if fold else []), *[f"prob_{c}" for c in class_names]]
+    else:  # the prediction (last given column) after the fold
+        cols = ["slide", "patient", *given[:-1], *(["fold"] if fold else []), given[-1]]
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -409,4 +606,8 @@ def _write_predictions(path: Path, preds: list[dict[str, Any]], class_names: lis
 
 def _read_predictions(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="") as fh:
-        return [{k: (float(v) if k.startswith("prob_") else v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        return [{k: (float(v) if k.startswith("prob_") or k in _FLOAT_COLUMNS else int(v) if k == "event" else v)
+                 for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+_FLOAT_COLUMNS = ("target", "prediction", "time", "risk")
