@@ -35,6 +35,8 @@ _EXPORTS = {
     "train": "slidescope.mil",
     "score": "slidescope.mil",
     "heatmap": "slidescope.mil",
+    "zero_shot": "slidescope.vlm",
+    "few_shot": "slidescope.vlm",
 }
 
 __all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
@@ -42,6 +44,7 @@ __all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
 if TYPE_CHECKING:  # pragma: no cover
     from .features import create_encoder, extract_features, list_encoders, open_store
     from .mil import create_aggregator, heatmap, score, train
+    from .vlm import few_shot, zero_shot
     from .wsi import TileDataset, TileGrid, TissueMask, detect_tissue, iter_tiles, make_tile_grid, open_slide
 
 

@@ -27,12 +27,18 @@ _EXPORTS = {
     "knn": ".fewshot",
     "gda": ".fewshot",
     "tip_adapter": ".fewshot",
+    "pretrain": ".pretrain",
+    "zero_shot": ".api",
+    "few_shot": ".api",
+    "load_prompts": ".api",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .api import few_shot, load_prompts, zero_shot
     from .fewshot import gda, knn, linear_probe, simpleshot, tip_adapter
+    from .pretrain import pretrain
     from .model import SlideTextModel
     from .slide_encoder import PerceiverSlideEncoder, PerceiverSlideEncoderConfig
     from .text import HFTextTower, SmallTextTower, TextTower, load_text_tower

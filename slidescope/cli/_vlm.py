@@ -1,0 +1,204 @@
+"""`slidescope pretrain`, `zero-shot`, `prompt-spread`, `few-shot`: the slide-text model on embedding stores."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _manifest_rows(path: Path, store: Path, label_column: str = "label") -> tuple[list[Path], list[str | None]]:
+    """Store paths and labels (None when the column is absent) of a manifest's slides, in file order."""
+    from ..errors import InvalidParameterError
+    from ..features.store import store_path
+
+    if not path.is_file():
+        raise InvalidParameterError(f"manifest {path} does not exist")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "slide" not in rows[0]:
+        raise InvalidParameterError(f"{path.name} needs a 'slide' column and at least one row")
+    return ([store_path(store, path.parent / r["slide"]) for r in rows],
+            [r.get(label_column) or None for r in rows])
+
+
+@app.command()
+def pretrain(
+    manifest: Path = typer.Option(..., help="CSV with slide, patient and report (free text); only training slides."),
+    store: Path = typer.Option(..., help="Store folder with the slides' tile embeddings."),
+    encoder: str = typer.Option(..., help="Which tile embeddings feed the slide encoder (e.g. he-descriptor)."),
+    out: Path = typer.Option(..., help="Run folder; the model is written to OUT/model."),
+    text: str = typer.Option("small", help="'small' (a text tower trained from scratch on the reports) or a folder "
+                             "with a Hugging Face encoder."),
+    freeze_text: str = typer.Option("none", "--freeze-text", help="none, all or partial (last layer trains)."),
+    epochs: int = typer.Option(60, help="Maximum epochs."),
+    batch_size: int = typer.Option(32, "--batch-size", help="(slide, report) pairs per contrastive batch."),
+    lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+    seed: int = typer.Option(0, help="Seed of the split, sampling and initialisation."),
+    max_instances: int = typer.Option(512, "--max-instances", help="Tiles per training bag (subsampled)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of patients for validation."),
+    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
+    devices: int = typer.Option(1, help="Devices."),
+) -> None:
+    """Pretrain a slide-text model (CLIP loss on slide tile embeddings and their reports)."""
+    from ..vlm.pretrain import pretrain as run_pretrain
+
+    res = run_pretrain(manifest, store=store, encoder=encoder, out=out, text=text,
+                       freeze_text=freeze_text,  # type: ignore[arg-type]
+                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_instances=max_instances,
+                       val_fraction=val_fraction, accelerator=accelerator, devices=devices)
+    typer.echo(res.summary())
+    typer.echo(f"model: {res.model_dir}")
+
+
+@app.command("zero-shot")
+def zero_shot(
+    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
+    model: Path = typer.Option(..., help="A saved slide-text model folder (pretrain's OUT/model)."),
+    prompts: Path = typer.Option(..., help="YAML: 'classes: {name: [phrasing, ...]}', optional 'templates: [...]'."),
+    encoder: str = typer.Option(..., help="The tile embeddings the model was pretrained on."),
+    out: Path | None = typer.Option(None, help="Probabilities CSV."),
+    ensemble: str = typer.Option("mean-embedding", help="mean-embedding or sum-probability."),
+    level: str = typer.Option("slide", help="slide, or tile (per-tile similarity maps + MI-Zero pooling)."),
+    device: str = typer.Option("cpu", help="cpu, cuda..."),
+) -> None:
+    """Zero-shot class probabilities of slides from prompts; level=tile also writes scores/zero-shot/<class>."""
+    from ..vlm.api import zero_shot as run_zero_shot
+
+    rows = run_zero_shot(list(stores), prompts, model=model, encoder=encoder,
+                         ensemble=ensemble, level=level, device=device)  # type: ignore[arg-type]
+    for r in rows:
+        probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
+        typer.echo(f"{r.slide}: {r.predicted} ({probs})")
+    if level == "tile":
+        typer.echo("tile similarity maps written as 'zero-shot/<class>'")
+    if out is not None:
+        _write_csv(out, [r.as_dict() for r in rows])
+        typer.echo(f"probabilities: {out}")
+
+
+@app.command("prompt-spread")
+def prompt_spread(
+    stores: list[Path] = typer.Argument(None, help="Slide stores or store folders (or give --manifest and --store)."),
+    model: Path = typer.Option(..., help="A saved slide-text model folder."),
+    prompts: Path = typer.Option(..., help="Prompts YAML."),
+    encoder: str = typer.Option(..., help="The tile embeddings the model was pretrained on."),
+    manifest: Path | None = typer.Option(None, help="CSV with slide and a label column: report AUROC per subset."),
+    store: Path | None = typer.Option(None, help="Store folder of the manifest's slides."),
+    label_column: str = typer.Option("label", "--label-column", help="Manifest column with the class name."),
+    n_subsets: int = typer.Option(50, "--n-subsets", help="Random prompt subsets."),
+    subset_size: int = typer.Option(1, "--subset-size", help="Prompts per class in each subset."),
+    ensemble: str = typer.Option("mean-embedding", help="mean-embedding or sum-probability."),
+    seed: int = typer.Option(0, help="Seed of the subset draws."),
+    out: Path | None = typer.Option(None, help="CSV of the per-slide spread (mean/std/min/max per class)."),
+) -> None:
+    """How much zero-shot results move across random prompt subsets (AUROC spread with --manifest)."""
+    import numpy as np
+
+    from ..errors import InvalidParameterError
+    from ..vlm.api import load_prompts, slide_embeddings
+    from ..vlm.model import SlideTextModel
+    from ..vlm.zeroshot import prompt_spread as run_spread
+
+    labels = None
+    if manifest is not None:
+        if store is None:
+            raise InvalidParameterError("--manifest needs --store (the folder of the slides' stores)")
+        paths, raw = _manifest_rows(manifest, store, label_column)
+    elif stores:
+        paths, raw = list(stores), []
+    else:
+        raise InvalidParameterError("give stores, or --manifest with --store")
+    spec = load_prompts(prompts)
+    net = SlideTextModel.load(model)
+    paths, emb = slide_embeddings(paths, model=net, encoder=encoder)
+    texts, prompt_class = spec.build()
+    import torch
+
+    with torch.inference_mode():
+        text_emb = net.encode_text(texts)
+    if manifest is not None:
+        missing = [str(p.name) for p, lab in zip(paths, raw, strict=True) if lab not in spec.names]
+        if missing:
+            raise InvalidParameterError(f"{len(missing)} slide(s) have a {label_column!r} that is not a prompt class "
+                                        f"{spec.names}: {', '.join(missing[:5])}")
+        labels = np.array([spec.names.index(lab) for lab in raw])
+    res = run_spread(emb, text_emb, prompt_class, labels=labels, n_subsets=n_subsets, subset_size=subset_size,
+                     ensemble=ensemble, logit_scale=float(net.scale().detach()), seed=seed)  # type: ignore[arg-type]
+    if res.auroc is not None:
+        a = res.auroc.numpy()
+        typer.echo(f"AUROC over {n_subsets} prompt subsets of {subset_size}/class: mean {a.mean():.3f}, "
+                   f"std {a.std():.3f}, min {a.min():.3f}, max {a.max():.3f}")
+    rows = []
+    for i, p in enumerate(paths):
+        name = p.name[: -len(".zarr")] if p.name.endswith(".zarr") else p.name
+        row: dict = {"slide": name}
+        for c, cname in enumerate(spec.names):
+            row.update({f"{cname}_mean": float(res.mean[i, c]), f"{cname}_std": float(res.std[i, c]),
+                        f"{cname}_min": float(res.min[i, c]), f"{cname}_max": float(res.max[i, c])})
+        rows.append(row)
+        if res.auroc is None:
+            first = spec.names[-1] if len(spec.names) == 2 else spec.names[0]
+            c = spec.names.index(first)
+            typer.echo(f"{name}: p({first}) mean {res.mean[i, c]:.3f}, std {res.std[i, c]:.3f}, "
+                       f"min {res.min[i, c]:.3f}, max {res.max[i, c]:.3f}")
+    if out is not None:
+        _write_csv(out, rows)
+        typer.echo(f"spread: {out}")
+
+
+@app.command("few-shot")
+def few_shot(
+    model: Path = typer.Option(..., help="A saved slide-text model folder."),
+    train: Path = typer.Option(..., help="CSV with slide and label: the labelled support slides."),
+    test: Path = typer.Option(..., help="CSV with slide (and optionally label): the slides to predict."),
+    store: Path = typer.Option(..., help="Store folder of both manifests' slides."),
+    encoder: str = typer.Option(..., help="The tile embeddings the model was pretrained on."),
+    method: str = typer.Option("gda", help="linear, simpleshot, knn, gda or tip-adapter."),
+    shots: int | None = typer.Option(None, help="Slides per class drawn from --train (default: all)."),
+    prompts: Path | None = typer.Option(None, help="Prompts YAML: a zero-shot prior for gda / tip-adapter."),
+    label_column: str = typer.Option("label", "--label-column", help="Column with the class name."),
+    seed: int = typer.Option(0, help="Seed of the shot draw and the bootstrap."),
+    out: Path | None = typer.Option(None, help="Probabilities CSV."),
+) -> None:
+    """Few-shot classification on slide embeddings; prints AUROC/accuracy with 95% CIs when --test has labels."""
+    import numpy as np
+
+    from ..errors import InvalidParameterError
+    from ..vlm.api import few_shot as run_few_shot
+
+    train_paths, train_labels = _manifest_rows(train, store, label_column)
+    if any(lab is None for lab in train_labels):
+        raise InvalidParameterError(f"{train.name}: every support slide needs a {label_column!r}")
+    if shots is not None:
+        if shots < 1:
+            raise InvalidParameterError(f"--shots must be >= 1, got {shots}")
+        rng = np.random.default_rng(seed)
+        keep: list[int] = []
+        for lab in sorted(set(train_labels)):  # type: ignore[type-var]
+            idx = [i for i, v in enumerate(train_labels) if v == lab]
+            keep.extend(sorted(rng.choice(idx, min(shots, len(idx)), replace=False).tolist()))
+        train_paths = [train_paths[i] for i in keep]
+        train_labels = [train_labels[i] for i in keep]
+    test_paths, test_labels = _manifest_rows(test, store, label_column)
+    labelled = all(lab is not None for lab in test_labels)
+    res = run_few_shot(train_paths, train_labels, test_paths,  # type: ignore[arg-type]
+                       model=model, encoder=encoder, method=method, classes=prompts,
+                       test_labels=test_labels if labelled else None, seed=seed)  # type: ignore[arg-type]
+    typer.echo(f"{method}: {len(train_paths)} support slides, {len(test_paths)} test slides")
+    for name, ci in res.metrics.items():
+        typer.echo(f"{name}: {ci.estimate:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f})")
+    if out is not None:
+        _write_csv(out, res.rows())
+        typer.echo(f"probabilities: {out}")

@@ -1,0 +1,496 @@
+"""Slide-text contrastive pretraining on (tile embeddings, report) pairs (PRISM §1.2, CLIP loss).
+
+Three layers, as in :mod:`slidescope.mil.train`:
+
+* :class:`~slidescope.vlm.model.SlideTextModel`: the pure ``nn.Module`` (slide encoder, text tower, heads);
+* :class:`SlideTextTask` (``LightningModule``): the symmetric contrastive loss, the optimizer, validation
+  retrieval metrics (slide->text and text->slide recall@1/@5) and ``train/…``, ``val/…`` logging;
+* :class:`ReportDataModule`: reads the embedding store, samples report sentences and pads bags.
+
+:func:`pretrain` assembles them. The artefact is ``out/model`` written by :meth:`SlideTextModel.save` at the
+lowest validation loss, so the model rebuilds itself with :meth:`SlideTextModel.load` (no Lightning needed).
+The patient-level split is data: ``out/splits.json`` lists the training and validation patients.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InvalidParameterError
+from ..features.store import StoreError, open_store, slide_key, store_path
+from ..mil.data import collate_bags
+from ..mil.train import _lightning_info, _quiet_lightning
+from .model import SlideTextModel
+from .slide_encoder import PerceiverSlideEncoderConfig
+from .text import HFTextTower, SmallTextTower, TextTower
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReportRow", "read_report_manifest", "split_patients", "ReportDataset", "ReportDataModule",
+           "SlideTextTask", "retrieval_metrics", "pretrain", "PretrainResult", "default_slide_encoder"]
+
+FreezeText = Literal["none", "all", "partial"]
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One (slide, report) pair; ``slide`` is absolute (resolved against the manifest's folder)."""
+
+    slide: str
+    patient: str
+    report: str
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return slide_key(self.slide)
+
+
+def read_report_manifest(path: str | os.PathLike[str], *, store: str | os.PathLike[str] | None = None,
+                         encoder: str | None = None, report_column: str = "report",
+                         label_column: str | None = "label") -> list[ReportRow]:
+    """Read a pretraining manifest: columns ``slide``, ``patient`` and ``report_column`` (free text).
+
+    With ``store`` and ``encoder`` every slide must have complete embeddings (all missing ones are listed in
+    one message). ``label_column`` is kept when present (for stratified splits and evaluation), never required.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidParameterError(f"manifest {path} does not exist")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("slide", "patient", report_column) if c not in columns]
+        if missing:
+            raise InvalidParameterError(f"{path.name} lacks the column(s) {', '.join(missing)}; a pretraining "
+                                        f"manifest needs slide, patient and {report_column} (free-text report)")
+        raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    if not raw:
+        raise InvalidParameterError(f"{path.name} has no rows")
+    empty = [r["slide"] for r in raw if not r[report_column]]
+    if empty:
+        raise InvalidParameterError(f"{path.name}: {len(empty)} slide(s) have an empty {report_column!r}: "
+                                    f"{', '.join(empty[:5])}; drop them or write their reports")
+    has_label = label_column is not None and label_column in columns
+    rows = [ReportRow(slide=str((path.parent / r["slide"]).resolve()), patient=r["patient"] or r["slide"],
+                      report=r[report_column], label=r[label_column] if has_label else None) for r in raw]
+    if store is not None and encoder is not None:
+        bad = []
+        for r in rows:
+            try:
+                if encoder not in open_store(store_path(store, r.slide)).encoders():
+                    bad.append(f"{r.key} (no complete {encoder!r} embeddings)")
+            except StoreError:
+                bad.append(f"{r.key} (no store)")
+        if bad:
+            raise InvalidParameterError(f"{len(bad)} slide(s) of {path.name} cannot be used: {', '.join(bad[:10])}; "
+                                        f"run `slidescope extract --encoder {encoder}` on them first")
+    return rows
+
+
+def split_patients(rows: list[ReportRow], *, val_fraction: float = 0.2, seed: int = 0,
+                   ) -> tuple[list[ReportRow], list[ReportRow]]:
+    """(train, val) rows split by patient, stratified by label when every row has one; >= 2 val slides."""
+    if not 0.0 < val_fraction < 1.0:
+        raise InvalidParameterError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    patients = sorted({r.patient for r in rows})
+    if len(patients) < 4:
+        raise InvalidParameterError(f"pretraining needs at least 4 patients (train and validation), got "
+                                    f"{len(patients)}")
+    plabel = {r.patient: (r.label or "") for r in rows}
+    rng = np.random.default_rng(seed)
+    val: set[str] = set()
+    for label in sorted(set(plabel.values())):
+        group = sorted(p for p, lab in plabel.items() if lab == label)
+        n = int(round(val_fraction * len(group)))
+        val.update(group[i] for i in rng.permutation(len(group))[:n])
+    rest = [p for p in patients if p not in val]
+    while sum(r.patient in val for r in rows) < 2 and len(rest) > 2:  # retrieval needs >= 2 candidates
+        val.add(rest.pop(int(rng.integers(len(rest)))))
+    train = [r for r in rows if r.patient not in val]
+    if len(train) < 2:
+        raise InvalidParameterError("val_fraction leaves fewer than 2 training slides")
+    return train, [r for r in rows if r.patient in val]
+
+
+def _sentences(report: str) -> list[str]:
+    return [s for s in _SENTENCE.split(report.strip()) if s]
+
+
+class ReportDataset(Dataset):
+    """One item per slide: ``features (N, D)``, ``text`` and ``index``.
+
+    Training items subsample ``max_instances`` tiles and, with ``sentence_dropout``, keep a random non-empty
+    subset of the report's sentences in random order (a report says several independent things; the text tower
+    should learn each). Evaluation items (``train=False``) keep every tile and the whole report.
+    """
+
+    def __init__(self, rows: list[ReportRow], *, store: str | os.PathLike[str], encoder: str,
+                 max_instances: int | None = 512, train: bool = False, sentence_dropout: float = 0.3,
+                 seed: int = 0) -> None:
+        self.rows = list(rows)
+        self.store = Path(store)
+        self.encoder = encoder
+        self.max_instances = max_instances
+        self.train = train
+        self.sentence_dropout = sentence_dropout
+        self._rng = np.random.default_rng(seed)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def embeddings(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            self._cache[i] = open_store(store_path(self.store, self.rows[i].slide)).embeddings(self.encoder).astype(
+                np.float32)
+        return self._cache[i]
+
+    def text(self, i: int) -> str:
+        report = self.rows[i].report
+        if not self.train or self.sentence_dropout <= 0:
+            return report
+        parts = _sentences(report)
+        keep = [p for p in parts if self._rng.random() >= self.sentence_dropout]
+        keep = keep or [parts[self._rng.integers(len(parts))]]
+        return " ".join(keep[j] for j in self._rng.permutation(len(keep)))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        emb = self.embeddings(i)
+        if self.train and self.max_instances is not None and len(emb) > self.max_instances:
+            emb = emb[np.sort(self._rng.choice(len(emb), self.max_instances, replace=False))]
+        return {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": -1, "index": i, "text": self.text(i)}
+
+
+def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """``features (B, N, D)``, ``mask (B, N)`` (True = real tile), ``index (B,)`` and ``texts`` (list of B str)."""
+    out: dict[str, Any] = collate_bags(batch)
+    out["texts"] = [b["text"] for b in batch]
+    return out
+
+
+class ReportDataModule(L.LightningDataModule):
+    """Training and validation (slide, report) pairs; the validation set is one batch (for retrieval)."""
+
+    def __init__(self, train_rows: list[ReportRow], val_rows: list[ReportRow], *, store: str | os.PathLike[str],
+                 encoder: str, batch_size: int = 32, max_instances: int | None = 512, sentence_dropout: float = 0.3,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["train_rows", "val_rows"], logger=False)
+        self.train_rows, self.val_rows = list(train_rows), list(val_rows)
+        self.train_set: ReportDataset | None = None
+        self.val_set: ReportDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            h = self.hparams
+            self.train_set = ReportDataset(self.train_rows, store=h.store, encoder=h.encoder,
+                                           max_instances=h.max_instances, train=True,
+                                           sentence_dropout=h.sentence_dropout, seed=h.seed)
+            self.val_set = ReportDataset(self.val_rows, store=h.store, encoder=h.encoder, max_instances=None)
+
+    def train_dataloader(self) -> DataLoader:
+        # drop_last: a last batch of one pair has a trivial contrastive loss
+        n = len(self.train_set)
+        bs = min(self.hparams.batch_size, n)
+        return DataLoader(self.train_set, batch_size=bs, shuffle=True, collate_fn=collate_pairs,
+                          drop_last=n % bs == 1, generator=torch.Generator().manual_seed(self.hparams.seed))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=len(self.val_set), collate_fn=collate_pairs)
+
+
+# ------------------------------------------------------------------------------------------ task
+
+
+def retrieval_metrics(slide_emb: Tensor, text_emb: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Recall@k of matching pairs ``(slide_emb[i], text_emb[i])`` in both directions (cosine ranking).
+
+    Keys ``slide2text_r@k`` and ``text2slide_r@k``; k is capped at the number of candidates.
+    """
+    sim = torch.nn.functional.normalize(slide_emb, dim=-1) @ torch.nn.functional.normalize(text_emb, dim=-1).T
+    target = torch.arange(sim.shape[0], device=sim.device)
+    out = {}
+    for name, s in (("slide2text", sim), ("text2slide", sim.T)):
+        # rank of the true match = number of candidates scoring strictly higher
+        rank = (s > s[target, target][:, None]).sum(1)
+        for k in ks:
+            out[f"{name}_r@{k}"] = float((rank < min(k, s.shape[1])).float().mean())
+    return out
+
+
+def _freeze_text(tower: TextTower, mode: FreezeText) -> None:
+    if mode not in ("none", "all", "partial"):
+        raise InvalidParameterError(f"freeze_text must be 'none', 'all' or 'partial', got {mode!r}")
+    if mode == "none":
+        return
+    if mode == "all":
+        tower.requires_grad_(False)
+        return
+    # partial: freeze the embeddings and every layer but the last; final norms / poolers stay trainable
+    layer_of = {n: int(m.group(1)) for n, _ in tower.named_parameters() if (m := re.search(r"\.(\d+)\.", n))}
+    last = max(layer_of.values(), default=None)
+    for name, p in tower.named_parameters():
+        if "embed" in name or (name in layer_of and layer_of[name] != last):
+            p.requires_grad_(False)
+
+
+class SlideTextTask(L.LightningModule):
+    """Contrastive (CLIP) training of a :class:`SlideTextModel`.
+
+    The model is injected (a from-scratch text tower owns a tokenizer trained on the reports, which is not a
+    primitive); ``hparams`` keep the optimisation settings only. The checkpoint that matters is the directory
+    written by :meth:`SlideTextModel.save`, which is self-describing.
+    """
+
+    def __init__(self, model: SlideTextModel, *, lr: float = 1e-3, text_lr: float | None = None,
+                 weight_decay: float = 1e-2, epochs: int = 50, freeze_text: FreezeText = "none") -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.model = model
+        _freeze_text(model.text_tower, freeze_text)
+        self._val: list[tuple[Tensor, Tensor]] = []
+        self.val_metrics: dict[str, float] = {}
+
+    def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        return self.model(batch["features"], batch["mask"], batch["texts"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        out = self._step(batch)
+        self.log("train/loss", out["loss"], on_step=False, on_epoch=True, batch_size=len(batch["texts"]))
+        self.log("train/logit_scale", self.model.scale().detach(), on_step=False, on_epoch=True,
+                 batch_size=len(batch["texts"]))
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._step(batch)
+        self.log("val/loss", out["loss"], on_step=False, on_epoch=True, batch_size=len(batch["texts"]))
+        self._val.append((out["slide_emb"].detach(), out["text_emb"].detach()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        v = torch.cat([a for a, _ in self._val])
+        t = torch.cat([b for _, b in self._val])
+        self._val.clear()
+        self.val_metrics = retrieval_metrics(v, t)
+        for k, val in self.val_metrics.items():
+            self.log(f"val/{k}", val, batch_size=len(v))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        h = self.hparams
+        text = [p for p in self.model.text_tower.parameters() if p.requires_grad]
+        text_ids = {id(p) for p in self.model.text_tower.parameters()}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in text_ids]
+        groups = [{"params": rest, "lr": h.lr}]
+        if text:
+            groups.append({"params": text, "lr": h.text_lr if h.text_lr is not None else h.lr})
+        opt = torch.optim.AdamW(groups, weight_decay=h.weight_decay)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, steps // 10)
+
+        def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class _SaveBest(L.Callback):
+    """Write ``SlideTextModel.save(directory)`` whenever ``val/loss`` reaches a new minimum (rank 0 only)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.best = math.inf
+        self.best_epoch = -1
+        self.best_metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: SlideTextTask) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is None or not float(loss) < self.best:
+            return
+        self.best, self.best_epoch = float(loss), int(trainer.current_epoch)
+        self.best_metrics = {"val_loss": self.best, **pl_module.val_metrics}
+        if trainer.is_global_zero:
+            pl_module.model.save(self.directory)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+
+def default_slide_encoder(context_dim: int, **overrides: Any) -> PerceiverSlideEncoderConfig:
+    """A small Perceiver (24 latents of width 128, 2 layers) for cohorts of tens to hundreds of slides."""
+    values: dict[str, Any] = dict(latent_seq=24, latent_dim=128, context_dim=context_dim, mhsa_heads=4,
+                                  perceiver_depth=2, transformer_depth=1, xattn_chunk=4096)
+    values.update(overrides)
+    return PerceiverSlideEncoderConfig(**values)
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`pretrain` produced: the saved model, the best validation metrics and the split."""
+
+    model_dir: Path
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs: int
+    seconds: float
+    train_patients: list[str] = field(default_factory=list)
+    val_patients: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        m = ", ".join(f"{k} {v:.3f}" for k, v in self.metrics.items())
+        return f"best epoch {self.best_epoch} of {self.epochs} ({self.seconds:.0f} s): {m}"
+
+
+def _text_tower(text: str | os.PathLike[str] | TextTower, reports: list[str], *, text_width: int,
+                text_depth: int) -> TextTower:
+    if isinstance(text, TextTower):
+        return text
+    if str(text) == "small":
+        return SmallTextTower.from_texts(reports, vocab_size=8000, width=text_width, depth=text_depth,
+                                         heads=4, max_length=128, pooling="mean", dropout=0.1)
+    path = Path(text)
+    if not path.is_dir():
+        raise InvalidParameterError(f"text={text!r}: use 'small' (trained from scratch on the reports), a folder "
+                                    "with a Hugging Face encoder, or a TextTower")
+    return HFTextTower.from_pretrained(path)
+
+
+def pretrain(
+    manifest: str | os.PathLike[str],
+    *,
+    store: str | os.PathLike[str],
+    encoder: str,
+    out: str | os.PathLike[str],
+    text: str | os.PathLike[str] | TextTower = "small",
+    slide_encoder: PerceiverSlideEncoderConfig | None = None,
+    dim_latents: int = 128,
+    text_width: int = 128,
+    text_depth: int = 2,
+    epochs: int = 60,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    text_lr: float | None = None,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+    max_instances: int | None = 512,
+    sentence_dropout: float = 0.3,
+    freeze_text: FreezeText = "none",
+    val_fraction: float = 0.2,
+    early_stopping_patience: int | None = 15,
+    report_column: str = "report",
+    devices: int = 1,
+    accelerator: str = "auto",
+    precision: str | None = None,
+    progress: bool = False,
+) -> PretrainResult:
+    """Pretrain a slide-text model with the symmetric CLIP loss on (slide tile embeddings, report) pairs.
+
+    Parameters
+    ----------
+    manifest : CSV with ``slide``, ``patient`` and ``report_column``; every row is used (hold test slides out of it).
+    store, encoder : the store folder and which tile embeddings (N, D) feed the slide encoder.
+    out : run folder; ``out/model`` is the :class:`SlideTextModel` at the lowest validation loss,
+        ``out/splits.json`` the patients, ``out/metrics.json`` the best validation metrics.
+    text : ``"small"`` (a :class:`SmallTextTower` whose tokenizer is trained on the *training* reports only),
+        a folder with a Hugging Face encoder, or a ready :class:`TextTower`.
+    slide_encoder : Perceiver config; default :func:`default_slide_encoder` with ``context_dim`` = embedding dim.
+    freeze_text : ``"none"``, ``"all"`` (a pretrained tower stays as is) or ``"partial"`` (only its last layer
+        and final norms train).
+    val_fraction : fraction of patients (stratified by ``label`` when the manifest has one) for validation.
+    max_instances : tiles per training bag (subsampled); validation bags keep every tile.
+    early_stopping_patience : stop after this many epochs without a lower validation loss (``None``: never).
+
+    Returns
+    -------
+    PretrainResult
+        ``metrics`` holds ``val_loss`` and ``slide2text_r@1/@5``, ``text2slide_r@1/@5`` at the best epoch.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    if epochs < 1 or batch_size < 2:
+        raise InvalidParameterError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    rows = read_report_manifest(manifest, store=store, encoder=encoder, report_column=report_column)
+    train_rows, val_rows = split_patients(rows, val_fraction=val_fraction, seed=seed)
+    first = open_store(store_path(store, rows[0].slide))
+    in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
+    cfg = slide_encoder or default_slide_encoder(in_dim)
+    if cfg.context_dim != in_dim:
+        raise InvalidParameterError(f"slide_encoder.context_dim={cfg.context_dim} but {encoder!r} embeddings have "
+                                    f"{in_dim} dimensions; set context_dim={in_dim}")
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    tower = _text_tower(text, [r.report for r in train_rows], text_width=text_width, text_depth=text_depth)
+    if isinstance(tower, SmallTextTower) and freeze_text != "none" and not isinstance(text, TextTower):
+        log.warning("freeze_text=%r freezes a text tower with random weights (text='small'); only the slide side "
+                    "will learn", freeze_text)
+    model = SlideTextModel(cfg, tower, dim_latents=dim_latents)
+    task = SlideTextTask(model, lr=lr, text_lr=text_lr, weight_decay=weight_decay, epochs=epochs,
+                         freeze_text=freeze_text)
+    dm = ReportDataModule(train_rows, val_rows, store=store, encoder=encoder, batch_size=batch_size,
+                          max_instances=max_instances, sentence_dropout=sentence_dropout, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "splits.json").write_text(json.dumps({
+        "train_patients": sorted({r.patient for r in train_rows}),
+        "val_patients": sorted({r.patient for r in val_rows}),
+        "train_slides": [r.key for r in train_rows], "val_slides": [r.key for r in val_rows]}, indent=2))
+    saver = _SaveBest(out / "model")
+    callbacks: list[L.Callback] = [saver]
+    if early_stopping_patience is not None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
+    with _lightning_info(progress):
+        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, precision=precision,
+                            logger=False, callbacks=callbacks, enable_checkpointing=False,
+                            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                            deterministic=True, default_root_dir=str(out))
+    with warnings.catch_warnings(), _lightning_info(progress):
+        _quiet_lightning()
+        # one optimisation step per epoch on small cohorts is expected
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+        trainer.fit(task, datamodule=dm)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("pretraining was interrupted")
+    seconds = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in saver.best_metrics.items()}
+    from .. import __version__
+
+    (out / "metrics.json").write_text(json.dumps({
+        "metrics": metrics, "best_epoch": saver.best_epoch, "epochs": int(trainer.current_epoch), "seconds": seconds,
+        "config": {"encoder": encoder, "seed": seed, "lr": lr, "batch_size": batch_size, "epochs": epochs,
+                   "early_stopping_patience": early_stopping_patience,
+                   "max_instances": max_instances, "freeze_text": freeze_text, "val_fraction": val_fraction,
+                   "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
+                   "slide_encoder": cfg.to_dict(), "dim_latents": dim_latents},
+        "slidescope_version": __version__}, indent=2))
+    log.info("pretraining done in %.0f s; best epoch %d: %s", seconds, saver.best_epoch, metrics)
+    return PretrainResult(model_dir=out / "model", metrics=metrics, best_epoch=saver.best_epoch,
+                          epochs=int(trainer.current_epoch), seconds=seconds,
+                          train_patients=sorted({r.patient for r in train_rows}),
+                          val_patients=sorted({r.patient for r in val_rows}))
