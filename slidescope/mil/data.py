@@ -399,7 +399,42 @@ def inner_validation(rows: list[SlideRow], *, fraction: float = 0.2, seed: int =
 
 # -- bags -------------------------------------------------------------------------------------------
 
-class BagDataset(Dataset):
+class StoreBags(Dataset):
+    """Per-slide embeddings read from the stores (cached in memory), with seeded tile subsampling.
+
+    The shared base of the MIL bags and the slide-text pairs: ``rows`` need a ``slide`` path.
+    """
+
+    def __init__(self, rows: list, *, store: str | os.PathLike[str], encoder: str,
+                 max_instances: int | None = None, seed: int = 0, cache: bool = True) -> None:
+        self.rows = list(rows)
+        self.store = Path(store)
+        self.encoder = encoder
+        self.max_instances = max_instances
+        self.cache = cache
+        self._rng = np.random.default_rng(seed)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def embeddings(self, i: int) -> np.ndarray:
+        """(N, D) float32 embeddings of slide ``i``."""
+        if i in self._cache:
+            return self._cache[i]
+        emb = open_store(store_path(self.store, self.rows[i].slide)).embeddings(self.encoder).astype(np.float32)
+        if self.cache:
+            self._cache[i] = emb
+        return emb
+
+    def sample(self, emb: np.ndarray) -> np.ndarray:
+        """At most ``max_instances`` tiles, drawn without replacement (a new draw each call), in tile order."""
+        if self.max_instances is not None and len(emb) > self.max_instances:
+            emb = emb[np.sort(self._rng.choice(len(emb), self.max_instances, replace=False))]
+        return emb
+
+
+class BagDataset(StoreBags):
     """One item per slide: ``{"features": (N, D) float32, "label": long, "index": int}``, plus
     ``"target"`` (regression rows) or ``"time"`` and ``"event"`` (survival rows).
 
@@ -416,31 +451,11 @@ class BagDataset(Dataset):
 
     def __init__(self, rows: list[SlideRow], *, store: str | os.PathLike[str], encoder: str,
                  class_names: list[str], max_instances: int | None = None, seed: int = 0, cache: bool = True) -> None:
-        self.rows = list(rows)
-        self.store = Path(store)
-        self.encoder = encoder
+        super().__init__(rows, store=store, encoder=encoder, max_instances=max_instances, seed=seed, cache=cache)
         self.class_names = list(class_names)
-        self.max_instances = max_instances
-        self.cache = cache
-        self._rng = np.random.default_rng(seed)
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def embeddings(self, i: int) -> np.ndarray:
-        if i in self._cache:
-            return self._cache[i]
-        emb = open_store(store_path(self.store, self.rows[i].slide)).embeddings(self.encoder).astype(np.float32)
-        if self.cache:
-            self._cache[i] = emb
-        return emb
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        emb = self.embeddings(i)
-        if self.max_instances is not None and len(emb) > self.max_instances:
-            keep = np.sort(self._rng.choice(len(emb), self.max_instances, replace=False))
-            emb = emb[keep]
+        emb = self.sample(self.embeddings(i))
         row = self.rows[i]
         label = self.class_names.index(row.label) if row.label in self.class_names else -1
         item: dict[str, Any] = {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": label, "index": i}

@@ -30,11 +30,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..errors import InvalidParameterError
 from ..features.store import StoreError, open_store, slide_key, store_path
-from ..mil.data import collate_bags
+from ..mil.data import StoreBags, collate_bags
 from ..mil.train import _lightning_info, _quiet_lightning
 from .model import SlideTextModel
 from .slide_encoder import PerceiverSlideEncoderConfig
@@ -137,7 +137,7 @@ def _sentences(report: str) -> list[str]:
     return [s for s in _SENTENCE.split(report.strip()) if s]
 
 
-class ReportDataset(Dataset):
+class ReportDataset(StoreBags):
     """One item per slide: ``features (N, D)``, ``text`` and ``index``.
 
     Training items subsample ``max_instances`` tiles and, with ``sentence_dropout``, keep a random non-empty
@@ -148,23 +148,10 @@ class ReportDataset(Dataset):
     def __init__(self, rows: list[ReportRow], *, store: str | os.PathLike[str], encoder: str,
                  max_instances: int | None = 512, train: bool = False, sentence_dropout: float = 0.3,
                  seed: int = 0) -> None:
-        self.rows = list(rows)
-        self.store = Path(store)
-        self.encoder = encoder
-        self.max_instances = max_instances
+        super().__init__(rows, store=store, encoder=encoder, max_instances=max_instances if train else None,
+                         seed=seed)
         self.train = train
         self.sentence_dropout = sentence_dropout
-        self._rng = np.random.default_rng(seed)
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def embeddings(self, i: int) -> np.ndarray:
-        if i not in self._cache:
-            self._cache[i] = open_store(store_path(self.store, self.rows[i].slide)).embeddings(self.encoder).astype(
-                np.float32)
-        return self._cache[i]
 
     def text(self, i: int) -> str:
         report = self.rows[i].report
@@ -176,9 +163,7 @@ class ReportDataset(Dataset):
         return " ".join(keep[j] for j in self._rng.permutation(len(keep)))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        emb = self.embeddings(i)
-        if self.train and self.max_instances is not None and len(emb) > self.max_instances:
-            emb = emb[np.sort(self._rng.choice(len(emb), self.max_instances, replace=False))]
+        emb = self.sample(self.embeddings(i))
         return {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": -1, "index": i, "text": self.text(i)}
 
 
