@@ -531,7 +531,7 @@ def train(
             if trainer.interrupted:
                 raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")
             best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
-            if best != fdir / "best.ckpt":
+            if best.resolve() != (fdir / "best.ckpt").resolve():  # Lightning may report a relative path
                 shutil.copyfile(best, fdir / "best.ckpt")
             if trainer.global_rank != 0:  # DDP: only rank 0 predicts and writes
                 rank0 = False

@@ -397,3 +397,11 @@ def test_cli_train_score_heatmap(mil_cohort, tmp_path) -> None:
                             str(tmp_path / "h.png"), "--geojson", str(tmp_path / "h.geojson")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "h.png").stat().st_size > 1000 and (tmp_path / "h.geojson").exists()
+
+
+def test_relative_output_folder(mil_cohort, tmp_path, monkeypatch) -> None:
+    """`slidescope train --out runs/x` from the current folder (the demo's default) works."""
+    monkeypatch.chdir(tmp_path)
+    res = _train(mil_cohort, Path("runs") / "rel", folds=2, epochs=1)
+    assert all((tmp_path / "runs" / "rel" / f"fold{k}" / "best.ckpt").exists() for k in range(2))
+    assert len(res.folds) == 2
