@@ -18,6 +18,9 @@ from ._registry import register_aggregator
 
 __all__ = ["TransMIL", "NystromAttention", "PPEG"]
 
+#: query rows per chunk of the Nyström product (bounds the working set; see NystromAttention)
+_ROWS = 8192
+
 
 def _iterative_pinv(x: Tensor, iters: int) -> Tensor:
     """Moore-Penrose pseudo-inverse of softmax matrices by Newton-Schulz-type iterations.
@@ -125,10 +128,14 @@ class NystromAttention(nn.Module):
             return (sums / counts[:, None].to(t.dtype))[:, :, keep] if pad else sums / size
 
         q_land, k_land = landmarks(q), landmarks(k)
-        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, h, n, m')
         attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, h, m', m')
         attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # (B, h, m', n)
-        out = (attn1 @ _iterative_pinv(attn2, self.pinv_iterations)) @ (attn3 @ v)
+        # (attn1 @ pinv(attn2)) @ (attn3 @ v) re-associated as attn1 @ W with W = pinv(attn2) @ attn3 @ v
+        # (m' x d), and attn1 = softmax(q k_land^T) built in row chunks: the same numbers, but the working
+        # set stays small (at 100k tiles the full attn1 alone would be ~0.8 GB and time per tile doubled)
+        w = _iterative_pinv(attn2, self.pinv_iterations) @ (attn3 @ v)  # (B, h, m', d)
+        out = torch.cat([torch.softmax(q[:, :, i : i + _ROWS] @ k_land.transpose(-1, -2), dim=-1) @ w
+                         for i in range(0, n, _ROWS)], dim=2)
         if self.res_conv is not None:
             out = out + self.res_conv(v)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
