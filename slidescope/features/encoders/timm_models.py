@@ -147,6 +147,33 @@ class TimmEncoder(Encoder):
 
 _SWIGLU = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
 
+_H_OPTIMUS_0 = EncoderConfig(
+    name="h-optimus-0",
+    architecture="timm:vit_giant_patch14_reg4_dinov2",
+    kwargs={
+        "img_size": 224,
+        "init_values": 1e-5,
+        "num_classes": 0,
+        "global_pool": "token",
+        "dynamic_img_size": True,
+    },
+    embed_dim=1536,
+    hub_id="bioptimus/H-optimus-0",
+    weights_file="pytorch_model.bin",
+    input_size=224,
+    mean=HOPTIMUS_MEAN,
+    std=HOPTIMUS_STD,
+    tile_size=224,
+    mpp=0.5,
+    precision="fp16",
+    pooling="cls",
+    num_register_tokens=4,
+    license="Apache-2.0",
+    license_url="https://huggingface.co/bioptimus/H-optimus-0",
+    gated=True,
+    description="H-optimus-0 (Bioptimus): ViT-g/14 DINOv2 with 4 registers (1.1B parameters), CLS token.",
+)
+
 PRESETS: tuple[EncoderConfig, ...] = (
     EncoderConfig(
         name="uni",
@@ -264,56 +291,13 @@ PRESETS: tuple[EncoderConfig, ...] = (
         "tokens "
         "after the 4 registers) = 2560.",
     ),
-    EncoderConfig(
-        name="h-optimus-0",
-        architecture="timm:vit_giant_patch14_reg4_dinov2",
-        kwargs={
-            "img_size": 224,
-            "init_values": 1e-5,
-            "num_classes": 0,
-            "global_pool": "token",
-            "dynamic_img_size": True,
-        },
-        embed_dim=1536,
-        hub_id="bioptimus/H-optimus-0",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-        tile_size=224,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls",
-        num_register_tokens=4,
-        license="Apache-2.0",
-        license_url="https://huggingface.co/bioptimus/H-optimus-0",
-        gated=True,
-        description="H-optimus-0 (Bioptimus): ViT-g/14 DINOv2 with 4 registers (1.1B parameters), CLS token.",
-    ),
-    EncoderConfig(
+    _H_OPTIMUS_0,
+    replace(
+        _H_OPTIMUS_0,
         name="h-optimus-1",
-        architecture="timm:vit_giant_patch14_reg4_dinov2",
-        kwargs={
-            "img_size": 224,
-            "init_values": 1e-5,
-            "num_classes": 0,
-            "global_pool": "token",
-            "dynamic_img_size": True,
-        },
-        embed_dim=1536,
         hub_id="bioptimus/H-optimus-1",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-        tile_size=224,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls",
-        num_register_tokens=4,
         license="other (H-optimus-1 access terms, see the model card)",
         license_url="https://huggingface.co/bioptimus/H-optimus-1",
-        gated=True,
         description="H-optimus-1 (Bioptimus): H-optimus-0's architecture, access on request; CLS token.",
     ),
     EncoderConfig(
