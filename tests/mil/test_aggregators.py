@@ -281,3 +281,30 @@ def test_nystrom_attention_matches_softmax_attention_on_short_sequences() -> Non
         assert attention.res_conv is not None
         exact = attention.to_out((exact + attention.res_conv(v)).transpose(1, 2).reshape(1, 12, 32))
         torch.testing.assert_close(attention(x), exact, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("n", [320, 301])
+def test_nystrom_attention_in_chunks_equals_the_direct_formula(n: int) -> None:
+    """The chunked evaluation (online softmax over columns, attn1 in row chunks) is the Nystrom formula."""
+    from slidescope.mil.aggregators.transmil import NystromAttention, _iterative_pinv
+
+    torch.manual_seed(1)
+    attention = NystromAttention(32, heads=4, dim_head=8, num_landmarks=16, dropout=0.0).eval()
+    x = torch.randn(1, n, 32)
+    with torch.no_grad():
+        attention.chunk_bytes = 1  # the smallest chunks (64 rows): several per sequence
+        chunked = attention(x)
+        attention.chunk_bytes = 1 << 40  # one chunk
+        whole = attention(x)
+        torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+        if n % 16 == 0:  # no alignment padding: the textbook formula with mean-pooled landmarks
+            q, k, v = attention.to_qkv(x).reshape(1, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+            q = q * 8**-0.5
+            q_land = q.reshape(1, 4, 16, n // 16, 8).mean(3)
+            k_land = k.reshape(1, 4, 16, n // 16, 8).mean(3)
+            attn1 = torch.softmax(q @ k_land.transpose(-1, -2), -1)
+            attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), -1)
+            attn3 = torch.softmax(q_land @ k.transpose(-1, -2), -1)
+            out = (attn1 @ _iterative_pinv(attn2, 6)) @ (attn3 @ v) + attention.res_conv(v)
+            direct = attention.to_out(out.transpose(1, 2).reshape(1, n, 32))
+            torch.testing.assert_close(chunked, direct, atol=1e-4, rtol=1e-4)

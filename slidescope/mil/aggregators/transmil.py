@@ -18,8 +18,6 @@ from ._registry import register_aggregator
 
 __all__ = ["TransMIL", "NystromAttention", "PPEG"]
 
-#: query rows per chunk of the Nyström product (bounds the working set; see NystromAttention)
-_ROWS = 8192
 
 
 def _iterative_pinv(x: Tensor, iters: int) -> Tensor:
@@ -43,6 +41,36 @@ def _iterative_pinv(x: Tensor, iters: int) -> Tensor:
         xz = x @ z
         z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
     return z
+
+
+def _softmax_matmul(q: Tensor, k: Tensor, v: Tensor, step: int) -> Tensor:
+    """``softmax(q @ k^T, dim=-1) @ v`` over ``k``/``v`` in chunks of ``step`` rows (online softmax).
+
+    Parameters
+    ----------
+    q : Tensor of shape (B, h, m, d)
+    k, v : Tensor of shape (B, h, n, d)
+    step : int
+
+    Returns
+    -------
+    Tensor of shape (B, h, m, d); equal to the direct formula up to float rounding.
+    """
+    top = total = acc = None
+    for j in range(0, k.shape[2], step):
+        s = q @ k[:, :, j : j + step].transpose(-1, -2)  # (B, h, m, c)
+        high = s.amax(-1, keepdim=True)
+        if top is not None:
+            high = torch.maximum(top, high)
+        p = (s - high).exp_()
+        part_sum, part = p.sum(-1, keepdim=True), p @ v[:, :, j : j + step]
+        if top is None:
+            total, acc = part_sum, part
+        else:
+            fix = (top - high).exp_()
+            total, acc = total * fix + part_sum, acc * fix + part
+        top = high
+    return acc / total
 
 
 class NystromAttention(nn.Module):
@@ -90,6 +118,8 @@ class NystromAttention(nn.Module):
         self.heads, self.dim_head = heads, dim_head
         self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
         self.scale = dim_head**-0.5
+        #: size of the chunks the attention is computed in (bounds the working set; see ``forward``)
+        self.chunk_bytes = 16 << 20
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
         self.res_conv: nn.Conv2d | None = None
@@ -122,23 +152,28 @@ class NystromAttention(nn.Module):
         counts[pad // size] -= pad % size
         keep = counts > 0
 
-        def landmarks(t: Tensor) -> Tensor:
-            padded = torch.cat([t.new_zeros(b, self.heads, pad, self.dim_head), t], dim=2)
-            sums = padded.reshape(b, self.heads, m, size, self.dim_head).sum(3)
+        group = torch.div(torch.arange(n, device=x.device) + pad, size, rounding_mode="floor")
+
+        def landmarks(t: Tensor) -> Tensor:  # group sums without materialising the padded sequence
+            sums = t.new_zeros(b, self.heads, m, self.dim_head).index_add_(2, group, t)
             return (sums / counts[:, None].to(t.dtype))[:, :, keep] if pad else sums / size
 
         q_land, k_land = landmarks(q), landmarks(k)
         attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, h, m', m')
-        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)  # (B, h, m', n)
-        # (attn1 @ pinv(attn2)) @ (attn3 @ v) re-associated as attn1 @ W with W = pinv(attn2) @ attn3 @ v
-        # (m' x d), and attn1 = softmax(q k_land^T) built in row chunks: the same numbers, but the working
-        # set stays small (at 100k tiles the full attn1 alone would be ~0.8 GB and time per tile doubled)
-        w = _iterative_pinv(attn2, self.pinv_iterations) @ (attn3 @ v)  # (B, h, m', d)
-        out = torch.cat([torch.softmax(q[:, :, i : i + _ROWS] @ k_land.transpose(-1, -2), dim=-1) @ w
-                         for i in range(0, n, _ROWS)], dim=2)
+        # (attn1 @ pinv(attn2)) @ (attn3 @ v), re-associated as attn1 @ W with W = pinv(attn2) @ (attn3 @ v)
+        # (m' x d). attn3 @ v is accumulated over column chunks with a running max (online softmax) and
+        # attn1 = softmax(q k_land^T) is built in row chunks: the same numbers, but no (m' x n) or (n x m')
+        # matrix is ever whole (at 100k tiles each would be ~0.8 GB, and fresh memory that large costs
+        # page faults on every call; chunks of <= 16 MB are recycled by the allocator).
+        step = max(64, self.chunk_bytes // (b * self.heads * q_land.shape[2] * q.element_size()))
+        w = _iterative_pinv(attn2, self.pinv_iterations) @ _softmax_matmul(q_land, k, v, step)  # (B, h, m', d)
+        out = q.new_empty(b, n, self.heads, self.dim_head)
+        for i in range(0, n, step):
+            rows = torch.softmax(q[:, :, i : i + step] @ k_land.transpose(-1, -2), dim=-1) @ w  # (B, h, c, d)
+            out[:, i : i + step] = rows.transpose(1, 2)
         if self.res_conv is not None:
-            out = out + self.res_conv(v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+            out = out + self.res_conv(v).transpose(1, 2)
+        return self.to_out(out.reshape(b, n, self.heads * self.dim_head))
 
 
 class PPEG(nn.Module):
@@ -170,7 +205,11 @@ class PPEG(nn.Module):
         """
         b, _, c = x.shape
         cls, grid = x[:, :1], x[:, 1:].transpose(1, 2).reshape(b, c, side, side)
-        grid = grid + self.proj7(grid) + self.proj5(grid) + self.proj3(grid)
+        out = self.proj7(grid)  # in-place sums: no extra full-size temporaries on 100k-tile grids
+        out += self.proj5(grid)
+        out += self.proj3(grid)
+        out += grid
+        grid = out
         return torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
 
 
