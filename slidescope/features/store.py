@@ -28,6 +28,13 @@ Trust rules:
 * Two runs on the same folder: a slide is claimed with an exclusive lock file
   (``<key>.zarr.lock``, created with O_EXCL); a claim whose process is gone (same host) is stale
   and taken over.
+
+Where stores live: a local folder, or any fsspec URL (``s3://bucket/stores``, ``gs://...``,
+``memory://...``; ``file://`` is a local folder). Zarr reads and writes remote stores through fsspec;
+credentials and endpoints come from fsspec's configuration, e.g. the usual AWS variables plus
+``FSSPEC_S3_ENDPOINT_URL=http://host:port`` for an S3-compatible server. On object stores the claim is
+an exclusive create of the lock object (``If-None-Match: *`` on S3); a claim left by a dead process on
+another host has to be deleted by hand (the error names it).
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ __all__ = [
     "slide_fingerprint",
     "store_path",
     "claim",
+    "as_location",
+    "is_remote",
+    "location_name",
 ]
 
 SCHEMA_VERSION = 1
@@ -122,8 +132,63 @@ def slide_key(path: str | os.PathLike[str]) -> str:
     return Path(name).stem
 
 
-def store_path(root: str | os.PathLike[str], slide: str | os.PathLike[str]) -> Path:
-    return Path(root) / f"{slide_key(slide)}.zarr"
+#: a store's location: a local folder, or the URL of a folder on an fsspec file system
+Location = Path | str
+
+
+def as_location(path: str | os.PathLike[str]) -> Location:
+    """``path`` as a store location: a :class:`~pathlib.Path`, or a normalised URL string for remote ones.
+
+    ``file://`` URLs become local paths; ``s3://``, ``gs://``, ``memory://``... stay URLs."""
+    if isinstance(path, Path):
+        return path
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        return Path(text[len("file://") :])
+    if "://" in text:
+        return text.rstrip("/")
+    return Path(text).expanduser()
+
+
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    """True for an fsspec URL other than ``file://``."""
+    return isinstance(as_location(path), str)
+
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)  # (file system, path inside it)
+
+
+def _join(loc: Location, name: str) -> Location:
+    return loc / name if isinstance(loc, Path) else f"{loc}/{name}"
+
+
+def location_name(loc: str | os.PathLike[str]) -> str:
+    """The last component of a path or URL (``.../CMU-1.zarr`` -> ``CMU-1.zarr``)."""
+    loc = as_location(loc)
+    return loc.name if isinstance(loc, Path) else loc.rsplit("/", 1)[-1]
+
+
+def _exists(loc: Location) -> bool:
+    if isinstance(loc, Path):
+        return loc.exists()
+    fs, inner = _fs(loc)
+    return bool(fs.exists(inner))
+
+
+def _remove_tree(loc: Location) -> None:
+    if isinstance(loc, Path):
+        shutil.rmtree(loc)
+    else:
+        fs, inner = _fs(loc)
+        fs.rm(inner, recursive=True)
+
+
+def store_path(root: str | os.PathLike[str], slide: str | os.PathLike[str]) -> Location:
+    """Where the store of ``slide`` lives under ``root`` (a folder or an fsspec URL)."""
+    return _join(as_location(root), f"{slide_key(slide)}.zarr")
 
 
 # -- claiming -------------------------------------------------------------------------------------
@@ -139,9 +204,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read_claim(read) -> dict[str, Any]:
+    try:
+        return json.loads(read() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _claimed(path: Location, lock: Location, other: dict[str, Any]) -> SlideClaimedError:
+    return SlideClaimedError(
+        f"{location_name(path)} is being written by another run (host {other.get('host', '?')}, pid "
+        f"{other.get('pid', '?')}, since {other.get('since', '?')}). Wait for it, or delete {lock} if that "
+        f"run is dead."
+    )
+
+
 @contextlib.contextmanager
-def claim(path: Path) -> Iterator[None]:
+def claim(path: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the exclusive claim on a slide store while writing it (see module docstring)."""
+    path = as_location(path)
+    if isinstance(path, str):
+        with _claim_remote(path):
+            yield
+        return
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
@@ -149,21 +234,14 @@ def claim(path: Path) -> Iterator[None]:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                other = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                other = {}
+            other = _read_claim(lock.read_text)
             same_host = other.get("host") == me["host"]
             if same_host and isinstance(other.get("pid"), int) and not _pid_alive(other["pid"]):
                 log.warning("%s: taking over a stale claim of pid %s (the process is gone)", path.name, other["pid"])
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
                 continue
-            raise SlideClaimedError(
-                f"{path.name} is being written by another run (host {other.get('host', '?')}, pid "
-                f"{other.get('pid', '?')}, since {other.get('since', '?')}). Wait for it, or delete {lock} if that "
-                f"run is dead."
-            ) from None
+            raise _claimed(path, lock, other) from None
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         break
@@ -174,6 +252,40 @@ def claim(path: Path) -> Iterator[None]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+
+
+@contextlib.contextmanager
+def _claim_remote(url: str) -> Iterator[None]:
+    """The claim on an object store: exclusive create of ``<store>.lock`` (same rules as locally)."""
+    fs, inner = _fs(url)
+    lock = inner + ".lock"
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+    payload = json.dumps(me).encode()
+    for _ in range(2):
+        try:
+            with fs.open(lock, "xb") as fh:  # S3: a conditional put (If-None-Match: *)
+                fh.write(payload)
+            break
+        except FileExistsError:
+            def read() -> str:
+                with fs.open(lock, "rb") as fh:
+                    return fh.read().decode()
+
+            other = _read_claim(read)
+            if other.get("host") == me["host"] and isinstance(other.get("pid"), int) and not _pid_alive(other["pid"]):
+                log.warning("%s: taking over a stale claim of pid %s (the process is gone)", location_name(url),
+                            other["pid"])
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm(lock)
+                continue
+            raise _claimed(url, f"{url}.lock", other) from None
+    else:  # pragma: no cover - two takeovers in a row lost the race
+        raise SlideClaimedError(f"could not claim {location_name(url)}; another run keeps taking it")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(lock)
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -328,15 +440,20 @@ class CacheKey:
 class SlideStore:
     """One slide's Zarr group. Use :func:`open_store` to read, :meth:`create_or_open` to write."""
 
-    def __init__(self, path: Path, group) -> None:
-        self.path = path
+    def __init__(self, path: Location, group) -> None:
+        self.path = path  # a Path, or a URL string for a store on an fsspec file system
         self._group = group
+
+    @property
+    def name(self) -> str:
+        """The store's folder name, ``<slide key>.zarr``."""
+        return location_name(self.path)
 
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mode: str = "r") -> SlideStore:
-        p = Path(path)
-        if not (p / "zarr.json").exists():
+        p = as_location(path)
+        if not _exists(_join(p, "zarr.json")):
             raise StoreError(f"{p} is not a slidescope store (no zarr.json). Extract features into it first.")
         try:
             group = _zarr().open_group(str(p), mode=mode)
@@ -352,10 +469,11 @@ class SlideStore:
         return cls(p, group)
 
     @classmethod
-    def create_or_open(cls, path: Path, *, slide_attrs: dict[str, Any], tiling: dict[str, Any],
+    def create_or_open(cls, path: str | os.PathLike[str], *, slide_attrs: dict[str, Any], tiling: dict[str, Any],
                        coords: np.ndarray, tissue_fraction: np.ndarray) -> SlideStore:
         """Open the store for writing if it describes the same slide and tiling, else start it afresh."""
-        if (path / "zarr.json").exists():
+        path = as_location(path)
+        if _exists(_join(path, "zarr.json")):
             try:
                 store = cls.open(path, mode="r+")
                 reason = store._mismatch(slide_attrs, tiling)
@@ -363,10 +481,10 @@ class SlideStore:
                     if len(store.coords) == len(coords) and np.array_equal(store.coords, coords):
                         return store
                     reason = "tile coordinates differ"
-                log.info("%s: starting the store afresh (%s)", path.name, reason)
+                log.info("%s: starting the store afresh (%s)", location_name(path), reason)
             except StoreError as err:
-                log.warning("%s: unusable store, starting afresh (%s)", path.name, err)
-            shutil.rmtree(path)
+                log.warning("%s: unusable store, starting afresh (%s)", location_name(path), err)
+            _remove_tree(path)
         zarr = _zarr()
         group = zarr.open_group(str(path), mode="w")
         n = len(coords)
@@ -438,7 +556,7 @@ class SlideStore:
         feats = self._group["features"]
         if encoder not in feats:
             have = ", ".join(self.encoders(complete_only=False)) or "none"
-            raise StoreError(f"{self.path.name} has no embeddings for encoder {encoder!r} (has: {have}). Run "
+            raise StoreError(f"{self.name} has no embeddings for encoder {encoder!r} (has: {have}). Run "
                              f"`slidescope extract --encoder {encoder}` on this slide.")
         return feats[encoder]
 
@@ -447,7 +565,7 @@ class SlideStore:
         group = self._feature_group(encoder)
         if not group.attrs.get("complete"):
             raise IncompleteStoreError(
-                f"{self.path.name}: the {encoder!r} embeddings are incomplete (an extraction was interrupted or is "
+                f"{self.name}: the {encoder!r} embeddings are incomplete (an extraction was interrupted or is "
                 f"running). Run `slidescope extract` again: it resumes where it stopped."
             )
         array = group["embeddings"]
@@ -476,7 +594,7 @@ class SlideStore:
             same = have == wanted and group.attrs.get("embed_dim") == embed_dim
             if not same:
                 changed = [k for k in wanted if have.get(k) != wanted[k]] or ["embed_dim"]
-                log.info("%s: %s embeddings were made with other %s; recomputing", self.path.name, name, changed)
+                log.info("%s: %s embeddings were made with other %s; recomputing", self.name, name, changed)
                 del feats[name]
         if name not in feats:
             group = feats.create_group(name)
@@ -495,7 +613,7 @@ class SlideStore:
         """Per-tile scores (N,) or (N, K) under ``scores/<name>`` (replacing any previous ones)."""
         scores = np.asarray(scores)
         if scores.shape[0] != self.n_tiles:
-            raise InvalidParameterError(f"{len(scores)} scores for {self.n_tiles} tiles in {self.path.name}")
+            raise InvalidParameterError(f"{len(scores)} scores for {self.n_tiles} tiles in {self.name}")
         group = self._group.require_group("scores")
         if name in group:
             del group[name]
@@ -510,7 +628,7 @@ class SlideStore:
         if name is None:
             return sorted(k for k, _ in group.arrays()) if group is not None else []
         if group is None or name not in group:
-            raise StoreError(f"{self.path.name} has no scores named {name!r}")
+            raise StoreError(f"{self.name} has no scores named {name!r}")
         return _read(group[name])
 
     def write_slide_embedding(self, name: str, vector: np.ndarray, *, attrs: dict[str, Any] | None = None) -> None:
@@ -525,7 +643,7 @@ class SlideStore:
     def slide_embedding(self, name: str) -> np.ndarray:
         group = self._group.get("slide_embeddings")
         if group is None or name not in group:
-            raise StoreError(f"{self.path.name} has no slide embedding named {name!r}")
+            raise StoreError(f"{self.name} has no slide embedding named {name!r}")
         return _read(group[name])
 
     def __repr__(self) -> str:
@@ -595,9 +713,9 @@ class EmbeddingWriter:
 
     def finish(self, **attrs: Any) -> None:
         if self._buffers:
-            raise StoreError(f"{self.store.path.name}: {len(self._buffers)} chunks are still partly filled")
+            raise StoreError(f"{self.store.name}: {len(self._buffers)} chunks are still partly filled")
         if not self.done_chunks().all() and self.n:
-            raise StoreError(f"{self.store.path.name}: not every chunk was written; run the extraction again")
+            raise StoreError(f"{self.store.name}: not every chunk was written; run the extraction again")
         self._group.attrs.update({**_jsonify(attrs), "complete": True, "finished": _now()})
         self.store._group.attrs.update({"updated": _now()})
 

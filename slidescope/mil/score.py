@@ -164,10 +164,10 @@ def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_er
             d = store.encoder_attrs(have[0]).get("embed_dim")
             detail = f"; these are {have[0]!r} {d}-d"
         raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings{detail}: extract "
-                              f"{store.path.name} with --encoder {encoder}") from err
+                              f"{store.name} with --encoder {encoder}") from err
     if emb.ndim != 2 or emb.shape[1] != dim:
-        raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings; {store.path.name} "
+        raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings; {store.name} "
                               f"has {encoder!r} {emb.shape[-1]}-d: extract again with --encoder {encoder}")
     if len(emb) == 0:
-        raise InvalidParameterError(f"{store.path.name} has no tiles to score")
+        raise InvalidParameterError(f"{store.name} has no tiles to score")
     return emb

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InvalidParameterError, SlideNotFoundError
+from ._remote import is_url
 
 __all__ = ["expand_slides", "SLIDE_SUFFIXES"]
 
@@ -23,7 +24,7 @@ def _is_slide_name(path: Path) -> bool:
     return path.name.lower().endswith(SLIDE_SUFFIXES)
 
 
-def _from_csv(path: Path) -> list[Path]:
+def _from_csv(path: Path) -> list[Path | str]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
@@ -33,25 +34,32 @@ def _from_csv(path: Path) -> list[Path]:
         raise InvalidParameterError(
             f"{path}: a manifest needs a 'slide' (or 'path') column with slide file paths; found {list(rows[0])}"
         )
-    out = []
+    out: list[Path | str] = []
     for row in rows:
         value = (row[column] or "").strip()
-        if value:
+        if value and is_url(value):
+            out.append(value)
+        elif value:
             p = Path(value).expanduser()
             out.append(p if p.is_absolute() else path.parent / p)
     return out
 
 
-def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
     """Slide paths from files, folders (their slide files, not recursive), glob patterns and CSV
     manifests (column ``slide`` or ``path``, relative to the CSV). Order is kept, duplicates dropped.
 
     Missing files are kept in the list (the batch reports them as failures); a pattern or folder
-    that matches nothing raises :class:`SlideNotFoundError`.
+    that matches nothing raises :class:`SlideNotFoundError`. fsspec URLs (``s3://...``, given directly
+    or in a manifest) are kept as strings; :func:`~slidescope.wsi.open_slide` reads them through a
+    local copy.
     """
-    out: list[Path] = []
+    out: list[Path | str] = []
     for item in inputs:
         text = str(item)
+        if is_url(text):
+            out.append(text)
+            continue
         path = Path(text).expanduser()
         if path.suffix.lower() == ".csv" and path.is_file():
             out.extend(_from_csv(path))
@@ -68,10 +76,10 @@ def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
             out.extend(found)
         else:
             out.append(path)
-    seen: set[Path] = set()
+    seen: set[Path | str] = set()
     unique = []
     for p in out:
-        key = p.resolve() if p.exists() else p
+        key = p if isinstance(p, str) else (p.resolve() if p.exists() else p)
         if key not in seen:
             seen.add(key)
             unique.append(p)

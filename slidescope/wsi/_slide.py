@@ -344,7 +344,8 @@ def open_slide(
     Parameters
     ----------
     path : the slide file (SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF,
-        generic tiled TIFF...).
+        generic tiled TIFF...), or an fsspec URL of a single-file slide (``s3://...``), read through
+        a local copy in the slide cache.
     backend : ``"auto"``, ``"openslide"`` or ``"tiffslide"``. ``auto`` tries OpenSlide first
         (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the other.
     mpp : level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)).
@@ -359,6 +360,12 @@ def open_slide(
     >>> slide.dimensions, slide.mpp, slide.mpp_source           # doctest: +SKIP
     ((2220, 2967), (0.499, 0.499), 'Aperio ImageDescription (MPP)')
     """
+    from ._remote import is_url, localize_slide
+
+    if is_url(path):  # s3://, gs://, https://...: read through a local copy (see _remote.py)
+        path = localize_slide(path)
+    elif isinstance(path, str) and path.startswith("file://"):
+        path = path[len("file://") :]
     p = Path(path).expanduser()
     if not p.exists():
         raise SlideNotFoundError(f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()}).")
