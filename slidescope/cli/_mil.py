@@ -30,7 +30,12 @@ def train(
                                                 "validation loss before a fold stops."),
     site_preserving: bool = typer.Option(False, "--site-preserving", help="Hold out whole sites per fold."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
-    devices: int = typer.Option(1, help="Devices (more than 1 uses DDP)."),
+    devices: int = typer.Option(1, help="Devices per node; more than 1 (or --num-nodes > 1) trains with DDP, one "
+                                "process per device (the effective batch is --batch-size x devices x nodes)."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes (DDP). Under SLURM: srun slidescope train ... "
+                                  "--devices 4 --num-nodes 2 (Lightning detects the cluster)."),
+    strategy: str = typer.Option("auto", help="Lightning strategy: auto (DDP on several devices) or e.g. "
+                                 "ddp_find_unused_parameters_true."),
     precision: str | None = typer.Option(None, help="Lightning precision, e.g. bf16-mixed or 16-mixed."),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Reuse finished folds, continue interrupted ones."),
@@ -55,9 +60,12 @@ def train(
     res = run_train(manifest, store=store, encoder=encoder, out=out, model=model, model_kwargs=kwargs, folds=folds,
                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                     max_instances=max_instances, early_stopping_patience=early_stopping_patience,
-                    site_preserving=site_preserving, accelerator=accelerator, devices=devices, precision=precision,
-                    num_workers=num_workers, resume=resume, task=task, label_column=label_column,
-                    survival_model=survival_model, time_column=time_column, event_column=event_column, n_bins=n_bins)
+                    site_preserving=site_preserving, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                    strategy=strategy, precision=precision, num_workers=num_workers, resume=resume, task=task,
+                    label_column=label_column, survival_model=survival_model, time_column=time_column,
+                    event_column=event_column, n_bins=n_bins)
+    if res is None:  # another DDP rank than 0: rank 0 reports
+        return
     for f in res.folds:
         typer.echo(f"fold {f.fold}: {f.status}, {f.epochs} epochs, {f.n_train} train / {f.n_val} val / "
                    f"{f.n_test} held-out slides")

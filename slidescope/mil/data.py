@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import InvalidParameterError
 from ..features.store import StoreError, open_store, store_path
@@ -252,8 +252,11 @@ class Splits:
         return [r for r in rows if self.patients[r.patient] == fold]
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON atomically (a reader, e.g. another DDP rank, sees the old or the new file)."""
         path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -497,6 +500,15 @@ class BagDataModule(L.LightningDataModule):
     (stratified, by patient, ``val_fraction``) into ``train`` and ``val`` (early stopping), so the
     held-out fold never steers training. ``eval_batch_size`` (default ``batch_size``) batches the
     validation and test bags (a Cox loss needs them together: pass their count or more).
+
+    Under DDP (a Trainer with ``world_size > 1``) the training loader carries its own
+    ``DistributedSampler``: every epoch each rank gets its own shard of the shuffled training bags
+    (seeded with ``seed + fold``, reshuffled per epoch; up to ``world_size - 1`` bags are repeated so
+    every rank runs the same number of steps). The validation and test loaders stay plain:
+    :func:`~slidescope.mil.train.train` turns Lightning's sampler replacement off, so every rank
+    evaluates the whole validation set and the validation loss is that of one device (a Cox loss
+    needs the whole set as its risk set anyway). With ``use_distributed_sampler=True`` (Lightning's
+    default) Lightning shards them instead.
     """
 
     def __init__(self, rows: list[SlideRow], *, splits: Splits, fold: int, store: str | os.PathLike[str],
@@ -531,6 +543,12 @@ class BagDataModule(L.LightningDataModule):
                           generator=gen, collate_fn=collate_bags, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(self.train_set, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                         shuffle=True, seed=self.hparams.seed + self.hparams.fold)
+            return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
+                              collate_fn=collate_bags, num_workers=self.hparams.num_workers)
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

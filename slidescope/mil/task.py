@@ -282,6 +282,9 @@ class MILTask(L.LightningModule):
     survival_model : ``"cox"`` (num_classes 1) or ``"discrete"`` (num_classes = ``len(time_bins) + 1``).
     time_bins : discrete survival: the inner cut points of the time bins (training-fold quantiles).
 
+    Under DDP every logged value is synchronised across ranks (losses: bag-weighted means over all
+    ranks; metrics: torchmetrics gathers every rank's states).
+
     Batches are ``{"features": (B, N, D), "mask": (B, N) bool, "labels": (B,)}``. The loss is
     ``aggregator.task_loss_weight`` x the weighted cross-entropy plus the aggregator's ``aux_loss``
     (already weighted). Logged keys:
@@ -337,7 +340,10 @@ class MILTask(L.LightningModule):
         loss, logits = self.model_step(batch, train=stage == "train")
         self.head.update(metrics, logits.detach(), batch)
         bs = int(batch["features"].shape[0])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
+        # sync_dist: under DDP the epoch value is the bag-weighted mean over every rank's batches, identical
+        # on all ranks, so EarlyStopping and ModelCheckpoint take the same decision everywhere
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs,
+                 sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -355,7 +361,8 @@ class MILTask(L.LightningModule):
                 "scores": out.scores.float().masked_fill(~batch["mask"], 0.0)}
 
     def _log_metrics(self, metrics: torchmetrics.MetricCollection) -> None:
-        self.log_dict(metrics.compute())
+        # compute() already gathers the states of every rank; sync_dist keeps the logged values equal on all ranks
+        self.log_dict(metrics.compute(), sync_dist=True)
         metrics.reset()
 
     def on_train_start(self) -> None:

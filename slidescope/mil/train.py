@@ -16,6 +16,44 @@ Layout of ``out``::
 
 For fold k the held-out fold is never seen during training: the remaining patients are split
 again (by patient, stratified) into train and validation (early stopping, best checkpoint).
+
+Several devices and nodes (DDP)
+-------------------------------
+``devices`` and ``num_nodes`` (``--devices``, ``--num-nodes``) above 1 train each fold with
+Lightning's DistributedDataParallel (gloo on CPUs, NCCL on GPUs), one process per device::
+
+    slidescope train --manifest m.csv --store stores --encoder uni --devices 4          # 4 GPUs, one machine
+    srun slidescope train --manifest m.csv --store stores --encoder uni --devices 4 --num-nodes 2   # SLURM
+
+Launched from a shell (or a Python script), Lightning starts the other ranks itself: it re-runs the
+same command line (``sys.argv``) with ``LOCAL_RANK`` set, so every rank runs ``train()`` from its
+start; the later folds' Trainers reuse the process group of the first. Under SLURM (``srun`` with
+``--ntasks-per-node`` equal to ``--devices``), torchrun or another launcher that sets the rank
+variables, Lightning detects the cluster and starts nothing; without a scheduler, several nodes run
+the command on each node with ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` set. Not from a
+notebook (Lightning refuses script-launched DDP there). The stores and ``out`` must be on a file
+system every node sees.
+
+What is shared and what is not:
+
+- every rank computes the same configuration and splits; only global rank 0 writes ``run.json``,
+  ``splits.json``, deletes fold folders (``resume=False``), writes checkpoints, predictions,
+  ``done.json`` and the results, and only rank 0 gets the :class:`TrainResult` (the other ranks
+  return None). All ranks take the same resume/skip decision per fold (they read the same files;
+  the ranks meet at a barrier after each fold, once rank 0 has written it).
+- each epoch every rank trains on its own shard of the shuffled training bags (a
+  ``DistributedSampler``; up to ``world_size - 1`` bags repeat to even the shards) and DDP averages
+  the gradients, so the **effective batch is** ``batch_size x devices x num_nodes``. The learning
+  rate is not scaled: to match a one-device run, divide ``batch_size`` by the world size (as the
+  test does) or raise ``lr`` yourself.
+- every rank scores the whole validation set; the logged losses and metrics are synchronised, so
+  early stopping and the best checkpoint follow the same validation loss on every rank (that of
+  one device for the same weights). Rank 0 alone predicts the held-out fold after training (on its
+  device) while the others wait at a barrier (the process group's timeout, 30 min by default).
+- results equal a one-device run's up to nondeterminism: other shards of bags per step, other tile
+  subsamples, floating-point reduction order. Aggregators with label-dependent branches
+  (``has_aux_loss``: CLAM, DTFD...) train with ``find_unused_parameters=True``; a custom aggregator
+  that leaves parameters unused needs ``strategy="ddp_find_unused_parameters_true"``.
 """
 
 from __future__ import annotations
@@ -349,6 +387,40 @@ def _lightning_info(show: bool):
             lg.setLevel(lv)
 
 
+def _world(*, accelerator: str, devices: int | str, num_nodes: int, strategy: str, precision: str | None,
+           progress: bool) -> tuple[int, int]:
+    """``(world_size, global_rank)`` of this process, as the fold Trainers will see them.
+
+    A Trainer resolves both at construction from Lightning's cluster environments (its own launcher's
+    ``LOCAL_RANK``/``NODE_RANK``, SLURM, torchrun, LSF...) without launching anything.
+    """
+    import lightning as L
+
+    with warnings.catch_warnings(), _lightning_info(progress):
+        _quiet_lightning()
+        probe = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+                          precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+    return int(probe.world_size), int(probe.global_rank)
+
+
+def _fold_strategy(strategy: str, world_size: int, task: Any) -> Any:
+    """``"auto"`` on several processes: DDP (the script launcher); ``find_unused_parameters`` where the
+    aggregator's auxiliary loss leaves label-dependent branches out of some steps (CLAM, DTFD, ACMIL...)."""
+    if strategy != "auto" or world_size == 1:
+        return strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=bool(getattr(task.model, "has_aux_loss", True)))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a concurrent reader (another rank) sees the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def train(
     manifest: str | os.PathLike[str],
     *,
@@ -370,6 +442,8 @@ def train(
     class_weighting: bool = True,
     accelerator: str = "auto",
     devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     precision: str | None = None,
     num_workers: int = 0,
     resume: bool = True,
@@ -399,8 +473,14 @@ def train(
     max_instances : tiles per training bag (subsampled, seeded); evaluation uses every tile.
     early_stopping_patience : epochs without a lower validation loss before a fold stops.
     class_weighting : weight the cross-entropy by inverse class frequency of each fold's training set.
-    accelerator, devices, precision : passed to ``lightning.Trainer`` (``devices > 1`` uses DDP;
-        ``precision="bf16-mixed"``/``"16-mixed"`` for mixed precision on GPU).
+    accelerator, devices, num_nodes, precision : passed to ``lightning.Trainer``
+        (``precision="bf16-mixed"``/``"16-mixed"`` for mixed precision on GPU). ``devices`` per node
+        times ``num_nodes`` above 1 trains with DDP, one process per device; see "Several devices and
+        nodes" in the module docstring for how to launch it, what is synchronised and what differs
+        from one device (the effective batch is ``batch_size`` x world size; ``lr`` is not scaled).
+    strategy : ``"auto"``: DDP when the world size is above 1 (``find_unused_parameters`` for
+        aggregators with an auxiliary loss), else one device; or a Lightning strategy name such as
+        ``"ddp_find_unused_parameters_true"``.
     resume : a fold with ``done.json`` is reused; a fold with ``last.ckpt`` continues from it.
         ``False`` deletes the fold folders and starts again.
     callbacks : extra Lightning callbacks (added to every fold).
@@ -415,7 +495,7 @@ def train(
     -------
     TrainResult
         Per-fold and pooled out-of-fold metrics with bootstrap 95% CIs; the checkpoints. Under DDP
-        (``devices > 1``) only rank 0 predicts and returns results; the other ranks return None.
+        only global rank 0 predicts, writes and returns results; the other ranks return None.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -453,9 +533,13 @@ def train(
         config.update(task=task, label_column=label_column, class_weighting=False)
         if task == "survival":
             config.update(survival_model=survival_model, n_bins=n_bins if survival_model == "discrete" else None)
-    out.mkdir(parents=True, exist_ok=True)
+    # which rank this process is: known before any process is launched (Lightning's cluster environments)
+    world_size, global_rank = _world(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                                     strategy=strategy, precision=precision, progress=progress)
+    rank0 = global_rank == 0
     run_json = out / "run.json"
     splits = make_splits(rows, folds=folds, seed=seed, site_preserving=site_preserving)
+    # every rank checks (and fails) alike: rank 0 replaces these files atomically and with the same content
     if resume and run_json.exists():
         old = json.loads(run_json.read_text()).get("config")
         if old != json.loads(json.dumps(config)):
@@ -465,90 +549,111 @@ def train(
         if (out / "splits.json").exists() and Splits.load(out / "splits.json") != splits:
             raise InvalidParameterError(f"{out}/splits.json differs from the splits of this manifest; use another "
                                         f"--out or resume=False")
-    if not resume:
-        for k in range(folds):
-            shutil.rmtree(out / f"fold{k}", ignore_errors=True)
-    from .. import __version__
+    if rank0:  # the Lightning launcher starts the other ranks later, inside the first fit
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for k in range(folds):
+                shutil.rmtree(out / f"fold{k}", ignore_errors=True)
+        from .. import __version__
 
-    run_json.write_text(json.dumps({"config": config, "epochs": epochs, "slidescope_version": __version__},
-                                   indent=2))
-    splits.save(out / "splits.json")
+        _write_atomic(run_json, json.dumps({"config": config, "epochs": epochs, "world_size": world_size,
+                                            "slidescope_version": __version__}, indent=2))
+        splits.save(out / "splits.json")
 
-    rank0 = True
     fold_results: list[FoldResult] = []
     oof: list[dict[str, Any]] = []
-    for k in range(folds):
-        fdir = out / f"fold{k}"
-        done = fdir / "done.json"
-        dm = BagDataModule(rows, splits=splits, fold=k, store=store, encoder=encoder, class_names=class_names,
-                           batch_size=batch_size, max_instances=max_instances, val_fraction=val_fraction,
-                           num_workers=num_workers, seed=seed, eval_batch_size=len(rows) if cox else None)
-        dm.setup("fit")
-        if resume and done.exists() and (fdir / "best.ckpt").exists() and (fdir / "predictions.csv").exists():
-            info = json.loads(done.read_text())
-            preds = _read_predictions(fdir / "predictions.csv")
-            status = "skipped"
-            log.info("fold %d: already done, reusing %s", k, fdir / "best.ckpt")
-        else:
-            last = fdir / "last.ckpt"
-            ckpt_path = str(last) if resume and last.exists() else None
-            status = "resumed" if ckpt_path else "trained"
-            if ckpt_path is None and fdir.exists():
-                shutil.rmtree(fdir)
-            fdir.mkdir(parents=True, exist_ok=True)
-            L.seed_everything(seed + k, workers=True, verbose=False)
-            head: dict[str, Any] = {"task": task}
-            num_classes = len(class_names)
-            if task == "regression":
-                mean, std = dm.target_stats()
-                head.update(target_mean=mean, target_std=std)
-                num_classes = 1
-            elif task == "survival":
-                bins = dm.time_bins(n_bins) if survival_model == "discrete" else None
-                head.update(survival_model=survival_model, time_bins=bins)
-                num_classes = len(bins) + 1 if bins is not None else 1
-            lit = MILTask(aggregator=model, aggregator_kwargs=model_kwargs or {}, in_dim=in_dim,
-                          num_classes=num_classes, class_names=class_names, encoder=encoder, lr=lr,
-                          weight_decay=weight_decay, epochs=epochs,
-                          class_weights=dm.class_weights() if class_weighting and task == "classification" else None,
-                          **head)
-            ckpt_cb = ModelCheckpoint(dirpath=str(fdir), filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                                      auto_insert_metric_name=False, enable_version_counter=False)
-            # every epoch, whether or not it improved (lightning >= 2.6 writes save_last only with a new best)
-            last_cb = ModelCheckpoint(dirpath=str(fdir), filename="last", monitor=None, save_top_k=1,
-                                      enable_version_counter=False)
-            stop_cb = EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience)
-            with _lightning_info(progress):
-                trainer = L.Trainer(
-                    max_epochs=epochs, accelerator=accelerator, devices=devices, precision=precision,
-                    logger=CSVLogger(str(fdir), name="logs"), callbacks=[ckpt_cb, last_cb, stop_cb, *(callbacks or [])],
-                    enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
-                    deterministic=True, num_sanity_val_steps=0, default_root_dir=str(fdir),
-                )
-            with warnings.catch_warnings(), _lightning_info(progress):
-                _quiet_lightning()
-                trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
-            if trainer.interrupted:
-                raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")
-            best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
-            if best.resolve() != (fdir / "best.ckpt").resolve():  # Lightning may report a relative path
-                shutil.copyfile(best, fdir / "best.ckpt")
-            if trainer.global_rank != 0:  # DDP: only rank 0 predicts and writes
-                rank0 = False
-                continue
-            preds = _predict(load_task(fdir / "best.ckpt", encoder=encoder, embed_dim=in_dim), dm)
-            _write_predictions(fdir / "predictions.csv", preds, class_names, task=task)
-            info = {"epochs": int(trainer.current_epoch), "best_val_loss": float(ckpt_cb.best_model_score)
-                    if ckpt_cb.best_model_score is not None else None,
-                    "n_train": len(dm.train_rows), "n_val": len(dm.val_rows), "n_test": len(dm.test_rows)}
-            done.write_text(json.dumps(info, indent=2))
-        metrics = evaluation.compute(preds, class_names)
-        ci = evaluation.ci(preds, class_names, bootstrap, seed)
-        fold_results.append(FoldResult(fold=k, status=status, best_checkpoint=fdir / "best.ckpt",
-                                       n_train=info.get("n_train", len(dm.train_rows)),
-                                       n_val=info.get("n_val", len(dm.val_rows)), n_test=len(preds),
-                                       epochs=int(info.get("epochs", 0)), metrics=metrics, ci=ci))
-        oof.extend({**p, "fold": k} for p in preds)
+    children: list = []  # rank 0 of a shell-launched DDP run: the rank processes Lightning started
+    try:
+        for k in range(folds):
+            fdir = out / f"fold{k}"
+            done = fdir / "done.json"
+            dm = BagDataModule(rows, splits=splits, fold=k, store=store, encoder=encoder, class_names=class_names,
+                               batch_size=batch_size, max_instances=max_instances, val_fraction=val_fraction,
+                               num_workers=num_workers, seed=seed, eval_batch_size=len(rows) if cox else None)
+            dm.setup("fit")
+            # the same decision on every rank: rank 0 deletes a fold folder only when it lacks last.ckpt and one
+            # of done.json, best.ckpt, predictions.csv, so that cannot change another rank's answer to these tests
+            if resume and done.exists() and (fdir / "best.ckpt").exists() and (fdir / "predictions.csv").exists():
+                if not rank0:
+                    continue
+                info = json.loads(done.read_text())
+                preds = _read_predictions(fdir / "predictions.csv")
+                status = "skipped"
+                log.info("fold %d: already done, reusing %s", k, fdir / "best.ckpt")
+            else:
+                last = fdir / "last.ckpt"
+                ckpt_path = str(last) if resume and last.exists() else None
+                status = "resumed" if ckpt_path else "trained"
+                if rank0:
+                    if ckpt_path is None and fdir.exists():
+                        shutil.rmtree(fdir)
+                    fdir.mkdir(parents=True, exist_ok=True)
+                L.seed_everything(seed + k, workers=True, verbose=False)
+                head: dict[str, Any] = {"task": task}
+                num_classes = len(class_names)
+                if task == "regression":
+                    mean, std = dm.target_stats()
+                    head.update(target_mean=mean, target_std=std)
+                    num_classes = 1
+                elif task == "survival":
+                    bins = dm.time_bins(n_bins) if survival_model == "discrete" else None
+                    head.update(survival_model=survival_model, time_bins=bins)
+                    num_classes = len(bins) + 1 if bins is not None else 1
+                lit = MILTask(aggregator=model, aggregator_kwargs=model_kwargs or {}, in_dim=in_dim,
+                              num_classes=num_classes, class_names=class_names, encoder=encoder, lr=lr,
+                              weight_decay=weight_decay, epochs=epochs,
+                              class_weights=dm.class_weights() if class_weighting and task == "classification"
+                              else None, **head)
+                ckpt_cb = ModelCheckpoint(dirpath=str(fdir), filename="best", monitor="val/loss", mode="min",
+                                          save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+                # every epoch, whether or not it improved (lightning >= 2.6 writes save_last only with a new best)
+                last_cb = ModelCheckpoint(dirpath=str(fdir), filename="last", monitor=None, save_top_k=1,
+                                          enable_version_counter=False)
+                stop_cb = EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience)
+                with warnings.catch_warnings(), _lightning_info(progress):
+                    _quiet_lightning()
+                    trainer = L.Trainer(
+                        max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=_fold_strategy(strategy, world_size, lit), precision=precision,
+                        logger=CSVLogger(str(fdir), name="logs"),
+                        callbacks=[ckpt_cb, last_cb, stop_cb, *(callbacks or [])],
+                        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
+                        deterministic=True, num_sanity_val_steps=0, default_root_dir=str(fdir),
+                        # BagDataModule shards the training bags itself; every rank validates on all bags
+                        use_distributed_sampler=False,
+                    )
+                    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+                children = children or list(getattr(trainer.strategy.launcher, "procs", None) or [])
+                if trainer.interrupted:
+                    raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")
+                if not rank0:
+                    trainer.strategy.barrier("slidescope.mil.train: fold written")
+                    continue
+                best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
+                if best.resolve() != (fdir / "best.ckpt").resolve():  # Lightning may report a relative path
+                    shutil.copyfile(best, fdir / "best.ckpt")
+                # on the training device: under DDP the other ranks wait for this at the barrier below
+                best_task = load_task(fdir / "best.ckpt", encoder=encoder, embed_dim=in_dim)
+                preds = _predict(best_task.to(trainer.strategy.root_device), dm)
+                _write_predictions(fdir / "predictions.csv", preds, class_names, task=task)
+                info = {"epochs": int(trainer.current_epoch), "best_val_loss": float(ckpt_cb.best_model_score)
+                        if ckpt_cb.best_model_score is not None else None,
+                        "n_train": len(dm.train_rows), "n_val": len(dm.val_rows), "n_test": len(dm.test_rows)}
+                done.write_text(json.dumps(info, indent=2))
+                trainer.strategy.barrier("slidescope.mil.train: fold written")  # a no-op on one device
+            metrics = evaluation.compute(preds, class_names)
+            ci = evaluation.ci(preds, class_names, bootstrap, seed)
+            fold_results.append(FoldResult(fold=k, status=status, best_checkpoint=fdir / "best.ckpt",
+                                           n_train=info.get("n_train", len(dm.train_rows)),
+                                           n_val=info.get("n_val", len(dm.val_rows)), n_test=len(preds),
+                                           epochs=int(info.get("epochs", 0)), metrics=metrics, ci=ci))
+            oof.extend({**p, "fold": k} for p in preds)
+    except BaseException:
+        # the other ranks would wait in the next collective until its timeout: end the ones this process started
+        for proc in children:
+            if proc.poll() is None:
+                proc.kill()
+        raise
 
     if not rank0:
         return None  # type: ignore[return-value]
