@@ -1,4 +1,5 @@
-"""`slidescope pretrain`, `zero-shot`, `prompt-spread`, `few-shot`: the slide-text model on embedding stores."""
+"""`slidescope pretrain`, `zero-shot`, `report`, `prompt-spread`, `few-shot`: slide-text models on embedding stores
+(a pretrained SlideTextModel, the published PRISM / TITAN, or patch-level CLIP models at tile level)."""
 
 from __future__ import annotations
 
@@ -65,41 +66,81 @@ def pretrain(
 @app.command("zero-shot")
 def zero_shot(
     stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
-    model: Path = typer.Option(..., help="A saved slide-text model folder (pretrain's OUT/model)."),
+    model: str = typer.Option(..., help="A saved slide-text model folder (pretrain's OUT/model), a published slide "
+                              "model (prism, titan) or a patch-level CLIP model (plip, quiltnet: tile level)."),
     prompts: Path = typer.Option(..., help="YAML: 'classes: {name: [phrasing, ...]}', optional 'templates: [...]'."),
-    encoder: str = typer.Option(..., help="The tile embeddings the model was pretrained on."),
+    encoder: str | None = typer.Option(None, help="The tile embeddings to read (default for named models: the one "
+                                       "they need; required for a saved slide-text model)."),
+    weights: Path | None = typer.Option(None, help="A named model's local files: a downloaded copy of its hub "
+                                        "repository, or the CLIP weights file/folder (default: the hub)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
+                                           "code (from their repositories) to run; required for them."),
     out: Path | None = typer.Option(None, help="Probabilities CSV."),
-    ensemble: str = typer.Option("mean-embedding", help="mean-embedding or sum-probability."),
-    level: str = typer.Option("slide", help="slide, or tile (per-tile similarity maps + MI-Zero pooling)."),
+    ensemble: str | None = typer.Option(None, help="mean-embedding or sum-probability (default: the model's)."),
+    level: str | None = typer.Option(None, help="slide, or tile (per-tile similarity maps + MI-Zero pooling); "
+                                     "default slide, tile for CLIP models."),
+    k: int = typer.Option(10, help="Tiles pooled per class at tile level (MI-Zero top-k)."),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
 ) -> None:
     """Zero-shot class probabilities of slides from prompts; level=tile also writes scores/zero-shot/<class>."""
     from ..vlm.api import zero_shot as run_zero_shot
 
-    rows = run_zero_shot(list(stores), prompts, model=model, encoder=encoder,
-                         ensemble=ensemble, level=level, device=device)  # type: ignore[arg-type]
+    rows = run_zero_shot(list(stores), prompts, model=model, encoder=encoder, weights=weights,
+                         trust_remote_code=trust_remote_code, ensemble=ensemble,  # type: ignore[arg-type]
+                         level=level, k=k, device=device)  # type: ignore[arg-type]
     for r in rows:
         probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
         typer.echo(f"{r.slide}: {r.predicted} ({probs})")
-    if level == "tile":
+    if level == "tile" or (level is None and model in ("plip", "quiltnet")):
         typer.echo("tile similarity maps written as 'zero-shot/<class>'")
     if out is not None:
         _write_csv(out, [r.as_dict() for r in rows])
         typer.echo(f"probabilities: {out}")
 
 
+@app.command("report")
+def report(
+    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
+    model: str = typer.Option("prism", help="The report-generating model (prism)."),
+    weights: Path | None = typer.Option(None, help="A downloaded copy of paige-ai/Prism (default: the hub)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's own model code to "
+                                           "run (required)."),
+    encoder: str | None = typer.Option(None, help="Tile embeddings to read (default: virchow)."),
+    num_beams: int = typer.Option(5, "--num-beams", help="Beam search width (1: greedy)."),
+    max_length: int = typer.Option(100, "--max-length", help="Longest report in tokens."),
+    out: Path | None = typer.Option(None, help="CSV with slide and report."),
+    device: str = typer.Option("cpu", help="cpu, cuda..."),
+) -> None:
+    """Generate a report per slide with PRISM's decoder (from Virchow tile embeddings)."""
+    from ..vlm.api import generate_reports
+
+    rows = generate_reports(list(stores), model=model, encoder=encoder, weights=weights,
+                            trust_remote_code=trust_remote_code, num_beams=num_beams, max_length=max_length,
+                            device=device)
+    for r in rows:
+        typer.echo(f"{r['slide']}: {r['report']}")
+    if out is not None:
+        _write_csv(out, rows)
+        typer.echo(f"reports: {out}")
+
+
 @app.command("prompt-spread")
 def prompt_spread(
     stores: list[Path] = typer.Argument(None, help="Slide stores or store folders (or give --manifest and --store)."),
-    model: Path = typer.Option(..., help="A saved slide-text model folder."),
+    model: str = typer.Option(..., help="A saved slide-text model folder, or a published slide model (prism, "
+                              "titan)."),
     prompts: Path = typer.Option(..., help="Prompts YAML."),
-    encoder: str = typer.Option(..., help="The tile embeddings the model was pretrained on."),
+    encoder: str | None = typer.Option(None, help="The tile embeddings the model was pretrained on (default for "
+                                       "published models: the one they need)."),
+    weights: Path | None = typer.Option(None, help="A published model's downloaded repository (default: hub)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
+                                           "code to run; required for them."),
     manifest: Path | None = typer.Option(None, help="CSV with slide and a label column: report AUROC per subset."),
     store: Path | None = typer.Option(None, help="Store folder of the manifest's slides."),
     label_column: str = typer.Option("label", "--label-column", help="Manifest column with the class name."),
     n_subsets: int = typer.Option(50, "--n-subsets", help="Random prompt subsets."),
     subset_size: int = typer.Option(1, "--subset-size", help="Prompts per class in each subset."),
-    ensemble: str = typer.Option("mean-embedding", help="mean-embedding or sum-probability."),
+    ensemble: str | None = typer.Option(None, help="mean-embedding or sum-probability (default: the model's)."),
     seed: int = typer.Option(0, help="Seed of the subset draws."),
     out: Path | None = typer.Option(None, help="CSV of the per-slide spread (mean/std/min/max per class)."),
 ) -> None:
@@ -107,8 +148,7 @@ def prompt_spread(
     import numpy as np
 
     from ..errors import InvalidParameterError
-    from ..vlm.api import load_prompts, slide_embeddings
-    from ..vlm.model import SlideTextModel
+    from ..vlm.api import load_prompts, load_slide_model, slide_embeddings
     from ..vlm.zeroshot import prompt_spread as run_spread
 
     labels = None
@@ -121,8 +161,9 @@ def prompt_spread(
     else:
         raise InvalidParameterError("give stores, or --manifest with --store")
     spec = load_prompts(prompts)
-    net = SlideTextModel.load(model)
+    net = load_slide_model(model, weights=weights, trust_remote_code=trust_remote_code)
     paths, emb = slide_embeddings(paths, model=net, encoder=encoder)
+    ensemble = ensemble or getattr(net, "ensemble", "mean-embedding")
     texts, prompt_class = spec.build()
     import torch
 
@@ -160,11 +201,16 @@ def prompt_spread(
 
 @app.command("few-shot")
 def few_shot(
-    model: Path = typer.Option(..., help="A saved slide-text model folder."),
+    model: str = typer.Option(..., help="A saved slide-text model folder, or a published slide model (prism, "
+                              "titan)."),
     train: Path = typer.Option(..., help="CSV with slide and label: the labelled support slides."),
     test: Path = typer.Option(..., help="CSV with slide (and optionally label): the slides to predict."),
     store: Path = typer.Option(..., help="Store folder of both manifests' slides."),
-    encoder: str = typer.Option(..., help="The tile embeddings the model was pretrained on."),
+    encoder: str | None = typer.Option(None, help="The tile embeddings the model was pretrained on (default for "
+                                       "published models: the one they need)."),
+    weights: Path | None = typer.Option(None, help="A published model's downloaded repository (default: hub)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
+                                           "code to run; required for them."),
     method: str = typer.Option("gda", help="linear, simpleshot, knn, gda or tip-adapter."),
     shots: int | None = typer.Option(None, help="Slides per class drawn from --train (default: all)."),
     prompts: Path | None = typer.Option(None, help="Prompts YAML: a zero-shot prior for gda / tip-adapter."),
@@ -195,7 +241,8 @@ def few_shot(
     labelled = all(lab is not None for lab in test_labels)
     res = run_few_shot(train_paths, train_labels, test_paths,  # type: ignore[arg-type]
                        model=model, encoder=encoder, method=method, classes=prompts,
-                       test_labels=test_labels if labelled else None, seed=seed)  # type: ignore[arg-type]
+                       test_labels=test_labels if labelled else None, seed=seed,  # type: ignore[arg-type]
+                       weights=weights, trust_remote_code=trust_remote_code)
     typer.echo(f"{method}: {len(train_paths)} support slides, {len(test_paths)} test slides")
     for name, ci in res.metrics.items():
         typer.echo(f"{name}: {ci.estimate:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f})")

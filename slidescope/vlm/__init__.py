@@ -1,5 +1,6 @@
 """The slide-level foundation model: Perceiver slide encoder, text towers, contrastive heads,
-zero-shot scoring (prompt ensembles, MI-Zero) and few-shot adapters.
+zero-shot scoring (prompt ensembles, MI-Zero) and few-shot adapters; loaders for the published slide models
+PRISM and TITAN (:mod:`slidescope.vlm.published`).
 
 Public names load on first use.
 """
@@ -31,14 +32,40 @@ _EXPORTS = {
     "zero_shot": ".api",
     "few_shot": ".api",
     "load_prompts": ".api",
+    "generate_reports": ".api",
+    "load_slide_model": ".api",
+    "slide_embeddings": ".api",
+    "Prompts": ".api",
+    "PublishedSlideTextModel": ".published",
+    "PrismModel": ".published",
+    "TitanModel": ".published",
+    "load_published_model": ".published",
+    "list_published_models": ".published",
+    "RemoteCodeError": ".published",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import few_shot, load_prompts, zero_shot
+    from .api import (
+        Prompts,
+        few_shot,
+        generate_reports,
+        load_prompts,
+        load_slide_model,
+        slide_embeddings,
+        zero_shot,
+    )
     from .fewshot import gda, knn, linear_probe, simpleshot, tip_adapter
     from .pretrain import pretrain
+    from .published import (
+        PrismModel,
+        PublishedSlideTextModel,
+        RemoteCodeError,
+        TitanModel,
+        list_published_models,
+        load_published_model,
+    )
     from .model import SlideTextModel
     from .slide_encoder import PerceiverSlideEncoder, PerceiverSlideEncoderConfig
     from .text import HFTextTower, SmallTextTower, TextTower, load_text_tower

@@ -1,8 +1,12 @@
 """High-level zero-shot and few-shot classification of slides from their embedding stores.
 
-* :func:`zero_shot` scores slides against class prompts with a :class:`~slidescope.vlm.model.SlideTextModel`
-  (slide level: prompt-ensembled text classifier, REFERENCE §2-3.2) or, with ``level="tile"``, per tile
-  (similarity maps written into the stores, MI-Zero top-k pooling to the slide, §3.3);
+* :func:`zero_shot` scores slides against class prompts with a :class:`~slidescope.vlm.model.SlideTextModel`,
+  a published slide model (``model="prism"`` / ``"titan"``, :mod:`slidescope.vlm.published`) at slide level
+  (prompt-ensembled text classifier, REFERENCE §1.4, §2-3.2), or per tile with ``level="tile"``: similarity
+  maps written into the stores and MI-Zero top-k pooling to the slide (§3.3), from a SlideTextModel or a
+  patch-level CLIP model whose tile embeddings are already in its text space (``model="plip"`` /
+  ``"quiltnet"``);
+* :func:`generate_reports` writes PRISM's report for each slide;
 * :func:`few_shot` fits a training-free or linear adapter (:mod:`slidescope.vlm.fewshot`) on a few labelled
   slides' embeddings and predicts others, with bootstrap CIs when their labels are known;
 * :func:`load_prompts` reads a prompts YAML: ``classes: {name: [phrasing, ...]}`` and optional
@@ -23,27 +27,47 @@ import torch
 from torch import Tensor
 
 from ..errors import InvalidParameterError
+from ..features.encoders.clip import ClipTextTower, create_clip_text_tower, list_clip_text_towers
 from ..features.store import SlideStore, open_store
 from ..mil.score import expand_stores
 from .fewshot import BootstrapCI, bootstrap_ci, gda, knn, linear_probe, simpleshot, tip_adapter
 from .model import SlideTextModel
+from .published import PrismModel, PublishedSlideTextModel, is_published_model, load_published_model
 from .zeroshot import DEFAULT_TEMPLATES, Ensemble, build_prompts, class_text_embeddings, mi_zero, zero_shot_logits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Prompts", "load_prompts", "ZeroShotRow", "zero_shot", "slide_embeddings", "tile_embeddings",
-           "FewShotResult", "few_shot", "FEW_SHOT_METHODS", "SCORES_PREFIX", "DEFAULT_TEMPLATES"]
+__all__ = ["Prompts", "load_prompts", "load_slide_model", "ZeroShotRow", "zero_shot", "slide_embeddings",
+           "stored_slide_embeddings",
+           "tile_embeddings", "generate_reports", "FewShotResult", "few_shot", "FEW_SHOT_METHODS", "SCORES_PREFIX",
+           "DEFAULT_TEMPLATES"]
 
 #: per-tile similarity maps are written as ``scores/zero-shot/<class>``
 SCORES_PREFIX = "zero-shot"
 FEW_SHOT_METHODS = ("linear", "simpleshot", "knn", "gda", "tip-adapter")
 Level = Literal["slide", "tile"]
 StoreLike = str | os.PathLike[str] | SlideStore
+SlideModel = SlideTextModel | PublishedSlideTextModel
+ModelLike = str | os.PathLike[str] | SlideTextModel | PublishedSlideTextModel | ClipTextTower
 
 
 @dataclass(frozen=True)
 class Prompts:
-    """Class phrasings (class order = column order of every score) and the templates they go into."""
+    """Class phrasings and the templates they go into.
+
+    Attributes
+    ----------
+    classes : dict of str to list of str
+        Class name -> its phrasings (synonyms); the order of the classes is the column order of every score.
+    templates : list of str or None
+        Each holds ``{}`` (or ``CLASSNAME``) where a phrasing goes; ``None``: phrasings as they are.
+
+    Examples
+    --------
+    >>> p = Prompts({"LUAD": ["lung adenocarcinoma"], "LUSC": ["squamous cell carcinoma"]}, ["an image of {}."])
+    >>> p.build()[0]
+    ['an image of lung adenocarcinoma.', 'an image of squamous cell carcinoma.']
+    """
 
     classes: dict[str, list[str]]
     templates: list[str] | None = None
@@ -78,8 +102,33 @@ def _check_classes(classes: Any, where: str) -> dict[str, list[str]]:
 
 def load_prompts(source: str | os.PathLike[str] | Mapping[str, Any] | Prompts,
                  templates: Sequence[str] | None = None) -> Prompts:
-    """Prompts from a YAML file, a ``{class: [phrasings]}`` mapping or a ``{"classes": ..., "templates": ...}``
-    mapping. ``templates`` (when given) replaces the file's; ``[]`` means phrasings as they are."""
+    """Read and check class prompts.
+
+    Parameters
+    ----------
+    source : path, mapping or Prompts
+        A YAML file (``classes: {name: [phrasing, ...]}`` and optional ``templates: ["a slide of {}.", ...]``),
+        a ``{class: [phrasings]}`` mapping, or a ``{"classes": ..., "templates": ...}`` mapping.
+    templates : list of str, optional
+        Replaces the source's templates; ``[]`` means the phrasings as they are.
+
+    Returns
+    -------
+    Prompts
+        Checked: at least two classes, each with at least one non-blank phrasing; every template has a
+        placeholder. Anything else raises :class:`~slidescope.errors.InvalidParameterError` naming the problem.
+
+    Examples
+    --------
+    >>> p = load_prompts({"tumour": ["carcinoma", "malignant cells"], "normal": ["benign tissue"]},
+    ...                  templates=["an H&E image of {}."])
+    >>> p.names, len(p.build()[0])
+    (['tumour', 'normal'], 3)
+    >>> load_prompts({"tumour": ["carcinoma"], "normal": []})
+    Traceback (most recent call last):
+    ...
+    slidescope.errors.InvalidParameterError: classes: class 'normal' has no phrasings; give at least one description
+    """
     if isinstance(source, Prompts):
         data: Any = {"classes": source.classes, "templates": source.templates}
         where = "prompts"
@@ -111,10 +160,62 @@ def load_prompts(source: str | os.PathLike[str] | Mapping[str, Any] | Prompts,
     return prompts
 
 
-def _load_model(model: str | os.PathLike[str] | SlideTextModel, device: str) -> SlideTextModel:
-    if isinstance(model, SlideTextModel):
+def _resolve_model(model: ModelLike | None, *, weights: str | os.PathLike[str] | None, trust_remote_code: bool,
+                   device: str) -> SlideTextModel | PublishedSlideTextModel | ClipTextTower | None:
+    """``model`` as a loaded object: a registered name (published slide model or patch-level CLIP text tower), a
+    saved :class:`SlideTextModel` folder, or an already loaded model (moved to ``device``, eval mode)."""
+    if model is None:
+        return None
+    if isinstance(model, (SlideTextModel, PublishedSlideTextModel, ClipTextTower)):
         return model.to(device).eval()
+    if is_published_model(model):
+        return load_published_model(str(model), weights, trust_remote_code=trust_remote_code, device=device)
+    if isinstance(model, str) and model in list_clip_text_towers():
+        return create_clip_text_tower(model, weights=weights, device=device)
+    if weights is not None:
+        raise InvalidParameterError(f"weights= is for named models ({', '.join(_model_names())}); a saved "
+                                    f"SlideTextModel folder ({model}) carries its own weights")
     return SlideTextModel.load(model, map_location=device)
+
+
+def _model_names() -> list[str]:
+    from .published import list_published_models
+
+    return list_published_models() + list_clip_text_towers()
+
+
+def _load_model(model: ModelLike, device: str, *, weights: str | os.PathLike[str] | None = None,
+                trust_remote_code: bool = False) -> SlideModel:
+    net = _resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
+    if isinstance(net, ClipTextTower) or net is None:
+        raise InvalidParameterError(f"{getattr(net, 'name', model)!r} is a patch-level CLIP model: it has no slide "
+                                    "encoder. Use zero_shot(..., level='tile') (MI-Zero) with it")
+    return net
+
+
+def load_slide_model(model: ModelLike, *, weights: str | os.PathLike[str] | None = None,
+                     trust_remote_code: bool = False, device: str = "cpu") -> SlideModel:
+    """A slide-level text-aligned model, loaded: a :class:`SlideTextModel` (object or saved folder) or a published
+    one by name (``"prism"``, ``"titan"``; ``weights`` and ``trust_remote_code`` as in
+    :func:`~slidescope.vlm.published.load_published_model`).
+
+    Returns
+    -------
+    SlideTextModel or PublishedSlideTextModel
+        In eval mode on ``device``; both have ``encode_slide``, ``encode_text``, ``similarity`` and ``scale``.
+    """
+    return _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
+
+
+def _default_encoder(net: object, encoder: str | None) -> str:
+    if encoder is not None:
+        return encoder
+    if isinstance(net, PublishedSlideTextModel):
+        return net.config.tile_encoders[0]
+    if isinstance(net, ClipTextTower):
+        return net.name
+    raise InvalidParameterError("give encoder=: the name of the tile embeddings in the stores that the model was "
+                                "pretrained on (e.g. encoder='he-descriptor')")
 
 
 def _stores(stores_or_paths: StoreLike | Sequence[StoreLike]) -> list[Path]:
@@ -139,25 +240,79 @@ def _tiles(store: SlideStore, encoder: str, context_dim: int) -> np.ndarray:
     return emb
 
 
-def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model: str | os.PathLike[str] |
-                     SlideTextModel, encoder: str, device: str = "cpu", write: bool = True,
-                     name: str | None = None) -> tuple[list[Path], Tensor]:
-    """Joint-space slide embeddings (B, dim_latents) of every store; with ``write`` each goes into its store as
-    ``slide_embeddings/<name>`` (default ``slidetext-<encoder>``)."""
-    net = _load_model(model, device)
+def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model: ModelLike, encoder: str | None = None,
+                     weights: str | os.PathLike[str] | None = None, trust_remote_code: bool = False,
+                     device: str = "cpu", write: bool = True, name: str | None = None) -> tuple[list[Path], Tensor]:
+    """Joint-space slide embeddings of every store.
+
+    Parameters
+    ----------
+    stores_or_paths : store, path or list of them
+        Slide stores (``<slide>.zarr``) or folders of stores.
+    model : SlideTextModel, saved folder, or a published name (``"prism"``, ``"titan"``)
+        The slide model; ``weights`` and ``trust_remote_code`` go to
+        :func:`~slidescope.vlm.published.load_published_model` for a name.
+    encoder : str, optional
+        The stores' tile embeddings to use (default for a published model: the one it was trained on).
+    write : bool
+        Write each slide embedding into its store as ``slide_embeddings/<name>``: a SlideTextModel's joint-space
+        embedding (default name ``slidetext-<encoder>``), a published model's own (raw) slide embedding (default
+        name: the model's, e.g. ``prism``: 1280-d, the vector TRIDENT exports and linear probes use).
+
+    Returns
+    -------
+    paths : list of Path
+        The stores, folders expanded, in order.
+    embeddings : Tensor (B, dim_latents)
+        L2-normalised joint-space embeddings (what zero-shot compares with text).
+    """
+    net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
+    encoder = _default_encoder(net, encoder)
     paths = _stores(stores_or_paths)
-    dim = net.slide_encoder.config.context_dim
-    out = []
+    joint, raw = [], []
     with torch.inference_mode():
         for p in paths:
-            tiles = torch.from_numpy(_tiles(open_store(p), encoder, dim)).to(device)
-            out.append(net.encode_slide(tiles[None]).squeeze(0).float().cpu())
-    emb = torch.stack(out)
+            store = open_store(p)
+            if isinstance(net, PublishedSlideTextModel):
+                raw.append(net.embed_store(store, encoder))
+            else:
+                tiles = torch.from_numpy(_tiles(store, encoder, net.slide_encoder.config.context_dim)).to(device)
+                joint.append(net.encode_slide(tiles[None]).squeeze(0).float().cpu())
+        if isinstance(net, PublishedSlideTextModel):
+            stacked = torch.stack(raw)
+            emb = net.project(stacked).float().cpu()
+        else:
+            stacked = emb = torch.stack(joint)
     if write:
-        key = name or f"slidetext-{encoder}"
-        for p, v in zip(paths, emb, strict=True):
-            SlideStore.open(p, mode="r+").write_slide_embedding(key, v.numpy(), attrs={
-                "encoder": encoder, "dim": int(v.shape[0]), "model": "SlideTextModel"})
+        if isinstance(net, PublishedSlideTextModel):
+            key = name or net.name
+            attrs = {"encoder": encoder, "model": net.name, "hub_id": net.config.hub_id, "space": "slide"}
+        else:
+            key = name or f"slidetext-{encoder}"
+            attrs = {"encoder": encoder, "model": "SlideTextModel", "space": "joint"}
+        for p, v in zip(paths, stacked, strict=True):
+            SlideStore.open(p, mode="r+").write_slide_embedding(key, v.numpy(), attrs={**attrs, "dim": int(v.shape[0])})
+    return paths, emb
+
+
+def stored_slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], name: str, *,
+                            model: SlideModel | None = None) -> tuple[list[Path], Tensor]:
+    """The slide embeddings ``slide_embeddings/<name>`` already in the stores, stacked: (B, D).
+
+    With a published ``model`` the stored (raw) embeddings are projected into its joint space; a SlideTextModel's
+    are stored in the joint space already. Re-scoring with new prompts then costs no slide encoding.
+    """
+    paths = _stores(stores_or_paths)
+    emb = torch.from_numpy(np.stack([open_store(p).slide_embedding(name) for p in paths]).astype(np.float32))
+    if isinstance(model, PublishedSlideTextModel):
+        if emb.shape[1] != model.slide_dim:
+            raise InvalidParameterError(f"slide embeddings {name!r} have {emb.shape[1]} dimensions but "
+                                        f"{model.config.title} makes {model.slide_dim}")
+        with torch.inference_mode():
+            emb = model.project(emb).float().cpu()
+    elif isinstance(model, SlideTextModel) and emb.shape[1] != model.dim_latents:
+        raise InvalidParameterError(f"slide embeddings {name!r} have {emb.shape[1]} dimensions but the model's joint "
+                                    f"space has {model.dim_latents}; embed the slides with this model")
     return paths, emb
 
 
@@ -177,25 +332,41 @@ class ZeroShotRow:
         return {"slide": self.slide, **{f"prob_{c}": p for c, p in self.probs.items()}, "predicted": self.predicted}
 
 
-def _text_classifier(net: SlideTextModel | None, prompts: list[str],
-                     text_encoder: Callable[[list[str]], Tensor] | None) -> Tensor:
+def _text_classifier(net: object, prompts: list[str], text_encoder: Callable[[list[str]], Tensor] | None) -> Tensor:
     with torch.inference_mode():
-        t = text_encoder(prompts) if text_encoder is not None else net.encode_text(prompts)  # type: ignore[union-attr]
+        if text_encoder is not None:
+            t = text_encoder(prompts)
+        elif isinstance(net, ClipTextTower):
+            t = net.encode(prompts)
+        else:
+            t = net.encode_text(prompts)  # type: ignore[union-attr]
     return torch.as_tensor(t).float().cpu()
+
+
+def _check_same_weights(tower: ClipTextTower, store: SlideStore, encoder: str) -> None:
+    digest = store.encoder_attrs(encoder).get("weights_digest")
+    if tower.weights_digest and digest and digest != tower.weights_digest:
+        raise InvalidParameterError(
+            f"{store.path.name}: the {encoder!r} tile embeddings were made with other weights ({digest[:19]}...) than "
+            f"the {tower.name!r} text tower ({tower.weights_digest[:19]}...); image and text towers must come from "
+            f"the same file for their embeddings to share a space")
 
 
 def zero_shot(
     stores_or_paths: StoreLike | Sequence[StoreLike],
     classes: Mapping[str, Sequence[str]] | str | os.PathLike[str] | Prompts,
     *,
-    model: str | os.PathLike[str] | SlideTextModel | None = None,
-    encoder: str,
+    model: ModelLike | None = None,
+    encoder: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
     templates: Sequence[str] | None = None,
-    ensemble: Ensemble = "mean-embedding",
-    level: Level = "slide",
+    ensemble: Ensemble | None = None,
+    level: Level | None = None,
     text_encoder: Callable[[list[str]], Tensor] | None = None,
     k: int = 10,
     logit_scale: float | None = None,
+    slide_embedding: str | None = None,
     write: bool = True,
     device: str = "cpu",
 ) -> list[ZeroShotRow]:
@@ -203,46 +374,107 @@ def zero_shot(
 
     Parameters
     ----------
-    stores_or_paths : slide stores (``<slide>.zarr``), folders of stores or open :class:`SlideStore` s.
-    classes : ``{class: [phrasing, ...]}``, a prompts YAML path (``classes:`` + optional ``templates:``) or
+    stores_or_paths : store, path or list of them
+        Slide stores (``<slide>.zarr``), folders of stores, or open :class:`SlideStore` s.
+    classes : mapping, path or Prompts
+        ``{class: [phrasing, ...]}``, a prompts YAML path (``classes:`` + optional ``templates:``) or
         :class:`Prompts`. Every phrasing goes into every template; class order is the probability order.
-    model : a saved :class:`SlideTextModel` directory or the model itself.
-    encoder : the tile embeddings the model was pretrained on.
-    templates : override the prompt templates (``None``: the YAML's, else the phrasings as they are).
-    ensemble : ``"mean-embedding"`` (CONCH/TITAN: one averaged text embedding per class) or
-        ``"sum-probability"`` (PRISM: softmax over all prompts, summed per class).
-    level : ``"slide"`` embeds each whole slide (the embedding is written into its store as
-        ``slide_embeddings/slidetext-<encoder>``). ``"tile"`` embeds each tile alone, writes the per-tile cosine
-        with each class's text embedding as ``scores/zero-shot/<class>`` (N,) ("where does this prompt
-        match") and pools it to the slide with MI-Zero's top-``k`` mean.
-    text_encoder : for patch-level CLIP encoders whose tile embeddings already live in the text space
-        (``level="tile"`` without ``model``): a callable ``list[str] -> (P, d)``.
-    logit_scale : softmax temperature of the cosines; default the model's learned ``exp(logit_scale)``
-        (100 without a model).
-    write : write slide embeddings / tile scores into the stores.
+    model : model, folder or name
+        A :class:`SlideTextModel` or its saved folder; a published slide model ``"prism"`` / ``"titan"``
+        (:func:`~slidescope.vlm.published.load_published_model`); or a patch-level CLIP model ``"plip"`` /
+        ``"quiltnet"`` (tile level only: its text tower scores the tiles its image tower embedded).
+    encoder : str, optional
+        The tile embeddings to read. Default for a named model: the one it needs (``virchow`` for PRISM,
+        ``conch-v1.5`` for TITAN, the CLIP model's own name); required for a SlideTextModel. A store without them,
+        or with another encoder's, is a clear error naming what to extract.
+    weights : path, optional
+        A named model's local files (a copy of its hub repository, or the CLIP weights file); default: the hub.
+    trust_remote_code : bool
+        Allow PRISM's / TITAN's own modelling code to run (required for them; see the publishers' repositories).
+    templates : list of str, optional
+        Override the prompt templates (``None``: the YAML's, else the phrasings as they are).
+    ensemble : {"mean-embedding", "sum-probability"}, optional
+        ``"mean-embedding"`` (CONCH, TITAN: one averaged text embedding per class) or ``"sum-probability"``
+        (PRISM: softmax over all prompts, summed per class). Default: the published model's own, else mean.
+    level : {"slide", "tile"}, optional
+        ``"slide"`` (default for slide models) embeds each whole slide (written into its store, see
+        :func:`slide_embeddings`). ``"tile"`` (default for CLIP models) scores each tile, writes the cosine with
+        each class's text embedding as ``scores/zero-shot/<class>`` (N,) ("where does this prompt match") and
+        pools it to the slide with MI-Zero's top-``k`` mean.
+    text_encoder : callable, optional
+        ``list[str] -> (P, d)`` for tile embeddings already in a text space, without ``model``.
+    k : int
+        Tiles pooled per class at tile level.
+    logit_scale : float, optional
+        Multiplier of the cosines before the softmax; default the model's (SlideTextModel and PRISM: learned
+        ``exp(logit_scale)``; TITAN 1, as its ``zero_shot``; CLIP models: the checkpoint's; else 100).
+    slide_embedding : str, optional
+        Reuse the slide embeddings stored under this name (by an earlier run) instead of encoding the slides.
+    write : bool
+        Write slide embeddings / tile similarity maps into the stores.
+    device : str
+        Where the models run.
 
     Returns
     -------
     list of ZeroShotRow
-        One per slide, in store order.
+        One per slide, in store order; ``row.probs`` sums to 1.
+
+    Examples
+    --------
+    >>> rows = zero_shot("stores/", {"tumour": ["carcinoma"], "normal": ["benign tissue"]},
+    ...                  model="runs/pretrain/model", encoder="he-descriptor")            # doctest: +SKIP
+    >>> rows = zero_shot("stores/", "prompts.yaml", model="prism", weights="Prism/",
+    ...                  trust_remote_code=True)                                           # doctest: +SKIP
+    >>> rows = zero_shot("stores/", "prompts.yaml", model="plip", weights="plip/")        # doctest: +SKIP
+    >>> rows[0].predicted, rows[0].probs                                                   # doctest: +SKIP
+    ('tumour', {'tumour': 0.93, 'normal': 0.07})
     """
     prompts_obj = load_prompts(classes, templates)
     prompts, prompt_class = prompts_obj.build()
     names = prompts_obj.names
-    if level not in ("slide", "tile"):
+    if level is not None and level not in ("slide", "tile"):
         raise InvalidParameterError(f"level must be 'slide' or 'tile', got {level!r}")
-    if model is None and (level == "slide" or text_encoder is None):
-        raise InvalidParameterError("zero_shot needs model= (a saved SlideTextModel); only level='tile' with "
-                                    "text_encoder= works on tile embeddings already in the text space")
-    net = _load_model(model, device) if model is not None else None
+    if model is None and (level != "tile" or text_encoder is None):
+        raise InvalidParameterError("zero_shot needs model= (a saved SlideTextModel, 'prism', 'titan', 'plip' or "
+                                    "'quiltnet'); only level='tile' with text_encoder= works on tile embeddings "
+                                    "already in the text space")
+    net = _resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
+    level = level or ("tile" if isinstance(net, ClipTextTower) or net is None else "slide")
+    if isinstance(net, ClipTextTower) and level == "slide":
+        raise InvalidParameterError(f"{net.name!r} is a patch-level CLIP model without a slide encoder: use "
+                                    "level='tile' (MI-Zero pooling of its per-tile scores)")
+    if isinstance(net, PublishedSlideTextModel) and level == "tile":
+        raise InvalidParameterError(f"{net.config.title} scores whole slides; per-tile maps need a patch-level CLIP "
+                                    "model ('plip', 'quiltnet') or a SlideTextModel")
+    enc = encoder
+    if not (level == "slide" and slide_embedding is not None):  # reading tiles: which embeddings?
+        enc = _default_encoder(net, encoder) if net is not None else encoder
+        if enc is None:
+            raise InvalidParameterError("give encoder=: the tile embeddings to score")
+    if ensemble is None:
+        ensemble = net.ensemble if isinstance(net, PublishedSlideTextModel) else "mean-embedding"
     if logit_scale is not None:
         scale = float(logit_scale)
+    elif isinstance(net, (SlideTextModel, PublishedSlideTextModel)):
+        scale = float(net.scale().detach())
+    elif isinstance(net, ClipTextTower):
+        scale = float(net.logit_scale)
     else:
-        scale = float(net.scale().detach()) if net is not None else 100.0
+        scale = 100.0
     text = _text_classifier(net, prompts, text_encoder)
     paths = _stores(stores_or_paths)
     if level == "slide":
-        paths, emb = slide_embeddings(paths, model=net, encoder=encoder, device=device, write=write)
+        if not isinstance(net, (SlideTextModel, PublishedSlideTextModel)):  # pragma: no cover - guarded above
+            raise InvalidParameterError("slide-level zero-shot needs a slide model")
+        if slide_embedding is not None:
+            paths, emb = stored_slide_embeddings(paths, slide_embedding, model=net)
+        else:
+            paths, emb = slide_embeddings(paths, model=net, encoder=enc,  # type: ignore[arg-type]
+                                          device=device, write=write)
+        if emb.shape[1] != text.shape[1]:
+            raise InvalidParameterError(f"slide embeddings have {emb.shape[1]} dimensions but the text embeddings "
+                                        f"{text.shape[1]}; both must come from one model")
         probs = zero_shot_logits(emb, text, prompt_class, ensemble=ensemble, logit_scale=scale)
         return [ZeroShotRow(slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, row), strict=True)))
                 for p, row in zip(paths, probs, strict=True)]
@@ -251,10 +483,12 @@ def zero_shot(
     rows = []
     for p in paths:
         store = open_store(p)
-        if net is not None:
-            z = tile_embeddings(store, model=net, encoder=encoder, device=device)
+        if isinstance(net, SlideTextModel):
+            z = tile_embeddings(store, model=net, encoder=enc, device=device)
         else:
-            z = torch.from_numpy(store.embeddings(encoder).astype(np.float32))
+            if isinstance(net, ClipTextTower):
+                _check_same_weights(net, store, enc)
+            z = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
         if z.shape[1] != w.shape[1]:
             raise InvalidParameterError(f"{p.name}: tile embeddings have {z.shape[1]} dimensions but the text "
                                         f"embeddings {w.shape[1]}; tile-level zero-shot needs both in one space")
@@ -263,7 +497,8 @@ def zero_shot(
             writable = SlideStore.open(p, mode="r+")
             for c, name in enumerate(names):
                 writable.write_scores(f"{SCORES_PREFIX}/{name}", res.similarity[:, c].numpy().astype(np.float32),
-                                      attrs={"encoder": encoder, "kind": "cosine",
+                                      attrs={"encoder": enc, "kind": "cosine",
+                                             "model": getattr(net, "name", type(net).__name__ if net else "external"),
                                              "phrasings": prompts_obj.classes[name],
                                              "templates": prompts_obj.templates or []})
         rows.append(ZeroShotRow(slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, res.probs),
@@ -273,8 +508,16 @@ def zero_shot(
 
 def tile_embeddings(store: SlideStore | StoreLike, *, model: str | os.PathLike[str] | SlideTextModel, encoder: str,
                     batch_size: int = 256, device: str = "cpu") -> Tensor:
-    """Each tile encoded alone (a one-tile bag) by the slide encoder, into the joint space: (N, dim_latents)."""
+    """Each tile encoded alone (a one-tile bag) by a SlideTextModel's slide encoder, into the joint space.
+
+    Returns
+    -------
+    Tensor (N, dim_latents)
+        L2-normalised, one row per tile in store order.
+    """
     net = _load_model(model, device)
+    if not isinstance(net, SlideTextModel):
+        raise InvalidParameterError("tile_embeddings needs a SlideTextModel")
     st = store if isinstance(store, SlideStore) else open_store(store)
     tiles = torch.from_numpy(_tiles(st, encoder, net.slide_encoder.config.context_dim))
     out = []
@@ -282,6 +525,46 @@ def tile_embeddings(store: SlideStore | StoreLike, *, model: str | os.PathLike[s
         for i in range(0, len(tiles), batch_size):
             out.append(net.encode_slide(tiles[i : i + batch_size, None].to(device)).float().cpu())
     return torch.cat(out)
+
+
+def generate_reports(stores_or_paths: StoreLike | Sequence[StoreLike], *, model: str | PrismModel = "prism",
+                     encoder: str | None = None, weights: str | os.PathLike[str] | None = None,
+                     trust_remote_code: bool = False, num_beams: int = 5, max_length: int = 100,
+                     device: str = "cpu") -> list[dict[str, str]]:
+    """PRISM's generated report for each slide (its BioGPT decoder conditioned on the slide's image latents).
+
+    Parameters
+    ----------
+    stores_or_paths : store, path or list of them
+        Stores with Virchow (v1) tile embeddings.
+    model : "prism" or PrismModel
+        The model (loaded with ``weights`` / ``trust_remote_code`` when a name).
+    num_beams, max_length : int
+        Beam search width (the model card uses 5) and longest report in tokens.
+
+    Returns
+    -------
+    list of dict
+        ``{"slide": name, "report": text}`` per store, in order.
+
+    Examples
+    --------
+    >>> generate_reports("stores/", weights="Prism/", trust_remote_code=True)   # doctest: +SKIP
+    [{'slide': 'TCGA-...', 'report': 'Diagnosis: Invasive ductal carcinoma ...'}]
+    """
+    net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
+    if not isinstance(net, PrismModel):
+        raise InvalidParameterError("report generation needs PRISM (model='prism'): the other models ship no "
+                                    "report decoder (TITAN's was removed from its release)")
+    enc = _default_encoder(net, encoder)
+    rows = []
+    for p in _stores(stores_or_paths):
+        store = open_store(p)
+        net.check_store(store, enc)
+        tiles = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
+        report = net.generate_reports(tiles[None], num_beams=num_beams, max_length=max_length)[0]
+        rows.append({"slide": _slide_name(p), "report": report})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ few-shot
@@ -306,7 +589,7 @@ class FewShotResult:
         return out
 
 
-def _embed(stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray, net: SlideTextModel, encoder: str,
+def _embed(stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray, net: SlideModel, encoder: str,
            device: str, write: bool) -> tuple[list[str], Tensor]:
     if isinstance(stores, (Tensor, np.ndarray)):
         x = torch.as_tensor(stores).float()
@@ -323,8 +606,8 @@ def few_shot(
     train_labels: Sequence[str],
     test_stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray,
     *,
-    model: str | os.PathLike[str] | SlideTextModel,
-    encoder: str,
+    model: ModelLike,
+    encoder: str | None = None,
     method: str = "gda",
     classes: Mapping[str, Sequence[str]] | str | os.PathLike[str] | Prompts | None = None,
     templates: Sequence[str] | None = None,
@@ -332,6 +615,8 @@ def few_shot(
     k: int = 5,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    weights: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
     write: bool = False,
     device: str = "cpu",
 ) -> FewShotResult:
@@ -339,20 +624,44 @@ def few_shot(
 
     Parameters
     ----------
-    train_stores, test_stores : stores / folders (embedded with ``model`` from ``encoder`` tiles), or ready
-        slide embeddings (B, dim_latents).
-    train_labels : class name per training slide (same order as the expanded ``train_stores``).
-    method : ``"linear"`` (logistic regression, lambda on a held-out part), ``"simpleshot"``, ``"knn"`` (``k``),
-        ``"gda"`` or ``"tip-adapter"``.
-    classes : prompts; with ``"gda"``/``"tip-adapter"`` the zero-shot logits become a prior blended with the
-        adapter, its weight chosen on the support set itself (there is no other labelled data at few shots).
-        The class order then follows the prompts; otherwise it is the sorted label names.
-    test_labels : class names of the test slides; adds AUROC, accuracy and balanced accuracy with percentile
-        bootstrap CIs (``n_bootstrap`` resamples).
+    train_stores, test_stores : stores, folders, or array of shape (B, dim_latents)
+        Stores (embedded with ``model`` from their ``encoder`` tiles) or ready joint-space slide embeddings.
+    train_labels : list of str
+        Class name per training slide (same order as the expanded ``train_stores``).
+    model : model, folder or name
+        A :class:`SlideTextModel` (or its folder) or a published slide model (``"prism"``, ``"titan"``; with
+        ``weights`` / ``trust_remote_code`` as in :func:`zero_shot`).
+    encoder : str, optional
+        The tile embeddings to read (default for published models: the one they need).
+    method : {"gda", "linear", "simpleshot", "knn", "tip-adapter"}
+        ``"linear"``: logistic regression (lambda chosen on a held-out part); ``"knn"`` uses ``k`` neighbours.
+    classes : mapping, path or Prompts, optional
+        Prompts; with ``"gda"``/``"tip-adapter"`` the zero-shot logits become a prior blended with the adapter,
+        its weight chosen on the support set itself (there is no other labelled data at few shots). The class
+        order then follows the prompts (every training label must be a prompt class); otherwise it is the sorted
+        label names.
+    test_labels : list of str, optional
+        Class names of the test slides; adds AUROC, accuracy and balanced accuracy with percentile bootstrap CIs
+        (``n_bootstrap`` resamples, ``seed``).
+    write : bool
+        Write the slide embeddings into the stores (see :func:`slide_embeddings`).
+
+    Returns
+    -------
+    FewShotResult
+        ``probs`` (B_test, C) in ``class_names`` order, ``metrics`` when ``test_labels`` are given.
+
+    Examples
+    --------
+    >>> res = few_shot(support_stores, ["tumour", "normal", "tumour", "normal"], test_stores,
+    ...                model="runs/pretrain/model", encoder="he-descriptor", method="gda")   # doctest: +SKIP
+    >>> res.probs.shape                                                                     # doctest: +SKIP
+    torch.Size([12, 2])
     """
     if method not in FEW_SHOT_METHODS:
         raise InvalidParameterError(f"unknown few-shot method {method!r}; use one of {', '.join(FEW_SHOT_METHODS)}")
-    net = _load_model(model, device)
+    net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
+    encoder = _default_encoder(net, encoder)
     prompts_obj = load_prompts(classes, templates) if classes is not None else None
     _, x_train = _embed(train_stores, net, encoder, device, write)
     test_names, x_test = _embed(test_stores, net, encoder, device, write)
@@ -369,8 +678,11 @@ def few_shot(
         prompts, prompt_class = prompts_obj.build()
         text = _text_classifier(net, prompts, None)
         scale = float(net.scale().detach())
-        zs_train = torch.log(zero_shot_logits(x_train, text, prompt_class, logit_scale=scale).clamp_min(1e-12))
-        zs_test = torch.log(zero_shot_logits(x_test, text, prompt_class, logit_scale=scale).clamp_min(1e-12))
+        mode: Ensemble = net.ensemble if isinstance(net, PublishedSlideTextModel) else "mean-embedding"
+        zs_train = torch.log(zero_shot_logits(x_train, text, prompt_class, ensemble=mode,
+                                              logit_scale=scale).clamp_min(1e-12))
+        zs_test = torch.log(zero_shot_logits(x_test, text, prompt_class, ensemble=mode,
+                                             logit_scale=scale).clamp_min(1e-12))
     c = len(names)
     if method == "linear":
         clf = linear_probe(x_train, y, n_classes=c, seed=seed)

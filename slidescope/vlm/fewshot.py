@@ -266,6 +266,12 @@ def simpleshot(X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0, n_class
     """SimpleShot / prototype classifier: ``argmax_c cos(normalize(x - m), mu_c)``.
 
     ``temperature`` scales the cosine logits of ``predict_proba`` (ranking and AUROC do not depend on it).
+
+    Examples
+    --------
+    >>> clf = simpleshot([[1.0, 0.0], [0.9, 0.2], [0.0, 1.0], [0.1, 0.8]], [0, 0, 1, 1])
+    >>> clf.predict_proba([[0.8, 0.1], [0.2, 0.9]]).shape, clf.predict_proba([[0.8, 0.1]]).argmax().item()
+    (torch.Size([2, 2]), 0)
     """
     Xt = _x(X)
     yt, c = _y(y, Xt.shape[0], n_classes)
@@ -379,6 +385,20 @@ def gda(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, y_val: Ar
     X_val, y_val, zs_val : validation embeddings, labels and their zero-shot logits (n_val, C). With all
         three, ``alpha`` is chosen from ``alphas`` by validation accuracy (ties: log-loss) and the model
         predicts ``zs + alpha * (x W + b)`` (then ``predict_proba`` needs ``zero_shot_logits``).
+
+    Returns
+    -------
+    GDA
+        ``predict_proba(X (B, d)[, zero_shot_logits (B, C)]) -> (B, C)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X = torch.cat([torch.randn(4, 8, generator=g) + 3, torch.randn(4, 8, generator=g) - 3])  # 4 shots x 2
+    >>> clf = gda(X, [0] * 4 + [1] * 4)
+    >>> clf.predict_proba(torch.stack([torch.full((8,), 3.0), torch.full((8,), -3.0)])).argmax(1).tolist()
+    [0, 1]
     """
     Xt = _x(X)
     yt, c = _y(y, Xt.shape[0], n_classes)

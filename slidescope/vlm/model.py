@@ -51,6 +51,24 @@ class SlideTextModel(nn.Module):
         Any registered text tower (:class:`~slidescope.vlm.text.HFTextTower`, ``SmallTextTower``).
     dim_latents : int
         Width of the joint embedding space.
+
+    Notes
+    -----
+    ``encode_slide`` maps tiles ``(B, N, context_dim)`` (mask ``(B, N)``) to ``(B, dim_latents)``; ``encode_text``
+    maps ``P`` texts to ``(P, dim_latents)``; both are L2-normalised, so ``similarity`` is a scaled cosine.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from slidescope.vlm import PerceiverSlideEncoderConfig, SlideTextModel, SmallTextTower
+    >>> _ = torch.manual_seed(0)
+    >>> tower = SmallTextTower.from_texts(["invasive carcinoma", "benign tissue"], width=32, depth=1, heads=2)
+    >>> model = SlideTextModel(PerceiverSlideEncoderConfig.tiny(), tower, dim_latents=16).eval()
+    >>> with torch.no_grad():
+    ...     v = model.encode_slide(torch.randn(2, 30, 24))             # 2 slides of 30 tiles, 24-d each
+    ...     t = model.encode_text(["invasive carcinoma", "benign tissue"])
+    >>> v.shape, t.shape, model.similarity(v, t).shape
+    (torch.Size([2, 16]), torch.Size([2, 16]), torch.Size([2, 2]))
     """
 
     def __init__(self, slide_encoder_config: PerceiverSlideEncoderConfig, text_tower: TextTower, *,
@@ -104,7 +122,10 @@ class SlideTextModel(nn.Module):
                 "text_tower": self.text_tower.registry_name}
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and ``text_tower/`` into ``directory``."""
+        """Write ``config.json``, ``model.safetensors`` and ``text_tower/`` into ``directory``; returns it.
+
+        :meth:`load` (and every function taking ``model=<folder>``) rebuilds the model from that folder alone.
+        """
         from safetensors.torch import save_file
 
         path = Path(directory)

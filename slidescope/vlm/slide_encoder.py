@@ -23,7 +23,9 @@ its own (50,000, 2560) input (see ``benchmarks/bench_slide_encoder.py``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -37,6 +39,7 @@ __all__ = [
     "PerceiverSlideEncoder",
     "streaming_cross_attention",
     "expected_parameter_count",
+    "convert_prism_state_dict",
 ]
 
 
@@ -328,6 +331,78 @@ class PerceiverSlideEncoder(nn.Module):
                 x = x + sub["mhsa"](x)
                 x = x + sub["ff"](x)
         return {"image_embedding": self.cls_norm(x[:, 0]), "image_latents": self.img_norm(x[:, 1:])}
+
+    @classmethod
+    def from_prism(cls, directory: str | os.PathLike[str], *, xattn_chunk: int = 8192) -> PerceiverSlideEncoder:
+        """PRISM's slide encoder from a downloaded copy of ``paige-ai/Prism``, without running its code.
+
+        Reads ``perceiver_config`` from ``config.json`` and the ``image_resampler.*`` tensors from the weights
+        (safetensors, else ``torch.load(weights_only=True)``); see :func:`convert_prism_state_dict`. The text
+        decoder and heads are not loaded: for zero-shot and reports use
+        :func:`~slidescope.vlm.published.load_published_model`.
+
+        Parameters
+        ----------
+        directory : path
+            The repository copy (``hf download paige-ai/Prism --local-dir DIR``).
+        xattn_chunk : int
+            Tiles per chunk of the streaming cross-attention (memory only).
+
+        Returns
+        -------
+        PerceiverSlideEncoder
+            In eval mode; ``forward(tiles (B, N, 2560), mask)["image_embedding"]`` is PRISM's slide embedding.
+        """
+        import json
+
+        from ..features.encoders._weights import WeightsError, read_state_dict
+
+        path = Path(directory)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise WeightsError(f"{path} has no config.json; pass a downloaded copy of paige-ai/Prism")
+        raw = json.loads(cfg_file.read_text()).get("perceiver_config")
+        if not isinstance(raw, dict):
+            raise WeightsError(f"{cfg_file} has no perceiver_config: not a PRISM repository")
+        fields = {f.name for f in dataclasses.fields(PerceiverSlideEncoderConfig)}
+        config = PerceiverSlideEncoderConfig(**{k: v for k, v in raw.items() if k in fields}, xattn_chunk=xattn_chunk)
+        files = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not files:
+            raise WeightsError(f"{path} holds no model.safetensors or pytorch_model.bin")
+        encoder = cls(config)
+        converted = convert_prism_state_dict(read_state_dict(files[0]))
+        own = encoder.state_dict(keep_vars=True)
+        wrong = [k for k, v in converted.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        loaded = {id(own[k]) for k in converted if k in own}
+        missing = [k for k, v in own.items() if id(v) not in loaded]  # shared tensors count once
+        unexpected = [k for k in converted if k not in own]
+        if wrong or missing or unexpected:
+            raise WeightsError(f"{files[0]} does not fit PRISM's slide encoder for {cfg_file}: shape mismatch "
+                               f"{wrong[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]}")
+        encoder.load_state_dict(converted, strict=False)
+        return encoder.eval()
+
+
+def convert_prism_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """PRISM's resampler tensors (``image_resampler.*`` of ``paige-ai/Prism``) under this module's names.
+
+    The published module tree is ``image_resampler.perceiver.{latents, layers.*}`` plus ``image_resampler.
+    {cls_norm, img_norm}``; its self-attention is a bias-free ``nn.MultiheadAttention`` (``mha.in_proj_weight``,
+    ``mha.out_proj.weight``), stored here as two ``nn.Linear`` (``in_proj``, ``out_proj``). Everything else
+    (text decoder, contrastive heads) is dropped.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if not key.startswith("image_resampler."):
+            continue
+        key = key[len("image_resampler."):]
+        key = key.replace("perceiver.latents", "latents").replace("perceiver.layers.", "layers.")
+        key = key.replace(".mhsa.mha.in_proj_weight", ".mhsa.in_proj.weight")
+        key = key.replace(".mhsa.mha.out_proj.weight", ".mhsa.out_proj.weight")
+        out[key] = value
+    return out
 
 
 def expected_parameter_count(config: PerceiverSlideEncoderConfig) -> int:

@@ -77,6 +77,11 @@ class TextTower(nn.Module):
         Length of the embeddings :meth:`encode` returns.
     tokenizer
         The tokenizer the tower uses (a ``transformers`` tokenizer or a ``tokenizers.Tokenizer``).
+
+    Notes
+    -----
+    ``encode`` maps a list of ``P`` texts to ``(P, text_dim)`` un-normalised embeddings; the slide-text model's
+    ``text_to_latents`` head projects and normalises them.
     """
 
     registry_name: ClassVar[str] = ""
@@ -138,7 +143,15 @@ class HFTextTower(TextTower):
     """A ``transformers`` text model plus tokenizer, pooled per ``kind`` (see the module docstring).
 
     Build it with :meth:`from_pretrained`. ``encode`` tokenizes with padding and truncation to
-    ``max_length`` tokens.
+    ``max_length`` tokens and returns ``(P, text_dim)``: ``hidden_size`` (``"bert"``, ``"causal-cls"``) or
+    ``projection_dim`` (``"clip"``).
+
+    Examples
+    --------
+    >>> tower = HFTextTower.from_pretrained("microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract",
+    ...                                     kind="bert")                                     # doctest: +SKIP
+    >>> tower.encode(["invasive ductal carcinoma"]).shape                                   # doctest: +SKIP
+    torch.Size([1, 768])
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, kind: HFKind, layer: int = -1,
@@ -302,6 +315,15 @@ class SmallTextTower(TextTower):
         The final-LayerNorm ``[CLS]`` state or the mean over real tokens.
     dropout : float
         Dropout inside the encoder layers (training only).
+
+    Examples
+    --------
+    >>> import torch
+    >>> _ = torch.manual_seed(0)
+    >>> tower = SmallTextTower.from_texts(["invasive ductal carcinoma", "benign breast tissue"], width=32, depth=1,
+    ...                                   heads=2).eval()
+    >>> tower.encode(["ductal carcinoma", "benign tissue", "lymph node"]).shape   # unknown words map to [UNK]
+    torch.Size([3, 32])
     """
 
     def __init__(self, tokenizer: Any, *, width: int = 256, depth: int = 4, heads: int = 4,

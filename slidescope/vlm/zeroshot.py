@@ -68,6 +68,13 @@ def build_prompts(classes: Mapping[str, Sequence[str]], templates: Sequence[str]
         Length P, grouped by class.
     prompt_class : long Tensor (P,)
         Class index of each prompt.
+
+    Examples
+    --------
+    >>> prompts, idx = build_prompts({"LUAD": ["adenocarcinoma", "LUAD"], "LUSC": ["squamous cell carcinoma"]},
+    ...                              ["an H&E image of {}."])
+    >>> prompts[1], idx.tolist()
+    ('an H&E image of LUAD.', [0, 0, 1])
     """
     if not classes:
         raise InvalidParameterError("build_prompts needs at least one class")
@@ -150,6 +157,14 @@ def zero_shot_logits(slide_emb: Tensor | np.ndarray, text_emb: Tensor | np.ndarr
     Tensor (B, C)
         Class probabilities; rows sum to 1. ``torch.log`` of them are valid logits for ensembling
         (:func:`slidescope.vlm.fewshot.gda`, ``tip_adapter``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> text = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])   # 3 prompts: 2 for class 0, 1 for class 1
+    >>> slides = torch.tensor([[1.0, 0.2], [0.1, 1.0]])
+    >>> zero_shot_logits(slides, text, [0, 0, 1], logit_scale=10.0).argmax(1).tolist()
+    [0, 1]
     """
     v = F.normalize(_as_float(slide_emb, "slide_emb", 2), dim=-1)
     t = _as_float(text_emb, "text_emb", 2).to(v)
@@ -203,6 +218,19 @@ def mi_zero(tile_emb: Tensor | np.ndarray, class_text_emb: Tensor | np.ndarray, 
         MI-Zero tries {1, 5, 10, 50, 100} and picks k on validation.
     logit_scale : float
         Multiplier of the scores before the softmax of ``probs``.
+
+    Returns
+    -------
+    MiZeroResult
+        ``scores`` (C,), ``probs`` (C,), ``similarity`` (N, C) and the ``k`` used.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tiles = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.2, 0.8], [0.0, 1.0]])   # 4 tiles
+    >>> res = mi_zero(tiles, torch.eye(2), k=2)
+    >>> res.similarity.shape, res.k, int(res.scores.argmax())
+    (torch.Size([4, 2]), 2, 0)
     """
     z = F.normalize(_as_float(tile_emb, "tile_emb", 2), dim=-1)
     w = F.normalize(_as_float(class_text_emb, "class_text_emb", 2).to(z), dim=-1)
@@ -264,6 +292,19 @@ def prompt_spread(slide_emb: Tensor | np.ndarray, text_emb: Tensor | np.ndarray,
         Prompts per class in each subset.
     seed : int
         Seed of the subset draws.
+
+    Returns
+    -------
+    PromptSpread
+        Per-subset probabilities ``(S, B, C)``, their mean/std/min/max ``(B, C)`` and per-subset AUROC.
+
+    Examples
+    --------
+    >>> import torch
+    >>> text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.1]])  # 2 prompts per class
+    >>> spread = prompt_spread(torch.eye(2), text, [0, 0, 1, 1], labels=[0, 1], n_subsets=8, seed=0)
+    >>> spread.probs.shape, spread.auroc.shape
+    (torch.Size([8, 2, 2]), torch.Size([8]))
     """
     if n_subsets < 1 or subset_size < 1:
         raise InvalidParameterError("n_subsets and subset_size must be >= 1")

@@ -2,8 +2,10 @@
 
 Both publish the whole vision-language model in one file. The encoders keep the image tower and its
 projection into the joint space (512-d), with the published key names; the text parts are split off
-by :func:`split_hf_clip_state_dict` / :func:`split_open_clip_state_dict` (the zero-shot code loads the
-text towers from the same files).
+by :func:`split_hf_clip_state_dict` / :func:`split_open_clip_state_dict`. The **text towers** that share
+that space live here too (:class:`HFClipTextTower`, :class:`OpenClipTextTower`, built by
+:func:`create_clip_text_tower`): they load the text half of the *same* weights file, so MI-Zero
+(:func:`slidescope.vlm.zero_shot` with ``level="tile"``) compares tile and prompt embeddings in one space.
 
 Embeddings are the **projected** image features (``CLIPModel.get_image_features`` for PLIP,
 ``CLIP.encode_image(normalize=False)`` for QuiltNet), **not** L2-normalised; zero-shot scoring
@@ -17,13 +19,21 @@ benchmarks. Preprocessing is CLIP's: bicubic resize to 224 + centre crop, OpenAI
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ...errors import InvalidParameterError
 from ._base import Encoder, EncoderConfig
 from ._registry import register_encoder
+from ._weights import WeightsError, _gated_hint, file_digest, load_into, read_state_dict, resolve_weights
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLIP_MEAN",
@@ -34,6 +44,11 @@ __all__ = [
     "split_open_clip_state_dict",
     "PLIP",
     "QUILTNET",
+    "ClipTextTower",
+    "HFClipTextTower",
+    "OpenClipTextTower",
+    "create_clip_text_tower",
+    "list_clip_text_towers",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -220,3 +235,248 @@ QUILTNET = EncoderConfig(
 
 register_encoder(PLIP, build_hf_clip_image)
 register_encoder(QUILTNET, build_open_clip_image)
+
+
+# --------------------------------------------------------------------------------------------- text towers
+
+
+class ClipTextTower(nn.Module):
+    """The text half of a CLIP checkpoint: ``encode(texts) -> (P, embed_dim)`` in the image tower's space.
+
+    The output is the projected, **un-normalised** text feature (``CLIPModel.get_text_features`` /
+    ``CLIP.encode_text(normalize=False)``); zero-shot code L2-normalises it, as it does the image side.
+
+    Attributes
+    ----------
+    config : EncoderConfig
+        The image preset the weights belong to (hub id, weights file, licence).
+    logit_scale : float
+        The checkpoint's learned ``exp(logit_scale)`` (CLIP's softmax temperature), or 100 if absent.
+    weights_digest : str or None
+        sha256 of the weights file: equal to the image encoder's when both come from the same file.
+    """
+
+    logit_scale: float = 100.0
+    weights_digest: str | None = None
+
+    def __init__(self, config: EncoderConfig, text_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.text_kwargs = dict(text_kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def checkpoint_module(self) -> nn.Module:
+        """The submodule whose ``state_dict`` has the published text keys."""
+        raise NotImplementedError  # pragma: no cover
+
+    def convert_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The text half of a full checkpoint, without ``logit_scale`` (kept as :attr:`logit_scale`)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def load_tokenizer(self, source: str | os.PathLike[str] | None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Projected text features ``(P, embed_dim)`` (not L2-normalised)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode(texts)
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InvalidParameterError("encode() takes a list of texts, got a single str; wrap it in a list")
+    out = [str(t) for t in texts]
+    if not out:
+        raise InvalidParameterError("encode() got an empty list of texts")
+    return out
+
+
+_HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+
+
+class HFClipTextTower(ClipTextTower):
+    """PLIP's text side: transformers ``CLIPTextModelWithProjection`` (``text_model.*`` + ``text_projection``)
+    and the CLIP BPE tokenizer saved next to the weights (``vocab.json`` + ``merges.txt`` / ``tokenizer.json``).
+    """
+
+    def __init__(self, config: EncoderConfig, text_kwargs: dict[str, Any]) -> None:
+        super().__init__(config, text_kwargs)
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        self.clip = CLIPTextModelWithProjection(CLIPTextConfig(**text_kwargs))
+        self.tokenizer: Any = None
+
+    def checkpoint_module(self) -> nn.Module:
+        return self.clip
+
+    def convert_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        text = split_hf_clip_state_dict(state)[1]
+        return {k: v for k, v in text.items() if k != "logit_scale"}
+
+    def load_tokenizer(self, source: str | os.PathLike[str] | None) -> None:
+        """CLIP tokenizer from a directory (the weights folder) or, with ``None``, the preset's hub repository."""
+        from transformers import AutoTokenizer
+
+        if source is not None:
+            path = Path(source)
+            if not path.is_dir() or not any((path / f).is_file() for f in _HF_TOKENIZER_FILES):
+                raise InvalidParameterError(
+                    f"{path} holds no tokenizer for {self.name!r} (none of {', '.join(_HF_TOKENIZER_FILES)}); the "
+                    f"weights folder must be a full copy of {self.config.hub_id} (`hf download {self.config.hub_id} "
+                    f"--local-dir DIR`), or pass tokenizer=DIR")
+            name, kwargs = str(path), {"local_files_only": True}
+        else:
+            name, kwargs = str(self.config.hub_id), {}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as err:
+            raise WeightsError(f"could not load the {self.name!r} tokenizer from {name}: {err}."
+                               f"{_gated_hint(self.config)}") from err
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        limit = int(self.text_kwargs.get("max_position_embeddings", 77))
+        batch = self.tokenizer(_texts(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        return self.clip(**batch).text_embeds
+
+
+class OpenClipTextTower(ClipTextTower):
+    """QuiltNet's text side: open_clip's ``TextTransformer`` (``token_embedding``, ``positional_embedding``,
+    ``transformer.resblocks.*``, ``ln_final``, ``text_projection``) and open_clip's bundled OpenAI BPE tokenizer
+    (what ``open_clip.get_tokenizer('hf-hub:wisdomik/QuiltNet-B-32')`` returns: the config names no other)."""
+
+    def __init__(self, config: EncoderConfig, text_kwargs: dict[str, Any]) -> None:
+        super().__init__(config, text_kwargs)
+        from open_clip.model import _build_text_tower
+
+        kw = dict(text_kwargs)
+        self.text = _build_text_tower(kw["embed_dim"], dict(kw["text_cfg"]), quick_gelu=kw.get("quick_gelu", False))
+        self.tokenizer: Any = None
+
+    def checkpoint_module(self) -> nn.Module:
+        return self.text
+
+    def convert_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        text = split_open_clip_state_dict(state)[1]
+        return {k: v for k, v in text.items() if k != "logit_scale"}
+
+    def load_tokenizer(self, source: str | os.PathLike[str] | None) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.tokenizer = SimpleTokenizer(context_length=int(self.text_kwargs["text_cfg"].get("context_length", 77)))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokenizer(_texts(texts))}
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.text(self.tokenize(texts)["input_ids"].to(self.device))
+
+
+TextBuilder = Callable[[EncoderConfig, dict[str, Any]], ClipTextTower]
+
+#: published text-tower architectures of the full checkpoints (``layouts/plip.json``, ``layouts/quiltnet.json``)
+PLIP_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "projection_dim": 512,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    # openai/clip-vit-base-patch32's (and so PLIP's) ids: eos_token_id 2 selects the legacy argmax pooling
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+}
+QUILTNET_TEXT = {
+    "embed_dim": 512,
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
+    "quick_gelu": False,
+}
+
+_TEXT_REGISTRY: dict[str, tuple[str, dict[str, Any], TextBuilder]] = {
+    "plip": ("plip", PLIP_TEXT, HFClipTextTower),
+    "quiltnet": ("quiltnet", QUILTNET_TEXT, OpenClipTextTower),
+}
+
+
+def list_clip_text_towers() -> list[str]:
+    """Patch-level CLIP models with a text tower (their names are the image encoders' names)."""
+    return sorted(_TEXT_REGISTRY)
+
+
+def create_clip_text_tower(
+    name: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    pretrained: bool = True,
+) -> ClipTextTower:
+    """The text tower of a patch-level CLIP model, from the same weights file as its image encoder.
+
+    Parameters
+    ----------
+    name : {"plip", "quiltnet"}
+        A name from :func:`list_clip_text_towers`; the image encoder of the same name embeds the tiles.
+    weights : path, optional
+        The weights file or folder (as for ``create_encoder(name, weights=...)``); ``None`` uses the hub.
+    tokenizer : path, optional
+        Where PLIP's tokenizer files are; default: the weights folder (or the hub repository).
+    device : str or torch.device
+        Where the tower runs.
+    pretrained : bool
+        False builds the architecture with random weights and no tokenizer (tests, layout checks).
+
+    Returns
+    -------
+    ClipTextTower
+        ``encode(list of P texts) -> (P, embed_dim)`` projected text features; ``logit_scale`` from the file.
+
+    Examples
+    --------
+    >>> tower = create_clip_text_tower("quiltnet", weights="QuiltNet-B-32/")   # doctest: +SKIP
+    >>> tower.encode(["adenocarcinoma", "normal lung"]).shape                  # doctest: +SKIP
+    torch.Size([2, 512])
+    """
+    from ._registry import _entry
+
+    if name not in _TEXT_REGISTRY:
+        raise InvalidParameterError(f"{name!r} has no text tower; patch-level CLIP models with one: "
+                                    f"{', '.join(list_clip_text_towers())}")
+    image_name, kwargs, builder = _TEXT_REGISTRY[name]
+    config = _entry(image_name)[0]
+    path = resolve_weights(config, weights) if pretrained else None
+    tower = builder(config, kwargs)
+    if path is not None:
+        state = read_state_dict(path)
+        load_into(tower.checkpoint_module(), tower.convert_state_dict(state), name=f"{config.name} text tower")
+        scale = state.get("logit_scale", state.get("module.logit_scale"))
+        if scale is not None:
+            tower.logit_scale = float(scale.float().exp())
+        tower.weights_digest = file_digest(path)
+        if tokenizer is None and weights is not None:
+            tokenizer = Path(weights) if Path(weights).is_dir() else Path(weights).parent
+        tower.load_tokenizer(tokenizer)
+    return tower.eval().to(device)
