@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ class ExtractionResult:
     """What happened to one slide."""
 
     slide: str
-    status: str  # "done", "reused", "empty", "failed", "claimed"
+    status: str  # "done", "reused", "empty", "failed", "claimed", "cancelled"
     store: str | None = None
     n_tiles: int = 0
     computed: int = 0
@@ -165,26 +165,78 @@ def extract_features(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     stain: str | None = None,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ExtractionResult:
     """Embed every tile of ``grid`` with ``encoder`` into the slide's store under ``store``.
 
+    Cached and resumable: embeddings already complete for the same slide, tiling, encoder, weights,
+    precision and dtype are reused (``status="reused"``); an interrupted extraction resumes from its last
+    complete chunk. The slide's store is claimed while it is written, so two processes never write it at
+    once.
+
     Parameters
     ----------
-    slide : an open :class:`~slidescope.wsi.Slide` or a path.
-    grid : the tiles (see :func:`~slidescope.wsi.make_tile_grid`), usually at the encoder's
-        ``config.tile_size`` and ``config.mpp``.
-    encoder : an :class:`Encoder` or a registry name (built with :func:`create_encoder`).
-    store : the folder that holds one ``<slide>.zarr`` store per slide.
-    batch_size : tiles per batch, or ``"auto"`` (32 on CPU, 128-256 on GPU; lowered on out-of-memory).
-    num_workers : DataLoader reader processes (default: cores - 1).
-    dtype : ``"float16"`` (default) or ``"float32"`` for the stored embeddings.
-    chunk_rows : tiles per store chunk (the unit of resuming and of checksums).
-    stain : ``None``, ``"macenko"`` or ``"reinhard"`` stain normalisation before the encoder.
+    slide : Slide or str or os.PathLike
+        An open slide or a path.
+    grid : TileGrid
+        The tiles (:func:`~slidescope.wsi.make_tile_grid`), usually at the encoder's ``config.tile_size``
+        and ``config.mpp``.
+    encoder : Encoder or str
+        An encoder from :func:`create_encoder`, or a registry name.
+    store : str or os.PathLike
+        The folder that holds one ``<slide>.zarr`` store per slide.
+    batch_size : int or "auto", default "auto"
+        Tiles per batch (32 on CPU, 128-256 on GPU; lowered automatically on out-of-memory).
+    num_workers : int, optional
+        Reader processes (default: one per core on CPU, each reading and encoding; cores - 1 with a GPU);
+        0 reads in this process.
+    device : str or torch.device, default "auto"
+        Used only when ``encoder`` is a name.
+    dtype : {"float16", "float32"}, default "float16"
+        Stored embedding dtype.
+    chunk_rows : int, default 1024
+        Tiles per store chunk (the unit of resuming and of checksums).
+    stain : {None, "macenko", "reinhard"}
+        Stain normalisation before the encoder (part of the cache key).
+    progress : bool, default True
+        A tile progress bar on stderr.
+    on_progress : callable, optional
+        Called after every batch with ``(tiles done, tiles to do)`` in this run, from the calling
+        thread (e.g. to drive a GUI progress bar).
+    should_stop : callable, optional
+        Called between batches; when it returns True the run stops there with ``status="cancelled"``.
+        The chunks written so far are kept: the next run resumes from them.
 
     Returns
     -------
-    ExtractionResult; the embeddings are then in ``open_store(result.store).embeddings(name)``,
-    shape (N, D) with row i the embedding of ``grid.coords[i]``.
+    ExtractionResult
+        ``status`` (``"done"``, ``"reused"``, ``"empty"`` or ``"cancelled"``), ``store`` (its path), ``n_tiles``, ``computed``
+        (tiles embedded now), ``seconds``, ``tiles_per_s``, ``effective_mpp``. The embeddings are then
+        ``open_store(result.store).embeddings(name)``: shape (N, D), row i the embedding of ``grid.coords[i]``.
+
+    Raises
+    ------
+    SlideClaimedError
+        Another live process is writing this slide's store.
+    SlideReadError
+        A tile cannot be decoded (corrupt file).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import slidescope as ss
+    >>> slide = ss.open_slide("sample_data/sample_slide.tiff")
+    >>> enc = ss.create_encoder("he-descriptor", device="cpu")
+    >>> grid = ss.make_tile_grid(slide, tile_size=enc.config.tile_size, mpp=enc.config.mpp)
+    >>> stores = tempfile.mkdtemp()
+    >>> res = ss.extract_features(slide, grid, enc, store=stores, num_workers=0, progress=False)
+    >>> res.status, res.n_tiles
+    ('done', 94)
+    >>> ss.open_store(res.store).embeddings("he-descriptor").shape     # (N, D)
+    (94, 98)
+    >>> ss.extract_features(slide, grid, enc, store=stores, num_workers=0, progress=False).status
+    'reused'
     """
     if dtype not in ("float16", "float32"):
         raise InvalidParameterError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
@@ -230,8 +282,12 @@ def extract_features(
         if len(pending) < len(grid):
             log.info("%s: resuming, %d of %d tiles left", slide.path.name, len(pending), len(grid))
         result.computed = int(len(pending))
-        if len(pending):
-            _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer, progress)
+        if len(pending) and not _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer,
+                                     progress, on_progress, should_stop):
+            result.status = "cancelled"
+            result.seconds = time.perf_counter() - t0
+            log.info("%s: extraction cancelled; the next run resumes from the last written chunk", slide.path.name)
+            return result
         result.seconds = time.perf_counter() - t0
         result.tiles_per_s = result.computed / result.seconds if result.seconds > 0 else 0.0
         writer.finish(seconds=round(result.seconds, 3), tiles_per_s=round(result.tiles_per_s, 2),
@@ -265,7 +321,9 @@ class _EncodeInWorkers(torch.utils.data.IterableDataset):
             yield {"embedding": _encode(self.encoder, images, torch.device("cpu")), "index": batch["index"]}
 
 
-def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer, progress) -> None:
+def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer, progress, on_progress=None,
+         should_stop=None) -> bool:
+    """Encode the pending tiles; False when ``should_stop`` asked to stop before the end."""
     from tqdm.auto import tqdm
 
     dataset = TileDataset(slide, grid, indices=pending)
@@ -279,8 +337,11 @@ def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normal
     state: dict[str, int] = {}
     bar = tqdm(total=len(pending), desc=slide.path.name, unit="tile", disable=not progress, leave=False,
                dynamic_ncols=True)
+    done = 0
     try:
         for batch in loader:
+            if should_stop is not None and should_stop():
+                return False
             if "embedding" in batch:
                 emb = batch["embedding"].numpy()
             else:
@@ -291,9 +352,13 @@ def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normal
             for chunk in writer.add(batch["index"].numpy(), emb):
                 background.put(chunk)
             bar.update(len(emb))
+            done += len(emb)
+            if on_progress is not None:
+                on_progress(done, len(pending))
     finally:
         bar.close()
         background.close()
+    return True
 
 
 def extract_slides(

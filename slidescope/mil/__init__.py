@@ -1,6 +1,9 @@
 """Supervised slide prediction from cached tile embeddings: aggregators, training, scoring, heatmaps.
 
-Public names load on first use (torch and lightning are imported only then).
+Public names load on first use (torch and lightning are imported only then). The training, scoring
+and heatmap *functions* are ``slidescope.train``, ``slidescope.score`` and ``slidescope.heatmap``: here
+``slidescope.mil.train``, ``.score`` and ``.heatmap`` are their modules (a package attribute cannot
+reliably name both a submodule and a function of the same name).
 """
 
 from __future__ import annotations
@@ -19,9 +22,6 @@ _EXPORTS = {
     "BagDataModule": ".data",
     "MILTask": ".task",
     "load_task": ".task",
-    "train": ".train",
-    "score": ".score",
-    "heatmap": ".heatmap",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,9 +29,6 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .aggregators import AggregatorOutput, create_aggregator, list_aggregators, register_aggregator
     from .data import BagDataModule, make_splits, read_manifest
-    from .heatmap import heatmap
-    from .score import score
     from .task import MILTask, load_task
-    from .train import train
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,44 @@
+"""The napari plugin: slides as lazy multiscale images in µm, Analyse and Export widgets, a sample.
+
+Install with the ``viewer`` extra (``pip install 'slidescope[viewer]'``); napari finds the plugin
+through ``napari.yaml`` in this folder. Importing this package imports neither napari nor Qt; the
+plugin's modules do, when napari calls them. From Python::
+
+    import napari
+    from slidescope.viewer import slide_layer_data
+    from slidescope.wsi import open_slide
+
+    viewer = napari.Viewer()
+    data, kwargs, _ = slide_layer_data(open_slide("slide.svs"))
+    viewer.add_image(data, **kwargs)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "read_slide": "._reader",
+    "slide_layer_data": "._reader",
+    "slide_pyramid": "._reader",
+    "make_sample_data": "._sample",
+    "prepare_sample": "._sample",
+    "AnalysisRequest": "._analysis",
+    "run_analysis": "._analysis",
+    "result_layers": "._results",
+    "write_heatmap_tiff": "._export",
+    "tiles_feature_collection": "._export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._analysis import AnalysisRequest, run_analysis
+    from ._export import tiles_feature_collection, write_heatmap_tiff
+    from ._reader import read_slide, slide_layer_data, slide_pyramid
+    from ._results import result_layers
+    from ._sample import make_sample_data, prepare_sample
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,371 @@
+"""The "Analyse" dock widget: slide + encoder + (MIL checkpoint | zero-shot prompts) -> heatmaps.
+
+The widget only gathers inputs, runs :func:`~slidescope.viewer._analysis.run_analysis` in a napari
+``thread_worker`` (progress bar, Cancel button; the UI stays responsive) and turns the scores it
+wrote into layers with :func:`~slidescope.viewer._results.result_layers`. A slidescope error
+(unreadable slide, store of another slide, checkpoint of another encoder, empty prompts...) becomes
+a napari error notification with slidescope's message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    Select,
+    TextEdit,
+)
+
+from ..errors import SlidescopeError
+from ._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
+from ._compat import keep_triton_out
+from ._layers import level0_to_world, show_tile_grid, top_tiles
+from ._widgets import add_layer_tuples, layers_of_kind, notify_error, slide_layers, slidescope_meta
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["AnalyseWidget"]
+
+MIL, ZERO_SHOT = "MIL checkpoint", "Zero-shot prompts"
+DEFAULT_ENCODER = "he-descriptor"
+#: tiles listed under "Top tiles"
+TOP_K = 10
+PROMPTS_HINT = "tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma"
+
+
+#: serialises the first import of torch and friends across worker threads (see _import_compute_stack)
+_IMPORTS = threading.Lock()
+
+
+def _import_compute_stack() -> None:
+    """Import torch, the encoder registry (timm), the MIL task (lightning) and the slide-text API on one
+    thread at a time (two threads importing torch's extension modules at once can crash the interpreter),
+    after keeping triton out of a process whose OpenGL runs on a system LLVM (see ``_compat``)."""
+    with _IMPORTS:
+        keep_triton_out()
+        for module in ("slidescope.mil.task", "slidescope.vlm.api"):
+            importlib.import_module(module)
+        from ..features import list_encoders
+
+        list_encoders()
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What the worker returns for an input that cannot work: the message for the notification.
+
+    (A worker that returns an exception object has it re-raised by superqt, traceback and all.)"""
+
+    message: str
+
+
+def _job(request: AnalysisRequest, cancel: threading.Event):
+    """The worker body: the analysis, with slidescope errors returned as :class:`Failed`, not raised."""
+    _import_compute_stack()
+    try:
+        return (yield from run_analysis(request, cancel=cancel))
+    except SlidescopeError as err:
+        return Failed(str(err))
+    except OSError as err:
+        return Failed(f"cannot read or write a file: {err}. Check the path and its permissions.")
+
+
+def _list_encoders() -> list[str]:
+    from ..features import list_encoders
+
+    _import_compute_stack()
+    return list_encoders()
+
+
+def _while_alive(method):
+    """A worker callback that does nothing once the widget is gone (closed while the worker ran)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except RuntimeError as err:  # Qt: "wrapped C/C++ object ... has been deleted"
+            if "deleted" not in str(err):
+                raise
+            return None
+
+    return wrapper
+
+
+class AnalyseWidget(Container):
+    """Pick a slide, an encoder and a MIL checkpoint or zero-shot prompts; run; see the heatmaps.
+
+    Attributes
+    ----------
+    last_result : the last :class:`~slidescope.viewer._analysis.AnalysisResult` shown (or None).
+    last_seconds : seconds from pressing Analyse to the heatmap layers being in the viewer.
+    busy : an analysis is running.
+    encoders_listed : the encoder list is filled (it loads in the background, the registry imports torch).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self.slide = ComboBox(label="Slide", choices=self._slide_choices,
+                              tooltip="A slide opened with the slidescope reader (File > Open) or the sample.")
+        self.encoder = ComboBox(label="Encoder", choices=[DEFAULT_ENCODER], value=DEFAULT_ENCODER,
+                                tooltip="Patch encoder; he-descriptor needs no weights. Cached embeddings are reused.")
+        self.weights = FileEdit(label="Encoder weights", mode="r", nullable=True,
+                                tooltip="Weights file for encoders that need one (empty: their hub id / cache).")
+        self.mode = RadioButtons(label="Model", choices=[MIL, ZERO_SHOT], value=MIL, orientation="horizontal")
+        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.ckpt", nullable=True,
+                                   tooltip="A trained MIL checkpoint (best.ckpt from `slidescope train`).")
+        self.slidetext_model = FileEdit(label="Slide-text model", mode="d", nullable=True,
+                                        tooltip="Folder written by `slidescope pretrain` (its `model` folder).")
+        self.prompts_file = FileEdit(label="Prompts file", mode="r", filter="*.yaml *.yml", nullable=True)
+        self.prompts_text = TextEdit(label="or type prompts", value="")
+        self.prompts_text.native.setPlaceholderText(PROMPTS_HINT)
+        self.store = FileEdit(label="Store folder", mode="d", nullable=True,
+                              tooltip="Folder of embedding stores (empty: slidescope's cache folder).")
+        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value="cpu",
+                               tooltip="Where the encoder and the model run (cuda: the first NVIDIA GPU).")
+        self.run_button = PushButton(text="Analyse")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self.status = Label(label="Status", value="Open a slide, choose a model, press Analyse.")
+        self.summary = Label(label="Slide", value="")
+        self.tile_grid = CheckBox(text="Show tile grid", value=False)
+        self.top_by = ComboBox(label="Top tiles by", choices=[])
+        self.top_tiles = Select(label="Top tiles", choices=[])
+        self.associated = ComboBox(label="Label / macro", choices=self._associated_choices)
+        self.show_associated = PushButton(text="Show")
+        self.extend([self.slide, self.encoder, self.weights, self.mode, self.checkpoint, self.slidetext_model,
+                     self.prompts_file, self.prompts_text, self.store, self.device, self.run_button, self.cancel_button,
+                     self.progress, self.status, self.summary, self.tile_grid, self.top_by, self.top_tiles,
+                     self.associated, self.show_associated])
+
+        self.last_result: AnalysisResult | None = None
+        self.last_seconds: float | None = None
+        self.worker: Any = None
+        self.busy = False  # an analysis runs (from start() until its worker has finished)
+        self._cancel = threading.Event()
+        self._started = 0.0
+        self._top: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]] = {}
+
+        self.mode.changed.connect(self._on_mode)
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self.tile_grid.changed.connect(self._on_tile_grid)
+        self.top_by.changed.connect(self._fill_top_tiles)
+        self.top_tiles.changed.connect(self._on_top_tile)
+        self.slide.changed.connect(lambda _: self.associated.reset_choices())
+        self.show_associated.changed.connect(self.add_associated_image)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._on_layers_changed)
+        self._on_mode(self.mode.value)
+        self.encoders_worker = self._load_encoder_names()
+
+    # -- choices ----------------------------------------------------------------------------------
+    def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in slide_layers(self._viewer)]
+
+    def _associated_choices(self, _widget: Any = None) -> list[str]:
+        layer = self.slide.value if hasattr(self, "slide") else None
+        return list(slidescope_meta(layer).get("associated_images", [])) if layer is not None else []
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self.slide.reset_choices()
+        self.associated.reset_choices()
+
+    def _load_encoder_names(self) -> Any:
+        """Fill the encoder list off the UI thread (the registry imports torch and timm)."""
+        from napari.qt.threading import create_worker
+
+        self.encoders_listed = False
+        return create_worker(_list_encoders, _connect={"returned": self._fill_encoders,
+                                                       "finished": self._encoders_done})
+
+    @_while_alive
+    def _fill_encoders(self, names: list[str]) -> None:
+        current = self.encoder.value
+        self.encoder.choices = names
+        self.encoder.value = current if current in names else DEFAULT_ENCODER
+
+    def _encoders_done(self) -> None:
+        self.encoders_listed = True
+
+    def _on_mode(self, value: str) -> None:
+        mil = value == MIL
+        self.checkpoint.visible = mil
+        for widget in (self.slidetext_model, self.prompts_file, self.prompts_text):
+            widget.visible = not mil
+
+    # -- running ----------------------------------------------------------------------------------
+    def request(self) -> AnalysisRequest | None:
+        """The request the widget's fields describe (None, with a notification, when incomplete)."""
+        layer = self.slide.value
+        if layer is None:
+            notify_error("open a slide first: File > Open (any slide format), or File > Open Sample > slidescope")
+            return None
+        meta = slidescope_meta(layer)
+        if meta.get("units") != "um":
+            notify_error(f"{layer.name} has no pixel size, so tiles cannot be cut at the encoder's resolution: open "
+                         "it from Python with open_slide(path, mpp=...) and analyse it there")
+            return None
+        common = {"slide": Path(meta["path"]), "encoder": self.encoder.value, "store": self.store.value,
+                  "weights": str(self.weights.value) if self.weights.value else None, "device": self.device.value}
+        if self.mode.value == MIL:
+            if self.checkpoint.value is None:
+                notify_error("choose a MIL checkpoint (best.ckpt from `slidescope train`, or from `slidescope demo`)")
+                return None
+            return AnalysisRequest(**common, checkpoint=Path(self.checkpoint.value))
+        prompts: Any = Path(self.prompts_file.value) if self.prompts_file.value else self.prompts_text.value
+        return AnalysisRequest(**common, prompts=prompts, slidetext_model=self.slidetext_model.value)
+
+    def start(self, _value: Any = None) -> Any:
+        """Run the analysis the fields describe in a background worker; returns the worker (or None)."""
+        from napari.qt.threading import create_worker
+
+        if self.busy:
+            return None
+        request = self.request()
+        if request is None:
+            return None
+        self._cancel = threading.Event()
+        self._started = time.perf_counter()
+        self.busy = True
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.status.value = "starting"
+        self.worker = create_worker(_job, request, self._cancel, _connect={
+            "yielded": self._on_progress, "returned": self._on_returned, "finished": self._on_finished})
+        return self.worker
+
+    def cancel(self, _value: Any = None) -> None:
+        """Stop the running analysis at the next batch or step; what is computed stays cached."""
+        self._cancel.set()
+        self.cancel_button.enabled = False
+        self.status.value = "cancelling..."
+
+    @_while_alive
+    def _on_progress(self, progress: Progress) -> None:
+        fraction = progress.fraction
+        if fraction is None:
+            self.status.value = progress.step
+        else:
+            self.progress.value = int(round(100 * fraction))
+            self.status.value = f"{progress.step}: {progress.done} / {progress.total} tiles"
+
+    @_while_alive
+    def _on_finished(self) -> None:
+        self.busy = False
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    @_while_alive
+    def _on_returned(self, outcome: AnalysisResult | Failed) -> None:
+        if isinstance(outcome, Failed):
+            self.status.value = "failed (see the notification)"
+            self.progress.value = 0
+            notify_error(outcome.message)
+            return
+        if outcome.cancelled:
+            self.status.value = "cancelled: the embeddings computed so far are kept; Analyse again to resume"
+            return
+        try:
+            self.show_result(outcome)
+        except SlidescopeError as err:
+            notify_error(str(err))
+            self.status.value = "failed (see the notification)"
+            return
+        self.last_seconds = time.perf_counter() - self._started
+        self.progress.value = 100
+        reused = "cached embeddings" if outcome.reused_embeddings else "new embeddings"
+        self.status.value = f"done in {self.last_seconds:.1f} s ({reused}); hover a tile to see its scores"
+
+    # -- results ----------------------------------------------------------------------------------
+    def show_result(self, result: AnalysisResult) -> list[Any]:
+        """Add the layers of a finished analysis (heatmaps, classes, tissue, tiles); returns them."""
+        from ..features import open_store
+        from ._results import read_scores, result_layers, store_lattice
+
+        store = open_store(result.store)
+        tuples = result_layers(store, result.scores, result.mpp, slide_path=result.slide, classes=result.classes,
+                               tissue=result.tissue)
+        added = add_layer_tuples(self._viewer, tuples)
+        tiles = added[-1]
+        show_tile_grid(tiles, self.tile_grid.value)
+        self._viewer.layers.selection.active = tiles  # its status line shows the hovered tile's scores
+        coords, lattice = store_lattice(store)
+        self._top = {name: (values, coords, lattice.extent, result.mpp)
+                     for name, values in read_scores(store, result.scores).items()}
+        self.top_by.choices = list(self._top)
+        if self._top:
+            self.top_by.value = next(iter(self._top))
+        self._fill_top_tiles()
+        self.summary.value = result.summary
+        self.last_result = result
+        return added
+
+    def _on_tile_grid(self, value: bool) -> None:
+        for layer in layers_of_kind(self._viewer, "tiles"):
+            show_tile_grid(layer, bool(value))
+
+    def _fill_top_tiles(self, _value: Any = None) -> None:
+        name = self.top_by.value
+        if name not in self._top:
+            self.top_tiles.choices = []
+            return
+        values, coords, _, _ = self._top[name]
+        choices = []
+        for rank, i in enumerate(top_tiles(values, TOP_K), start=1):
+            x, y = coords[i]
+            choices.append((f"{rank}. {values[i]:.3g}  tile {i} at x={x}, y={y}", (name, int(i))))
+        self.top_tiles.choices = choices
+
+    def _on_top_tile(self, selected: list[tuple[str, int]]) -> None:
+        if selected:
+            self.go_to_tile(*selected[0])
+
+    def go_to_tile(self, score: str, index: int) -> None:
+        """Centre the view on a tile and zoom so it spans about a third of the canvas."""
+        _, coords, extent, mpp = self._top[score]
+        centre = level0_to_world(np.asarray(coords[index], dtype=np.float64) + np.asarray(extent) / 2, mpp)
+        camera = self._viewer.scene.camera
+        camera.center = tuple(float(v) for v in centre)
+        tile_um = max(extent[0] * mpp[0], extent[1] * mpp[1])
+        camera.zoom = float(min(self._viewer.canvas.size)) / (3.0 * tile_um)
+
+    # -- associated images -----------------------------------------------------------------------
+    def add_associated_image(self, _value: Any = None) -> Any:
+        """Show the chosen associated image (label, macro...) beside the slide, scaled to half its height."""
+        from ..wsi import open_slide
+
+        layer, name = self.slide.value, self.associated.value
+        if layer is None or name is None:
+            notify_error("choose a slide and one of its associated images (label, macro...)")
+            return None
+        meta = slidescope_meta(layer)
+        try:
+            with open_slide(meta["path"]) as slide:
+                image = slide.associated_images[name]
+        except (SlidescopeError, KeyError) as err:
+            notify_error(f"cannot read the {name} image of {layer.name}: {err}")
+            return None
+        (w0, h0), (mx, my) = meta["dimensions"], meta["mpp"]
+        size = 0.5 * h0 * my / image.shape[0]  # µm per associated-image pixel
+        return self._viewer.add_image(image, rgb=True, name=f"{Path(meta['path']).stem}: {name}", scale=(size, size),
+                                      translate=(0.0, w0 * mx * 1.05), units=(meta["units"],) * 2,
+                                      metadata={"slidescope": {"kind": "associated", "image": name}})

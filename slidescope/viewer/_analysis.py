@@ -1,0 +1,323 @@
+"""What the "Analyse" widget runs, without Qt: slide -> (cached) embeddings -> MIL or zero-shot scores.
+
+:func:`run_analysis` is a generator: it yields :class:`Progress` between steps (and while the
+embeddings are extracted) and returns an :class:`AnalysisResult`, so napari's ``thread_worker``
+runs it off the UI thread and a plain ``for`` loop runs it in a script or a test. Everything it
+computes comes from the public API (:func:`~slidescope.features.extract_features`,
+:func:`~slidescope.mil.score`, :func:`~slidescope.vlm.zero_shot`); the scores land in the slide's
+store, where :func:`~slidescope.viewer._results.result_layers` reads them back as layers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError
+from ._paths import viewer_cache_dir
+
+__all__ = [
+    "AnalysisRequest",
+    "AnalysisResult",
+    "Progress",
+    "parse_prompts",
+    "resolve_store",
+    "cached_embeddings",
+    "run_analysis",
+]
+
+#: how often (s) the progress is reported while the embeddings are extracted
+POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What to run on one slide.
+
+    Attributes
+    ----------
+    slide : the slide file.
+    encoder : patch encoder registry name (``he-descriptor`` runs offline, without weights).
+    store : a folder of stores (the slide's store is ``<folder>/<slide>.zarr``) or one slide store;
+        ``None``: the viewer's cache folder (:func:`~slidescope.viewer._paths.viewer_cache_dir`).
+    checkpoint : a trained MIL checkpoint (``best.ckpt``): supervised scores and attention.
+    prompts : for zero-shot instead: a prompts YAML (a ``Path``), a ``{class: [phrasings]}`` mapping,
+        or text typed in the widget (a ``str``, see :func:`parse_prompts`).
+    slidetext_model : the saved slide-text model directory zero-shot needs.
+    weights : encoder weights (file, directory or hub id) for encoders that need them.
+    slide_mpp : level-0 µm/px when the file has none.
+    num_workers : reader processes for extraction (0: in the worker thread; safest inside a GUI).
+    """
+
+    slide: Path
+    encoder: str = "he-descriptor"
+    store: Path | None = None
+    checkpoint: Path | None = None
+    prompts: Path | Mapping[str, Any] | str | None = None
+    slidetext_model: Path | None = None
+    weights: str | None = None
+    slide_mpp: float | None = None
+    device: str = "cpu"
+    num_workers: int = 0
+    batch_size: int | str = "auto"
+
+    @property
+    def mode(self) -> str:
+        """``"mil"`` with a checkpoint, ``"zero-shot"`` with prompts."""
+        return "mil" if self.checkpoint is not None else "zero-shot"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run: ``done`` of ``total`` units (``total == 0``: no count for this step)."""
+
+    step: str
+    done: int = 0
+    total: int = 0
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.total else None
+
+
+@dataclass
+class AnalysisResult:
+    """What a run produced: the store with the new scores, and what to show."""
+
+    slide: Path
+    store: Path
+    mpp: tuple[float, float]
+    tissue: Any  # slidescope.wsi.TissueMask
+    scores: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    probabilities: dict[str, float] = field(default_factory=dict)
+    summary: str = ""
+    reused_embeddings: bool = False
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+def parse_prompts(text: str) -> dict[str, list[str]]:
+    """Class prompts typed in the widget: one class per line, ``class: phrasing; phrasing``.
+
+    A line without a colon is a class whose only phrasing is its name. Blank lines and lines
+    starting with ``#`` are skipped.
+
+    Examples
+    --------
+    >>> parse_prompts("tumour: carcinoma; sheets of atypical cells\\nnormal: benign stroma")
+    {'tumour': ['carcinoma', 'sheets of atypical cells'], 'normal': ['benign stroma']}
+    """
+    classes: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        phrasings = [p.strip() for p in rest.split(";") if p.strip()] if rest.strip() else [name]
+        if name:
+            classes.setdefault(name, []).extend(phrasings)
+    if not classes:
+        raise InvalidParameterError(
+            "the prompts are empty: type one class per line as `class: phrasing; another phrasing`, e.g. "
+            "`tumour: invasive carcinoma` and `normal: benign stroma`, or choose a prompts YAML file")
+    return classes
+
+
+def _fingerprint(path: Path) -> str:
+    from ..features.store import slide_fingerprint
+
+    return slide_fingerprint(path)
+
+
+def resolve_store(store: Path | None, slide_path: Path) -> tuple[Path, Path]:
+    """``(folder of stores, this slide's store path)`` for ``store`` as given in a request.
+
+    A slide store given explicitly (``<name>.zarr`` with a ``zarr.json``) must have been made from
+    this very slide (same fingerprint), else :class:`~slidescope.features.StoreError` says so.
+    """
+    from ..features.store import StoreError, open_store, store_path
+
+    if store is None:
+        root = viewer_cache_dir() / "stores"
+        return root, store_path(root, slide_path)
+    store = Path(store).expanduser()
+    if (store / "zarr.json").exists():
+        attrs = open_store(store).attrs.get("slide", {})
+        if attrs.get("fingerprint") != _fingerprint(slide_path):
+            raise StoreError(
+                f"the store {store.name} was made from {attrs.get('name', 'another slide')} "
+                f"({attrs.get('fingerprint', 'no fingerprint')}), not from {slide_path.name}: choose this slide's "
+                f"store, or a folder of stores (slidescope then finds or makes {slide_path.stem}.zarr in it)")
+        if store.name != store_path(store.parent, slide_path).name:
+            raise StoreError(f"the store {store.name} belongs to {slide_path.name} but is not named after it; "
+                             f"rename it to {store_path(store.parent, slide_path).name} or choose its folder")
+        return store.parent, store
+    if store.suffix == ".zarr" or (store.exists() and not store.is_dir()):
+        raise StoreError(f"{store} is not a slidescope store: choose a folder of stores or a <slide>.zarr store")
+    return store, store_path(store, slide_path)
+
+
+def cached_embeddings(store: Path, slide_path: Path, encoder: str) -> bool:
+    """True when ``store`` holds complete ``encoder`` embeddings of this very slide (same fingerprint)."""
+    from ..features.store import StoreError, open_store
+
+    if not (store / "zarr.json").exists():
+        return False
+    try:
+        opened = open_store(store)
+    except StoreError:
+        return False
+    return opened.attrs.get("slide", {}).get("fingerprint") == _fingerprint(slide_path) and encoder in opened.encoders()
+
+
+def _check_model(request: AnalysisRequest, embed_dim: int) -> Any:
+    """Load the checkpoint or slide-text model now, so a mismatch fails before any extraction."""
+    if request.mode == "mil":
+        from ..mil import load_task
+
+        return load_task(request.checkpoint, encoder=request.encoder, embed_dim=embed_dim)
+    if request.slidetext_model is None:
+        raise InvalidParameterError("zero-shot needs a slide-text model: choose its folder (the `model` folder "
+                                    "written by `slidescope pretrain`, e.g. slidescope-demo/runs/slidetext/model)")
+    from ..vlm import SlideTextModel
+
+    model = SlideTextModel.load(request.slidetext_model, map_location=request.device)
+    dim = model.slide_encoder.config.context_dim
+    if dim != embed_dim:
+        raise InvalidParameterError(
+            f"the slide-text model {Path(request.slidetext_model).name} was pretrained on {dim}-d tile embeddings but "
+            f"{request.encoder!r} gives {embed_dim}-d: choose the encoder it was pretrained on")
+    return model
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidParameterError(f"device {device!r} asked for, but torch sees no CUDA GPU here: choose cpu")
+
+
+def _extract(slide: Any, grid: Any, request: AnalysisRequest, root: Path, cancel: threading.Event
+             ) -> Generator[Progress, None, Any]:
+    """extract_features in a helper thread, reporting its progress every :data:`POLL_SECONDS`."""
+    from ..features import create_encoder, extract_features
+
+    encoder = create_encoder(request.encoder, weights=request.weights, device=request.device)
+    done = [0, len(grid)]
+    outcome: dict[str, Any] = {}
+
+    def report(tiles_done: int, tiles_total: int) -> None:
+        done[0], done[1] = tiles_done, tiles_total
+
+    def work() -> None:
+        try:
+            outcome["result"] = extract_features(
+                slide, grid, encoder, store=root, batch_size=request.batch_size, num_workers=request.num_workers,
+                progress=False, on_progress=report, should_stop=cancel.is_set)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the generator's thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=work, name="slidescope-extract", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(POLL_SECONDS)
+            yield Progress("extracting embeddings", done[0], done[1])
+    finally:
+        if thread.is_alive():  # the consumer stopped early: stop the extraction at its next batch
+            cancel.set()
+            thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def run_analysis(request: AnalysisRequest, *, cancel: threading.Event | None = None
+                 ) -> Generator[Progress, None, AnalysisResult]:
+    """Run one analysis; yields :class:`Progress`, returns :class:`AnalysisResult`.
+
+    Steps: check the model against the encoder (fails fast on a checkpoint for another encoder or
+    an empty prompt set), find the tissue, reuse the store's embeddings when they are complete and
+    from this slide (else tile and extract, cancellable between batches), then score with the MIL
+    checkpoint (:func:`slidescope.mil.score`: ``<run>/attention``) or zero-shot at tile level
+    (:func:`slidescope.vlm.zero_shot`: ``zero-shot/<class>``), both written into the store.
+
+    Raises
+    ------
+    SlidescopeError
+        Any input that cannot work, with a message that says what to do.
+    """
+    from ..features import get_encoder_config
+    from ..wsi import detect_tissue, make_tile_grid, open_slide
+
+    cancel = cancel or threading.Event()
+    t0 = time.perf_counter()
+    slide_path = Path(request.slide)
+    yield Progress("checking the inputs")
+    prompts = None
+    if request.mode == "zero-shot":
+        from ..vlm import load_prompts
+
+        source = request.prompts
+        if source is None or isinstance(source, str):  # text typed in the widget (a file comes as a Path)
+            source = parse_prompts(source or "")
+        prompts = load_prompts(source)
+    _check_device(request.device)
+    config = get_encoder_config(request.encoder)
+    model = _check_model(request, config.embed_dim)
+    root, store = resolve_store(request.store, slide_path)
+
+    with open_slide(slide_path, mpp=request.slide_mpp) as slide:
+        mpp = slide.mpp
+        yield Progress("finding the tissue")
+        tissue = detect_tissue(slide)
+        result = AnalysisResult(slide=slide_path, store=store, mpp=(float(mpp[0]), float(mpp[1])), tissue=tissue)
+        if cached_embeddings(store, slide_path, request.encoder):
+            result.reused_embeddings = True
+        else:
+            yield Progress("tiling")
+            grid = make_tile_grid(slide, tile_size=config.tile_size, mpp=config.mpp, mask=tissue)
+            extraction = yield from _extract(slide, grid, request, root, cancel)
+            if extraction.status == "cancelled":
+                result.cancelled = True
+                result.seconds = time.perf_counter() - t0
+                return result
+    if cancel.is_set():
+        result.cancelled = True
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    yield Progress("scoring")
+    if request.mode == "mil":
+        # from the module itself: once imported, `slidescope.mil.score` the module shadows the lazy export
+        from ..mil.score import run_name, score
+
+        name = run_name(request.checkpoint)
+        (row,) = score([request.checkpoint], [store], name=name, device=request.device)
+        result.scores = [f"{name}/attention"]
+        result.probabilities = dict(row.probs)
+        result.summary = _summary(f"{name}: predicted {row.predicted}", row.probs)
+    else:
+        from ..vlm import zero_shot
+        from ..vlm.api import SCORES_PREFIX
+
+        (row,) = zero_shot([store], prompts, model=model, encoder=request.encoder, level="tile",
+                           device=request.device)
+        result.classes = list(prompts.names)
+        result.scores = [f"{SCORES_PREFIX}/{c}" for c in result.classes]
+        result.probabilities = dict(row.probs)
+        result.summary = _summary(f"zero-shot: best match {row.predicted}", row.probs)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _summary(head: str, probs: Mapping[str, float]) -> str:
+    if not probs:
+        return head
+    return head + " (" + ", ".join(f"{k} {v:.2f}" for k, v in probs.items()) + ")"

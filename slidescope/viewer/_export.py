@@ -1,0 +1,259 @@
+"""Exports of what the viewer shows: heatmaps as pyramidal TIFFs, tiles and shapes as QuPath GeoJSON.
+
+Every export is in the slide's own frame: level-0 pixel coordinates with the origin at the top-left
+corner (QuPath's convention), and TIFF resolution tags in µm per pixel. No Qt here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from math import gcd
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidParameterError
+from ._layers import TileLattice, world_to_level0
+from ._reader import METADATA_KEY
+
+__all__ = [
+    "heatmap_downsample",
+    "write_heatmap_tiff",
+    "tiles_feature_collection",
+    "shapes_feature_collection",
+    "shapes_to_level0",
+    "write_shapes_geojson",
+    "write_geojson",
+]
+
+#: longest side of an automatically sized heatmap TIFF (its level 0)
+MAX_TIFF_SIDE = 16384
+#: QuPath colours of the classes of exported tiles
+CLASS_COLOURS = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+                 [240, 50, 230], [210, 245, 60], [128, 128, 0], [0, 0, 128]]
+LEVEL_COLOURS = {"high": [220, 40, 30], "medium": [240, 160, 40], "low": [60, 90, 200]}
+
+
+def heatmap_downsample(lattice: TileLattice, slide_dimensions: Sequence[int], max_side: int = MAX_TIFF_SIDE) -> int:
+    """Level-0 pixels per TIFF pixel for a heatmap TIFF aligned to the slide.
+
+    The finest whole divisor ``f`` of the tiles' geometry (extent, stride, origin and overlap
+    margins, in level-0 px) whose TIFF keeps the slide's longest side within ``max_side`` pixels
+    (the coarsest divisor if none does). Every tile then covers whole TIFF pixels, and TIFF pixel
+    ``(i, j)`` is exactly level-0 ``[f j, f (j + 1)) x [f i, f (i + 1))``.
+    """
+    base = 0
+    for v in (*lattice.extent, *lattice.stride, *lattice.origin, (lattice.extent[0] - lattice.stride[0]) // 2,
+              (lattice.extent[1] - lattice.stride[1]) // 2):
+        base = gcd(base, int(v))
+    base = max(1, base)
+    divisors = [d for d in range(1, base + 1) if base % d == 0]
+    longest = max(int(v) for v in slide_dimensions)
+    fitting = [d for d in divisors if -(-longest // d) <= max_side]
+    return fitting[0] if fitting else divisors[-1]
+
+
+def _cell_index(centres: np.ndarray, origin: int, stride: int, extent: int) -> np.ndarray:
+    """Lattice cell of level-0 positions: cell c spans the stride-wide band centred on tile c's centre."""
+    return np.floor((centres - origin - (extent - stride) / 2) / stride).astype(np.int64)
+
+
+def _tiles_of(grid: np.ndarray, lattice: TileLattice, downsample: int, shape: tuple[int, int], tile: int):
+    """TIFF tiles (tile, tile) float32 in row-major order for one pyramid level."""
+    rows, cols = grid.shape
+    for ty in range(0, shape[0], tile):
+        ys = (np.arange(ty, ty + tile) + 0.5) * downsample
+        r = _cell_index(ys, lattice.origin[1], lattice.stride[1], lattice.extent[1])
+        r_ok = (r >= 0) & (r < rows) & (np.arange(ty, ty + tile) < shape[0])
+        for tx in range(0, shape[1], tile):
+            xs = (np.arange(tx, tx + tile) + 0.5) * downsample
+            c = _cell_index(xs, lattice.origin[0], lattice.stride[0], lattice.extent[0])
+            c_ok = (c >= 0) & (c < cols) & (np.arange(tx, tx + tile) < shape[1])
+            out = np.full((tile, tile), np.nan, np.float32)
+            if r_ok.any() and c_ok.any():
+                out[np.ix_(r_ok, c_ok)] = grid[np.ix_(r[r_ok], c[c_ok])]
+            yield out
+
+
+def write_heatmap_tiff(path: str | os.PathLike[str], values: np.ndarray, coords: np.ndarray, extent: Sequence[int], *,
+                       slide_dimensions: Sequence[int], mpp: Sequence[float], stride: Sequence[int] | None = None,
+                       downsample: int | None = None, name: str = "score", tile: int = 256,
+                       extra: Mapping[str, Any] | None = None) -> Path:
+    """Write per-tile scores as a pyramidal float32 TIFF aligned to the slide.
+
+    Parameters
+    ----------
+    path : the ``.tif`` to write.
+    values : (N,) scores of the tiles at ``coords (N, 2)`` (level-0 top-left (x, y), tile ``extent`` (w, h)).
+    slide_dimensions : level-0 (width, height) of the slide.
+    mpp : level-0 (x, y) µm per pixel of the slide.
+    downsample : level-0 pixels per TIFF pixel (default :func:`heatmap_downsample`); TIFF pixel
+        ``(row i, col j)`` covers level-0 ``[f j, f (j + 1)) x [f i, f (i + 1))``.
+
+    Returns
+    -------
+    Path
+        The file: tiled (``tile`` px, zlib), NaN where there is no tile, sub-resolutions halving
+        down to 1024 px in SubIFDs, resolution tags in pixels per cm (``1e4 / µm per pixel``) and a
+        JSON ImageDescription with the score name, downsample, mpp and slide size.
+    """
+    import tifffile
+
+    lattice = TileLattice.from_coords(coords, extent, stride)
+    values = np.asarray(values, dtype=np.float32).reshape(-1)
+    if len(values) != len(lattice):
+        raise InvalidParameterError(f"{len(values)} scores for {len(lattice)} tiles")
+    f = int(downsample) if downsample else heatmap_downsample(lattice, slide_dimensions)
+    if f < 1:
+        raise InvalidParameterError(f"downsample must be a positive whole number, got {downsample!r}")
+    w0, h0 = (int(v) for v in slide_dimensions)
+    grid = lattice.grid(values)
+    levels = [(f, (-(-h0 // f), -(-w0 // f)))]
+    while max(levels[-1][1]) > 1024:
+        d = levels[-1][0] * 2
+        levels.append((d, (-(-h0 // d), -(-w0 // d))))
+    description = json.dumps({
+        "slidescope": "heatmap", "score": name, "downsample": f, "mpp": [float(mpp[0]), float(mpp[1])],
+        "slide_dimensions": [w0, h0], "pixel": "TIFF pixel (i, j) covers level-0 [f*j, f*(j+1)) x [f*i, f*(i+1))",
+        **(extra or {})})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path, bigtiff=w0 * h0 // (f * f) > 2**28) as tw:
+        for k, (d, shape) in enumerate(levels):
+            tw.write(_tiles_of(grid, lattice, d, shape, tile), shape=shape, dtype=np.float32, tile=(tile, tile),
+                     photometric="minisblack", compression="zlib", metadata=None,
+                     resolution=(1e4 / (d * mpp[0]), 1e4 / (d * mpp[1])), resolutionunit="CENTIMETER",
+                     subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
+                     description=description if k == 0 else None)
+    return path
+
+
+def _levels(normalized: np.ndarray) -> list[str]:
+    return ["high" if v >= 2 / 3 else "medium" if v >= 1 / 3 else "low" for v in normalized.tolist()]
+
+
+def tiles_feature_collection(coords: np.ndarray, extent: Sequence[int], scores: Mapping[str, np.ndarray], *,
+                             main: str | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """QuPath GeoJSON of scored tiles: one ``Polygon`` per tile, level-0 pixels, top-left origin.
+
+    Built on :func:`slidescope.mil.heatmap.tiles_geojson` (``measurements``: the ``main`` score and
+    its rank-normalised value), with every other score added to the measurements and a
+    classification: with ``classes`` (zero-shot), the best-matching class among the
+    ``zero-shot/<class>`` scores; otherwise the tertile of the main score (``"<score> high"``,
+    ``medium``, ``low``).
+    """
+    from ..mil.heatmap import normalize_scores, tiles_geojson
+
+    if not scores:
+        raise InvalidParameterError("no scores to export")
+    main = main or next(iter(scores))
+    values = np.asarray(scores[main], dtype=np.float64)
+    normalized = normalize_scores(values)
+    collection = tiles_geojson(coords, extent, values, normalized=normalized, object_type="detection", name=main)
+    if classes:
+        sims = np.stack([np.asarray(scores[f"zero-shot/{c}"], dtype=np.float64) for c in classes], axis=1)
+        best = sims.argmax(axis=1).tolist()
+        names = [str(classes[b]) for b in best]
+        colours = [CLASS_COLOURS[b % len(CLASS_COLOURS)] for b in best]
+    else:
+        leaf = main.rsplit("/", 1)[-1]
+        names = [f"{leaf} {lv}" for lv in _levels(normalized)]
+        colours = [LEVEL_COLOURS[n.rsplit(" ", 1)[-1]] for n in names]
+    for i, feature in enumerate(collection["features"]):
+        props = feature["properties"]
+        for key, column in scores.items():
+            if key != main:
+                props["measurements"][key] = float(column[i])
+        props["classification"] = {"name": names[i], "color": colours[i]}
+    return collection
+
+
+def _ring_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def shapes_feature_collection(polygons: Sequence[np.ndarray], *, mpp: Sequence[float] | None = None,
+                              classification: str | None = None, color: Sequence[int] = (0, 160, 60),
+                              names: Sequence[str] | None = None) -> dict[str, Any]:
+    """QuPath GeoJSON annotations from polygons in level-0 pixel-edge ``(x, y)`` coordinates.
+
+    Each ring is closed; with ``mpp`` every feature gets ``measurements.area_um2``, as
+    :meth:`slidescope.wsi.TissueMask.to_geojson` writes them.
+    """
+    features = []
+    for i, poly in enumerate(polygons):
+        ring = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if len(ring) < 3:
+            continue
+        if not np.array_equal(ring[0], ring[-1]):
+            ring = np.vstack([ring, ring[:1]])
+        name = names[i] if names else f"{classification or 'shape'} {i + 1}"
+        props: dict[str, Any] = {"objectType": "annotation", "name": name, "isLocked": False}
+        if classification:
+            props["classification"] = {"name": classification, "color": list(map(int, color))}
+        if mpp is not None:
+            props["measurements"] = {"area_um2": round(_ring_area(ring) * mpp[0] * mpp[1], 2)}
+        geometry = {"type": "Polygon", "coordinates": [np.round(ring, 3).tolist()]}
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(path: str | os.PathLike[str], collection: Mapping[str, Any]) -> Path:
+    """Write a GeoJSON object as UTF-8 JSON; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(collection), encoding="utf-8")
+    return path
+
+
+def shapes_to_level0(data: Sequence[np.ndarray], attributes: Mapping[str, Any], *,
+                     mpp: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Shapes layer data (data coordinates) -> polygons in level-0 pixel-edge ``(x, y)`` coordinates.
+
+    The vertices go to world µm through the layer's ``scale`` and ``translate``, then to level-0
+    pixels with ``mpp`` (the slide's level-0 (x, y) µm per pixel). With ``mpp=None`` the world
+    coordinates are taken to be level-0 pixels already.
+    """
+    scale = np.asarray(attributes.get("scale", (1.0, 1.0)), dtype=np.float64)[-2:]
+    translate = np.asarray(attributes.get("translate", (0.0, 0.0)), dtype=np.float64)[-2:]
+    polygons = []
+    for shape in data:
+        world = np.asarray(shape, dtype=np.float64)[:, -2:] * scale + translate
+        polygons.append(world_to_level0(world, mpp) if mpp is not None else world[:, ::-1].copy())
+    return polygons
+
+
+def _slide_mpp(attributes: Mapping[str, Any]) -> list[float] | None:
+    """The slide mpp for a shapes layer: its own slidescope metadata, else the slide open in the viewer."""
+    meta = (attributes.get("metadata") or {}).get(METADATA_KEY, {})
+    if meta.get("mpp") is not None:
+        return [float(v) for v in meta["mpp"]]
+    try:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+    except ImportError:  # pragma: no cover - napari is what calls this writer
+        viewer = None
+    for layer in (viewer.layers if viewer is not None else []):
+        slide = layer.metadata.get(METADATA_KEY, {})
+        if slide.get("kind") == "slide" and slide.get("units") == "um":
+            return [float(v) for v in slide["mpp"]]
+    return None
+
+
+def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 writer: a shapes layer as QuPath GeoJSON annotations (level-0 pixels, top-left origin).
+
+    The slide's pixel size comes from the layer's slidescope metadata (the tissue outline) or from
+    the slide open in the viewer (shapes drawn on it).
+    """
+    mpp = _slide_mpp(attributes)
+    polygons = shapes_to_level0(data, attributes, mpp=mpp)
+    kind = (attributes.get("metadata") or {}).get(METADATA_KEY, {}).get("kind")
+    classification = "Tissue" if kind == "tissue" else None
+    collection = shapes_feature_collection(polygons, mpp=mpp, classification=classification)
+    return [str(write_geojson(path, collection))]

@@ -1,0 +1,94 @@
+"""A slide's store (tiles + per-tile scores) -> the napari layers that show it. No Qt here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._layers import TileLattice, class_labels_layer, heatmap_layer, tile_labels_layer, tissue_layer
+
+__all__ = ["score_kind", "store_lattice", "read_scores", "result_layers"]
+
+
+def score_kind(name: str) -> str:
+    """How to scale a score from its name: ``"probability"`` (0-1), ``"attention"``, ``"similarity"`` or ``"score"``.
+
+    ``<run>/attention`` (written by :func:`slidescope.mil.score`) is attention, ``zero-shot/<class>``
+    (:func:`slidescope.vlm.zero_shot` at tile level) a cosine similarity, names ending in
+    ``probability`` or ``fraction`` lie in 0-1.
+    """
+    leaf = name.rsplit("/", 1)[-1].lower()
+    if leaf.endswith(("probability", "fraction")):
+        return "probability"
+    if leaf == "attention":
+        return "attention"
+    if name.startswith("zero-shot/"):
+        return "similarity"
+    return "score"
+
+
+def store_lattice(store: Any) -> tuple[np.ndarray, TileLattice]:
+    """``(coords (N, 2), lattice)`` of a :class:`~slidescope.features.SlideStore`'s tiles."""
+    coords = store.coords
+    tiling = store.attrs.get("tiling", {})
+    extent = store.tile_extent
+    stride = tiling.get("stride") or extent
+    return coords, TileLattice.from_coords(coords, extent, stride)
+
+
+def read_scores(store: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{layer name: (N,) float}``; an (N, K) score becomes K entries ``<name>[k]``."""
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        values = np.asarray(store.scores(name), dtype=np.float64)
+        if values.ndim == 1:
+            out[name] = values
+        else:
+            for k in range(values.shape[1]):
+                out[f"{name}[{k}]"] = values[:, k]
+    return out
+
+
+def result_layers(store: Any, names: Sequence[str], mpp: Sequence[float], *, slide_path: str | Path,
+                  classes: Sequence[str] | None = None, tissue: Any = None, units: str = "um"
+                  ) -> list[tuple[Any, dict[str, Any], str]]:
+    """Layer tuples for the scores ``names`` of ``store``, on a slide of level-0 pixel size ``mpp`` (x, y).
+
+    Parameters
+    ----------
+    store : the slide's :class:`~slidescope.features.SlideStore`.
+    names : score names in the store (``store.scores()`` lists them).
+    classes : zero-shot class names: their scores ``zero-shot/<class>`` also give a labels layer of
+        the best-matching class per tile.
+    tissue : a :class:`~slidescope.wsi.TissueMask` for the tissue-outline layer.
+
+    Returns
+    -------
+    list of (data, kwargs, layer type)
+        Tissue outlines (if given), one heatmap per score, the class labels (if ``classes``), and
+        the tile grid whose features carry every score (last, so selecting it shows them on hover).
+    """
+    stem = Path(slide_path).stem
+    common = {"slide": str(slide_path), "store": str(store.path), "mpp": [float(mpp[0]), float(mpp[1])]}
+    coords, lattice = store_lattice(store)
+    scores = read_scores(store, names)
+    layers: list[tuple[Any, dict[str, Any], str]] = []
+    if tissue is not None:
+        data, kwargs, kind = tissue_layer(tissue.contours, mpp, name=f"{stem}: tissue", units=units, holes=tissue.holes)
+        kwargs["metadata"]["slidescope"].update(common)
+        layers.append((data, kwargs, kind))
+    for name, values in scores.items():
+        layers.append(heatmap_layer(values, lattice, mpp, name=f"{stem}: {name}", kind=score_kind(name),
+                                    units=units, metadata={**common, "score": name}))
+    if classes:
+        columns = [scores[f"zero-shot/{c}"] for c in classes if f"zero-shot/{c}" in scores]
+        if len(columns) == len(classes) and len(classes) > 1:
+            best = np.argmax(np.stack(columns, axis=1), axis=1)
+            layers.append(class_labels_layer(best, classes, lattice, mpp, name=f"{stem}: best class", units=units,
+                                             metadata={**common, "scores": [f"zero-shot/{c}" for c in classes]}))
+    layers.append(tile_labels_layer(lattice, coords, scores, mpp, name=f"{stem}: tiles", units=units,
+                                    metadata={**common, "scores": list(scores)}))
+    return layers

@@ -1,0 +1,105 @@
+"""The Analyse job without Qt: cached embeddings, scores in the store, bad inputs, cancel and resume."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slidescope.errors import InvalidParameterError, SlidescopeError
+from slidescope.features import open_store
+from slidescope.viewer._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
+
+
+def drive(request: AnalysisRequest, cancel: threading.Event | None = None,
+          on_progress=None) -> tuple[list[Progress], AnalysisResult]:
+    """Run the job generator to the end, as the widget's worker does; returns (progress steps, result)."""
+    steps: list[Progress] = []
+    job = run_analysis(request, cancel=cancel)
+    while True:
+        try:
+            step = next(job)
+        except StopIteration as stop:
+            return steps, stop.value
+        steps.append(step)
+        if on_progress is not None:
+            on_progress(step)
+
+
+@pytest.fixture
+def private_store(sample, tmp_path: Path) -> Path:
+    """A copy of the sample's store folder (tests write scores into it)."""
+    return Path(shutil.copytree(sample.stores, tmp_path / "stores"))
+
+
+def test_mil_on_cached_embeddings_writes_attention(sample, checkpoint: Path, private_store: Path) -> None:
+    steps, result = drive(AnalysisRequest(slide=sample.slide, checkpoint=checkpoint, store=private_store))
+    assert [s.step for s in steps] == ["checking the inputs", "finding the tissue", "scoring"]  # no extraction
+    assert result.reused_embeddings and not result.cancelled
+    assert result.scores == ["abmil/attention"] and set(result.probabilities) == {"normal", "tumour"}
+    assert "abmil: predicted" in result.summary
+    store = open_store(private_store / "sample_slide.zarr")
+    attention = store.scores("abmil/attention")
+    assert attention.shape == (store.n_tiles,) and np.isclose(attention.sum(), 1.0, atol=1e-3)
+    assert not result.tissue.is_empty and result.mpp == (0.5, 0.5)
+
+
+def test_zero_shot_with_typed_prompts_writes_one_map_per_class(sample, slidetext_model: Path,
+                                                                private_store: Path) -> None:
+    request = AnalysisRequest(slide=sample.slide, store=private_store, slidetext_model=slidetext_model,
+                              prompts="tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma")
+    _, result = drive(request)
+    assert result.classes == ["tumour", "normal"]
+    assert result.scores == ["zero-shot/tumour", "zero-shot/normal"]
+    store = open_store(private_store / "sample_slide.zarr")
+    sims = np.stack([store.scores(s) for s in result.scores], axis=1)
+    assert sims.shape == (store.n_tiles, 2) and np.all(np.abs(sims) <= 1 + 1e-5)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0)
+
+
+def test_bad_inputs_raise_slidescope_errors_that_say_what_to_do(sample, checkpoint, uni_checkpoint, slidetext_model,
+                                                                 cmu_small: Path) -> None:
+    from slidescope.features.store import StoreError
+    from slidescope.mil.task import EncoderMismatchError
+
+    with pytest.raises(EncoderMismatchError, match=r"trained on 'uni' 1024-d.*extract with --encoder uni"):
+        drive(AnalysisRequest(slide=sample.slide, checkpoint=uni_checkpoint))
+    with pytest.raises(InvalidParameterError, match="one class per line"):
+        drive(AnalysisRequest(slide=sample.slide, prompts="   ", slidetext_model=slidetext_model))
+    with pytest.raises(InvalidParameterError, match="needs a slide-text model"):
+        drive(AnalysisRequest(slide=sample.slide, prompts="a: x\nb: y"))
+    # the sample's store, given for another slide
+    with pytest.raises(StoreError, match=r"made from sample_slide.tiff .* not from CMU-1-Small-Region.svs: choose"):
+        drive(AnalysisRequest(slide=cmu_small, checkpoint=checkpoint, store=sample.store))
+    with pytest.raises(SlidescopeError, match="cannot open"):
+        drive(AnalysisRequest(slide=cmu_small.parent.parent / "fixtures" / "not-a-tiff.svs", checkpoint=checkpoint))
+
+
+def test_cancel_stops_extraction_between_batches_and_the_next_run_finishes(checkpoint: Path, sample_copy: Path,
+                                                                           tmp_path: Path) -> None:
+    slide = sample_copy
+    stores = tmp_path / "stores"
+    request = AnalysisRequest(slide=slide, checkpoint=checkpoint, store=stores, batch_size=8)
+    cancel = threading.Event()
+    seen: list[Progress] = []
+
+    def stop_after_first_batch(step: Progress) -> None:
+        seen.append(step)
+        if step.step == "extracting embeddings" and step.done > 0:
+            cancel.set()
+
+    _, result = drive(request, cancel, stop_after_first_batch)
+    assert result.cancelled and not result.scores
+    done = max(s.done for s in seen if s.step == "extracting embeddings")
+    total = max(s.total for s in seen if s.step == "extracting embeddings")
+    assert 0 < done < total
+    store = open_store(stores / "sample_slide.zarr")
+    assert "he-descriptor" not in store.encoders()  # incomplete: never mistaken for cached
+    assert store.encoders(complete_only=False) == ["he-descriptor"]
+    # the next run finishes the embeddings (resuming from the last whole chunk) and scores
+    _, again = drive(request)
+    assert not again.cancelled and not again.reused_embeddings and again.scores == ["abmil/attention"]
+    assert "he-descriptor" in open_store(stores / "sample_slide.zarr").encoders()
