@@ -15,6 +15,8 @@ Everything is measured in one run, ours and its reference interleaved (this VM's
   (``SlideStore.embeddings``: checksummed 1024-row chunks, as extraction writes them) against h5py
   (contiguous), same data, warm cache; also zarr's generic read of the same store (what
   ``SlideStore.embeddings`` did before). Target: ours >= 0.5x the h5py rate.
+
+``run(quick)`` returns the ABMIL and bag-loading rows that ``benchmarks/run_all.py`` prints.
 """
 
 from __future__ import annotations
@@ -179,6 +181,23 @@ def bag_loading(n: int, d: int, repeats: int) -> dict[str, float]:
     finally:
         shutil.rmtree(tmp)
     return {k: gb / statistics.median(v) for k, v in t.items()} | {f"{k} best": gb / min(v) for k, v in t.items()}
+
+
+def run(quick: bool = False, *, tiles: int = 20_000, dim: int = 1024, repeats: int | None = None) -> list[dict]:
+    """Rows ``{stage, ours, baseline, unit, ratio}`` for ``run_all.py`` (ratio > 1: ours faster).
+
+    MIL: ABMIL inference on one slide against the same matrix products as raw torch ops (the compute floor).
+    Store: reading one slide's (50,000 x 1,024) float16 embeddings (``SlideStore.embeddings``) against h5py.
+    """
+    r = repeats or (3 if quick else 7)
+    ours, floor = abmil_vs_floor(tiles, dim, r)
+    rates = bag_loading(50_000, dim, r)
+    return [
+        {"stage": f"MIL: ABMIL inference, one slide of {tiles:,} x {dim:,} (CPU fp32) vs raw torch ops",
+         "ours": ours * 1e3, "baseline": floor * 1e3, "unit": "ms", "ratio": floor / ours},
+        {"stage": f"store: read one slide's (50,000 x {dim:,}) float16 embeddings vs h5py (warm)",
+         "ours": rates["ours"], "baseline": rates["h5py"], "unit": "GB/s", "ratio": rates["ours"] / rates["h5py"]},
+    ]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ functions are loaded on first use::
     import slidescope as ss
     slide = ss.open_slide("CMU-1-Small-Region.svs")
     grid = ss.make_tile_grid(slide, tile_size=224, mpp=0.5)
+    res = ss.run("slides/", encoder="uni", model=["runs/abmil"], out="results")   # a whole cohort, resumable
 """
 
 from __future__ import annotations
@@ -32,18 +33,25 @@ _EXPORTS = {
     "extract_features": "slidescope.features",
     "open_store": "slidescope.features",
     "create_aggregator": "slidescope.mil",
-    "train": "slidescope.mil",
-    "score": "slidescope.mil",
-    "heatmap": "slidescope.mil",
+    # the defining modules: slidescope.mil.train/score/heatmap are also submodule names, and once a submodule
+    # is imported the package attribute is the module, not the function
+    "train": "slidescope.mil.train",
+    "score": "slidescope.mil.score",
+    "heatmap": "slidescope.mil.heatmap",
     "zero_shot": "slidescope.vlm",
     "few_shot": "slidescope.vlm",
+    "run": "slidescope.pipeline",
 }
 
 __all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
     from .features import create_encoder, extract_features, list_encoders, open_store
-    from .mil import create_aggregator, heatmap, score, train
+    from .mil import create_aggregator
+    from .mil.heatmap import heatmap
+    from .mil.score import score
+    from .mil.train import train
+    from .pipeline import run
     from .vlm import few_shot, zero_shot
     from .wsi import TileDataset, TileGrid, TissueMask, detect_tissue, iter_tiles, make_tile_grid, open_slide
 

@@ -27,7 +27,7 @@ def _root(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
 
 
-from . import _demo, _features, _mil, _vlm, _wsi  # noqa: E402,F401  (registers the commands)
+from . import _demo, _features, _mil, _run, _vlm, _wsi  # noqa: E402,F401  (registers the commands)
 
 
 def main() -> None:

@@ -726,14 +726,42 @@ def _jsonify(value: Any) -> Any:
 
 
 def open_store(path: str | os.PathLike[str]) -> SlideStore:
-    """Open a slide's store for reading: ``store.coords``, ``store.embeddings(encoder)``, ``store.attrs``.
+    """Open a slide's embedding store (``<slide>.zarr``) for reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The store, e.g. ``stores/<slide>.zarr`` (``store_path(root, slide)`` gives it): a local folder or an
+        fsspec URL (``s3://bucket/stores/<slide>.zarr``).
+
+    Returns
+    -------
+    SlideStore
+        ``coords`` (N, 2) int64 level-0 top-left (x, y); ``tissue_fraction`` (N,); ``tile_extent`` (w, h) in
+        level-0 px; ``encoders()`` with complete embeddings; ``embeddings(encoder)`` (N, D) (float16 unless
+        extracted as float32; ``as_="torch"`` for a tensor); ``scores(name)`` per-tile scores (N,) or (N, K);
+        ``slide_embedding(name)``; ``attrs`` (slide fingerprint, tiling, schema and package versions).
+
+    Raises
+    ------
+    StoreError
+        Not a slidescope store, or a newer schema than this slidescope reads.
+    IncompleteStoreError
+        From ``embeddings()``, when an extraction was interrupted: run it again, it resumes.
+    StoreCorruptError
+        A chunk failed its checksum.
 
     Examples
     --------
-    >>> store = open_store("stores/CMU-1-Small-Region.zarr")      # doctest: +SKIP
-    >>> store.encoders()                                            # doctest: +SKIP
-    ['he-descriptor']
-    >>> store.embeddings("he-descriptor").shape                     # doctest: +SKIP
-    (57, 96)
+    >>> import tempfile
+    >>> import slidescope as ss
+    >>> slide = ss.open_slide("sample_data/sample_slide.tiff")
+    >>> res = ss.extract_features(slide, ss.make_tile_grid(slide, tile_size=224, mpp=0.5), "he-descriptor",
+    ...                           store=tempfile.mkdtemp(), num_workers=0, progress=False)
+    >>> store = ss.open_store(res.store)
+    >>> store.encoders(), store.n_tiles, store.tile_extent
+    (['he-descriptor'], 94, (224, 224))
+    >>> store.embeddings("he-descriptor").shape, store.coords.shape          # (N, D), (N, 2)
+    ((94, 98), (94, 2))
     """
     return SlideStore.open(path)

@@ -98,21 +98,60 @@ def heatmap(
     backend: str = "auto",
     slide_mpp: float | None = None,
 ) -> Path:
-    """Paint a slide's per-tile scores over its thumbnail, with a colour bar; optionally export GeoJSON.
+    """Paint a slide's per-tile scores over its thumbnail, with a colour bar; optionally export QuPath GeoJSON.
 
     Parameters
     ----------
-    slide_path : the slide file.
-    store : the slide's store (``<slide>.zarr``) or the folder of stores.
-    scores : name of the scores in the store (e.g. ``"<run>/attention"`` written by ``score``).
-    out_png : the image to write; the thumbnail fits in ``size`` x ``size`` px plus a colour bar.
-    out_geojson : QuPath GeoJSON of the scored tiles (level-0 px, raw and normalised scores).
-    normalize : ``"rank"`` (default) or ``"minmax"``, see the module docstring.
-    column : which column of (N, K) scores to draw (required for 2-D scores).
+    slide_path : str or os.PathLike
+        The slide file.
+    store : str or os.PathLike
+        The slide's store (``<slide>.zarr``) or the folder of stores.
+    scores : str
+        Name of the scores in the store, e.g. ``"<run>/attention"`` (written by :func:`score`) or
+        ``"zero-shot/<class>"`` (written by ``zero_shot(..., level="tile")``).
+    out_png : str or os.PathLike
+        The image to write: the thumbnail fits in ``size`` x ``size`` px, plus a colour bar.
+    out_geojson : str or os.PathLike, optional
+        QuPath GeoJSON of the scored tiles: one polygon per tile in level-0 px, raw and normalised scores.
+    size : int, default 1024
+        Longest side of the thumbnail in px.
+    cmap : {"inferno", "viridis", "magma", "jet"}
+    alpha : float, default 0.5
+        Opacity of the tiles over the thumbnail.
+    normalize : {"rank", "minmax"}
+        How scores map to colours (see the module docstring): ``rank`` spreads peaked attention over the
+        colour map, ``minmax`` is linear.
+    column : int, optional
+        Which column of (N, K) scores to draw (required for 2-D scores).
+    backend : str, default "auto"
+    slide_mpp : float, optional
+        As in :func:`~slidescope.wsi.open_slide`.
 
     Returns
     -------
-    Path of the PNG.
+    pathlib.Path
+        The PNG.
+
+    Raises
+    ------
+    StoreError
+        No scores of that name in the store.
+    InvalidParameterError
+        2-D scores without ``column``, or an unknown colour map or normalisation.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import slidescope as ss
+    >>> from slidescope.features import SlideStore
+    >>> path, out = "sample_data/sample_slide.tiff", tempfile.mkdtemp()
+    >>> grid = ss.make_tile_grid(ss.open_slide(path), tile_size=224, mpp=0.5)
+    >>> res = ss.extract_features(path, grid, "he-descriptor", store=out, num_workers=0, progress=False)
+    >>> store = SlideStore.open(res.store, mode="r+")
+    >>> store.write_scores("demo/tissue", store.tissue_fraction)      # any (N,) per-tile scores
+    >>> ss.heatmap(path, res.store, scores="demo/tissue", out_png=f"{out}/tissue.png",
+    ...            out_geojson=f"{out}/tissue.geojson").name
+    'tissue.png'
     """
     from PIL import Image, ImageDraw
 

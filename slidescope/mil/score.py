@@ -71,23 +71,50 @@ def score(
 ) -> list[SlideScore]:
     """Score slides with an ensemble of MIL checkpoints (e.g. the folds of one run).
 
-    Per slide, the class probabilities (regression: the predictions; survival: the risks) and the
-    tile scores (attention) are averaged over the checkpoints. With ``write_scores``, each store
-    gets ``scores/<name>/attention`` (N,) with the
-    per-class probabilities, the predicted label and the checkpoints in its attrs; ``name``
-    defaults to the run folder of the first checkpoint (:func:`run_name`).
+    Per slide, the class probabilities (regression: the predictions; survival: the risks) and the tile
+    scores (attention) are averaged over the checkpoints. With ``write_scores``, each store gets
+    ``scores/<name>/attention`` (N,) with the per-class probabilities, the predicted label and the
+    checkpoints in its attrs (what :func:`heatmap` draws).
 
     Parameters
     ----------
-    checkpoints : ``best.ckpt`` files; all must share encoder, embedding size and classes.
-    stores : slide stores or folders of stores.
-    out_csv : CSV with ``slide, prob_<class>..., predicted`` (regression ``slide, prediction``;
-        survival ``slide, risk``).
+    checkpoints : list of str or os.PathLike
+        ``best.ckpt`` files (``TrainResult.checkpoints``); all must share encoder, embedding size, task
+        and classes.
+    stores : list of str or os.PathLike
+        Slide stores (``<slide>.zarr``) or folders of stores.
+    out_csv : str or os.PathLike, optional
+        CSV with ``slide, prob_<class>..., predicted`` (regression ``slide, prediction``; survival
+        ``slide, risk``).
+    write_scores : bool, default True
+        Write the tile attention into each store.
+    name : str, optional
+        Name of the scores in the stores; default the run folder of the first checkpoint
+        (:func:`run_name`: ``runs/abmil/fold0/best.ckpt`` -> ``"abmil"``).
+    device : str, default "cpu"
+
+    Returns
+    -------
+    list of SlideScore
+        One per slide, in store order: ``slide``, ``store``, ``probs`` (class -> probability), ``predicted``,
+        ``attention`` float32 (N,) (row i = tile ``store.coords[i]``), ``prediction`` (regression) or
+        ``risk`` (survival).
 
     Raises
     ------
     EncoderMismatchError
-        A store lacks embeddings of the checkpoints' encoder, or their size differs.
+        A store lacks embeddings of the checkpoints' encoder, or their size differs (the message says
+        which encoder to extract with).
+    InvalidParameterError
+        No checkpoint, checkpoints that disagree, or a store with no tiles.
+
+    Examples
+    --------
+    >>> import slidescope as ss
+    >>> folds = [f"runs/abmil/fold{k}/best.ckpt" for k in range(5)]
+    >>> rows = ss.score(folds, ["stores"], out_csv="predictions.csv")      # doctest: +SKIP
+    >>> rows[0].probs, rows[0].attention.shape                             # doctest: +SKIP
+    ({'normal': 0.08, 'tumour': 0.92}, (1523,))
     """
     import torch
 

@@ -461,41 +461,97 @@ def train(
 
     Parameters
     ----------
-    manifest : CSV with slide, label, patient (optional site, split); see :func:`read_manifest`.
-    store : folder of the slides' stores; every slide needs complete ``encoder`` embeddings.
-    encoder : which embeddings to train on.
-    out : run folder (see the module docstring for its layout).
-    model, model_kwargs : aggregator registry name and its kwargs.
-    folds, seed, site_preserving : the patient-level split (:func:`make_splits`).
-    epochs, batch_size, lr, weight_decay : AdamW with a cosine schedule over ``epochs``. ``batch_size``
-        defaults to 8 bags, or 32 for a Cox model (its loss compares the bags of a batch: small
+    manifest : str or os.PathLike
+        CSV with ``slide`` (path relative to the CSV), ``label`` and ``patient`` (optional ``site``,
+        ``split``); see :func:`read_manifest`.
+    store : str or os.PathLike
+        Folder of the slides' stores; every slide needs complete ``encoder`` embeddings (N, D).
+    encoder : str
+        Which embeddings to train on.
+    out : str or os.PathLike
+        Run folder (see the module docstring for its layout).
+    model : str, default "abmil"
+        Aggregator registry name (:func:`~slidescope.mil.list_aggregators`).
+    model_kwargs : dict, optional
+        Its hyper-parameters.
+    folds : int, default 5
+        Patient-level cross-validation folds (:func:`make_splits`, with ``seed`` and ``site_preserving``).
+    epochs : int, default 20
+        Maximum epochs per fold; AdamW (``lr``, ``weight_decay``) with a cosine schedule over them.
+    batch_size : int, optional
+        Bags per batch: 8 by default, 32 for a Cox model (its loss compares the bags of a batch: small
         batches give a noisy partial likelihood; validation and test use all their bags at once).
-    max_instances : tiles per training bag (subsampled, seeded); evaluation uses every tile.
-    early_stopping_patience : epochs without a lower validation loss before a fold stops.
-    class_weighting : weight the cross-entropy by inverse class frequency of each fold's training set.
-    accelerator, devices, num_nodes, precision : passed to ``lightning.Trainer``
-        (``precision="bf16-mixed"``/``"16-mixed"`` for mixed precision on GPU). ``devices`` per node
-        times ``num_nodes`` above 1 trains with DDP, one process per device; see "Several devices and
-        nodes" in the module docstring for how to launch it, what is synchronised and what differs
-        from one device (the effective batch is ``batch_size`` x world size; ``lr`` is not scaled).
-    strategy : ``"auto"``: DDP when the world size is above 1 (``find_unused_parameters`` for
-        aggregators with an auxiliary loss), else one device; or a Lightning strategy name such as
-        ``"ddp_find_unused_parameters_true"``.
-    resume : a fold with ``done.json`` is reused; a fold with ``last.ckpt`` continues from it.
-        ``False`` deletes the fold folders and starts again.
-    callbacks : extra Lightning callbacks (added to every fold).
-    task : ``"classification"`` (``label_column`` holds classes), ``"regression"`` (``label_column``
-        holds numbers; MSE on targets standardised with each fold's training mean and std) or
-        ``"survival"`` (``time_column``, ``event_column``).
-    survival_model : ``"cox"`` (risk score, Cox partial likelihood with Breslow ties) or
-        ``"discrete"`` (``n_bins`` time bins from quantiles of the training fold's event times,
-        the censored discrete-time hazard likelihood; risk = minus the sum of the survival curve).
+    lr, weight_decay : float
+        AdamW learning rate (2e-4) and weight decay (1e-2).
+    seed : int, default 0
+        Seed of the splits, bag subsampling and initialisation.
+    max_instances : int, default 512
+        Tiles per training bag (subsampled, seeded); evaluation uses every tile.
+    val_fraction : float, default 0.2
+        Fraction of each fold's training patients held out for validation (early stopping, best checkpoint).
+    early_stopping_patience : int, default 5
+        Epochs without a lower validation loss before a fold stops.
+    site_preserving : bool, default False
+        Hold out whole sites per fold (manifest column ``site``).
+    class_weighting : bool, default True
+        Weight the cross-entropy by inverse class frequency of each fold's training set.
+    accelerator, devices, num_nodes, precision
+        Passed to ``lightning.Trainer`` (``precision="bf16-mixed"``/``"16-mixed"`` for mixed precision on
+        GPU). ``devices`` per node times ``num_nodes`` above 1 trains with DDP, one process per device; see
+        "Several devices and nodes" in the module docstring for how to launch it, what is synchronised and
+        what differs from one device (the effective batch is ``batch_size`` x world size; ``lr`` is not
+        scaled).
+    strategy : str, default "auto"
+        DDP when the world size is above 1 (``find_unused_parameters`` for aggregators with an auxiliary
+        loss), else one device; or a Lightning strategy name such as ``"ddp_find_unused_parameters_true"``.
+    num_workers : int, default 0
+        DataLoader workers (bags are read from an in-memory cache).
+    resume : bool, default True
+        A fold with ``done.json`` is reused; a fold with ``last.ckpt`` continues from it. ``False`` deletes
+        the fold folders and starts again.
+    bootstrap : int, default 1000
+        Bootstrap resamples of the 95% confidence intervals.
+    callbacks : list, optional
+        Extra Lightning callbacks (added to every fold).
+    progress : bool, default False
+        Lightning's progress bars and messages.
+    task : {"classification", "regression", "survival"}
+        ``classification``: ``label_column`` holds classes; ``regression``: ``label_column`` holds numbers
+        (MSE on targets standardised with each fold's training mean and std); ``survival``: ``time_column``
+        and ``event_column``.
+    label_column : str, default "label"
+    survival_model : {"cox", "discrete"}
+        ``cox``: a risk score with the Cox partial likelihood (Breslow ties); ``discrete``: ``n_bins`` time
+        bins from quantiles of the training fold's event times, the censored discrete-time hazard
+        likelihood (risk = minus the sum of the survival curve).
+    time_column, event_column : str
+        Survival: time to event or censoring, and 1 = event / 0 = censored.
+    n_bins : int, default 4
+        Discrete survival: time bins.
 
     Returns
     -------
     TrainResult
-        Per-fold and pooled out-of-fold metrics with bootstrap 95% CIs; the checkpoints. Under DDP
-        only global rank 0 predicts, writes and returns results; the other ranks return None.
+        ``folds`` (per fold: status, best checkpoint, slide counts, epochs, metrics with CIs), ``pooled``
+        and ``pooled_ci`` out-of-fold metrics (classification: AUROC, balanced accuracy, F1, Cohen's kappa,
+        accuracy), ``checkpoints`` (the folds' ``best.ckpt``, for :func:`score`), ``oof_csv``,
+        ``results_csv``, ``splits``; ``summary()`` is a printable table. Under DDP only global rank 0
+        predicts, writes and returns results; the other ranks return None.
+
+    Raises
+    ------
+    InvalidParameterError
+        A bad manifest (missing columns, too few patients per class for the folds), a run folder holding
+        another configuration (with ``resume``), or a bad option.
+
+    Examples
+    --------
+    >>> import slidescope as ss
+    >>> run = ss.train("slides.csv", store="stores", encoder="uni", out="runs/abmil", folds=5)  # doctest: +SKIP
+    >>> print(run.summary())                                                                 # doctest: +SKIP
+    >>> ss.score(run.checkpoints, ["stores"], out_csv="predictions.csv")                     # doctest: +SKIP
+
+    ``examples/train_abmil_cv.py`` runs this offline on a synthetic cohort.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint

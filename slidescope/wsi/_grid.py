@@ -128,21 +128,59 @@ def make_tile_grid(
 ) -> TileGrid:
     """Cut a slide into tiles of ``tile_size`` px at ``mpp`` µm/px.
 
+    A tile covers ``extent = round(tile_size * mpp / slide_mpp)`` level-0 px per axis; it is read from the
+    coarsest pyramid level at least as fine as ``mpp`` and resized once. Only tiles wholly inside the
+    slide (or ``roi``) with at least ``min_tissue`` tissue are kept.
+
     Parameters
     ----------
-    slide : an open :class:`Slide` (its mpp must be known).
-    tile_size : tile side in pixels at the target resolution (e.g. 224).
-    mpp : target µm per pixel (e.g. 0.5 for "20x").
-    overlap : pixels (at the target resolution) shared by neighbouring tiles, ``0 <= overlap < tile_size``.
-    min_tissue : keep tiles whose tissue fraction is at least this (0 keeps every tile).
-    mask : a :class:`TissueMask`; ``None`` runs :func:`detect_tissue` with its defaults.
-    roi : (x, y, w, h) in level-0 pixels to restrict the grid to.
-    allow_upsample : permit a target mpp more than 10% finer than the scan (tiles are then upsampled).
-    allow_empty : return an empty grid instead of raising :class:`EmptyTissueError`.
+    slide : Slide
+        An open slide whose mpp is known.
+    tile_size : int
+        Tile side in pixels at the target resolution (e.g. 224).
+    mpp : float
+        Target µm per pixel (e.g. 0.5 for "20x").
+    overlap : int, default 0
+        Pixels (at the target resolution) shared by neighbouring tiles, ``0 <= overlap < tile_size``.
+    min_tissue : float, default 0.25
+        Keep tiles whose tissue fraction is at least this (0 keeps every tile).
+    mask : TissueMask, optional
+        The tissue; ``None`` runs :func:`detect_tissue` with its defaults.
+    roi : (int, int, int, int), optional
+        (x, y, w, h) in level-0 pixels to restrict the grid to.
+    allow_upsample : bool, default False
+        Permit a target mpp more than 10% finer than the scan (tiles are then upsampled).
+    allow_empty : bool, default False
+        Return an empty grid instead of raising :class:`EmptyTissueError`.
 
     Returns
     -------
-    TileGrid with ``coords`` (N, 2) int64 level-0 top-left (x, y), in row-major order.
+    TileGrid
+        ``coords`` (N, 2) int64, level-0 top-left (x, y), row-major order; ``tissue_fraction`` (N,) float32;
+        ``extent`` (level-0 px per tile), ``effective_mpp`` (x, y), ``level`` and ``read_size`` (where and
+        how much is read); ``len(grid)`` = N.
+
+    Raises
+    ------
+    InvalidParameterError
+        A tile larger than the slide, a bad ``tile_size`` / ``mpp`` / ``overlap``, or upsampling not allowed.
+    EmptyTissueError
+        No tile has enough tissue (unless ``allow_empty``).
+    MissingMppError
+        The slide has no pixel size.
+
+    Examples
+    --------
+    >>> import slidescope as ss
+    >>> slide = ss.open_slide("sample_data/sample_slide.tiff")          # 0.5 µm/px
+    >>> grid = ss.make_tile_grid(slide, tile_size=224, mpp=0.5)
+    >>> len(grid), grid.coords.shape, grid.coords.dtype
+    (94, (94, 2), dtype('int64'))
+    >>> grid.extent, grid.effective_mpp                                # level-0 px per tile, µm/px as cut
+    ((224, 224), (0.5, 0.5))
+    >>> coarse = ss.make_tile_grid(slide, tile_size=256, mpp=1.0)      # 512 level-0 px, resized to 256
+    >>> coarse.extent, coarse.read_size, coarse.effective_mpp
+    ((512, 512), (512, 512), (1.0, 1.0))
     """
     tile_size = _positive_int("tile_size", tile_size)
     if isinstance(overlap, bool) or not isinstance(overlap, int | np.integer) or not 0 <= overlap < tile_size:

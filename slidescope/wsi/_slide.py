@@ -343,22 +343,42 @@ def open_slide(
 
     Parameters
     ----------
-    path : the slide file (SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF,
-        generic tiled TIFF...), or an fsspec URL of a single-file slide (``s3://...``), read through
+    path : str or os.PathLike
+        The slide file (SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF, generic tiled
+        TIFF...), a DICOM-WSI folder, or an fsspec URL of a single-file slide (``s3://...``), read through
         a local copy in the slide cache.
-    backend : ``"auto"``, ``"openslide"`` or ``"tiffslide"``. ``auto`` tries OpenSlide first
-        (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the other.
-    mpp : level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)).
+    backend : {"auto", "openslide", "tiffslide"}, default "auto"
+        ``auto`` tries OpenSlide first (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the
+        other.
+    mpp : float or (float, float), optional
+        Level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)). Needed for files
+        without a pixel size.
 
     Returns
     -------
     Slide
+        OpenSlide's vocabulary: ``dimensions`` (w, h) at level 0, ``level_count``, ``level_dimensions``,
+        ``level_downsamples``, ``properties``, ``associated_images``; ``read_region((x, y), level, (w, h))``
+        returns RGB ``uint8 (h, w, 3)``; plus ``mpp`` (x, y) and ``mpp_source``. A context manager.
+
+    Raises
+    ------
+    SlideNotFoundError
+        No such file.
+    UnsupportedSlideError
+        No backend can open it (not a slide, unknown compression, truncated file).
+    InvalidParameterError
+        Unknown backend or an implausible ``mpp``.
 
     Examples
     --------
-    >>> slide = open_slide("CMU-1-Small-Region.svs")          # doctest: +SKIP
-    >>> slide.dimensions, slide.mpp, slide.mpp_source           # doctest: +SKIP
-    ((2220, 2967), (0.499, 0.499), 'Aperio ImageDescription (MPP)')
+    >>> import slidescope as ss
+    >>> slide = ss.open_slide("sample_data/sample_slide.tiff")   # the repository's synthetic sample
+    >>> slide.dimensions, slide.level_count, slide.mpp, slide.mpp_source
+    ((4096, 3072), 2, (0.5, 0.5), 'Aperio ImageDescription (MPP)')
+    >>> slide.read_region((1024, 1024), 0, (256, 128)).shape    # (h, w, 3) uint8 RGB
+    (128, 256, 3)
+    >>> ss.open_slide("scan.tif", mpp=0.25)                       # doctest: +SKIP
     """
     from ._remote import is_url, localize_slide
 

@@ -257,21 +257,28 @@ def detect_tissue(
 
     Parameters
     ----------
-    slide : an open :class:`~slidescope.wsi.Slide` with a known pixel size.
-    mpp : µm per pixel of the mask (default 8: fast, and fine enough for tiling at 256 px x
-        0.5 µm = 128 µm). It is read from the coarsest pyramid level at least that fine, in
-        blocks, area-averaged. A value finer than the slide's own pixels is raised to them.
-    min_area_um2 : tissue pieces smaller than this (µm²) are dropped (default 20,000 µm² =
-        0.02 mm²). Independent of ``mpp``.
-    remove_pen : exclude blue, green and black ink (pen marks, marking dye).
-    fill_holes : fill holes completely enclosed by tissue (lumens, tears, fat).
-    threshold : fixed threshold on the OD-chroma score (see module doc; 0.035-0.08 is the usual
-        range) instead of the automatic one.
+    slide : Slide
+        An open slide (:func:`open_slide`) with a known pixel size.
+    mpp : float, default 8.0
+        µm per pixel of the mask (fast, and fine enough for tiling at 256 px x 0.5 µm = 128 µm). It is
+        read from the coarsest pyramid level at least that fine, in blocks, area-averaged. A value finer
+        than the slide's own pixels is raised to them.
+    min_area_um2 : float, default 20,000
+        Tissue pieces smaller than this (µm², i.e. 0.02 mm²) are dropped. Independent of ``mpp``.
+    remove_pen : bool, default True
+        Exclude blue, green and black ink (pen marks, marking dye).
+    fill_holes : bool, default True
+        Fill holes completely enclosed by tissue (lumens, tears, fat).
+    threshold : float, optional
+        Fixed threshold on the OD-chroma score (see the module docstring; 0.035-0.08 is the usual range)
+        instead of the automatic one.
 
     Returns
     -------
     TissueMask
-        ``mask`` of shape (round(h0 / ds), round(w0 / ds)) with ds = mpp / slide mpp, at least 1 x 1.
+        ``mask``: bool array of shape (round(h0 / ds), round(w0 / ds)) with ds = mpp / slide mpp, at least
+        1 x 1; ``mpp`` (x, y) of the mask; ``contours`` in level-0 px; ``area_um2``; ``to_geojson()`` /
+        ``save_geojson(path)`` for QuPath.
 
     Raises
     ------
@@ -279,6 +286,18 @@ def detect_tissue(
         ``mpp`` not a positive finite number, or so fine that the mask would be huge.
     MissingMppError
         The slide has no pixel size: open it with ``open_slide(path, mpp=...)``.
+
+    Examples
+    --------
+    >>> import slidescope as ss
+    >>> slide = ss.open_slide("sample_data/sample_slide.tiff")
+    >>> mask = ss.detect_tissue(slide)
+    >>> mask
+    TissueMask(256x192 at 8 µm/px, 3 pieces, 31.1% tissue, 0.979 mm²)
+    >>> mask.mask.shape, mask.mask.dtype                      # (H, W) at mask.mpp
+    ((192, 256), dtype('bool'))
+    >>> mask.to_geojson()["type"]                             # contours in level-0 px, for QuPath
+    'FeatureCollection'
     """
     _check_positive(mpp, "mpp")
     _check_nonneg(min_area_um2, "min_area_um2")

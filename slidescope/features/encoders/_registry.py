@@ -81,19 +81,46 @@ def create_encoder(
 
     Parameters
     ----------
-    name : a name from :func:`list_encoders`, or ``"timm:<model name>"``.
-    weights : a local weights file or folder; ``None`` fetches them from the Hugging Face hub
-        (with your token and cache). Weight-free encoders ignore it.
-    device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...
-    precision : ``"fp32"``, ``"fp16"`` or ``"bf16"``; default: the model's recommended precision on a
-        GPU and fp32 on CPU. Recorded on the encoder as ``encoder.precision`` (autocast dtype).
-    pretrained : False builds the architecture with random weights (tests, benchmarks).
-    strict : refuse weights whose keys do not match the architecture exactly.
+    name : str
+        A name from :func:`list_encoders` (``"uni"``, ``"virchow2"``, ``"he-descriptor"``...), or
+        ``"timm:<model name>"``.
+    weights : str or os.PathLike, optional
+        A local weights file or folder; ``None`` fetches them from the Hugging Face hub (with your token
+        and cache). Weight-free encoders ignore it.
+    device : str or torch.device, default "auto"
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...
+    precision : {"fp32", "fp16", "bf16"}, optional
+        Compute precision; default the model's recommended precision on a GPU and fp32 on CPU. Recorded
+        on the encoder as ``encoder.precision`` (and ``encoder.autocast_dtype``).
+    pretrained : bool, default True
+        False builds the architecture with random weights (tests, benchmarks).
+    strict : bool, default True
+        Refuse weights whose keys do not match the architecture exactly.
 
     Returns
     -------
-    Encoder whose ``forward(uint8 (B, H, W, 3)) -> (B, embed_dim)``; ``encoder.config`` holds the
-    contract, ``encoder.weights_digest`` the sha256 of the weights file (None if none).
+    Encoder
+        An ``nn.Module``: ``forward(uint8 (B, H, W, 3)) -> float (B, embed_dim)`` (resizing and
+        normalisation happen inside, on the device). ``encoder.config`` holds the contract (``embed_dim``,
+        ``tile_size``, ``mpp``, mean/std, licence); ``encoder.weights_digest`` the sha256 of the weights file.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown name (the message lists the registered ones) or precision.
+    WeightsError
+        Weights missing, gated or not matching the architecture; the message names the model, its licence
+        page and the ``weights=`` way out.
+
+    Examples
+    --------
+    >>> import slidescope as ss, torch
+    >>> enc = ss.create_encoder("he-descriptor", device="cpu")        # weight-free, offline
+    >>> enc.config.embed_dim, enc.config.tile_size, enc.config.mpp
+    (98, 224, 0.5)
+    >>> enc(torch.zeros(2, 224, 224, 3, dtype=torch.uint8)).shape      # uint8 (B, H, W, 3) -> (B, D)
+    torch.Size([2, 98])
+    >>> uni = ss.create_encoder("uni", weights="/models/uni/pytorch_model.bin")   # doctest: +SKIP
     """
     config, builder = _entry(name)
     dev = resolve_device(device)

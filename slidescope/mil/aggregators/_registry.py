@@ -77,7 +77,9 @@ def create_aggregator(name: str, *, in_dim: int, num_classes: int, **kwargs: Any
     Returns
     -------
     Aggregator
-        ``forward(features (B, N, D), mask (B, N) | None, *, labels (B,) | None) -> AggregatorOutput``.
+        ``forward(features (B, N, D), mask (B, N) | None, *, labels (B,) | None) -> AggregatorOutput`` with
+        ``logits`` (B, C), ``scores`` (B, N) per-tile scores for heatmaps (0 on padded tiles, where ``mask``
+        is False) and ``aux_loss`` (the model's extra training term, or None).
 
     Raises
     ------
@@ -87,9 +89,15 @@ def create_aggregator(name: str, *, in_dim: int, num_classes: int, **kwargs: Any
     Examples
     --------
     >>> import torch
-    >>> model = create_aggregator("abmil", in_dim=1024, num_classes=2).eval()
-    >>> model(torch.randn(1, 100, 1024)).logits.shape
-    torch.Size([1, 2])
+    >>> import slidescope as ss
+    >>> model = ss.create_aggregator("abmil", in_dim=1024, num_classes=2).eval()
+    >>> x, mask = torch.randn(2, 100, 1024), torch.ones(2, 100, dtype=torch.bool)
+    >>> mask[1, 60:] = False                                   # the second bag has 60 tiles
+    >>> out = model(x, mask)
+    >>> out.logits.shape, out.scores.shape                     # (B, C) slide logits, (B, N) tile scores
+    (torch.Size([2, 2]), torch.Size([2, 100]))
+    >>> bool((out.scores[1, 60:] == 0).all())                 # padding gets no attention
+    True
     """
     names = list_aggregators()
     if name not in _REGISTRY:

@@ -1,0 +1,410 @@
+"""The batch run's configuration: one frozen, picklable :class:`RunConfig`, read from a YAML or TOML file
+and/or keyword options (flags override the file), validated before any slide is touched.
+
+Config-file keys are the long option names of ``slidescope run`` (``tile-size`` or ``tile_size``);
+relative paths in a file are relative to the file. :func:`result_signature` is the part of a
+configuration that decides whether a finished slide's results are still valid (encoder, weights,
+tiling, models, prompts, heatmap settings); execution details (device, workers, batch size, output
+folder) are not part of it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunConfig", "load_config_file", "resolve_config", "result_signature", "signature_changes",
+           "CONFIG_KEYS", "expand_models"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one slide's processing needs; frozen and picklable (it travels to worker processes).
+
+    Attributes
+    ----------
+    out : results folder (see :func:`slidescope.run` for its layout).
+    encoder : patch-encoder registry name (``slidescope encoders``) or ``timm:<name>``.
+    model : MIL checkpoints (``best.ckpt``), averaged as an ensemble; empty: no supervised scoring.
+    slide_text_model : a saved slide-text model folder (``pretrain``'s ``OUT/model``) for zero-shot.
+    prompts : zero-shot prompts YAML (``classes: {name: [phrasing, ...]}``, optional ``templates``).
+    weights : local weights file or folder of the encoder (offline use).
+    stores : embedding-store folder; default ``OUT/stores``.
+    mpp, tile_size : tile resolution (µm/px) and side (px); default: what the encoder was trained on.
+    overlap, min_tissue : tile overlap (px) and minimum tissue fraction of a tile.
+    slide_mpp : pixel size to use for slides whose metadata lacks it.
+    backend : ``auto``, ``openslide`` or ``tiffslide``.
+    stain : ``None``, ``macenko`` or ``reinhard`` stain normalisation.
+    dtype : stored embedding dtype, ``float16`` or ``float32``.
+    precision : encoder precision (``fp32``, ``fp16``, ``bf16``); default the model's on GPU.
+    device : ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
+    batch_size : tiles per batch or ``"auto"``.
+    num_workers : reader processes per slide (default: one per core on CPU).
+    zero_shot_level : ``slide`` (slide embedding vs prompts) or ``tile`` (MI-Zero top-k pooling).
+    prompt_ensemble : ``mean-embedding`` or ``sum-probability``.
+    heatmaps : write heatmap PNG + GeoJSON per slide (MIL attention, zero-shot tile similarity).
+    heatmap_size, cmap, normalize : heatmap thumbnail size (px), colour map, score normalisation.
+    progress : show a per-slide tile progress bar (execution only, not part of the results' signature).
+    """
+
+    out: str
+    encoder: str
+    model: tuple[str, ...] = ()
+    slide_text_model: str | None = None
+    prompts: str | None = None
+    weights: str | None = None
+    stores: str | None = None
+    mpp: float | None = None
+    tile_size: int | None = None
+    overlap: int = 0
+    min_tissue: float = 0.25
+    slide_mpp: float | None = None
+    backend: str = "auto"
+    stain: str | None = None
+    dtype: str = "float16"
+    precision: str | None = None
+    device: str = "auto"
+    batch_size: int | str = "auto"
+    num_workers: int | None = None
+    zero_shot_level: str = "slide"
+    prompt_ensemble: str = "mean-embedding"
+    heatmaps: bool = True
+    heatmap_size: int = 1024
+    cmap: str = "inferno"
+    normalize: str = "rank"
+    progress: bool = field(default=False, compare=False)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def stores_dir(self) -> Path | str:
+        """The store root: ``OUT/stores`` by default; a local folder or an fsspec URL (``s3://bucket/stores``)."""
+        from ..features.store import as_location
+
+        return as_location(self.stores) if self.stores else Path(self.out) / "stores"
+
+    @property
+    def score_name(self) -> str:
+        """Name of the MIL scores in the stores (``scores/<name>/attention``): the checkpoints' run folder."""
+        from ..mil.score import run_name
+
+        return run_name(self.model[0]) if self.model else ""
+
+    def to_dict(self, *, kebab: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = list(self.model)
+        d.pop("progress")
+        return {k.replace("_", "-"): v for k, v in d.items()} if kebab else d
+
+
+# -- the keys a config file may hold --------------------------------------------------------------------
+
+#: key -> (type, allowed values or None); "path"/"paths" are resolved against the config file's folder
+_SPEC: dict[str, tuple[str, tuple[Any, ...] | None]] = {
+    "slides": ("paths", None),
+    "out": ("path", None),
+    "encoder": ("str", None),
+    "model": ("paths", None),
+    "slide_text_model": ("path", None),
+    "prompts": ("path", None),
+    "weights": ("path", None),
+    "stores": ("path", None),
+    "mpp": ("float", None),
+    "tile_size": ("int", None),
+    "overlap": ("int", None),
+    "min_tissue": ("float", None),
+    "slide_mpp": ("float", None),
+    "backend": ("str", ("auto", "openslide", "tiffslide")),
+    "stain": ("str", ("macenko", "reinhard")),
+    "dtype": ("str", ("float16", "float32")),
+    "precision": ("str", ("fp32", "fp16", "bf16")),
+    "device": ("str", None),
+    "batch_size": ("batch", None),
+    "num_workers": ("int", None),
+    "zero_shot_level": ("str", ("slide", "tile")),
+    "prompt_ensemble": ("str", ("mean-embedding", "sum-probability")),
+    "heatmaps": ("bool", None),
+    "heatmap_size": ("int", None),
+    "cmap": ("str", ("inferno", "viridis", "magma", "jet")),
+    "normalize": ("str", ("rank", "minmax")),
+}
+
+#: the keys a config file may hold, as written there (the long option names of ``slidescope run``)
+CONFIG_KEYS: tuple[str, ...] = tuple(k.replace("_", "-") for k in _SPEC)
+
+def _unknown_key(key: str, where: str) -> InvalidParameterError:
+    close = difflib.get_close_matches(key.replace("_", "-"), CONFIG_KEYS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return InvalidParameterError(f"{where}: unknown key {key!r}{hint}. Valid keys: {', '.join(CONFIG_KEYS)}")
+
+
+def _coerce(key: str, value: Any, where: str, base: Path | None) -> Any:
+    """One config value, checked against its type and allowed values (``None`` stays ``None``)."""
+    kind, choices = _SPEC[key]
+    name = key.replace("_", "-")
+    if value is None:
+        return None
+
+    def bad(expected: str) -> InvalidParameterError:
+        return InvalidParameterError(f"{where}: {name} must be {expected}, got {value!r}")
+
+    def path(v: Any) -> str:
+        if not isinstance(v, str | os.PathLike) or not str(v).strip():
+            raise bad("a path")
+        if "://" in str(v):  # an fsspec URL (stores on S3...): kept as it is
+            return str(v)
+        p = Path(v).expanduser()
+        return str(base / p) if base is not None and not p.is_absolute() else str(p)
+
+    if kind == "path":
+        return path(value)
+    if kind == "paths":
+        items = [value] if isinstance(value, str | os.PathLike) else value
+        if not isinstance(items, Sequence) or isinstance(items, str):
+            raise bad("a path or a list of paths")
+        return tuple(path(v) for v in items)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+        return int(value)
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if kind == "batch":
+        if value == "auto":
+            return "auto"
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad("a positive whole number or 'auto'")
+        return int(value)
+    if not isinstance(value, str):
+        raise bad("text")
+    if choices is not None and value not in choices:
+        raise InvalidParameterError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) run configuration into checked option values.
+
+    Keys are the long option names (``tile-size`` or ``tile_size``); relative paths are relative to the
+    file. Unknown keys and values of the wrong type raise :class:`InvalidParameterError`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidParameterError(f"config file {p} does not exist")
+    suffix = p.suffix.lower()
+    text = p.read_text()
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidParameterError(f"{p} is not valid TOML: {err}") from err
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise InvalidParameterError(f"{p} is not valid YAML: {err}") from err
+    else:
+        raise InvalidParameterError(f"config file {p.name}: use a .yaml, .yml or .toml file")
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise InvalidParameterError(f"{p}: expected a mapping of option names to values, e.g. 'encoder: uni'")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        k = str(key).replace("-", "_")
+        if k not in _SPEC:
+            raise _unknown_key(str(key), p.name)
+        out[k] = _coerce(k, value, p.name, p.parent)
+    return out
+
+
+def expand_models(models: Sequence[str]) -> tuple[str, ...]:
+    """Checkpoints from files and run folders (``RUN/fold*/best.ckpt``, or ``RUN/best.ckpt``)."""
+    out: list[str] = []
+    for m in models:
+        p = Path(m)
+        if p.is_dir():
+            found = sorted(p.glob("fold*/best.ckpt")) or sorted(p.glob("best.ckpt"))
+            if not found:
+                raise InvalidParameterError(f"model folder {p} holds no fold*/best.ckpt or best.ckpt; give the "
+                                            f"checkpoint files (slidescope train writes RUN/fold<k>/best.ckpt)")
+            out.extend(str(f) for f in found)
+        elif p.is_file():
+            out.append(str(p))
+        else:
+            raise InvalidParameterError(f"model checkpoint {p} does not exist; give a best.ckpt or a training run "
+                                        f"folder (slidescope train --out)")
+    return tuple(out)
+
+
+def resolve_config(
+    slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+    validate: bool = True,
+    **options: Any,
+) -> tuple[list[Path], RunConfig]:
+    """Merge a config file and options (options that are not ``None`` win) into the slide list and a
+    validated :class:`RunConfig`.
+
+    Raises
+    ------
+    InvalidParameterError
+        An unknown option, a value of the wrong type, a missing required option (``encoder``, ``out``,
+        slides), a missing model or prompts file, prompts without a slide-text model (or the reverse), or
+        checkpoints trained on another encoder.
+    """
+    from ..wsi import expand_slides
+
+    values: dict[str, Any] = load_config_file(config) if config is not None else {}
+    for key, value in options.items():
+        k = key.replace("-", "_")
+        if k not in _SPEC and k != "progress":
+            raise _unknown_key(key, "run()")
+        if value is None or (k in ("model", "slides") and isinstance(value, Sequence) and not isinstance(value, str)
+                             and len(value) == 0):
+            continue
+        values[k] = value if k == "progress" else _coerce(k, value, "options", None)
+    if slides is not None and not (isinstance(slides, Sequence) and not isinstance(slides, str) and not slides):
+        values["slides"] = _coerce("slides", slides, "slides", None)
+    where = f"{Path(config).name} / options" if config is not None else "options"
+    for required, hint in (("encoder", "--encoder NAME (see `slidescope encoders`)"),
+                           ("out", "--out RESULTS (the results folder)")):
+        if not values.get(required):
+            raise InvalidParameterError(f"{where}: give {hint}, on the command line or in the config file")
+    if not values.get("slides"):
+        raise InvalidParameterError("give the slides: files, folders, glob patterns or a CSV manifest (column "
+                                    "'slide'), on the command line or as 'slides:' in the config file")
+    slide_inputs = values.pop("slides")
+    if "model" in values:
+        values["model"] = expand_models(values["model"])
+    cfg = RunConfig(**values)
+    if validate:
+        _validate(cfg)
+    paths = expand_slides(slide_inputs)
+    return paths, cfg
+
+
+def _validate(cfg: RunConfig) -> None:
+    from ..features.encoders import get_encoder_config
+
+    enc = get_encoder_config(cfg.encoder)  # unknown names raise with the list of encoders
+    if cfg.tile_size is not None and cfg.tile_size < 1:
+        raise InvalidParameterError(f"tile-size must be a positive number of px, got {cfg.tile_size}")
+    if cfg.mpp is not None and cfg.mpp <= 0:
+        raise InvalidParameterError(f"mpp must be a positive number of µm/px, got {cfg.mpp}")
+    if not 0.0 <= cfg.min_tissue <= 1.0:
+        raise InvalidParameterError(f"min-tissue is a fraction between 0 and 1, got {cfg.min_tissue}")
+    if cfg.heatmap_size < 16:
+        raise InvalidParameterError(f"heatmap-size must be at least 16 px, got {cfg.heatmap_size}")
+    if cfg.weights is not None and not Path(cfg.weights).exists():
+        raise InvalidParameterError(f"weights {cfg.weights} do not exist; give the downloaded weights file or folder")
+    if (cfg.prompts is None) != (cfg.slide_text_model is None):
+        missing = "--slide-text-model DIR (a pretrained slide-text model folder)" if cfg.prompts else \
+            "--prompts prompts.yaml (classes: {name: [phrasing, ...]})"
+        raise InvalidParameterError(f"zero-shot needs both --prompts and --slide-text-model; give {missing}")
+    if cfg.prompts is not None:
+        from ..vlm.api import load_prompts
+
+        load_prompts(cfg.prompts)  # a missing or malformed file raises with what to fix
+        model_cfg = Path(cfg.slide_text_model or "") / "config.json"
+        if not model_cfg.is_file():
+            raise InvalidParameterError(f"{cfg.slide_text_model} is not a saved slide-text model (no config.json); "
+                                        f"give pretrain's OUT/model folder")
+        context = json.loads(model_cfg.read_text()).get("slide_encoder", {}).get("context_dim")
+        if context is not None and int(context) != enc.embed_dim:
+            raise InvalidParameterError(f"the slide-text model {cfg.slide_text_model} takes {context}-d tile "
+                                        f"embeddings but {cfg.encoder!r} makes {enc.embed_dim}-d ones; use the "
+                                        f"encoder it was pretrained on")
+    if cfg.model:
+        from ..mil.task import load_task
+
+        for ckpt in cfg.model:  # wrong files or another encoder's checkpoints fail here, before any slide
+            load_task(ckpt, encoder=cfg.encoder, embed_dim=enc.embed_dim)
+
+
+# -- what makes results valid ----------------------------------------------------------------------------
+
+
+def _file_digest(path: Path) -> str:
+    """``size:sha256`` of a file (sampled for large files), or of every file of a folder."""
+    from ..features.store import slide_fingerprint
+
+    if path.is_file():
+        return slide_fingerprint(path)
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(f.relative_to(path)).encode())
+            h.update(slide_fingerprint(f).encode())
+        return "dir:" + h.hexdigest()[:32]
+    return "missing"
+
+
+_SIGNATURES: dict[RunConfig, dict[str, Any]] = {}
+
+
+def result_signature(cfg: RunConfig) -> dict[str, Any]:
+    """What a finished slide's results depend on (cached per configuration in each process).
+
+    Tiling defaults are resolved (``mpp=None`` and ``mpp=<the encoder's>`` are the same), model and
+    weights files are identified by their content, prompts by their parsed classes and templates.
+    """
+    if cfg in _SIGNATURES:
+        return _SIGNATURES[cfg]
+    from ..features.encoders import get_encoder_config
+
+    enc = get_encoder_config(cfg.encoder)
+    sig: dict[str, Any] = {
+        "encoder": cfg.encoder,
+        "weights": _file_digest(Path(cfg.weights)) if cfg.weights else None,
+        "tiling": {"mpp": cfg.mpp if cfg.mpp is not None else enc.mpp,
+                   "tile_size": cfg.tile_size if cfg.tile_size is not None else enc.tile_size,
+                   "overlap": cfg.overlap, "min_tissue": cfg.min_tissue, "slide_mpp": cfg.slide_mpp,
+                   "backend": cfg.backend},
+        "stain": cfg.stain, "dtype": cfg.dtype, "precision": cfg.precision,
+        "model": [{"path": str(Path(m).resolve()), "digest": _file_digest(Path(m))} for m in cfg.model],
+        "zero_shot": None,
+        "heatmaps": {"size": cfg.heatmap_size, "cmap": cfg.cmap, "normalize": cfg.normalize} if cfg.heatmaps else None,
+    }
+    if cfg.prompts is not None and cfg.slide_text_model is not None:
+        from ..vlm.api import load_prompts
+
+        p = load_prompts(cfg.prompts)
+        sig["zero_shot"] = {"slide_text_model": str(Path(cfg.slide_text_model).resolve()),
+                            "digest": _file_digest(Path(cfg.slide_text_model)),
+                            "classes": p.classes, "templates": p.templates,
+                            "level": cfg.zero_shot_level, "ensemble": cfg.prompt_ensemble}
+    sig = json.loads(json.dumps(sig))  # the form it takes in a JSON record
+    _SIGNATURES[cfg] = sig
+    return sig
+
+
+def signature_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """Top-level keys whose values differ (all of them when ``old`` is missing)."""
+    if not isinstance(old, Mapping):
+        return sorted(new)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

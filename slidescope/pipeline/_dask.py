@@ -1,0 +1,185 @@
+"""The Dask executor: the same per-slide work as :class:`LocalExecutor`, one Dask task per slide.
+
+``DaskExecutor`` plugs into the driver's seam (:class:`~slidescope.pipeline.Executor`): it submits
+``process_slide(slide, config)`` once per slide to a Dask distributed cluster and yields the outcomes
+as they complete. Where the cluster comes from:
+
+* ``scheduler="tcp://host:8786"``: an existing scheduler (its workers must see the slides, the
+  results folder and the stores: a shared file system, or stores on an fsspec URL);
+* ``cluster={"kind": "slurm" | "pbs" | "sge" | "lsf", "jobs": N, ...}``: a dask-jobqueue cluster,
+  the other keys going to its constructor (``cores``, ``memory``, ``queue``, ``walltime``...);
+* neither: a ``LocalCluster`` on this machine, worker *processes*: one per GPU when the run uses
+  GPUs (each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``), else ``n_workers`` (default: cores / 2,
+  each with 2 threads for its reader and encoder).
+
+Guarantees, the same as in local mode:
+
+* a slide is never processed twice at the same time: ``process_slide`` claims the slide's record and
+  store (lock files created exclusively; a claim whose process died on this host is taken over);
+* a worker that dies loses only its current slide: Dask reschedules the task on another worker (up
+  to ``distributed.scheduler.allowed-failures`` times, 3 by default) and the rerun resumes the
+  slide's store from its last complete chunk; the report counts the attempts (``attempts`` > 1);
+* GPU tasks ask for the ``GPU`` resource (one per worker), so a worker never runs two GPU slides at
+  once. Workers of an external scheduler must be started with ``--resources GPU=1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidParameterError, MissingDependencyError
+from ._config import RunConfig
+from ._slide import SlideOutcome, slide_key
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DaskExecutor", "JOBQUEUE_KINDS"]
+
+#: cluster kinds of dask-jobqueue that ``cluster={"kind": ...}`` accepts
+JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
+                  "htcondor": "HTCondorCluster", "moab": "MoabCluster", "oar": "OARCluster"}
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError as err:  # pragma: no cover - the extra is installed in CI
+        raise MissingDependencyError("the Dask executor needs dask distributed: pip install 'slidescope[dask]'") from err
+    return distributed
+
+
+def _attempts_file(config: RunConfig, slide: str) -> Path:
+    return Path(config.out) / "slides" / f".{slide_key(slide)}.attempts"
+
+
+def run_counted(fn: Callable[[str, RunConfig], SlideOutcome], slide: str, config: RunConfig) -> SlideOutcome:
+    """Run ``fn(slide, config)`` on a worker, counting attempts in ``OUT/slides/.<key>.attempts``.
+
+    The count is written before the work starts, so an attempt whose worker died still counts."""
+    marker = _attempts_file(config, slide)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        previous = int(marker.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        previous = 0
+    marker.write_text(str(previous + 1))
+    outcome = fn(slide, config)
+    outcome.attempts = previous + 1
+    return outcome
+
+
+class _PinGPU:
+    """Worker plugin: worker ``i`` of a LocalCluster sees GPU ``i`` only (set before CUDA starts)."""
+
+    name = "slidescope-pin-gpu"
+
+    def __init__(self, n_gpus: int) -> None:
+        self.n_gpus = n_gpus
+
+    def setup(self, worker) -> None:
+        index = int(worker.name) if str(worker.name).isdigit() else 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % self.n_gpus)
+
+
+def _uses_gpu(config: RunConfig) -> bool:
+    if config.device.startswith("cuda"):
+        return True
+    if config.device != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class DaskExecutor:
+    """Run each slide as one task on Dask distributed (see the module docstring).
+
+    Parameters
+    ----------
+    scheduler : address of an existing scheduler (``tcp://host:8786``); None starts a cluster.
+    cluster : a dask-jobqueue cluster description, ``{"kind": "slurm", "jobs": 4, "cores": 8, ...}``.
+    n_workers : worker processes of the LocalCluster (default: one per GPU, else cores // 2, >= 1).
+    threads_per_worker : threads of each LocalCluster worker (default 2 on CPU, 1 per GPU worker).
+    retries : extra attempts Dask makes when a slide's task raised (a worker that *died* is handled
+        by the scheduler's ``allowed-failures``, independently).
+    """
+
+    def __init__(self, scheduler: str | None = None, *, cluster: dict[str, Any] | None = None,
+                 n_workers: int | None = None, threads_per_worker: int | None = None, retries: int = 1) -> None:
+        if scheduler and cluster:
+            raise InvalidParameterError("give either a scheduler address or a cluster description, not both")
+        if cluster is not None and cluster.get("kind", "local") not in ("local", *JOBQUEUE_KINDS):
+            raise InvalidParameterError(f"unknown cluster kind {cluster.get('kind')!r}; use local or one of "
+                                        f"{', '.join(JOBQUEUE_KINDS)}")
+        self.scheduler, self.cluster = scheduler, dict(cluster or {})
+        self.n_workers, self.threads_per_worker, self.retries = n_workers, threads_per_worker, retries
+
+    # -- connecting ---------------------------------------------------------------------------------
+    def _start(self, gpu: bool):
+        """``(client, cluster we own or None)``."""
+        distributed = _import_distributed()
+        if self.scheduler:
+            return distributed.Client(self.scheduler), None
+        spec = dict(self.cluster)
+        kind = spec.pop("kind", "local")
+        if kind != "local":
+            try:
+                import dask_jobqueue
+            except ImportError as err:  # pragma: no cover
+                raise MissingDependencyError(f"a {kind} cluster needs dask-jobqueue: pip install "
+                                             f"'slidescope[dask]'") from err
+            jobs = int(spec.pop("jobs", 1))
+            cluster = getattr(dask_jobqueue, JOBQUEUE_KINDS[kind])(**spec)
+            cluster.scale(jobs=jobs)
+            return distributed.Client(cluster), cluster
+        n_gpus = 0
+        if gpu:
+            import torch
+
+            n_gpus = torch.cuda.device_count()
+        n = self.n_workers or spec.get("n_workers") or n_gpus or max(1, (os.cpu_count() or 2) // 2)
+        threads = self.threads_per_worker or (1 if n_gpus else 2)
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
+                                           resources={"GPU": 1} if n_gpus else None, dashboard_address=None)
+        client = distributed.Client(cluster)
+        if n_gpus:
+            client.register_plugin(_PinGPU(n_gpus))
+        return client, cluster
+
+    # -- the seam ---------------------------------------------------------------------------------
+    def map(self, fn: Callable[[str, RunConfig], SlideOutcome], slides: Sequence[str],
+            config: RunConfig) -> Iterator[SlideOutcome]:
+        """Submit one task per slide; yield the outcomes as they complete (see :class:`Executor`)."""
+        if not slides:
+            return
+        distributed = _import_distributed()
+        gpu = _uses_gpu(config)
+        for slide in slides:  # attempts are counted per run
+            _attempts_file(config, slide).unlink(missing_ok=True)
+        client, cluster = self._start(gpu)
+        futures: list[Any] = []
+        try:
+            log.info("Dask: %d slides on %s", len(slides), client.dashboard_link or client.scheduler.address)
+            futures = [client.submit(run_counted, fn, slide, config, key=f"slide-{i}-{slide_key(slide)}",
+                                     pure=False, retries=self.retries, resources={"GPU": 1} if gpu else None)
+                       for i, slide in enumerate(slides)]
+            by_key = {f.key: s for f, s in zip(futures, slides, strict=True)}
+            for future in distributed.as_completed(futures):
+                try:
+                    yield future.result()
+                except Exception as err:  # the task itself died (KilledWorker after allowed-failures...)
+                    slide = by_key[future.key]
+                    yield SlideOutcome(slide=str(slide), key=slide_key(slide), status="failed",
+                                       error_class=type(err).__name__, error_message=str(err))
+        except BaseException:
+            if futures:
+                client.cancel(futures)
+            raise
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

@@ -1,0 +1,112 @@
+"""The run report (``report.json``, ``report.md``) and ``predictions.csv``, rewritten atomically after each slide."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._config import RunConfig
+from ._slide import SlideOutcome, write_json_atomic, write_text_atomic
+
+__all__ = ["write_report", "write_predictions", "REPORT_SCHEMA"]
+
+REPORT_SCHEMA = 1
+
+
+def _counts(outcomes: Sequence[SlideOutcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def report_dict(outcomes: Sequence[SlideOutcome], cfg: RunConfig, *, started: str, seconds: float,
+                finished: bool, signature: dict[str, Any], exit_code: int | None) -> dict[str, Any]:
+    from .. import __version__
+
+    processed = [o for o in outcomes if o.status in ("done", "failed")]
+    tiles = sum(o.computed_tiles for o in processed)
+    return {
+        "schema": REPORT_SCHEMA,
+        "slidescope_version": __version__,
+        "argv": sys.argv,
+        "started": started,
+        "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "finished": finished,
+        "exit_code": exit_code,
+        "config": cfg.to_dict(kebab=True),
+        "signature": signature,
+        "counts": _counts(outcomes),
+        "totals": {
+            "slides": len(outcomes),
+            "tiles": sum(o.n_tiles for o in outcomes if o.ok),
+            "tiles_computed": tiles,
+            "seconds": round(seconds, 3),
+            "slides_per_s": round(len(processed) / seconds, 4) if seconds > 0 else 0.0,
+            "tiles_per_s": round(tiles / seconds, 2) if seconds > 0 else 0.0,
+        },
+        "slides": [o.to_dict() for o in outcomes],
+    }
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    cfg, totals, counts = report["config"], report["totals"], report["counts"]
+    state = "finished" if report["finished"] else "in progress (or interrupted)"
+    lines = [
+        "# slidescope run",
+        "",
+        f"{state}; started {report['started']}, updated {report['updated']}; exit code "
+        f"{report['exit_code'] if report['exit_code'] is not None else '-'}.",
+        "",
+        f"- slides: {totals['slides']} ({', '.join(f'{v} {k}' for k, v in counts.items())})",
+        f"- tiles: {totals['tiles']} ({totals['tiles_computed']} embedded in this run, "
+        f"{totals['tiles_per_s']:.1f} tiles/s, {totals['slides_per_s']:.3f} slides/s, {totals['seconds']:.1f} s)",
+        f"- encoder: {cfg['encoder']}; models: {', '.join(cfg['model']) or '-'}; prompts: {cfg['prompts'] or '-'}",
+        "",
+    ]
+    failed = [s for s in report["slides"] if s["status"] in ("failed", "claimed")]
+    if failed:
+        lines += ["## Failed", "", "| slide | error | message |", "|---|---|---|"]
+        lines += [f"| {s['key']} | {s['error_class']} | {_md_escape(s['error_message'] or '')} |" for s in failed]
+        lines.append("")
+    lines += ["## Slides", "", "| slide | status | tiles | mpp | seconds | prediction |",
+              "|---|---|---:|---:|---:|---|"]
+    for s in report["slides"]:
+        mpp = f"{s['effective_mpp'][0]:.4g}" if s.get("effective_mpp") else "-"
+        p = s.get("predictions") or {}
+        pred = ", ".join(f"{k}={v}" for k, v in p.items() if k.endswith(("predicted", "prediction", "risk"))) or "-"
+        lines.append(f"| {s['key']} | {s['status']} | {s['n_tiles']} | {mpp} | {s['seconds']:.1f} | {pred} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, Any]) -> Path:
+    """``OUT/report.json`` and ``OUT/report.md``, each replaced atomically."""
+    path = out / "report.json"
+    write_json_atomic(path, report)
+    write_text_atomic(out / "report.md", report_markdown(report))
+    return path
+
+
+def write_predictions(out: Path, outcomes: Sequence[SlideOutcome]) -> Path:
+    """``OUT/predictions.csv``: one row per finished slide (input order), its predictions as columns."""
+    rows = [o for o in outcomes if o.ok]
+    columns: list[str] = []
+    for o in rows:
+        columns += [c for c in o.predictions if c not in columns]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["slide", "path", "n_tiles", *columns])
+    for o in rows:
+        w.writerow([o.key, o.slide, o.n_tiles, *[o.predictions.get(c, "") for c in columns]])
+    path = out / "predictions.csv"
+    write_text_atomic(path, buf.getvalue())
+    return path
