@@ -72,6 +72,12 @@ def run_cmd(
     heatmap_size: int | None = typer.Option(None, "--heatmap-size", help="Heatmap thumbnail px (default: 1024)."),
     cmap: str | None = typer.Option(None, help="inferno, viridis, magma or jet (default: inferno)."),
     normalize: str | None = typer.Option(None, help="Heatmap scores: rank or minmax (default: rank)."),
+    executor: str | None = typer.Option(None, help="local (this process, the default) or dask (one task per "
+                                        "slide on Dask distributed)."),
+    scheduler: str | None = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); "
+                                         "default a LocalCluster on this machine."),
+    dask_workers: int | None = typer.Option(None, "--dask-workers", help="Dask: worker processes of the "
+                                            "LocalCluster (default: one per GPU, else cores / 2)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (slides/s, tiles/s)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bar."),
@@ -84,9 +90,11 @@ def run_cmd(
 
     Exit code 0: all slides done; 1: some failed (see the report); 2: bad options; 130: interrupted.
     """
-    from ..pipeline import run
+    from ..pipeline import execution_options, make_executor, run
 
     _logging(verbose, quiet)
+    runner = make_executor(execution_options(config, executor=executor, scheduler=scheduler,
+                                             dask_workers=dask_workers))
     bs: int | str | None = batch_size
     if batch_size is not None and batch_size != "auto":
         try:
@@ -100,7 +108,8 @@ def run_cmd(
                    zero_shot_level=zero_shot_level, prompt_ensemble=prompt_ensemble, heatmaps=heatmaps,
                    heatmap_size=heatmap_size, cmap=cmap, normalize=normalize)
     try:
-        res = run(slides or None, config=config, dry_run=dry_run, progress=progress and not quiet, **options)
+        res = run(slides or None, config=config, executor=runner, dry_run=dry_run, progress=progress and not quiet,
+                  **options)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished slides are kept (see the report); run the same command again to go on",
                    err=True)

@@ -6,19 +6,31 @@
   returning a :class:`SlideOutcome`, so any executor can run it in other processes;
 * :class:`RunConfig` - the frozen configuration (from options and/or a YAML/TOML file);
 * :class:`Executor` - the seam: ``executor.map(process_slide, slides, config)`` yields outcomes;
-  :class:`LocalExecutor` (this process, in order) is the default.
+  :class:`LocalExecutor` (this process, in order) is the default; :class:`DaskExecutor` runs one Dask
+  task per slide (LocalCluster, an existing scheduler, or SLURM/PBS through dask-jobqueue).
 
 Importing this package is light: torch and the slide libraries load when a slide is processed.
 """
 
 from __future__ import annotations
 
-from ._config import CONFIG_KEYS, RunConfig, load_config_file, resolve_config, result_signature
-from ._run import EXIT_OK, EXIT_SOME_FAILED, Executor, LocalExecutor, PlannedSlide, RunResult, run
+from ._config import (
+    CONFIG_KEYS,
+    EXECUTION_KEYS,
+    RunConfig,
+    execution_options,
+    load_config_file,
+    resolve_config,
+    result_signature,
+)
+from ._dask import DaskExecutor
+from ._run import EXIT_OK, EXIT_SOME_FAILED, Executor, LocalExecutor, PlannedSlide, RunResult, make_executor, run
 from ._slide import SlideOutcome, plan_slide, process_slide, record_path
 
 __all__ = [
     "CONFIG_KEYS",
+    "DaskExecutor",
+    "EXECUTION_KEYS",
     "EXIT_OK",
     "EXIT_SOME_FAILED",
     "Executor",
@@ -27,7 +39,9 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "SlideOutcome",
+    "execution_options",
     "load_config_file",
+    "make_executor",
     "plan_slide",
     "process_slide",
     "record_path",

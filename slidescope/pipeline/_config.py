@@ -24,7 +24,7 @@ from ..errors import InvalidParameterError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunConfig", "load_config_file", "resolve_config", "result_signature", "signature_changes",
+__all__ = ["RunConfig", "load_config_file", "execution_options", "EXECUTION_KEYS", "resolve_config", "result_signature", "signature_changes",
            "CONFIG_KEYS", "expand_models"]
 
 
@@ -142,8 +142,14 @@ _SPEC: dict[str, tuple[str, tuple[Any, ...] | None]] = {
     "normalize": ("str", ("rank", "minmax")),
 }
 
+#: where the slides run (not part of the results' signature): ``executor`` local or dask, the address
+#: of an existing Dask ``scheduler``, ``dask_workers`` of a LocalCluster, and a dask-jobqueue
+#: ``dask_cluster`` mapping (``{kind: slurm, jobs: 8, cores: 8, memory: 64GB, ...}``)
+EXECUTION_KEYS: dict[str, str] = {"executor": "str", "scheduler": "str", "dask_workers": "int",
+                                  "dask_cluster": "mapping"}
+
 #: the keys a config file may hold, as written there (the long option names of ``slidescope run``)
-CONFIG_KEYS: tuple[str, ...] = tuple(k.replace("_", "-") for k in _SPEC)
+CONFIG_KEYS: tuple[str, ...] = tuple(k.replace("_", "-") for k in (*_SPEC, *EXECUTION_KEYS))
 
 def _unknown_key(key: str, where: str) -> InvalidParameterError:
     close = difflib.get_close_matches(key.replace("_", "-"), CONFIG_KEYS, n=1)
@@ -201,13 +207,8 @@ def _coerce(key: str, value: Any, where: str, base: Path | None) -> Any:
     return value
 
 
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) run configuration into checked option values.
-
-    Keys are the long option names (``tile-size`` or ``tile_size``); relative paths are relative to the
-    file. Unknown keys and values of the wrong type raise :class:`InvalidParameterError`.
-    """
-    p = Path(path)
+def load_yaml_or_toml(p: Path) -> Any:
+    """The parsed content of a ``.yaml``/``.yml``/``.toml`` file (errors say which file and why)."""
     if not p.is_file():
         raise InvalidParameterError(f"config file {p} does not exist")
     suffix = p.suffix.lower()
@@ -228,6 +229,17 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise InvalidParameterError(f"{p} is not valid YAML: {err}") from err
     else:
         raise InvalidParameterError(f"config file {p.name}: use a .yaml, .yml or .toml file")
+    return data
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) run configuration into checked option values.
+
+    Keys are the long option names (``tile-size`` or ``tile_size``); relative paths are relative to the
+    file. Unknown keys and values of the wrong type raise :class:`InvalidParameterError`.
+    """
+    p = Path(path)
+    data = load_yaml_or_toml(p)
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -235,10 +247,39 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         k = str(key).replace("-", "_")
+        if k in EXECUTION_KEYS:
+            continue  # read by execution_options()
         if k not in _SPEC:
             raise _unknown_key(str(key), p.name)
         out[k] = _coerce(k, value, p.name, p.parent)
     return out
+
+
+def execution_options(path: str | os.PathLike[str] | None, **given: Any) -> dict[str, Any]:
+    """The execution keys (:data:`EXECUTION_KEYS`) of a config file, overridden by ``given`` values that
+    are not None; checked (``executor`` must be ``local`` or ``dask``)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        data = load_yaml_or_toml(p)
+        for key, value in (data.items() if isinstance(data, Mapping) else ()):
+            k = str(key).replace("-", "_")
+            if k in EXECUTION_KEYS:
+                values[k] = value
+    values.update({k: v for k, v in given.items() if v is not None})
+    for k, v in values.items():
+        kind = EXECUTION_KEYS.get(k)
+        ok = {"str": isinstance(v, str), "int": isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "mapping": isinstance(v, Mapping)}.get(kind or "", False)
+        if not ok:
+            wanted = "a positive whole number" if kind == "int" else f"a {kind}"
+            raise InvalidParameterError(f"{k.replace('_', '-')} must be {wanted}, got {v!r}")
+    if values.get("executor", "local") not in ("local", "dask"):
+        raise InvalidParameterError(f"executor must be 'local' or 'dask', got {values['executor']!r}")
+    if values.get("executor", "local") == "local" and set(values) - {"executor"}:
+        extra = ", ".join(sorted(k.replace("_", "-") for k in set(values) - {"executor"}))
+        raise InvalidParameterError(f"{extra} only apply with executor: dask")
+    return values
 
 
 def expand_models(models: Sequence[str]) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import InvalidParameterError
-from ._config import RunConfig, resolve_config, result_signature
+from ._config import RunConfig, execution_options, resolve_config, result_signature
 from ._report import report_dict, write_predictions, write_report
 from ._slide import (
     SlideOutcome,
@@ -37,7 +37,7 @@ from ._slide import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "RunResult", "PlannedSlide", "Executor", "LocalExecutor", "EXIT_OK", "EXIT_SOME_FAILED"]
+__all__ = ["run", "RunResult", "PlannedSlide", "Executor", "LocalExecutor", "make_executor", "EXIT_OK", "EXIT_SOME_FAILED"]
 
 EXIT_OK = 0
 #: some slides failed (or are held by another run); the others are done
@@ -64,6 +64,16 @@ class LocalExecutor:
     def map(self, fn: SlideFn, slides: Sequence[str], config: RunConfig) -> Iterator[SlideOutcome]:
         for slide in slides:
             yield fn(slide, config)
+
+
+def make_executor(options: dict[str, Any]) -> Executor:
+    """The executor described by :func:`~slidescope.pipeline.execution_options`' result."""
+    if options.get("executor", "local") == "local":
+        return LocalExecutor()
+    from ._dask import DaskExecutor
+
+    return DaskExecutor(options.get("scheduler"), cluster=options.get("dask_cluster"),
+                        n_workers=options.get("dask_workers"))
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ def run(
     slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     *,
     config: str | os.PathLike[str] | None = None,
-    executor: Executor | None = None,
+    executor: Executor | str | None = None,
     dry_run: bool = False,
     progress: bool = True,
     **options: Any,
@@ -143,7 +153,9 @@ def run(
         May come from the config file (``slides:``) instead.
     config : a YAML or TOML file whose keys are the options below (kebab- or snake-case); options given
         here override it. See :data:`slidescope.pipeline.CONFIG_KEYS`.
-    executor : where the per-slide work runs (default :class:`LocalExecutor`, this process).
+    executor : where the per-slide work runs: an :class:`Executor` object, or ``"local"`` (this process, the
+        default) or ``"dask"`` (:class:`~slidescope.pipeline.DaskExecutor` built from the config file's
+        ``scheduler``, ``dask-workers`` and ``dask-cluster`` keys). None: the config file's ``executor``.
     dry_run : plan only: resolve the configuration and say what would happen to each slide; write nothing.
     progress : a progress bar over the slides (slides/s, tiles/s) on stderr.
     **options : the :class:`RunConfig` fields: ``out`` and ``encoder`` (required), ``model`` (MIL
@@ -221,7 +233,8 @@ def run(
         return result
 
     todo = [p.slide for p in plan if p.action != "skip"]
-    executor = executor or LocalExecutor()
+    if executor is None or isinstance(executor, str):
+        executor = make_executor(execution_options(config, executor=executor))
     if todo:  # a missing or gated weight fails the run here, not once per slide
         if isinstance(executor, LocalExecutor):
             get_encoder(cfg)  # built once; process_slide reuses it in this process

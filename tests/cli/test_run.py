@@ -184,8 +184,12 @@ def test_config_file_flags_override_and_bad_keys(assets: Assets, tmp_path: Path)
     assert cfg.tile_size == 112 and cfg.min_tissue == 0.1 and cfg.heatmaps is False  # the option wins
     assert len(cfg.model) == 2 and cfg.score_name == "abmil"  # a run folder -> its fold checkpoints
     assert pickle.loads(pickle.dumps(cfg)) == cfg
-    # every RunConfig field is a config key (and the CLI's long options are the same words)
-    assert {k.replace("-", "_") for k in CONFIG_KEYS} - {"slides"} == set(RunConfig.__dataclass_fields__) - {"progress"}
+    # every RunConfig field is a config key (and the CLI's long options are the same words); the other keys
+    # say where the slides run
+    from slidescope.pipeline import EXECUTION_KEYS
+
+    assert ({k.replace("-", "_") for k in CONFIG_KEYS} - {"slides"} - set(EXECUTION_KEYS)
+            == set(RunConfig.__dataclass_fields__) - {"progress"})
 
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text(f"encoder: {ENCODER}\nout: r\ntile_sise: 224\n")
