@@ -175,7 +175,7 @@ def case_analyse() -> dict:
 
     from slidescope.viewer._analyse_widget import AnalyseWidget
 
-    os.environ.setdefault("SLIDESCOPE_CACHE_DIR", str(CACHE / "viewer-bench"))
+    os.environ.setdefault("SLIDESCOPE_CACHE", str(CACHE / "viewer-bench"))
     checkpoint = _checkpoint()
     viewer = napari.Viewer(show=True)
     t0 = time.perf_counter()

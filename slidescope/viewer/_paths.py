@@ -37,11 +37,11 @@ def sample_mask_path() -> Path:
 
 
 def viewer_cache_dir() -> Path:
-    """Folder for the viewer's embedding stores: ``$SLIDESCOPE_CACHE_DIR/viewer`` or the user cache dir.
+    """Folder for the viewer's embedding stores: ``$SLIDESCOPE_CACHE/viewer`` or the user cache dir.
 
     The user cache dir is platformdirs' (``~/.cache/slidescope`` on Linux).
     """
-    env = os.environ.get("SLIDESCOPE_CACHE_DIR")
+    env = os.environ.get("SLIDESCOPE_CACHE")
     if env:
         root = Path(env).expanduser()
     else:
