@@ -210,12 +210,17 @@ def child(case: str, *extra: str) -> dict:
 
 
 def main() -> None:
+    global SLIDE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", choices=["open", "baseline", "analyse"], help=argparse.SUPPRESS)
     parser.add_argument("--passes", type=int, default=4, help="horizontal sweeps across the slide at full resolution")
     parser.add_argument("--full", action="store_true", help="pan over the whole slide (every row)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the tifffile.imread baseline (3.4 GB)")
+    parser.add_argument("--size", default=f"{SLIDE[0]}x{SLIDE[1]}",
+                        help="synthetic slide W x H in px (e.g. 100000x100000; use --no-baseline for big ones)")
     args = parser.parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    SLIDE = (w, h, SLIDE[2])
     if args.case == "open":
         print(json.dumps(case_open(None if args.full else args.passes)))
         return
@@ -228,8 +233,8 @@ def main() -> None:
 
     synthetic(*SLIDE)
     extra = ["--full"] if args.full else ["--passes", str(args.passes)]
-    ours = child("open", *extra)
-    base = None if args.no_baseline else child("baseline")
+    ours = child("open", *extra, "--size", args.size)
+    base = None if args.no_baseline else child("baseline", "--size", args.size)
     analyse = child("analyse")
 
     w, h = ours["size"]
