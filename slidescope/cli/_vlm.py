@@ -44,13 +44,18 @@ def pretrain(
                              "with a Hugging Face encoder."),
     freeze_text: str = typer.Option("none", "--freeze-text", help="none, all or partial (last layer trains)."),
     epochs: int = typer.Option(60, help="Maximum epochs."),
-    batch_size: int = typer.Option(32, "--batch-size", help="(slide, report) pairs per contrastive batch."),
+    batch_size: int = typer.Option(32, "--batch-size", help="(slide, report) pairs per contrastive batch and device."),
     lr: float = typer.Option(1e-3, help="AdamW learning rate."),
     seed: int = typer.Option(0, help="Seed of the split, sampling and initialisation."),
     max_instances: int = typer.Option(512, "--max-instances", help="Tiles per training bag (subsampled)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of patients for validation."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
-    devices: int = typer.Option(1, help="Devices."),
+    devices: int = typer.Option(1, help="Devices per node; more than 1 (or --num-nodes > 1) pretrains with DDP, one "
+                                "process per device; the contrastive batch is --batch-size x devices x nodes."),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes (DDP). Under SLURM: srun slidescope pretrain ... "
+                                  "--devices 4 --num-nodes 2 (Lightning detects the cluster)."),
+    strategy: str = typer.Option("auto", help="Lightning strategy: auto (DDP finding unused parameters, on several "
+                                 "devices) or another Lightning strategy name."),
 ) -> None:
     """Pretrain a slide-text model (CLIP loss on slide tile embeddings and their reports)."""
     from ..vlm.pretrain import pretrain as run_pretrain
@@ -58,7 +63,10 @@ def pretrain(
     res = run_pretrain(manifest, store=store, encoder=encoder, out=out, text=text,
                        freeze_text=freeze_text,  # type: ignore[arg-type]
                        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_instances=max_instances,
-                       val_fraction=val_fraction, accelerator=accelerator, devices=devices)
+                       val_fraction=val_fraction, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                       strategy=strategy)
+    if res is None:  # another DDP rank than 0: rank 0 reports
+        return
     typer.echo(res.summary())
     typer.echo(f"model: {res.model_dir}")
 

@@ -10,16 +10,59 @@ Three layers, as in :mod:`slidescope.mil.train`:
 :func:`pretrain` assembles them. The artefact is ``out/model`` written by :meth:`SlideTextModel.save` at the
 lowest validation loss, so the model rebuilds itself with :meth:`SlideTextModel.load` (no Lightning needed).
 The patient-level split is data: ``out/splits.json`` lists the training and validation patients.
+
+Several devices and nodes (DDP)
+-------------------------------
+``devices`` and ``num_nodes`` (``--devices``, ``--num-nodes``) above 1 pretrain with Lightning's
+DistributedDataParallel (gloo on CPUs, NCCL on GPUs), one process per device, launched as
+:func:`slidescope.mil.train` is::
+
+    slidescope pretrain --manifest m.csv --store stores --encoder uni --out runs/st --devices 4        # one machine
+    srun slidescope pretrain --manifest m.csv --store stores --encoder uni --out runs/st --devices 4 --num-nodes 2
+
+From a shell or a script Lightning starts the other ranks itself (it re-runs ``sys.argv`` with ``LOCAL_RANK``
+set, so every rank runs :func:`pretrain` from its start); under SLURM (``--ntasks-per-node`` equal to
+``--devices``), torchrun or another launcher that sets the rank variables it starts nothing. Not from a
+notebook. The stores and ``out`` must be on a file system every node sees.
+
+What is shared and what is not:
+
+- every rank reads the same manifest and computes the same split and the same text tower: the small tower's
+  tokenizer is trained on the same training reports, and the word-level trainer orders words of equal count
+  deterministically (the same vocabulary in every process, whatever its hash seed); the ranks still compare a
+  fingerprint of their vocabularies when training starts and stop with an error if they differ. The initial
+  weights come from the same seed (and DDP copies rank 0's).
+- only global rank 0 creates ``out`` and writes ``splits.json``, the best ``model/`` (into a temporary
+  folder, then renamed into place) and ``metrics.json`` (atomically); only rank 0 gets the
+  :class:`PretrainResult`, the other ranks return None once rank 0 has written everything.
+- the contrastive loss sees the **global batch**: each rank embeds its own ``batch_size`` pairs, the slide
+  and text embeddings of all ranks are gathered (with gradients) and every rank computes the CLIP loss on
+  the ``batch_size x world_size`` pairs, so every pair is a negative for every other one, as on one device
+  with that batch. The loss value is the one-device loss of that global batch, and DDP's averaging of the
+  gradients gives its exact gradient (the gather's backward sums each embedding's gradient over the ranks).
+  Without the gather each rank's negatives would be its local batch only, another objective.
+- each epoch every rank trains on its own shard of the shuffled training pairs (a ``DistributedSampler``
+  that drops up to ``world_size - 1`` pairs per epoch, a different few each epoch, rather than repeating
+  pairs: a repeated pair would be its own negative). The **effective batch is** ``batch_size x devices x
+  num_nodes``; the learning rate is not scaled: to match a one-device run divide ``batch_size`` by the world
+  size (as the test does) or change ``lr`` yourself.
+- every rank scores the whole validation set (one batch); ``val/loss``, the recall@k and the training
+  losses are logged synchronised, so early stopping and the best model follow the same validation loss on
+  every rank (that of one device for the same weights).
+- results equal a one-device run's up to nondeterminism: other pairs per step, other tile subsamples and
+  sentence drops (each rank draws from its own stream), floating-point reduction order.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,13 +73,13 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, SlidescopeError
 from ..features.store import StoreError, open_store, slide_key, store_path
 from ..mil.data import StoreBags, collate_bags
-from ..mil.train import _lightning_info, _quiet_lightning
-from .model import SlideTextModel
+from ..mil.train import _lightning_info, _quiet_lightning, _world, _write_atomic
+from .model import SlideTextModel, clip_loss
 from .slide_encoder import PerceiverSlideEncoderConfig
 from .text import HFTextTower, SmallTextTower, TextTower
 
@@ -189,19 +232,37 @@ class ReportDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             h = self.hparams
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            # each DDP rank its own stream of tile subsamples and sentence drops (rank 0: that of one device)
             self.train_set = ReportDataset(self.train_rows, store=h.store, encoder=h.encoder,
                                            max_instances=h.max_instances, train=True,
-                                           sentence_dropout=h.sentence_dropout, seed=h.seed)
+                                           sentence_dropout=h.sentence_dropout, seed=h.seed + rank)
             self.val_set = ReportDataset(self.val_rows, store=h.store, encoder=h.encoder, max_instances=None)
 
     def train_dataloader(self) -> DataLoader:
-        # drop_last: a last batch of one pair has a trivial contrastive loss
-        n = len(self.train_set)
-        bs = min(self.hparams.batch_size, n)
+        h = self.hparams
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world > 1:
+            # this rank's shard of the pairs, reshuffled every epoch (Lightning calls set_epoch); the remainder
+            # is dropped, not padded with repeats: a repeated pair in a contrastive batch is its own negative
+            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=trainer.global_rank,
+                                         shuffle=True, seed=h.seed, drop_last=True)
+            n = len(sampler)
+        else:
+            sampler, n = None, len(self.train_set)
+        bs = min(h.batch_size, n)
+        # drop_last: a last batch of one pair has a trivial contrastive loss. Under DDP the ranks' embeddings are
+        # gathered, so the last batch of the step holds world x (shard % bs) pairs: only one device can get one
+        drop_last = world * (n % bs) == 1
+        if sampler is not None:
+            return DataLoader(self.train_set, batch_size=bs, sampler=sampler, collate_fn=collate_pairs,
+                              drop_last=drop_last)
         return DataLoader(self.train_set, batch_size=bs, shuffle=True, collate_fn=collate_pairs,
-                          drop_last=n % bs == 1, generator=torch.Generator().manual_seed(self.hparams.seed))
+                          drop_last=drop_last, generator=torch.Generator().manual_seed(h.seed))
 
     def val_dataloader(self) -> DataLoader:
+        # every rank the whole set: pretrain() turns Lightning's sampler replacement off
         return DataLoader(self.val_set, batch_size=len(self.val_set), collate_fn=collate_pairs)
 
 
@@ -260,16 +321,27 @@ class SlideTextTask(L.LightningModule):
     def _step(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return self.model(batch["features"], batch["mask"], batch["texts"])
 
+    def _gather(self, x: Tensor) -> Tensor:
+        """``(B, d)`` of this rank -> ``(world_size x B, d)`` of all ranks, rank order; gradients flow back."""
+        if self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x, sync_grads=True).flatten(0, 1)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        out = self._step(batch)
-        self.log("train/loss", out["loss"], on_step=False, on_epoch=True, batch_size=len(batch["texts"]))
-        self.log("train/logit_scale", self.model.scale().detach(), on_step=False, on_epoch=True,
-                 batch_size=len(batch["texts"]))
-        return out["loss"]
+        m = self.model
+        v = self._gather(m.encode_slide(batch["features"], batch["mask"]))
+        t = self._gather(m.encode_text(batch["texts"]))
+        # the CLIP loss of the global batch on every rank (its value and, once DDP averages, its gradient)
+        loss = clip_loss(m.similarity(v, t))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(v), sync_dist=True)
+        self.log("train/logit_scale", m.scale().detach(), on_step=False, on_epoch=True, batch_size=len(v),
+                 sync_dist=True)
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        out = self._step(batch)
-        self.log("val/loss", out["loss"], on_step=False, on_epoch=True, batch_size=len(batch["texts"]))
+        out = self._step(batch)  # every rank holds the whole validation set: nothing to gather
+        self.log("val/loss", out["loss"], on_step=False, on_epoch=True, batch_size=len(batch["texts"]),
+                 sync_dist=True)
         self._val.append((out["slide_emb"].detach(), out["text_emb"].detach()))
 
     def on_validation_epoch_end(self) -> None:
@@ -280,7 +352,11 @@ class SlideTextTask(L.LightningModule):
         self._val.clear()
         self.val_metrics = retrieval_metrics(v, t)
         for k, val in self.val_metrics.items():
-            self.log(f"val/{k}", val, batch_size=len(v))
+            self.log(f"val/{k}", val, batch_size=len(v), sync_dist=True)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:
+            _check_same_tokenizer(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         h = self.hparams
@@ -303,8 +379,40 @@ class SlideTextTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def _vocab_fingerprint(tokenizer: Any) -> int:
+    """A 63-bit hash of a tokenizer's vocabulary (token -> id); 0 when it has none to compare."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return 0
+    digest = hashlib.sha256(json.dumps(sorted(get_vocab().items())).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _check_same_tokenizer(task: SlideTextTask) -> None:
+    """Under DDP: stop on every rank when the ranks' text towers tokenize differently (their token ids, hence
+    their embedding rows, would mean other words on each rank)."""
+    mine = torch.tensor([_vocab_fingerprint(task.model.text_tower.tokenizer)], dtype=torch.long, device=task.device)
+    every = task.all_gather(mine).flatten()
+    if not bool((every == every[0]).all()):
+        raise SlidescopeError(f"the DDP ranks built different tokenizers (vocabulary fingerprints "
+                              f"{every.tolist()}); give every rank the same manifest and text tower")
+
+
+def _save_model(model: SlideTextModel, directory: Path) -> None:
+    """``model.save(directory)`` so that a reader sees the previous model or the new one, never a mix."""
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    old = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    if directory.exists():
+        os.replace(directory, old)  # a directory cannot replace a non-empty one in a single rename
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 class _SaveBest(L.Callback):
-    """Write ``SlideTextModel.save(directory)`` whenever ``val/loss`` reaches a new minimum (rank 0 only)."""
+    """Save the model into ``directory`` whenever ``val/loss`` reaches a new minimum (rank 0 only; a new model
+    replaces the previous one whole, see :func:`_save_model`)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -321,7 +429,7 @@ class _SaveBest(L.Callback):
         self.best, self.best_epoch = float(loss), int(trainer.current_epoch)
         self.best_metrics = {"val_loss": self.best, **pl_module.val_metrics}
         if trainer.is_global_zero:
-            pl_module.model.save(self.directory)
+            _save_model(pl_module.model, self.directory)
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -366,6 +474,17 @@ def _text_tower(text: str | os.PathLike[str] | TextTower, reports: list[str], *,
     return HFTextTower.from_pretrained(path)
 
 
+def _strategy(strategy: str, world_size: int) -> Any:
+    """``"auto"`` on several processes: DDP that finds unused parameters. The contrastive loss does not reach
+    every parameter: the slide encoder's image-latent norm (kept for PRISM's layout), a BERT pooler, the layers
+    of a causal language model past the pooled one."""
+    if strategy != "auto" or world_size == 1:
+        return strategy
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=True)
+
+
 def pretrain(
     manifest: str | os.PathLike[str],
     *,
@@ -389,7 +508,9 @@ def pretrain(
     val_fraction: float = 0.2,
     early_stopping_patience: int | None = 15,
     report_column: str = "report",
-    devices: int = 1,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     accelerator: str = "auto",
     precision: str | None = None,
     progress: bool = False,
@@ -405,16 +526,24 @@ def pretrain(
     text : ``"small"`` (a :class:`SmallTextTower` whose tokenizer is trained on the *training* reports only),
         a folder with a Hugging Face encoder, or a ready :class:`TextTower`.
     slide_encoder : Perceiver config; default :func:`default_slide_encoder` with ``context_dim`` = embedding dim.
+    batch_size : (slide, report) pairs per contrastive batch, per device: under DDP the loss compares the
+        ``batch_size x world_size`` pairs of all devices (see "Several devices and nodes" in the module
+        docstring); ``lr`` is not scaled with it.
     freeze_text : ``"none"``, ``"all"`` (a pretrained tower stays as is) or ``"partial"`` (only its last layer
         and final norms train).
     val_fraction : fraction of patients (stratified by ``label`` when the manifest has one) for validation.
     max_instances : tiles per training bag (subsampled); validation bags keep every tile.
     early_stopping_patience : stop after this many epochs without a lower validation loss (``None``: never).
+    devices, num_nodes : devices per node and nodes; above 1 in all, DDP with one process per device (launching,
+        what is synchronised and what differs from one device: the module docstring).
+    strategy : ``"auto"`` (DDP, finding unused parameters, on several devices) or a Lightning strategy name.
+    accelerator, precision : passed to ``lightning.Trainer``.
 
     Returns
     -------
-    PretrainResult
+    PretrainResult or None
         ``metrics`` holds ``val_loss`` and ``slide2text_r@1/@5``, ``text2slide_r@1/@5`` at the best epoch.
+        Under DDP only global rank 0 writes and returns it; the other ranks return None.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -428,8 +557,15 @@ def pretrain(
     if cfg.context_dim != in_dim:
         raise InvalidParameterError(f"slide_encoder.context_dim={cfg.context_dim} but {encoder!r} embeddings have "
                                     f"{in_dim} dimensions; set context_dim={in_dim}")
+    # which rank this process is, before anything is written or launched (Lightning's cluster environments)
+    world_size, global_rank = _world(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                                     strategy=strategy, precision=precision, progress=progress)
+    rank0 = global_rank == 0
+    if len(train_rows) < world_size:
+        raise InvalidParameterError(f"{len(train_rows)} training slides cannot give each of {world_size} DDP "
+                                    f"processes a pair; use fewer devices")
 
-    L.seed_everything(seed, workers=True, verbose=False)
+    L.seed_everything(seed, workers=True, verbose=False)  # every rank: the same tower and initial weights
     tower = _text_tower(text, [r.report for r in train_rows], text_width=text_width, text_depth=text_depth)
     if isinstance(tower, SmallTextTower) and freeze_text != "none" and not isinstance(text, TextTower):
         log.warning("freeze_text=%r freezes a text tower with random weights (text='small'); only the slide side "
@@ -439,41 +575,62 @@ def pretrain(
                          freeze_text=freeze_text)
     dm = ReportDataModule(train_rows, val_rows, store=store, encoder=encoder, batch_size=batch_size,
                           max_instances=max_instances, sentence_dropout=sentence_dropout, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "splits.json").write_text(json.dumps({
-        "train_patients": sorted({r.patient for r in train_rows}),
-        "val_patients": sorted({r.patient for r in val_rows}),
-        "train_slides": [r.key for r in train_rows], "val_slides": [r.key for r in val_rows]}, indent=2))
+    if rank0:  # a shell-launched DDP run starts the other ranks later, inside fit
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / "splits.json", json.dumps({
+            "train_patients": sorted({r.patient for r in train_rows}),
+            "val_patients": sorted({r.patient for r in val_rows}),
+            "train_slides": [r.key for r in train_rows], "val_slides": [r.key for r in val_rows]}, indent=2))
     saver = _SaveBest(out / "model")
     callbacks: list[L.Callback] = [saver]
     if early_stopping_patience is not None:
         from lightning.pytorch.callbacks import EarlyStopping
 
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
-    with _lightning_info(progress):
-        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, precision=precision,
-                            logger=False, callbacks=callbacks, enable_checkpointing=False,
-                            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                            deterministic=True, default_root_dir=str(out))
     with warnings.catch_warnings(), _lightning_info(progress):
         _quiet_lightning()
-        # one optimisation step per epoch on small cohorts is expected
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-        trainer.fit(task, datamodule=dm)
-    if trainer.interrupted:
-        raise KeyboardInterrupt("pretraining was interrupted")
-    seconds = time.perf_counter() - t0
-    metrics = {k: float(v) for k, v in saver.best_metrics.items()}
-    from .. import __version__
+        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                            strategy=_strategy(strategy, world_size), precision=precision, logger=False,
+                            callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
+                            enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+                            default_root_dir=str(out),
+                            # ReportDataModule shards the training pairs itself; every rank validates on all pairs
+                            use_distributed_sampler=False)
+    try:
+        with warnings.catch_warnings(), _lightning_info(progress):
+            _quiet_lightning()
+            # one optimisation step per epoch on small cohorts is expected
+            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+            # Lightning's all_gather (DDP) still calls it; torch >= 2.10 deprecates it
+            warnings.filterwarnings("ignore", message=r".*distributed\.nn\.functional\.all_gather is deprecated.*",
+                                    category=FutureWarning)
+            trainer.fit(task, datamodule=dm)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("pretraining was interrupted")
+        seconds = time.perf_counter() - t0
+        metrics = {k: float(v) for k, v in saver.best_metrics.items()}
+        if rank0:
+            from .. import __version__
 
-    (out / "metrics.json").write_text(json.dumps({
-        "metrics": metrics, "best_epoch": saver.best_epoch, "epochs": int(trainer.current_epoch), "seconds": seconds,
-        "config": {"encoder": encoder, "seed": seed, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                   "early_stopping_patience": early_stopping_patience,
-                   "max_instances": max_instances, "freeze_text": freeze_text, "val_fraction": val_fraction,
-                   "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
-                   "slide_encoder": cfg.to_dict(), "dim_latents": dim_latents},
-        "slidescope_version": __version__}, indent=2))
+            _write_atomic(out / "metrics.json", json.dumps({
+                "metrics": metrics, "best_epoch": saver.best_epoch, "epochs": int(trainer.current_epoch),
+                "seconds": seconds, "world_size": world_size,
+                "config": {"encoder": encoder, "seed": seed, "lr": lr, "batch_size": batch_size, "epochs": epochs,
+                           "early_stopping_patience": early_stopping_patience,
+                           "max_instances": max_instances, "freeze_text": freeze_text, "val_fraction": val_fraction,
+                           "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
+                           "slide_encoder": cfg.to_dict(), "dim_latents": dim_latents},
+                "slidescope_version": __version__}, indent=2))
+        # the other ranks return once rank 0 has written (a no-op on one device)
+        trainer.strategy.barrier("slidescope.vlm.pretrain: written")
+    except BaseException:
+        # the other ranks would wait in the next collective until its timeout: end the ones this process started
+        for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
+            if proc.poll() is None:
+                proc.kill()
+        raise
+    if not rank0:
+        return None  # type: ignore[return-value]  # as mil.train(): single-process callers need no None check
     log.info("pretraining done in %.0f s; best epoch %d: %s", seconds, saver.best_epoch, metrics)
     return PretrainResult(model_dir=out / "model", metrics=metrics, best_epoch=saver.best_epoch,
                           epochs=int(trainer.current_epoch), seconds=seconds,
