@@ -68,7 +68,13 @@ after accepting its terms; make a manifest slides.csv with columns slide, label,
   slidescope pretrain --manifest slides.csv --store stores --encoder uni --out runs/slidetext
   slidescope zero-shot --model runs/slidetext/model --prompts {out / 'prompts.yaml'} --encoder uni stores --out zs.csv
 
-(`zero-shot` needs a slide-text model pretrained on reports of the same encoder's embeddings.)"""
+(`zero-shot` needs a slide-text model pretrained on reports of the same encoder's embeddings.)
+
+Then score new slides end to end in one resumable command (tissue, tiles, embeddings, MIL, zero-shot,
+heatmaps, a report; add --executor dask to spread the slides over workers or GPUs):
+
+  slidescope run new_slides/ --encoder uni --weights /models/uni/pytorch_model.bin --model runs/abmil \
+      --prompts {out / 'prompts.yaml'} --slide-text-model runs/slidetext/model --out results"""
 
 
 @dataclass
