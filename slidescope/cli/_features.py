@@ -55,6 +55,12 @@ def extract(
     stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
+    executor: str = typer.Option("local", help="local (this process) or dask (one task per slide on Dask "
+                                 "distributed)."),
+    scheduler: str | None = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); "
+                                         "default a LocalCluster on this machine."),
+    dask_workers: int | None = typer.Option(None, "--dask-workers", help="Dask: worker processes of the "
+                                            "LocalCluster (default: one per GPU, else cores / 2)."),
 ) -> None:
     """Embed the tissue tiles of slides into Zarr stores (cached, resumable; bad slides are reported)."""
     from ..features import create_encoder
@@ -63,6 +69,20 @@ def extract(
 
     paths = expand_slides(slides)
     device_list = [d.strip() for d in devices.split(",")] if devices else None
+    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
+    if executor != "local" or scheduler or dask_workers:
+        from ..pipeline import execution_options, make_executor
+
+        opts = execution_options(None, executor=executor, scheduler=scheduler, dask_workers=dask_workers)
+        if device_list:
+            raise typer.BadParameter("--devices is for the local executor; with --executor dask each worker "
+                                     "takes one GPU (--device cuda)")
+        results = _extract_on_executor(make_executor(opts), paths, out, encoder=encoder, weights=weights,
+                                       device=device, precision=precision, mpp=mpp, tile_size=tile_size,
+                                       overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend,
+                                       batch_size=bs, num_workers=num_workers, dtype=dtype, stain=stain)
+        _finish_extract(out, encoder, results, digest=None)
+        return
     if device_list and len(device_list) > 1:
         if precision:
             raise typer.BadParameter("--precision is not supported with --devices yet; the model default is used")
@@ -70,11 +90,28 @@ def extract(
     else:
         enc = create_encoder(encoder, weights=weights, device=(device_list or [device])[0], precision=precision)
         digest = enc.weights_digest
-    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
     results = extract_slides(paths, enc, store=out, mpp=mpp, tile_size=tile_size, overlap=overlap,
                              min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend, batch_size=bs,
                              num_workers=num_workers, dtype=dtype, stain=stain, weights=weights,
                              devices=device_list)
+    _finish_extract(out, encoder, results, digest=digest)
+
+
+def _extract_on_executor(executor, paths: list, out: Path, **options) -> list:
+    """Each slide as one :func:`~slidescope.features.extract.extract_job` task; results in input order."""
+    from ..features.extract import ExtractionResult, ExtractJob, extract_job
+
+    job = ExtractJob(out=str(out), **options)
+    order = {str(p): i for i, p in enumerate(paths)}
+
+    def failed(slide: str, err: BaseException) -> ExtractionResult:
+        return ExtractionResult(slide=slide, status="failed", error=str(err), error_type=type(err).__name__)
+
+    results = list(executor.map(extract_job, list(order), job, failed=failed))
+    return sorted(results, key=lambda r: order.get(r.slide, len(order)))
+
+
+def _finish_extract(out: Path, encoder: str, results: list, *, digest: str | None) -> None:
     report = write_report(out, "extract", results, {"encoder": encoder, "weights_digest": digest})
     failed = [r for r in results if r.status in ("failed", "claimed")]
     for r in results:

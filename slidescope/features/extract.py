@@ -11,6 +11,7 @@ fight the readers for the cores). A run resumes from the last complete chunk.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import queue
@@ -31,7 +32,7 @@ from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_finger
 
 log = logging.getLogger(__name__)
 
-__all__ = ["extract_features", "extract_slides", "ExtractionResult", "default_num_workers"]
+__all__ = ["extract_features", "extract_slides", "ExtractionResult", "ExtractJob", "extract_job", "default_num_workers"]
 
 
 @dataclass
@@ -442,3 +443,51 @@ def _extract_on_devices(slides: list, encoder: str, devices: list[str], **kwargs
     order = {str(p): i for i, p in enumerate(slides)}
     results = [ExtractionResult(**row) for row in rows]
     return sorted(results, key=lambda r: order.get(r.slide, len(order)))
+
+
+# -- one slide as a task for an executor (``slidescope extract --executor dask``) -----------------------
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """The options of ``slidescope extract`` for one slide task; frozen and picklable (it goes to workers).
+
+    ``out`` is the store folder (or an fsspec URL); ``device`` decides whether a task asks for a GPU."""
+
+    out: str
+    encoder: str
+    weights: str | None = None
+    device: str = "auto"
+    precision: str | None = None
+    mpp: float | None = None
+    tile_size: int | None = None
+    overlap: int = 0
+    min_tissue: float = 0.25
+    slide_mpp: float | None = None
+    backend: str = "auto"
+    batch_size: int | str = "auto"
+    num_workers: int | None = None
+    dtype: str = "float16"
+    stain: str | None = None
+
+    @property
+    def attempts_dir(self) -> Path | None:
+        """Where a Dask run counts each slide's attempts (None for stores on a URL: not counted)."""
+        from .store import is_remote
+
+        return None if is_remote(self.out) else Path(self.out) / "reports" / ".attempts"
+
+
+@functools.lru_cache(maxsize=2)
+def _job_encoder(name: str, weights: str | None, device: str, precision: str | None) -> Encoder:
+    """One encoder per worker process, reused by its following slides."""
+    return create_encoder(name, weights=weights, device=device, precision=precision)
+
+
+def extract_job(slide: str, job: ExtractJob) -> ExtractionResult:
+    """Extract one slide with the options of ``job`` (a module-level function: executors pickle it)."""
+    encoder = _job_encoder(job.encoder, job.weights, job.device, job.precision)
+    return extract_slides([slide], encoder, store=job.out, mpp=job.mpp, tile_size=job.tile_size,
+                          overlap=job.overlap, min_tissue=job.min_tissue, slide_mpp=job.slide_mpp,
+                          backend=job.backend, batch_size=job.batch_size, num_workers=job.num_workers,
+                          dtype=job.dtype, stain=job.stain, weights=job.weights, progress=False)[0]

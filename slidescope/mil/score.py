@@ -162,19 +162,28 @@ def score(
                 "model": str(first.hparams.aggregator), "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
             })
     if out_csv is not None:
-        out_csv = Path(out_csv)
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_csv, "w", newline="") as fh:
-            w = csv.writer(fh)
-            if kind == "classification":
-                w.writerow(["slide", *[f"prob_{c}" for c in classes], "predicted"])
-                for r in results:
-                    w.writerow([r.slide, *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
-            else:
-                w.writerow(["slide", _VALUE[kind]])
-                for r in results:
-                    w.writerow([r.slide, f"{getattr(r, _VALUE[kind]):.6f}"])
+        write_predictions(out_csv, results)
     return results
+
+
+def write_predictions(out_csv: str | os.PathLike[str], results: list[SlideScore]) -> Path:
+    """The predictions CSV of :func:`score`: ``slide, prob_<class>..., predicted`` (classification),
+    ``slide, prediction`` (regression) or ``slide, risk`` (survival)."""
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="") as fh:
+        w = csv.writer(fh)
+        value = next((v for v in _VALUE.values() if results and getattr(results[0], v) is not None), None)
+        if value is None:
+            classes = list(results[0].probs) if results else []
+            w.writerow(["slide", *[f"prob_{c}" for c in classes], "predicted"])
+            for r in results:
+                w.writerow([r.slide, *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
+        else:
+            w.writerow(["slide", value])
+            for r in results:
+                w.writerow([r.slide, f"{getattr(r, value):.6f}"])
+    return out_csv
 
 
 #: the SlideScore field (and CSV column) of each non-classification task

@@ -25,9 +25,11 @@ Guarantees, the same as in local mode:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from ._slide import SlideOutcome, slide_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DaskExecutor", "JOBQUEUE_KINDS"]
+__all__ = ["DaskExecutor", "JOBQUEUE_KINDS", "StoreCall", "call_on_store", "map_stores"]
 
 #: cluster kinds of dask-jobqueue that ``cluster={"kind": ...}`` accepts
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
@@ -52,24 +54,37 @@ def _import_distributed():
     return distributed
 
 
-def _attempts_file(config: RunConfig, slide: str) -> Path:
-    return Path(config.out) / "slides" / f".{slide_key(slide)}.attempts"
+def _attempts_file(config: Any, slide: str) -> Path | None:
+    """``OUT/slides/.<key>.attempts`` for a run; a job may name its own ``attempts_dir`` (None: no count)."""
+    folder = config.attempts_dir if hasattr(config, "attempts_dir") else Path(config.out) / "slides"
+    return None if folder is None else Path(folder) / f".{slide_key(slide)}.attempts"
 
 
-def run_counted(fn: Callable[[str, RunConfig], SlideOutcome], slide: str, config: RunConfig) -> SlideOutcome:
-    """Run ``fn(slide, config)`` on a worker, counting attempts in ``OUT/slides/.<key>.attempts``.
+def run_counted(fn: Callable[[str, Any], Any], slide: str, config: Any) -> Any:
+    """Run ``fn(slide, config)`` on a worker, counting its attempts in a small file next to the results.
 
-    The count is written before the work starts, so an attempt whose worker died still counts."""
+    The count is written before the work starts, so an attempt whose worker died still counts. It is
+    returned in the outcome's ``attempts`` (a :class:`SlideOutcome`) or ``extra["attempts"]``."""
     marker = _attempts_file(config, slide)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        previous = int(marker.read_text() or 0)
-    except (FileNotFoundError, ValueError):
-        previous = 0
-    marker.write_text(str(previous + 1))
+    previous = 0
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            previous = int(marker.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            previous = 0
+        marker.write_text(str(previous + 1))
     outcome = fn(slide, config)
-    outcome.attempts = previous + 1
+    if hasattr(outcome, "attempts"):
+        outcome.attempts = previous + 1
+    elif isinstance(getattr(outcome, "extra", None), dict):
+        outcome.extra["attempts"] = previous + 1
     return outcome
+
+
+def _failed_outcome(slide: str, err: BaseException) -> SlideOutcome:
+    return SlideOutcome(slide=str(slide), key=slide_key(slide), status="failed", error_class=type(err).__name__,
+                        error_message=str(err))
 
 
 class _PinGPU:
@@ -85,10 +100,11 @@ class _PinGPU:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % self.n_gpus)
 
 
-def _uses_gpu(config: RunConfig) -> bool:
-    if config.device.startswith("cuda"):
+def _uses_gpu(config: Any) -> bool:
+    device = getattr(config, "device", "auto") or "auto"
+    if device.startswith("cuda"):
         return True
-    if config.device != "auto":
+    if device != "auto":
         return False
     import torch
 
@@ -151,15 +167,21 @@ class DaskExecutor:
         return client, cluster
 
     # -- the seam ---------------------------------------------------------------------------------
-    def map(self, fn: Callable[[str, RunConfig], SlideOutcome], slides: Sequence[str],
-            config: RunConfig) -> Iterator[SlideOutcome]:
-        """Submit one task per slide; yield the outcomes as they complete (see :class:`Executor`)."""
+    def map(self, fn: Callable[[str, Any], Any], slides: Sequence[str], config: RunConfig | Any, *,
+            failed: Callable[[str, BaseException], Any] = _failed_outcome) -> Iterator[Any]:
+        """Submit one task per slide; yield the outcomes as they complete (see :class:`Executor`).
+
+        ``fn(slide, config)`` is :func:`process_slide` for ``run`` (or
+        :func:`~slidescope.features.extract.extract_job` for ``extract``); ``failed(slide, error)`` makes
+        the outcome of a task that died for good (e.g. ``KilledWorker`` after the allowed failures)."""
         if not slides:
             return
         distributed = _import_distributed()
         gpu = _uses_gpu(config)
         for slide in slides:  # attempts are counted per run
-            _attempts_file(config, slide).unlink(missing_ok=True)
+            marker = _attempts_file(config, slide)
+            if marker is not None:
+                marker.unlink(missing_ok=True)
         client, cluster = self._start(gpu)
         futures: list[Any] = []
         try:
@@ -172,9 +194,7 @@ class DaskExecutor:
                 try:
                     yield future.result()
                 except Exception as err:  # the task itself died (KilledWorker after allowed-failures...)
-                    slide = by_key[future.key]
-                    yield SlideOutcome(slide=str(slide), key=slide_key(slide), status="failed",
-                                       error_class=type(err).__name__, error_message=str(err))
+                    yield failed(by_key[future.key], err)
         except BaseException:
             if futures:
                 client.cancel(futures)
@@ -183,3 +203,43 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+# -- store-level commands (score, zero-shot) as one task per store ----------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreCall:
+    """``function(*before, [store], *after, **kwargs)[0]`` for one store: how ``slidescope score`` and
+    ``slidescope zero-shot`` run on an executor. ``function`` is ``"module:name"`` (pickles by name)."""
+
+    function: str
+    before: tuple[Any, ...] = ()
+    after: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    attempts_dir: str | None = None  # attempts are not counted for these short tasks
+
+
+def call_on_store(store: str, call: StoreCall) -> tuple[str, Any]:
+    """Run ``call`` on one store; returns ``(store, result)``."""
+    module, name = call.function.split(":")
+    function = getattr(importlib.import_module(module), name)
+    return store, function(*call.before, [store], *call.after, **call.kwargs)[0]
+
+
+def map_stores(executor: Any, call: StoreCall, stores: Sequence[str]) -> list[Any]:
+    """Results of ``call`` for every store, in store order. As in-process, the first error is raised
+    (after every task has finished), with its own type and message."""
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def failed(store: str, err: BaseException) -> tuple[str, None]:
+        errors.append(err)
+        return store, None
+
+    for store, result in executor.map(call_on_store, list(stores), call, failed=failed):
+        results[store] = result
+    if errors:
+        raise errors[0]
+    return [results[s] for s in stores]

@@ -338,3 +338,35 @@ def test_killed_run_resumes_to_the_same_results(assets: Assets, reference: Path,
     code, text = cli(*_zero_shot_args(assets, out), "--no-progress")
     assert code == 0 and f"{len(assets.slides) - n} slides done, {n} skipped" in text, text
     _same_results(out, reference, [p.stem for p in assets.slides])
+
+
+@pytest.mark.slow
+def test_score_and_zero_shot_on_dask_equal_local(assets: Assets, tmp_path: Path) -> None:
+    """`score` and `zero-shot` with --executor dask (one task per store, 2 worker processes) write the same
+    predictions as in-process, and the same tile attention into the stores."""
+    import shutil
+
+    from slidescope.features.store import open_store
+
+    pytest.importorskip("distributed")
+    results = {}
+    for mode in ("local", "dask"):
+        stores = tmp_path / mode / "stores"
+        shutil.copytree(assets.root / "stores", stores)
+        extra = ["--executor", "dask", "--dask-workers", "2"] if mode == "dask" else []
+        ckpts = [a for c in sorted(assets.run_dir.glob("fold*/best.ckpt")) for a in ("--model", str(c))]
+        code, out = cli("score", str(stores), *ckpts, "--out", str(tmp_path / mode / "mil.csv"), *extra)
+        assert code == 0, out
+        code, out = cli("zero-shot", str(stores), "--model", str(assets.slide_text), "--prompts", str(assets.prompts),
+                        "--encoder", ENCODER, "--out", str(tmp_path / mode / "zs.csv"), *extra)
+        assert code == 0, out
+        results[mode] = (read_csv(tmp_path / mode / "mil.csv"), read_csv(tmp_path / mode / "zs.csv"),
+                         {p.name: open_store(p).scores("abmil/attention") for p in sorted(stores.glob("*.zarr"))})
+    (mil_l, zs_l, att_l), (mil_d, zs_d, att_d) = results["local"], results["dask"]
+    assert mil_l == mil_d and len(mil_l) == len(assets.slides)
+    # zero-shot: one slide per matrix product on the workers vs all at once here: equal up to float rounding
+    assert [(r["slide"], r["predicted"]) for r in zs_l] == [(r["slide"], r["predicted"]) for r in zs_d]
+    for a, b in zip(zs_l, zs_d, strict=True):
+        for col in (c for c in a if c.startswith("prob_")):
+            assert abs(float(a[col]) - float(b[col])) < 1e-6, (a, b)
+    assert att_l.keys() == att_d.keys() and all(np.array_equal(att_l[k], att_d[k]) for k in att_l)
