@@ -157,8 +157,10 @@ def heatmap(
 
     from ..wsi import open_slide
 
-    sp = Path(store)
-    if not (sp / "zarr.json").exists():
+    from ..features.store import as_location, location_name
+
+    sp = as_location(store)  # a folder, a store, or their fsspec URLs
+    if not location_name(sp).endswith(".zarr"):
         sp = store_path(sp, slide_path)
     st = open_store(sp)
     values = np.asarray(st.scores(scores), dtype=np.float64)

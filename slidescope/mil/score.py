@@ -27,7 +27,7 @@ class SlideScore:
     """
 
     slide: str
-    store: Path
+    store: Path | str
     probs: dict[str, float]
     predicted: str
     attention: np.ndarray
@@ -35,11 +35,18 @@ class SlideScore:
     risk: float | None = None
 
 
-def expand_stores(stores: list[str | os.PathLike[str]]) -> list[Path]:
-    """Slide stores (``<slide>.zarr``) and store folders (every ``*.zarr`` inside) -> store paths."""
-    paths: list[Path] = []
+def expand_stores(stores: list[str | os.PathLike[str]]) -> list[Path | str]:
+    """Slide stores (``<slide>.zarr``) and store folders (every ``*.zarr`` inside) -> store paths; fsspec
+    URLs (``s3://bucket/stores``) stay URL strings."""
+    from ..features.store import as_location
+
+    paths: list[Path | str] = []
     for s in stores:
-        p = Path(s)
+        loc = as_location(s)
+        if isinstance(loc, str):
+            paths.extend(_expand_remote(loc))
+            continue
+        p = loc
         if (p / "zarr.json").exists():
             paths.append(p)
         elif p.is_dir():
@@ -50,6 +57,19 @@ def expand_stores(stores: list[str | os.PathLike[str]]) -> list[Path]:
         else:
             raise InvalidParameterError(f"{p} does not exist")
     return paths
+
+
+def _expand_remote(url: str) -> list[str]:
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(url)
+    if fs.exists(f"{inner}/zarr.json"):
+        return [url]
+    metadata = fs.glob(f"{inner.rstrip('/')}/*.zarr/zarr.json")  # one per slide store in the folder
+    found = sorted(m[: -len("/zarr.json")].rsplit("/", 1)[-1] for m in metadata)
+    if not found:
+        raise InvalidParameterError(f"{url} is neither a slide store nor a folder of stores")
+    return [f"{url}/{name}" for name in found]
 
 
 def run_name(checkpoint: str | os.PathLike[str]) -> str:
@@ -144,7 +164,7 @@ def score(
                 att.append(s.numpy())
         prob = np.mean(probs, axis=0)
         attention = np.mean(att, axis=0).astype(np.float32)
-        slide = sp.name[: -len(".zarr")]
+        slide = store.name[: -len(".zarr")]
         if kind == "classification":
             res = SlideScore(slide=slide, store=sp, probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
                              predicted=classes[int(prob.argmax())], attention=attention)

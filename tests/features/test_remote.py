@@ -106,3 +106,31 @@ def test_missing_remote_slide_is_a_clear_error(s3) -> None:
     _, bucket = s3
     with pytest.raises(SlideNotFoundError, match="no such slide: s3://"):
         open_slide(f"s3://{bucket}/nothing.svs")
+
+
+def test_score_reads_and_writes_remote_stores(s3, tmp_path) -> None:
+    """MIL scoring on stores in a bucket: the folder URL expands to its stores, attention is written there."""
+    import torch
+
+    from slidescope.mil.score import score
+    from slidescope.mil.task import MILTask
+
+    fs, bucket = s3
+    slide = make_synthetic_slide(tmp_path / "remote-2.tiff", width=1024, height=768, seed=4).path
+    s = open_slide(slide)
+    root = f"s3://{bucket}/stores"
+    extract_features(s, make_tile_grid(s, tile_size=128, mpp=1.0), "he-descriptor", store=root, num_workers=0,
+                     progress=False)
+    torch.manual_seed(0)
+    task = MILTask("abmil", {"embed_dim": 16, "attn_dim": 8}, in_dim=98, num_classes=2,
+                   class_names=["normal", "tumour"], encoder="he-descriptor")
+    ckpt = tmp_path / "abmil" / "best.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, ckpt)
+    (row,) = score([ckpt], [root], out_csv=tmp_path / "p.csv", name="abmil")
+    assert row.slide == "remote-2" and row.store == f"{root}/remote-2.zarr"
+    assert np.array_equal(open_store(row.store).scores("abmil/attention"), row.attention)
+    from slidescope.mil.heatmap import heatmap
+
+    heatmap(slide, root, scores="abmil/attention", out_png=tmp_path / "h.png")  # the store folder is a URL
+    assert (tmp_path / "h.png").stat().st_size > 0
