@@ -134,3 +134,29 @@ def test_score_reads_and_writes_remote_stores(s3, tmp_path) -> None:
 
     heatmap(slide, root, scores="abmil/attention", out_png=tmp_path / "h.png")  # the store folder is a URL
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_run_with_remote_slides_and_stores(s3, tmp_path) -> None:
+    """`slidescope run` end to end with the slide and the stores in a bucket (results folder local)."""
+    import torch
+
+    import slidescope as ss
+    from slidescope.mil.task import MILTask
+
+    fs, bucket = s3
+    local = make_synthetic_slide(tmp_path / "remote-3.tiff", width=1024, height=768, seed=6).path
+    fs.put(str(local), f"{bucket}/slides/remote-3.tiff")
+    torch.manual_seed(0)
+    task = MILTask("abmil", {"embed_dim": 16, "attn_dim": 8}, in_dim=98, num_classes=2,
+                   class_names=["normal", "tumour"], encoder="he-descriptor")
+    ckpt = tmp_path / "runs" / "abmil" / "fold0" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, ckpt)
+    kwargs = dict(out=tmp_path / "results", stores=f"s3://{bucket}/stores", encoder="he-descriptor",
+                  model=[str(ckpt.parents[1])], num_workers=0, progress=False, heatmap_size=128)
+    res = ss.run([f"s3://{bucket}/slides/remote-3.tiff"], **kwargs)
+    assert res.exit_code == 0, [(o.error_class, o.error_message) for o in res.outcomes]
+    assert fs.exists(f"{bucket}/stores/remote-3.zarr/features/he-descriptor/zarr.json")
+    assert list((tmp_path / "results" / "heatmaps").glob("remote-3.*.png"))
+    again = ss.run([f"s3://{bucket}/slides/remote-3.tiff"], **kwargs)
+    assert again.counts == {"skipped": 1}
