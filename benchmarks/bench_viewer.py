@@ -40,17 +40,10 @@ SLIDE = (40_000, 30_000, 0.5)
 
 def synthetic(width: int, height: int, mpp: float) -> Path:
     """The synthetic slide bench_wsi.py uses too (same parameters, same cached file)."""
-    from slidescope.wsi.synthetic import make_synthetic_slide
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_wsi import synthetic as make
 
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"synthetic_{width}x{height}_{mpp}.svs"
-    if not path.exists():
-        t = time.perf_counter()
-        tmp = path.with_suffix(".partial.svs")
-        make_synthetic_slide(tmp, width=width, height=height, mpp=mpp, seed=7, n_islands=4)
-        tmp.rename(path)
-        print(f"  generated {path.name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    return path
+    return make(width, height, mpp)
 
 
 def rss_mb() -> float:

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from . import app
+from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
 from ._wsi import SLIDE_MPP_HELP
 
 #: exit code when some slides of a batch failed (the others are done)
@@ -55,12 +56,9 @@ def extract(
     stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
-    executor: str = typer.Option("local", help="local (this process) or dask (one task per slide on Dask "
-                                 "distributed)."),
-    scheduler: str | None = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); "
-                                         "default a LocalCluster on this machine."),
-    dask_workers: int | None = typer.Option(None, "--dask-workers", help="Dask: worker processes of the "
-                                            "LocalCluster (default: one per GPU, else cores / 2)."),
+    executor: str | None = EXECUTOR,
+    scheduler: str | None = SCHEDULER,
+    dask_workers: int | None = DASK_WORKERS,
 ) -> None:
     """Embed the tissue tiles of slides into Zarr stores (cached, resumable; bad slides are reported)."""
     from ..features import create_encoder
@@ -70,14 +68,12 @@ def extract(
     paths = expand_slides(slides)
     device_list = [d.strip() for d in devices.split(",")] if devices else None
     bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
-    if executor != "local" or scheduler or dask_workers:
-        from ..pipeline import execution_options, make_executor
-
-        opts = execution_options(None, executor=executor, scheduler=scheduler, dask_workers=dask_workers)
+    runner = chosen_executor(executor, scheduler, dask_workers)
+    if runner is not None:
         if device_list:
             raise typer.BadParameter("--devices is for the local executor; with --executor dask each worker "
                                      "takes one GPU (--device cuda)")
-        results = _extract_on_executor(make_executor(opts), paths, out, encoder=encoder, weights=weights,
+        results = _extract_on_executor(runner, paths, out, encoder=encoder, weights=weights,
                                        device=device, precision=precision, mpp=mpp, tile_size=tile_size,
                                        overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend,
                                        batch_size=bs, num_workers=num_workers, dtype=dtype, stain=stain)

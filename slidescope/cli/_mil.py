@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from . import app
+from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
 
 
 @app.command()
@@ -83,24 +84,19 @@ def score(
     write_scores: bool = typer.Option(True, "--write-scores/--no-write-scores",
                                       help="Write the attention into each store."),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
-    executor: str = typer.Option("local", help="local (this process) or dask (one task per store on Dask "
-                                 "distributed)."),
-    scheduler: str | None = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); "
-                                         "default a LocalCluster on this machine."),
-    dask_workers: int | None = typer.Option(None, "--dask-workers", help="Dask: worker processes of the "
-                                            "LocalCluster (default: one per GPU, else cores / 2)."),
+    executor: str | None = EXECUTOR,
+    scheduler: str | None = SCHEDULER,
+    dask_workers: int | None = DASK_WORKERS,
 ) -> None:
     """Predict slides with MIL checkpoints (probabilities, regression predictions or survival risks averaged)
     and store the tile attention."""
     from ..mil.score import expand_stores, run_name, write_predictions
     from ..mil.score import score as run_score
 
-    if executor != "local" or scheduler or dask_workers:
-        from ..pipeline import execution_options, make_executor
+    runner = chosen_executor(executor, scheduler, dask_workers)
+    if runner is not None:
         from ..pipeline._dask import StoreCall, map_stores
 
-        runner = make_executor(execution_options(None, executor=executor, scheduler=scheduler,
-                                                 dask_workers=dask_workers))
         call = StoreCall("slidescope.mil.score:score", before=([str(m) for m in model],), device=device,
                          kwargs={"write_scores": write_scores, "name": name or run_name(model[0]), "device": device})
         results = map_stores(runner, call, [str(p) for p in expand_stores(list(stores))])

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from . import app
+from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
 
 #: exit code when some slides failed (the others are done); 2 is a usage or configuration error
 EXIT_SOME_FAILED = 1
@@ -72,12 +73,9 @@ def run_cmd(
     heatmap_size: int | None = typer.Option(None, "--heatmap-size", help="Heatmap thumbnail px (default: 1024)."),
     cmap: str | None = typer.Option(None, help="inferno, viridis, magma or jet (default: inferno)."),
     normalize: str | None = typer.Option(None, help="Heatmap scores: rank or minmax (default: rank)."),
-    executor: str | None = typer.Option(None, help="local (this process, the default) or dask (one task per "
-                                        "slide on Dask distributed)."),
-    scheduler: str | None = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); "
-                                         "default a LocalCluster on this machine."),
-    dask_workers: int | None = typer.Option(None, "--dask-workers", help="Dask: worker processes of the "
-                                            "LocalCluster (default: one per GPU, else cores / 2)."),
+    executor: str | None = EXECUTOR,
+    scheduler: str | None = SCHEDULER,
+    dask_workers: int | None = DASK_WORKERS,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (slides/s, tiles/s)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bar."),
@@ -90,11 +88,10 @@ def run_cmd(
 
     Exit code 0: all slides done; 1: some failed (see the report); 2: bad options; 130: interrupted.
     """
-    from ..pipeline import execution_options, make_executor, run
+    from ..pipeline import run
 
     _logging(verbose, quiet)
-    runner = make_executor(execution_options(config, executor=executor, scheduler=scheduler,
-                                             dask_workers=dask_workers))
+    runner = chosen_executor(executor, scheduler, dask_workers, config=config)
     bs: int | str | None = batch_size
     if batch_size is not None and batch_size != "auto":
         try:

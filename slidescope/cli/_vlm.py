@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from . import app
+from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -89,25 +90,20 @@ def zero_shot(
                                      "default slide, tile for CLIP models."),
     k: int = typer.Option(10, help="Tiles pooled per class at tile level (MI-Zero top-k)."),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
-    executor: str = typer.Option("local", help="local (this process) or dask (one task per store on Dask "
-                                 "distributed)."),
-    scheduler: str | None = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); "
-                                         "default a LocalCluster on this machine."),
-    dask_workers: int | None = typer.Option(None, "--dask-workers", help="Dask: worker processes of the "
-                                            "LocalCluster (default: one per GPU, else cores / 2)."),
+    executor: str | None = EXECUTOR,
+    scheduler: str | None = SCHEDULER,
+    dask_workers: int | None = DASK_WORKERS,
 ) -> None:
     """Zero-shot class probabilities of slides from prompts; level=tile also writes scores/zero-shot/<class>."""
     from ..vlm.api import zero_shot as run_zero_shot
 
     options = dict(model=model, encoder=encoder, weights=weights, trust_remote_code=trust_remote_code,
                    ensemble=ensemble, level=level, k=k, device=device)
-    if executor != "local" or scheduler or dask_workers:
+    runner = chosen_executor(executor, scheduler, dask_workers)
+    if runner is not None:
         from ..mil.score import expand_stores
-        from ..pipeline import execution_options, make_executor
         from ..pipeline._dask import StoreCall, map_stores
 
-        runner = make_executor(execution_options(None, executor=executor, scheduler=scheduler,
-                                                 dask_workers=dask_workers))
         call = StoreCall("slidescope.vlm.api:zero_shot", after=(prompts,), kwargs=options, device=device)
         rows = map_stores(runner, call, [str(p) for p in expand_stores(list(stores))])
     else:
