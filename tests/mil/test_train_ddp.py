@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddp_processes import clean_env, group_alive, launch, wait_all
+
 from slidescope.mil.task import load_task
 from slidescope.mil.train import auroc
 
@@ -39,53 +41,12 @@ AUROC_FLOOR = 0.9
 TIMEOUT_S = 900
 
 
-def _env() -> dict[str, str]:
-    """The environment without rank or cluster variables (a SLURM job running pytest would look like a cluster)."""
-    drop = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-            "PL_GLOBAL_SEED", "TORCHELASTIC_RUN_ID")
-    return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("SLURM_", "PMI_", "OMPI_"))}
-
-
 def _launch(cohort, out: Path, *, devices: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "slidescope", "train", "--manifest", str(cohort.manifest), "--store",
            str(cohort.store), "--encoder", ENC, "--model", "abmil", "--model-kwargs", json.dumps(SMALL),
            "--folds", str(FOLDS), "--epochs", str(EPOCHS), "--batch-size", str(BATCH // devices), "--lr", "1e-3",
            "--early-stopping-patience", "8", "--accelerator", "cpu", "--devices", str(devices), "--out", str(out)]
-    with log.open("w") as fh:
-        # own session: on a timeout the whole group (rank 0 and the rank Lightning started) is ended
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=out.parent,
-                                start_new_session=True)
-
-
-def _wait(procs: dict[int, subprocess.Popen], logs: dict[int, Path]) -> dict[int, tuple[int, str, float]]:
-    """Per run: (exit code, output, seconds until it ended); a run still going after ``TIMEOUT_S`` is ended."""
-    t0 = time.monotonic()
-    ended: dict[int, float] = {}
-    while len(ended) < len(procs) and time.monotonic() - t0 < TIMEOUT_S:
-        for n, proc in procs.items():
-            if n not in ended and proc.poll() is not None:
-                ended[n] = time.monotonic() - t0
-        time.sleep(0.2)
-    late = [n for n in procs if n not in ended]
-    for n in late:
-        os.killpg(procs[n].pid, signal.SIGKILL)
-        procs[n].wait()
-    if late:
-        pytest.fail(f"slidescope train --devices {late[0]} did not finish in {TIMEOUT_S} s:\n"
-                    f"{logs[late[0]].read_text()[-4000:]}")
-    return {n: (proc.returncode, logs[n].read_text(), ended[n]) for n, proc in procs.items()}
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (Linux ``/proc``; zombies do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return launch(cmd, log=log, cwd=out.parent, env=clean_env())
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -107,13 +68,13 @@ def test_two_ddp_processes_train_abmil_as_well_as_one(mil_cohort, tmp_path) -> N
         out.mkdir()
     # both at once: the machine's time goes mostly to imports, which the two runs can overlap
     procs = {n: _launch(mil_cohort, runs[n], devices=n, log=logs[n]) for n in (1, 2)}
-    done = _wait(procs, logs)
+    done = wait_all(procs, logs, timeout=TIMEOUT_S, what="slidescope train")
 
     if Path("/proc/self/stat").exists():  # rank 1 ends by itself once rank 0 has (no process left behind)
         deadline = time.monotonic() + 120
-        while _group_alive(procs[2].pid) and time.monotonic() < deadline:
+        while group_alive(procs[2].pid) and time.monotonic() < deadline:
             time.sleep(0.5)
-        if _group_alive(procs[2].pid):
+        if group_alive(procs[2].pid):
             os.killpg(procs[2].pid, signal.SIGKILL)
             pytest.fail("rank 1 of the DDP run was still running 120 s after rank 0 had ended")
 

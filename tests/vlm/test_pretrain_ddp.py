@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ddp_processes import clean_env, group_alive, launch, wait_all
 
 pytestmark = pytest.mark.slow
 
@@ -105,53 +106,15 @@ if rank == 0:
 
 
 def _env() -> dict[str, str]:
-    """The environment without rank or cluster variables (a SLURM job running pytest would look like a cluster);
-    one thread per process: three processes share the machine's cores (oversubscribed OpenMP threads spin)."""
-    drop = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-            "PL_GLOBAL_SEED", "TORCHELASTIC_RUN_ID")
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("SLURM_", "PMI_", "OMPI_"))}
-    return env | {"OMP_NUM_THREADS": "1"}
+    """One thread per process: three processes share the machine's cores (oversubscribed OpenMP threads spin)."""
+    return clean_env(OMP_NUM_THREADS="1")
 
 
 def _launch(cohort, out: Path, *, devices: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "slidescope", "pretrain", "--manifest", str(cohort.train_manifest), "--store",
            str(cohort.store), "--encoder", ENCODER, "--epochs", str(EPOCHS), "--batch-size", str(BATCH // devices),
            "--seed", "0", "--accelerator", "cpu", "--devices", str(devices), "--out", str(out)]
-    with log.open("w") as fh:
-        # own session: on a timeout the whole group (rank 0 and the rank Lightning started) is ended
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=out.parent,
-                                start_new_session=True)
-
-
-def _wait(procs: dict[int, subprocess.Popen], logs: dict[int, Path]) -> dict[int, tuple[int, str, float]]:
-    """Per run: (exit code, output, seconds until it ended); a run still going after ``TIMEOUT_S`` is ended."""
-    t0 = time.monotonic()
-    ended: dict[int, float] = {}
-    while len(ended) < len(procs) and time.monotonic() - t0 < TIMEOUT_S:
-        for n, proc in procs.items():
-            if n not in ended and proc.poll() is not None:
-                ended[n] = time.monotonic() - t0
-        time.sleep(0.2)
-    late = [n for n in procs if n not in ended]
-    for n in late:
-        os.killpg(procs[n].pid, signal.SIGKILL)
-        procs[n].wait()
-    if late:
-        pytest.fail(f"slidescope pretrain --devices {late[0]} did not finish in {TIMEOUT_S} s:\n"
-                    f"{logs[late[0]].read_text()[-4000:]}")
-    return {n: (proc.returncode, logs[n].read_text(), ended[n]) for n, proc in procs.items()}
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (Linux ``/proc``; zombies do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return launch(cmd, log=log, cwd=out.parent, env=_env())
 
 
 def _no_rank_left(proc: subprocess.Popen) -> None:
@@ -159,9 +122,9 @@ def _no_rank_left(proc: subprocess.Popen) -> None:
     if not Path("/proc/self/stat").exists():
         return
     deadline = time.monotonic() + 120
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    if _group_alive(proc.pid):
+    if group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("rank 1 of the DDP run was still running 120 s after rank 0 had ended")
 
@@ -196,7 +159,7 @@ def test_two_ddp_processes_pretrain_as_well_as_one(vlm_cohort, tmp_path) -> None
     logs = {n: tmp_path / f"devices{n}.log" for n in (1, 2)}
     # both at once: the machine's time goes mostly to imports and start-up, which the two runs can overlap
     procs = {n: _launch(vlm_cohort, runs[n], devices=n, log=logs[n]) for n in (1, 2)}
-    done = _wait(procs, logs)
+    done = wait_all(procs, logs, timeout=TIMEOUT_S, what="slidescope pretrain")
 
     _no_rank_left(procs[2])
 
@@ -236,7 +199,7 @@ def test_ddp_step_has_the_loss_and_gradients_of_one_process_on_the_global_batch(
     with log.open("w") as fh:
         proc = subprocess.Popen([sys.executable, str(script), str(result)], stdout=fh, stderr=subprocess.STDOUT,
                                 env=_env(), cwd=tmp_path, start_new_session=True)
-    rc, output, seconds = _wait({2: proc}, {2: log})[2]
+    rc, output, seconds = wait_all({2: proc}, {2: log}, timeout=TIMEOUT_S, what="slidescope pretrain")[2]
     _no_rank_left(proc)
     assert rc == 0, output[-4000:]
     got = json.loads(result.read_text())
