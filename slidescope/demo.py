@@ -158,10 +158,10 @@ def _split(rows: list[dict[str, str]], fraction: float) -> tuple[list[dict[str, 
 
 
 def _auroc_ci(labels: np.ndarray, probs: np.ndarray, seed: int) -> tuple[float, tuple[float, float]]:
-    from .mil.train import auroc, bootstrap_ci
+    from .metrics import bootstrap_ci
 
-    two = np.column_stack([1.0 - probs, probs])  # columns: normal (0), tumour (1)
-    return auroc(labels, two), bootstrap_ci(labels, two, n=1000, seed=seed)["auroc"]
+    ci = bootstrap_ci(labels, probs, "auroc", n=1000, seed=seed)  # probs: of tumour (class 1)
+    return ci.estimate, (ci.low, ci.high)
 
 
 def demo(

@@ -89,6 +89,8 @@ def zero_shot(
     level: str | None = typer.Option(None, help="slide, or tile (per-tile similarity maps + MI-Zero pooling); "
                                      "default slide, tile for CLIP models."),
     k: int = typer.Option(10, help="Tiles pooled per class at tile level (MI-Zero top-k)."),
+    pooling: str = typer.Option("mean", help="Tile-level top-k pooling: mean (CONCH's run_mizero) or sum "
+                                "(MI-Zero's topj_pooling: same prediction, k times sharper probabilities)."),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
@@ -98,7 +100,7 @@ def zero_shot(
     from ..vlm.api import zero_shot as run_zero_shot
 
     options = dict(model=model, encoder=encoder, weights=weights, trust_remote_code=trust_remote_code,
-                   ensemble=ensemble, level=level, k=k, device=device)
+                   ensemble=ensemble, level=level, k=k, pooling=pooling, device=device)
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
         from ..mil.score import expand_stores
@@ -231,8 +233,13 @@ def few_shot(
     weights: Path | None = typer.Option(None, help="A published model's downloaded repository (default: hub)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
                                            "code to run; required for them."),
-    method: str = typer.Option("gda", help="linear, simpleshot, knn, gda or tip-adapter."),
+    method: str = typer.Option("gda", help="linear, simpleshot, simpleshot-cosine, knn, gda or tip-adapter."),
     shots: int | None = typer.Option(None, help="Slides per class drawn from --train (default: all)."),
+    val: Path | None = typer.Option(None, help="CSV with slide and label: validation slides, used only to choose "
+                                    "hyperparameters (default: leave-one-out on the support, else the papers' "
+                                    "defaults)."),
+    base: Path | None = typer.Option(None, help="CSV with slide: unlabelled slides whose mean SimpleShot's CL2N "
+                                     "subtracts (default: the support's mean)."),
     prompts: Path | None = typer.Option(None, help="Prompts YAML: a zero-shot prior for gda / tip-adapter."),
     label_column: str = typer.Option("label", "--label-column", help="Column with the class name."),
     seed: int = typer.Option(0, help="Seed of the shot draw and the bootstrap."),
@@ -259,11 +266,21 @@ def few_shot(
         train_labels = [train_labels[i] for i in keep]
     test_paths, test_labels = _manifest_rows(test, store, label_column)
     labelled = all(lab is not None for lab in test_labels)
+    val_paths = val_labels = base_paths = None
+    if val is not None:
+        val_paths, val_labels = _manifest_rows(val, store, label_column)
+        if any(lab is None for lab in val_labels):
+            raise InvalidParameterError(f"{val.name}: every validation slide needs a {label_column!r}")
+    if base is not None:
+        base_paths, _ = _manifest_rows(base, store, label_column)
     res = run_few_shot(train_paths, train_labels, test_paths,  # type: ignore[arg-type]
                        model=model, encoder=encoder, method=method, classes=prompts,
                        test_labels=test_labels if labelled else None, seed=seed,  # type: ignore[arg-type]
+                       val_stores=val_paths, val_labels=val_labels, base_stores=base_paths,  # type: ignore[arg-type]
                        weights=weights, trust_remote_code=trust_remote_code)
     typer.echo(f"{method}: {len(train_paths)} support slides, {len(test_paths)} test slides")
+    chosen = ", ".join(f"{k}={v:.4g}" for k, v in res.hyperparameters.items())
+    typer.echo(f"hyperparameters: {res.tuning}" + (f" ({chosen})" if chosen else ""))
     for name, ci in res.metrics.items():
         typer.echo(f"{name}: {ci.estimate:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f})")
     if out is not None:

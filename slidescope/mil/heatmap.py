@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from ..features.store import open_store, store_path
+from ..metrics import rankdata
 
 __all__ = ["heatmap", "colormap", "normalize_scores", "tiles_geojson"]
 
@@ -54,14 +55,8 @@ def normalize_scores(scores: np.ndarray, *, normalize: str = "rank") -> np.ndarr
     if normalize == "rank":
         if len(s) == 1:
             return np.array([0.5])
-        order = np.argsort(s, kind="mergesort")
-        ranks = np.empty(len(s))
-        ranks[order] = np.arange(len(s))
-        for v in np.unique(s):  # ties share the mean rank
-            sel = s == v
-            if sel.sum() > 1:
-                ranks[sel] = ranks[sel].mean()
-        return ranks / (len(s) - 1)
+        # 0-based average ranks (ties share their mean rank), O(N log N)
+        return (rankdata(s) - 1) / (len(s) - 1)
     raise InvalidParameterError(f"normalize must be 'rank' or 'minmax', got {normalize!r}")
 
 
@@ -125,7 +120,8 @@ def heatmap(
         Which column of (N, K) scores to draw (required for 2-D scores).
     backend : str, default "auto"
     slide_mpp : float, optional
-        As in :func:`~slidescope.wsi.open_slide`.
+        Level-0 µm/px for a slide whose metadata lacks it (``default_mpp`` of
+        :func:`~slidescope.wsi.open_slide`).
 
     Returns
     -------
@@ -135,7 +131,9 @@ def heatmap(
     Raises
     ------
     StoreError
-        No scores of that name in the store.
+        No scores of that name in the store; :class:`~slidescope.features.store.SlideMismatchError` when the
+        store was made from another slide file (or the slide changed since), checked by fingerprint for a
+        local slide; :class:`~slidescope.features.store.StoreCorruptError` for a damaged store.
     InvalidParameterError
         2-D scores without ``column``, or an unknown colour map or normalisation.
 
@@ -162,7 +160,8 @@ def heatmap(
     sp = as_location(store)  # a folder, a store, or their fsspec URLs
     if not location_name(sp).endswith(".zarr"):
         sp = store_path(sp, slide_path)
-    st = open_store(sp)
+    st = open_store(sp, scores=scores)
+    st.check_slide(slide_path)  # never paint another slide's (or an outdated) store onto this slide
     values = np.asarray(st.scores(scores), dtype=np.float64)
     if values.ndim == 2:
         if column is None:
@@ -171,7 +170,7 @@ def heatmap(
     coords = st.coords
     tw, th = st.tile_extent
     norm = normalize_scores(values, normalize=normalize)
-    with open_slide(slide_path, backend=backend, mpp=slide_mpp) as slide:
+    with open_slide(slide_path, backend=backend, default_mpp=slide_mpp) as slide:
         w0, h0 = slide.dimensions
         thumb = slide.get_thumbnail((size, size))
     sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0

@@ -30,7 +30,8 @@ from ..errors import SlidescopeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MILTask", "load_task", "CheckpointError", "EncoderMismatchError", "CHECKPOINT_SCHEMA", "cox_loss",
+__all__ = ["MILTask", "load_task", "check_resume_checkpoint", "CheckpointError", "EncoderMismatchError",
+           "CHECKPOINT_SCHEMA", "cox_loss",
            "discrete_time_nll", "SURVIVAL_MODELS"]
 
 #: survival heads of ``MILTask(task="survival", survival_model=...)``
@@ -62,6 +63,8 @@ def _version() -> str:
 
 
 def _metrics(num_classes: int, prefix: str) -> torchmetrics.MetricCollection:
+    # logged during training only (val/auroc drives nothing but the logs); every reported number comes from
+    # slidescope.metrics on the held-out predictions (see train.py)
     return torchmetrics.MetricCollection({
         "auroc": MulticlassAUROC(num_classes=num_classes, average="macro"),
         "balanced_accuracy": MulticlassRecall(num_classes=num_classes, average="macro"),
@@ -210,7 +213,7 @@ class _ConcordanceIndex(torchmetrics.Metric):
     def compute(self) -> torch.Tensor:
         from torchmetrics.utilities import dim_zero_cat
 
-        from .train import concordance_index
+        from ..metrics import concordance_index
 
         if not len(self.risk):
             return torch.tensor(float("nan"))
@@ -286,8 +289,9 @@ class MILTask(L.LightningModule):
     ranks; metrics: torchmetrics gathers every rank's states).
 
     Batches are ``{"features": (B, N, D), "mask": (B, N) bool, "labels": (B,)}``. The loss is
-    ``aggregator.task_loss_weight`` x the weighted cross-entropy plus the aggregator's ``aux_loss``
-    (already weighted). Logged keys:
+    ``aggregator.task_loss_weight`` x the aggregator's class-weighted ``task_loss`` (cross-entropy, or its
+    paper's criterion: DSMIL's binary cross-entropy) plus its ``aux_loss`` (already weighted); before each
+    optimiser step the aggregator's own gradient clipping runs (``clip_gradients_``: DTFD-MIL's). Logged keys:
     ``train/loss``, ``val/loss``, ``val/auroc``, ``val/balanced_accuracy``, ``val/f1``,
     ``val/kappa`` (and ``train/...``, ``test/...``); regression ``val/mae``, ``val/mse``; survival
     ``val/c_index``.
@@ -330,7 +334,11 @@ class MILTask(L.LightningModule):
     def model_step(self, batch: dict[str, torch.Tensor], *, train: bool):
         labels = self.head.labels(batch)
         out = self(batch["features"], batch["mask"], labels=labels if train else None)
-        loss = self.head.loss(out.logits, batch, self.class_weight)
+        if isinstance(self.head, _Classification) and hasattr(self.model, "task_loss"):
+            # the aggregator's own criterion (cross-entropy unless its paper uses another, e.g. DSMIL's BCE)
+            loss = self.model.task_loss(out.logits, batch["labels"], self.class_weight)
+        else:
+            loss = self.head.loss(out.logits, batch, self.class_weight)
         loss = float(getattr(self.model, "task_loss_weight", 1.0)) * loss
         if train and getattr(out, "aux_loss", None) is not None:
             loss = loss + out.aux_loss
@@ -380,6 +388,13 @@ class MILTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """The aggregator's published clipping (e.g. DTFD-MIL's per-module norm 5), then the Trainer's own."""
+        clip = getattr(self.model, "clip_gradients_", None)
+        if clip is not None:
+            clip()
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(self.hparams.epochs)))
@@ -414,6 +429,27 @@ class MILTask(L.LightningModule):
         return self.head.predict(out.logits)[0].cpu(), out.scores.float()[0].cpu()
 
 
+def check_resume_checkpoint(path: str | os.PathLike[str], *, fold: int | None = None) -> None:
+    """Check that a training checkpoint (a fold's ``last.ckpt``) loads with ``torch.load(weights_only=True)``
+    before Lightning resumes from it (which is also asked for ``weights_only=True``).
+
+    A planted pickle is refused without running any of it; a truncated or damaged file raises
+    :class:`CheckpointError` naming the file and saying to delete it (the fold then restarts from scratch).
+    """
+    p = Path(path)
+    where = f"fold {fold}: " if fold is not None else ""
+    fix = (f"Delete {p} to restart {'this fold' if fold is not None else 'training'} from scratch (or train "
+           f"with --no-resume / resume=False).")
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for a bad or unsafe file
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{where}the resume checkpoint {p} cannot be loaded safely (torch.load with "
+                              f"weights_only=True: {detail}). {fix}") from err
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise CheckpointError(f"{where}{p} is not a Lightning training checkpoint (no state_dict). {fix}")
+
+
 _INIT_KEYS = ("aggregator", "aggregator_kwargs", "in_dim", "num_classes", "class_names", "encoder", "lr",
               "weight_decay", "epochs", "class_weights", "task", "target_mean", "target_std", "survival_model",
               "time_bins")
@@ -432,7 +468,8 @@ def load_task(ckpt: str | os.PathLike[str], *, encoder: str | None = None, embed
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a bad file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({err})") from err
+        raise CheckpointError(f"{path} is not a readable checkpoint ({err}); replace it with the best.ckpt "
+                              f"of a training run (slidescope train --out RUN writes RUN/fold<k>/best.ckpt)") from err
     hp = dict(data.get("hyper_parameters") or {})
     missing = [k for k in ("aggregator", "in_dim", "num_classes", "class_names", "encoder") if k not in hp]
     if missing:

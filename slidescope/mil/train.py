@@ -12,7 +12,7 @@ Layout of ``out``::
     oof_predictions.csv      slide, patient, label, fold, prob_<class>...   (classification)
                              slide, patient, target, fold, prediction      (regression)
                              slide, patient, time, event, fold, risk       (survival)
-    results.csv              per fold and pooled metrics with bootstrap 95% CIs
+    results.csv              per fold and pooled metrics with bootstrap 95% CIs (patients resampled)
 
 For fold k the held-out fold is never seen during training: the remaining patients are split
 again (by patient, stratified) into train and validation (early stopping, best checkpoint).
@@ -71,7 +71,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics as _metrics
 from ..errors import InvalidParameterError
+from ..metrics import CLASSIFICATION_METRICS
 from .data import BagDataModule, SlideRow, Splits, make_splits, read_manifest
 
 log = logging.getLogger(__name__)
@@ -79,88 +81,18 @@ log = logging.getLogger(__name__)
 __all__ = ["train", "TrainResult", "FoldResult", "classification_metrics", "regression_metrics", "concordance_index",
            "survival_metrics", "bootstrap_ci"]
 
-METRICS = ("auroc", "balanced_accuracy", "f1", "kappa", "accuracy")
+METRICS = CLASSIFICATION_METRICS  # auroc (OvR), auroc_ovo, balanced_accuracy, f1, f1_weighted, kappa, ...
 REGRESSION_METRICS = ("pearson", "spearman", "r2", "mae")
 SURVIVAL_METRICS = ("c_index",)
 
 
-# -- metrics (numpy; the same definitions as the torchmetrics used during training) ----------------
+# -- metrics: every definition lives in slidescope.metrics (checked against scikit-learn/lifelines) ------
 
-def _binary_auroc(y: np.ndarray, s: np.ndarray) -> float:
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    # average ranks for ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i : j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(allv))
-    r[order] = ranks
-    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Macro one-vs-rest AUROC; ``probs (n, C)``; binary = the AUROC of class 1."""
-    labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim == 1:
-        return _binary_auroc(labels, probs)
-    if probs.shape[1] == 2:
-        return _binary_auroc((labels == 1).astype(int), probs[:, 1])
-    vals = [_binary_auroc((labels == c).astype(int), probs[:, c]) for c in range(probs.shape[1])]
-    vals = [v for v in vals if not np.isnan(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """AUROC, balanced accuracy (macro recall), macro F1, Cohen's kappa and accuracy."""
-    labels = np.asarray(labels, dtype=int)
-    probs = np.asarray(probs, dtype=np.float64)
-    c = probs.shape[1]
-    pred = probs.argmax(1)
-    cm = np.zeros((c, c))
-    np.add.at(cm, (labels, pred), 1)
-    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
-    present = support > 0
-    recall = np.divide(tp, support, out=np.zeros(c), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.zeros(c), where=predicted > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(c), where=(precision + recall) > 0)
-    n = cm.sum()
-    po = tp.sum() / n
-    pe = (support * predicted).sum() / n**2
-    kappa = (po - pe) / (1 - pe) if pe < 1 else float("nan")
-    return {"auroc": auroc(labels, probs), "balanced_accuracy": float(recall[present].mean()),
-            "f1": float(f1[present | (predicted > 0)].mean()), "kappa": float(kappa), "accuracy": float(po)}
-
-
-def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, *, n: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CIs (slides resampled with replacement; resamples lacking a class skipped)."""
-    labels = np.asarray(labels, dtype=int)
-    probs = np.asarray(probs, dtype=np.float64)
-    k = len(np.unique(labels))
-    return _bootstrap(classification_metrics, (labels, probs), METRICS, n=n, seed=seed, level=level,
-                      valid=lambda y, _p: len(np.unique(y)) >= k)
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), 1-based."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x))
-    start = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    end = np.r_[start[1:], len(x)]
-    for a, b in zip(start, end, strict=True):
-        ranks[order[a:b]] = (a + b + 1) / 2
-    return ranks
+auroc = _metrics.auroc  # kept here: ``from slidescope.mil.train import auroc`` is public
+classification_metrics = _metrics.classification_metrics
+concordance_index = _metrics.concordance_index
+bootstrap_ci = _metrics.bootstrap_ci
+_ranks = _metrics.rankdata
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -185,60 +117,16 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str
             "mae": float(np.abs(y - f).mean())}
 
 
-def concordance_index(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> float:
-    """Harrell's C-index: the fraction of comparable pairs whose risks are ordered like their times.
-
-    A pair (i, j) is comparable when i had an event first: ``event_i == 1`` and ``time_i < time_j``,
-    or ``time_i == time_j`` with j censored (j is known to outlive i; the convention of
-    scikit-survival). Two events at the same time are not comparable. A comparable pair is
-    concordant when ``risk_i > risk_j`` (1), tied in risk (0.5), else discordant (0). NaN without
-    comparable pairs.
-
-    Parameters
-    ----------
-    time : (n,) follow-up times. risk : (n,) predicted risk (higher = earlier event).
-    event : (n,) 1 = event, 0 = censored.
-    """
-    t = np.asarray(time, dtype=np.float64).reshape(-1)
-    r = np.asarray(risk, dtype=np.float64).reshape(-1)
-    e = np.asarray(event).reshape(-1).astype(bool)
-    if not len(t) == len(r) == len(e):
-        raise InvalidParameterError(f"time, risk and event differ in length ({len(t)}, {len(r)}, {len(e)})")
-    # comparable[i, j]: i's event is known to precede j's time
-    comparable = e[:, None] & ((t[:, None] < t[None, :]) | ((t[:, None] == t[None, :]) & ~e[None, :]))
-    n = comparable.sum()
-    if n == 0:
-        return float("nan")
-    concordant = (r[:, None] > r[None, :]) & comparable
-    tied = (r[:, None] == r[None, :]) & comparable
-    return float((concordant.sum() + 0.5 * tied.sum()) / n)
-
-
 def survival_metrics(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> dict[str, float]:
     """``{"c_index": Harrell's C}`` (see :func:`concordance_index`)."""
     return {"c_index": concordance_index(time, risk, event)}
 
 
-def _bootstrap(fn, arrays: tuple[np.ndarray, ...], names: tuple[str, ...], *, n: int, seed: int, level: float,
+def _bootstrap(fn, arrays: tuple[np.ndarray, ...], groups: np.ndarray, *, n: int, seed: int,
                valid=None) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap of ``fn(*arrays)`` resampling rows; resamples failing ``valid`` are skipped."""
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {m: [] for m in names}
-    size = len(arrays[0])
-    for _ in range(n):
-        idx = rng.integers(0, size, size)
-        sample = tuple(a[idx] for a in arrays)
-        if valid is not None and not valid(*sample):
-            continue
-        for m, v in fn(*sample).items():
-            draws[m].append(v)
-    a = (1 - level) / 2
-    out = {}
-    for m, vals in draws.items():
-        vals = np.asarray(vals, dtype=np.float64)
-        vals = vals[~np.isnan(vals)]
-        out[m] = (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))) if len(vals) else (np.nan, np.nan)
-    return out
+    """95% percentile bootstrap of ``fn(*arrays)``, resampling patients (``groups``): ``{metric: (low, high)}``."""
+    cis = _metrics.bootstrap_metrics(fn, arrays, groups=groups, n=n, seed=seed, level=0.95, valid=valid)
+    return {m: (ci.low, ci.high) for m, ci in cis.items()}
 
 
 # -- per-task evaluation of predictions ----------------------------------------------------------------
@@ -266,11 +154,17 @@ def _cls_compute(preds, class_names):
     return classification_metrics(labels, probs)
 
 
+def _patients(preds) -> np.ndarray:
+    return np.array([str(p.get("patient", p["slide"])) for p in preds])
+
+
 def _cls_ci(preds, class_names, n, seed):
     labels, probs = _cls_arrays(preds, class_names)
     if len(set(labels.tolist())) < 2:
         return {m: (float("nan"), float("nan")) for m in METRICS}
-    return bootstrap_ci(labels, probs, n=n, seed=seed)
+    k = len(np.unique(labels))  # resamples lacking a class are skipped
+    return _bootstrap(classification_metrics, (labels, probs), _patients(preds), n=n, seed=seed,
+                      valid=lambda y, _p: len(np.unique(y)) >= k)
 
 
 def _reg_arrays(preds):
@@ -288,13 +182,13 @@ _EVALS: dict[str, _TaskEval] = {
     "regression": _TaskEval(
         REGRESSION_METRICS, ("target", "prediction"),
         lambda preds, _c: regression_metrics(*_reg_arrays(preds)),
-        lambda preds, _c, n, seed: _bootstrap(regression_metrics, _reg_arrays(preds), REGRESSION_METRICS, n=n,
-                                              seed=seed, level=0.95, valid=lambda y, f: len(np.unique(y)) > 1)),
+        lambda preds, _c, n, seed: _bootstrap(regression_metrics, _reg_arrays(preds), _patients(preds), n=n,
+                                              seed=seed, valid=lambda y, f: len(np.unique(y)) > 1)),
     "survival": _TaskEval(
         SURVIVAL_METRICS, ("time", "event", "risk"),
         lambda preds, _c: survival_metrics(*_surv_arrays(preds)),
-        lambda preds, _c, n, seed: _bootstrap(survival_metrics, _surv_arrays(preds), SURVIVAL_METRICS, n=n,
-                                              seed=seed, level=0.95, valid=lambda t, r, e: bool(e.any()))),
+        lambda preds, _c, n, seed: _bootstrap(survival_metrics, _surv_arrays(preds), _patients(preds), n=n,
+                                              seed=seed, valid=lambda t, r, e: bool(e.any()))),
 }
 
 
@@ -354,6 +248,15 @@ def _config(rows: list[SlideRow], **kw: Any) -> dict[str, Any]:
         return [r.key, r.label, r.patient, r.site] + ([r.time, r.event] if r.time is not None else [])
 
     return {"slides": [entry(r) for r in rows], **kw}
+
+
+def _weights_only(trainer: Any) -> dict[str, bool]:
+    """``weights_only=True`` for ``Trainer.fit`` where this Lightning takes it (2.5 and later); with an older
+    one the checkpoint was already checked with ``torch.load(weights_only=True)`` (see
+    :func:`~slidescope.mil.task.check_resume_checkpoint`), and torch >= 2.6 defaults to it."""
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
 def _quiet_lightning() -> None:
@@ -477,7 +380,8 @@ def train(
     folds : int, default 5
         Patient-level cross-validation folds (:func:`make_splits`, with ``seed`` and ``site_preserving``).
     epochs : int, default 20
-        Maximum epochs per fold; AdamW (``lr``, ``weight_decay``) with a cosine schedule over them.
+        Maximum epochs per fold; AdamW (``lr``, ``weight_decay``) with a cosine schedule over them. These
+        defaults are slidescope's own recipe, not a published one (see Notes for CLAM's).
     batch_size : int, optional
         Bags per batch: 8 by default, 32 for a Cox model (its loss compares the bags of a batch: small
         batches give a noisy partial likelihood; validation and test use all their bags at once).
@@ -485,8 +389,8 @@ def train(
         AdamW learning rate (2e-4) and weight decay (1e-2).
     seed : int, default 0
         Seed of the splits, bag subsampling and initialisation.
-    max_instances : int, default 512
-        Tiles per training bag (subsampled, seeded); evaluation uses every tile.
+    max_instances : int or None, default 512
+        Tiles per training bag (subsampled, seeded); None trains on every tile. Evaluation uses every tile.
     val_fraction : float, default 0.2
         Fraction of each fold's training patients held out for validation (early stopping, best checkpoint).
     early_stopping_patience : int, default 5
@@ -533,8 +437,10 @@ def train(
     -------
     TrainResult
         ``folds`` (per fold: status, best checkpoint, slide counts, epochs, metrics with CIs), ``pooled``
-        and ``pooled_ci`` out-of-fold metrics (classification: AUROC, balanced accuracy, F1, Cohen's kappa,
-        accuracy), ``checkpoints`` (the folds' ``best.ckpt``, for :func:`score`), ``oof_csv``,
+        and ``pooled_ci`` out-of-fold metrics (classification: :data:`slidescope.metrics.CLASSIFICATION_METRICS`,
+        i.e. AUROC one-vs-rest and one-vs-one macro, balanced accuracy, F1 macro and weighted, Cohen's kappa
+        unweighted and quadratic, accuracy; CIs: 95% percentile bootstrap resampling patients),
+        ``checkpoints`` (the folds' ``best.ckpt``, for :func:`score`), ``oof_csv``,
         ``results_csv``, ``splits``; ``summary()`` is a printable table. Under DDP only global rank 0
         predicts, writes and returns results; the other ranks return None.
 
@@ -543,6 +449,19 @@ def train(
     InvalidParameterError
         A bad manifest (missing columns, too few patients per class for the folds), a run folder holding
         another configuration (with ``resume``), or a bad option.
+
+    Notes
+    -----
+    Training recipe. The defaults (AdamW, lr 2e-4, weight decay 1e-2, cosine schedule over at most 20
+    epochs, early stopping after 5 epochs without a lower validation loss, 8 bags per batch of at most 512
+    random tiles, class-weighted cross-entropy) are slidescope's own, chosen for short cross-validated runs
+    on small cohorts and CPUs; they follow no published recipe. CLAM's (mahmoodlab/CLAM, README commands
+    and ``main.py``): Adam with a constant lr 2e-4 (``main.py`` default 1e-4) and L2 weight decay 1e-5, up
+    to 200 epochs, early stopping with patience 20 that never stops before epoch 50, one bag with all its
+    tiles per step, dropout 0.25, classes balanced by weighted sampling. The closest settings here are
+    ``epochs=200, lr=2e-4, weight_decay=1e-5, early_stopping_patience=20, batch_size=1,
+    max_instances=None`` (AdamW with its decoupled decay, the cosine schedule and early stopping from the
+    first epoch remain, and class weighting stands in for weighted sampling).
 
     Examples
     --------
@@ -557,7 +476,7 @@ def train(
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from .task import MILTask, load_task
+    from .task import MILTask, check_resume_checkpoint, load_task
 
     out = Path(out)
     from .task import SURVIVAL_MODELS
@@ -576,7 +495,7 @@ def train(
     class_names = sorted({r.label for r in rows}) if task == "classification" else []
     from ..features.store import open_store, store_path
 
-    first = open_store(store_path(store, rows[0].slide))
+    first = open_store(store_path(store, rows[0].slide), encoder=encoder)
     in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
     if folds < 2:
         raise InvalidParameterError(f"folds must be >= 2, got {folds}")
@@ -639,6 +558,8 @@ def train(
             else:
                 last = fdir / "last.ckpt"
                 ckpt_path = str(last) if resume and last.exists() else None
+                if ckpt_path is not None:  # weights_only: a planted pickle never runs; a damaged one says what to do
+                    check_resume_checkpoint(last, fold=k)
                 status = "resumed" if ckpt_path else "trained"
                 if rank0:
                     if ckpt_path is None and fdir.exists():
@@ -678,7 +599,7 @@ def train(
                         # BagDataModule shards the training bags itself; every rank validates on all bags
                         use_distributed_sampler=False,
                     )
-                    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path)
+                    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, **_weights_only(trainer))
                 children = children or list(getattr(trainer.strategy.launcher, "procs", None) or [])
                 if trainer.interrupted:
                     raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")

@@ -25,6 +25,7 @@ _EXPORTS = {
     "prompt_spread": ".zeroshot",
     "linear_probe": ".fewshot",
     "simpleshot": ".fewshot",
+    "simpleshot_cosine": ".fewshot",
     "knn": ".fewshot",
     "gda": ".fewshot",
     "tip_adapter": ".fewshot",
@@ -56,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
         slide_embeddings,
         zero_shot,
     )
-    from .fewshot import gda, knn, linear_probe, simpleshot, tip_adapter
+    from .fewshot import gda, knn, linear_probe, simpleshot, simpleshot_cosine, tip_adapter
     from .pretrain import pretrain
     from .published import (
         PrismModel,

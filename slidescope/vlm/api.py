@@ -30,10 +30,18 @@ from ..errors import InvalidParameterError
 from ..features.encoders.clip import ClipTextTower, create_clip_text_tower, list_clip_text_towers
 from ..features.store import SlideStore, open_store
 from ..mil.score import expand_stores
-from .fewshot import BootstrapCI, bootstrap_ci, gda, knn, linear_probe, simpleshot, tip_adapter
+from .fewshot import BootstrapCI, bootstrap_ci, gda, knn, linear_probe, simpleshot, simpleshot_cosine, tip_adapter
 from .model import SlideTextModel
 from .published import PrismModel, PublishedSlideTextModel, is_published_model, load_published_model
-from .zeroshot import DEFAULT_TEMPLATES, Ensemble, build_prompts, class_text_embeddings, mi_zero, zero_shot_logits
+from .zeroshot import (
+    DEFAULT_TEMPLATES,
+    Ensemble,
+    MiZeroPooling,
+    build_prompts,
+    class_text_embeddings,
+    mi_zero,
+    zero_shot_logits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,7 @@ __all__ = ["Prompts", "load_prompts", "load_slide_model", "ZeroShotRow", "zero_s
 
 #: per-tile similarity maps are written as ``scores/zero-shot/<class>``
 SCORES_PREFIX = "zero-shot"
-FEW_SHOT_METHODS = ("linear", "simpleshot", "knn", "gda", "tip-adapter")
+FEW_SHOT_METHODS = ("linear", "simpleshot", "simpleshot-cosine", "knn", "gda", "tip-adapter")
 Level = Literal["slide", "tile"]
 StoreLike = str | os.PathLike[str] | SlideStore
 SlideModel = SlideTextModel | PublishedSlideTextModel
@@ -270,9 +278,11 @@ def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
     encoder = _default_encoder(net, encoder)
     paths = _stores(stores_or_paths)
     joint, raw = [], []
+    tiling_keys: list[str | None] = []  # the tiling of each store read (written back into the same one)
     with torch.inference_mode():
         for p in paths:
-            store = open_store(p)
+            store = open_store(p, encoder=encoder)
+            tiling_keys.append(store.tiling_key)
             if isinstance(net, PublishedSlideTextModel):
                 raw.append(net.embed_store(store, encoder))
             else:
@@ -290,8 +300,8 @@ def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
         else:
             key = name or f"slidetext-{encoder}"
             attrs = {"encoder": encoder, "model": "SlideTextModel", "space": "joint"}
-        for p, v in zip(paths, stacked, strict=True):
-            SlideStore.open(p, mode="r+").write_slide_embedding(key, v.numpy(), attrs={**attrs, "dim": int(v.shape[0])})
+        for p, v, tkey in zip(paths, stacked, tiling_keys, strict=True):
+            SlideStore.open(p, mode="r+", tiling=tkey).write_slide_embedding(key, v.numpy(), attrs={**attrs, "dim": int(v.shape[0])})
     return paths, emb
 
 
@@ -303,7 +313,7 @@ def stored_slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], na
     are stored in the joint space already. Re-scoring with new prompts then costs no slide encoding.
     """
     paths = _stores(stores_or_paths)
-    emb = torch.from_numpy(np.stack([open_store(p).slide_embedding(name) for p in paths]).astype(np.float32))
+    emb = torch.from_numpy(np.stack([open_store(p, slide_embedding=name).slide_embedding(name) for p in paths]).astype(np.float32))
     if isinstance(model, PublishedSlideTextModel):
         if emb.shape[1] != model.slide_dim:
             raise InvalidParameterError(f"slide embeddings {name!r} have {emb.shape[1]} dimensions but "
@@ -365,6 +375,7 @@ def zero_shot(
     level: Level | None = None,
     text_encoder: Callable[[list[str]], Tensor] | None = None,
     k: int = 10,
+    pooling: MiZeroPooling = "mean",
     logit_scale: float | None = None,
     slide_embedding: str | None = None,
     write: bool = True,
@@ -400,11 +411,15 @@ def zero_shot(
         ``"slide"`` (default for slide models) embeds each whole slide (written into its store, see
         :func:`slide_embeddings`). ``"tile"`` (default for CLIP models) scores each tile, writes the cosine with
         each class's text embedding as ``scores/zero-shot/<class>`` (N,) ("where does this prompt match") and
-        pools it to the slide with MI-Zero's top-``k`` mean.
+        pools it to the slide with MI-Zero's top-``k`` pooling (``pooling``).
     text_encoder : callable, optional
         ``list[str] -> (P, d)`` for tile embeddings already in a text space, without ``model``.
     k : int
         Tiles pooled per class at tile level.
+    pooling : {"mean", "sum"}
+        Tile-level top-``k`` pooling: ``"mean"`` as CONCH's ``run_mizero`` (probabilities
+        ``softmax(logit_scale * mean)``), ``"sum"`` as MI-Zero's ``topj_pooling`` (same prediction, ``k`` times
+        sharper probabilities); see :func:`~slidescope.vlm.zeroshot.mi_zero`.
     logit_scale : float, optional
         Multiplier of the cosines before the softmax; default the model's (SlideTextModel and PRISM: learned
         ``exp(logit_scale)``; TITAN 1, as its ``zero_shot``; CLIP models: the checkpoint's; else 100).
@@ -435,6 +450,8 @@ def zero_shot(
     names = prompts_obj.names
     if level is not None and level not in ("slide", "tile"):
         raise InvalidParameterError(f"level must be 'slide' or 'tile', got {level!r}")
+    if pooling not in ("mean", "sum"):
+        raise InvalidParameterError(f"pooling must be 'mean' or 'sum' (MI-Zero top-k pooling), got {pooling!r}")
     if model is None and (level != "tile" or text_encoder is None):
         raise InvalidParameterError("zero_shot needs model= (a saved SlideTextModel, 'prism', 'titan', 'plip' or "
                                     "'quiltnet'); only level='tile' with text_encoder= works on tile embeddings "
@@ -482,7 +499,7 @@ def zero_shot(
     w = class_text_embeddings(text, prompt_class)  # (C, d)
     rows = []
     for p in paths:
-        store = open_store(p)
+        store = open_store(p, encoder=enc)
         if isinstance(net, SlideTextModel):
             z = tile_embeddings(store, model=net, encoder=enc, device=device)
         else:
@@ -492,9 +509,9 @@ def zero_shot(
         if z.shape[1] != w.shape[1]:
             raise InvalidParameterError(f"{p.name}: tile embeddings have {z.shape[1]} dimensions but the text "
                                         f"embeddings {w.shape[1]}; tile-level zero-shot needs both in one space")
-        res = mi_zero(z, w, k=k, logit_scale=scale)
+        res = mi_zero(z, w, k=k, logit_scale=scale, pooling=pooling)
         if write:
-            writable = SlideStore.open(p, mode="r+")
+            writable = SlideStore.open(p, mode="r+", tiling=store.tiling_key)
             for c, name in enumerate(names):
                 writable.write_scores(f"{SCORES_PREFIX}/{name}", res.similarity[:, c].numpy().astype(np.float32),
                                       attrs={"encoder": enc, "kind": "cosine",
@@ -518,7 +535,7 @@ def tile_embeddings(store: SlideStore | StoreLike, *, model: str | os.PathLike[s
     net = _load_model(model, device)
     if not isinstance(net, SlideTextModel):
         raise InvalidParameterError("tile_embeddings needs a SlideTextModel")
-    st = store if isinstance(store, SlideStore) else open_store(store)
+    st = store if isinstance(store, SlideStore) else open_store(store, encoder=encoder)
     tiles = torch.from_numpy(_tiles(st, encoder, net.slide_encoder.config.context_dim))
     out = []
     with torch.inference_mode():
@@ -559,7 +576,7 @@ def generate_reports(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
     enc = _default_encoder(net, encoder)
     rows = []
     for p in _stores(stores_or_paths):
-        store = open_store(p)
+        store = open_store(p, encoder=enc)
         net.check_store(store, enc)
         tiles = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
         report = net.generate_reports(tiles[None], num_beams=num_beams, max_length=max_length)[0]
@@ -580,6 +597,8 @@ class FewShotResult:
     method: str
     metrics: dict[str, BootstrapCI] = field(default_factory=dict)
     classifier: Any = None
+    tuning: str = "none"  # how hyperparameters were chosen: validation, leave-one-out, holdout, default, fixed, none
+    hyperparameters: dict[str, float] = field(default_factory=dict)  # the values chosen
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -612,6 +631,9 @@ def few_shot(
     classes: Mapping[str, Sequence[str]] | str | os.PathLike[str] | Prompts | None = None,
     templates: Sequence[str] | None = None,
     test_labels: Sequence[str] | None = None,
+    val_stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray | None = None,
+    val_labels: Sequence[str] | None = None,
+    base_stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray | None = None,
     k: int = 5,
     n_bootstrap: int = 1000,
     seed: int = 0,
@@ -633,16 +655,26 @@ def few_shot(
         ``weights`` / ``trust_remote_code`` as in :func:`zero_shot`).
     encoder : str, optional
         The tile embeddings to read (default for published models: the one they need).
-    method : {"gda", "linear", "simpleshot", "knn", "tip-adapter"}
-        ``"linear"``: logistic regression (lambda chosen on a held-out part); ``"knn"`` uses ``k`` neighbours.
+    method : {"gda", "linear", "simpleshot", "simpleshot-cosine", "knn", "tip-adapter"}
+        ``"linear"``: logistic regression (scikit-learn's objective); ``"simpleshot"``: the reference's
+        Euclidean nearest centroid after CL2N (``"simpleshot-cosine"``: our earlier cosine variant); ``"knn"``
+        uses ``k`` neighbours. See :mod:`slidescope.vlm.fewshot`.
     classes : mapping, path or Prompts, optional
-        Prompts; with ``"gda"``/``"tip-adapter"`` the zero-shot logits become a prior blended with the adapter,
-        its weight chosen on the support set itself (there is no other labelled data at few shots). The class
-        order then follows the prompts (every training label must be a prompt class); otherwise it is the sorted
-        label names.
+        Prompts; with ``"gda"``/``"tip-adapter"`` the zero-shot logits become a prior blended with the adapter.
+        The class order then follows the prompts (every training label must be a prompt class); otherwise it is
+        the sorted label names.
     test_labels : list of str, optional
         Class names of the test slides; adds AUROC, accuracy and balanced accuracy with percentile bootstrap CIs
         (``n_bootstrap`` resamples, ``seed``).
+    val_stores, val_labels : optional
+        Labelled validation slides, used only to choose hyperparameters (GDA's alpha, Tip-Adapter's alpha and
+        beta, the probe's lambda): ``tuning="validation"``. Without them the choice never scores a slide with a
+        model that saw it: leave-one-out on the support set (GDA, Tip-Adapter; at least 2 shots per class),
+        a stratified held-out part of it (linear probe), else the reference code's defaults
+        (``tuning="default"``). ``result.tuning`` and ``result.hyperparameters`` say which and what.
+    base_stores : optional
+        Unlabelled slides whose mean embedding SimpleShot's CL2N subtracts (the reference's base-class mean);
+        without them, the mean of the support slides.
     write : bool
         Write the slide embeddings into the stores (see :func:`slide_embeddings`).
 
@@ -673,31 +705,51 @@ def few_shot(
     if unknown:
         raise InvalidParameterError(f"training labels {unknown} are not among the prompt classes {names}")
     y = torch.tensor([names.index(v) for v in labels])
-    zs_train = zs_test = None
+    x_val = y_val = None
+    if (val_stores is None) != (val_labels is None):
+        raise InvalidParameterError("give both val_stores and val_labels (validation slides and their classes)")
+    if val_stores is not None:
+        _, x_val = _embed(val_stores, net, encoder, device, write)
+        vl = [str(v) for v in val_labels]  # type: ignore[union-attr]
+        if len(vl) != len(x_val):
+            raise InvalidParameterError(f"{len(vl)} validation labels for {len(x_val)} validation slides")
+        bad_val = sorted(set(vl) - set(names))
+        if bad_val:
+            raise InvalidParameterError(f"validation labels {bad_val} are not among the classes {names}")
+        y_val = torch.tensor([names.index(v) for v in vl])
+    x_base = _embed(base_stores, net, encoder, device, write)[1] if base_stores is not None else None
+    zs_train = zs_test = zs_val = None
     if prompts_obj is not None and method in ("gda", "tip-adapter"):
         prompts, prompt_class = prompts_obj.build()
         text = _text_classifier(net, prompts, None)
         scale = float(net.scale().detach())
         mode: Ensemble = net.ensemble if isinstance(net, PublishedSlideTextModel) else "mean-embedding"
-        zs_train = torch.log(zero_shot_logits(x_train, text, prompt_class, ensemble=mode,
+
+        def prior(x: Tensor) -> Tensor:
+            return torch.log(zero_shot_logits(x, text, prompt_class, ensemble=mode,
                                               logit_scale=scale).clamp_min(1e-12))
-        zs_test = torch.log(zero_shot_logits(x_test, text, prompt_class, ensemble=mode,
-                                             logit_scale=scale).clamp_min(1e-12))
+
+        zs_train, zs_test = prior(x_train), prior(x_test)
+        zs_val = prior(x_val) if x_val is not None else None
     c = len(names)
     if method == "linear":
-        clf = linear_probe(x_train, y, n_classes=c, seed=seed)
+        clf = linear_probe(x_train, y, X_val=x_val, y_val=y_val, n_classes=c, seed=seed)
     elif method == "simpleshot":
-        clf = simpleshot(x_train, y, n_classes=c)
+        clf = simpleshot(x_train, y, X_base=x_base, n_classes=c)
+    elif method == "simpleshot-cosine":
+        clf = simpleshot_cosine(x_train, y, n_classes=c)
     elif method == "knn":
         clf = knn(x_train, y, k=min(k, len(x_train)), n_classes=c)
     elif method == "gda":
-        clf = gda(x_train, y, X_val=x_train if zs_train is not None else None,
-                  y_val=y if zs_train is not None else None, zs_val=zs_train, n_classes=c)
+        clf = gda(x_train, y, zs=zs_train, X_val=x_val if zs_val is not None else None,
+                  y_val=y_val if zs_val is not None else None, zs_val=zs_val, n_classes=c)
     else:
-        clf = tip_adapter(x_train, y, X_val=x_train if zs_train is not None else None,
-                          y_val=y if zs_train is not None else None, zs_val=zs_train, n_classes=c)
+        clf = tip_adapter(x_train, y, zs=zs_train, X_val=x_val, y_val=y_val, zs_val=zs_val, n_classes=c)
     probs = clf.predict_proba(x_test, zs_test if getattr(clf, "uses_zero_shot", False) else None).float()
-    result = FewShotResult(slides=test_names, class_names=names, probs=probs, method=method, classifier=clf)
+    result = FewShotResult(slides=test_names, class_names=names, probs=probs, method=method, classifier=clf,
+                           tuning=clf.tuning, hyperparameters=dict(clf.hyperparameters))
+    if x_val is not None and clf.tuning not in ("validation", "none"):
+        log.warning("few_shot: %s has nothing to tune on the validation slides here (tuning=%s)", method, clf.tuning)
     if test_labels is not None:
         tl = [str(v) for v in test_labels]
         if len(tl) != len(x_test):
@@ -707,8 +759,9 @@ def few_shot(
             raise InvalidParameterError(f"test labels {bad} are not among the classes {names}")
         yt = np.array([names.index(v) for v in tl])
         for metric in ("auroc", "accuracy", "balanced_accuracy"):
-            try:
-                result.metrics[metric] = bootstrap_ci(yt, probs.numpy(), metric, n=n_bootstrap, seed=seed)
-            except InvalidParameterError as err:  # e.g. AUROC with one class among the test slides
-                log.warning("few_shot: %s not computed: %s", metric, err)
+            ci = bootstrap_ci(yt, probs.numpy(), metric, n=n_bootstrap, seed=seed)
+            if np.isnan(ci.estimate):  # undefined, e.g. AUROC with one class among the test slides
+                log.warning("few_shot: %s not computed: undefined on these test labels", metric)
+            else:
+                result.metrics[metric] = ci
     return result

@@ -3,12 +3,26 @@
 Every function takes embeddings ``X`` (n, d) with integer labels ``y`` (n,) in ``[0, C)`` and returns a fitted
 object whose ``predict_proba(X)`` gives (B, C) probabilities:
 
-* :func:`linear_probe`: L2-regularised logistic regression, lambda swept on a validation split (TITAN protocol);
-* :func:`simpleshot`: class prototypes after centering and L2 normalisation;
+* :func:`linear_probe`: L2-regularised logistic regression, scikit-learn's ``LogisticRegression(C=1/lambda)``
+  objective, lambda swept on a validation split (TITAN protocol);
+* :func:`simpleshot`: Euclidean nearest centroid after the UN / L2N / CL2N feature transform, as
+  mileyan/simple_shot; :func:`simpleshot_cosine`: our earlier cosine-to-normalised-prototype variant;
 * :func:`knn`: cosine k-nearest neighbours;
 * :func:`gda`: Gaussian discriminant analysis with a shrunk shared covariance, optionally ensembled with
-  zero-shot logits (alpha chosen on validation), as Wang et al. (ICLR 2024);
-* :func:`tip_adapter`: the Tip-Adapter cache model blended with zero-shot logits.
+  zero-shot logits, as Wang et al. (ICLR 2024, mrflogs/ICLR24);
+* :func:`tip_adapter`: the Tip-Adapter cache model blended with zero-shot logits (gaopengcuhk/Tip-Adapter).
+
+Hyperparameters are never chosen on the points they are then scored on. Every fitted classifier records how
+its hyperparameters were chosen in ``tuning`` and the values in ``hyperparameters``:
+
+* ``"validation"``: on the labelled validation set given (``X_val``, ``y_val``);
+* ``"leave-one-out"``: on the support set, each support slide scored by the model fitted without it (its
+  self-match excluded); needs at least 2 shots in every class. Accuracy ties, frequent with a few slides, go
+  to the lower leave-one-out log-loss (on a validation set the references' rule: the first best in the grid);
+* ``"holdout"``: (linear probe) on a stratified part of the support held out, then refitted on all of it;
+* ``"default"``: too few shots to hold any out: the reference code's initial values;
+* ``"fixed"``: the caller gave the values;
+* ``"none"``: the method has nothing to tune here.
 
 Zero-shot logits are any (B, C) logits, e.g. ``torch.log(zero_shot_logits(...))`` or ``100 * x @ T``.
 :func:`bootstrap_ci` gives percentile confidence intervals of any metric (1000 resamples, as TITAN).
@@ -27,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import metrics as _metrics
 from ..errors import InvalidParameterError
-from .zeroshot import auroc
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +50,7 @@ __all__ = [
     "FewShotClassifier",
     "linear_probe",
     "simpleshot",
+    "simpleshot_cosine",
     "knn",
     "gda",
     "tip_adapter",
@@ -45,13 +60,40 @@ __all__ = [
     "balanced_accuracy",
     "DEFAULT_LAMBDAS",
     "GDA_ALPHAS",
+    "GDA_DEFAULT_ALPHA",
+    "TIP_SEARCH_SCALE",
+    "TIP_SEARCH_STEP",
+    "TIP_INIT_ALPHA",
+    "TIP_INIT_BETA",
+    "tip_adapter_grid",
 ]
 
 ArrayLike = Tensor | np.ndarray | Sequence[float]
 DEFAULT_LAMBDAS = tuple(float(v) for v in np.logspace(-5, 6, 45))  # TITAN's linear-probe grid (C = 1/lambda)
+# mrflogs/ICLR24 @560fe21, main_few_shots.py `run`: the alpha grid, and 0.1 the value it keeps when no grid
+# value beats accuracy 0 (our default when there is nothing to tune on).
 GDA_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
-TIP_BETAS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0)
-TIP_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0)
+GDA_DEFAULT_ALPHA = 0.1
+# gaopengcuhk/Tip-Adapter @d0e2d6f, configs/imagenet.yaml: search_scale [beta, alpha], search_step, init values
+# (other datasets' configs use wider scales, e.g. [12, 5] for Caltech101; pass search_scale= to match one).
+TIP_SEARCH_SCALE = (7.0, 3.0)
+TIP_SEARCH_STEP = (200, 20)
+TIP_INIT_BETA = 1.0
+TIP_INIT_ALPHA = 1.17
+Tuning = Literal["validation", "leave-one-out", "holdout", "default", "fixed", "none"]
+
+
+def tip_adapter_grid(search_scale: Sequence[float] = TIP_SEARCH_SCALE, search_step: Sequence[int] = TIP_SEARCH_STEP,
+                     ) -> tuple[list[float], list[float]]:
+    """Tip-Adapter's search grid ``(betas, alphas)``: ``0.1 + i (scale - 0.1) / step`` for ``i < step``.
+
+    As ``search_hp`` in gaopengcuhk/Tip-Adapter's ``utils.py`` (``search_scale``/``search_step`` are
+    ``[beta, alpha]``; ImageNet's config by default: betas 0.1..6.97 in 200 steps, alphas 0.1..2.86 in 20).
+    """
+    if len(search_scale) != 2 or len(search_step) != 2 or min(search_step) < 1:
+        raise InvalidParameterError("search_scale and search_step are [beta, alpha] pairs; steps must be >= 1")
+    return [[i * (float(sc) - 0.1) / int(st) + 0.1 for i in range(int(st))]  # type: ignore[return-value]
+            for sc, st in zip(search_scale, search_step, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -103,10 +145,20 @@ def _acc(logits: Tensor, y: Tensor) -> float:
     return float((logits.argmax(1) == y).double().mean())
 
 
-def _select(candidates: list[tuple[object, Tensor]], y_val: Tensor) -> object:
-    """Pick the candidate with the best validation accuracy, ties broken by log-loss."""
-    best = max(candidates, key=lambda c: (_acc(c[1], y_val), -_nll(c[1], y_val)))
-    return best[0]
+def _select(candidates: list[tuple[object, Tensor]], y_val: Tensor, *, loss_ties: bool = False) -> object:
+    """The first candidate (in grid order) with the best accuracy, as the references' strict ``acc > best``.
+
+    ``loss_ties`` breaks accuracy ties by the lower log-loss instead (used for leave-one-out, where a few
+    support slides give coarse, often tied accuracies; the references only tune on a validation set).
+    """
+    if loss_ties:
+        return max(candidates, key=lambda c: (_acc(c[1], y_val), -_nll(c[1], y_val)))[0]
+    accs = [_acc(logits, y_val) for _, logits in candidates]
+    return candidates[int(np.argmax(accs))][0]
+
+
+def _min_shots(y: Tensor, n_classes: int) -> int:
+    return int(torch.bincount(y, minlength=n_classes).min())
 
 
 def _stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -132,6 +184,8 @@ class FewShotClassifier:
     n_classes: int
     dim: int
     uses_zero_shot: bool = False
+    tuning: Tuning = "none"
+    hyperparameters: dict[str, float]  # the chosen values (empty when there are none)
 
     def logits(self, X: ArrayLike, zero_shot_logits: ArrayLike | None = None) -> Tensor:
         raise NotImplementedError
@@ -157,12 +211,18 @@ class FewShotClassifier:
 
 @dataclass
 class LinearProbe(FewShotClassifier):
-    """Multinomial logistic regression ``X W + b``; ``lam`` is the chosen L2 strength."""
+    """Logistic regression ``X W + b``; ``lam`` is the chosen L2 strength (scikit-learn's ``C = 1/lam``).
+
+    Binary problems have one logit, as scikit-learn: ``weight[:, 0]`` and ``bias[0]`` are 0 and column 1 holds
+    scikit-learn's ``coef_[0]`` / ``intercept_[0]``. Multiclass: ``weight.T`` is ``coef_`` (multinomial).
+    """
 
     weight: Tensor
     bias: Tensor
     lam: float
     val_losses: dict[float, float] = field(default_factory=dict)
+    tuning: Tuning = "none"
+    hyperparameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:  # type: ignore[override]
@@ -178,22 +238,35 @@ class LinearProbe(FewShotClassifier):
 
 def _fit_logreg(X: Tensor, y: Tensor, n_classes: int, lam: float, *, max_iter: int,
                 init: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """Minimise ``sum CE + lam/2 ||W||^2`` (sklearn's objective with C = 1/lam) by L-BFGS."""
-    W = torch.zeros(X.shape[1], n_classes, dtype=X.dtype) if init is None else init[0].clone()
-    b = torch.zeros(n_classes, dtype=X.dtype) if init is None else init[1].clone()
+    """Minimise scikit-learn's ``LogisticRegression(C=1/lam)`` objective by L-BFGS; returns (d, C), (C,).
+
+    ``sum_i CE_i + lam/2 ||W||^2`` (summed over samples, intercept unpenalised). Binary: one logit
+    ``x w + b`` (column 0 fixed at 0), so the penalty is on ``w`` alone; a two-column softmax would split ``w``
+    into ``+-w/2`` and halve the penalty. Multiclass: the full multinomial ``W`` (C columns), as scikit-learn.
+    """
+    cols = 1 if n_classes == 2 else n_classes
+    W = torch.zeros(X.shape[1], cols, dtype=X.dtype) if init is None else init[0][:, -cols:].clone()
+    b = torch.zeros(cols, dtype=X.dtype) if init is None else init[1][-cols:].clone()
     W.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
                             history_size=20, line_search_fn="strong_wolfe")
+
+    def full(W: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        if cols == n_classes:
+            return W, b
+        return torch.cat([torch.zeros_like(W), W], 1), torch.cat([torch.zeros_like(b), b])
 
     def closure() -> Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(X @ W + b, y, reduction="sum") + 0.5 * lam * (W * W).sum()
+        Wf, bf = full(W, b)
+        loss = F.cross_entropy(X @ Wf + bf, y, reduction="sum") + 0.5 * lam * (W * W).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return W.detach(), b.detach()
+    Wf, bf = full(W.detach(), b.detach())
+    return Wf, bf
 
 
 def linear_probe(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, y_val: ArrayLike | None = None,
@@ -201,11 +274,17 @@ def linear_probe(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, 
                  n_classes: int | None = None, seed: int = 0) -> LinearProbe:
     """Logistic-regression probe with the L2 strength chosen by validation log-loss.
 
+    The objective is scikit-learn's ``LogisticRegression(C=1/lambda)`` (lbfgs, L2, intercept unpenalised,
+    one logit for two classes, multinomial otherwise); ``tests/vlm/test_fewshot_parity.py`` checks
+    coefficients and probabilities against scikit-learn.
+
     Parameters
     ----------
     X, y : (n, d) embeddings and (n,) class indices.
-    X_val, y_val : optional validation set. Without it, ``val_fraction`` of each class is held out (classes
-        keep one training example), lambda is chosen there, and the probe is refitted on all of ``X``.
+    X_val, y_val : optional validation set (``tuning="validation"``). Without it, ``val_fraction`` of each
+        class is held out (classes keep one training example), lambda is chosen there and the probe is refitted
+        on all of ``X`` (``tuning="holdout"``); with one shot per class nothing can be held out and
+        ``lambda = 1`` (scikit-learn's default ``C = 1``) is used (``tuning="default"``).
     lambdas : L2 strengths to sweep (TITAN: 45 log-spaced values 1e-5..1e6, ``C = 1/lambda``).
     max_iter : L-BFGS iterations per fit.
     """
@@ -225,8 +304,10 @@ def linear_probe(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, 
         if yva is None:
             raise InvalidParameterError("X_val given without y_val")
     losses: dict[float, float] = {}
+    tuning: Tuning = "validation" if not refit else "holdout"
     if len(yva) == 0 or len(lambdas) == 1:
         best = float(lambdas[0] if len(lambdas) == 1 else 1.0)
+        tuning = "none" if len(lambdas) == 1 else "default"
         log.info("linear_probe: no validation examples; using lambda=%g", best)
     else:
         init = None
@@ -235,19 +316,33 @@ def linear_probe(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, 
             losses[float(lam)] = _nll(Xva @ init[0] + init[1], yva)
         best = min(losses, key=lambda k: (losses[k], -k))
     W, b = _fit_logreg(Xt if refit else Xtr, yt if refit else ytr, c, best, max_iter=max_iter)
-    return LinearProbe(weight=W, bias=b, lam=best, val_losses=losses)
+    return LinearProbe(weight=W, bias=b, lam=best, val_losses=losses, tuning=tuning,
+                       hyperparameters={"lambda": best})
 
 
 # ---------------------------------------------------------------------------------- SimpleShot / KNN
 
 
+SimpleShotNorm = Literal["UN", "L2N", "CL2N"]
+
+
 @dataclass
 class SimpleShot(FewShotClassifier):
-    """Nearest prototype after centering on the training mean and L2 normalisation (CL2N)."""
+    """Nearest centroid: ``logits = -temperature * ||T(x) - c_k||_2`` (``metric="euclidean"``, the reference)
+    or ``temperature * cos(normalize(x - center), c_k)`` (``metric="cosine"``, :func:`simpleshot_cosine`).
 
-    center: Tensor
+    ``T`` is the feature transform ``norm``: ``"UN"`` (none), ``"L2N"`` (L2-normalise) or ``"CL2N"``
+    (subtract ``center``, then L2-normalise).
+    """
+
+    center: Tensor | None
     prototypes: Tensor
     temperature: float
+    norm: SimpleShotNorm = "CL2N"
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+    center_source: Literal["base", "support", "none"] = "support"
+    tuning: Tuning = "none"
+    hyperparameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:  # type: ignore[override]
@@ -257,15 +352,39 @@ class SimpleShot(FewShotClassifier):
     def dim(self) -> int:  # type: ignore[override]
         return self.prototypes.shape[1]
 
+    def transform(self, X: ArrayLike) -> Tensor:
+        """The feature transform ``norm`` applied to ``X`` (B, d)."""
+        x = _x(X, dim=self.dim)
+        if self.norm == "CL2N":
+            x = x - self.center  # type: ignore[operator]
+        return x if self.norm == "UN" else F.normalize(x, dim=1)
+
     def logits(self, X: ArrayLike, zero_shot_logits: ArrayLike | None = None) -> Tensor:
-        z = F.normalize(_x(X, dim=self.dim) - self.center, dim=1)
-        return self.temperature * z @ self.prototypes.T
+        z = self.transform(X)
+        if self.metric == "cosine":
+            return self.temperature * z @ self.prototypes.T
+        return -self.temperature * torch.cdist(z, self.prototypes)
 
 
-def simpleshot(X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0, n_classes: int | None = None) -> SimpleShot:
-    """SimpleShot / prototype classifier: ``argmax_c cos(normalize(x - m), mu_c)``.
+def simpleshot(X: ArrayLike, y: ArrayLike, *, norm: SimpleShotNorm = "CL2N", X_base: ArrayLike | None = None,
+               temperature: float = 10.0, n_classes: int | None = None) -> SimpleShot:
+    """SimpleShot (Wang et al. 2019; mileyan/simple_shot ``metric_class_type``): Euclidean nearest centroid.
 
-    ``temperature`` scales the cosine logits of ``predict_proba`` (ranking and AUROC do not depend on it).
+    Each embedding is transformed by ``norm`` (``"CL2N"``: subtract the base mean, L2-normalise; ``"L2N"``:
+    L2-normalise; ``"UN"``: unchanged), the class centroids are the (unnormalised) means of the transformed
+    support embeddings, and a slide goes to the centroid at the smallest Euclidean distance.
+
+    Parameters
+    ----------
+    X, y : support embeddings (n, d) and labels (n,).
+    norm : {"CL2N", "L2N", "UN"}
+        The reference's feature transforms (CL2N is its best and our default).
+    X_base : (m, d) embeddings, optional
+        The base set whose mean CL2N subtracts (the reference: the mean feature of the base-class training
+        images). Unlabelled slides of the same cohort do. Without it the mean of the support embeddings is
+        used (``center_source="support"``), which the reference never does.
+    temperature : float
+        ``predict_proba`` is ``softmax(-temperature * distance)``; predictions and AUROC do not depend on it.
 
     Examples
     --------
@@ -276,10 +395,37 @@ def simpleshot(X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0, n_class
     Xt = _x(X)
     yt, c = _y(y, Xt.shape[0], n_classes)
     _check_all_classes(yt, c)
+    if norm not in ("UN", "L2N", "CL2N"):
+        raise InvalidParameterError(f"norm must be 'UN', 'L2N' or 'CL2N', got {norm!r}")
+    center, source = None, "none"
+    if norm == "CL2N":
+        base = _x(X_base, "X_base", dim=Xt.shape[1]) if X_base is not None else Xt
+        center, source = base.mean(0), ("base" if X_base is not None else "support")
+    model = SimpleShot(center=center, prototypes=torch.zeros(c, Xt.shape[1], dtype=Xt.dtype),
+                       temperature=float(temperature), norm=norm, metric="euclidean",
+                       center_source=source)  # type: ignore[arg-type]
+    z = model.transform(Xt)
+    counts = torch.bincount(yt, minlength=c).to(z.dtype)
+    model.prototypes = torch.zeros(c, z.shape[1], dtype=z.dtype).index_add_(0, yt, z) / counts[:, None]
+    return model
+
+
+def simpleshot_cosine(X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0,
+                      n_classes: int | None = None) -> SimpleShot:
+    """Cosine prototype classifier (``method="simpleshot-cosine"``): not the SimpleShot reference.
+
+    ``argmax_c cos(normalize(x - m), mu_c)`` with ``m`` the support mean and ``mu_c`` the normalised sum of
+    the class's centred, normalised support embeddings. It differs from :func:`simpleshot` (Euclidean to
+    unnormalised centroids, base-mean centring) in a share of predictions; kept for comparison.
+    """
+    Xt = _x(X)
+    yt, c = _y(y, Xt.shape[0], n_classes)
+    _check_all_classes(yt, c)
     center = Xt.mean(0)
     z = F.normalize(Xt - center, dim=1)
     protos = torch.zeros(c, Xt.shape[1], dtype=z.dtype).index_add_(0, yt, z)
-    return SimpleShot(center=center, prototypes=F.normalize(protos, dim=1), temperature=float(temperature))
+    return SimpleShot(center=center, prototypes=F.normalize(protos, dim=1), temperature=float(temperature),
+                      norm="CL2N", metric="cosine", center_source="support")
 
 
 @dataclass
@@ -291,6 +437,8 @@ class KNN(FewShotClassifier):
     k: int
     n_classes: int  # type: ignore[misc]
     weighted: bool
+    tuning: Tuning = "none"
+    hyperparameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:  # type: ignore[override]
@@ -330,6 +478,8 @@ class GDA(FewShotClassifier):
     normalize: bool
     alpha: float | None
     uses_zero_shot: bool = False
+    tuning: Tuning = "none"
+    hyperparameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:  # type: ignore[override]
@@ -368,28 +518,50 @@ def _precision(Xc: Tensor, shrinkage: Literal["ks", "ledoit-wolf"] | float) -> T
     return torch.linalg.pinv((1 - delta) * S + delta * mu * eye)
 
 
-def gda(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, y_val: ArrayLike | None = None,
-        zs_val: ArrayLike | None = None, alphas: Sequence[float] = GDA_ALPHAS,
-        shrinkage: Literal["ks", "ledoit-wolf"] | float = "ks", normalize: bool = True,
-        n_classes: int | None = None) -> GDA:
-    """Training-free GDA (Wang et al., ICLR 2024; REFERENCE §6.1).
+def _gda_fit(Z: Tensor, y: Tensor, c: int, shrinkage: Literal["ks", "ledoit-wolf"] | float) -> tuple[Tensor, Tensor]:
+    """(W (d, C), b (C,)) of GDA on (already normalised) embeddings ``Z``."""
+    counts = torch.bincount(y, minlength=c).to(Z.dtype)
+    mu = torch.zeros(c, Z.shape[1], dtype=Z.dtype).index_add_(0, y, Z) / counts[:, None]
+    P = _precision(Z - mu[y], shrinkage)
+    W = P @ mu.T
+    b = torch.full((c,), float(np.log(1.0 / c)), dtype=Z.dtype) - 0.5 * ((mu @ P) * mu).sum(1)
+    return W, b
+
+
+def gda(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_val: ArrayLike | None = None,
+        y_val: ArrayLike | None = None, zs_val: ArrayLike | None = None, alpha: float | None = None,
+        alphas: Sequence[float] = GDA_ALPHAS, default_alpha: float = GDA_DEFAULT_ALPHA,
+        shrinkage: Literal["ks", "ledoit-wolf"] | float = "ks", normalize: bool = True, n_classes: int | None = None) -> GDA:
+    """Training-free GDA (Wang et al., ICLR 2024; mrflogs/ICLR24 ``main_few_shots.py`` ``run``; REFERENCE §6.1).
 
     Class means ``mu_k``, centred support ``Xc``, precision ``P`` by ``shrinkage`` (``"ks"``:
     ``D * pinv((n-1) S + tr(S) I)`` as the paper's code; ``"ledoit-wolf"``; or a fixed ``delta`` towards
-    ``tr(S)/D * I``), then ``W = P mu^T`` and ``b_k = log(1/C) - mu_k P mu_k / 2``.
+    ``tr(S)/D * I``), then ``W = P mu^T`` and ``b_k = log(1/C) - mu_k P mu_k / 2``. The reference averages 10
+    augmented views of each image; slide embeddings have one view (the reference with ``augment_epoch=1``).
+
+    With a zero-shot prior the model predicts ``zs + alpha * (x W + b)`` (``predict_proba`` then needs
+    ``zero_shot_logits``) and ``alpha`` comes from ``alphas`` (the reference's grid; the first value with the
+    best accuracy, as the reference's strict ``acc > best``), chosen by ``tuning``:
+
+    * ``"validation"``: on ``X_val``, ``y_val``, ``zs_val`` when all three are given;
+    * ``"leave-one-out"``: else, with ``zs`` (the support's own zero-shot logits) and at least 2 shots in every
+      class, each support slide is scored by GDA refitted without it (no self-match); accuracy ties go to
+      the lower leave-one-out log-loss;
+    * ``"default"``: else ``default_alpha`` (0.1, the reference's initial value);
+    * ``"fixed"``: ``alpha`` given.
 
     Parameters
     ----------
     X, y : support embeddings (n, d) and labels (n,). ``normalize`` L2-normalises embeddings first
         (the joint space of the text classifier).
-    X_val, y_val, zs_val : validation embeddings, labels and their zero-shot logits (n_val, C). With all
-        three, ``alpha`` is chosen from ``alphas`` by validation accuracy (ties: log-loss) and the model
-        predicts ``zs + alpha * (x W + b)`` (then ``predict_proba`` needs ``zero_shot_logits``).
+    zs : (n, C) zero-shot logits of the support slides, optional: fits with a prior.
+    X_val, y_val, zs_val : validation embeddings, labels and their zero-shot logits (n_val, C).
 
     Returns
     -------
     GDA
-        ``predict_proba(X (B, d)[, zero_shot_logits (B, C)]) -> (B, C)``.
+        ``predict_proba(X (B, d)[, zero_shot_logits (B, C)]) -> (B, C)``; ``tuning`` and ``hyperparameters``
+        say how ``alpha`` was chosen.
 
     Examples
     --------
@@ -403,23 +575,44 @@ def gda(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, y_val: Ar
     Xt = _x(X)
     yt, c = _y(y, Xt.shape[0], n_classes)
     _check_all_classes(yt, c)
+    if not alphas:
+        raise InvalidParameterError("alphas is empty")
     Z = F.normalize(Xt, dim=1) if normalize else Xt
-    counts = torch.bincount(yt, minlength=c).to(Z.dtype)
-    mu = torch.zeros(c, Z.shape[1], dtype=Z.dtype).index_add_(0, yt, Z) / counts[:, None]
-    P = _precision(Z - mu[yt], shrinkage)
-    W = P @ mu.T
-    b = torch.full((c,), float(np.log(1.0 / c)), dtype=Z.dtype) - 0.5 * ((mu @ P) * mu).sum(1)
+    W, b = _gda_fit(Z, yt, c, shrinkage)
     model = GDA(weight=W, bias=b, normalize=normalize, alpha=None)
-    if zs_val is None:
+    zt = _zs(zs, Xt.shape[0], c, "zs")
+    if zs_val is None and zt is None:
+        if X_val is not None or y_val is not None:
+            raise InvalidParameterError("GDA without a zero-shot prior has nothing to tune: give zs_val= (the "
+                                        "validation slides' zero-shot logits) or leave X_val/y_val out")
         return model
-    if X_val is None or y_val is None:
-        raise InvalidParameterError("zs_val needs X_val and y_val to choose alpha on")
-    Xv = _x(X_val, "X_val", dim=Xt.shape[1])
-    yv, _ = _y(y_val, Xv.shape[0], c, "y_val")
-    zv = _zs(zs_val, Xv.shape[0], c, "zs_val")
-    g = model.gda_logits(Xv)
-    model.alpha = float(_select([(float(a), zv + a * g) for a in alphas], yv))  # type: ignore[operator]
     model.uses_zero_shot = True
+    if alpha is not None:
+        model.alpha, model.tuning = float(alpha), "fixed"
+    elif zs_val is not None:
+        if X_val is None or y_val is None:
+            raise InvalidParameterError("zs_val needs X_val and y_val to choose alpha on")
+        Xv = _x(X_val, "X_val", dim=Xt.shape[1])
+        yv, _ = _y(y_val, Xv.shape[0], c, "y_val")
+        zv = _zs(zs_val, Xv.shape[0], c, "zs_val")
+        g = model.gda_logits(Xv)
+        model.alpha = float(_select([(float(a), zv + a * g) for a in alphas], yv))  # type: ignore[operator, arg-type]
+        model.tuning = "validation"
+    elif _min_shots(yt, c) >= 2:
+        g = torch.empty(Xt.shape[0], c, dtype=Z.dtype)
+        keep = torch.ones(Xt.shape[0], dtype=torch.bool)
+        for i in range(Xt.shape[0]):  # leave-one-out: refit without slide i, score slide i
+            keep[i] = False
+            Wi, bi = _gda_fit(Z[keep], yt[keep], c, shrinkage)
+            g[i] = Z[i] @ Wi + bi
+            keep[i] = True
+        model.alpha = float(_select([(float(a), zt + a * g) for a in alphas], yt,  # type: ignore[operator, arg-type]
+                                    loss_ties=True))
+        model.tuning = "leave-one-out"
+    else:
+        model.alpha = float(default_alpha)
+        model.tuning = "default"
+    model.hyperparameters = {"alpha": float(model.alpha)}
     return model
 
 
@@ -435,6 +628,8 @@ class TipAdapter(FewShotClassifier):
     alpha: float
     beta: float
     uses_zero_shot: bool = False
+    tuning: Tuning = "none"
+    hyperparameters: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:  # type: ignore[override]
@@ -454,100 +649,102 @@ class TipAdapter(FewShotClassifier):
         return self.alpha * cache if zs is None else zs + self.alpha * cache
 
 
-def tip_adapter(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, y_val: ArrayLike | None = None,
-                zs_val: ArrayLike | None = None, alpha: float = 1.0, beta: float = 1.0,
-                alphas: Sequence[float] = TIP_ALPHAS, betas: Sequence[float] = TIP_BETAS,
-                n_classes: int | None = None) -> TipAdapter:
-    """Training-free Tip-Adapter (Zhang et al., ECCV 2022; REFERENCE §6.2).
+def tip_adapter(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_val: ArrayLike | None = None,
+                y_val: ArrayLike | None = None, zs_val: ArrayLike | None = None, alpha: float | None = None,
+                beta: float | None = None, alphas: Sequence[float] | None = None,
+                betas: Sequence[float] | None = None, search_scale: Sequence[float] = TIP_SEARCH_SCALE,
+                search_step: Sequence[int] = TIP_SEARCH_STEP, n_classes: int | None = None) -> TipAdapter:
+    """Training-free Tip-Adapter (Zhang et al., ECCV 2022; gaopengcuhk/Tip-Adapter; REFERENCE §6.2).
 
-    Keys are the normalised support embeddings, values their one-hot labels. With ``X_val``/``y_val``,
-    ``alpha`` and ``beta`` are grid-searched on validation accuracy (ties: log-loss); otherwise the given
-    ``alpha``/``beta`` (the paper's initial 1, 1) are used. With ``zs_val`` the model blends zero-shot
-    logits, and ``predict_proba`` then needs ``zero_shot_logits``.
+    Keys are the normalised support embeddings, values their one-hot labels; with a zero-shot prior the model
+    predicts ``zs + alpha * exp(-beta (1 - x keys^T)) values`` (``predict_proba`` then needs
+    ``zero_shot_logits``). ``(beta, alpha)`` are searched on :func:`tip_adapter_grid` (``search_scale``,
+    ``search_step``; or explicit ``betas``/``alphas``), beta outer, alpha inner, the first best accuracy kept as
+    the reference's ``search_hp``, chosen by ``tuning``:
+
+    * ``"validation"``: on ``X_val``, ``y_val`` (and ``zs_val`` with a prior);
+    * ``"leave-one-out"``: else, with at least 2 shots in every class, each support slide is scored (with its
+      ``zs`` row as prior when given) by the cache without its own entry (the self-match, affinity 1, excluded);
+      accuracy ties go to the lower leave-one-out log-loss;
+    * ``"default"``: else the reference's initial ``alpha``/``beta`` (ImageNet config: 1.17, 1);
+    * ``"fixed"``: ``alpha`` and ``beta`` both given (one given fixes that one and searches the other).
+
+    Without any prior (no ``zs``/``zs_val``) the cache alone predicts; ``alpha`` then only scales the
+    probabilities and ``beta`` sets how sharply the nearest support slides dominate.
     """
     Xt = _x(X)
     yt, c = _y(y, Xt.shape[0], n_classes)
     _check_all_classes(yt, c)
-    model = TipAdapter(keys=F.normalize(Xt, dim=1), values=F.one_hot(yt, c).to(Xt.dtype), alpha=float(alpha),
-                       beta=float(beta), uses_zero_shot=zs_val is not None)
-    if X_val is None and y_val is None:
-        if zs_val is not None:
-            raise InvalidParameterError("zs_val needs X_val and y_val")
-        return model
-    if X_val is None or y_val is None:
+    zt = _zs(zs, Xt.shape[0], c, "zs")
+    model = TipAdapter(keys=F.normalize(Xt, dim=1), values=F.one_hot(yt, c).to(Xt.dtype),
+                       alpha=float(TIP_INIT_ALPHA if alpha is None else alpha),
+                       beta=float(TIP_INIT_BETA if beta is None else beta),
+                       uses_zero_shot=zs_val is not None or zt is not None)
+    if (X_val is None) != (y_val is None):
         raise InvalidParameterError("give both X_val and y_val")
-    Xv = _x(X_val, "X_val", dim=Xt.shape[1])
-    yv, _ = _y(y_val, Xv.shape[0], c, "y_val")
-    zv = _zs(zs_val, Xv.shape[0], c, "zs_val")
-    candidates = []
-    for b in betas:
-        cache = model.cache_logits(Xv, beta=b)
-        for a in alphas:
-            candidates.append(((float(a), float(b)), a * cache if zv is None else zv + a * cache))
-    model.alpha, model.beta = _select(candidates, yv)  # type: ignore[misc]
+    if zs_val is not None and X_val is None:
+        raise InvalidParameterError("zs_val needs X_val and y_val")
+    grid_b, grid_a = tip_adapter_grid(search_scale, search_step)
+    betas = [float(beta)] if beta is not None else list(betas) if betas is not None else grid_b
+    alphas = [float(alpha)] if alpha is not None else list(alphas) if alphas is not None else grid_a
+    if not betas or not alphas:
+        raise InvalidParameterError("betas and alphas must not be empty")
+
+    def search(cache_at: Callable[[float], Tensor], prior: Tensor | None, labels: Tensor,
+               loss_ties: bool = False) -> tuple[float, float]:
+        candidates = []
+        for b in betas:
+            cache = cache_at(float(b))
+            for a in alphas:
+                candidates.append(((float(a), float(b)), a * cache if prior is None else prior + a * cache))
+        return _select(candidates, labels, loss_ties=loss_ties)  # type: ignore[return-value]
+
+    if alpha is not None and beta is not None:
+        model.tuning = "fixed"
+    elif X_val is not None:
+        Xv = _x(X_val, "X_val", dim=Xt.shape[1])
+        yv, _ = _y(y_val, Xv.shape[0], c, "y_val")
+        zv = _zs(zs_val, Xv.shape[0], c, "zs_val")
+        if model.uses_zero_shot and zv is None:
+            raise InvalidParameterError("fitted with a zero-shot prior (zs=): give zs_val for the validation slides")
+        model.alpha, model.beta = search(lambda b: model.cache_logits(Xv, beta=b), zv, yv)
+        model.tuning = "validation"
+    elif _min_shots(yt, c) >= 2:
+        sims = model.keys @ model.keys.T
+        off = 1.0 - torch.eye(len(sims), dtype=sims.dtype)  # leave-one-out: drop each slide's own cache entry
+
+        def loo_cache(b: float) -> Tensor:
+            return (torch.exp(-b * (1.0 - sims)) * off) @ model.values
+
+        model.alpha, model.beta = search(loo_cache, zt, yt, loss_ties=True)
+        model.tuning = "leave-one-out"
+    else:
+        model.tuning = "default"
+    model.hyperparameters = {"alpha": model.alpha, "beta": model.beta}
     return model
 
 
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def accuracy(y_true: ArrayLike, y_score: ArrayLike) -> float:
-    """Accuracy of ``argmax`` of (B, C) scores (or of labels (B,))."""
-    y = np.asarray(torch.as_tensor(y_true).cpu()).ravel()
+# every definition lives in slidescope.metrics (one module for every reported number)
+
+
+def _pred(y_score: ArrayLike) -> np.ndarray:
     s = np.asarray(torch.as_tensor(y_score).detach().cpu())
-    pred = s.argmax(1) if s.ndim == 2 else s
-    return float((pred == y).mean())
+    return s.argmax(1) if s.ndim == 2 else s
+
+
+def accuracy(y_true: ArrayLike, y_score: ArrayLike) -> float:
+    """Accuracy of ``argmax`` of (B, C) scores (or of labels (B,)): :func:`slidescope.metrics.accuracy`."""
+    return _metrics.accuracy(y_true, _pred(y_score))
 
 
 def balanced_accuracy(y_true: ArrayLike, y_score: ArrayLike) -> float:
-    """Mean per-class recall of ``argmax`` of (B, C) scores (or of labels (B,))."""
-    y = np.asarray(torch.as_tensor(y_true).cpu()).ravel()
-    s = np.asarray(torch.as_tensor(y_score).detach().cpu())
-    pred = s.argmax(1) if s.ndim == 2 else s
-    return float(np.mean([(pred[y == c] == c).mean() for c in np.unique(y)]))
+    """Mean per-class recall of ``argmax`` of (B, C) scores (or of labels (B,)):
+    :func:`slidescope.metrics.balanced_accuracy`."""
+    return _metrics.balanced_accuracy(y_true, _pred(y_score))
 
 
-_METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
-    "auroc": auroc, "accuracy": accuracy, "balanced_accuracy": balanced_accuracy,
-}
-
-
-@dataclass(frozen=True)
-class BootstrapCI:
-    """A metric on the full data with its percentile bootstrap interval."""
-
-    estimate: float
-    low: float
-    high: float
-    n_valid: int  # resamples the metric could be computed on (e.g. AUROC needs both classes)
-
-
-def bootstrap_ci(y_true: ArrayLike, y_score: ArrayLike, metric: str | Callable[[ArrayLike, ArrayLike], float] = "auroc",
-                 *, n: int = 1000, seed: int = 0, level: float = 0.95) -> BootstrapCI:
-    """Percentile bootstrap CI of ``metric(y_true, y_score)`` over ``n`` resamples of the slides.
-
-    ``metric`` is ``"auroc"``, ``"accuracy"``, ``"balanced_accuracy"`` or a callable. Resamples where the
-    metric is undefined (one class only) are skipped and counted out of ``n_valid``.
-    """
-    fn = _METRICS.get(metric) if isinstance(metric, str) else metric
-    if fn is None:
-        raise InvalidParameterError(f"unknown metric {metric!r}; use one of {sorted(_METRICS)} or a callable")
-    if n < 1 or not 0 < level < 1:
-        raise InvalidParameterError("n must be >= 1 and level in (0, 1)")
-    y = np.asarray(torch.as_tensor(y_true).cpu())
-    s = np.asarray(torch.as_tensor(y_score).detach().cpu())
-    if len(y) != len(s):
-        raise InvalidParameterError(f"y_true has {len(y)} entries but y_score {len(s)}")
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        try:
-            values.append(fn(y[idx], s[idx]))
-        except (InvalidParameterError, ValueError, ZeroDivisionError):
-            continue
-    if not values:
-        raise InvalidParameterError("the metric was undefined on every bootstrap resample")
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return BootstrapCI(estimate=float(fn(y, s)), low=float(low), high=float(high), n_valid=len(values))
+BootstrapCI = _metrics.BootstrapCI  # estimate, low, high, n_boot, n_valid
+bootstrap_ci = _metrics.bootstrap_ci  # metric by name ("auroc", "accuracy", "f1_weighted", ...) or a callable

@@ -6,7 +6,8 @@ Pure functions on tensors (see ``docs/REFERENCE-models.md`` §1.4, §3.2, §3.3)
 * :func:`zero_shot_logits` scores slides against the prompts, ensembling either the CONCH/TITAN way
   (``"mean-embedding"``: average each class's normalised prompt embeddings) or the PRISM way
   (``"sum-probability"``: softmax over all prompts, then sum each class's probabilities);
-* :func:`mi_zero` pools tile-text similarities per class by top-k mean (MI-Zero);
+* :func:`mi_zero` pools tile-text similarities per class by top-k mean (CONCH's ``run_mizero``) or top-k sum
+  (MI-Zero's ``topj_pooling``);
 * :func:`prompt_spread` re-scores with random subsets of each class's prompts, to show prompt fragility.
 
 ``logit_scale`` is always the *multiplier* of cosine similarities (CLIP's ``logit_scale.exp()``: 100 in CLIP
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import metrics as _metrics
 from ..errors import InvalidParameterError
 
 __all__ = [
@@ -33,12 +35,14 @@ __all__ = [
     "class_text_embeddings",
     "mi_zero",
     "MiZeroResult",
+    "MiZeroPooling",
     "prompt_spread",
     "PromptSpread",
     "auroc",
 ]
 
 Ensemble = Literal["mean-embedding", "sum-probability"]
+MiZeroPooling = Literal["mean", "sum"]
 
 DEFAULT_TEMPLATES = (
     "{}.",
@@ -188,24 +192,38 @@ class MiZeroResult:
     Attributes
     ----------
     scores : Tensor (C,)
-        Per class, the mean of its top-k tile cosine similarities; ``argmax`` is the prediction.
+        Per class, the mean (``pooling="mean"``) or sum (``"sum"``) of its top-k tile cosine similarities;
+        ``argmax`` is the prediction (the same for both).
     probs : Tensor (C,)
         ``softmax(logit_scale * scores)`` (for AUROC).
     similarity : Tensor (N, C)
         Tile-text cosine similarities: the heatmap.
     k : int
         The k used (``min(k, N)``).
+    pooling : {"mean", "sum"}
+        The pooling used.
     """
 
     scores: Tensor
     probs: Tensor
     similarity: Tensor
     k: int
+    pooling: MiZeroPooling = "mean"
 
 
 def mi_zero(tile_emb: Tensor | np.ndarray, class_text_emb: Tensor | np.ndarray, *, k: int = 10,
-            logit_scale: float = 100.0) -> MiZeroResult:
-    """MI-Zero slide scoring: per-class top-k mean of tile-text cosine similarities.
+            logit_scale: float = 100.0, pooling: MiZeroPooling = "mean") -> MiZeroResult:
+    """MI-Zero slide scoring: per-class top-k pooling of tile-text cosine similarities.
+
+    Two published poolings, with the same prediction (``k`` is the same for every class) but different
+    probabilities (``tests/golden/mizero.npz``):
+
+    * ``"mean"`` (default): the top-k mean and ``softmax(logit_scale * mean)``, as ``run_mizero`` in
+      mahmoodlab/CONCH (``conch/downstream/zeroshot_path.py``, @141cc09), whose probabilities its AUROC uses;
+    * ``"sum"``: the top-k sum, as ``topj_pooling`` in mahmoodlab/MI-Zero
+      (``src/slidelevel_zeroshot_multiprompt.py``, @047922f). MI-Zero's code stops at the argmax and computes no
+      probabilities; ours are ``softmax(logit_scale * sum)``, i.e. a k times sharper softmax than ``"mean"``
+      (with ``logit_scale=100`` they saturate to 0/1; pass ``logit_scale=1`` for the sum as raw logits).
 
     Parameters
     ----------
@@ -217,12 +235,14 @@ def mi_zero(tile_emb: Tensor | np.ndarray, class_text_emb: Tensor | np.ndarray, 
         Tiles pooled per class; ``k=1`` is max pooling and ``k >= N`` mean pooling (k is capped at N).
         MI-Zero tries {1, 5, 10, 50, 100} and picks k on validation.
     logit_scale : float
-        Multiplier of the scores before the softmax of ``probs``.
+        Multiplier of the scores before the softmax of ``probs`` (CONCH: the model's ``logit_scale.exp()``).
+    pooling : {"mean", "sum"}
+        Top-k mean (CONCH's ``run_mizero``) or top-k sum (MI-Zero's ``topj_pooling``).
 
     Returns
     -------
     MiZeroResult
-        ``scores`` (C,), ``probs`` (C,), ``similarity`` (N, C) and the ``k`` used.
+        ``scores`` (C,), ``probs`` (C,), ``similarity`` (N, C), the ``k`` used and the ``pooling``.
 
     Examples
     --------
@@ -240,10 +260,15 @@ def mi_zero(tile_emb: Tensor | np.ndarray, class_text_emb: Tensor | np.ndarray, 
         raise InvalidParameterError(f"tile_emb has d={z.shape[1]} but class_text_emb has d={w.shape[1]}")
     if k < 1:
         raise InvalidParameterError(f"k must be >= 1, got {k}")
+    if pooling not in ("mean", "sum"):
+        raise InvalidParameterError(f"pooling must be 'mean' (CONCH's run_mizero) or 'sum' (MI-Zero's topj_pooling), "
+                                    f"got {pooling!r}")
     k_eff = min(int(k), z.shape[0])
     sim = z @ w.T
-    scores = sim.topk(k_eff, dim=0).values.mean(dim=0)
-    return MiZeroResult(scores=scores, probs=torch.softmax(logit_scale * scores, dim=-1), similarity=sim, k=k_eff)
+    top = sim.topk(k_eff, dim=0).values
+    scores = top.mean(dim=0) if pooling == "mean" else top.sum(dim=0)
+    return MiZeroResult(scores=scores, probs=torch.softmax(logit_scale * scores, dim=-1), similarity=sim, k=k_eff,
+                        pooling=pooling)
 
 
 @dataclass(frozen=True)
@@ -328,30 +353,10 @@ def prompt_spread(slide_emb: Tensor | np.ndarray, text_emb: Tensor | np.ndarray,
                         max=probs.amax(0), auroc=aucs, subsets=subsets)
 
 
-def _binary_auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """Mann-Whitney AUROC with average ranks for ties."""
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        raise InvalidParameterError("AUROC needs both classes in y_true")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks of tied groups
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+def auroc(y_true: np.ndarray | Tensor | Sequence[int], y_score: np.ndarray | Tensor, *, multi_class: str = "ovr") -> float:
+    """AUROC: binary for scores (B,) (or (B, 2): column 1), macro one-vs-rest (or ``"ovo"``) for (B, C).
 
-
-def auroc(y_true: np.ndarray | Tensor | Sequence[int], y_score: np.ndarray | Tensor) -> float:
-    """AUROC: binary for scores of shape (B,) (or (B, 2): column 1), macro one-vs-rest for (B, C)."""
-    y = np.asarray(torch.as_tensor(y_true).cpu()).astype(np.int64).ravel()
-    s = np.asarray(torch.as_tensor(y_score).detach().cpu(), dtype=np.float64)
-    if s.ndim == 2 and s.shape[1] == 2:
-        s = s[:, 1]
-    if s.ndim == 1:
-        return _binary_auroc(y == 1, s)
-    present = [c for c in range(s.shape[1]) if (y == c).any()]
-    if len(present) < 2:
-        raise InvalidParameterError("AUROC needs at least two classes in y_true")
-    return float(np.mean([_binary_auroc(y == c, s[:, c]) for c in present]))
+    :func:`slidescope.metrics.auroc`: NaN with fewer than two classes in ``y_true``; absent classes are
+    left out of the macro average.
+    """
+    return _metrics.auroc(y_true, y_score, multi_class=multi_class)

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from slidescope.errors import InvalidParameterError
 from slidescope.mil.aggregators import Aggregator, AggregatorOutput, create_aggregator, list_aggregators
@@ -55,8 +54,15 @@ def _padded_batch(sizes: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.
 
 
 def test_registry_lists_the_published_models() -> None:
-    expected = {"mean", "max", "abmil", "clam-sb", "clam-mb", "transmil", "dsmil", "dtfd", "acmil", "ins"}
+    expected = {"mean", "max", "abmil", "clam-sb", "clam-mb", "transmil", "dsmil", "dtfd", "acmil", "pl-maxpool"}
     assert expected <= set(NAMES)
+
+
+def test_ins_is_retired_with_a_pointer_to_its_new_name() -> None:
+    """'ins' was a partial-label max-pooling classifier, not INS: the old name says so instead of building it."""
+    assert "ins" not in NAMES
+    with pytest.raises(InvalidParameterError, match="renamed 'pl-maxpool'.*not INS"):
+        create_aggregator("ins", in_dim=D, num_classes=2)
 
 
 def test_unknown_name_lists_the_registered_ones() -> None:
@@ -211,7 +217,8 @@ def test_learns_a_toy_problem(name: str) -> None:
     for _ in range(25):  # epochs of 6 mini-batches of 10 bags
         for idx in torch.randperm(len(labels), generator=g).split(10):
             out = model(features[idx], mask[idx], labels=labels[idx])
-            loss = model.task_loss_weight * F.cross_entropy(out.logits, labels[idx])
+            # the model's own criterion, as the trainer uses it (DSMIL's is binary cross-entropy)
+            loss = model.task_loss_weight * model.task_loss(out.logits, labels[idx])
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss
             optimizer.zero_grad()

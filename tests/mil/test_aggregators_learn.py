@@ -22,11 +22,11 @@ SMALL: dict[str, dict] = {
     "acmil": {"embed_dim": 64, "attn_dim": 32},
     "clam-sb": {"embed_dim": 64, "attn_dim": 32, "dropout": 0.1, "k_sample": 4},
     "clam-mb": {"embed_dim": 64, "attn_dim": 32, "dropout": 0.1, "k_sample": 4},
-    "dsmil": {"embed_dim": 64, "attn_dim": 32, "dropout": 0.1},
+    "dsmil": {"attn_dim": 32},  # the original DSMIL has no embedding layer (nor dropout by default)
     "dtfd": {"embed_dim": 64, "attn_dim": 32, "num_groups": 4},
-    "ins": {"embed_dim": 64, "dropout": 0.1},
     "max": {"embed_dim": 64, "dropout": 0.1},
     "mean": {"embed_dim": 64, "dropout": 0.1},
+    "pl-maxpool": {"embed_dim": 64, "dropout": 0.1},
     "transmil": {"embed_dim": 64, "heads": 4},
 }
 

@@ -124,6 +124,26 @@ def test_other_few_shot_methods_run(pretrained, vlm_cohort, method: str) -> None
     assert res.metrics["auroc"].estimate >= 0.8, res.metrics
 
 
+def test_few_shot_never_tunes_on_the_support_it_scores(pretrained, vlm_cohort) -> None:
+    """With a prior and no validation slides, alpha/beta come from leave-one-out (not from the support scoring
+    itself); with validation slides, from them; with one shot, the reference defaults. The result says which."""
+    from slidescope.vlm.api import few_shot
+
+    train, test = vlm_cohort.train_rows, vlm_cohort.test_rows
+    stores = lambda rows: [vlm_cohort.store_of(r) for r in rows]  # noqa: E731
+    labels = lambda rows: [r["label"] for r in rows]  # noqa: E731
+    common = dict(model=pretrained.model_dir, encoder=ENCODER, classes=UNSEEN, n_bootstrap=10)
+    loo = few_shot(stores(train), labels(train), stores(test), method="tip-adapter", **common)
+    assert loo.tuning == "leave-one-out" and set(loo.hyperparameters) == {"alpha", "beta"}
+    val = few_shot(stores(train), labels(train), stores(test), method="gda", val_stores=stores(test[:4]),
+                   val_labels=labels(test[:4]), **common)
+    assert val.tuning == "validation" and set(val.hyperparameters) == {"alpha"}
+    one = [next(r for r in train if r["label"] == c) for c in ("tumour", "normal")]
+    assert few_shot(stores(one), labels(one), stores(test), method="gda", **common).tuning == "default"
+    with pytest.raises(InvalidParameterError, match="val_labels"):
+        few_shot(stores(train), labels(train), stores(test), method="gda", val_stores=stores(test[:2]), **common)
+
+
 def test_tile_similarity_map_localises_tumour(pretrained, vlm_cohort) -> None:
     from slidescope.features.store import open_store
     from slidescope.vlm.api import zero_shot

@@ -2,7 +2,7 @@
 
 >>> from slidescope.mil.aggregators import create_aggregator, list_aggregators
 >>> list_aggregators()  # doctest: +NORMALIZE_WHITESPACE
-['abmil', 'acmil', 'clam-mb', 'clam-sb', 'dsmil', 'dtfd', 'ins', 'max', 'mean', 'transmil']
+['abmil', 'acmil', 'clam-mb', 'clam-sb', 'dsmil', 'dtfd', 'max', 'mean', 'pl-maxpool', 'transmil']
 
 Every model follows one contract (see :mod:`slidescope.mil.aggregators._base`): features (B, N, D),
 mask (B, N) bool, optional labels (B,) in training -> :class:`AggregatorOutput`

@@ -15,15 +15,21 @@ mask : bool tensor of shape (B, N), optional
     before any arithmetic, so padding may hold anything, NaN included.
 labels : long tensor of shape (B,), optional
     Slide class indices in ``[0, num_classes)``. Only read in training mode, by models whose auxiliary loss
-    needs the slide label (CLAM, DSMIL, DTFD-MIL, ACMIL, INS). Inference never needs them.
+    needs the slide label (CLAM, DSMIL, DTFD-MIL, ACMIL, pl-maxpool). Inference never needs them.
 
 :class:`AggregatorOutput` holds ``logits (B, C)``, ``scores (B, N)``, ``aux_loss`` and ``extra``.
 
 Loss contract (what the trainer does)
 -------------------------------------
-The trainer computes its task loss (cross-entropy on ``out.logits`` for single-label tasks) and optimises::
+The trainer computes its task loss (for single-label classification
+``aggregator.task_loss(out.logits, labels, class_weight)``, cross-entropy unless the model's paper uses
+another criterion, e.g. DSMIL's binary cross-entropy) and optimises::
 
     loss = aggregator.task_loss_weight * task_loss + out.aux_loss     # aux_loss None -> just the first term
+
+After the backward pass and before each optimiser step it calls ``aggregator.clip_gradients_()``, where a
+model applies its published gradient clipping (DTFD-MIL: each module's norm clipped at 5); the default
+does nothing.
 
 ``aux_loss`` is a scalar that is **already weighted** by the model's own published weighting, so the
 trainer needs no per-model knowledge. Examples: CLAM mixes slide and instance losses as
@@ -148,6 +154,28 @@ class Aggregator(nn.Module):
 
     def _forward(self, features: Tensor, mask: Tensor, labels: Tensor | None) -> AggregatorOutput:
         raise NotImplementedError
+
+    def task_loss(self, logits: Tensor, labels: Tensor, class_weight: Tensor | None = None) -> Tensor:
+        """The slide-classification loss the trainer weights by ``task_loss_weight`` (cross-entropy).
+
+        Parameters
+        ----------
+        logits : Tensor of shape (B, C)
+        labels : Tensor of shape (B,), long
+        class_weight : Tensor of shape (C,), optional
+            Per-class weights, as ``torch.nn.functional.cross_entropy``'s ``weight``.
+
+        Returns
+        -------
+        Tensor of shape ()
+        """
+        return nn.functional.cross_entropy(logits.float(), labels, weight=class_weight)
+
+    def clip_gradients_(self) -> None:
+        """Clip this model's gradients in place as its reference training does (default: no clipping).
+
+        The trainer calls it after the backward pass, before every optimiser step.
+        """
 
     def _check_inputs(self, features: Tensor, mask: Tensor | None, labels: Tensor | None) -> Tensor:
         name = type(self).__name__

@@ -17,7 +17,13 @@ __all__ = ["register_aggregator", "list_aggregators", "create_aggregator"]
 
 _REGISTRY: dict[str, type[Aggregator]] = {}
 # the built-in families; each module registers its classes when imported
-_BUILTIN_MODULES = ("pooling", "abmil", "clam", "transmil", "dsmil", "dtfd", "acmil", "ins")
+_BUILTIN_MODULES = ("pooling", "abmil", "clam", "transmil", "dsmil", "dtfd", "acmil", "pl_maxpool")
+# names that were registered once and now mean nothing: name -> what to use instead and why
+_RETIRED: dict[str, str] = {
+    "ins": "'ins' was renamed 'pl-maxpool': it is a partial-label max-pooling classifier inspired by INS, not "
+    "INS (none of INS's prototypes, contrastive loss, momentum encoder, queue or teacher bag head). Use "
+    "model='pl-maxpool' (same hyper-parameters) and do not report its results as INS",
+}
 
 A = TypeVar("A", bound=type[Aggregator])
 
@@ -84,7 +90,8 @@ def create_aggregator(name: str, *, in_dim: int, num_classes: int, **kwargs: Any
     Raises
     ------
     InvalidParameterError
-        Unknown name (the message lists the registered ones) or unknown hyper-parameter.
+        Unknown name (the message lists the registered ones), a retired name (the message says what
+        replaced it) or unknown hyper-parameter.
 
     Examples
     --------
@@ -100,6 +107,8 @@ def create_aggregator(name: str, *, in_dim: int, num_classes: int, **kwargs: Any
     True
     """
     names = list_aggregators()
+    if name in _RETIRED and name not in _REGISTRY:
+        raise InvalidParameterError(_RETIRED[name])
     if name not in _REGISTRY:
         raise InvalidParameterError(f"unknown aggregator {name!r}. Registered: {', '.join(names)}")
     cls = _REGISTRY[name]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -34,18 +36,29 @@ class ACMIL(Aggregator):
     n_token : int
         Attention branches ``M`` (5).
     n_masked_patch : int
-        ``K``, top-attention tiles eligible for masking per branch (10; pass it explicitly, the released
-        script passes ``n_token`` by mistake).
+        ``K``, top-attention tiles eligible for masking per branch (10).
     mask_drop : float
         Share of those ``K`` tiles masked (0.6).
     dropout : float
         Dropout before each classifier (0).
 
+    ``n_token``, ``n_masked_patch`` and ``mask_drop`` default to the ACMIL settings of the reference README
+    (``--n_token 5 --n_masked_patch 10 --mask_drop 0.6``; the script's own defaults, 1 / 0 / 0.6, are its
+    ABMIL baseline).
+
     Notes
     -----
-    Loss contract: ``task_loss_weight = 1`` (the trainer's CE on the slide logits is ACMIL's ``CE(slide)``);
-    with labels in training ``aux_loss = mean_m CE(sub_logit_m, label) + L_div`` with
-    ``L_div = mean_{m < m'} cos(softmax(A_m), softmax(A_m'))`` over the real tiles (0 when ``n_token = 1``).
+    Reference: dazhangyu123/ACMIL, ``ACMIL_GA`` (``architecture/transformer.py``) and the loss of
+    ``train_one_epoch`` in ``Step3_WSI_classification_ACMIL.py``. Loss contract: ``task_loss_weight = 1``
+    (the trainer's CE on the slide logits is ACMIL's ``CE(slide)``); with labels in training and
+    ``n_token > 1``, ``aux_loss = mean_m CE(sub_logit_m, label) + L_div`` with
+    ``L_div = mean_{m < m'} cos(softmax(A_m), softmax(A_m'))`` over the real tiles. With ``n_token = 1``
+    the reference adds no branch loss and no diversity term, so ``aux_loss`` is None (``has_aux_loss``
+    is False): the branch classifier is then unused, as in the reference (under DDP, train it with
+    ``strategy="ddp_find_unused_parameters_true"``).
+    Deviations: the reference trains one slide per step with AdamW (lr 1e-4 on a cosine schedule, weight
+    decay 1e-5); masked logits are excluded from the softmax rather than set to -1e9 (same result).
+    Weights trained with the reference load with :meth:`load_reference_state_dict`.
 
     STKIM never picks padded tiles: with ``n`` real tiles a bag uses ``K = min(n_masked_patch, n)``.
 
@@ -77,6 +90,50 @@ class ACMIL(Aggregator):
             nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_classes)) for _ in range(n_token)
         )
         self.slide_classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_classes))
+        self.has_aux_loss = n_token > 1  # the reference has no branch or diversity loss with one token
+
+    def load_reference_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load the weights of a dazhangyu123/ACMIL ``ACMIL_GA`` (its ``model.state_dict()``).
+
+        Parameters
+        ----------
+        state_dict : mapping of str to Tensor
+            Keys ``dimreduction.fc1.weight``, ``attention.attention_{V,U}.0.*``, ``attention.attention_weights.*``,
+            ``classifier.{m}.fc.*``, ``Slide_classifier.fc.*`` (a ``module.`` prefix is accepted).
+
+        Raises
+        ------
+        InvalidParameterError
+            Keys or shapes that do not fit this model (build it with the reference's ``D_feat``,
+            ``D_inner``, ``n_class`` and ``n_token``).
+        """
+        rename = (
+            ("dimreduction.fc1.", "dim_reduction.0."),
+            ("attention.attention_V.0.", "attention.attention_a.0."),
+            ("attention.attention_U.0.", "attention.attention_b.0."),
+            ("attention.attention_weights.", "attention.attention_c."),
+            ("Slide_classifier.fc.", "slide_classifier.1."),
+        )
+        mapped = {}
+        for key, value in state_dict.items():
+            key = key.removeprefix("module.")
+            for old, new in rename:
+                if key.startswith(old):
+                    key = new + key.removeprefix(old)
+                    break
+            else:
+                if key.startswith("classifier."):  # classifier.{m}.fc.* -> classifiers.{m}.1.*
+                    _, m, rest = key.split(".", 2)
+                    key = f"classifiers.{m}.1." + rest.removeprefix("fc.")
+            mapped[key] = torch.as_tensor(value)
+        try:
+            self.load_state_dict(mapped, strict=True)
+        except RuntimeError as err:
+            raise InvalidParameterError(
+                f"these are not the weights of an ACMIL_GA that fits ACMIL(in_dim={self.in_dim}, "
+                f"num_classes={self.num_classes}, n_token={self.n_token}); build it with the reference's D_feat, "
+                f"D_inner (embed_dim), n_class and n_token ({err})"
+            ) from err
 
     def _stkim(self, raw: Tensor, mask: Tensor) -> Tensor:
         """(B, M, N) logits -> (B, M, N) bool, True where a tile is dropped for that branch."""
@@ -105,7 +162,7 @@ class ACMIL(Aggregator):
         bag_attn = attn.mean(1)  # (B, N)
         logits = self.slide_classifier((bag_attn.unsqueeze(1) @ x).squeeze(1))
         aux = None
-        if labels is not None:
+        if labels is not None and self.n_token > 1:
             valid = torch.ones(branch_logits.shape[:2], dtype=torch.bool, device=x.device)
             aux = bag_cross_entropy(branch_logits, labels, valid) + self._diversity(attn)
         return AggregatorOutput(

@@ -6,6 +6,7 @@ bag_weight 0.7, cross-entropy instance loss; the MIL-Lab port uses attention dim
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -15,6 +16,7 @@ from torch.nn import functional as F
 from ...errors import InvalidParameterError
 from ._base import Aggregator, AggregatorOutput, GatedAttention, embed_mlp, masked_softmax
 from ._registry import register_aggregator
+from .abmil import _clean_clam_keys, _load_reference
 
 __all__ = ["CLAMSB", "CLAMMB"]
 
@@ -52,10 +54,22 @@ class _CLAM(Aggregator):
     ``inst_loss``; the smooth top-1 SVM option is not provided), summed over classes and divided by ``C``
     when subtyping, averaged over bags. ``k = min(k_sample, n_real // 2)`` so that tiny bags never label
     one tile both ways (the original assumes ``N >= k_sample``); bags with ``k = 0`` are skipped.
+
+    Reference: mahmoodlab/CLAM ``models/model_clam.py`` (commit 53e2409), ``CLAM_SB``/``CLAM_MB`` with
+    ``gate=True, size_arg="small"``, ``instance_loss_fn=CrossEntropyLoss()`` and the ``bag_weight``
+    mixing of its ``train_loop_clam``. With the same weights, logits, attention and the instance loss
+    (``instance_eval=True``) equal the reference's to <= 1e-6 in float32 (tests/mil/test_parity_clam.py).
+    Deviations: the ``k`` cap above; the ranking uses the raw attention logits where CLAM ranks their
+    softmax (the same order); several bags per batch average their instance losses (CLAM trains one bag
+    per step); CLAM's attention branches drop a fixed 0.25 whenever its ``dropout`` is non-zero, here they
+    use ``dropout`` (equal at CLAM's ``--drop_out 0.25``, our default); the smooth top-1 SVM instance
+    loss (CLAM's ``--inst_loss svm``, from the external ``topk`` package) is not provided.
     """
 
     has_aux_loss = True
     num_branches_is_classes: ClassVar[bool] = False
+    #: CLAM parameter-name prefixes -> ours (``attention_net.3`` is CLAM's Attn_Net_Gated)
+    REFERENCE_KEYS: ClassVar[dict[str, str]] = {"attention_net.0.": "embed.0.", "attention_net.3.": "attention."}
 
     def __init__(
         self,
@@ -83,6 +97,22 @@ class _CLAM(Aggregator):
         self.subtyping = subtyping
         self.task_loss_weight = bag_weight
         self._build_head(embed_dim)
+
+    def load_reference_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load a ``state_dict`` of CLAM's ``CLAM_SB`` / ``CLAM_MB`` (gated attention, any size) strictly.
+
+        ``attention_net.0`` -> ``embed.0``, ``attention_net.3.attention_{a,b,c}`` -> ``attention.*``;
+        ``classifiers`` -> ``classifier`` for CLAM-SB (CLAM-MB's per-class ``classifiers.c`` and both
+        models' ``instance_classifiers`` keep their names). As CLAM's own ``eval_utils.initiate_model``
+        does, keys containing ``instance_loss_fn`` (the SVM loss's buffer) are dropped and ``.module``
+        (from ``nn.DataParallel``, as in CLAM's shipped ``heatmaps/demo/ckpts/s_0_checkpoint.pt``) is removed.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to Tensor
+            The reference model's ``state_dict()`` or a CLAM checkpoint ``s_<fold>_checkpoint.pt``.
+        """
+        _load_reference(self, _clean_clam_keys(state_dict), self.REFERENCE_KEYS)
 
     def _build_head(self, embed_dim: int) -> None:
         raise NotImplementedError
@@ -148,6 +178,8 @@ class CLAMSB(_CLAM):
     -----
     ``scores`` (attention kind): the attention of the single branch. ``extra["attention"]``: (B, 1, N).
     """
+
+    REFERENCE_KEYS: ClassVar[dict[str, str]] = {**_CLAM.REFERENCE_KEYS, "classifiers.": "classifier."}
 
     def _build_head(self, embed_dim: int) -> None:
         self.classifier = nn.Linear(embed_dim, self.num_classes)

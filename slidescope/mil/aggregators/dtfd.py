@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -18,7 +19,7 @@ Distill = Literal["AFS", "MaxS", "MaxMinS"]
 
 @register_aggregator("dtfd")
 class DTFD(Aggregator):
-    """DTFD-MIL with the original softmax-normalised tier-1 attention.
+    """DTFD-MIL as hrzhang1123/DTFD-MIL (``Main_DTFD_MIL.py``), with its softmax-normalised tier-1 attention.
 
     Tier 1: the real tiles of a bag are split into ``num_groups`` pseudo-bags. With
     ``H = ReLU(W_e h)`` (no bias, width ``E``), gated attention ``a_i`` is softmax-normalised **inside each
@@ -35,30 +36,45 @@ class DTFD(Aggregator):
     in_dim, num_classes : int
         Tile embedding length ``D`` and number of classes ``C``.
     embed_dim : int
-        ``E`` (512).
+        ``E`` (512, ``--mDim``).
     attn_dim : int
         Hidden size of both gated attentions (128).
     num_groups : int
-        Pseudo-bags per slide (8, MIL-Lab; the original also uses 4).
+        Pseudo-bags per slide (4, ``--numGroup``).
     distill : {"AFS", "MaxS", "MaxMinS"}
-        Tier-2 input ("AFS", the original's default and best reported).
+        Tier-2 input ("AFS", ``--distill_type``'s default).
     instances_per_group : int
-        Tiles per pseudo-bag for MaxS / MaxMinS (the original's ``total_instance // numGroup``, i.e. 1).
+        Tiles per pseudo-bag for MaxS / MaxMinS (1, the reference's ``total_instance // numGroup`` = 4 // 4).
     dropout : float
-        Dropout before both classifiers (0, as the original).
+        Dropout before both classifiers (0, ``--droprate`` and ``--droprate_2``).
+    grad_clip : float or None
+        Gradient-norm clipping applied by :meth:`clip_gradients_` to each of the reference's modules
+        separately: the embedding, the tier-1 attention, the tier-1 classifier and tier 2 as a whole
+        (5, ``--grad_clipping``); None disables it.
 
     Notes
     -----
-    Pseudo-bag split: tiles are dealt round-robin over the groups by their rank among the bag's real tiles,
-    so group sizes differ by at most one. In training the ranks come from a fresh random permutation
-    (the original's random split); **in eval mode the order of the tiles is used, so inference is
-    deterministic** (the original re-draws the split at test time too). Groups left empty (bags with fewer
-    tiles than ``num_groups``) are skipped.
+    Training, as the reference: tier 1 is trained by the tier-1 loss only. The reference steps its tier-1
+    optimiser before the tier-2 backward and discards the tier-2 gradients that reach tier 1; here the
+    distilled features are detached before tier 2, which gives the same gradients (and, Adam being
+    per-parameter, one Adam over both tiers equals the reference's two with equal settings). The trainer
+    calls :meth:`clip_gradients_` before each optimiser step. Loss contract: ``task_loss_weight = 1`` (the
+    trainer's cross-entropy on the slide logits is the tier-2 loss) and, with labels in training,
+    ``aux_loss`` = the tier-1 cross-entropy averaged over the non-empty pseudo-bags of each slide, then
+    over slides.
 
-    Loss contract: ``task_loss_weight = 1`` and, with labels in training, ``aux_loss`` = the tier-1
-    cross-entropy averaged over the non-empty pseudo-bags of each slide, then over slides. This equals
-    the original ``L_tier1 + L_tier2`` (its two optimisers both receive tier-2 gradients through the
-    undetached distilled features); MIL-Lab's 0.7/0.3 mix is not used.
+    Pseudo-bag split: the reference shuffles the tiles and cuts the shuffled list into ``num_groups``
+    contiguous chunks (``numpy.array_split``: the first ``N mod G`` chunks one tile longer). Training does
+    the same with a fresh torch permutation; **eval mode uses a fixed permutation (seed 0) per bag size,
+    so inference is deterministic** (the reference re-draws the split at test time). A split can be given
+    with ``forward(..., groups=...)``; :meth:`groups_from_permutation` turns the reference's shuffled index
+    list into it. Groups left empty (bags with fewer tiles than ``num_groups``) are skipped.
+
+    Deviations: the reference trains one slide per step (clipping applies to that slide's gradient; in
+    batches it applies to the batch mean), with Adam (lr 1e-4, weight decay 1e-4, lr x0.2 at epoch 100 of
+    200); slidescope's trainer uses its own optimiser. ``--numLayer_Res`` residual blocks (0 by default)
+    and ``--num_MeanInference`` test-time averaging (1) are not offered. Weights saved by the reference load
+    with :meth:`load_reference_state_dict`.
 
     ``scores`` (attention kind): each tile's weight in the slide feature. For AFS that is
     ``a_i * alpha_{g(i)}`` (tier-1 attention within the pseudo-bag times the tier-2 attention of its
@@ -76,38 +92,180 @@ class DTFD(Aggregator):
         *,
         embed_dim: int = 512,
         attn_dim: int = 128,
-        num_groups: int = 8,
+        num_groups: int = 4,
         distill: Distill = "AFS",
         instances_per_group: int = 1,
         dropout: float = 0.0,
+        grad_clip: float | None = 5.0,
     ) -> None:
         super().__init__(in_dim, num_classes)
         if distill not in ("AFS", "MaxS", "MaxMinS"):
             raise InvalidParameterError(f"distill must be 'AFS', 'MaxS' or 'MaxMinS', got {distill!r}")
         if num_groups < 1 or instances_per_group < 1:
             raise InvalidParameterError("num_groups and instances_per_group must be >= 1")
+        if grad_clip is not None and not grad_clip > 0:
+            raise InvalidParameterError(f"grad_clip must be > 0 or None, got {grad_clip!r}")
         self.num_groups, self.distill, self.instances_per_group = num_groups, distill, instances_per_group
+        self.grad_clip = grad_clip
         self.dim_reduction = nn.Sequential(nn.Linear(in_dim, embed_dim, bias=False), nn.ReLU())
         self.tier1_attention = GatedAttention(embed_dim, attn_dim, 1)
         self.tier1_classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_classes))
         self.tier2_attention = GatedAttention(embed_dim, attn_dim, 1)
         self.tier2_classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, num_classes))
 
+    @staticmethod
+    def groups_from_permutation(permutation: Sequence[int] | Tensor, num_groups: int) -> Tensor:
+        """The reference's split: ``numpy.array_split(permutation, num_groups)``, as a pseudo-bag index per tile.
+
+        Parameters
+        ----------
+        permutation : sequence of int or Tensor of shape (N,)
+            The shuffled tile indices (``feat_index`` after ``random.shuffle`` in ``Main_DTFD_MIL.py``).
+        num_groups : int
+
+        Returns
+        -------
+        Tensor of shape (N,), long
+            ``groups[permutation[j]]`` = the chunk position ``j`` falls in; pass ``groups[None]`` (or a stack
+            of them, -1 on padding) as ``forward(..., groups=...)``.
+        """
+        perm = torch.as_tensor(permutation, dtype=torch.long)
+        n = perm.numel()
+        if n == 0 or not torch.equal(perm.sort().values, torch.arange(n)):
+            raise InvalidParameterError("permutation must hold each of 0..N-1 exactly once")
+        groups = torch.empty(n, dtype=torch.long)
+        groups[perm] = _chunk_of(torch.arange(n), torch.tensor(n), num_groups)
+        return groups
+
     def _groups(self, mask: Tensor) -> Tensor:
         """(B, N) bool -> (B, N) long pseudo-bag index of each real tile (-1 on padding)."""
-        if self.training:
+        n_real = mask.sum(1, keepdim=True)  # (B, 1)
+        if self.training:  # a fresh random permutation of the real tiles: position = rank of a random key
             keys = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, 2.0)
-            rank = keys.argsort(1).argsort(1)  # padded tiles rank last
-        else:
-            rank = mask.long().cumsum(1) - 1
-        return torch.where(mask, rank % self.num_groups, -1)
+            position = keys.argsort(1).argsort(1)  # padded tiles rank last
+        else:  # a fixed permutation per bag size (seed 0): deterministic and blind to padding
+            rank = mask.long().cumsum(1) - 1  # rank of each real tile among the real ones
+            position = torch.zeros_like(rank)
+            for b in range(mask.shape[0]):
+                perm = torch.randperm(int(n_real[b]), generator=torch.Generator().manual_seed(0))
+                position[b, mask[b]] = perm.argsort().to(mask.device)[rank[b, mask[b]]]
+        return torch.where(mask, _chunk_of(position, n_real, self.num_groups), -1)
 
-    def _forward(self, features: Tensor, mask: Tensor, labels: Tensor | None) -> AggregatorOutput:
+    def _check_groups(self, groups: Tensor, mask: Tensor) -> Tensor:
+        if not isinstance(groups, Tensor) or groups.shape != mask.shape or groups.dtype != torch.long:
+            got = (groups.dtype, tuple(groups.shape)) if isinstance(groups, Tensor) else type(groups).__name__
+            raise InvalidParameterError(
+                f"groups must be a long tensor of shape {tuple(mask.shape)} (B, N), got {got}; build one with "
+                "DTFD.groups_from_permutation"
+            )
+        real = groups[mask]
+        if bool(((real < 0) | (real >= self.num_groups)).any()):
+            raise InvalidParameterError(f"groups of real tiles must lie in [0, {self.num_groups})")
+        return groups.masked_fill(~mask, -1)
+
+    def forward(
+        self,
+        features: Tensor,
+        mask: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+        groups: Tensor | None = None,
+    ) -> AggregatorOutput:
+        """Aggregate a padded batch of bags (see :meth:`Aggregator.forward`).
+
+        Parameters
+        ----------
+        features, mask, labels
+            As :meth:`Aggregator.forward`.
+        groups : Tensor of shape (B, N), long, optional
+            The pseudo-bag of each real tile, in ``[0, num_groups)`` (ignored on padding). None: a random
+            split in training, a fixed one in eval mode.
+        """
+        if groups is None:
+            return super().forward(features, mask, labels=labels)
+        mask = self._check_inputs(features, mask, labels)
+        groups = self._check_groups(groups.to(mask.device), mask)
+        if not bool(mask.all()):
+            features = features.masked_fill(~mask.unsqueeze(-1), 0.0)
+        return self._forward(features, mask, labels if self.training else None, groups)
+
+    def clip_gradients_(self) -> None:
+        """Clip the gradient norm of each reference module separately at ``grad_clip`` (as the reference)."""
+        if self.grad_clip is None:
+            return
+        tier2 = [*self.tier2_attention.parameters(), *self.tier2_classifier.parameters()]
+        for params in (
+            self.dim_reduction.parameters(),
+            self.tier1_attention.parameters(),
+            self.tier1_classifier.parameters(),
+            tier2,
+        ):
+            params = [p for p in params if p.grad is not None]
+            if params:
+                nn.utils.clip_grad_norm_(params, self.grad_clip)
+
+    def load_reference_state_dict(self, state_dict: Mapping[str, Mapping[str, Tensor]]) -> None:
+        """Load a checkpoint saved by hrzhang1123/DTFD-MIL (``best_model.pth``).
+
+        Parameters
+        ----------
+        state_dict : mapping
+            The reference's saved dict: ``{"dim_reduction": ..., "attention": ..., "classifier": ...,
+            "att_classifier": ...}``, each a module state dict (``module.`` prefixes are accepted).
+
+        Raises
+        ------
+        InvalidParameterError
+            Missing parts or keys, or shapes that do not fit this model (build it with the reference's
+            ``in_chn``, ``--mDim`` and ``--num_cls``; ``--numLayer_Res`` must be 0).
+        """
+        rename = {
+            "attention_V.0.": "attention_a.0.",
+            "attention_U.0.": "attention_b.0.",
+            "attention_weights.": "attention_c.",
+            "fc.": "1.",
+            "fc1.": "0.",
+        }
+        parts = {
+            "dim_reduction": "dim_reduction.",
+            "attention": "tier1_attention.",
+            "classifier": "tier1_classifier.",
+            "att_classifier": "",
+        }
+        missing = sorted(set(parts) - set(state_dict))
+        if missing:
+            raise InvalidParameterError(f"not a DTFD-MIL checkpoint: no {', '.join(missing)} in it")
+        mapped = {}
+        for part, prefix in parts.items():
+            for key, value in state_dict[part].items():
+                key = key.removeprefix("module.")
+                if part == "att_classifier":
+                    head, _, key = key.partition(".")
+                    prefix = {"attention": "tier2_attention.", "classifier": "tier2_classifier."}.get(
+                        head, head + "."
+                    )
+                for old, new in rename.items():
+                    if key.startswith(old):
+                        key = new + key.removeprefix(old)
+                        break
+                mapped[prefix + key] = torch.as_tensor(value)
+        try:
+            self.load_state_dict(mapped, strict=True)
+        except RuntimeError as err:
+            raise InvalidParameterError(
+                f"this DTFD-MIL checkpoint does not fit DTFD(in_dim={self.in_dim}, num_classes={self.num_classes}, "
+                f"embed_dim=...); build it with the reference's in_chn, --mDim and --num_cls ({err})"
+            ) from err
+
+    def _forward(
+        self, features: Tensor, mask: Tensor, labels: Tensor | None, groups: Tensor | None = None
+    ) -> AggregatorOutput:
         b, n, _ = features.shape
         g = self.num_groups
         h = self.dim_reduction(features)  # (B, N, E)
         raw = self.tier1_attention(h).squeeze(-1)  # (B, N)
-        groups = self._groups(mask)
+        if groups is None:
+            groups = self._groups(mask)
         member = groups.unsqueeze(1) == torch.arange(g, device=h.device)[None, :, None]  # (B, G, N)
         # (B, G, N): softmax within each pseudo-bag
         attn = masked_softmax(raw.unsqueeze(1).expand(b, g, n), member)
@@ -132,6 +290,8 @@ class DTFD(Aggregator):
             token_mask = member.reshape(b, g, n).gather(2, idx.view(b, g, -1)).reshape(b, -1)
             tokens = h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
+        # the reference trains tier 1 with the tier-1 loss only: no tier-2 gradient reaches it
+        tokens = tokens.detach()
         alpha = masked_softmax(self.tier2_attention(tokens).squeeze(-1), token_mask)  # (B, T)
         logits = self.tier2_classifier((alpha.unsqueeze(1) @ tokens).squeeze(1))  # (B, C)
 
@@ -153,3 +313,10 @@ class DTFD(Aggregator):
                 "groups": groups,
             },
         )
+
+
+def _chunk_of(position: Tensor, n: Tensor, num_groups: int) -> Tensor:
+    """Chunk index of ``position`` in ``numpy.array_split(range(n), num_groups)`` (first ``n % G`` longer)."""
+    size, extra = n // num_groups, n % num_groups  # chunk length, number of chunks one longer
+    cut = extra * (size + 1)  # positions before ``cut`` lie in the longer chunks
+    return torch.where(position < cut, position // (size + 1), extra + (position - cut) // size.clamp_min(1))

@@ -3,11 +3,22 @@
 Nystrom attention (Xiong et al., AAAI 2021) is implemented here in plain torch, following the
 computation of the ``nystrom_attention`` package the reference uses (sum-pooled landmarks, iterative
 Moore-Penrose pseudo-inverse, residual depth-wise convolution over the value sequence).
+
+Landmark schemes (``landmarks=``; see :class:`NystromAttention`): ``"exact"`` (default) averages each
+landmark over real tokens only; ``"reference"`` reproduces lucidrains' ``nystrom-attention`` >= 0.0.10
+(front zero padding to a multiple of the landmark count, the zeros count in the landmark means, the
+softmaxes and as all-zero landmarks), as used by szc19990412/TransMIL with a current install;
+``"reference-0.0.9"`` also reproduces the version TransMIL's ``requirements.txt`` pins, whose output
+keeps the *first* ``n`` rows of the padded sequence (misaligned by the padding; fixed upstream in
+0.0.10, commit d7eb229). Both reference modes are checked against those packages by golden files
+(tests/golden/make_transmil.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +26,7 @@ from torch import Tensor, nn
 from ...errors import InvalidParameterError
 from ._base import Aggregator, AggregatorOutput, embed_mlp, masked_softmax
 from ._registry import register_aggregator
+from .abmil import _load_reference
 
 __all__ = ["TransMIL", "NystromAttention", "PPEG"]
 
@@ -43,7 +55,7 @@ def _iterative_pinv(x: Tensor, iters: int) -> Tensor:
     return z
 
 
-def _softmax_matmul(q: Tensor, k: Tensor, v: Tensor, step: int) -> Tensor:
+def _softmax_matmul(q: Tensor, k: Tensor, v: Tensor, step: int, zero_keys: int = 0) -> Tensor:
     """``softmax(q @ k^T, dim=-1) @ v`` over ``k``/``v`` in chunks of ``step`` rows (online softmax).
 
     Parameters
@@ -51,6 +63,9 @@ def _softmax_matmul(q: Tensor, k: Tensor, v: Tensor, step: int) -> Tensor:
     q : Tensor of shape (B, h, m, d)
     k, v : Tensor of shape (B, h, n, d)
     step : int
+    zero_keys : int
+        Number of extra all-zero key/value rows (the reference's alignment padding): each adds a logit 0
+        to the softmax and nothing to the values.
 
     Returns
     -------
@@ -70,6 +85,10 @@ def _softmax_matmul(q: Tensor, k: Tensor, v: Tensor, step: int) -> Tensor:
             fix = (top - high).exp_()
             total, acc = total * fix + part_sum, acc * fix + part
         top = high
+    if zero_keys:  # logits 0, values 0: only the normaliser grows
+        high = top.clamp_min(0.0)
+        fix = (top - high).exp_()
+        total, acc = total * fix + zero_keys * (-high).exp_(), acc * fix
     return acc / total
 
 
@@ -90,17 +109,36 @@ class NystromAttention(nn.Module):
         Length of the depth-wise residual convolution over the value sequence (33); 0 disables it.
     dropout : float
         Dropout on the output projection (0.1).
+    landmarks : {"exact", "reference", "reference-0.0.9"}
+        How the alignment padding enters (see Notes). ``"exact"`` (default) ignores it; the two reference
+        modes reproduce lucidrains' ``nystrom-attention`` called without a mask, as TransMIL calls it.
 
     Notes
     -----
     As in the reference, the sequence of ``n`` tokens is split into ``m`` consecutive groups of
-    ``l = ceil(n / m)`` tokens (zeros are prepended to reach ``m * l``) and each landmark is the mean of a
-    group. The reference, called without a mask as TransMIL does, lets groups made only of those
-    alignment zeros act as extra all-zero landmarks (and divides partial groups by ``l``); here such groups
-    are dropped and a partial group is averaged over its real tokens. (The reference's own masked path is
-    close but not identical: its masked landmark rows still enter the pseudo-inverse.) When ``n`` is a
-    multiple of ``m`` all three coincide exactly. For ``n <= m`` every token is its own landmark.
+    ``l = ceil(n / m)`` tokens (``p = m * l - n`` zeros are prepended to reach ``m * l``) and each landmark
+    is the mean of a group.
+
+    - ``"exact"``: groups made only of alignment zeros are dropped and a partial group is averaged over
+      its real tokens, so the result does not depend on where the sequence length falls relative to a
+      multiple of ``m``. For ``n <= m`` every token is its own landmark.
+    - ``"reference"`` (``nystrom-attention`` >= 0.0.10): the ``p`` zero tokens (zero queries, keys and
+      values, as the QKV projection has no bias) are part of the sequence: every landmark is a group sum
+      divided by ``l``, all-zero groups are zero landmarks, and the ``p`` zero keys enter the landmark-to-
+      token softmax; the output keeps the last ``n`` rows, the real tokens.
+    - ``"reference-0.0.9"``: as ``"reference"``, but the output keeps the *first* ``n`` rows of the padded
+      sequence, as version 0.0.9 (pinned in TransMIL's requirements.txt) does: for ``p > 0`` output row
+      ``i`` is the attention output of padded position ``i``, i.e. a zero query for ``i < p`` and real token
+      ``i - p`` after; the residual convolution is shifted the same way.
+
+    When ``n`` is a multiple of ``m`` all three coincide exactly. (The reference's own masked path is
+    none of these: its masked landmark rows still enter the pseudo-inverse.) Every mode is computed in
+    chunks (no ``n x m`` matrix is ever whole) and never materialises the padded sequence, except the
+    value sequence for the residual convolution in ``"reference-0.0.9"``.
     """
+
+    #: accepted values of ``landmarks``
+    LANDMARK_MODES = ("exact", "reference", "reference-0.0.9")
 
     def __init__(
         self,
@@ -112,8 +150,15 @@ class NystromAttention(nn.Module):
         pinv_iterations: int = 6,
         residual_kernel: int = 33,
         dropout: float = 0.1,
+        landmarks: str = "exact",
     ) -> None:
         super().__init__()
+        if landmarks not in self.LANDMARK_MODES:
+            raise InvalidParameterError(
+                f"landmarks must be one of {', '.join(self.LANDMARK_MODES)}, got {landmarks!r}; use "
+                "'reference' for weights trained with szc19990412/TransMIL and a current nystrom-attention"
+            )
+        self.landmarks = landmarks
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
         self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
@@ -146,7 +191,8 @@ class NystromAttention(nn.Module):
         m = self.num_landmarks
         size = math.ceil(n / m)  # tokens per landmark
         pad = m * size - n
-        # the groups the reference forms on the front-padded sequence; keep those with a real token
+        exact = self.landmarks == "exact"
+        # the groups the reference forms on the front-padded sequence; "exact" keeps those with a real token
         counts = torch.full((m,), size, device=x.device)
         counts[: pad // size] = 0
         counts[pad // size] -= pad % size
@@ -156,7 +202,9 @@ class NystromAttention(nn.Module):
 
         def landmarks(t: Tensor) -> Tensor:  # group sums without materialising the padded sequence
             sums = t.new_zeros(b, self.heads, m, self.dim_head).index_add_(2, group, t)
-            return (sums / counts[:, None].to(t.dtype))[:, :, keep] if pad else sums / size
+            if exact and pad:
+                return (sums / counts[:, None].to(t.dtype))[:, :, keep]
+            return sums / size  # reference: the padded zeros count in every mean, zero groups stay
 
         q_land, k_land = landmarks(q), landmarks(k)
         attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, h, m', m')
@@ -166,12 +214,22 @@ class NystromAttention(nn.Module):
         # matrix is ever whole (at 100k tiles each would be ~0.8 GB, and fresh memory that large costs
         # page faults on every call; chunks of <= 16 MB are recycled by the allocator).
         step = max(64, self.chunk_bytes // (b * self.heads * q_land.shape[2] * q.element_size()))
-        w = _iterative_pinv(attn2, self.pinv_iterations) @ _softmax_matmul(q_land, k, v, step)  # (B, h, m', d)
+        zero_keys = 0 if exact else pad  # the reference's padded zero keys enter the softmax of attn3
+        w = _iterative_pinv(attn2, self.pinv_iterations) @ _softmax_matmul(q_land, k, v, step, zero_keys)
         out = q.new_empty(b, n, self.heads, self.dim_head)
         for i in range(0, n, step):
             rows = torch.softmax(q[:, :, i : i + step] @ k_land.transpose(-1, -2), dim=-1) @ w  # (B, h, c, d)
             out[:, i : i + step] = rows.transpose(1, 2)
-        if self.res_conv is not None:
+        if self.landmarks == "reference-0.0.9" and pad:
+            # the first n rows of the padded sequence: p zero queries (uniform attention over the
+            # landmarks, i.e. the mean row of w), then the first n - p real tokens
+            zero_row = w.mean(2).unsqueeze(1).expand(b, min(pad, n), self.heads, self.dim_head)
+            out = torch.cat([zero_row, out[:, : max(n - pad, 0)]], dim=1)
+            if self.res_conv is not None:
+                v_padded = torch.cat([v.new_zeros(b, self.heads, pad, self.dim_head), v], dim=2)
+                out = out + self.res_conv(v_padded)[:, :, :n].transpose(1, 2)
+        elif self.res_conv is not None:
+            # zero-padded at the front or not, the convolution of the last n rows is the same
             out = out + self.res_conv(v).transpose(1, 2)
         return self.to_out(out.reshape(b, n, self.heads * self.dim_head))
 
@@ -216,7 +274,7 @@ class PPEG(nn.Module):
 class _TransLayer(nn.Module):
     """Pre-norm residual Nystrom attention: ``x + NystromAttention(LayerNorm(x))``."""
 
-    def __init__(self, dim: int, heads: int, pinv_iterations: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, pinv_iterations: int, dropout: float, landmarks: str) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.attn = NystromAttention(
@@ -227,6 +285,7 @@ class _TransLayer(nn.Module):
             pinv_iterations=pinv_iterations,
             residual_kernel=33,
             dropout=dropout,
+            landmarks=landmarks,
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -251,9 +310,25 @@ class TransMIL(Aggregator):
         Dropout on the attention output projections (0.1).
     dropout : float
         Dropout after the input embedding (0, as the original; MIL-Lab uses 0.25).
+    landmarks : {"exact", "reference", "reference-0.0.9"}
+        Nystrom landmark scheme (see :class:`NystromAttention`). ``"exact"`` (default; existing checkpoints
+        were trained with it) averages landmarks over real tokens only. ``"reference"`` gives the
+        reference's numbers with ``nystrom-attention`` >= 0.0.10 (landmarks over the front zero padding to
+        a multiple of ``embed_dim // 2``; TransMIL's sequence length ``1 + ceil(sqrt(n))**2`` almost never
+        is one, so the two differ by ~1e-3..5e-2 in the logits); ``"reference-0.0.9"`` that with the
+        version pinned in TransMIL's requirements.txt. Use a reference mode with
+        :meth:`load_reference_state_dict` to run weights trained with the reference code.
 
     Notes
     -----
+    Reference: szc19990412/TransMIL ``models/TransMIL.py`` (commit 9d6aee5) with lucidrains'
+    ``nystrom-attention`` (0.0.14, fbe9eba; and 0.0.9, e3c4aa5). Parity with the same weights, both
+    reference modes: max |logit difference| <= 1e-6 in float32 (measured 2.1e-7; ``"exact"``: 8e-3 and
+    6e-2 on the same two bags; tests/mil/test_parity_transmil.py).
+    Deviations: the reference hard-codes ``in_dim=1024, embed_dim=512`` and runs one bag per call; its
+    square padding ``h[:, :add_length]`` is short when ``add_length > n`` (bags of 1, 2, 3, 5, 7 tiles...),
+    here the first tokens repeat cyclically; the default ``landmarks="exact"`` (above).
+
     Masking: square padding (repeating the first ``M - n`` tokens up to ``M = ceil(sqrt(n))**2``), the
     Nystrom landmarks and the PPEG grid all depend on the bag length, so each bag's real tokens are run
     through the transformer **separately** (a Python loop over the batch). This is exact: a padded batch
@@ -275,17 +350,43 @@ class TransMIL(Aggregator):
         pinv_iterations: int = 6,
         attn_dropout: float = 0.1,
         dropout: float = 0.0,
+        landmarks: str = "exact",
     ) -> None:
         super().__init__(in_dim, num_classes)
         if embed_dim % heads or embed_dim < 2:
             raise InvalidParameterError(f"embed_dim ({embed_dim}) must be divisible by heads ({heads})")
         self.embed = embed_mlp(in_dim, embed_dim, dropout)
         self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
-        self.layer1 = _TransLayer(embed_dim, heads, pinv_iterations, attn_dropout)
+        self.layer1 = _TransLayer(embed_dim, heads, pinv_iterations, attn_dropout, landmarks)
         self.ppeg = PPEG(embed_dim)
-        self.layer2 = _TransLayer(embed_dim, heads, pinv_iterations, attn_dropout)
+        self.layer2 = _TransLayer(embed_dim, heads, pinv_iterations, attn_dropout, landmarks)
         self.norm = nn.LayerNorm(embed_dim)
         self.classifier = nn.Linear(embed_dim, num_classes)
+
+    #: reference (szc19990412/TransMIL) parameter-name prefixes -> ours
+    REFERENCE_KEYS: ClassVar[dict[str, str]] = {
+        "_fc1.0.": "embed.0.",
+        "pos_layer.proj.": "ppeg.proj7.",
+        "pos_layer.proj1.": "ppeg.proj5.",
+        "pos_layer.proj2.": "ppeg.proj3.",
+        "_fc2.": "classifier.",
+    }
+
+    def load_reference_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load the ``state_dict`` of the reference ``TransMIL`` (szc19990412/TransMIL).
+
+        Keys are renamed (``_fc1.0`` -> ``embed.0``, ``pos_layer.proj/proj1/proj2`` -> ``ppeg.proj7/5/3``,
+        ``_fc2`` -> ``classifier``; ``cls_token``, ``layer{1,2}.*`` and ``norm`` are shared) and loaded
+        strictly. Build the model with ``landmarks="reference"`` (or ``"reference-0.0.9"`` for the pinned
+        nystrom-attention) to reproduce the reference's outputs; a Lightning checkpoint of the reference
+        stores the same keys under ``model.``: strip that prefix first.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to Tensor
+            As returned by the reference model's ``state_dict()``.
+        """
+        _load_reference(self, state_dict, self.REFERENCE_KEYS)
 
     def _forward_bag(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """One bag: (1, n, E) embedded real tiles -> ((1, C) logits, (n,) CLS-similarity logits)."""

@@ -1,8 +1,9 @@
-"""INS (Qu et al., IEEE TCSVT; arXiv 2307.02249), simplified: a partial-label instance classifier.
+"""Partial-label max pooling: an instance classifier trained on candidate label sets, pooled by its maximum.
 
-INS treats MIL as partial-label learning: a tile of a negative slide can only be negative, a tile of a
-positive slide may be negative or positive. A good instance classifier is trained on those candidate
-sets, and the slide prediction is pooled from the instance predictions.
+A simplification inspired by INS (Qu et al., IEEE TCSVT; arXiv 2307.02249), **not INS**: it keeps INS's
+partial-label view of MIL (a tile of a negative slide can only be negative, a tile of a positive slide may be
+either) and its max-pooling inference rule, and leaves out everything else of the method (see the class).
+It was registered as ``"ins"`` before; that name now raises an error that points here.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ from ...errors import InvalidParameterError
 from ._base import Aggregator, AggregatorOutput, embed_mlp, masked_max, masked_min
 from ._registry import register_aggregator
 
-__all__ = ["INS"]
+__all__ = ["PartialLabelMaxPool"]
 
 
-@register_aggregator("ins")
-class INS(Aggregator):
-    """Instance classifier on frozen features + max-pooling inference rule (INS, simplified).
+@register_aggregator("pl-maxpool")
+class PartialLabelMaxPool(Aggregator):
+    """Partial-label max pooling: an instance classifier on frozen features + a max-pooling rule (not INS).
 
     ``o_i = g(h_i)`` with ``g = Linear(D, E) -> ReLU -> Dropout -> Linear(E, C)``, ``p_i = softmax(o_i)``.
     Class 0 is the negative (background) class every tile may belong to; a slide of class ``y`` gives its
-    tiles the candidate set ``{0, y}`` (``{0}`` for a negative slide), which is exactly INS for ``C = 2``.
+    tiles the candidate set ``{0, y}`` (``{0}`` for a negative slide), INS's candidate sets for ``C = 2``.
 
     Slide logits (the paper's max-pooling inference rule): ``log s`` with ``s_y = max_i p_{i,y}`` for
     ``y >= 1`` and ``s_0 = min_i p_{i,0}``. For ``C = 2``, ``softmax(logits) = [1 - max_i p_i, max_i p_i]``
@@ -38,7 +39,7 @@ class INS(Aggregator):
     dropout : float
         (0.25).
     bag_weight : float
-        Weight of the trainer's slide loss relative to the instance loss, INS's ``--wl`` (0.5).
+        Weight of the trainer's slide loss relative to the instance loss (0.5, as INS's ``--wl``).
 
     Notes
     -----
@@ -48,13 +49,15 @@ class INS(Aggregator):
     have ``conf = normalize(stopgrad(p_i) * candidates)``, the classifier's own disambiguation of its
     candidate set (PRODEN-style).
 
-    Simplifications, stated honestly: the published method disambiguates candidate labels with PiCO
-    machinery, which is left out here: no projection head, no momentum key encoder, no queue of 8192
-    keys, no class prototypes and no supervised-contrastive loss, and the per-tile confidences are not
-    kept across epochs (they need a per-dataset state a stateless module cannot hold). INS's separate
-    attention "teacher" bag head is replaced by the max-pooling rule above, which the paper also uses
-    at inference. The generalisation to ``C > 2`` (candidates ``{0, y}``) assumes a negative/normal
-    class 0 and does not suit pure subtyping tasks.
+    What it is not: INS (Qu et al.) trains an image encoder end to end and disambiguates candidate labels
+    with PiCO machinery: a projection head, a momentum key encoder, a queue of 8192 keys, class prototypes,
+    a supervised-contrastive loss, per-tile confidences kept as an exponential moving average across
+    epochs, and a separate attention "teacher" bag head. None of that is here: a momentum encoder over
+    images is out of scope for cached embeddings, and per-tile state across epochs does not fit a
+    stateless module. Results of this model must not be reported as INS. The max-pooling rule above is
+    the one the paper also uses at inference. There is no public reference implementation of this
+    simplification, hence no golden-file parity test. The generalisation to ``C > 2`` (candidates
+    ``{0, y}``) assumes a negative/normal class 0 and does not suit pure subtyping tasks.
 
     ``scores`` (instance kind): ``1 - p_{i,0}``, the probability that a tile is not negative (the positive
     probability when ``C = 2``). ``extra["instance_probs"]``: (B, N, C), 0 on padding.
@@ -74,7 +77,7 @@ class INS(Aggregator):
     ) -> None:
         super().__init__(in_dim, num_classes)
         if num_classes < 2:
-            raise InvalidParameterError("INS needs num_classes >= 2 (class 0 is the negative class)")
+            raise InvalidParameterError("pl-maxpool needs num_classes >= 2 (class 0 is the negative class)")
         self.instance_classifier = nn.Sequential(
             embed_mlp(in_dim, embed_dim, dropout), nn.Linear(embed_dim, num_classes)
         )
