@@ -7,7 +7,7 @@ import os
 import typer
 
 EXECUTOR = typer.Option(None, help="local (this process, the default) or dask (one task per slide or store on "
-                        "Dask distributed).")
+                        "Dask distributed; each worker reads its slide's tiles itself, without reader processes).")
 SCHEDULER = typer.Option(None, help="Dask: address of an existing scheduler (tcp://host:8786); default a "
                          "LocalCluster on this machine.")
 DASK_WORKERS = typer.Option(None, "--dask-workers", help="Dask: worker processes of the LocalCluster (default: one "

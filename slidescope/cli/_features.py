@@ -11,7 +11,7 @@ import typer
 
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
-from ._wsi import SLIDE_MPP_HELP
+from ._wsi import FORCE_SLIDE_MPP_HELP, PEN_HELP, SLIDE_MPP_HELP
 
 #: exit code when some slides of a batch failed (the others are done)
 EXIT_SOME_FAILED = 1
@@ -47,6 +47,7 @@ def extract(
     tile_size: int | None = typer.Option(None, "--tile-size", help="Tile px (default: the encoder's)."),
     overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles."),
     min_tissue: float = typer.Option(0.25, "--min-tissue", help="Minimum tissue fraction of a tile."),
+    pen: str = typer.Option("auto", "--pen", help=PEN_HELP),
     batch_size: str = typer.Option("auto", "--batch-size", help="Tiles per batch or 'auto'."),
     num_workers: int | None = typer.Option(None, "--num-workers", help="Reader processes (default cores - 1)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1..."),
@@ -55,6 +56,7 @@ def extract(
     dtype: str = typer.Option("float16", help="Stored embedding dtype: float16 or float32."),
     stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
+    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
@@ -65,6 +67,11 @@ def extract(
     from ..features.extract import extract_slides
     from ..wsi import expand_slides
 
+    from ..errors import InvalidParameterError
+    from ..wsi._tissue import PEN_MODES
+
+    if pen not in PEN_MODES:  # a usage error, not one failure per slide
+        raise InvalidParameterError(f"--pen must be one of {', '.join(PEN_MODES)}, got {pen!r}")
     paths = expand_slides(slides)
     device_list = [d.strip() for d in devices.split(",")] if devices else None
     bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
@@ -75,8 +82,10 @@ def extract(
                                      "takes one GPU (--device cuda)")
         results = _extract_on_executor(runner, paths, out, encoder=encoder, weights=weights,
                                        device=device, precision=precision, mpp=mpp, tile_size=tile_size,
-                                       overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend,
-                                       batch_size=bs, num_workers=num_workers, dtype=dtype, stain=stain)
+                                       overlap=overlap, min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp,
+                                       backend=backend,
+                                       force_slide_mpp=force_slide_mpp, batch_size=bs, num_workers=num_workers,
+                                       dtype=dtype, stain=stain)
         _finish_extract(out, encoder, results, digest=None)
         return
     if device_list and len(device_list) > 1:
@@ -87,7 +96,8 @@ def extract(
         enc = create_encoder(encoder, weights=weights, device=(device_list or [device])[0], precision=precision)
         digest = enc.weights_digest
     results = extract_slides(paths, enc, store=out, mpp=mpp, tile_size=tile_size, overlap=overlap,
-                             min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend, batch_size=bs,
+                             min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp, force_slide_mpp=force_slide_mpp,
+                             backend=backend, batch_size=bs,
                              num_workers=num_workers, dtype=dtype, stain=stain, weights=weights,
                              devices=device_list)
     _finish_extract(out, encoder, results, digest=digest)

@@ -52,8 +52,12 @@ def run_cmd(
     overlap: int | None = typer.Option(None, help="Pixels shared by neighbouring tiles (default: 0)."),
     min_tissue: float | None = typer.Option(None, "--min-tissue", help="Minimum tissue fraction of a tile "
                                             "(default: 0.25)."),
-    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help="Pixel size (µm/px) for slides whose "
-                                           "metadata lacks it."),
+    pen: str | None = typer.Option(None, "--pen", help="Pen-mark removal in tissue detection: auto (on, but off "
+                                   "on slides that look like IHC), on or off (default: auto)."),
+    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help="Level-0 pixel size (µm/px) filled in for "
+                                           "slides whose metadata lacks it; a slide's own pixel size wins."),
+    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help="Level-0 pixel size (µm/px) "
+                                                 "imposed on every slide, overriding its metadata."),
     backend: str | None = typer.Option(None, help="auto, openslide or tiffslide (default: auto)."),
     stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard (default: none)."),
     dtype: str | None = typer.Option(None, help="Stored embedding dtype: float16 or float32 (default: "
@@ -100,8 +104,9 @@ def run_cmd(
             raise typer.BadParameter(f"--batch-size must be a whole number or 'auto', got {batch_size!r}") from None
     options = dict(encoder=encoder, model=model or None, prompts=prompts, slide_text_model=slide_text_model,
                    out=out, weights=weights, stores=stores, mpp=mpp, tile_size=tile_size, overlap=overlap,
-                   min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend, stain=stain, dtype=dtype,
-                   precision=precision, device=device, batch_size=bs, num_workers=num_workers,
+                   min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp, force_slide_mpp=force_slide_mpp,
+                   backend=backend, stain=stain, dtype=dtype, precision=precision, device=device, batch_size=bs,
+                   num_workers=num_workers,
                    zero_shot_level=zero_shot_level, prompt_ensemble=prompt_ensemble, heatmaps=heatmaps,
                    heatmap_size=heatmap_size, cmap=cmap, normalize=normalize)
     try:

@@ -9,7 +9,10 @@ import typer
 
 from . import app
 
-SLIDE_MPP_HELP = "Level-0 µm/px of the scan, for slides whose metadata lacks it (overrides the file)."
+PEN_HELP = ("Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
+            "counterstain would be taken for ink), on or off.")
+SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)."
+FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding the metadata."
 
 
 @app.command()
@@ -17,13 +20,14 @@ def info(
     slide: Path = typer.Argument(..., help="Slide file."),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
+    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Describe a slide: format, size, levels, mpp (and where it came from), magnification, images."""
     from ..wsi import open_slide
     from ..errors import MissingMppError
 
-    with open_slide(slide, backend=backend, mpp=slide_mpp) as s:
+    with open_slide(slide, backend=backend, mpp=force_slide_mpp, default_mpp=slide_mpp) as s:
         try:
             mpp, mpp_source = list(s.mpp), s.mpp_source
         except MissingMppError as err:
@@ -75,7 +79,9 @@ def tile(
     out: Path | None = typer.Option(None, help="Output folder (default: ./<slide name>.tiles)."),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
+    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
     mask_mpp: float = typer.Option(8.0, "--mask-mpp", help="µm/px at which tissue is detected."),
+    pen: str = typer.Option("auto", "--pen", help=PEN_HELP),
 ) -> None:
     """Find the tissue and tile it at an exact physical resolution.
 
@@ -88,8 +94,8 @@ def tile(
     from ..wsi import detect_tissue, make_tile_grid, open_slide
     from ..wsi._render import render_tiling
 
-    with open_slide(slide, backend=backend, mpp=slide_mpp) as s:
-        mask = detect_tissue(s, mpp=mask_mpp)
+    with open_slide(slide, backend=backend, mpp=force_slide_mpp, default_mpp=slide_mpp) as s:
+        mask = detect_tissue(s, mpp=mask_mpp, pen=pen)
         grid = make_tile_grid(s, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, mask=mask)
         folder = out or Path.cwd() / f"{s.path.name}.tiles"
         folder.mkdir(parents=True, exist_ok=True)

@@ -22,17 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..errors import InvalidParameterError, SlidescopeError
+from ..errors import InvalidParameterError
 from ..wsi import Slide, TileDataset, TileGrid, open_slide
 from .encoders import Encoder, create_encoder
 from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_fingerprint, store_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["extract_features", "extract_slides", "ExtractionResult", "ExtractJob", "extract_job", "default_num_workers"]
+__all__ = ["extract_features", "extract_slides", "ExtractionResult", "ExtractJob", "extract_job", "default_num_workers",
+           "in_daemonic_process"]
 
 
 @dataclass
@@ -55,6 +55,25 @@ class ExtractionResult:
         return asdict(self)
 
 
+def in_daemonic_process() -> bool:
+    """True in a daemonic process, which Python does not allow to start child processes.
+
+    Dask distributed workers are daemonic by default (LocalCluster, ``dask worker`` behind an external
+    scheduler, dask-jobqueue jobs): a DataLoader with reader processes would fail there with
+    "daemonic processes are not allowed to have children". :func:`extract_features` then reads in the
+    worker itself (``num_workers=0``). That is the design on Dask, not only a fallback: the cluster's
+    worker processes and threads already process several slides at once (a LocalCluster has cores / 2
+    processes x 2 threads), so reader processes per slide would oversubscribe the cores (up to
+    cores² processes) and escape the nanny's memory accounting. Workers started with
+    ``distributed.worker.daemon: false`` (e.g. ``DASK_DISTRIBUTED__WORKER__DAEMON=False``, useful for
+    one-worker-per-GPU clusters whose GPU waits on the reading) are not daemonic and get reader
+    processes again: the check is on the flag itself, not on being inside Dask.
+    """
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
+
+
 def default_num_workers(device: torch.device | None = None) -> int:
     """Reader processes. On a CPU, one per core (each reads and encodes); with a GPU, one per core
     but one left for the main process, at most 8."""
@@ -75,6 +94,27 @@ def _slide_attrs(slide: Slide) -> dict[str, Any]:
         "mpp_source": slide.mpp_source,
         "dimensions": list(slide.dimensions),
     }
+
+
+def _check_slide_unchanged(slide: Slide, store: SlideStore) -> None:
+    """Refuse to mark embeddings complete when the slide file changed while they were computed.
+
+    The store recorded the slide's fingerprint when the extraction began; a file replaced meanwhile
+    would leave embeddings of the old file (or a mix of both) behind. They stay incomplete, and the
+    next run, seeing another fingerprint, starts the store afresh."""
+    from .store import SlideMismatchError
+
+    recorded = store.attrs.get("slide", {}).get("fingerprint")
+    try:
+        now = slide_fingerprint(slide.path)
+    except OSError as err:
+        raise SlideMismatchError(f"{slide.path}: the slide cannot be read any more ({err}) after its tiles were "
+                                 f"embedded; its embeddings are not marked complete. Run again.") from err
+    if now != recorded:
+        raise SlideMismatchError(
+            f"{slide.path} changed while it was processed (fingerprint {recorded} when the extraction began, {now} "
+            f"now); its embeddings are not marked complete. Run `slidescope extract` (or `slidescope run`) again once "
+            f"the file is in place: the slide is extracted afresh.")
 
 
 class _Writer(threading.Thread):
@@ -191,7 +231,8 @@ def extract_features(
         Tiles per batch (32 on CPU, 128-256 on GPU; lowered automatically on out-of-memory).
     num_workers : int, optional
         Reader processes (default: one per core on CPU, each reading and encoding; cores - 1 with a GPU);
-        0 reads in this process.
+        0 reads in this process, which is also what happens in a daemonic process (a Dask worker), which
+        may not start processes (see :func:`in_daemonic_process`).
     device : str or torch.device, default "auto"
         Used only when ``encoder`` is a name.
     dtype : {"float16", "float32"}, default "float16"
@@ -222,6 +263,18 @@ def extract_features(
         Another live process is writing this slide's store.
     SlideReadError
         A tile cannot be decoded (corrupt file).
+    ForeignPathError, NewerStoreError
+        Something slidescope did not write (e.g. an OME-Zarr named like the slide), or a store of a newer
+        schema, is where the store goes; it is left as it is (use another ``store`` folder, or upgrade).
+    SlideMismatchError
+        The slide file changed while it was processed; its embeddings are not marked complete (run again).
+    DiskFullError
+        No space left for the claim or the store.
+
+    Notes
+    -----
+    Damaged stores are rebuilt, not reused: complete embeddings are read back whole (every chunk present,
+    checksums and metadata valid) before ``"reused"`` is returned, and damaged parts are recomputed.
 
     Examples
     --------
@@ -254,6 +307,12 @@ def extract_features(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+    if workers > 0 and in_daemonic_process():
+        # a Dask worker (or a multiprocessing.Pool worker) may not start reader processes
+        (log.info if num_workers is None else log.warning)(
+            "%s: reading tiles in this process (num_workers=0): a daemonic process such as a Dask worker "
+            "cannot start reader processes", slide.path.name)
+        workers = 0
     normalizer = None
     if stain:
         from .stain import make_normalizer
@@ -291,6 +350,7 @@ def extract_features(
             return result
         result.seconds = time.perf_counter() - t0
         result.tiles_per_s = result.computed / result.seconds if result.seconds > 0 else 0.0
+        _check_slide_unchanged(slide, st)  # before the embeddings count as complete
         writer.finish(seconds=round(result.seconds, 3), tiles_per_s=round(result.tiles_per_s, 2),
                       stain=stain, batch_size=batch_size, num_workers=workers)
         if not len(grid):
@@ -371,7 +431,9 @@ def extract_slides(
     tile_size: int | None = None,
     overlap: int = 0,
     min_tissue: float = 0.25,
+    pen: str = "auto",
     slide_mpp: float | None = None,
+    force_slide_mpp: float | None = None,
     backend: str = "auto",
     weights: str | None = None,
     device: str = "auto",
@@ -381,19 +443,23 @@ def extract_slides(
 ) -> list[ExtractionResult]:
     """Extract a batch of slides; one bad slide never stops the batch (its failure is recorded).
 
-    ``mpp`` and ``tile_size`` default to what the encoder was trained on. ``devices`` (e.g.
+    ``mpp`` and ``tile_size`` default to what the encoder was trained on; ``pen`` is the pen-mark
+    removal of :func:`~slidescope.wsi.detect_tissue` (``"auto"``: off on IHC slides). ``slide_mpp`` is the level-0
+    µm/px filled in for slides without one (a file's own wins); ``force_slide_mpp`` overrides every
+    slide's (``default_mpp`` and ``mpp`` of :func:`~slidescope.wsi.open_slide`). ``devices`` (e.g.
     ``["cuda:0", "cuda:1"]``) runs one process per device, each with its own encoder and reader
     workers, dealing the slides out in turn; the per-slide claims keep them from colliding.
     """
     from tqdm.auto import tqdm
 
     from ..wsi import detect_tissue, make_tile_grid
+    from ..wsi._tissue import pen_hint
 
     slides = list(slides)
     if devices is not None and len(devices) > 1:
         return _extract_on_devices(slides, encoder, devices, store=store, mpp=mpp, tile_size=tile_size,
-                                   overlap=overlap, min_tissue=min_tissue, slide_mpp=slide_mpp, backend=backend,
-                                   weights=weights, progress=progress, **kwargs)
+                                   overlap=overlap, min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp,
+                                   backend=backend, force_slide_mpp=force_slide_mpp, weights=weights, progress=progress, **kwargs)
     if devices:
         device = devices[0]
     if isinstance(encoder, str):
@@ -404,22 +470,34 @@ def extract_slides(
     for path in tqdm(slides, desc="slides", unit="slide", disable=not progress):
         t0 = time.perf_counter()
         try:
-            with open_slide(path, backend=backend, mpp=slide_mpp) as slide:
-                mask = detect_tissue(slide)
+            with open_slide(path, backend=backend, mpp=force_slide_mpp, default_mpp=slide_mpp) as slide:
+                mask = detect_tissue(slide, pen=pen)
                 grid = make_tile_grid(slide, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue,
                                       mask=mask, allow_empty=True)
                 if len(grid) == 0:
-                    log.warning("%s: no tissue tiles; writing an empty store", Path(path).name)
+                    log.warning("%s: no tissue tiles; writing an empty store.%s", Path(path).name, pen_hint(mask))
                 res = extract_features(slide, grid, encoder, store=store, progress=progress, **kwargs)
                 res.extra["tissue_mm2"] = round(mask.area_um2 / 1e6, 4)
-        except (SlidescopeError, OSError, RuntimeError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - any failure of one slide is that slide's, never the batch's
             status = "claimed" if type(err).__name__ == "SlideClaimedError" else "failed"
-            log.error("%s: %s: %s", Path(path).name, type(err).__name__, err)
-            res = ExtractionResult(slide=str(path), status=status, error=str(err), error_type=type(err).__name__,
+            message = _worker_message(err)
+            log.error("%s: %s: %s", Path(path).name, type(err).__name__, message)
+            res = ExtractionResult(slide=str(path), status=status, error=message, error_type=type(err).__name__,
                                    seconds=time.perf_counter() - t0)
         results.append(res)
     return results
 
+
+
+def _worker_message(err: BaseException) -> str:
+    """The error's own message, without the worker traceback that torch's DataLoader wraps around
+    an exception raised in a reader process ("Caught X in DataLoader worker process 0. Original
+    Traceback ..."): the report gets one readable line."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return text.rsplit(marker, 1)[-1].strip() if marker in text else text.strip().splitlines()[-1]
 
 
 def _device_worker(args: tuple) -> list[dict[str, Any]]:
@@ -463,7 +541,9 @@ class ExtractJob:
     tile_size: int | None = None
     overlap: int = 0
     min_tissue: float = 0.25
+    pen: str = "auto"
     slide_mpp: float | None = None
+    force_slide_mpp: float | None = None
     backend: str = "auto"
     batch_size: int | str = "auto"
     num_workers: int | None = None
@@ -488,6 +568,7 @@ def extract_job(slide: str, job: ExtractJob) -> ExtractionResult:
     """Extract one slide with the options of ``job`` (a module-level function: executors pickle it)."""
     encoder = _job_encoder(job.encoder, job.weights, job.device, job.precision)
     return extract_slides([slide], encoder, store=job.out, mpp=job.mpp, tile_size=job.tile_size,
-                          overlap=job.overlap, min_tissue=job.min_tissue, slide_mpp=job.slide_mpp,
+                          overlap=job.overlap, min_tissue=job.min_tissue, pen=job.pen, slide_mpp=job.slide_mpp,
+                          force_slide_mpp=job.force_slide_mpp,
                           backend=job.backend, batch_size=job.batch_size, num_workers=job.num_workers,
                           dtype=job.dtype, stain=job.stain, weights=job.weights, progress=False)[0]

@@ -34,7 +34,7 @@ def export_h5(store: str | os.PathLike[str] | SlideStore, encoder: str, out: str
     """Write ``encoder``'s embeddings of one slide store as a TRIDENT/CLAM h5 file."""
     import h5py
 
-    st = store if isinstance(store, SlideStore) else open_store(store)
+    st = store if isinstance(store, SlideStore) else open_store(store, encoder=encoder)
     feats = st.embeddings(encoder).astype(np.float32)
     attrs = st.attrs
     tiling, slide = attrs["tiling"], attrs["slide"]
@@ -110,7 +110,7 @@ def import_h5(
     if slide is not None:
         from ..wsi import open_slide
 
-        with open_slide(slide, mpp=slide_mpp) as s:
+        with open_slide(slide, default_mpp=slide_mpp) as s:
             dims, mpp, fp, reader = list(s.dimensions), list(s.mpp), slide_fingerprint(s.path), s.reader
             ds = s.level_downsamples[level] if level < s.level_count else 2.0**level
             name = s.path.name

@@ -165,7 +165,7 @@ def read_manifest(
                 continue
             if encoder is not None:
                 try:
-                    s = open_store(sp)
+                    s = open_store(sp, encoder=encoder)
                     if encoder not in s.encoders(complete_only=True):
                         problems.append(f"{r.key} (no complete {encoder!r} embeddings)")
                     elif s.n_tiles == 0:
@@ -425,7 +425,8 @@ class StoreBags(Dataset):
         """(N, D) float32 embeddings of slide ``i``."""
         if i in self._cache:
             return self._cache[i]
-        emb = open_store(store_path(self.store, self.rows[i].slide)).embeddings(self.encoder).astype(np.float32)
+        emb = open_store(store_path(self.store, self.rows[i].slide), encoder=self.encoder).embeddings(
+            self.encoder).astype(np.float32)
         if self.cache:
             self._cache[i] = emb
         return emb

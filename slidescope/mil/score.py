@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ..features.store import SlideStore, StoreError, open_store
+from ..features.store import IncompleteStoreError, SlideStore, StoreCorruptError, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ def score(
     EncoderMismatchError
         A store lacks embeddings of the checkpoints' encoder, or their size differs (the message says
         which encoder to extract with).
+    StoreCorruptError, IncompleteStoreError
+        A store's chunk is missing or corrupt, its metadata is inconsistent, or its extraction did not
+        finish (the message says to run ``slidescope extract`` again, which rebuilds it).
     InvalidParameterError
         No checkpoint, checkpoints that disagree, or a store with no tiles.
 
@@ -154,7 +157,7 @@ def score(
     name = name or run_name(checkpoints[0])
     results: list[SlideScore] = []
     for sp in expand_stores(stores):
-        store = open_store(sp)
+        store = open_store(sp, encoder=encoder)
         emb = _embeddings(store, encoder, dim, checkpoints[0], load_task_error=EncoderMismatchError)
         probs, att = [], []
         with torch.no_grad():
@@ -176,7 +179,7 @@ def score(
             attrs = {_VALUE[kind]: value}
         results.append(res)
         if write_scores:
-            writable = SlideStore.open(sp, mode="r+")
+            writable = SlideStore.open(sp, mode="r+", tiling=store.tiling_key)  # the tiling scored
             writable.write_scores(f"{name}/attention", attention, attrs={
                 "kind": "attention", "task": kind, **attrs, "encoder": encoder,
                 "model": str(first.hparams.aggregator), "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
@@ -213,6 +216,8 @@ _VALUE = {"regression": "prediction", "survival": "risk"}
 def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_error) -> np.ndarray:
     try:
         emb = store.embeddings(encoder)
+    except (StoreCorruptError, IncompleteStoreError):
+        raise  # damage or an unfinished extraction is reported as such (its message says to extract again)
     except StoreError as err:
         have = store.encoders()
         detail = ""

@@ -43,7 +43,12 @@ class RunConfig:
     stores : embedding-store folder; default ``OUT/stores``.
     mpp, tile_size : tile resolution (µm/px) and side (px); default: what the encoder was trained on.
     overlap, min_tissue : tile overlap (px) and minimum tissue fraction of a tile.
-    slide_mpp : pixel size to use for slides whose metadata lacks it.
+    pen : pen-mark removal in tissue detection: ``auto`` (on, but off on slides that look like IHC, whose
+        blue counterstain would be taken for ink), ``on`` or ``off`` (:func:`~slidescope.wsi.detect_tissue`).
+    slide_mpp : level-0 pixel size (µm/px) filled in for slides whose metadata lacks a plausible one; a
+        slide's own pixel size always wins (``--slide-mpp``).
+    force_slide_mpp : level-0 pixel size imposed on every slide, overriding the metadata
+        (``--force-slide-mpp``). Each slide's record says which pixel size was used and where it came from.
     backend : ``auto``, ``openslide`` or ``tiffslide``.
     stain : ``None``, ``macenko`` or ``reinhard`` stain normalisation.
     dtype : stored embedding dtype, ``float16`` or ``float32``.
@@ -69,7 +74,9 @@ class RunConfig:
     tile_size: int | None = None
     overlap: int = 0
     min_tissue: float = 0.25
+    pen: str = "auto"
     slide_mpp: float | None = None
+    force_slide_mpp: float | None = None
     backend: str = "auto"
     stain: str | None = None
     dtype: str = "float16"
@@ -126,7 +133,9 @@ _SPEC: dict[str, tuple[str, tuple[Any, ...] | None]] = {
     "tile_size": ("int", None),
     "overlap": ("int", None),
     "min_tissue": ("float", None),
+    "pen": ("str", ("auto", "on", "off")),
     "slide_mpp": ("float", None),
+    "force_slide_mpp": ("float", None),
     "backend": ("str", ("auto", "openslide", "tiffslide")),
     "stain": ("str", ("macenko", "reinhard")),
     "dtype": ("str", ("float16", "float32")),
@@ -357,6 +366,12 @@ def _validate(cfg: RunConfig) -> None:
         raise InvalidParameterError(f"tile-size must be a positive number of px, got {cfg.tile_size}")
     if cfg.mpp is not None and cfg.mpp <= 0:
         raise InvalidParameterError(f"mpp must be a positive number of µm/px, got {cfg.mpp}")
+    for name, value in (("slide-mpp", cfg.slide_mpp), ("force-slide-mpp", cfg.force_slide_mpp)):
+        if value is not None and not value > 0:
+            raise InvalidParameterError(f"{name} must be a positive number of µm/px, got {value}")
+    if cfg.slide_mpp is not None and cfg.force_slide_mpp is not None:
+        raise InvalidParameterError("give --slide-mpp (fills in a missing pixel size) or --force-slide-mpp "
+                                    "(overrides every slide's), not both")
     if not 0.0 <= cfg.min_tissue <= 1.0:
         raise InvalidParameterError(f"min-tissue is a fraction between 0 and 1, got {cfg.min_tissue}")
     if cfg.heatmap_size < 16:
@@ -413,6 +428,8 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
 
     Tiling defaults are resolved (``mpp=None`` and ``mpp=<the encoder's>`` are the same), model and
     weights files are identified by their content, prompts by their parsed classes and templates.
+    ``slide_mpp`` is not part of it: it only concerns slides without a pixel size, and their records say
+    that theirs was filled in (:func:`~slidescope.pipeline.plan_slide` compares it per slide).
     """
     if cfg in _SIGNATURES:
         return _SIGNATURES[cfg]
@@ -424,8 +441,10 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
         "weights": _file_digest(Path(cfg.weights)) if cfg.weights else None,
         "tiling": {"mpp": cfg.mpp if cfg.mpp is not None else enc.mpp,
                    "tile_size": cfg.tile_size if cfg.tile_size is not None else enc.tile_size,
-                   "overlap": cfg.overlap, "min_tissue": cfg.min_tissue, "slide_mpp": cfg.slide_mpp,
-                   "backend": cfg.backend},
+                   "overlap": cfg.overlap, "min_tissue": cfg.min_tissue, "pen": cfg.pen,
+                   # --slide-mpp only matters to the slides without a pixel size: each record says which
+                   # pixel size it used (see plan_slide), so it is not in the signature of every slide
+                   "force_slide_mpp": cfg.force_slide_mpp, "backend": cfg.backend},
         "stain": cfg.stain, "dtype": cfg.dtype, "precision": cfg.precision,
         "model": [{"path": str(Path(m).resolve()), "digest": _file_digest(Path(m))} for m in cfg.model],
         "zero_shot": None,

@@ -12,6 +12,19 @@ as they complete. Where the cluster comes from:
   GPUs (each pinned to its GPU with ``CUDA_VISIBLE_DEVICES``), else ``n_workers`` (default: cores / 2,
   each with 2 threads for its reader and encoder).
 
+Reading tiles: Dask workers are daemonic processes (LocalCluster, ``dask worker`` behind an external
+scheduler and dask-jobqueue jobs alike), and a daemonic process may not start children, so the
+per-slide DataLoader reader processes of local mode cannot run there ("daemonic processes are not
+allowed to have children"). Each slide's tiles are therefore read *in the worker process*, on the
+thread that runs the task (``num_workers`` 0; :func:`~slidescope.features.extract.in_daemonic_process`
+decides). We chose this over starting non-daemonic LocalCluster workers
+(``distributed.worker.daemon: False``) because (1) workers of an external scheduler or of a jobqueue
+are daemonic anyway, so the in-worker path is needed in every case, and one path is simpler to keep
+right; (2) the cluster already runs several slides at once (cores / 2 worker processes x 2 threads), so
+reader processes per slide on top would oversubscribe the cores (up to cores² processes) and escape
+the nanny's memory monitoring. Where reading does starve a GPU worker, start the workers with
+``DASK_DISTRIBUTED__WORKER__DAEMON=False``: they are then not daemonic and get reader processes again.
+
 Guarantees, the same as in local mode:
 
 * a slide is never processed twice at the same time: ``process_slide`` claims the slide's record and

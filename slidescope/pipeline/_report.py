@@ -1,11 +1,21 @@
-"""The run report (``report.json``, ``report.md``) and ``predictions.csv``, rewritten atomically after each slide."""
+"""The run report (``report.json``, ``report.md``) and ``predictions.csv``, rewritten atomically after each slide.
+
+``report.json``/``report.md`` describe one run (its command, its slides). ``predictions.csv`` is the results
+folder's table: it is rebuilt under a lock (on the folder ``OUT`` itself) from this run's outcomes and every
+other finished slide record of the same configuration in ``OUT/slides``, so two runs sharing a results
+folder (say, on two halves of a cohort) never drop each other's rows, whichever finishes last.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import io
+import json
+import os
 import sys
+from collections.abc import Iterator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,13 +88,16 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += ["## Failed", "", "| slide | error | message |", "|---|---|---|"]
         lines += [f"| {s['key']} | {s['error_class']} | {_md_escape(s['error_message'] or '')} |" for s in failed]
         lines.append("")
-    lines += ["## Slides", "", "| slide | status | tiles | mpp | seconds | prediction |",
-              "|---|---|---:|---:|---:|---|"]
+    lines += ["## Slides", "", "| slide | status | tiles | mpp | slide µm/px (source) | seconds | prediction |",
+              "|---|---|---:|---:|---|---:|---|"]
     for s in report["slides"]:
         mpp = f"{s['effective_mpp'][0]:.4g}" if s.get("effective_mpp") else "-"
+        slide_mpp = (f"{s['slide_mpp'][0]:.4g} ({_md_escape(s.get('mpp_source') or '?')})" if s.get("slide_mpp")
+                     else "-")
         p = s.get("predictions") or {}
         pred = ", ".join(f"{k}={v}" for k, v in p.items() if k.endswith(("predicted", "prediction", "risk"))) or "-"
-        lines.append(f"| {s['key']} | {s['status']} | {s['n_tiles']} | {mpp} | {s['seconds']:.1f} | {pred} |")
+        lines.append(f"| {s['key']} | {s['status']} | {s['n_tiles']} | {mpp} | {slide_mpp} | {s['seconds']:.1f} "
+                     f"| {pred} |")
     return "\n".join(lines) + "\n"
 
 
@@ -96,9 +109,56 @@ def write_report(out: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def write_predictions(out: Path, outcomes: Sequence[SlideOutcome]) -> Path:
-    """``OUT/predictions.csv``: one row per finished slide (input order), its predictions as columns."""
-    rows = [o for o in outcomes if o.ok]
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock (``fcntl.flock``, waited for) on the folder itself: serialises the
+    read-merge-write of ``predictions.csv`` between runs sharing a results folder, and leaves no lock file
+    behind (the lock goes with the process, even when it is killed). Without ``fcntl`` (Windows) no lock is
+    taken; the rewrite is still atomic."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _finished_elsewhere(out: Path, keys: set[str], signature: dict[str, Any]) -> list[SlideOutcome]:
+    """The finished slides of ``OUT/slides`` that are not among ``keys`` (another run's), with the same result
+    signature (another configuration's rows would not belong in this table), sorted by name."""
+    found = []
+    for path in sorted((out / "slides").glob("[!.]*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable: being written (atomically) or damaged; a rerun redoes that slide
+        if (isinstance(rec, dict) and rec.get("status") == "done" and rec.get("key") == path.stem
+                and path.stem not in keys and rec.get("signature") == signature):
+            found.append(SlideOutcome.from_dict(rec))
+    return found
+
+
+def write_predictions(out: Path, outcomes: Sequence[SlideOutcome], signature: dict[str, Any] | None = None) -> Path:
+    """``OUT/predictions.csv``: one row per finished slide, its predictions as columns.
+
+    ``outcomes`` (this run's, in input order) come first; with ``signature``, the finished records of other
+    slides in ``OUT/slides`` with that result signature follow (sorted by name), read and written under
+    :func:`folder_lock`, so concurrent runs into one folder keep each other's rows.
+    """
+    if signature is None:
+        return _write_predictions(out, [o for o in outcomes if o.ok])
+    with folder_lock(out):
+        rows = [o for o in outcomes if o.ok]
+        rows += _finished_elsewhere(out, {o.key for o in outcomes}, signature)
+        return _write_predictions(out, rows)
+
+
+def _write_predictions(out: Path, rows: Sequence[SlideOutcome]) -> Path:
     columns: list[str] = []
     for o in rows:
         columns += [c for c in o.predictions if c not in columns]

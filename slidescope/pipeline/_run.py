@@ -28,6 +28,7 @@ from ._report import report_dict, write_predictions, write_report
 from ._slide import (
     SlideOutcome,
     get_encoder,
+    output_error,
     plan_slide,
     process_slide,
     remove_stale_partials,
@@ -160,7 +161,8 @@ def run(
     progress : a progress bar over the slides (slides/s, tiles/s) on stderr.
     **options : the :class:`RunConfig` fields: ``out`` and ``encoder`` (required), ``model`` (MIL
         checkpoints or training run folders), ``slide_text_model`` and ``prompts`` (zero-shot),
-        ``weights``, ``stores``, ``mpp``, ``tile_size``, ``overlap``, ``min_tissue``, ``slide_mpp``,
+        ``weights``, ``stores``, ``mpp``, ``tile_size``, ``overlap``, ``min_tissue``, ``slide_mpp`` (fills in a
+        missing pixel size), ``force_slide_mpp`` (overrides every slide's),
         ``backend``, ``stain``, ``dtype``, ``precision``, ``device``, ``batch_size``, ``num_workers``,
         ``zero_shot_level``, ``prompt_ensemble``, ``heatmaps``, ``heatmap_size``, ``cmap``, ``normalize``.
 
@@ -183,8 +185,11 @@ def run(
     Results folder ``out``::
 
         predictions.csv           one row per finished slide: slide, path, n_tiles, mil_prob_<class>...,
-                                  mil_predicted, zero_shot_prob_<class>..., zero_shot_predicted
-        report.json, report.md    per slide: status, timings, tiles, effective mpp, error class and message
+                                  mil_predicted, zero_shot_prob_<class>..., zero_shot_predicted; this run's
+                                  slides, then those other runs of the same configuration finished in
+                                  this folder (rebuilt from the records under a lock)
+        report.json, report.md    this run, per slide: status, timings, tiles, effective mpp, the slide's
+                                  pixel size and its source, error class and message
         slides/<key>.json         the slide's record, written last (what makes it "finished")
         heatmaps/<key>.<run>.png  MIL attention over the thumbnail (+ .geojson for QuPath)
         heatmaps/<key>.zero-shot-<class>.png   zero-shot tile similarity per class (+ .geojson)
@@ -262,9 +267,15 @@ def run(
             return
         ordered = [outcomes[p.slide] for p in plan]
         code = (EXIT_SOME_FAILED if any(not o.ok for o in ordered) else EXIT_OK) if finished else None
-        result.report = write_report(out, report_dict(ordered, cfg, started=started, seconds=now - t0,
-                                                      finished=finished, signature=signature, exit_code=code))
-        result.predictions = write_predictions(out, ordered)
+        try:
+            result.report = write_report(out, report_dict(ordered, cfg, started=started, seconds=now - t0,
+                                                          finished=finished, signature=signature, exit_code=code))
+            result.predictions = write_predictions(out, ordered, signature)
+        except OSError as err:  # a full disk: stop with what to do (the slides' records are what a rerun trusts)
+            clear = output_error(err, out)
+            if clear is err:
+                raise
+            raise clear from err
         pace["next"] = time.perf_counter() + 10 * (time.perf_counter() - now)
 
     if not cfg.model and cfg.prompts is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -64,6 +65,8 @@ class SlideOutcome:
     n_tiles : tissue tiles; ``computed_tiles`` those embedded in this run (the rest came from the store).
     tiles_per_s : embedding throughput of this run (0 when all came from the cache).
     effective_mpp : (x, y) µm/px of the tiles as cut (see :class:`~slidescope.wsi.TileGrid`).
+    slide_mpp, mpp_source : the level-0 (x, y) µm/px used and where it came from: ``"file metadata: <which
+        tags>"``, ``"filled in (--slide-mpp)"`` (the file has none) or ``"forced (--force-slide-mpp)"``.
     error_class, error_message : for failures: the exception's class name and its message.
     outputs : name -> path of each output (relative to the results folder when inside it).
     attempts : how many times the slide was started in this run (more than 1 when a Dask worker died).
@@ -80,6 +83,8 @@ class SlideOutcome:
     computed_tiles: int = 0
     tiles_per_s: float = 0.0
     effective_mpp: list[float] | None = None
+    slide_mpp: list[float] | None = None
+    mpp_source: str | None = None
     tissue_mm2: float | None = None
     error_class: str | None = None
     error_message: str | None = None
@@ -146,6 +151,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+#: errno values of a full disk or quota
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def output_error(err: OSError, what: Path | str) -> SlidescopeError | OSError:
+    """A slidescope error for an output that cannot be written for lack of space (``DiskFullError``, whose
+    message says what to do); any other ``OSError`` as it is."""
+    from ..features.store import DiskFullError
+
+    if isinstance(err, SlidescopeError) or err.errno not in _DISK_FULL:
+        return err
+    return DiskFullError(f"no space left on the device to write {err.filename or what} ({err.strerror}). Free "
+                         f"some space (or give another --out / --stores) and run the same command again: finished "
+                         f"slides are kept.")
 
 
 def remove_stale_partials(folder: Path, stem: str) -> None:
@@ -233,6 +254,39 @@ def _slide_text_model(cfg: RunConfig):
     return _SLIDE_TEXT[key]
 
 
+# -- the slide's pixel size --------------------------------------------------------------------------------
+
+MPP_FROM_FILE = "file metadata"
+MPP_FILLED = "filled in (--slide-mpp)"
+MPP_FORCED = "forced (--force-slide-mpp)"
+
+
+def _mpp_source(slide_obj: Any) -> str:
+    from ..wsi._slide import MPP_FILLED_IN
+
+    source = slide_obj.mpp_source
+    if source == "user":
+        return MPP_FORCED
+    if source == MPP_FILLED_IN:
+        return MPP_FILLED
+    return f"{MPP_FROM_FILE}: {source}"
+
+
+def _mpp_change(rec: dict[str, Any], cfg: RunConfig) -> str | None:
+    """Why a finished slide's pixel size would differ under ``cfg`` (None: it would not).
+
+    ``--force-slide-mpp`` is in the result signature; ``--slide-mpp`` only matters to the slides whose record
+    says their pixel size was filled in (a slide whose file gives one is not redone because it was given)."""
+    source = rec.get("mpp_source")
+    if cfg.force_slide_mpp is not None or not isinstance(source, str) or source.startswith(MPP_FORCED):
+        return None  # the signature decides (and records of an older slidescope had their signature change)
+    if source.startswith(MPP_FILLED):
+        used = rec.get("slide_mpp") or [None]
+        if cfg.slide_mpp is None or used[0] is None or abs(float(used[0]) - cfg.slide_mpp) > 1e-12:
+            return f"its pixel size was filled in as {used[0]} µm/px, now --slide-mpp is {cfg.slide_mpp}"
+    return None
+
+
 # -- planning --------------------------------------------------------------------------------------------
 
 
@@ -265,6 +319,9 @@ def plan_slide(slide: str | os.PathLike[str], cfg: RunConfig) -> tuple[str, str,
     changes = signature_changes(rec.get("signature"), result_signature(cfg))
     if changes:
         return "do", f"configuration changed ({', '.join(changes)})", rec
+    mpp_change = _mpp_change(rec, cfg)
+    if mpp_change:
+        return "do", mpp_change, rec
     stat = file_stat(slide)
     if stat is None:
         return "do", "the slide file is missing or unreadable", rec
@@ -278,8 +335,9 @@ def plan_slide(slide: str | os.PathLike[str], cfg: RunConfig) -> tuple[str, str,
     store = rec.get("outputs", {}).get("store")
     if store != _rel(store_path(cfg.stores_dir, slide), out):
         return "do", "its store is in another folder (--stores changed)", rec
-    if not _embeddings_complete(_abs(store, out), cfg.encoder):
-        return "do", "its embeddings are incomplete", rec
+    problem = _store_problem(_abs(store, out), cfg.encoder, rec.get("fingerprint"))
+    if problem is not None:
+        return "do", problem, rec
     return "skip", f"finished {rec.get('finished', '')}".strip(), rec
 
 
@@ -300,6 +358,9 @@ def file_stat(slide: str | os.PathLike[str]) -> list[Any] | None:
         tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime") or ""
         return [info.get("size"), str(tag)]
     try:
+        if os.path.isdir(text):  # a DICOM-WSI series folder: its .dcm files together
+            stats = [os.stat(f) for f in sorted(Path(text).glob("*.dcm"))]
+            return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0), len(stats)]
         st = os.stat(text)
     except OSError:
         return None
@@ -312,18 +373,35 @@ def _fingerprint(slide: str | os.PathLike[str]) -> str | None:
     if "://" in str(slide):
         return None
     try:
+        if os.path.isdir(slide):  # a DICOM-WSI series folder: the file open_slide opens (what its store records)
+            first = sorted(Path(slide).glob("*.dcm"))
+            return slide_fingerprint(first[0]) if first else None
         return slide_fingerprint(slide)
     except OSError:
         return None
 
 
-def _embeddings_complete(store: Path | str, encoder: str) -> bool:
-    from ..features.store import StoreError, open_store
+def _store_problem(store: Path | str, encoder: str, fingerprint: str | None) -> str | None:
+    """Why the slide's store cannot be trusted for a skip (None: it can).
+
+    The embeddings must be complete and read back whole (every chunk present, checksums and metadata
+    valid: a damaged store is redone, not skipped), and made from the slide file the record describes
+    (its fingerprint)."""
+    from ..features.store import IncompleteStoreError, StoreCorruptError, StoreError, open_store
 
     try:
-        return encoder in open_store(store).encoders()
-    except (StoreError, OSError, ValueError):
-        return False
+        st = open_store(store, encoder=encoder)
+        st.verify(encoder)
+    except IncompleteStoreError:
+        return "its embeddings are incomplete"
+    except StoreCorruptError as err:
+        return f"its store is damaged ({err})"
+    except (StoreError, OSError, ValueError) as err:
+        return f"its embeddings cannot be read ({err})"
+    made_from = st.attrs.get("slide", {}).get("fingerprint")
+    if fingerprint is not None and made_from != fingerprint:
+        return f"its store was made from another slide file (fingerprint {made_from}, the record has {fingerprint})"
+    return None
 
 
 def skipped_outcome(slide: str | os.PathLike[str], record: dict[str, Any]) -> SlideOutcome:
@@ -377,15 +455,16 @@ def process_slide(slide: str | os.PathLike[str], config: RunConfig) -> SlideOutc
     key = slide_key(slide)
     outcome = SlideOutcome(slide=slide, key=key, status="done")
     record = record_path(out, slide)
-    record.parent.mkdir(parents=True, exist_ok=True)
     try:
+        record.parent.mkdir(parents=True, exist_ok=True)
         with claim(record):
             _remove_stale_partials(out, key)
             try:
                 _pipeline(slide, config, outcome)
             except SlideClaimedError:  # another run is writing this slide's store: not a failure of the slide
                 raise
-            except Exception as err:  # noqa: BLE001 - one bad slide never stops the batch: record and go on
+            except Exception as caught:  # noqa: BLE001 - one bad slide never stops the batch: record and go on
+                err = output_error(caught, out) if isinstance(caught, OSError) else caught
                 outcome.status = "failed"
                 outcome.error_class = type(err).__name__
                 outcome.error_message = str(err)
@@ -400,11 +479,21 @@ def process_slide(slide: str | os.PathLike[str], config: RunConfig) -> SlideOutc
             data.update(schema=RECORD_SCHEMA, signature=result_signature(config))
             if outcome.status == "done":
                 data.update(file=file_stat(slide), fingerprint=_fingerprint(slide))
-            write_json_atomic(record, data)  # last: from now on the slide counts as finished
+            try:
+                write_json_atomic(record, data)  # last: from now on the slide counts as finished
+            except OSError as err:
+                clear = output_error(err, record)
+                if clear is err:
+                    raise
+                raise clear from err
     except SlideClaimedError as err:
         outcome.status = "claimed"
         outcome.error_class, outcome.error_message = type(err).__name__, str(err)
         log.warning("%s: %s", Path(slide).name, err)
+    except (SlidescopeError, OSError) as err:  # the claim or the record cannot be written (a full disk...)
+        outcome.status = "failed"
+        outcome.error_class, outcome.error_message = type(err).__name__, str(err)
+        log.error("%s: %s: %s", Path(slide).name, type(err).__name__, err)
     outcome.seconds = round(time.perf_counter() - t0, 4)
     return outcome
 
@@ -413,6 +502,7 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
     from ..features.extract import extract_features
     from ..features.store import store_path
     from ..wsi import detect_tissue, make_tile_grid, open_slide
+    from ..wsi._tissue import pen_hint
 
     out = cfg.out_dir
     timed = _Timer(o.timings)
@@ -421,10 +511,15 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
     tile_size = cfg.tile_size if cfg.tile_size is not None else encoder.config.tile_size
     store = store_path(cfg.stores_dir, slide)
     with timed("open"):
-        slide_obj = open_slide(slide, backend=cfg.backend, mpp=cfg.slide_mpp)
+        # --slide-mpp only fills in a missing pixel size; --force-slide-mpp overrides the file's
+        slide_obj = open_slide(slide, backend=cfg.backend, mpp=cfg.force_slide_mpp, default_mpp=cfg.slide_mpp)
     with slide_obj:
+        o.slide_mpp = [round(float(v), 6) for v in slide_obj.mpp]  # MissingMppError: the slide fails, says why
+        o.mpp_source = _mpp_source(slide_obj)
+        if not o.mpp_source.startswith(MPP_FROM_FILE):
+            log.warning("%s: pixel size %s µm/px %s", Path(slide).name, o.slide_mpp[0], o.mpp_source)
         with timed("tissue"):
-            mask = detect_tissue(slide_obj)
+            mask = detect_tissue(slide_obj, pen=cfg.pen)
         o.tissue_mm2 = round(mask.area_um2 / 1e6, 4)
         tissue = out / "tissue" / f"{o.key}.geojson"
         with atomic_path(tissue) as tmp:
@@ -438,7 +533,7 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
             raise EmptyTissueError(
                 f"{Path(slide).name}: no tile of {tile_size} px at {mpp:g} µm/px has at least {cfg.min_tissue:g} "
                 f"tissue ({o.tissue_mm2:g} mm² of tissue found). Check the slide, or lower --min-tissue / "
-                f"--tile-size.")
+                f"--tile-size." + pen_hint(mask))
         with timed("extract"):
             res = extract_features(slide_obj, grid, encoder, store=cfg.stores_dir, batch_size=cfg.batch_size,
                                    num_workers=cfg.num_workers, dtype=cfg.dtype, stain=cfg.stain,
@@ -491,6 +586,6 @@ def _heatmap(slide: str, store: Path | str, scores: str, stem: Path, cfg: RunCon
     png, geo = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".geojson")
     with atomic_path(png) as tmp_png, atomic_path(geo) as tmp_geo:
         heatmap(slide, store, scores=scores, out_png=tmp_png, out_geojson=tmp_geo, size=cfg.heatmap_size,
-                cmap=cfg.cmap, normalize=cfg.normalize, backend=cfg.backend, slide_mpp=cfg.slide_mpp)
+                cmap=cfg.cmap, normalize=cfg.normalize, backend=cfg.backend)  # (the thumbnail needs no mpp)
     o.outputs[name] = _rel(png, cfg.out_dir)
     o.outputs[name + ".geojson"] = _rel(geo, cfg.out_dir)

@@ -51,6 +51,8 @@ class AnalysisRequest:
     weights : encoder weights (file, directory or hub id) for encoders that need them.
     slide_mpp : level-0 µm/px when the file has none.
     num_workers : reader processes for extraction (0: in the worker thread; safest inside a GUI).
+    pen : pen-mark removal in tissue detection: ``"auto"`` (off on IHC slides), ``"on"`` or ``"off"``
+        (see :func:`~slidescope.wsi.detect_tissue`).
     """
 
     slide: Path
@@ -64,6 +66,7 @@ class AnalysisRequest:
     device: str = "cpu"
     num_workers: int = 0
     batch_size: int | str = "auto"
+    pen: str = "auto"
 
     @property
     def mode(self) -> str:
@@ -170,7 +173,7 @@ def cached_embeddings(store: Path, slide_path: Path, encoder: str) -> bool:
     if not (store / "zarr.json").exists():
         return False
     try:
-        opened = open_store(store)
+        opened = open_store(store, encoder=encoder)
     except StoreError:
         return False
     return opened.attrs.get("slide", {}).get("fingerprint") == _fingerprint(slide_path) and encoder in opened.encoders()
@@ -273,10 +276,10 @@ def run_analysis(request: AnalysisRequest, *, cancel: threading.Event | None = N
     model = _check_model(request, config.embed_dim)
     root, store = resolve_store(request.store, slide_path)
 
-    with open_slide(slide_path, mpp=request.slide_mpp) as slide:
+    with open_slide(slide_path, default_mpp=request.slide_mpp) as slide:
         mpp = slide.mpp
         yield Progress("finding the tissue")
-        tissue = detect_tissue(slide)
+        tissue = detect_tissue(slide, pen=request.pen)
         result = AnalysisResult(slide=slide_path, store=store, mpp=(float(mpp[0]), float(mpp[1])), tissue=tissue)
         if cached_embeddings(store, slide_path, request.encoder):
             result.reused_embeddings = True

@@ -151,7 +151,12 @@ class SlideTextModel(nn.Module):
                                         f"slidescope understands ({SCHEMA_VERSION}); upgrade slidescope")
         tower = load_text_tower(path / "text_tower")
         model = cls(PerceiverSlideEncoderConfig.from_dict(cfg["slide_encoder"]), tower, dim_latents=cfg["dim_latents"])
-        state = load_file(str(path / "model.safetensors"), device=str(map_location))
+        try:
+            state = load_file(str(path / "model.safetensors"), device=str(map_location))
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError...: a truncated or damaged file
+            raise InvalidParameterError(f"{path / 'model.safetensors'} is not a readable safetensors file "
+                                        f"({type(err).__name__}: {err}); it is probably truncated or damaged: copy "
+                                        f"the model folder again (or save it again).") from err
         expected = _own_state(model)
         missing, unexpected = set(expected) - set(state), set(state) - set(expected)
         if missing or unexpected:

@@ -141,7 +141,7 @@ def read_report_manifest(path: str | os.PathLike[str], *, store: str | os.PathLi
         bad = []
         for r in rows:
             try:
-                if encoder not in open_store(store_path(store, r.slide)).encoders():
+                if encoder not in open_store(store_path(store, r.slide), encoder=encoder).encoders():
                     bad.append(f"{r.key} (no complete {encoder!r} embeddings)")
             except StoreError:
                 bad.append(f"{r.key} (no store)")
@@ -551,7 +551,7 @@ def pretrain(
         raise InvalidParameterError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     rows = read_report_manifest(manifest, store=store, encoder=encoder, report_column=report_column)
     train_rows, val_rows = split_patients(rows, val_fraction=val_fraction, seed=seed)
-    first = open_store(store_path(store, rows[0].slide))
+    first = open_store(store_path(store, rows[0].slide), encoder=encoder)
     in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
     cfg = slide_encoder or default_slide_encoder(in_dim)
     if cfg.context_dim != in_dim:

@@ -12,17 +12,66 @@ The optional libraries are imported when a backend is first used, never when sli
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from ..errors import MissingDependencyError, SlideReadError, UnsupportedSlideError
+from ..errors import InvalidParameterError, MissingDependencyError, SlideReadError, UnsupportedSlideError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "Backend", "register_backend"]
+
+
+#: Largest level-0 image accepted, in pixels: 100 gigapixels, twice the largest real scans (about
+#: 150k x 350k px at 40x). A header declaring more is a forgery or a bomb. Raise it with the
+#: environment variable ``SLIDESCOPE_MAX_IMAGE_PIXELS``.
+MAX_IMAGE_PIXELS = 10**11
+
+#: Largest amount of decoded pixel data one read may need, in bytes: one decoded file segment (a
+#: strip or tile that a reader must decode whole) or one requested region. 512 MiB: a real slide's
+#: tiles are a few MB; a single-strip image above this (~13k x 13k RGB) is refused at open instead
+#: of being decoded whole (a decompression bomb decodes to GBs). Below it, a level stored in big
+#: strips is decoded once and kept (:data:`WHOLE_LEVEL_STRIP_BYTES`): the memory a strip read needs
+#: anyway, held instead of re-decoded per block. Raise it with ``SLIDESCOPE_MAX_DECODE_MB`` (MiB).
+MAX_DECODE_BYTES = 512 * 2**20
+
+
+def _env_limit(name: str, default: int, scale: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise InvalidParameterError(f"{name} must be a positive number, got {raw!r}; unset it to use the default")
+    return int(value * scale)
+
+
+def max_image_pixels() -> int:
+    """The level-0 pixel limit in force (:data:`MAX_IMAGE_PIXELS` or ``$SLIDESCOPE_MAX_IMAGE_PIXELS``)."""
+    return _env_limit("SLIDESCOPE_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+
+
+def max_decode_bytes() -> int:
+    """The per-read decode budget in force (:data:`MAX_DECODE_BYTES` or ``$SLIDESCOPE_MAX_DECODE_MB``)."""
+    return _env_limit("SLIDESCOPE_MAX_DECODE_MB", MAX_DECODE_BYTES, 2**20)
+
+
+#: Strips bigger than this (bytes, decoded) make tiffslide decode the whole level once instead of a
+#: strip per read: 8 MiB, the size of a few dozen ordinary strips or tiles.
+WHOLE_LEVEL_STRIP_BYTES = 8 * 2**20
+
+
+def _definitive(err: UnsupportedSlideError) -> UnsupportedSlideError:
+    """Mark a refusal that no other backend can overturn (bomb, not brightfield): open_slide stops there."""
+    err.definitive = True  # type: ignore[attr-defined]
+    return err
 
 
 class Backend:
@@ -160,6 +209,7 @@ class TiffSlideBackend(Backend):
             raise UnsupportedSlideError(
                 f"tiffslide cannot decode {path}: TIFF compression {page.compression!r} is not supported"
             )
+        self._check_decode_budget(path)
         self.library = f"tiffslide {tiffslide.__version__}"
         self.dimensions = tuple(self._slide.dimensions)
         self.level_dimensions = tuple(tuple(d) for d in self._slide.level_dimensions)
@@ -176,14 +226,61 @@ class TiffSlideBackend(Backend):
         self.properties = props
         self.vendor = props.get("tiffslide.vendor")
         self._is_ome = bool(getattr(self._slide.ts_tifffile, "is_ome", False))
+        self._whole: dict[int, np.ndarray] = {}  # levels decoded once (see _whole_level)
+
+    def _check_decode_budget(self, path: Path) -> None:
+        """Refuse a level whose strips or tiles decode to more than the per-read budget.
+
+        tifffile decodes a whole strip or tile for any region touching it, so a single-strip level of
+        50k x 50k px (a few MB of zeros deflated: a decompression bomb) would be decoded whole, 7.5 GB,
+        for every block read from it. The check reads only the page headers."""
+        budget = max_decode_bytes()
+        self._decode_whole: set[int] = set()
+        for level, lvl in enumerate(self._slide.ts_tifffile.series[0].levels):
+            page = lvl.keyframe
+            itemsize = np.dtype(page.dtype or np.uint8).itemsize
+            chunk = int(np.prod(page.chunks, dtype=np.int64)) * itemsize
+            if (not page.is_tiled and chunk > WHOLE_LEVEL_STRIP_BYTES
+                    and int(np.prod(page.shape, dtype=np.int64)) * itemsize <= budget):
+                self._decode_whole.add(level)
+            if chunk > budget:
+                self._close_quietly()
+                shape = "x".join(str(v) for v in page.chunks)
+                raise _definitive(UnsupportedSlideError(
+                    f"{path.name}: level {level} ({page.imagewidth}x{page.imagelength} px) is stored in "
+                    f"{'tiles' if page.is_tiled else 'strips'} of {shape} that each decode to "
+                    f"{chunk / 2**20:.0f} MiB, over the decode budget of {budget / 2**20:.0f} MiB per read "
+                    f"(MAX_DECODE_BYTES): an untiled huge image or a decompression bomb, decoded whole for every "
+                    f"block. Convert it to a tiled pyramid (`vips tiffsave in.tif out.tif --tile --pyramid "
+                    f"--compression jpeg`), or if you trust the file raise the budget: "
+                    f"SLIDESCOPE_MAX_DECODE_MB={int(chunk / 2**20) + 1}."
+                ))
 
     def _close_quietly(self) -> None:
         slide = getattr(self, "_slide", None)
         if slide is not None:
             slide.close()
 
+    def _whole_level(self, level: int) -> np.ndarray:
+        """A level stored in big strips, decoded once and kept (within the decode budget).
+
+        tifffile decodes a whole strip for any region that touches it; a level of one 100 MB strip
+        read in 512 px blocks would be decoded hundreds of times."""
+        arr = self._whole.get(level)
+        if arr is None:
+            arr = self._slide.ts_tifffile.series[0].levels[level].keyframe.asarray()
+            self._whole[level] = arr
+        return arr
+
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         try:
+            if level in self._decode_whole:
+                ds = self.level_downsamples[level]
+                # tiffslide's own mapping of a level-0 location to level pixels
+                x, y = int(location[0] / ds), int(location[1] / ds)
+                arr = self._whole_level(level)
+                if arr.ndim == 3:
+                    return arr[y : y + size[1], x : x + size[0]]
             arr = self._slide.read_region(location, level, size, as_array=True)
         except Exception as err:  # decoder errors come from imagecodecs with many types
             raise SlideReadError(f"{type(err).__name__}: {err}") from err
@@ -205,6 +302,7 @@ class TiffSlideBackend(Backend):
         return (mx, my), _mpp_source(self.vendor)
 
     def close(self) -> None:
+        self._whole.clear()
         self._slide.close()
 
 

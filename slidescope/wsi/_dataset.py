@@ -50,7 +50,8 @@ class TileDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if isinstance(slide, Slide):
-            self._open = (str(slide.path), slide.backend, slide._mpp_override)
+            # the pixel size as resolved here (the file's, filled in or forced): workers reopen with the same
+            self._open = (str(slide.path), slide.backend, slide.mpp if slide.has_mpp else None)
         else:
             self._open = (str(slide), "auto", None)
         self.grid = grid

@@ -267,9 +267,12 @@ def make_tile_grid(
     )
     if len(grid) == 0 and not allow_empty:
         what = "no tissue was found" if mask.is_empty else f"no tile has >= {min_tissue:.0%} tissue"
+        from ._tissue import pen_hint
+
         raise EmptyTissueError(
             f"{slide.path.name}: {what}. If the slide really has tissue, it may be pale: lower the detection "
             f"threshold (detect_tissue(slide, threshold=...)) or min_tissue, or keep every tile with min_tissue=0."
+            + pen_hint(mask)
         )
     log.debug(
         "%s: %d tiles of %d px at %.4g µm/px (extent %s level-0 px, level %d, read %s)",

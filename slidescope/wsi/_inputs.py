@@ -1,9 +1,20 @@
-"""Turning what a user types (files, folders, globs, CSV manifests) into a list of slide paths."""
+"""Turning what a user types (files, folders, globs, CSV manifests) into a list of slide paths.
+
+DICOM WSI: a series is a folder of ``.dcm`` files (one per level, plus label/overview); OpenSlide opens
+the whole series through any one of them. A series is **one slide named after its folder**
+(:func:`dicom_series_name`; chosen over the SeriesInstanceUID, which would need a DICOM reader and
+gives unreadable names). A folder given as input is a series when its only slide files are ``.dcm``
+files; otherwise it is a folder of slides: its other slide files, each subfolder holding ``.dcm`` files
+(one series each) and, if it also holds loose ``.dcm`` files, those as one more series named after the
+folder.
+"""
 
 from __future__ import annotations
 
 import csv
+import errno
 import glob
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +22,9 @@ from pathlib import Path
 from ..errors import InvalidParameterError, SlideNotFoundError
 from ._remote import is_url
 
-__all__ = ["expand_slides", "SLIDE_SUFFIXES"]
+log = logging.getLogger(__name__)
+
+__all__ = ["expand_slides", "SLIDE_SUFFIXES", "dicom_series_name", "broken_link_message"]
 
 #: file endings treated as slides when a folder is given (lower case)
 SLIDE_SUFFIXES = (
@@ -22,6 +35,63 @@ SLIDE_SUFFIXES = (
 
 def _is_slide_name(path: Path) -> bool:
     return path.name.lower().endswith(SLIDE_SUFFIXES)
+
+
+def _is_dcm(path: Path | str) -> bool:
+    return str(path).lower().endswith(".dcm")
+
+
+def _dcm_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if _is_dcm(p.name) and p.is_file())
+
+
+def dicom_series_name(path: str | os.PathLike[str]) -> str | None:
+    """The slide name of a DICOM-WSI series given as its folder or one of its ``.dcm`` files: the folder's
+    name. None when ``path`` is not DICOM (a ``.dcm`` file, or a local folder holding ``.dcm`` files)."""
+    text = os.fspath(path)
+    p = Path(text)
+    if _is_dcm(p.name):
+        parent = p.parent if p.parent.name else Path(os.path.abspath(text)).parent
+        return parent.name or p.stem
+    if "://" not in text and p.is_dir() and any(_is_dcm(q.name) for q in p.iterdir()):
+        return p.name
+    return None
+
+
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def broken_link_message(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is a symbolic link that leads to no file (dangling, or a loop); None otherwise."""
+    p = Path(os.fspath(path))
+    if "://" in os.fspath(path) or not _is_broken_link(p):
+        return None
+    try:
+        os.stat(p)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"{p} is a symbolic link loop (it leads back to itself); fix or remove the link"
+    return f"{p} is a symbolic link to {os.readlink(p)}, which does not exist; fix or remove the link"
+
+
+def _folder_slides(path: Path) -> list[Path]:
+    """The slides of a folder (see the module docstring); a DICOM series folder is itself one slide.
+
+    Dangling symbolic links and link loops with slide names are listed: the batch reports them as failed
+    slides instead of dropping them silently."""
+    entries = sorted(path.iterdir())
+    dcm = [p for p in entries if _is_dcm(p.name) and (p.is_file() or _is_broken_link(p))]
+    files = [p for p in entries
+             if _is_slide_name(p) and not _is_dcm(p.name) and (p.is_file() or _is_broken_link(p))]
+    series = [p for p in entries if p.is_dir() and any(_is_dcm(q.name) for q in p.iterdir())]
+    if dcm and not files and not series:
+        return [path]  # a DICOM series folder: one slide
+    if dcm:
+        log.warning("%s holds .dcm files besides other slides: they are taken as one DICOM series, named %r",
+                    path, path.name)
+        files.append(next((p for p in dcm if p.is_file()), dcm[0]))
+    return files + series
 
 
 def _from_csv(path: Path) -> list[Path | str]:
@@ -47,7 +117,12 @@ def _from_csv(path: Path) -> list[Path | str]:
 
 def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
     """Slide paths from files, folders (their slide files, not recursive), glob patterns and CSV
-    manifests (column ``slide`` or ``path``, relative to the CSV). Order is kept, duplicates dropped.
+    manifests (column ``slide`` or ``path``, relative to the CSV). Order is kept, duplicates dropped
+    (the ``.dcm`` files of one folder are one DICOM series: the first stands for it).
+
+    A folder whose only slide files are ``.dcm`` files is one DICOM-WSI slide; a folder of slides also
+    lists each subfolder of ``.dcm`` files and, as one more slide, its own ``.dcm`` files (see the module
+    docstring). Dangling links and link loops with slide names are kept, like missing files.
 
     Missing files are kept in the list (the batch reports them as failures); a pattern or folder
     that matches nothing raises :class:`SlideNotFoundError`. fsspec URLs (``s3://...``, given directly
@@ -63,9 +138,8 @@ def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
         path = Path(text).expanduser()
         if path.suffix.lower() == ".csv" and path.is_file():
             out.extend(_from_csv(path))
-        elif path.is_dir() and not any(path.glob("*.dcm")):
-            found = sorted(p for p in path.iterdir() if p.is_file() and _is_slide_name(p))
-            found += sorted(p for p in path.iterdir() if p.is_dir() and any(p.glob("*.dcm")))
+        elif path.is_dir():
+            found = _folder_slides(path)
             if not found:
                 raise SlideNotFoundError(f"no slide files in {path} (looked for {', '.join(SLIDE_SUFFIXES)})")
             out.extend(found)
@@ -80,6 +154,8 @@ def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
     unique = []
     for p in out:
         key = p if isinstance(p, str) else (p.resolve() if p.exists() else p)
+        if isinstance(key, Path) and _is_dcm(key.name):  # the files of one DICOM series are one slide
+            key = key.parent
         if key not in seen:
             seen.add(key)
             unique.append(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +16,15 @@ from ..errors import (
     InvalidParameterError,
     MissingMppError,
     SlideNotFoundError,
+    SlidescopeError,
     SlideReadError,
     UnsupportedSlideError,
 )
-from ._backends import BACKENDS, Backend, auto_order
+from ._backends import BACKENDS, Backend, _definitive, auto_order, max_decode_bytes, max_image_pixels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Slide", "open_slide", "MPP_PLAUSIBLE"]
+__all__ = ["Slide", "open_slide", "MPP_PLAUSIBLE", "MPP_FILLED_IN"]
 
 #: Level-0 pixel sizes outside this range (µm/px) are not a microscope scan: a TIFF written by
 #: ordinary software carries 72 or 96 dpi (353 or 265 µm/px), which must not pass for a real mpp.
@@ -33,12 +35,16 @@ MPP_PLAUSIBLE = (0.02, 50.0)
 #: below. The physical extent of a tile is unaffected; only its sampling density differs by < 1%.
 LEVEL_MPP_TOLERANCE = 0.01
 
+#: ``Slide.mpp_source`` when the pixel size came from ``default_mpp`` (the file has none)
+MPP_FILLED_IN = "filled in"
+
 
 @dataclass(frozen=True)
 class _OpenArgs:
     path: Path
     backend: str
     mpp: tuple[float, float] | None
+    default_mpp: tuple[float, float] | None = None
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -50,7 +56,13 @@ class _AssociatedImages(Mapping[str, np.ndarray]):
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._slide._backend.associated_image_names():
             raise KeyError(name)
-        return _to_rgb(self._slide._backend.associated_image(name))
+        try:
+            return _to_rgb(self._slide._backend.associated_image(name))
+        except Exception as err:  # noqa: BLE001 - backends raise many types; one slidescope error out
+            raise SlideReadError(
+                f"{self._slide.path.name}: the associated image {name!r} cannot be decoded "
+                f"({type(err).__name__}: {err}). The file is damaged there; the slide's pixels may still read."
+            ) from err
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._slide._backend.associated_image_names())
@@ -88,10 +100,12 @@ class Slide:
     itself in the receiving process, so it can be handed to DataLoader workers.
     """
 
-    def __init__(self, path: Path, backend: Backend, *, mpp: tuple[float, float] | None = None) -> None:
+    def __init__(self, path: Path, backend: Backend, *, mpp: tuple[float, float] | None = None,
+                 default_mpp: tuple[float, float] | None = None) -> None:
         self.path = path
         self._backend = backend
         self._mpp_override = mpp
+        self._mpp_default = default_mpp
         self._tiff = None  # fast tile source, made on first use (see tile_source)
         self._tiff_tried = False
         self._backend_closed = False
@@ -151,7 +165,9 @@ class Slide:
 
     @property
     def mpp_source(self) -> str:
-        """Where :attr:`mpp` came from (``"user"``, ``"Aperio ImageDescription (MPP)"``...)."""
+        """Where :attr:`mpp` came from: ``"user"`` (``mpp=``, overriding the file), ``"filled in"``
+        (``default_mpp=``, the file has no plausible pixel size) or the metadata that gave it
+        (``"Aperio ImageDescription (MPP)"``...)."""
         _, source = self._resolve_mpp()
         return source
 
@@ -159,13 +175,15 @@ class Slide:
         if self._mpp_override is not None:
             return self._mpp_override, "user"
         found, source = self._backend.mpp()
+        lo, hi = MPP_PLAUSIBLE
+        if self._mpp_default is not None and (found is None or not all(lo <= v <= hi for v in found)):
+            return self._mpp_default, MPP_FILLED_IN
         if found is None:
             raise MissingMppError(
                 f"{self.path.name} carries no pixel size (µm/px) in its metadata. Pass it yourself: "
                 f"open_slide(path, mpp=0.25), or `--slide-mpp 0.25` on the command line (0.25 for a 40x scan, "
                 f"0.5 for 20x; check the scanner's report)."
             )
-        lo, hi = MPP_PLAUSIBLE
         if not all(lo <= v <= hi for v in found):
             raise MissingMppError(
                 f"{self.path.name}: the {source} say {found[0]:.4g} µm/px, which is not a microscope scan "
@@ -236,6 +254,12 @@ class Slide:
         w, h = (int(v) for v in size)
         if w <= 0 or h <= 0:
             raise InvalidParameterError(f"region size must be positive, got {size}")
+        budget = max_decode_bytes()
+        if w * h * 4 > budget:  # the backend hands back RGBA
+            raise InvalidParameterError(
+                f"a {w}x{h} px region needs {w * h * 4 / 2**20:.0f} MiB, over the decode budget of "
+                f"{budget / 2**20:.0f} MiB per read: read it in blocks (or raise SLIDESCOPE_MAX_DECODE_MB)"
+            )
         if not 0 <= level < self.level_count:
             raise InvalidParameterError(f"level {level} does not exist; {self.path.name} has {self.level_count}")
         ds_x, ds_y = self._level_scale(level)
@@ -261,11 +285,20 @@ class Slide:
     def _read_inside(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         try:
             return _to_rgb(self._backend.read_region(location, level, size))
-        except SlideReadError as err:
+        except SlidescopeError as err:
+            if not isinstance(err, SlideReadError):
+                raise
             raise SlideReadError(
                 f"{self.path.name}: cannot decode the region at level-0 (x={location[0]}, y={location[1]}), "
                 f"level {level}, size {size[0]}x{size[1]} ({self.backend}: {err}). The file is probably "
                 f"corrupt there: re-export or re-scan it, or exclude that region."
+            ) from err
+        except Exception as err:  # noqa: BLE001 - a reader's own bug on an odd file: one slide fails, not the batch
+            raise SlideReadError(
+                f"{self.path.name}: the {self.backend} reader failed on the region at level-0 (x={location[0]}, "
+                f"y={location[1]}), level {level}, size {size[0]}x{size[1]} ({type(err).__name__}: {err}). The "
+                f"file's structure is unusual or damaged: re-export it as a tiled pyramidal TIFF (e.g. "
+                f"`vips tiffsave in out.tif --tile --pyramid --compression jpeg`)."
             ) from err
 
     def get_thumbnail(self, size: tuple[int, int]) -> np.ndarray:
@@ -291,7 +324,34 @@ class Slide:
 
             self._tiff_tried = True
             self._tiff = TiffTileSource.open(self.path, self.level_dimensions)
+            if self._tiff is not None:
+                # through a weak reference: a bound method would make a Slide <-> source cycle, and a
+                # cycle is freed by the garbage collector in any order, file handles before close()
+                ref = weakref.ref(self)
+
+                def fallback(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+                    slide = ref()
+                    if slide is None:
+                        raise SlideReadError("the slide was closed")
+                    return slide._read_level_region(level, x, y, w, h)
+
+                self._tiff.fallback = fallback
         return self._tiff
+
+    def _read_level_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """RGB of a region inside a level, in level pixels, read through the backend (the fast reader's
+        fallback). Raises SlideReadError with the backend's own words."""
+        loc = (x, y)
+        if level:
+            dsx, dsy = self._level_scale(level)
+            # the smallest level-0 coordinate that maps back to level pixel (x, y) (see read_region)
+            loc = (int(np.ceil(x * dsx - 1e-9)), int(np.ceil(y * dsy - 1e-9)))
+        try:
+            return _to_rgb(self._backend.read_region(loc, level, (w, h)))
+        except SlidescopeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a reader's own bug on an odd file is its verdict too
+            raise SlideReadError(f"{self.backend}: {type(err).__name__}: {err}") from err
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -316,15 +376,28 @@ class Slide:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (_OpenArgs(self.path, self.backend, self._mpp_override),))
+        return (_reopen, (_OpenArgs(self.path, self.backend, self._mpp_override, self._mpp_default),))
 
     def __repr__(self) -> str:
         w, h = self.dimensions
         return f"Slide({str(self.path)!r}, backend={self.backend!r}, {w}x{h}, levels={self.level_count})"
 
 
+def _check_size(path: Path, backend: Backend) -> None:
+    """Refuse an image larger than the pixel limit before anything is decoded (decompression bombs)."""
+    w, h = backend.dimensions
+    limit = max_image_pixels()
+    if int(w) * int(h) > limit:
+        backend.close()
+        raise _definitive(UnsupportedSlideError(
+            f"{path.name} declares a {w}x{h} px image ({int(w) * int(h) / 1e9:.3g} gigapixels), over the limit "
+            f"of {limit / 1e9:.3g} gigapixels (MAX_IMAGE_PIXELS): a forged or damaged header, or a decompression "
+            f"bomb. If the image is real, raise the limit: SLIDESCOPE_MAX_IMAGE_PIXELS={int(w) * int(h)}."
+        ))
+
+
 def _reopen(args: _OpenArgs) -> Slide:
-    return open_slide(args.path, backend=args.backend, mpp=args.mpp)
+    return open_slide(args.path, backend=args.backend, mpp=args.mpp, default_mpp=args.default_mpp)
 
 
 def _check_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float] | None:
@@ -337,7 +410,8 @@ def _check_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float] |
 
 
 def open_slide(
-    path: str | os.PathLike[str], *, backend: str = "auto", mpp: float | tuple[float, float] | None = None
+    path: str | os.PathLike[str], *, backend: str = "auto", mpp: float | tuple[float, float] | None = None,
+    default_mpp: float | tuple[float, float] | None = None,
 ) -> Slide:
     """Open a whole-slide image.
 
@@ -351,8 +425,11 @@ def open_slide(
         ``auto`` tries OpenSlide first (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the
         other.
     mpp : float or (float, float), optional
-        Level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)). Needed for files
-        without a pixel size.
+        Level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)); ``mpp_source`` is
+        ``"user"``. The command line's ``--force-slide-mpp``.
+    default_mpp : float or (float, float), optional
+        Level-0 µm per pixel used only when the file has no plausible one (``mpp_source`` is
+        ``"filled in"``); a file's own pixel size wins. The command line's ``--slide-mpp``.
 
     Returns
     -------
@@ -366,7 +443,11 @@ def open_slide(
     SlideNotFoundError
         No such file.
     UnsupportedSlideError
-        No backend can open it (not a slide, unknown compression, truncated file).
+        No backend can open it (not a slide, unknown compression, truncated file); it is not 8-bit RGB
+        brightfield (16-bit or float samples, greyscale, fluorescence/multiplex channels); or it is over
+        a size limit: more than ``SLIDESCOPE_MAX_IMAGE_PIXELS`` level-0 pixels (default 1e11), or strips
+        or tiles that decode to more than ``SLIDESCOPE_MAX_DECODE_MB`` each (default 512), checked from
+        the headers before anything is decoded.
     InvalidParameterError
         Unknown backend or an implausible ``mpp``.
 
@@ -388,7 +469,10 @@ def open_slide(
         path = path[len("file://") :]
     p = Path(path).expanduser()
     if not p.exists():
-        raise SlideNotFoundError(f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()}).")
+        from ._inputs import broken_link_message
+
+        broken = broken_link_message(p)  # a dangling link or a link loop: say so, not "no such slide"
+        raise SlideNotFoundError(broken or f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()}).")
     if p.is_dir():
         # DICOM-WSI series are folders of .dcm files; OpenSlide opens one file of the series.
         dcm = sorted(p.glob("*.dcm"))
@@ -399,7 +483,19 @@ def open_slide(
                 f"{p} is a directory, not a slide. Pass a slide file (for a batch, use `slidescope` batch "
                 f"commands on the folder)."
             )
+    from ._tiff import pixel_format_problem
+
+    problem = pixel_format_problem(p)  # before any backend: a backend would read it as RGB anyway
+    if problem is not None:
+        raise UnsupportedSlideError(
+            f"{p.name} {problem}. slidescope reads 8-bit RGB brightfield scans (H&E, IHC): SVS, NDPI, MRXS, "
+            f"SCN, BIF, DICOM, Philips TIFF, RGB OME-TIFF/QPTIFF, tiled TIFF. Fluorescence/multiplex images "
+            f"are not brightfield H&E; for a brightfield scan stored otherwise, convert it to 8-bit RGB first "
+            f"(e.g. `vips colourspace in.tif out.tif srgb` then `vips tiffsave out.tif rgb.tif --tile "
+            f"--pyramid --compression jpeg`, or QuPath's export as 8-bit RGB)."
+        )
     override = _check_mpp(mpp)
+    fill = _check_mpp(default_mpp)
     if backend == "auto":
         names = auto_order(p)
     elif backend in BACKENDS:
@@ -411,10 +507,19 @@ def open_slide(
         try:
             opened = BACKENDS[name](p)
         except UnsupportedSlideError as err:
+            if getattr(err, "definitive", False):
+                raise
             errors.append(f"{name}: {err}")
             log.debug("backend %s could not open %s: %s", name, p, err)
             continue
-        return Slide(p, opened, mpp=override)
+        except SlidescopeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a library's own bug on an odd file: try the next backend
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+            log.debug("backend %s failed on %s", name, p, exc_info=True)
+            continue
+        _check_size(p, opened)
+        return Slide(p, opened, mpp=override, default_mpp=fill)
     raise UnsupportedSlideError(
         f"cannot open {p.name} as a slide ({'; '.join(errors)}). Is it a whole-slide image? Supported: "
         f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF and tiled TIFF. A truncated or "

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..errors import SlidescopeError, SlideReadError
 from ._grid import TileGrid
 from ._slide import Slide
 
@@ -57,15 +58,19 @@ def _read_level(slide: Slide, level: int, x: int, y: int, w: int, h: int, direct
     if direct and x >= 0 and y >= 0 and x + w <= lw and y + h <= lh:
         try:
             return slide.tile_source().read(level, x, y, w, h)
-        except Exception as err:
-            from ..errors import SlideReadError
-
-            if isinstance(err, SlideReadError):
-                raise SlideReadError(
-                    f"{slide.path.name}: cannot decode the region at level {level} (x={x}, y={y}, {w}x{h} px): "
-                    f"{err}. The file is probably corrupt there: re-export or re-scan it, or exclude that region."
-                ) from err
+        except SlideReadError as err:
+            raise SlideReadError(
+                f"{slide.path.name}: cannot decode the region at level {level} (x={x}, y={y}, {w}x{h} px): "
+                f"{err}. The file is corrupt there: re-export or re-scan it, or exclude that region."
+            ) from err
+        except SlidescopeError:
             raise
+        except Exception as err:  # noqa: BLE001 - the reader's own failure on an odd file fails this slide only
+            raise SlideReadError(
+                f"{slide.path.name}: the direct TIFF reader failed on the region at level {level} (x={x}, y={y}, "
+                f"{w}x{h} px) ({type(err).__name__}: {err}). The file's structure is unusual or damaged: "
+                f"re-export it as a tiled pyramidal TIFF (`vips tiffsave in out.tif --tile --pyramid`)."
+            ) from err
     if level == 0:
         loc = (x, y)
     else:

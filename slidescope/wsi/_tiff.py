@@ -8,25 +8,118 @@ decoded about once. On CMU-1-Small-Region the pixels are identical to OpenSlide'
 (tests/wsi/test_tiles.py checks equality on every supported test slide).
 
 A level is served only when tifffile finds a page with exactly that level's dimensions, tiled,
-contiguous 8-bit RGB. Anything else (NDPI strips, MRXS, DICOM, odd photometrics) returns ``None``
-from :meth:`TiffTileSource.open` or :meth:`TiffTileSource.has_level` and the caller uses the slide's
-backend instead.
+contiguous 8-bit RGB, with one offset and byte count per tile and tiles within the decode budget.
+Anything else (NDPI strips, MRXS, DICOM, odd photometrics, a page whose tile offsets are missing)
+returns ``None`` from :meth:`TiffTileSource.open` or :meth:`TiffTileSource.has_level` and the caller
+uses the slide's backend instead.
+
+**The backend has the last word on damaged tiles.** imagecodecs hands libjpeg's warnings to no one:
+a tile whose entropy-coded data is cut short or overwritten ("Corrupt JPEG data: premature end of
+data segment", which OpenSlide treats as an error) decodes without complaint, the missing part filled
+with flat grey. So every JPEG tile is checked for the two traces such damage leaves (choices named in
+:func:`jpeg_damage`): a marker other than a restart marker inside the entropy-coded data or a stream
+that does not end in EOI, and a last 8x8 block that is exactly the decoder's fill value (128, 128, 128).
+A tile that fails a check, or whose decoder raises, is read through the slide's backend instead: if the
+backend decodes it, its pixels are used (a false alarm costs one slower read, never a different
+answer); if the backend fails too, :class:`~slidescope.errors.SlideReadError` names the tile and level.
+Damage that leaves neither trace (a flipped bit inside the Huffman data) decodes to the same wrong
+pixels through OpenSlide as here: the fast path never answers differently from the backend.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SlideReadError
+from ._backends import max_decode_bytes
 
 log = logging.getLogger(__name__)
 
 #: bytes of decoded tiles kept per open slide (per worker process)
 DEFAULT_CACHE_BYTES = 96 * 2**20
+
+#: TIFF compression codes decoded by libjpeg (JPEG, Aperio JPEG YCbCr/RGB)
+_JPEG_CODES = (7, 33003, 33005)
+#: a marker inside entropy-coded data: 0xFF followed by anything but a stuffed 0x00, a restart
+#: marker (0xD0-0xD7) or a fill byte (0xFF)
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+#: what libjpeg puts in the blocks it has no data for: all coefficients zero, i.e. mid-grey
+_JPEG_FILL = 128
+
+
+def jpeg_damage(data: bytes) -> str | None:
+    """The trace of damage in one JPEG tile's bytes before decoding, or None when it looks whole.
+
+    Checks (structure only, no decoding): the stream must start with SOI, reach a start-of-scan
+    through well-formed marker segments, and its entropy-coded data must run without any marker
+    but restart markers up to a final EOI (zero padding after EOI is allowed). A marker inside the
+    data is exactly what makes libjpeg warn "premature end of data segment"; a missing EOI is a
+    truncated tile. Progressive JPEG (several scans) is reported too: it is read by the backend.
+    """
+    end = len(data.rstrip(b"\x00"))
+    if end < 4 or data[:2] != b"\xff\xd8":
+        return "no JPEG start-of-image marker"
+    if data[end - 2 : end] != b"\xff\xd9":
+        return "no end-of-image marker (truncated data)"
+    i = 2
+    while True:  # marker segments up to the start of scan
+        if i + 4 > end or data[i] != 0xFF:
+            return "malformed JPEG header"
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        i += 2 + length
+        if marker == 0xDA:
+            break
+    found = _MARKER.search(data, i, end)
+    if found is not None and found.start() != end - 2:
+        return (f"a JPEG marker 0x{data[found.start() + 1]:02x} inside the entropy-coded data "
+                "(premature end of data segment)")
+    return None
+
+
+def pixel_format_problem(path: Path) -> str | None:
+    """Why a TIFF is not 8-bit RGB brightfield (for the error message), or None (also for non-TIFFs).
+
+    Read from the main image's first page (tifffile's first series), before any backend decodes it:
+    OpenSlide converts 16-bit and grey pages to 8-bit RGB without a word, and tiffslide shows the first
+    three channels of a multiplex image as RGB. Refused: samples that are not 8-bit unsigned integers,
+    and single-sample pages (greyscale, or one channel per page as fluorescence and multiplex
+    images are stored). Palette (indexed colour) pages pass: both readers expand them to RGB.
+    """
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            page = series.keyframe
+            dtype = np.dtype(page.dtype) if page.dtype is not None else None
+            spp = int(page.samplesperpixel)
+            photometric = int(page.photometric)
+            axes, shape = str(series.axes), tuple(series.shape)
+    except Exception as err:  # noqa: BLE001 - not a TIFF (MRXS, DICOM...) or unreadable: the backends decide
+        log.debug("no TIFF pixel format for %s: %s", path, err)
+        return None
+    # planes besides the image's own (Y, X, S) axes: channels, or unnamed (Q) planes of a shaped TIFF
+    channels = int(np.prod([n for a, n in zip(axes, shape, strict=False) if a not in "YXS"], dtype=np.int64))
+    if photometric in (0, 1) and (spp <= 2 or channels > 1):  # MINISWHITE, MINISBLACK
+        if channels > 1:
+            return (f"is a {channels}-channel image ({dtype} samples, axes {axes}, one grey channel per plane): "
+                    f"a fluorescence/multiplex image, not an RGB brightfield scan")
+        return f"is a greyscale image ({dtype} samples, {spp} sample(s) per pixel), not an RGB brightfield scan"
+    if dtype is not None and dtype != np.uint8:
+        kind = {"f": "floating-point", "u": "unsigned integer", "i": "signed integer"}.get(dtype.kind, dtype.kind)
+        return (f"stores {dtype.itemsize * 8}-bit {kind} samples ({dtype}), not 8-bit RGB brightfield "
+                f"pixels (it is not corrupt, but not a format slidescope reads)")
+    return None
 
 
 class _Level:
@@ -42,12 +135,25 @@ class _Level:
         self.counts = page.databytecounts
         self.decode = page.decode
         self.jpegtables = page.jpegtables
+        self.is_jpeg = int(page.compression) in _JPEG_CODES
+
+    def problem(self) -> str | None:
+        """Why this level cannot be read directly (None when it can)."""
+        n = self.ntx * self.nty
+        if len(self.offsets) < n or len(self.counts) < n:
+            return f"{len(self.offsets)} tile offsets and {len(self.counts)} byte counts for {n} tiles"
+        if self.tw * self.th * 3 > max_decode_bytes():
+            return f"{self.tw}x{self.th} px tiles exceed the decode budget"
+        return None
 
 
 class TiffTileSource:
     """Reads regions of a tiled TIFF pyramid by decoding its tiles directly."""
 
     def __init__(self, tif, levels: dict[int, _Level], cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        #: ``fallback(level, x, y, w, h)`` reads a level region through the slide's backend (RGB uint8,
+        #: raising SlideReadError); set by :meth:`Slide.tile_source`. Without it a damaged tile raises.
+        self.fallback: Callable[[int, int, int, int, int], np.ndarray] | None = None
         self._tif = tif
         self._fh = tif.filehandle
         self._levels = levels
@@ -88,7 +194,12 @@ class TiffTileSource:
                     and (page.photometric == 2 or page.compression in (7, 33003, 33005))
                     and len(page.dataoffsets) > 0
                 ):
-                    levels[index] = _Level(page)
+                    level = _Level(page)
+                    problem = level.problem()
+                    if problem is not None:  # e.g. a forged page with fewer offsets than tiles
+                        log.warning("%s: level %d is read through the backend: %s", Path(path).name, index, problem)
+                        break
+                    levels[index] = level
                     break
         if not levels:
             tif.close()
@@ -117,20 +228,46 @@ class TiffTileSource:
         else:
             self._fh.seek(offset)
             data = self._fh.read(count)
-            try:
-                decoded = lv.decode(data, index, jpegtables=lv.jpegtables)[0]
-            except Exception as err:  # imagecodecs raises codec-specific error types
-                raise SlideReadError(
-                    f"file tile ({tx}, {ty}) of level {level} does not decode ({type(err).__name__}: {err})"
-                ) from err
-            if decoded is None:
-                raise SlideReadError(f"file tile ({tx}, {ty}) of level {level} is empty or truncated")
-            tile = np.asarray(decoded).reshape(lv.th, lv.tw, -1)[..., :3]
+            damage = jpeg_damage(data) if lv.is_jpeg else None
+            tile = None
+            if damage is None:
+                try:
+                    decoded = lv.decode(data, index, jpegtables=lv.jpegtables)[0]
+                except Exception as err:  # noqa: BLE001 - imagecodecs raises codec-specific error types
+                    damage = f"the decoder failed ({type(err).__name__}: {err})"
+                else:
+                    if decoded is None:
+                        damage = "no pixel data"
+                    else:
+                        tile = np.asarray(decoded).reshape(lv.th, lv.tw, -1)[..., :3]
+                        if lv.is_jpeg and bool((tile[-8:, -8:] == _JPEG_FILL).all()):
+                            damage = "its last block is the JPEG decoder's grey fill for missing data"
+            if damage is not None:
+                tile = self._from_backend(level, tx, ty, damage)
         self._cache[key] = tile
         self._cache_bytes += tile.nbytes
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cache_bytes -= old.nbytes
+        return tile
+
+    def _from_backend(self, level: int, tx: int, ty: int, damage: str) -> np.ndarray:
+        """File tile (tx, ty) read through the slide's backend, which decides whether it is corrupt."""
+        lv = self._levels[level]
+        where = f"file tile ({tx}, {ty}) of level {level} (level px x={tx * lv.tw}, y={ty * lv.th})"
+        if self.fallback is None:
+            raise SlideReadError(f"{where} is damaged: {damage}")
+        x0, y0 = tx * lv.tw, ty * lv.th
+        w, h = min(lv.tw, lv.width - x0), min(lv.th, lv.height - y0)
+        try:
+            part = self.fallback(level, x0, y0, w, h)
+        except SlideReadError as err:
+            raise SlideReadError(
+                f"{where} is damaged ({damage}) and the slide's backend cannot decode it either ({err})"
+            ) from err
+        log.debug("%s: %s: %s; using the backend's pixels", self.path.name, where, damage)
+        tile = np.full((lv.th, lv.tw, 3), 255, np.uint8)
+        tile[:h, :w] = part
         return tile
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:

@@ -53,7 +53,7 @@ def test_rows_match_grid_order(cmu_grid, tiny_encoder, tmp_path, num_workers) ->
     np.testing.assert_allclose(emb.astype(np.float32), expected(enc, slide, grid), rtol=2e-3, atol=2e-3)
     assert np.array_equal(store.coords, grid.coords)
     attrs = store.attrs
-    assert attrs["schema_version"] == 1 and attrs["slide"]["mpp"] == [0.499, 0.499]
+    assert attrs["schema_version"] == 2 and attrs["slide"]["mpp"] == [0.499, 0.499]
     assert attrs["tiling"]["effective_mpp"] == [0.499, 0.499]
     enc_attrs = store.encoder_attrs("tiny-test")
     assert enc_attrs["weights_digest"] == "sha256:tiny-0" and enc_attrs["complete"] is True
@@ -74,10 +74,11 @@ def test_reuse_and_invalidation(cmu_grid, tiny_encoder, tmp_path) -> None:
     # float32 on request is another cache entry
     res = extract_features(slide, grid, other, store=tmp_path, num_workers=0, dtype="float32", progress=False)
     assert res.computed == len(grid) and open_store(res.store).embeddings("tiny-test").dtype == np.float32
-    # another tiling: the whole store starts afresh
+    # another tiling: a second tiling sub-group beside the first, which is kept
     grid2 = make_tile_grid(slide, tile_size=112, mpp=1.0)
     res = extract_features(slide, grid2, other, store=tmp_path, num_workers=0, progress=False)
     assert res.computed == len(grid2) and open_store(res.store).n_tiles == len(grid2)
+    assert len(open_store(res.store).tilings()) == 2
 
 
 def test_interrupted_run_resumes_to_the_same_result(cmu_grid, tiny_encoder, tmp_path) -> None:
@@ -112,9 +113,10 @@ def test_kill_9_then_rerun_equals_uninterrupted(cmu_grid, tiny_encoder, tmp_path
     slide, grid = cmu_grid
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), slide=str(slide.path), store=str(tmp_path / "s"))
     proc = subprocess.Popen([sys.executable, "-c", script])
-    done = store_path(tmp_path / "s", slide.path) / "features" / "tiny-test" / "done" / "c"
+    tilings = store_path(tmp_path / "s", slide.path) / "tilings"
     deadline = time.time() + 60
-    while time.time() < deadline and not (done.exists() and len(list(done.iterdir())) >= 2):
+    while time.time() < deadline and not any(len(list(done.iterdir())) >= 2
+                                             for done in tilings.glob("*/features/tiny-test/done/c")):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -133,7 +135,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(cmu_grid, tiny_encoder, tmp_path
 def test_corrupt_chunk_is_detected(cmu_grid, tiny_encoder, tmp_path) -> None:
     slide, grid = cmu_grid
     res = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, chunk_rows=16, progress=False)
-    chunk = Path(res.store) / "features" / "tiny-test" / "embeddings" / "c" / "1" / "0"
+    (chunk,) = Path(res.store).glob("tilings/*/features/tiny-test/embeddings/c/1/0")
     data = bytearray(chunk.read_bytes())
     data[10] ^= 0xFF
     chunk.write_bytes(bytes(data))

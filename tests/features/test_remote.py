@@ -156,7 +156,7 @@ def test_run_with_remote_slides_and_stores(s3, tmp_path) -> None:
                   model=[str(ckpt.parents[1])], num_workers=0, progress=False, heatmap_size=128)
     res = ss.run([f"s3://{bucket}/slides/remote-3.tiff"], **kwargs)
     assert res.exit_code == 0, [(o.error_class, o.error_message) for o in res.outcomes]
-    assert fs.exists(f"{bucket}/stores/remote-3.zarr/features/he-descriptor/zarr.json")
+    assert fs.glob(f"{bucket}/stores/remote-3.zarr/tilings/*/features/he-descriptor/zarr.json")
     assert list((tmp_path / "results" / "heatmaps").glob("remote-3.*.png"))
     again = ss.run([f"s3://{bucket}/slides/remote-3.tiff"], **kwargs)
     assert again.counts == {"skipped": 1}

@@ -196,7 +196,8 @@ def test_bad_manifests(mil_cohort, tmp_path) -> None:
     gone = Path(rows[0]["slide"]).stem
     shutil.rmtree(store / f"{gone}.zarr")
     no_emb = Path(rows[1]["slide"]).stem
-    shutil.move(store / f"{no_emb}.zarr" / "features" / ENC, store / f"{no_emb}.zarr" / "features" / "other")
+    (feats,) = (store / f"{no_emb}.zarr").glob("tilings/*/features")
+    shutil.move(feats / ENC, feats / "other")
     _write_manifest(m, rows, cdir)
     with pytest.raises(InvalidParameterError) as err:
         read_manifest(m, store=store, encoder=ENC)
@@ -287,7 +288,8 @@ def test_score_ensemble_csv_and_store(run, scored, mil_cohort) -> None:
 def test_score_refuses_store_without_the_encoder(run, mil_cohort, tmp_path) -> None:
     name = Path(mil_cohort.rows[0]["slide"]).stem
     shutil.copytree(mil_cohort.store / f"{name}.zarr", tmp_path / f"{name}.zarr")
-    shutil.move(tmp_path / f"{name}.zarr" / "features" / ENC, tmp_path / f"{name}.zarr" / "features" / "uni")
+    (feats,) = (tmp_path / f"{name}.zarr").glob("tilings/*/features")
+    shutil.move(feats / ENC, feats / "uni")
     with pytest.raises(EncoderMismatchError, match="trained on 'he-descriptor' 98-d embeddings.*--encoder "
                                                    "he-descriptor"):
         score(run.checkpoints[:1], [tmp_path / f"{name}.zarr"])

@@ -73,7 +73,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError...: a truncated or damaged file
+            raise WeightsError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
+                               f"probably truncated or damaged: download it again.") from err
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # weights_only refuses arbitrary objects; corrupt files raise too
