@@ -22,7 +22,25 @@ The easy demo cohort (``slidescope demo``) is solved by every method at AUROC 1.
   whole site, so a model that learnt a site's stain as a shortcut pays for it on the held-out site);
   patients never straddle folds (one slide per patient);
 * **label noise**: 8 % of the slide labels are flipped; the metrics are computed against these
-  observed labels (as a user would), and the tile ground truth stays true.
+  observed labels (as a user would), and the tile ground truth stays true; the table also gives the
+  AUROC against the true tumour status;
+* **low-grade tumour** (graded difficulty, at the composition step): ``he-descriptor`` separates the
+  rendered tumour tiles from normal ones perfectly, so each tumour tile ``t`` of a bag is moved towards
+  a random normal tile ``n`` of its site, ``t' = n + lam (t - n)``, with one grade ``lam`` per slide
+  (log-uniform in ``LOW_GRADE`` = 0.25-0.8) times a per-tile jitter (``GRADE_JITTER``, x0.7-1.3): the
+  tumour signal per tile is weak and differs between slides;
+* **tumour mimics in negative slides** (lymphoid aggregates, reactive atypia): in half of the negative
+  slides (``MIMIC_SLIDES``) 1-3 normal tiles (``MIMIC_TILES``) are moved partly towards a random tumour
+  tile of their site (any morphology), ``n' = n + mu (t - n)``, ``mu`` log-uniform in ``MIMIC_LAMBDA``
+  = 0.1-0.5 per tile. The ranges of ``lam`` and ``mu`` overlap, so a rule on the single most
+  tumour-like tile (max pooling) gets false positives on mimic slides and misses low-grade slides,
+  while a model that weighs several tiles still has a signal.
+
+The difficulty knobs were tuned **once, on cohort seed 1** (``--seed 1``, same tile pool, rows abmil,
+max and mean only; three settings tried: lam 0.03-0.3 / mu 0.03-0.2 gave ABMIL 0.39 vs truth, lam 0.1-0.5
+/ mu 0.05-0.4 gave 0.55, lam 0.25-0.8 / mu 0.1-0.5 gave ABMIL 0.83, max 0.74, mean 0.64) and then
+frozen; the reported table uses the default seed 0, which was not used for tuning. ``--pool-seed``
+(default 0) seeds the rendered tile pool separately so that other cohort seeds reuse the cached pool.
 
 How the cohort is made (**a choice, for the 15-minute budget**): the honest path image -> tiles ->
 encoder -> store is kept at the tile level, but bags are composed in embedding space. A few
@@ -37,9 +55,9 @@ tile pool is cached in ``OUT/pool.npz`` (a rerun with the same settings reuses i
 
 Rows: every registered aggregator (``slidescope.mil.aggregators.list_aggregators()``), trained with
 the public :func:`slidescope.mil.train.train` under one recipe for all (AdamW lr 1e-3, batch 4,
-20 epochs, early-stopping patience 8, default hyperparameters of each aggregator, site-preserving
-folds), with the pooled out-of-fold AUROC and its 95 % bootstrap CI (patients resampled), balanced
-accuracy and tile localisation (per tumour slide, the AUROC of the tile scores that
+20 epochs, early-stopping patience 8, default hyperparameters of each aggregator except TransMIL
+(below), site-preserving folds), with the pooled out-of-fold AUROC and its 95 % bootstrap CI
+(patients resampled), balanced accuracy and tile localisation (per tumour slide, the AUROC of the tile scores that
 :func:`slidescope.mil.score.score` returns, from the fold model that never saw the slide, against
 the true tumour tiles; the mean over slides). Few-shot rows: the functions of
 :mod:`slidescope.vlm.fewshot` fitted on **mean-pooled tile embeddings as slide embeddings** (no slide
@@ -47,14 +65,17 @@ encoder is involved), k support slides per class drawn from the whole cohort, sc
 AUROC mean and standard deviation over draws. Zero-shot is not in the table: it needs a slide-text
 model pretrained on reports, which this cohort does not have.
 
-Known limitation (measured, seed 0): ``he-descriptor`` still separates the synthetic tumour tiles from
-normal ones perfectly after the morphology and site changes, so every instance-level aggregator
-reaches AUROC 1.000 against the *true* tumour status and tile localisation ~1.0; the spread in the
-table comes from the label noise (it caps the observed-label AUROC near 0.92), from mean pooling and
-from the few-shot methods on mean-pooled embeddings. Harder tiles (lymphoid or hyperchromatic normal
-mimics, low-grade tumour close to normal) need changes to the renderer. TransMIL with its default
-size costs about 18 CPU-minutes here (4 folds x ~15 epochs at ~18 s per epoch), more than all the other
-rows together.
+Measured (seed 0, 2 shared cores, one thread, load ~1-3): 439 s wall from a fresh ``--out`` (pool
+build 39 s), 410 s with the pool cached; identical table both times. No row is 1.000; AUROC against the true
+status 0.63 (TransMIL) to 0.83 (CLAM-MB), DTFD 0.81, ABMIL 0.74, max pooling 0.79 with tile
+localisation 0.64 (ABMIL, CLAM, DTFD 0.97-0.98); few-shot on mean-pooled embeddings 0.51-0.64. The
+CIs overlap: on this seed max pooling is not clearly below ABMIL (on the tuning seed 1 it was, 0.74
+vs 0.83), so the ordering of neighbouring rows is not stable across seeds.
+
+TransMIL deviation (**for the 15-minute CPU budget**, printed under the table): ``embed_dim=128``
+instead of 512 (``MODEL_KWARGS``; heads stay 8, landmarks ``embed_dim // 2`` = 64); with the default
+width it costs about 18 CPU-minutes here, more than all the other rows together. The tile pool and
+the bags are still built from one fixed set of rendered slides (tiles are reused across bags).
 """
 
 from __future__ import annotations
@@ -80,6 +101,14 @@ LABEL_NOISE = 0.08
 TUMOUR_FRACTION = (0.005, 0.05)
 BAG_SIZE = (120, 240)
 RECIPE = {"epochs": 20, "batch_size": 4, "lr": 1e-3, "early_stopping_patience": 8}
+#: per-aggregator deviations from the defaults, for the 15-minute CPU budget (printed under the table)
+MODEL_KWARGS = {"transmil": {"embed_dim": 128}}
+# difficulty knobs of the composition step (tuned once on cohort seed 1, see the module docstring)
+LOW_GRADE = (0.25, 0.8)  # per tumour slide, log-uniform: t' = n + lam (t - n) towards a random normal tile n
+GRADE_JITTER = (0.7, 1.3)  # per tile: lam_tile = lam_slide * uniform(GRADE_JITTER)
+MIMIC_SLIDES = 0.5  # fraction of negative slides that hold tumour mimics
+MIMIC_TILES = (1, 3)  # mimic tiles in such a slide (uniform, inclusive)
+MIMIC_LAMBDA = (0.1, 0.5)  # per mimic tile, log-uniform: n' = n + mu (t - n) towards a random tumour tile t
 SHOTS = (1, 2, 4, 8, 16)
 
 
@@ -232,10 +261,22 @@ def make_cohort(pool: dict, s: Settings, seed: int, out: Path) -> list[dict]:
         normal = pool[(site, "normal")]
         emb = normal[rng.choice(len(normal), n - k, replace=n - k > len(normal))]
         truth = np.zeros(n, bool)
-        if k:
+        grade, mimics = float("nan"), 0
+        if k:  # low-grade tumour: each tumour tile moved towards a random normal tile of its site
             t = pool[(site, morph)]
-            emb = np.concatenate([emb, t[rng.choice(len(t), k, replace=k > len(t))]])
+            t = t[rng.choice(len(t), k, replace=k > len(t))]
+            base = normal[rng.integers(len(normal), size=k)]
+            grade = float(np.exp(rng.uniform(*np.log(LOW_GRADE))))
+            lam = grade * rng.uniform(*GRADE_JITTER, size=(k, 1))
+            emb = np.concatenate([emb, base + lam * (t - base)])
             truth[n - k:] = True
+        elif rng.random() < MIMIC_SLIDES:  # tumour mimics: a few normal tiles moved partly towards tumour
+            mimics = int(rng.integers(MIMIC_TILES[0], MIMIC_TILES[1] + 1))
+            idx = rng.choice(n, mimics, replace=False)
+            kinds = [MORPHOLOGIES[j] for j in rng.integers(len(MORPHOLOGIES), size=mimics)]
+            t = np.stack([pool[(site, kd)][rng.integers(len(pool[(site, kd)]))] for kd in kinds])
+            mu = np.exp(rng.uniform(*np.log(MIMIC_LAMBDA), size=(mimics, 1)))
+            emb[idx] = emb[idx] + mu * (t - emb[idx])
         order = rng.permutation(n)
         emb, truth = emb[order].astype(np.float32), truth[order]
         label = tumour if rng.random() >= LABEL_NOISE else not tumour
@@ -243,6 +284,7 @@ def make_cohort(pool: dict, s: Settings, seed: int, out: Path) -> list[dict]:
         _write_store(stores / f"{name}.zarr", emb)
         rows.append({"slide": f"slides/{name}.svs", "label": "tumour" if label else "normal", "patient": f"P{p:03d}",
                      "site": f"site{site}", "true_tumour": tumour, "morphology": morph, "k": k, "n": n,
+                     "grade": grade, "mimics": mimics,
                      "truth": truth, "mean": emb.mean(0)})
     with open(out / "manifest.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -263,6 +305,7 @@ def run_aggregator(name: str, rows: list[dict], s: Settings, seed: int, out: Pat
     t0, c0 = time.perf_counter(), time.process_time()
     res = train(out / "manifest.csv", store=out / "stores", encoder="he-descriptor", out=run_dir, model=name,
                 folds=s.folds, site_preserving=True, seed=seed, bootstrap=s.bootstrap,
+                model_kwargs=MODEL_KWARGS.get(name),
                 **{**RECIPE, "epochs": s.epochs})
     by_name = {Path(r["slide"]).stem: r for r in rows}
     with open(res.oof_csv, newline="") as fh:
@@ -332,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller cohort and pool, fewer draws and resamples")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "slidescope-bench-hard",
                     help="working folder (the tile pool is cached here)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the cohort composition, training and draws")
+    ap.add_argument("--pool-seed", type=int, default=0,
+                    help="seed of the rendered tile pool (kept apart so that tuning seeds reuse the cached pool)")
     ap.add_argument("--models", default=None,
                     help="comma-separated aggregators (default: every registered one; 'none': no aggregator)")
     ap.add_argument("--no-few-shot", action="store_true", help="leave out the few-shot table")
@@ -355,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     t0 = time.perf_counter()
-    pool = tile_pool(s, args.seed, out)
+    pool = tile_pool(s, args.pool_seed, out)
     sizes = {k: len(v) for (si, k), v in pool.items() if si == 0}
     print(f"tile pool: {sizes} tiles per site x {len(SITES)} sites ({time.perf_counter() - t0:.0f} s)", flush=True)
     t0 = time.perf_counter()
@@ -366,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cohort: {len(rows)} slides/patients, {n_t} with tumour (tumour tiles {100 * min(fr):.1f}-"
           f"{100 * max(fr):.1f} %), {flipped} labels flipped, {len(SITES)} sites ({time.perf_counter() - t0:.0f} s)",
           flush=True)
+    grades = [r["grade"] for r in rows if r["true_tumour"]]
+    print(f"difficulty: tumour grade lambda {min(grades):.2f}-{max(grades):.2f} (median {np.median(grades):.2f}); "
+          f"{sum(r['mimics'] > 0 for r in rows)} of {len(rows) - n_t} negative slides hold "
+          f"{sum(r['mimics'] for r in rows)} mimic tiles", flush=True)
 
     t0 = time.perf_counter()
     few = {} if args.no_few_shot else run_few_shot(rows, s, args.seed)
@@ -393,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
         print(_row(name, r) if "error" not in r else f"| {name} | failed: {r['error'][:60]} | | | | |")
+    for name, kw in MODEL_KWARGS.items():
+        if name in results:
+            print(f"\n{name}: deviation for the CPU budget: {kw} instead of its defaults")
     if few:
         print()
         print(f"Few-shot on mean-pooled tile embeddings as slide embeddings: AUROC mean (sd) over {s.draws} draws "
