@@ -40,7 +40,9 @@ def overhead(n: int) -> dict[str, float]:
     cfg = RunConfig(out=str(out), encoder="he-descriptor")
     slides = [f"/nowhere/slide-{i}.svs" for i in range(n)]
     t = time.perf_counter()
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     start = time.perf_counter() - t
     try:
         dask = DaskExecutor(cluster.scheduler_address)
@@ -69,25 +71,36 @@ def throughput(n_slides: int, size: int) -> dict[str, float]:
 
     import slidescope as ss
     from slidescope.pipeline._dask import DaskExecutor
-    from slidescope.wsi import make_synthetic_cohort
+    from slidescope.synthetic import make_synthetic_cohort
 
     cohort = CACHE / f"cohort-{n_slides}-{size}"
     manifest = cohort / "manifest.csv"
     if not manifest.exists():
         make_synthetic_cohort(cohort, n_slides=n_slides, width=size, height=size * 3 // 4, seed=11)
     rates = {}
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
     try:
         with distributed.Client(cluster) as client:
             client.run(_warm)
-        runs = (("local", None), ("dask cold", DaskExecutor(n_workers=2, threads_per_worker=1)),
-                ("dask warm", DaskExecutor(cluster.scheduler_address)))
+        runs = (
+            ("local", None),
+            ("dask cold", DaskExecutor(n_workers=2, threads_per_worker=1)),
+            ("dask warm", DaskExecutor(cluster.scheduler_address)),
+        )
         for name, executor in runs:
             out = CACHE / f"run-{name.replace(' ', '-')}"
             shutil.rmtree(out, ignore_errors=True)
             t = time.perf_counter()
-            res = ss.run(manifest, out=out, encoder="he-descriptor", executor=executor, progress=False,
-                         num_workers=0 if executor is not None else None)
+            res = ss.run(
+                manifest,
+                out=out,
+                encoder="he-descriptor",
+                executor=executor,
+                progress=False,
+                num_workers=0 if executor is not None else None,
+            )
             dt = time.perf_counter() - t
             assert res.exit_code == 0, res.counts
             rates[name] = n_slides / dt * 3600
@@ -110,10 +123,14 @@ def main() -> None:
     print(f"| scheduling overhead per slide ({n} tasks) | {o['per_slide'] * 1e3:.1f} ms | < 50 ms |")
     r = throughput(6 if args.quick else 12, 2048 if args.quick else 3072)
     print(f"| run, local executor | {r['local']:.0f} slides/h | |")
-    print(f"| run, Dask LocalCluster (2 x 1 thread), started by the run | {r['dask cold']:.0f} slides/h "
-          f"({r['dask cold'] / r['local']:.2f}x) | |")
-    print(f"| run, Dask LocalCluster, workers already warm | {r['dask warm']:.0f} slides/h "
-          f"({r['dask warm'] / r['local']:.2f}x) | |")
+    print(
+        f"| run, Dask LocalCluster (2 x 1 thread), started by the run | {r['dask cold']:.0f} slides/h "
+        f"({r['dask cold'] / r['local']:.2f}x) | |"
+    )
+    print(
+        f"| run, Dask LocalCluster, workers already warm | {r['dask warm']:.0f} slides/h "
+        f"({r['dask warm'] / r['local']:.2f}x) | |"
+    )
 
 
 if __name__ == "__main__":

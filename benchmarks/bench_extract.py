@@ -38,7 +38,9 @@ from bench_wsi import synthetic  # noqa: E402
 
 
 def model_only(encoder, device, n: int = 512, batch: int = 32) -> float:
-    x = torch.randint(0, 256, (batch, encoder.config.tile_size, encoder.config.tile_size, 3), dtype=torch.uint8)
+    x = torch.randint(
+        0, 256, (batch, encoder.config.tile_size, encoder.config.tile_size, 3), dtype=torch.uint8
+    )
     x = x.to(device)
     dtype = encoder.autocast_dtype
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -68,7 +70,9 @@ def end_to_end(slide, grid, encoder, workers: int) -> float:
     from slidescope.features import extract_features
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = extract_features(slide, grid, encoder, store=tmp, num_workers=workers, batch_size=32, progress=False)
+        res = extract_features(
+            slide, grid, encoder, store=tmp, num_workers=workers, batch_size=32, progress=False
+        )
     return res.computed / res.seconds
 
 
@@ -135,24 +139,40 @@ def run(quick: bool = False, *, device: str | None = None, tiles: int | None = N
         cases.append(("timm:vit_large_patch16_224", "bf16", torch.device(gpu), n * 2))
     rows = []
     for name, precision, dev, count in cases:
-        enc = create_encoder(name, pretrained=False, device=dev, precision=precision if dev.type == "cuda" else None)
+        enc = create_encoder(
+            name, pretrained=False, device=dev, precision=precision if dev.type == "cuda" else None
+        )
         grid = make_tile_grid(slide, tile_size=enc.config.tile_size, mpp=enc.config.mpp, mask=mask)
         grid = grid.subset(np.arange(min(len(grid), count)))
         plain, ours = 0.0, 0.0
         for _ in range(2 if quick else 3):  # this VM's speed drifts: interleave, keep the best of each
             # the baseline at its best: torch's default threads, or one thread when the cores are busy
             # (intra-op threads collapse on a loaded CPU)
-            for threads in ((None, 1) if dev.type == "cpu" else (None,)):
+            for threads in (None, 1) if dev.type == "cpu" else (None,):
                 plain = max(plain, plain_loop(path, grid, enc, dev, threads=threads))
             ours = max(ours, end_to_end(slide, grid, enc, default_num_workers(dev)))
         where = "CPU" if dev.type == "cpu" else f"GPU {torch.cuda.get_device_name(dev)}"
-        rows.append({"stage": f"extract: {name} ({precision}, {where}), {len(grid)} tiles", "ours": ours,
-                     "baseline": plain, "unit": "tiles/s", "ratio": ours / plain})
+        rows.append(
+            {
+                "stage": f"extract: {name} ({precision}, {where}), {len(grid)} tiles",
+                "ours": ours,
+                "baseline": plain,
+                "unit": "tiles/s",
+                "ratio": ours / plain,
+            }
+        )
     n_store = 20_000 if quick else 50_000
     for op, z, h in store_vs_h5(n_store):
         if op == "write":
-            rows.append({"stage": f"store: write ({n_store:,} x 1,024) float16, checksummed zarr vs h5py",
-                         "ours": z, "baseline": h, "unit": "GB/s", "ratio": z / h})
+            rows.append(
+                {
+                    "stage": f"store: write ({n_store:,} x 1,024) float16, checksummed zarr vs h5py",
+                    "ours": z,
+                    "baseline": h,
+                    "unit": "GB/s",
+                    "ratio": z / h,
+                }
+            )
     return rows
 
 
@@ -169,7 +189,9 @@ def store_vs_h5(n: int = 50_000, d: int = 1024) -> list[tuple[str, float, float]
     try:
         t = time.perf_counter()
         g = zarr.open_group(str(tmp / "a.zarr"), mode="w")
-        arr = g.create_array("e", shape=data.shape, chunks=(1024, d), dtype="float16", compressors=_checksummed())
+        arr = g.create_array(
+            "e", shape=data.shape, chunks=(1024, d), dtype="float16", compressors=_checksummed()
+        )
         for s in range(0, n, 1024):
             arr[s : s + 1024] = data[s : s + 1024]
         w_zarr = gb / (time.perf_counter() - t)
@@ -216,16 +238,24 @@ def main() -> None:
     names = [("he-descriptor", "fp32"), ("timm:vit_small_patch16_224", "fp32")]
     if args.vit_l:
         names.append(("timm:vit_large_patch16_224", "bf16"))
-    print(f"slide {path.name}; {args.workers} reader worker(s); torch threads {torch.get_num_threads()}; "
-          f"{os.cpu_count()} cores; device {device}")
+    print(
+        f"slide {path.name}; {args.workers} reader worker(s); torch threads {torch.get_num_threads()}; "
+        f"{os.cpu_count()} cores; device {device}"
+    )
     print()
-    print("| encoder | tiles | model-only tiles/s | reader-only tiles/s | end-to-end tiles/s | e2e / min(limits) |")
+    print(
+        "| encoder | tiles | model-only tiles/s | reader-only tiles/s | end-to-end tiles/s | e2e / min(limits) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     mask = detect_tissue(slide)
     for name, precision in names:
-        enc = create_encoder(name, pretrained=False, device=device, precision=precision if device.type == "cuda" else None)
+        enc = create_encoder(
+            name, pretrained=False, device=device, precision=precision if device.type == "cuda" else None
+        )
         grid = make_tile_grid(slide, tile_size=enc.config.tile_size, mpp=enc.config.mpp, mask=mask)
-        grid = grid.subset(np.arange(min(len(grid), args.tiles if enc.config.weight_free else args.tiles // 5)))
+        grid = grid.subset(
+            np.arange(min(len(grid), args.tiles if enc.config.weight_free else args.tiles // 5))
+        )
         n_model = 1024 if enc.config.weight_free else 96
         runs = [model_only(enc, device, n=n_model)]
         r = reader_only(slide, grid, args.workers)

@@ -139,10 +139,20 @@ def _make_store(root: Path, data: np.ndarray) -> Path:
     n, d = data.shape
     coords = np.stack([np.arange(n) % 500, np.arange(n) // 500], 1).astype(np.int64) * 224
     path = root / "slide.zarr"
-    store = SlideStore.create_or_open(path, slide_attrs={"fingerprint": "bench"}, tiling={"tile": 224},
-                                      coords=coords, tissue_fraction=np.ones(n, np.float32))
-    key = CacheKey(encoder={"name": "bench"}, weights_digest=None, precision="fp32", dtype="float16",
-                   package_version="bench")
+    store = SlideStore.create_or_open(
+        path,
+        slide_attrs={"fingerprint": "bench"},
+        tiling={"tile": 224},
+        coords=coords,
+        tissue_fraction=np.ones(n, np.float32),
+    )
+    key = CacheKey(
+        encoder={"name": "bench"},
+        weights_digest=None,
+        precision="fp32",
+        dtype="float16",
+        package_version="bench",
+    )
     writer = store.prepare_embeddings(key, embed_dim=d)
     for c in range(-(-n // writer.chunk_rows)):
         s = c * writer.chunk_rows
@@ -180,10 +190,14 @@ def bag_loading(n: int, d: int, repeats: int) -> dict[str, float]:
         t = _interleaved({"ours": ours, "zarr generic (before)": zarr_generic, "h5py": h5}, repeats)
     finally:
         shutil.rmtree(tmp)
-    return {k: gb / statistics.median(v) for k, v in t.items()} | {f"{k} best": gb / min(v) for k, v in t.items()}
+    return {k: gb / statistics.median(v) for k, v in t.items()} | {
+        f"{k} best": gb / min(v) for k, v in t.items()
+    }
 
 
-def run(quick: bool = False, *, tiles: int = 20_000, dim: int = 1024, repeats: int | None = None) -> list[dict]:
+def run(
+    quick: bool = False, *, tiles: int = 20_000, dim: int = 1024, repeats: int | None = None
+) -> list[dict]:
     """Rows ``{stage, ours, baseline, unit, ratio}`` for ``run_all.py`` (ratio > 1: ours faster).
 
     MIL: ABMIL inference on one slide against the same matrix products as raw torch ops (the compute floor).
@@ -193,10 +207,20 @@ def run(quick: bool = False, *, tiles: int = 20_000, dim: int = 1024, repeats: i
     ours, floor = abmil_vs_floor(tiles, dim, r)
     rates = bag_loading(50_000, dim, r)
     return [
-        {"stage": f"MIL: ABMIL inference, one slide of {tiles:,} x {dim:,} (CPU fp32) vs raw torch ops",
-         "ours": ours * 1e3, "baseline": floor * 1e3, "unit": "ms", "ratio": floor / ours},
-        {"stage": f"store: read one slide's (50,000 x {dim:,}) float16 embeddings vs h5py (warm)",
-         "ours": rates["ours"], "baseline": rates["h5py"], "unit": "GB/s", "ratio": rates["ours"] / rates["h5py"]},
+        {
+            "stage": f"MIL: ABMIL inference, one slide of {tiles:,} x {dim:,} (CPU fp32) vs raw torch ops",
+            "ours": ours * 1e3,
+            "baseline": floor * 1e3,
+            "unit": "ms",
+            "ratio": floor / ours,
+        },
+        {
+            "stage": f"store: read one slide's (50,000 x {dim:,}) float16 embeddings vs h5py (warm)",
+            "ours": rates["ours"],
+            "baseline": rates["h5py"],
+            "unit": "GB/s",
+            "ratio": rates["ours"] / rates["h5py"],
+        },
     ]
 
 
@@ -209,16 +233,20 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [5_000, 10_000, 20_000] if args.quick else [5_000, 10_000, 20_000, 50_000, 100_000]
     r = 3 if args.quick else args.repeats
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, CPU, fp32; "
-          f"medians of {r} interleaved runs")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, CPU, fp32; "
+        f"medians of {r} interleaved runs"
+    )
     print()
 
     ours, floor = abmil_vs_floor(args.tiles, args.dim, r)
     print(f"ABMIL inference, one slide of {args.tiles:,} tiles x {args.dim:,}")
     print("| model | ABMIL (ms) | floor: raw torch ops (ms) | ABMIL / floor | target |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| abmil (gated, {args.dim}->512->256) | {ours * 1e3:.1f} | {floor * 1e3:.1f} | {ours / floor:.2f}x "
-          f"| <= 1.25x |")
+    print(
+        f"| abmil (gated, {args.dim}->512->256) | {ours * 1e3:.1f} | {floor * 1e3:.1f} | {ours / floor:.2f}x "
+        f"| <= 1.25x |"
+    )
     print()
 
     print("TransMIL inference (default widths), one slide")

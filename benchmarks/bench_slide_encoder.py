@@ -48,8 +48,17 @@ def _child(n_tiles: int, threads: int, chunk: int | None = None) -> None:
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     assert out["image_embedding"].shape == (1, cfg.latent_dim)
-    print(json.dumps({"tiles": n_tiles, "before_mb": before, "peak_mb": peak, "seconds": seconds,
-                      "input_mb": tiles.numel() * 4 / 2**20}))
+    print(
+        json.dumps(
+            {
+                "tiles": n_tiles,
+                "before_mb": before,
+                "peak_mb": peak,
+                "seconds": seconds,
+                "input_mb": tiles.numel() * 4 / 2**20,
+            }
+        )
+    )
 
 
 def measure(n_tiles: int, threads: int = 2, chunk: int | None = None) -> dict:
@@ -72,11 +81,20 @@ def run(quick: bool = False, *, threads: int = 2) -> list[dict]:
     ours, plain = measure(n, threads), measure(n, threads, chunk=10**9)
     extra = [r["peak_mb"] - r["before_mb"] for r in (ours, plain)]
     return [
-        {"stage": f"slide encoder (PRISM size, CPU fp32): {n:,} tiles, time vs unchunked attention",
-         "ours": ours["seconds"], "baseline": plain["seconds"], "unit": "s",
-         "ratio": plain["seconds"] / ours["seconds"]},
-        {"stage": f"slide encoder: {n:,} tiles, peak memory above the model vs unchunked",
-         "ours": extra[0], "baseline": extra[1], "unit": "MB", "ratio": extra[1] / max(extra[0], 1.0)},
+        {
+            "stage": f"slide encoder (PRISM size, CPU fp32): {n:,} tiles, time vs unchunked attention",
+            "ours": ours["seconds"],
+            "baseline": plain["seconds"],
+            "unit": "s",
+            "ratio": plain["seconds"] / ours["seconds"],
+        },
+        {
+            "stage": f"slide encoder: {n:,} tiles, peak memory above the model vs unchunked",
+            "ours": extra[0],
+            "baseline": extra[1],
+            "unit": "MB",
+            "ratio": extra[1] / max(extra[0], 1.0),
+        },
     ]
 
 
@@ -91,10 +109,14 @@ def main() -> None:
         _child(args.child, args.threads, args.chunk)
         return
     rows = [measure(n, args.threads) for n in args.sizes]
-    print(f"{'tiles':>8} {'input MB':>9} {'RSS before MB':>14} {'peak RSS MB':>12} {'extra MB':>9} {'time s':>8}")
+    print(
+        f"{'tiles':>8} {'input MB':>9} {'RSS before MB':>14} {'peak RSS MB':>12} {'extra MB':>9} {'time s':>8}"
+    )
     for r in rows:
-        print(f"{r['tiles']:>8} {r['input_mb']:>9.0f} {r['before_mb']:>14.0f} {r['peak_mb']:>12.0f} "
-              f"{r['peak_mb'] - r['before_mb']:>9.0f} {r['seconds']:>8.1f}")
+        print(
+            f"{r['tiles']:>8} {r['input_mb']:>9.0f} {r['before_mb']:>14.0f} {r['peak_mb']:>12.0f} "
+            f"{r['peak_mb'] - r['before_mb']:>9.0f} {r['seconds']:>8.1f}"
+        )
 
 
 if __name__ == "__main__":

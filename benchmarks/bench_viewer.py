@@ -67,6 +67,7 @@ def _app_wait(viewer, seconds: float = 0.05) -> None:
 
 # -- cases (each in a child process) -----------------------------------------------------------------
 
+
 def case_open(passes: int | None) -> dict:
     import napari
     import numpy as np
@@ -107,8 +108,11 @@ def case_open(passes: int | None) -> dict:
     camera.zoom = 1.0 / mpp  # one screen pixel per level-0 pixel
     h_px, w_px = (int(v) for v in viewer.canvas.size)
     height, width = layer.data[0].shape[:2]
-    rows = list(range(h_px // 2, height, h_px)) if passes is None else \
-        [int(v) for v in np.linspace(h_px / 2, height - h_px / 2, passes)]
+    rows = (
+        list(range(h_px // 2, height, h_px))
+        if passes is None
+        else [int(v) for v in np.linspace(h_px / 2, height - h_px / 2, passes)]
+    )
     cols = list(range(w_px // 2, width, w_px))
     positions = [(r, c) for k, r in enumerate(rows) for c in (cols if k % 2 == 0 else cols[::-1])]
     t0 = time.perf_counter()
@@ -123,12 +127,21 @@ def case_open(passes: int | None) -> dict:
     _app_wait(viewer, 0.5)
     viewer.close()
     return {
-        "slide": path.name, "size": [width, height], "levels": len(layer.data),
-        "first_frame_s": first_frame, "first_frame_warm_s": first_frame_warm,
-        "rss_before_open_mb": before, "peak_rss_open_mb": peak_open, "rss_after_open_mb": after_open,
-        "positions": len(positions), "pan_s": pan_seconds, "levels_while_panning": sorted(levels),
-        "level0_decoded_mb": decoded["level0"] * 3 / 2**20, "rss_max_panning_mb": rss_max,
-        "rss_after_panning_mb": rss_mb(), "canvas": [w_px, h_px],
+        "slide": path.name,
+        "size": [width, height],
+        "levels": len(layer.data),
+        "first_frame_s": first_frame,
+        "first_frame_warm_s": first_frame_warm,
+        "rss_before_open_mb": before,
+        "peak_rss_open_mb": peak_open,
+        "rss_after_open_mb": after_open,
+        "positions": len(positions),
+        "pan_s": pan_seconds,
+        "levels_while_panning": sorted(levels),
+        "level0_decoded_mb": decoded["level0"] * 3 / 2**20,
+        "rss_max_panning_mb": rss_max,
+        "rss_after_panning_mb": rss_mb(),
+        "canvas": [w_px, h_px],
     }
 
 
@@ -140,8 +153,13 @@ def case_baseline() -> dict:
     t0 = time.perf_counter()
     image = tifffile.imread(path, level=0)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "shape": list(image.shape), "nbytes_mb": image.nbytes / 2**20,
-            "rss_before_mb": before, "peak_rss_mb": peak_mb()}
+    return {
+        "seconds": seconds,
+        "shape": list(image.shape),
+        "nbytes_mb": image.nbytes / 2**20,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak_mb(),
+    }
 
 
 def _checkpoint() -> Path:
@@ -156,8 +174,14 @@ def _checkpoint() -> Path:
         from slidescope.mil.task import MILTask
 
         torch.manual_seed(0)
-        task = MILTask("abmil", {"embed_dim": 64, "attn_dim": 32, "dropout": 0.1}, in_dim=98, num_classes=2,
-                       class_names=["normal", "tumour"], encoder="he-descriptor")
+        task = MILTask(
+            "abmil",
+            {"embed_dim": 64, "attn_dim": 32, "dropout": 0.1},
+            in_dim=98,
+            num_classes=2,
+            class_names=["normal", "tumour"],
+            encoder="he-descriptor",
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
     return path
@@ -189,11 +213,18 @@ def case_analyse() -> dict:
     while not widget.encoders_listed:
         _app_wait(viewer, 0.05)
     viewer.close()
-    return {"open_sample_s": sample_s, "analyse_cold_s": runs[0], "analyse_warm_s": runs[1],
-            "checkpoint": str(checkpoint.relative_to(REPO)) if checkpoint.is_relative_to(REPO) else str(checkpoint)}
+    return {
+        "open_sample_s": sample_s,
+        "analyse_cold_s": runs[0],
+        "analyse_warm_s": runs[1],
+        "checkpoint": str(checkpoint.relative_to(REPO))
+        if checkpoint.is_relative_to(REPO)
+        else str(checkpoint),
+    }
 
 
 # -- orchestration -------------------------------------------------------------------------------------
+
 
 def child(case: str, *extra: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--case", case, *extra], capture_output=True, text=True)
@@ -204,13 +235,22 @@ def child(case: str, *extra: str) -> dict:
 
 def main() -> None:
     global SLIDE
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--case", choices=["make", "open", "baseline", "analyse"], help=argparse.SUPPRESS)
-    parser.add_argument("--passes", type=int, default=4, help="horizontal sweeps across the slide at full resolution")
+    parser.add_argument(
+        "--passes", type=int, default=4, help="horizontal sweeps across the slide at full resolution"
+    )
     parser.add_argument("--full", action="store_true", help="pan over the whole slide (every row)")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the tifffile.imread baseline (3.4 GB)")
-    parser.add_argument("--size", default=f"{SLIDE[0]}x{SLIDE[1]}",
-                        help="synthetic slide W x H in px (e.g. 100000x100000; use --no-baseline for big ones)")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the tifffile.imread baseline (3.4 GB)"
+    )
+    parser.add_argument(
+        "--size",
+        default=f"{SLIDE[0]}x{SLIDE[1]}",
+        help="synthetic slide W x H in px (e.g. 100000x100000; use --no-baseline for big ones)",
+    )
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
     SLIDE = (w, h, SLIDE[2])
@@ -238,23 +278,40 @@ def main() -> None:
     w, h = ours["size"]
     grow = ours["peak_rss_open_mb"] - ours["rss_before_open_mb"]
     rows = [
-        ("time to first frame (first slide of the session)", f"{ours['first_frame_s']:.2f} s",
-         f"{base['seconds']:.1f} s (array only)" if base else "-"),
+        (
+            "time to first frame (first slide of the session)",
+            f"{ours['first_frame_s']:.2f} s",
+            f"{base['seconds']:.1f} s (array only)" if base else "-",
+        ),
         ("  (next slides, modules already imported)", f"{ours['first_frame_warm_s']:.2f} s", ""),
-        ("peak RSS of the process while opening", f"{ours['peak_rss_open_mb']:.0f} MB",
-         f"{base['peak_rss_mb']:.0f} MB" if base else "-"),
-        ("  of which opening the slide (peak - before)", f"{grow:.0f} MB",
-         f"{base['peak_rss_mb'] - base['rss_before_mb']:.0f} MB" if base else "-"),
+        (
+            "peak RSS of the process while opening",
+            f"{ours['peak_rss_open_mb']:.0f} MB",
+            f"{base['peak_rss_mb']:.0f} MB" if base else "-",
+        ),
+        (
+            "  of which opening the slide (peak - before)",
+            f"{grow:.0f} MB",
+            f"{base['peak_rss_mb'] - base['rss_before_mb']:.0f} MB" if base else "-",
+        ),
         ("RSS after opening", f"{ours['rss_after_open_mb']:.0f} MB", ""),
         ("panning at full resolution", f"{ours['positions']} frames in {ours['pan_s']:.0f} s", ""),
         ("  level-0 pixels decoded while panning", f"{ours['level0_decoded_mb']:.0f} MB", ""),
-        ("  RSS max while panning / after", f"{ours['rss_max_panning_mb']:.0f} / {ours['rss_after_panning_mb']:.0f} MB",
-         ""),
-        ("Analyse -> heatmap, cached embeddings", f"{analyse['analyse_warm_s']:.2f} s",
-         f"(first run, with imports: {analyse['analyse_cold_s']:.1f} s)"),
+        (
+            "  RSS max while panning / after",
+            f"{ours['rss_max_panning_mb']:.0f} / {ours['rss_after_panning_mb']:.0f} MB",
+            "",
+        ),
+        (
+            "Analyse -> heatmap, cached embeddings",
+            f"{analyse['analyse_warm_s']:.2f} s",
+            f"(first run, with imports: {analyse['analyse_cold_s']:.1f} s)",
+        ),
     ]
-    print(f"\nnapari plugin, {ours['slide']} ({w} x {h} px, {ours['levels']} levels), canvas "
-          f"{ours['canvas'][0]} x {ours['canvas'][1]} px, software GL (Xvfb)")
+    print(
+        f"\nnapari plugin, {ours['slide']} ({w} x {h} px, {ours['levels']} levels), canvas "
+        f"{ours['canvas'][0]} x {ours['canvas'][1]} px, software GL (Xvfb)"
+    )
     print("-" * 118)
     print(f"{'':50}{'ours (lazy, native tiles)':>30}   {'baseline: tifffile.imread level 0':<35}")
     for name, value, other in rows:
@@ -262,11 +319,16 @@ def main() -> None:
     print("-" * 118)
     if base:
         b_grow = base["peak_rss_mb"] - base["rss_before_mb"]
-        print(f"ratios: the baseline needs {b_grow / max(grow, 1.0):.0f}x the memory to open the slide "
-              f"({b_grow:.0f} vs {grow:.0f} MB) and {base['seconds'] / ours['first_frame_s']:.0f}x the time "
-              f"({base['seconds']:.1f} s for the array alone vs {ours['first_frame_s']:.2f} s to a rendered frame)")
-    print(f"levels shown while panning: {ours['levels_while_panning']}; open sample: {analyse['open_sample_s']:.1f} s; "
-          f"checkpoint: {analyse['checkpoint']}")
+        print(
+            f"ratios: the baseline needs {b_grow / max(grow, 1.0):.0f}x the memory to open the slide "
+            f"({b_grow:.0f} vs {grow:.0f} MB) and {base['seconds'] / ours['first_frame_s']:.0f}x the time "
+            f"({base['seconds']:.1f} s for the array alone vs {ours['first_frame_s']:.2f} s to a rendered frame)"
+        )
+    print(
+        f"levels shown while panning: {ours['levels_while_panning']}; open sample: {analyse['open_sample_s']:.1f} s; "
+        f"checkpoint: {analyse['checkpoint']}"
+    )
+
 
 if __name__ == "__main__":
     main()

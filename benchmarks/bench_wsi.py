@@ -48,7 +48,7 @@ def shared_slide() -> Path | None:
 
 
 def synthetic(width: int, height: int, mpp: float) -> Path:
-    from slidescope.wsi.synthetic import make_synthetic_slide
+    from slidescope.synthetic import make_synthetic_slide
 
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"synthetic_{width}x{height}_{mpp}.svs"
@@ -134,9 +134,8 @@ def ours_loader(path: Path, grid, indices: np.ndarray, workers: int) -> float:
     batch = 32
     loader = ds.loader(batch_size=batch, num_workers=workers)
     it = iter(loader)
-    skip = 0
     if len(sub) > 4 * batch * workers:  # worker start-up is not throughput: time from the first batch
-        skip = len(next(it)["index"])
+        next(it)
     t = time.perf_counter()
     n = sum(len(b["index"]) for b in it)
     return rate(n, time.perf_counter() - t)
@@ -185,8 +184,10 @@ def run(quick: bool = False, *, max_tiles: int | None = None) -> list[dict]:
     w, h = (12000, 9000) if quick else (40000, 30000)
     n = max_tiles or (1000 if quick else 3000)
     s20, s40 = synthetic(w, h, 0.5), synthetic(w, h, 0.25)
-    cases = [(f"read tiles: 20x scan, 224 px native ({w // 1000}k px slide)", s20, 0.5, 224),
-             ("read tiles: 40x scan -> 256 px at 0.5 µm/px (resize)", s40, 0.5, 256)]
+    cases = [
+        (f"read tiles: 20x scan, 224 px native ({w // 1000}k px slide)", s20, 0.5, 224),
+        ("read tiles: 40x scan -> 256 px at 0.5 µm/px (resize)", s40, 0.5, 256),
+    ]
     cmu = shared_slide()
     if cmu:
         cases.append(("read tiles: CMU-1-Small-Region (real SVS), 224 px", cmu, 0.499, 224))
@@ -199,12 +200,26 @@ def run(quick: bool = False, *, max_tiles: int | None = None) -> list[dict]:
         for _ in range(2):  # this VM's speed drifts: interleave, keep the best of each
             plain = max(plain, plain_openslide(path, grid, indices))
             ours = max(ours, ours_inprocess(path, grid, indices))
-        rows.append({"stage": f"{label}, {len(indices)} tiles", "ours": ours, "baseline": plain, "unit": "tiles/s",
-                     "ratio": ours / plain})
+        rows.append(
+            {
+                "stage": f"{label}, {len(indices)} tiles",
+                "ours": ours,
+                "baseline": plain,
+                "unit": "tiles/s",
+                "ratio": ours / plain,
+            }
+        )
     ours_t, b16, _, _ = tissue_times(s20)
-    rows.append({"stage": f"tissue: detect_tissue (8 µm/px mask) vs Otsu on a 1/16 thumbnail "
-                          f"({w // 1000}k px slide)",
-                 "ours": ours_t, "baseline": b16, "unit": "s", "ratio": b16 / ours_t})
+    rows.append(
+        {
+            "stage": f"tissue: detect_tissue (8 µm/px mask) vs Otsu on a 1/16 thumbnail "
+            f"({w // 1000}k px slide)",
+            "ours": ours_t,
+            "baseline": b16,
+            "unit": "s",
+            "ratio": b16 / ours_t,
+        }
+    )
     return rows
 
 
@@ -218,8 +233,10 @@ def main() -> None:
 
     w, h = (12000, 9000) if args.quick else (40000, 30000)
     print(f"building slides ({w} x {h})...", file=sys.stderr)
-    slides = [("synthetic 20x (0.5 µm/px)", synthetic(w, h, 0.5), 0.5, 224),
-              ("synthetic 40x (0.25 µm/px)", synthetic(w, h, 0.25), 0.25, 224)]
+    slides = [
+        ("synthetic 20x (0.5 µm/px)", synthetic(w, h, 0.5), 0.5, 224),
+        ("synthetic 40x (0.25 µm/px)", synthetic(w, h, 0.25), 0.25, 224),
+    ]
     cmu = shared_slide()
     if cmu:
         slides.append(("CMU-1-Small-Region (real SVS)", cmu, 0.499, 224))
@@ -249,12 +266,16 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, nfile, plain, raw, ours, w1, w2 in rows:
         best = max(ours, w1, w2)
-        print(f"| {label} | {n} | {nfile} | {plain:.0f} | {raw:.0f} | {ours:.0f} | {w1:.0f} | {w2:.0f} | "
-              f"{ours / plain:.2f}x | {best / plain:.2f}x | {ours / raw:.0%} | {w2 / w1:.2f}x |")
+        print(
+            f"| {label} | {n} | {nfile} | {plain:.0f} | {raw:.0f} | {ours:.0f} | {w1:.0f} | {w2:.0f} | "
+            f"{ours / plain:.2f}x | {best / plain:.2f}x | {ours / raw:.0%} | {w2 / w1:.2f}x |"
+        )
 
     print()
     print("Tissue detection, seconds")
-    print("| slide | detect_tissue (ours) | Otsu on openslide thumbnail 1/16 | Otsu 1/64 | ours / 1/64 Otsu |")
+    print(
+        "| slide | detect_tissue (ours) | Otsu on openslide thumbnail 1/16 | Otsu 1/64 | ours / 1/64 Otsu |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name, path, _, _ in slides:
         ours, b16, b64, _ = tissue_times(path)

@@ -48,10 +48,20 @@ def _write_store(path: Path, tiles: np.ndarray, slide_embedding: np.ndarray | No
     n, d = tiles.shape
     side = int(np.ceil(np.sqrt(n)))
     coords = (np.stack([np.arange(n) % side, np.arange(n) // side], 1) * 448).astype(np.int64)
-    store = SlideStore.create_or_open(path, slide_attrs={"fingerprint": path.name}, tiling={"extent": [448, 448]},
-                                      coords=coords, tissue_fraction=np.ones(n, np.float32))
-    key = CacheKey(encoder={"name": "bench-clip", "embed_dim": d}, weights_digest=None, precision="fp32",
-                   dtype=str(tiles.dtype), package_version="bench")
+    store = SlideStore.create_or_open(
+        path,
+        slide_attrs={"fingerprint": path.name},
+        tiling={"extent": [448, 448]},
+        coords=coords,
+        tissue_fraction=np.ones(n, np.float32),
+    )
+    key = CacheKey(
+        encoder={"name": "bench-clip", "embed_dim": d},
+        weights_digest=None,
+        precision="fp32",
+        dtype=str(tiles.dtype),
+        package_version="bench",
+    )
     writer = store.prepare_embeddings(key, embed_dim=d)
     for c in range(-(-n // writer.chunk_rows)):
         s = c * writer.chunk_rows
@@ -110,8 +120,9 @@ def _baseline_class_embeddings(tower: Any) -> Any:
     return torch.stack(rows)
 
 
-def slide_level(root: Path, n_slides: int, dim: int, tower: Any, baseline_slides: int,
-                seed: int) -> list[dict[str, Any]]:
+def slide_level(
+    root: Path, n_slides: int, dim: int, tower: Any, baseline_slides: int, seed: int
+) -> list[dict[str, Any]]:
     import torch
     import torch.nn.functional as F
 
@@ -120,11 +131,18 @@ def slide_level(root: Path, n_slides: int, dim: int, tower: Any, baseline_slides
     from slidescope.vlm.zeroshot import zero_shot_logits
 
     rng = np.random.default_rng(seed)
-    paths = [_write_store(root / f"slide{i:05d}.zarr", rng.normal(size=(4, dim)).astype(np.float32),
-                          rng.normal(size=dim).astype(np.float32)) for i in range(n_slides)]
+    paths = [
+        _write_store(
+            root / f"slide{i:05d}.zarr",
+            rng.normal(size=(4, dim)).astype(np.float32),
+            rng.normal(size=dim).astype(np.float32),
+        )
+        for i in range(n_slides)
+    ]
     prompts, idx = _prompts()
     with torch.inference_mode():
         text = tower.encode(prompts).float()  # cached once, outside the timing
+
     def ours() -> Any:
         _, emb = stored_slide_embeddings(paths, "bench")
         return zero_shot_logits(emb, text, idx, logit_scale=100.0)
@@ -153,14 +171,25 @@ def slide_level(root: Path, n_slides: int, dim: int, tower: Any, baseline_slides
 
     loop_s, looped = _best_of(loop)
     torch.testing.assert_close(looped, probs, atol=1e-4, rtol=1e-4)
-    return [{"stage": f"slide-level zero-shot ({n_slides} stores, {len(prompts)} prompts)",
-             "ours": n_slides / ours_s, "baseline": len(sub) / base_s, "unit": "slides/s"},
-            {"stage": "  same, baseline with cached text, one slide at a time",
-             "ours": n_slides / ours_s, "baseline": n_slides / loop_s, "unit": "slides/s"}]
+    return [
+        {
+            "stage": f"slide-level zero-shot ({n_slides} stores, {len(prompts)} prompts)",
+            "ours": n_slides / ours_s,
+            "baseline": len(sub) / base_s,
+            "unit": "slides/s",
+        },
+        {
+            "stage": "  same, baseline with cached text, one slide at a time",
+            "ours": n_slides / ours_s,
+            "baseline": n_slides / loop_s,
+            "unit": "slides/s",
+        },
+    ]
 
 
-def tile_level(root: Path, n_slides: int, n_tiles: int, dim: int, tower: Any, baseline_slides: int, k: int,
-               seed: int) -> dict[str, Any]:
+def tile_level(
+    root: Path, n_slides: int, n_tiles: int, dim: int, tower: Any, baseline_slides: int, k: int, seed: int
+) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -168,11 +197,14 @@ def tile_level(root: Path, n_slides: int, n_tiles: int, dim: int, tower: Any, ba
     from slidescope.vlm.zeroshot import class_text_embeddings, mi_zero
 
     rng = np.random.default_rng(seed)
-    paths = [_write_store(root / f"tiles{i:04d}.zarr", rng.normal(size=(n_tiles, dim)).astype(np.float16), None)
-             for i in range(n_slides)]
+    paths = [
+        _write_store(root / f"tiles{i:04d}.zarr", rng.normal(size=(n_tiles, dim)).astype(np.float16), None)
+        for i in range(n_slides)
+    ]
     prompts, idx = _prompts()
     with torch.inference_mode():
         w = class_text_embeddings(tower.encode(prompts).float(), idx)  # cached once
+
     def run_ours() -> list[Any]:
         out = []
         for p in paths:
@@ -192,8 +224,12 @@ def tile_level(root: Path, n_slides: int, n_tiles: int, dim: int, tower: Any, ba
         base.append(torch.softmax(100.0 * scores, 0))
     base_s = time.perf_counter() - t0
     torch.testing.assert_close(torch.stack(base), torch.stack(ours[: len(sub)]), atol=1e-4, rtol=1e-4)
-    return {"stage": f"MI-Zero tile-level ({n_slides} stores x {n_tiles:,} tiles, top-{k})",
-            "ours": n_slides / ours_s, "baseline": len(sub) / base_s, "unit": "slides/s"}
+    return {
+        "stage": f"MI-Zero tile-level ({n_slides} stores x {n_tiles:,} tiles, top-{k})",
+        "ours": n_slides / ours_s,
+        "baseline": len(sub) / base_s,
+        "unit": "slides/s",
+    }
 
 
 def run(quick: bool = False, *, threads: int = 2, seed: int = 0) -> list[dict[str, Any]]:
@@ -205,9 +241,12 @@ def run(quick: bool = False, *, threads: int = 2, seed: int = 0) -> list[dict[st
     tower = _text_tower()
     root = Path(tempfile.mkdtemp(prefix="bench_zero_shot_"))
     try:
-        rows = [*slide_level(root, n_slide, 512, tower, baseline_slides=2 if quick else 5, seed=seed),
-                tile_level(root, n_tile_stores, n_tiles, 512, tower, baseline_slides=2 if quick else 5, k=10,
-                           seed=seed)]
+        rows = [
+            *slide_level(root, n_slide, 512, tower, baseline_slides=2 if quick else 5, seed=seed),
+            tile_level(
+                root, n_tile_stores, n_tiles, 512, tower, baseline_slides=2 if quick else 5, k=10, seed=seed
+            ),
+        ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     for r in rows:

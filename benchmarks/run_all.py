@@ -56,8 +56,10 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()}, {os.cpu_count()} cores, {gpu}; python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {gpu}; python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def collect(stages: list[str], *, quick: bool, device: str | None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -96,8 +98,9 @@ def _num(v: float) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| stage | ours | baseline | unit | ours vs baseline |", "|---|---:|---:|---|---:|"]
     for r in rows:
-        lines.append(f"| {r['stage']} | {_num(r['ours'])} | {_num(r['baseline'])} | {r['unit']} | "
-                     f"{r['ratio']:.2f}x |")
+        lines.append(
+            f"| {r['stage']} | {_num(r['ours'])} | {_num(r['baseline'])} | {r['unit']} | {r['ratio']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows, errors = collect(stages, quick=args.quick, device=args.device)
     print()
-    print(f"slidescope benchmarks{' (--quick)' if args.quick else ''}: {machine()}; {time.perf_counter() - t0:.0f} s")
+    print(
+        f"slidescope benchmarks{' (--quick)' if args.quick else ''}: {machine()}; {time.perf_counter() - t0:.0f} s"
+    )
     print()
     print(format_table(rows))
     if missing:

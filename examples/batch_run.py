@@ -18,7 +18,7 @@ from pathlib import Path
 
 import slidescope as ss
 from slidescope.features import extract_slides
-from slidescope.wsi import make_synthetic_cohort
+from slidescope.synthetic import make_synthetic_cohort
 
 
 def quick_model(out: Path, n_slides: int, size: int, encoder: str) -> tuple[Path, Path]:
@@ -31,7 +31,9 @@ def quick_model(out: Path, n_slides: int, size: int, encoder: str) -> tuple[Path
         with open(manifest, newline="") as fh:
             slides = [manifest.parent / row["slide"] for row in csv.DictReader(fh)]
         extract_slides(slides, encoder, store=out / "stores", progress=False)
-        ss.train(manifest, store=out / "stores", encoder=encoder, out=run_dir, model="abmil", folds=2, epochs=10)
+        ss.train(
+            manifest, store=out / "stores", encoder=encoder, out=run_dir, model="abmil", folds=2, epochs=10
+        )
     return manifest, run_dir
 
 
@@ -53,9 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         manifest, run_dir = quick_model(args.out, args.n_slides, args.size, args.encoder)
         slides, models = [str(manifest)], models or [str(run_dir)]
 
-    result = ss.run(slides, encoder=args.encoder, weights=args.weights, model=models, prompts=args.prompts,
-                    slide_text_model=args.slide_text_model, out=args.out / "results", stores=args.out / "stores",
-                    progress=False)
+    result = ss.run(
+        slides,
+        encoder=args.encoder,
+        weights=args.weights,
+        model=models,
+        prompts=args.prompts,
+        slide_text_model=args.slide_text_model,
+        out=args.out / "results",
+        stores=args.out / "stores",
+        progress=False,
+    )
     print(f"{result.counts}; predictions: {result.predictions}; report: {result.out / 'report.md'}")
     for o in result.outcomes[:5]:
         print(f"{o.key}: {o.status}, {o.n_tiles} tiles at {o.effective_mpp} µm/px, {o.predictions}")

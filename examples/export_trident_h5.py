@@ -23,7 +23,9 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "sample_slide.tif
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stores", type=Path, help="slide stores or store folders (default: embed the sample slide)")
+    ap.add_argument(
+        "--stores", type=Path, help="slide stores or store folders (default: embed the sample slide)"
+    )
     ap.add_argument("--encoder", default="he-descriptor", help="which embeddings to export")
     ap.add_argument("--out", type=Path, default=Path("examples-out"), help="h5 files go to OUT/h5")
     args = ap.parse_args(argv)
@@ -40,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         h5 = export_h5(store, args.encoder, args.out / "h5" / (store.name[: -len(".zarr")] + ".h5"))
         with h5py.File(h5, "r") as f:  # what a TRIDENT/CLAM user sees
             feats, coords = f["features"], f["coords"]
-            print(f"{h5.name}: features {feats.shape} {feats.dtype}, coords {coords.shape} {coords.dtype}, "
-                  f"patch_size {coords.attrs['patch_size']} px = {coords.attrs['patch_size_level0']} level-0 px, "
-                  f"{coords.attrs['target_magnification']:.0f}x of {coords.attrs['level0_magnification']:.0f}x")
+            print(
+                f"{h5.name}: features {feats.shape} {feats.dtype}, coords {coords.shape} {coords.dtype}, "
+                f"patch_size {coords.attrs['patch_size']} px = {coords.attrs['patch_size_level0']} level-0 px, "
+                f"{coords.attrs['target_magnification']:.0f}x of {coords.attrs['level0_magnification']:.0f}x"
+            )
     print(f"{len(stores)} h5 file(s) in {args.out / 'h5'}")
     return 0
 

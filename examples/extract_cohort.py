@@ -20,7 +20,8 @@ from pathlib import Path
 
 import slidescope as ss
 from slidescope.features import extract_slides
-from slidescope.wsi import expand_slides, make_synthetic_cohort
+from slidescope.synthetic import make_synthetic_cohort
+from slidescope.wsi import expand_slides
 
 
 def synthetic_cohort(out: Path, n_slides: int, size: int) -> Path:
@@ -33,8 +34,12 @@ def synthetic_cohort(out: Path, n_slides: int, size: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("slides", nargs="*", help="slide files, folders, glob patterns or a CSV manifest "
-                    "(default: a synthetic cohort in OUT/cohort)")
+    ap.add_argument(
+        "slides",
+        nargs="*",
+        help="slide files, folders, glob patterns or a CSV manifest "
+        "(default: a synthetic cohort in OUT/cohort)",
+    )
     ap.add_argument("--encoder", default="he-descriptor", help="see `slidescope encoders`")
     ap.add_argument("--weights", help="local weights file or folder of the encoder")
     ap.add_argument("--out", type=Path, default=Path("examples-out"))
@@ -46,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     inputs = args.slides or [synthetic_cohort(args.out, args.n_slides, args.size)]
     slides = expand_slides(inputs)  # folders, globs and manifests -> slide paths
     encoder = ss.create_encoder(args.encoder, weights=args.weights)
-    results = extract_slides(slides, encoder, store=args.out / "stores", num_workers=args.num_workers,
-                             progress=False)
+    results = extract_slides(
+        slides, encoder, store=args.out / "stores", num_workers=args.num_workers, progress=False
+    )
 
     with open(args.out / "extraction.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -62,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if ok:  # how the embeddings are read back (this is what MIL training and zero-shot use)
         store = ss.open_store(ok[0].store)
         emb = store.embeddings(args.encoder)  # (N, D) float16, row i = tile at store.coords[i]
-        print(f"\n{store.path.name}: embeddings {emb.shape} {emb.dtype}, coords {store.coords.shape} "
-              f"(level-0 top-left x, y), tiles {store.tile_extent} level-0 px")
-    print(f"{len(ok)} of {len(results)} slides ready in {args.out / 'stores'}; per-slide table: "
-          f"{args.out / 'extraction.csv'}")
+        print(
+            f"\n{store.path.name}: embeddings {emb.shape} {emb.dtype}, coords {store.coords.shape} "
+            f"(level-0 top-left x, y), tiles {store.tile_extent} level-0 px"
+        )
+    print(
+        f"{len(ok)} of {len(results)} slides ready in {args.out / 'stores'}; per-slide table: "
+        f"{args.out / 'extraction.csv'}"
+    )
     return 0 if len(ok) == len(results) else 1
 
 

@@ -32,7 +32,9 @@ import yaml
 def read_templates(utils_py: Path) -> list[str]:
     """The literal list assigned to ``TEMPLATES`` in ``utils_py`` (parsed, not executed)."""
     for node in ast.parse(utils_py.read_text()).body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TEMPLATES" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "TEMPLATES" for t in node.targets
+        ):
             templates = ast.literal_eval(node.value)
             if isinstance(templates, list) and all(isinstance(t, str) for t in templates):
                 return templates
@@ -43,7 +45,9 @@ def titan_prompts(checkout: Path, task: str = "tcga-ot") -> dict:
     """``{"templates": [...], "classes": {name: [phrasings]}}`` from a TITAN checkout, in TITAN's class order."""
     config_path = checkout / "datasets" / f"config_{task}.yaml"
     if not config_path.is_file():
-        raise SystemExit(f"error: {config_path} not found; pass the root of a TITAN checkout and an existing --task")
+        raise SystemExit(
+            f"error: {config_path} not found; pass the root of a TITAN checkout and an existing --task"
+        )
     config = yaml.safe_load(config_path.read_text())
     labels, prompts = config.get("label_dict"), config.get("prompts")
     if not isinstance(labels, dict) or not isinstance(prompts, dict):
@@ -58,8 +62,9 @@ def titan_prompts(checkout: Path, task: str = "tcga-ot") -> dict:
 
 def _commit(checkout: Path) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown commit (not a git checkout)"
@@ -68,15 +73,19 @@ def _commit(checkout: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkout", type=Path, help="root of a mahmoodlab/TITAN checkout")
-    parser.add_argument("--task", default="tcga-ot", help="datasets/config_<task>.yaml to read (default tcga-ot)")
+    parser.add_argument(
+        "--task", default="tcga-ot", help="datasets/config_<task>.yaml to read (default tcga-ot)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="prompt YAML to write")
     args = parser.parse_args(argv)
     data = titan_prompts(args.checkout, args.task)
-    header = (f"# TITAN's zero-shot prompts ({len(data['classes'])} classes, {len(data['templates'])} templates), "
-              f"converted by slidescope's examples/titan_prompts.py\n"
-              f"# from mahmoodlab/TITAN @ {_commit(args.checkout)}: titan/utils.py TEMPLATES and "
-              f"datasets/config_{args.task}.yaml (label_dict order, prompts).\n"
-              "# Licence of the source: CC-BY-NC-ND 4.0 (Mahmood Lab); for your own use, do not redistribute.\n")
+    header = (
+        f"# TITAN's zero-shot prompts ({len(data['classes'])} classes, {len(data['templates'])} templates), "
+        f"converted by slidescope's examples/titan_prompts.py\n"
+        f"# from mahmoodlab/TITAN @ {_commit(args.checkout)}: titan/utils.py TEMPLATES and "
+        f"datasets/config_{args.task}.yaml (label_dict order, prompts).\n"
+        "# Licence of the source: CC-BY-NC-ND 4.0 (Mahmood Lab); for your own use, do not redistribute.\n"
+    )
     args.out.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     print(f"wrote {args.out}: {len(data['classes'])} classes, {len(data['templates'])} templates")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import slidescope as ss
 from slidescope.features import extract_slides
 from slidescope.features.store import store_path
-from slidescope.wsi import make_synthetic_cohort
+from slidescope.synthetic import make_synthetic_cohort
 
 
 def synthetic_cohort(out: Path, n_slides: int, size: int, encoder: str) -> tuple[Path, Path]:
@@ -51,8 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         manifest, stores = args.manifest, args.stores or args.out / "stores"
 
-    run = ss.train(manifest, store=stores, encoder=args.encoder, out=args.out / "abmil", model="abmil",
-                   folds=args.folds, epochs=args.epochs, seed=args.seed)
+    run = ss.train(
+        manifest,
+        store=stores,
+        encoder=args.encoder,
+        out=args.out / "abmil",
+        model="abmil",
+        folds=args.folds,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
     print(run.summary())  # per-fold and pooled held-out metrics with 95% CIs
     print(f"out-of-fold predictions: {run.oof_csv}\ncheckpoints: {', '.join(map(str, run.checkpoints))}")
 
@@ -61,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         slide_stores = [store_path(stores, manifest.parent / row["slide"]) for row in csv.DictReader(fh)]
     scores = ss.score(run.checkpoints, slide_stores, out_csv=args.out / "abmil_scores.csv", name="abmil")
     for s in scores[:5]:
-        print(f"{s.slide}: {s.predicted} ({', '.join(f'{c}={p:.3f}' for c, p in s.probs.items())}), "
-              f"attention over {len(s.attention)} tiles")
-    print(f"scores of {len(scores)} slides: {args.out / 'abmil_scores.csv'}; tile attention in each store as "
-          f"'abmil/attention' (draw it with ss.heatmap)")
+        print(
+            f"{s.slide}: {s.predicted} ({', '.join(f'{c}={p:.3f}' for c, p in s.probs.items())}), "
+            f"attention over {len(s.attention)} tiles"
+        )
+    print(
+        f"scores of {len(scores)} slides: {args.out / 'abmil_scores.csv'}; tile attention in each store as "
+        f"'abmil/attention' (draw it with ss.heatmap)"
+    )
     return 0
 
 

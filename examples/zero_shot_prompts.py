@@ -22,19 +22,23 @@ from slidescope.features import extract_slides
 from slidescope.features.store import store_path
 from slidescope.mil.score import expand_stores
 from slidescope.vlm import load_prompts
-from slidescope.wsi import make_synthetic_cohort
+from slidescope.synthetic import make_synthetic_cohort
 
 HERE = Path(__file__).resolve().parent
 
 
-def synthetic_split(out: Path, n_slides: int, size: int, encoder: str) -> tuple[Path, list[dict[str, str]], Path]:
+def synthetic_split(
+    out: Path, n_slides: int, size: int, encoder: str
+) -> tuple[Path, list[dict[str, str]], Path]:
     """A synthetic cohort with embeddings, split by patient: (development manifest, held-out rows, stores)."""
     manifest = out / "cohort" / "manifest.csv"
     if not manifest.exists():
         make_synthetic_cohort(out / "cohort", n_slides=n_slides, width=size, height=size * 3 // 4, seed=0)
     with open(manifest, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    extract_slides([manifest.parent / r["slide"] for r in rows], encoder, store=out / "stores", progress=False)
+    extract_slides(
+        [manifest.parent / r["slide"] for r in rows], encoder, store=out / "stores", progress=False
+    )
     held = set(sorted({r["patient"] for r in rows})[::4])
     dev = manifest.parent / "pretrain.csv"
     with open(dev, "w", newline="") as fh:
@@ -46,7 +50,9 @@ def synthetic_split(out: Path, n_slides: int, size: int, encoder: str) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slide-text-model", type=Path, help="a saved slide-text model folder (pretrain's OUT/model)")
+    ap.add_argument(
+        "--slide-text-model", type=Path, help="a saved slide-text model folder (pretrain's OUT/model)"
+    )
     ap.add_argument("--stores", type=Path, help="slide stores or a store folder to classify")
     ap.add_argument("--prompts", type=Path, default=HERE / "prompts.yaml")
     ap.add_argument("--encoder", default="he-descriptor")
@@ -63,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = args.out / "slidetext" / "model"
         if not model_dir.is_dir():
-            res = pretrain(dev, store=store_dir, encoder=args.encoder, out=args.out / "slidetext",
-                           epochs=args.epochs, seed=0)
+            res = pretrain(
+                dev,
+                store=store_dir,
+                encoder=args.encoder,
+                out=args.out / "slidetext",
+                epochs=args.epochs,
+                seed=0,
+            )
             print(f"pretrained: {res.summary()}")
         stores = [store_path(store_dir, dev.parent / r["slide"]) for r in held]
         labels = {Path(r["slide"]).stem: r["label"] for r in held}
@@ -84,15 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.slide}: {r.predicted} ({', '.join(f'{c}={p:.3f}' for c, p in r.probs.items())}){truth}")
     if labels:
         right = sum(r.predicted == labels[r.slide] for r in rows)
-        print(f"{right} of {len(rows)} held-out slides right (synthetic slides; prompts unseen in pretraining)")
+        print(
+            f"{right} of {len(rows)} held-out slides right (synthetic slides; prompts unseen in pretraining)"
+        )
 
     # where does "tumour" match? per-tile similarity maps written into the store, drawn over the slide
     first = rows[0]
     ss.zero_shot([first.store], prompts, model=model_dir, encoder=args.encoder, level="tile")
     slide_file = ss.open_store(first.store).attrs["slide"]["path"]
     name = prompts.names[0]
-    png = ss.heatmap(slide_file, first.store, scores=f"zero-shot/{name}",
-                     out_png=args.out / f"zero_shot_{first.slide}.png")
+    png = ss.heatmap(
+        slide_file, first.store, scores=f"zero-shot/{name}", out_png=args.out / f"zero_shot_{first.slide}.png"
+    )
     print(f"probabilities: {args.out / 'zero_shot.csv'}; '{name}' similarity map: {png}")
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from slidescope.wsi.synthetic import make_synthetic_slide
+from slidescope.synthetic import make_synthetic_slide
 
 HERE = Path(__file__).resolve().parent
 SLIDE = HERE / "sample_slide.tiff"

@@ -46,14 +46,27 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, *_errors_all, "__version__"])
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .features import create_encoder, extract_features, list_encoders, open_store
-    from .mil import create_aggregator
-    from .mil.heatmap import heatmap
-    from .mil.score import score
-    from .mil.train import train
-    from .pipeline import run
-    from .vlm import few_shot, zero_shot
-    from .wsi import TileDataset, TileGrid, TissueMask, detect_tissue, iter_tiles, make_tile_grid, open_slide
+    from .features import (
+        create_encoder as create_encoder,
+        extract_features as extract_features,
+        list_encoders as list_encoders,
+        open_store as open_store,
+    )
+    from .mil import create_aggregator as create_aggregator
+    from .mil.heatmap import heatmap as heatmap
+    from .mil.score import score as score
+    from .mil.train import train as train
+    from .pipeline import run as run
+    from .vlm import few_shot as few_shot, zero_shot as zero_shot
+    from .wsi import (
+        TileDataset as TileDataset,
+        TileGrid as TileGrid,
+        TissueMask as TissueMask,
+        detect_tissue as detect_tissue,
+        iter_tiles as iter_tiles,
+        make_tile_grid as make_tile_grid,
+        open_slide as open_slide,
+    )
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any]) -> tuple[
-    Callable[[str], Any], Callable[[], list[str]]
-]:
+def lazy_exports(
+    package: str, exports: dict[str, str], namespace: dict[str, Any]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``__getattr__`` and ``__dir__`` for ``package`` given ``{name: relative or absolute module}``."""
 
     def __getattr__(name: str) -> Any:

@@ -4,7 +4,7 @@ Everything here is **synthetic** and the encoder is the weight-free ``he-descrip
 H&E features, *not a foundation model*): the numbers show that the pipeline works end to end, not
 how well anything works on real slides. The demo only calls the public functions the commands call:
 
-1. :func:`~slidescope.wsi.make_synthetic_cohort` - labelled slides, patients, reports (``OUT/cohort``);
+1. :func:`~slidescope.synthetic.make_synthetic_cohort` - labelled slides, patients, reports (``OUT/cohort``);
    about a quarter of the patients of each label are held out (``heldout.csv``), the rest is
    the development set (``dev.csv``);
 2. :func:`~slidescope.features.extract.extract_slides` - ``he-descriptor`` embeddings (``OUT/stores``);
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._compat import renamed_attribute, renamed_kwargs
 from .errors import InvalidParameterError
 
 __all__ = ["DemoResult", "demo", "DEMO_PROMPTS"]
@@ -61,12 +62,12 @@ def _real_slides_help(out: Path) -> str:
 The same on real slides with a foundation model (download the weights once, e.g. UNI from Hugging Face
 after accepting its terms; make a manifest slides.csv with columns slide, label, patient[, report]):
 
-  slidescope extract slides/ --encoder uni --weights /models/uni/pytorch_model.bin --out stores
-  slidescope train --manifest slides.csv --store stores --encoder uni --model abmil --folds 5 --out runs/abmil
+  slidescope extract slides/ --encoder uni --weights /models/uni/pytorch_model.bin --stores stores
+  slidescope train --manifest slides.csv --stores stores --encoder uni --model abmil --folds 5 --out runs/abmil
   slidescope score $(for k in 0 1 2 3 4; do echo --model runs/abmil/fold$k/best.ckpt; done) \\
       stores --out predictions.csv
-  slidescope pretrain --manifest slides.csv --store stores --encoder uni --out runs/slidetext
-  slidescope zero-shot --model runs/slidetext/model --prompts {out / 'prompts.yaml'} --encoder uni stores --out zs.csv
+  slidescope pretrain --manifest slides.csv --stores stores --encoder uni --out runs/slidetext
+  slidescope zero-shot --model runs/slidetext/model --prompts {out / "prompts.yaml"} --encoder uni stores --out zs.csv
 
 (`zero-shot` needs a slide-text model pretrained on reports of the same encoder's embeddings.)
 
@@ -74,7 +75,7 @@ Then score new slides end to end in one resumable command (tissue, tiles, embedd
 heatmaps, a report; add --executor dask to spread the slides over workers or GPUs):
 
   slidescope run new_slides/ --encoder uni --weights /models/uni/pytorch_model.bin --model runs/abmil \
-      --prompts {out / 'prompts.yaml'} --slide-text-model runs/slidetext/model --out results"""
+      --prompts {out / "prompts.yaml"} --slide-text-model runs/slidetext/model --out results"""
 
 
 @dataclass
@@ -88,7 +89,7 @@ class DemoResult:
     stores: Path
     abmil_run: Path
     checkpoints: list[Path]
-    slidetext_model: Path
+    slide_text_model: Path
     prompts: Path
     n_dev: int
     n_heldout: int
@@ -109,17 +110,24 @@ class DemoResult:
             return f"{v:.3f}  (95% CI {c[0]:.3f}-{c[1]:.3f})"
 
         rows = [
-            ("ABMIL, 3-fold patient-level CV AUROC", f"{ci(self.cv_auroc, self.cv_ci)}  [{self.n_dev} dev slides]"),
-            ("held-out AUROC, supervised (fold ensemble)",
-             f"{ci(self.heldout_auroc, self.heldout_ci)}  [{self.n_heldout} held-out slides]"),
-            ("held-out AUROC, zero-shot (unseen prompts)",
-             f"{ci(self.zero_shot_auroc, self.zero_shot_ci)}  [{self.n_heldout} held-out slides]"),
+            (
+                "ABMIL, 3-fold patient-level CV AUROC",
+                f"{ci(self.cv_auroc, self.cv_ci)}  [{self.n_dev} dev slides]",
+            ),
+            (
+                "held-out AUROC, supervised (fold ensemble)",
+                f"{ci(self.heldout_auroc, self.heldout_ci)}  [{self.n_heldout} held-out slides]",
+            ),
+            (
+                "held-out AUROC, zero-shot (unseen prompts)",
+                f"{ci(self.zero_shot_auroc, self.zero_shot_ci)}  [{self.n_heldout} held-out slides]",
+            ),
         ]
         files = [
             ("cohort (synthetic)", self.manifest.parent),
             ("embedding stores", self.stores),
             ("ABMIL run", self.abmil_run),
-            ("slide-text model", self.slidetext_model),
+            ("slide-text model", self.slide_text_model),
             ("zero-shot prompts", self.prompts),
             ("held-out predictions", self.supervised_csv.parent),
             ("heatmaps", self.out / "heatmaps"),
@@ -131,6 +139,11 @@ class DemoResult:
         lines += [f"{k:<{w}}  {v}" for k, v in files]
         lines.append(f"{'time':<{w}}  {self.seconds:.0f} s")
         return "\n".join(lines)
+
+
+# the old spelling, for one release (docs/GLOSSARY.md)
+DemoResult.__init__ = renamed_kwargs(slidetext_model="slide_text_model")(DemoResult.__init__)  # type: ignore
+DemoResult.slidetext_model = renamed_attribute("slidetext_model", "slide_text_model")  # type: ignore
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -152,8 +165,10 @@ def _split(rows: list[dict[str, str]], fraction: float) -> tuple[list[dict[str, 
     label_of = {r["patient"]: r["label"] for r in rows}
     held: set[str] = set()
     for label in sorted(set(label_of.values())):
-        held.update(sorted(p for p, lab in label_of.items() if lab == label)[step - 1::step] or
-                    sorted(p for p, lab in label_of.items() if lab == label)[:1])
+        held.update(
+            sorted(p for p, lab in label_of.items() if lab == label)[step - 1 :: step]
+            or sorted(p for p, lab in label_of.items() if lab == label)[:1]
+        )
     return [r for r in rows if r["patient"] not in held], [r for r in rows if r["patient"] in held]
 
 
@@ -198,10 +213,12 @@ def demo(
     from .mil.train import train
     from .vlm.api import zero_shot
     from .vlm.pretrain import pretrain
-    from .wsi import make_synthetic_cohort
+    from .synthetic import make_synthetic_cohort
 
     if n_slides < 12:
-        raise InvalidParameterError(f"the demo needs at least 12 slides (3 folds and a held-out set), got {n_slides}")
+        raise InvalidParameterError(
+            f"the demo needs at least 12 slides (3 folds and a held-out set), got {n_slides}"
+        )
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,14 +230,23 @@ def demo(
     print(INTRO, flush=True)
     print(flush=True)
 
-    config = {"n_slides": n_slides, "seed": seed, "width": width, "height": height, "mpp": 0.5,
-              "heldout_fraction": heldout_fraction, "encoder": ENCODER}
+    config = {
+        "n_slides": n_slides,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "mpp": 0.5,
+        "heldout_fraction": heldout_fraction,
+        "encoder": ENCODER,
+    }
     config_path = out / "demo.json"
     if config_path.exists():
         old = json.loads(config_path.read_text()).get("config")
         if old != config:
-            raise InvalidParameterError(f"{out} holds a demo with another configuration ({old}); use another --out "
-                                        f"or delete the folder")
+            raise InvalidParameterError(
+                f"{out} holds a demo with another configuration ({old}); use another --out "
+                f"or delete the folder"
+            )
     config_path.write_text(json.dumps({"config": config}, indent=2))
 
     # 1. cohort
@@ -229,34 +255,59 @@ def demo(
     if manifest.exists() and all((cohort / r["slide"]).exists() for r in _read(manifest)):
         say(f"1/6 cohort: reusing {manifest}")
     else:
-        say(f"1/6 cohort: writing {n_slides} synthetic slides of {width}x{height} px at 0.5 µm/px to {cohort}")
+        say(
+            f"1/6 cohort: writing {n_slides} synthetic slides of {width}x{height} px at 0.5 µm/px to {cohort}"
+        )
         make_synthetic_cohort(cohort, n_slides=n_slides, width=width, height=height, mpp=0.5, seed=seed)
     rows = _read(manifest)
     dev_rows, held_rows = _split(rows, heldout_fraction)
     dev_manifest = _write(cohort / "dev.csv", dev_rows)
     held_manifest = _write(cohort / "heldout.csv", held_rows)
     n_pat = len({r["patient"] for r in rows})
-    say(f"    {len(rows)} slides of {n_pat} patients; held out: {len(held_rows)} slides of "
-        f"{len({r['patient'] for r in held_rows})} patients")
+    say(
+        f"    {len(rows)} slides of {n_pat} patients; held out: {len(held_rows)} slides of "
+        f"{len({r['patient'] for r in held_rows})} patients"
+    )
 
     # 2. embeddings
     stores = out / "stores"
     say(f"2/6 extract: {ENCODER} embeddings into {stores} (cached)")
-    results = extract_slides([cohort / r["slide"] for r in rows], ENCODER, store=stores, num_workers=0,
-                             progress=False)
+    results = extract_slides(
+        [cohort / r["slide"] for r in rows], ENCODER, store=stores, num_workers=0, progress=False
+    )
     bad = [r for r in results if r.status not in ("done", "reused")]
     if bad:
-        raise InvalidParameterError(f"extraction failed for {len(bad)} slide(s): "
-                                    + "; ".join(f"{Path(r.slide).name}: {r.error}" for r in bad[:3]))
-    say(f"    {sum(r.status == 'reused' for r in results)} reused, {sum(r.status == 'done' for r in results)} "
-        f"computed; {sum(r.n_tiles for r in results)} tiles")
+        raise InvalidParameterError(
+            f"extraction failed for {len(bad)} slide(s): "
+            + "; ".join(f"{Path(r.slide).name}: {r.error}" for r in bad[:3])
+        )
+    say(
+        f"    {sum(r.status == 'reused' for r in results)} reused, {sum(r.status == 'done' for r in results)} "
+        f"computed; {sum(r.n_tiles for r in results)} tiles"
+    )
 
     # 3. ABMIL cross-validation on the development slides
     runs = out / "runs"
-    say(f"3/6 train: ABMIL, 3-fold patient-level cross-validation on {len(dev_rows)} slides -> {runs / 'abmil'}")
-    run = train(dev_manifest, store=stores, encoder=ENCODER, out=runs / "abmil", model="abmil", model_kwargs=_ABMIL,
-                folds=3, epochs=20, batch_size=4, lr=1e-3, early_stopping_patience=8, seed=seed, bootstrap=1000,
-                accelerator="cpu", resume=True)
+    say(
+        f"3/6 train: ABMIL, 3-fold patient-level cross-validation on {len(dev_rows)} slides -> {runs / 'abmil'}"
+    )
+    run = train(
+        dev_manifest,
+        store=stores,
+        encoder=ENCODER,
+        out=runs / "abmil",
+        model="abmil",
+        model_kwargs=_ABMIL,
+        folds=3,
+        epochs=20,
+        batch_size=4,
+        lr=1e-3,
+        early_stopping_patience=8,
+        seed=seed,
+        bootstrap=1000,
+        accelerator="cpu",
+        resume=True,
+    )
     for f in run.folds:
         say(f"    fold {f.fold}: {f.status}, {f.epochs} epochs, AUROC {f.metrics['auroc']:.3f}")
 
@@ -267,8 +318,15 @@ def demo(
         say(f"4/6 pretrain: reusing {model_dir}")
     else:
         say(f"4/6 pretrain: slide-text model on {len(dev_rows)} development reports -> {slidetext}")
-        res = pretrain(dev_manifest, store=stores, encoder=ENCODER, out=slidetext, epochs=60, seed=seed,
-                       accelerator="cpu")
+        res = pretrain(
+            dev_manifest,
+            store=stores,
+            encoder=ENCODER,
+            out=slidetext,
+            epochs=60,
+            seed=seed,
+            accelerator="cpu",
+        )
         say(f"    {res.summary()}")
 
     # 5. held-out scoring
@@ -279,13 +337,17 @@ def demo(
     if seen:  # pragma: no cover - the synthetic reports never use these words
         raise InvalidParameterError(f"prompt phrasings occur in the training reports: {seen}")
     prompts = out / "prompts.yaml"
-    prompts.write_text("# zero-shot classes: phrasings that never occur in the synthetic reports\n"
-                       + yaml.safe_dump({"classes": DEMO_PROMPTS}, sort_keys=False))
+    prompts.write_text(
+        "# zero-shot classes: phrasings that never occur in the synthetic reports\n"
+        + yaml.safe_dump({"classes": DEMO_PROMPTS}, sort_keys=False)
+    )
     held_stores = [store_path(stores, cohort / r["slide"]) for r in held_rows]
     labels = np.array([r["label"] == "tumour" for r in held_rows], dtype=int)
     preds = out / "predictions"
-    say(f"5/6 score: {len(held_rows)} held-out slides, supervised (ensemble of {len(run.checkpoints)} folds) "
-        f"and zero-shot ({prompts})")
+    say(
+        f"5/6 score: {len(held_rows)} held-out slides, supervised (ensemble of {len(run.checkpoints)} folds) "
+        f"and zero-shot ({prompts})"
+    )
     sup = score(run.checkpoints, held_stores, out_csv=preds / "heldout_supervised.csv", name="abmil")
     zs = zero_shot(held_stores, prompts, model=model_dir, encoder=ENCODER)
     zs_csv = preds / "heldout_zero_shot.csv"
@@ -299,35 +361,79 @@ def demo(
     tumour = [(r, s) for r, s in zip(held_rows, held_stores, strict=True) if r["label"] == "tumour"]
     pngs: list[Path] = []
     geo: list[Path] = []
-    say(f"6/6 heatmaps: attention of {min(2, len(tumour))} held-out tumour slides, zero-shot tile similarity "
-        f"of 1 -> {heat}")
+    say(
+        f"6/6 heatmaps: attention of {min(2, len(tumour))} held-out tumour slides, zero-shot tile similarity "
+        f"of 1 -> {heat}"
+    )
     for r, s in tumour[:2]:
         name = Path(r["slide"]).stem
         g = heat / f"{name}.attention.geojson"
-        pngs.append(heatmap(cohort / r["slide"], s, scores="abmil/attention", out_png=heat / f"{name}.attention.png",
-                            out_geojson=g))
+        pngs.append(
+            heatmap(
+                cohort / r["slide"],
+                s,
+                scores="abmil/attention",
+                out_png=heat / f"{name}.attention.png",
+                out_geojson=g,
+            )
+        )
         geo.append(g)
     if tumour:
         r, s = tumour[0]
         zero_shot([s], prompts, model=model_dir, encoder=ENCODER, level="tile")
         name = Path(r["slide"]).stem
-        pngs.append(heatmap(cohort / r["slide"], s, scores="zero-shot/tumour",
-                            out_png=heat / f"{name}.zero-shot-tumour.png"))
+        pngs.append(
+            heatmap(
+                cohort / r["slide"],
+                s,
+                scores="zero-shot/tumour",
+                out_png=heat / f"{name}.zero-shot-tumour.png",
+            )
+        )
 
     result = DemoResult(
-        out=out, manifest=manifest, dev_manifest=dev_manifest, heldout_manifest=held_manifest, stores=stores,
-        abmil_run=run.out, checkpoints=run.checkpoints, slidetext_model=model_dir, prompts=prompts,
-        n_dev=len(dev_rows), n_heldout=len(held_rows), cv_auroc=float(run.pooled["auroc"]),
+        out=out,
+        manifest=manifest,
+        dev_manifest=dev_manifest,
+        heldout_manifest=held_manifest,
+        stores=stores,
+        abmil_run=run.out,
+        checkpoints=run.checkpoints,
+        slide_text_model=model_dir,
+        prompts=prompts,
+        n_dev=len(dev_rows),
+        n_heldout=len(held_rows),
+        cv_auroc=float(run.pooled["auroc"]),
         cv_ci=tuple(run.pooled_ci["auroc"]),  # type: ignore[arg-type]
-        heldout_auroc=sup_auc, heldout_ci=sup_ci, zero_shot_auroc=zs_auc, zero_shot_ci=zs_ci,
-        supervised_csv=preds / "heldout_supervised.csv", zero_shot_csv=zs_csv, heatmaps=pngs, geojson=geo,
-        seconds=time.perf_counter() - t0)
-    (out / "results.json").write_text(json.dumps({
-        "config": config, "cv_auroc": result.cv_auroc, "cv_ci": list(result.cv_ci),
-        "heldout_auroc_supervised": sup_auc, "heldout_ci_supervised": list(sup_ci),
-        "heldout_auroc_zero_shot": zs_auc, "heldout_ci_zero_shot": list(zs_ci),
-        "n_dev": result.n_dev, "n_heldout": result.n_heldout, "seconds": result.seconds,
-        "heatmaps": [str(p) for p in pngs], "geojson": [str(p) for p in geo]}, indent=2))
+        heldout_auroc=sup_auc,
+        heldout_ci=sup_ci,
+        zero_shot_auroc=zs_auc,
+        zero_shot_ci=zs_ci,
+        supervised_csv=preds / "heldout_supervised.csv",
+        zero_shot_csv=zs_csv,
+        heatmaps=pngs,
+        geojson=geo,
+        seconds=time.perf_counter() - t0,
+    )
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "config": config,
+                "cv_auroc": result.cv_auroc,
+                "cv_ci": list(result.cv_ci),
+                "heldout_auroc_supervised": sup_auc,
+                "heldout_ci_supervised": list(sup_ci),
+                "heldout_auroc_zero_shot": zs_auc,
+                "heldout_ci_zero_shot": list(zs_ci),
+                "n_dev": result.n_dev,
+                "n_heldout": result.n_heldout,
+                "seconds": result.seconds,
+                "heatmaps": [str(p) for p in pngs],
+                "geojson": [str(p) for p in geo],
+            },
+            indent=2,
+        )
+    )
     print(flush=True)
     print(result.table(), flush=True)
     print(flush=True)

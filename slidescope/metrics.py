@@ -37,12 +37,40 @@ import numpy as np
 
 from .errors import InvalidParameterError
 
-__all__ = ["rankdata", "auroc", "accuracy", "balanced_accuracy", "f1_score", "cohen_kappa", "concordance_index",
-           "classification_metrics", "CLASSIFICATION_METRICS", "BootstrapCI", "bootstrap_ci", "bootstrap_metrics"]
+__all__ = [
+    "rankdata",
+    "auroc",
+    "accuracy",
+    "balanced_accuracy",
+    "f1_score",
+    "cohen_kappa",
+    "concordance_index",
+    "classification_metrics",
+    "CLASSIFICATION_METRICS",
+    "regression_metrics",
+    "REGRESSION_METRICS",
+    "survival_metrics",
+    "SURVIVAL_METRICS",
+    "BootstrapCI",
+    "bootstrap_ci",
+    "bootstrap_metrics",
+]
 
 #: The names :func:`classification_metrics` returns (and :func:`bootstrap_ci` accepts as ``metric``).
-CLASSIFICATION_METRICS = ("auroc", "auroc_ovo", "balanced_accuracy", "f1", "f1_weighted", "kappa",
-                          "kappa_quadratic", "accuracy")
+CLASSIFICATION_METRICS = (
+    "auroc",
+    "auroc_ovo",
+    "balanced_accuracy",
+    "f1",
+    "f1_weighted",
+    "kappa",
+    "kappa_quadratic",
+    "accuracy",
+)
+#: The names :func:`regression_metrics` returns.
+REGRESSION_METRICS = ("pearson", "spearman", "r2", "mae")
+#: The names :func:`survival_metrics` returns.
+SURVIVAL_METRICS = ("c_index",)
 
 
 def _arr(x: Any, dtype: Any = None) -> np.ndarray:
@@ -89,8 +117,10 @@ def _binary_auroc(pos: np.ndarray, s: np.ndarray) -> float:
 def _check_len(*arrays: np.ndarray) -> None:
     lens = {len(a) for a in arrays}
     if len(lens) > 1:
-        raise InvalidParameterError(f"the arrays differ in length ({', '.join(str(len(a)) for a in arrays)}); "
-                                    "pass one label/score per slide")
+        raise InvalidParameterError(
+            f"the arrays differ in length ({', '.join(str(len(a)) for a in arrays)}); "
+            "pass one label/score per slide"
+        )
 
 
 def auroc(y_true: Any, y_score: Any, *, multi_class: str = "ovr") -> float:
@@ -130,7 +160,7 @@ def auroc(y_true: Any, y_score: Any, *, multi_class: str = "ovr") -> float:
         return float(np.mean([_binary_auroc(y == c, s[:, c]) for c in present]))
     pairs = []
     for i, a in enumerate(present):
-        for b in present[i + 1:]:
+        for b in present[i + 1 :]:
             m = (y == a) | (y == b)
             pairs.append((_binary_auroc(y[m] == a, s[m, a]) + _binary_auroc(y[m] == b, s[m, b])) / 2)
     return float(np.mean(pairs))
@@ -184,7 +214,9 @@ def f1_score(y_true: Any, y_pred: Any, *, average: str = "macro") -> float:
     return float(f1[denom > 0].mean())
 
 
-def cohen_kappa(y_true: Any, y_pred: Any, *, weights: str | None = None, n_classes: int | None = None) -> float:
+def cohen_kappa(
+    y_true: Any, y_pred: Any, *, weights: str | None = None, n_classes: int | None = None
+) -> float:
     """Cohen's kappa (``sklearn.metrics.cohen_kappa_score`` with ``labels=range(n_classes)``).
 
     Parameters
@@ -238,7 +270,7 @@ def concordance_index(time: Any, risk: Any, event: Any) -> float:
         raise InvalidParameterError(f"time, risk and event differ in length ({len(t)}, {len(r)}, {len(e)})")
     n_pairs = score = 0.0
     for a in range(0, len(t), 2048):
-        ti, ri, ei = t[a:a + 2048, None], r[a:a + 2048, None], e[a:a + 2048, None]
+        ti, ri, ei = t[a : a + 2048, None], r[a : a + 2048, None], e[a : a + 2048, None]
         # comparable[i, j]: i's event is known to precede j's time
         comparable = ei & ((ti < t[None, :]) | ((ti == t[None, :]) & ~e[None, :]))
         n_pairs += comparable.sum()
@@ -266,11 +298,51 @@ def classification_metrics(y_true: Any, y_score: Any) -> dict[str, float]:
         raise InvalidParameterError(f"y_score must be (n, C) scores, got shape {s.shape}")
     c = s.shape[1]
     pred = s.argmax(1)
-    return {"auroc": auroc(y, s), "auroc_ovo": auroc(y, s, multi_class="ovo"),
-            "balanced_accuracy": balanced_accuracy(y, pred), "f1": f1_score(y, pred),
-            "f1_weighted": f1_score(y, pred, average="weighted"), "kappa": cohen_kappa(y, pred, n_classes=c),
-            "kappa_quadratic": cohen_kappa(y, pred, weights="quadratic", n_classes=c),
-            "accuracy": accuracy(y, pred)}
+    return {
+        "auroc": auroc(y, s),
+        "auroc_ovo": auroc(y, s, multi_class="ovo"),
+        "balanced_accuracy": balanced_accuracy(y, pred),
+        "f1": f1_score(y, pred),
+        "f1_weighted": f1_score(y, pred, average="weighted"),
+        "kappa": cohen_kappa(y, pred, n_classes=c),
+        "kappa_quadratic": cohen_kappa(y, pred, weights="quadratic", n_classes=c),
+        "accuracy": accuracy(y, pred),
+    }
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def regression_metrics(targets: Any, predictions: Any) -> dict[str, float]:
+    """Pearson r, Spearman r, R² and MAE of ``(n,)`` predictions (see :data:`REGRESSION_METRICS`).
+
+    Equal to ``scipy.stats.pearsonr``, ``scipy.stats.spearmanr`` (Pearson r of average ranks, so ties
+    share their mean rank), ``sklearn.metrics.r2_score`` (``1 - SSres/SStot``) and
+    ``sklearn.metrics.mean_absolute_error``. The correlations are NaN when either side is constant (or
+    fewer than 2 values), R² is NaN when the targets are constant (scikit-learn returns 0 or 1 there),
+    MAE is NaN without values.
+    """
+    y = _arr(targets, np.float64).reshape(-1)
+    f = _arr(predictions, np.float64).reshape(-1)
+    _check_len(y, f)
+    if len(y) < 2:
+        mae = float(np.abs(y - f).mean()) if len(y) else float("nan")
+        return {m: float("nan") for m in REGRESSION_METRICS} | {"mae": mae}
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    return {
+        "pearson": _pearson(y, f),
+        "spearman": _pearson(rankdata(y), rankdata(f)),
+        "r2": float(1 - ((y - f) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
+        "mae": float(np.abs(y - f).mean()),
+    }
+
+
+def survival_metrics(time: Any, risk: Any, event: Any) -> dict[str, float]:
+    """``{"c_index": Harrell's C}`` (see :func:`concordance_index` and :data:`SURVIVAL_METRICS`)."""
+    return {"c_index": concordance_index(time, risk, event)}
 
 
 _NAMED: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -281,8 +353,9 @@ _NAMED: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "f1": lambda y, s: f1_score(y, _predicted(s)),
     "f1_weighted": lambda y, s: f1_score(y, _predicted(s), average="weighted"),
     "kappa": lambda y, s: cohen_kappa(y, _predicted(s), n_classes=s.shape[1] if s.ndim == 2 else None),
-    "kappa_quadratic": lambda y, s: cohen_kappa(y, _predicted(s), weights="quadratic",
-                                                n_classes=s.shape[1] if s.ndim == 2 else None),
+    "kappa_quadratic": lambda y, s: cohen_kappa(
+        y, _predicted(s), weights="quadratic", n_classes=s.shape[1] if s.ndim == 2 else None
+    ),
 }
 
 
@@ -296,9 +369,16 @@ class BootstrapCI(NamedTuple):
     n_valid: int  # resamples the metric was defined on (e.g. AUROC needs two classes)
 
 
-def bootstrap_metrics(fn: Callable[..., dict[str, float]], arrays: Sequence[Any], *, groups: Any = None,
-                      n: int = 1000, seed: int = 0, level: float = 0.95,
-                      valid: Callable[..., bool] | None = None) -> dict[str, BootstrapCI]:
+def bootstrap_metrics(
+    fn: Callable[..., dict[str, float]],
+    arrays: Sequence[Any],
+    *,
+    groups: Any = None,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    valid: Callable[..., bool] | None = None,
+) -> dict[str, BootstrapCI]:
     """Percentile bootstrap of every metric ``fn(*arrays)`` returns (a dict of floats).
 
     Parameters
@@ -351,8 +431,16 @@ def bootstrap_metrics(fn: Callable[..., dict[str, float]], arrays: Sequence[Any]
     return out
 
 
-def bootstrap_ci(y_true: Any, y_score: Any, metric: str | Callable[[np.ndarray, np.ndarray], float] = "auroc", *,
-                 groups: Any = None, n: int = 1000, seed: int = 0, level: float = 0.95) -> BootstrapCI:
+def bootstrap_ci(
+    y_true: Any,
+    y_score: Any,
+    metric: str | Callable[[np.ndarray, np.ndarray], float] = "auroc",
+    *,
+    groups: Any = None,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> BootstrapCI:
     """Percentile bootstrap CI of one metric over ``n`` resamples of the slides (or of ``groups``).
 
     Parameters

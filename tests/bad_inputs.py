@@ -47,8 +47,16 @@ def forged_bomb(path: Path, width: int, height: int) -> Path:
     """A single-strip deflate TIFF of 64x64 zeros whose header then declares ``width`` x ``height``."""
     import tifffile
 
-    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), photometric="rgb", compression="zlib",
-                     rowsperstrip=64, resolution=(20000, 20000), resolutionunit="CENTIMETER", metadata=None)
+    tifffile.imwrite(
+        path,
+        np.zeros((64, 64, 3), np.uint8),
+        photometric="rgb",
+        compression="zlib",
+        rowsperstrip=64,
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
     data = bytearray(path.read_bytes())
     with tifffile.TiffFile(path) as tif:
         tags = tif.pages[0].tags
@@ -78,5 +86,7 @@ def write_tiff(path: Path, data: np.ndarray, **kw) -> Path:
     """A tiled TIFF of ``data`` at 0.5 µm/px (resolution tags), extra tifffile keywords passed on."""
     import tifffile
 
-    tifffile.imwrite(path, data, tile=(256, 256), resolution=(20000, 20000), resolutionunit="CENTIMETER", **kw)
+    tifffile.imwrite(
+        path, data, tile=(256, 256), resolution=(20000, 20000), resolutionunit="CENTIMETER", **kw
+    )
     return path

@@ -2,44 +2,37 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from realdata import real_dir, real_file
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data_dir() -> Path | None:
-    env = os.environ.get("SLIDESCOPE_TEST_DATA")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (candidate / "slides").is_dir():
-            return candidate
-    return None
-
-
+# The real test files: located, checked against tests/realdata.sha256, skipped when missing (failed in
+# CI). See tests/realdata.py.
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    found = shared_data_dir()
-    if found is None:
-        pytest.skip("real test slides not found: set SLIDESCOPE_TEST_DATA or put shared/data beside the checkout")
-    return found
+    """The real-data folder (``slides/``, ``fixtures/``), every listed file in it checked."""
+    return real_dir("")
 
 
 @pytest.fixture(scope="session")
-def cmu_small(shared_data: Path) -> Path:
-    return shared_data / "slides" / "CMU-1-Small-Region.svs"
+def cmu_small() -> Path:
+    return real_file("slides/CMU-1-Small-Region.svs")
 
 
 @pytest.fixture(scope="session")
-def ome_detail(shared_data: Path) -> Path:
-    return shared_data / "slides" / "OS-1-detail.ome.tif"
+def ome_detail() -> Path:
+    return real_file("slides/OS-1-detail.ome.tif")
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir(shared_data: Path) -> Path:
-    return shared_data / "fixtures"
+def fixtures_dir() -> Path:
+    """The folder of small broken / odd files, every listed file in it checked."""
+    return real_dir("fixtures")
 
 
 def textured_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -49,7 +42,9 @@ def textured_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     img = np.empty((height, width, 3), np.float32)
     for c in range(3):
         fx, fy, ph = rng.uniform(0.002, 0.02), rng.uniform(0.002, 0.02), rng.uniform(0, 6.28)
-        img[..., c] = 128 + 60 * np.sin(xx * fx + ph) * np.cos(yy * fy) + 40 * np.sin((xx + yy) * 0.05 * (c + 1))
+        img[..., c] = (
+            128 + 60 * np.sin(xx * fx + ph) * np.cos(yy * fy) + 40 * np.sin((xx + yy) * 0.05 * (c + 1))
+        )
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -80,8 +75,13 @@ def write_pyramid(
             if level:
                 h, w = img.shape[:2]
                 img = np.asarray(Image.fromarray(img).resize((w // 2, h // 2), Image.Resampling.BOX))
-            tw.write(img, description=desc if (svs and level == 0) else None, subfiletype=1 if (level and not svs) else 0,
-                     metadata=None, **kwargs)
+            tw.write(
+                img,
+                description=desc if (svs and level == 0) else None,
+                subfiletype=1 if (level and not svs) else 0,
+                metadata=None,
+                **kwargs,
+            )
             if level == 0 and svs:  # Aperio layout: page 1 is a stripped thumbnail, readers rely on it
                 h, w = img.shape[:2]
                 thumb = np.asarray(Image.fromarray(img).resize((max(1, w // 16), max(1, h // 16))))

@@ -11,14 +11,26 @@ from pathlib import Path
 import pytest
 
 #: variables that would make a child think it is a rank of some other job (a SLURM job running pytest...)
-_RANK_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-                   "PL_GLOBAL_SEED", "TORCHELASTIC_RUN_ID")
+_RANK_VARIABLES = (
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "PL_GLOBAL_SEED",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without rank or cluster variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in _RANK_VARIABLES and not k.startswith(("SLURM_", "PMI_", "OMPI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _RANK_VARIABLES and not k.startswith(("SLURM_", "PMI_", "OMPI_"))
+    }
     return env | extra
 
 
@@ -26,11 +38,14 @@ def launch(cmd: list[str], *, log: Path, cwd: Path, env: dict[str, str]) -> subp
     """Start ``cmd`` writing to ``log``, in its own session: on a timeout the whole group (rank 0 and the
     ranks Lightning started) can be ended."""
     with log.open("w") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
 
 
-def wait_all(procs: dict[int, subprocess.Popen], logs: dict[int, Path], *, timeout: float,
-             what: str) -> dict[int, tuple[int, str, float]]:
+def wait_all(
+    procs: dict[int, subprocess.Popen], logs: dict[int, Path], *, timeout: float, what: str
+) -> dict[int, tuple[int, str, float]]:
     """Per run: (exit code, output, seconds until it ended); a run still going after ``timeout`` is killed
     with its group and the test fails with its log."""
     t0 = time.monotonic()
@@ -45,7 +60,9 @@ def wait_all(procs: dict[int, subprocess.Popen], logs: dict[int, Path], *, timeo
         os.killpg(procs[n].pid, signal.SIGKILL)
         procs[n].wait()
     if late:
-        pytest.fail(f"{what} --devices {late[0]} did not finish in {timeout} s:\n{logs[late[0]].read_text()[-4000:]}")
+        pytest.fail(
+            f"{what} --devices {late[0]} did not finish in {timeout} s:\n{logs[late[0]].read_text()[-4000:]}"
+        )
     return {n: (proc.returncode, logs[n].read_text(), ended[n]) for n, proc in procs.items()}
 
 

@@ -34,8 +34,12 @@ ENCODER = "he-descriptor"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slidescope", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.run(
+        [sys.executable, "-m", "slidescope", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,15 @@ class Case:
 def _ome_zarr(folder: Path) -> None:
     """A minimal OME-Zarr (v0.5 on zarr 3) that someone converted into the stores folder."""
     (folder / "0").mkdir(parents=True)
-    (folder / "zarr.json").write_text(json.dumps({
-        "zarr_format": 3, "node_type": "group",
-        "attributes": {"ome": {"version": "0.5", "multiscales": [{"datasets": [{"path": "0"}]}]}}}))
+    (folder / "zarr.json").write_text(
+        json.dumps(
+            {
+                "zarr_format": 3,
+                "node_type": "group",
+                "attributes": {"ome": {"version": "0.5", "multiscales": [{"datasets": [{"path": "0"}]}]}},
+            }
+        )
+    )
     (folder / "0" / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
 
 
@@ -95,9 +105,14 @@ def batch(tmp_path_factory: pytest.TempPathFactory):
     corrupt_tile(slides / "corrupt-tile.tiff", x // 256, y // 256, "eoi")
     forged_bomb(slides / "bomb.tif", 60000, 60000)
     rng = np.random.default_rng(0)
-    write_tiff(slides / "uint16.tif", (rng.random((512, 512, 3)) * 60000).astype(np.uint16), photometric="rgb")
-    write_tiff(slides / "multiplex.qptiff", (rng.random((4, 512, 512)) * 200).astype(np.uint8),
-               photometric="minisblack")
+    write_tiff(
+        slides / "uint16.tif", (rng.random((512, 512, 3)) * 60000).astype(np.uint16), photometric="rgb"
+    )
+    write_tiff(
+        slides / "multiplex.qptiff",
+        (rng.random((4, 512, 512)) * 200).astype(np.uint8),
+        photometric="minisblack",
+    )
     forged_offsets(slides / "short-offsets.tiff", 100)
     (slides / "dangling.svs").symlink_to(slides / "gone.svs")
     shutil.copy(SAMPLE_SLIDE, slides / "foreign.tiff")
@@ -108,8 +123,14 @@ def batch(tmp_path_factory: pytest.TempPathFactory):
     args = [str(slides / c.name) for c in SLIDE_CASES]
     first = cli("-q", "extract", *args, "--encoder", ENCODER, "--out", str(stores))
     second = cli("-q", "extract", *args, "--encoder", ENCODER, "--out", str(stores))
-    return {"slides": slides, "stores": stores, "first": first, "second": second, "foreign": foreign,
-            "foreign_digest": before}
+    return {
+        "slides": slides,
+        "stores": stores,
+        "first": first,
+        "second": second,
+        "foreign": foreign,
+        "foreign_digest": before,
+    }
 
 
 def _verdict(output: str, name: str) -> str:
@@ -131,7 +152,9 @@ def test_each_slide_gets_its_verdict_and_nothing_wrong_is_cached(batch, case: Ca
     if case.expect == "done":
         assert re.match(rf"{re.escape(case.name)}: done", first), first
         assert re.match(rf"{re.escape(case.name)}: (done|reused|skipped)", second), second  # not re-encoded
-        store = open_store(store_path(batch["stores"], slide_key(batch["slides"] / case.name)), encoder=ENCODER)
+        store = open_store(
+            store_path(batch["stores"], slide_key(batch["slides"] / case.name)), encoder=ENCODER
+        )
         assert store.embeddings(ENCODER).shape[0] > 0
         return
     for line in (first, second):  # the same verdict on the rerun: a failure is never cached as a success
@@ -205,7 +228,9 @@ def test_damaged_store_is_refused_then_rebuilt(batch, tmp_path: Path, how: str) 
     assert re.search(r"^error: StoreCorruptError: .*extract", out.stderr, re.M), out.stderr
     assert not list((tmp_path / "h5").glob("*.h5")), "a damaged store was exported"
 
-    again = cli("-q", "extract", str(batch["slides"] / "good.tiff"), "--encoder", ENCODER, "--out", str(stores))
+    again = cli(
+        "-q", "extract", str(batch["slides"] / "good.tiff"), "--encoder", ENCODER, "--out", str(stores)
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert re.search(r"good\.tiff: done", again.stdout), again.stdout  # rebuilt, not "reused"
     rebuilt = open_store(store_path(stores, key), encoder=ENCODER).embeddings(ENCODER)

@@ -42,8 +42,11 @@ def test_results_table(ran) -> None:
     assert result.heldout_auroc >= 0.9, result.heldout_auroc
     assert result.zero_shot_auroc >= 0.8, result.zero_shot_auroc
     assert result.cv_auroc >= 0.8, result.cv_auroc
-    for value, (lo, hi) in [(result.cv_auroc, result.cv_ci), (result.heldout_auroc, result.heldout_ci),
-                            (result.zero_shot_auroc, result.zero_shot_ci)]:
+    for value, (lo, hi) in [
+        (result.cv_auroc, result.cv_ci),
+        (result.heldout_auroc, result.heldout_ci),
+        (result.zero_shot_auroc, result.zero_shot_ci),
+    ]:
         assert 0.0 <= lo <= value <= hi <= 1.0
     assert f"{result.heldout_auroc:.3f}" in text and f"{result.zero_shot_auroc:.3f}" in text
     assert f"{result.cv_auroc:.3f}" in text and "95% CI" in text
@@ -59,7 +62,11 @@ def test_files(ran) -> None:
     assert all(p.is_file() for p in result.checkpoints)
     assert all((out / "runs" / "abmil" / f"fold{k}" / "best.ckpt").is_file() for k in range(3))
     assert (out / "runs" / "slidetext" / "model").is_dir()
-    assert (out / "prompts.yaml").is_file() and result.supervised_csv.is_file() and result.zero_shot_csv.is_file()
+    assert (
+        (out / "prompts.yaml").is_file()
+        and result.supervised_csv.is_file()
+        and result.zero_shot_csv.is_file()
+    )
     # the zero-shot phrasings never occur in the development reports the model was pretrained on
     import csv
 

@@ -32,9 +32,14 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"extract_cohort.py", "train_abmil_cv.py", "zero_shot_prompts.py", "export_trident_h5.py",
-              "batch_run.py",
-              "titan_prompts.py"}  # tested in tests/vlm/test_zeroshot_parity.py (on a TITAN-shaped checkout)
+    tested = {
+        "extract_cohort.py",
+        "train_abmil_cv.py",
+        "zero_shot_prompts.py",
+        "export_trident_h5.py",
+        "batch_run.py",
+        "titan_prompts.py",
+    }  # tested in tests/vlm/test_zeroshot_parity.py (on a TITAN-shaped checkout)
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -44,14 +49,19 @@ def test_extract_cohort(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "8 of 8 slides ready" in text and "embeddings (" in text and ", 98) float16" in text
     with open(work / "extraction.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 8 and {r["status"] for r in rows} == {"done"} and all(int(r["tiles"]) > 0 for r in rows)
+    assert (
+        len(rows) == 8 and {r["status"] for r in rows} == {"done"} and all(int(r["tiles"]) > 0 for r in rows)
+    )
     assert len(list((work / "stores").glob("*.zarr"))) == 8
 
 
-def test_extract_reports_a_bad_slide(tmp_path: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_extract_reports_a_bad_slide(
+    tmp_path: Path, fixtures_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = REPO / "sample_data" / "sample_slide.tiff"
-    code = main_of("extract_cohort.py")([str(good), str(fixtures_dir / "not-a-tiff.svs"), "--out", str(tmp_path),
-                                         "--num-workers", "0"])
+    code = main_of("extract_cohort.py")(
+        [str(good), str(fixtures_dir / "not-a-tiff.svs"), "--out", str(tmp_path), "--num-workers", "0"]
+    )
     text = capsys.readouterr().out
     assert code == 1 and "1 of 2 slides ready" in text
     assert "not-a-tiff.svs" in text and "failed" in text and "UnsupportedSlideError" in text
@@ -80,7 +90,12 @@ def test_zero_shot_prompts(work: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "held-out slides right" in text and "similarity map" in text
     with open(work / "zero_shot.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and set(rows[0]) == {"slide", "prob_tumour", "prob_normal", "predicted"}  # the prompt file's classes
+    assert rows and set(rows[0]) == {
+        "slide",
+        "prob_tumour",
+        "prob_normal",
+        "predicted",
+    }  # the prompt file's classes
     assert (work / "slidetext" / "model" / "config.json").is_file()
     pngs = list(work.glob("zero_shot_*.png"))
     assert len(pngs) == 1
@@ -111,15 +126,19 @@ def test_export_trident_h5(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_examples_run_as_scripts() -> None:
     """``python examples/<script>.py --help``: each parses its arguments and imports what it needs when run as a
     script (not only through this test's runpy)."""
-    code = ("import runpy, sys\n"
-            "for name in sys.argv[1:]:\n"
-            "    sys.argv = [name, '--help']\n"
-            "    try:\n"
-            "        runpy.run_path(name, run_name='__main__')\n"
-            "    except SystemExit as e:\n"
-            "        assert e.code == 0, (name, e.code)\n")
+    code = (
+        "import runpy, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    sys.argv = [name, '--help']\n"
+        "    try:\n"
+        "        runpy.run_path(name, run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (name, e.code)\n"
+    )
     scripts = sorted(str(p) for p in EXAMPLES.glob("*.py"))
-    proc = subprocess.run([sys.executable, "-c", code, *scripts], capture_output=True, text=True, cwd=EXAMPLES)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *scripts], capture_output=True, text=True, cwd=EXAMPLES
+    )
     assert proc.returncode == 0, proc.stderr
     for p in scripts:
         assert Path(p).name.replace(".py", "") in proc.stdout or "usage:" in proc.stdout
@@ -142,8 +161,19 @@ def test_batch_run(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 #: the public functions of ``slidescope`` whose docstrings are checked here (zero_shot and few_shot are
 #: documented with slidescope.vlm and tested there)
-PUBLIC = ("open_slide", "detect_tissue", "make_tile_grid", "create_encoder", "extract_features", "open_store",
-          "create_aggregator", "train", "score", "heatmap", "run")
+PUBLIC = (
+    "open_slide",
+    "detect_tissue",
+    "make_tile_grid",
+    "create_encoder",
+    "extract_features",
+    "open_store",
+    "create_aggregator",
+    "train",
+    "score",
+    "heatmap",
+    "run",
+)
 
 
 @pytest.mark.parametrize("name", PUBLIC)

@@ -6,14 +6,13 @@ import itertools
 import math
 import warnings
 
+import lifelines.utils as lifelines_utils
 import numpy as np
 import pytest
+import sklearn.metrics as sk
 
 from slidescope import metrics
 from slidescope.errors import InvalidParameterError
-
-sk = pytest.importorskip("sklearn.metrics")
-lifelines_utils = pytest.importorskip("lifelines.utils")
 
 SEEDS = list(range(6))
 
@@ -70,8 +69,13 @@ def test_auroc_missing_class_is_left_out(seed: int) -> None:
     p = _scores(rng, 200, c)
     present = [0, 1, 3]
     ovr = np.mean([sk.roc_auc_score(y == k, p[:, k]) for k in present])
-    ovo = np.mean([(sk.roc_auc_score(y[m] == a, p[m, a]) + sk.roc_auc_score(y[m] == b, p[m, b])) / 2
-                   for a, b in itertools.combinations(present, 2) for m in [(y == a) | (y == b)]])
+    ovo = np.mean(
+        [
+            (sk.roc_auc_score(y[m] == a, p[m, a]) + sk.roc_auc_score(y[m] == b, p[m, b])) / 2
+            for a, b in itertools.combinations(present, 2)
+            for m in [(y == a) | (y == b)]
+        ]
+    )
     assert metrics.auroc(y, p) == pytest.approx(ovr, abs=1e-12)
     assert metrics.auroc(y, p, multi_class="ovo") == pytest.approx(ovo, abs=1e-12)
     assert math.isnan(metrics.auroc(np.zeros(10, int), p[:10]))
@@ -84,10 +88,14 @@ def test_label_metrics_match_sklearn(seed: int, missing: bool) -> None:
     rng = np.random.default_rng(seed)
     c = 5
     y = rng.choice([0, 1, 2, 4] if missing else list(range(c)), 150)  # class 3 never true when missing
-    pred = rng.choice([0, 1, 2, 3] if missing else list(range(c)), 150)  # class 4 never predicted when missing
+    pred = rng.choice(
+        [0, 1, 2, 3] if missing else list(range(c)), 150
+    )  # class 4 never predicted when missing
     pred[:60] = y[:60]  # better than chance
     assert metrics.accuracy(y, pred) == pytest.approx(sk.accuracy_score(y, pred), abs=1e-12)
-    assert metrics.balanced_accuracy(y, pred) == pytest.approx(_quiet(sk.balanced_accuracy_score, y, pred), abs=1e-12)
+    assert metrics.balanced_accuracy(y, pred) == pytest.approx(
+        _quiet(sk.balanced_accuracy_score, y, pred), abs=1e-12
+    )
     for avg in ("macro", "weighted"):
         ref = _quiet(sk.f1_score, y, pred, average=avg, zero_division=0)
         assert metrics.f1_score(y, pred, average=avg) == pytest.approx(ref, abs=1e-12), avg
@@ -106,7 +114,9 @@ def test_classification_metrics_all_names(seed: int) -> None:
     pred = p.argmax(1)
     assert out["auroc_ovo"] == pytest.approx(sk.roc_auc_score(y, p, multi_class="ovo"), abs=1e-12)
     assert out["f1_weighted"] == pytest.approx(sk.f1_score(y, pred, average="weighted"), abs=1e-12)
-    assert out["kappa_quadratic"] == pytest.approx(sk.cohen_kappa_score(y, pred, weights="quadratic"), abs=1e-12)
+    assert out["kappa_quadratic"] == pytest.approx(
+        sk.cohen_kappa_score(y, pred, weights="quadratic"), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -159,3 +169,32 @@ def test_heatmap_rank_normalisation_scales() -> None:
     np.testing.assert_allclose(out, expected)
     small = normalize_scores(np.array([3.0, 1.0, 3.0, 2.0]))
     np.testing.assert_allclose(small, [(2.5) / 3, 0, 2.5 / 3, 1 / 3])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_regression_metrics_match_scipy_sklearn(seed: int) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0, 2, 120).round(0)  # ties on both sides
+    f = (0.6 * y + rng.normal(0, 1.5, 120)).round(0)
+    m = metrics.regression_metrics(y, f)
+    assert set(m) == set(metrics.REGRESSION_METRICS)
+    assert m["pearson"] == pytest.approx(stats.pearsonr(y, f).statistic, abs=1e-12)
+    assert m["spearman"] == pytest.approx(stats.spearmanr(y, f).statistic, abs=1e-12)
+    assert m["r2"] == pytest.approx(sk.r2_score(y, f), abs=1e-12)
+    assert m["mae"] == pytest.approx(sk.mean_absolute_error(y, f), abs=1e-12)
+    # constant targets: the correlations and R² are undefined (NaN here), MAE is not
+    const = metrics.regression_metrics(np.ones(5), np.arange(5.0))
+    assert all(math.isnan(const[k]) for k in ("pearson", "spearman", "r2")) and const["mae"] == 1.4
+    with pytest.raises(InvalidParameterError, match="length"):
+        metrics.regression_metrics(y, f[:-1])
+
+
+def test_survival_metrics_is_the_c_index() -> None:
+    rng = np.random.default_rng(0)
+    t, r, e = rng.integers(1, 20, 80).astype(float), rng.normal(size=80), rng.integers(0, 2, 80)
+    assert metrics.survival_metrics(t, r, e) == {"c_index": metrics.concordance_index(t, r, e)}
+    assert metrics.survival_metrics(t, r, e)["c_index"] == pytest.approx(
+        lifelines_utils.concordance_index(t, -r, e), abs=1e-12
+    )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import typer
 
 from . import app
+from ._locations import local
 
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("slidescope-demo"), help="Output folder (rerunning into it reuses what exists)."),
+    out: str = typer.Option(
+        "slidescope-demo", help="Local output folder (rerunning into it reuses what exists)."
+    ),
     slides: int = typer.Option(36, help="Synthetic slides in the cohort (at least 12)."),
     seed: int = typer.Option(0, help="Seed of the cohort, the split and training."),
 ) -> None:
@@ -22,4 +24,4 @@ def demo(
     """
     from ..demo import demo as run_demo
 
-    run_demo(out, n_slides=slides, seed=seed, progress=True)
+    run_demo(local(out, "--out of demo"), n_slides=slides, seed=seed, progress=True)

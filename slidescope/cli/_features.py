@@ -9,19 +9,22 @@ from pathlib import Path
 
 import typer
 
+from .._location import Location, join, location_name, write_text
+from ..wsi import DEFAULT_MIN_TISSUE
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
+from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
 from ._wsi import FORCE_SLIDE_MPP_HELP, PEN_HELP, SLIDE_MPP_HELP
 
 #: exit code when some slides of a batch failed (the others are done)
 EXIT_SOME_FAILED = 1
 
 
-def write_report(out: Path, command: str, results: list, extra: dict | None = None) -> Path:
-    """A per-run JSON report next to the outputs: per-slide status, timings, errors."""
+def write_report(out: Location, command: str, results: list, extra: dict | None = None) -> Location:
+    """A per-run JSON report next to the outputs (``OUT/reports``; OUT a local folder or a URL): per-slide
+    status, timings, errors."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = out / "reports"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = join(out, "reports")
     rows = [r.to_dict() for r in results]
     report = {
         "command": command,
@@ -31,25 +34,36 @@ def write_report(out: Path, command: str, results: list, extra: dict | None = No
         **(extra or {}),
         "slides": rows,
     }
-    path = folder / f"{command}-{stamp}.json"
-    path.write_text(json.dumps(report, indent=2))
-    (folder / f"{command}-latest.json").write_text(json.dumps(report, indent=2))
+    path = write_text(join(folder, f"{command}-{stamp}.json"), json.dumps(report, indent=2))
+    write_text(join(folder, f"{command}-latest.json"), json.dumps(report, indent=2))
     return path
 
 
 @app.command()
 def extract(
     slides: list[str] = typer.Argument(..., help="Slide files, folders, glob patterns or a CSV manifest."),
-    encoder: str = typer.Option("he-descriptor", help="Encoder name (see `slidescope encoders`) or timm:<name>."),
+    encoder: str = typer.Option(
+        "he-descriptor", help="Encoder name (see `slidescope encoders`) or timm:<name>."
+    ),
     weights: str | None = typer.Option(None, help="Local weights file or folder (offline use)."),
-    out: Path = typer.Option(Path("stores"), help="Store folder: one <slide>.zarr per slide."),
+    stores: str | None = typer.Option(
+        None,
+        "--stores",
+        help="Store folder: one <slide>.zarr per slide; a local "
+        "path or an fsspec URL (s3://bucket/stores). Default: ./stores.",
+    ),
+    out_old: str | None = typer.Option(None, "--out", hidden=True, help="Deprecated name of --stores."),
     mpp: float | None = typer.Option(None, help="Tile µm/px (default: what the encoder was trained at)."),
     tile_size: int | None = typer.Option(None, "--tile-size", help="Tile px (default: the encoder's)."),
     overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles."),
-    min_tissue: float = typer.Option(0.25, "--min-tissue", help="Minimum tissue fraction of a tile."),
+    min_tissue: float = typer.Option(
+        DEFAULT_MIN_TISSUE, "--min-tissue", help="Minimum tissue fraction of a tile."
+    ),
     pen: str = typer.Option("auto", "--pen", help=PEN_HELP),
     batch_size: str = typer.Option("auto", "--batch-size", help="Tiles per batch or 'auto'."),
-    num_workers: int | None = typer.Option(None, "--num-workers", help="Reader processes (default cores - 1)."),
+    num_workers: int | None = typer.Option(
+        None, "--num-workers", help="Reader processes (default cores - 1)."
+    ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1..."),
     devices: str | None = typer.Option(None, help="Several devices, one process each: 'cuda:0,cuda:1'."),
     precision: str | None = typer.Option(None, help="fp32, fp16 or bf16 (default: the model's on GPU)."),
@@ -72,38 +86,74 @@ def extract(
 
     if pen not in PEN_MODES:  # a usage error, not one failure per slide
         raise InvalidParameterError(f"--pen must be one of {', '.join(PEN_MODES)}, got {pen!r}")
+    out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
     paths = expand_slides(slides)
     device_list = [d.strip() for d in devices.split(",")] if devices else None
     bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
         if device_list:
-            raise typer.BadParameter("--devices is for the local executor; with --executor dask each worker "
-                                     "takes one GPU (--device cuda)")
-        results = _extract_on_executor(runner, paths, out, encoder=encoder, weights=weights,
-                                       device=device, precision=precision, mpp=mpp, tile_size=tile_size,
-                                       overlap=overlap, min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp,
-                                       backend=backend,
-                                       force_slide_mpp=force_slide_mpp, batch_size=bs, num_workers=num_workers,
-                                       dtype=dtype, stain=stain)
+            raise typer.BadParameter(
+                "--devices is for the local executor; with --executor dask each worker "
+                "takes one GPU (--device cuda)"
+            )
+        results = _extract_on_executor(
+            runner,
+            paths,
+            out,
+            encoder=encoder,
+            weights=weights,
+            device=device,
+            precision=precision,
+            mpp=mpp,
+            tile_size=tile_size,
+            overlap=overlap,
+            min_tissue=min_tissue,
+            pen=pen,
+            slide_mpp=slide_mpp,
+            backend=backend,
+            force_slide_mpp=force_slide_mpp,
+            batch_size=bs,
+            num_workers=num_workers,
+            dtype=dtype,
+            stain=stain,
+        )
         _finish_extract(out, encoder, results, digest=None)
         return
     if device_list and len(device_list) > 1:
         if precision:
-            raise typer.BadParameter("--precision is not supported with --devices yet; the model default is used")
+            raise typer.BadParameter(
+                "--precision is not supported with --devices yet; the model default is used"
+            )
         enc, digest = encoder, None  # each device process builds its own
     else:
-        enc = create_encoder(encoder, weights=weights, device=(device_list or [device])[0], precision=precision)
+        enc = create_encoder(
+            encoder, weights=weights, device=(device_list or [device])[0], precision=precision
+        )
         digest = enc.weights_digest
-    results = extract_slides(paths, enc, store=out, mpp=mpp, tile_size=tile_size, overlap=overlap,
-                             min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp, force_slide_mpp=force_slide_mpp,
-                             backend=backend, batch_size=bs,
-                             num_workers=num_workers, dtype=dtype, stain=stain, weights=weights,
-                             devices=device_list)
+    results = extract_slides(
+        paths,
+        enc,
+        store=out,
+        mpp=mpp,
+        tile_size=tile_size,
+        overlap=overlap,
+        min_tissue=min_tissue,
+        pen=pen,
+        slide_mpp=slide_mpp,
+        force_slide_mpp=force_slide_mpp,
+        backend=backend,
+        batch_size=bs,
+        num_workers=num_workers,
+        dtype=dtype,
+        stain=stain,
+        weights=weights,
+        devices=device_list,
+    )
     _finish_extract(out, encoder, results, digest=digest)
 
 
-def _extract_on_executor(executor, paths: list, out: Path, **options) -> list:
+def _extract_on_executor(executor, paths: list, out: Location, **options) -> list:
     """Each slide as one :func:`~slidescope.features.extract.extract_job` task; results in input order."""
     from ..features.extract import ExtractionResult, ExtractJob, extract_job
 
@@ -117,7 +167,7 @@ def _extract_on_executor(executor, paths: list, out: Path, **options) -> list:
     return sorted(results, key=lambda r: order.get(r.slide, len(order)))
 
 
-def _finish_extract(out: Path, encoder: str, results: list, *, digest: str | None) -> None:
+def _finish_extract(out: Location, encoder: str, results: list, *, digest: str | None) -> None:
     report = write_report(out, "extract", results, {"encoder": encoder, "weights_digest": digest})
     failed = [r for r in results if r.status in ("failed", "claimed")]
     for r in results:
@@ -134,34 +184,50 @@ def _finish_extract(out: Path, encoder: str, results: list, *, digest: str | Non
 
 @app.command("export-h5")
 def export_h5_cmd(
-    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or a store folder."),
+    stores: list[str] = typer.Argument(
+        None,
+        help="Slide stores (<slide>.zarr) or store folders; local paths or "
+        "fsspec URLs (or give --stores / --store).",
+    ),
+    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
+    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
     encoder: str = typer.Option(..., help="Which embeddings to export."),
-    out: Path = typer.Option(Path("h5"), help="Output folder for <slide>.h5 files."),
+    out: str = typer.Option("h5", help="Local output folder for <slide>.h5 files."),
 ) -> None:
     """Export embeddings as TRIDENT/CLAM h5 files (features, coords + patch_size_level0...)."""
+    from .._location import expand_stores
     from ..features import export_h5
 
-    paths = [p for s in stores for p in (sorted(s.glob("*.zarr")) if not s.name.endswith(".zarr") else [s])]
-    for p in paths:
-        target = export_h5(p, encoder, out / (p.name[: -len(".zarr")] + ".h5"))
-        typer.echo(f"{p.name} -> {target}")
+    folder = local(out, "--out of export-h5 (the h5 folder)")
+    for p in expand_stores(store_list(stores, stores_opt, store)):
+        name = location_name(p)
+        target = export_h5(p, encoder, folder / (name[: -len(".zarr")] + ".h5"))
+        typer.echo(f"{name} -> {target}")
 
 
 @app.command("import-h5")
 def import_h5_cmd(
-    files: list[Path] = typer.Argument(..., help="TRIDENT/CLAM h5 feature files."),
+    files: list[str] = typer.Argument(..., help="TRIDENT/CLAM h5 feature files (local)."),
     encoder: str = typer.Option(..., help="Name of the encoder that made the features (e.g. uni)."),
-    out: Path = typer.Option(Path("stores"), help="Store folder."),
-    slides: Path | None = typer.Option(None, help="Folder with the slides (matched by name) for provenance."),
+    stores: str | None = typer.Option(
+        None, "--stores", help="Store folder to write into; a local path or an fsspec URL. Default: ./stores."
+    ),
+    out_old: str | None = typer.Option(None, "--out", hidden=True, help="Deprecated name of --stores."),
+    slides: str | None = typer.Option(
+        None, help="Local folder with the slides (matched by name) for provenance."
+    ),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
 ) -> None:
     """Import TRIDENT/CLAM h5 features into slidescope stores."""
     from ..features import import_h5
 
-    for f in files:
+    out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
+    slide_folder = local(slides, "--slides of import-h5 (the slides folder)")
+    for name in files:
+        f = local(name, "an h5 file of import-h5")
         slide = None
-        if slides is not None:
-            matches = [p for p in slides.iterdir() if p.is_file() and p.name.split(".")[0] == f.stem]
+        if slide_folder is not None:
+            matches = [p for p in slide_folder.iterdir() if p.is_file() and p.name.split(".")[0] == f.stem]
             slide = matches[0] if matches else None
         target = import_h5(f, encoder=encoder, store=out, slide=slide, slide_mpp=slide_mpp)
         typer.echo(f"{f.name} -> {target}")

@@ -3,55 +3,92 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
+from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
 
 
 @app.command()
 def train(
-    manifest: Path = typer.Option(..., help="CSV with slide, patient and label (classification, regression) or "
-                                  "time and event (survival); optional site, split."),
-    store: Path = typer.Option(..., help="Store folder with the slides' embeddings."),
+    manifest: str = typer.Option(
+        ...,
+        help="CSV with slide, patient and label (classification, regression) or "
+        "time and event (survival); optional site, split.",
+    ),
+    stores: str | None = typer.Option(
+        None,
+        "--stores",
+        help="Store folder with the slides' embeddings (required); a local path or an fsspec URL.",
+    ),
+    store_old: str | None = typer.Option(None, "--store", hidden=True, help="Deprecated name of --stores."),
     encoder: str = typer.Option(..., help="Which embeddings to train on (e.g. he-descriptor, uni)."),
     model: str = typer.Option("abmil", help="Aggregator name (abmil, mean, clam-sb, transmil...)."),
-    model_kwargs: str | None = typer.Option(None, "--model-kwargs", help='Aggregator kwargs as JSON, e.g. '
-                                            '\'{"embed_dim": 256}\'.'),
+    model_kwargs: str | None = typer.Option(
+        None, "--model-kwargs", help="Aggregator kwargs as JSON, e.g. '{\"embed_dim\": 256}'."
+    ),
     folds: int = typer.Option(5, help="Patient-level cross-validation folds."),
     epochs: int = typer.Option(20, help="Maximum epochs per fold (the cosine schedule spans them)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Bags per batch (default 8; 32 for Cox)."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Bags per batch (default 8; 32 for Cox)."
+    ),
     lr: float = typer.Option(2e-4, help="AdamW learning rate (peak of the cosine schedule)."),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", help="AdamW (decoupled) weight decay."),
     seed: int = typer.Option(0, help="Seed of splits, sampling and initialisation."),
-    max_instances: int = typer.Option(512, "--max-instances", help="Tiles per training bag (a random subset, "
-                                      "drawn anew each epoch); 0 = every tile. Evaluation uses every tile."),
-    early_stopping_patience: int = typer.Option(5, "--early-stopping-patience", help="Epochs without a lower "
-                                                "validation loss before a fold stops."),
+    max_instances: int = typer.Option(
+        512,
+        "--max-instances",
+        help="Tiles per training bag (a random subset, "
+        "drawn anew each epoch); 0 = every tile. Evaluation uses every tile.",
+    ),
+    early_stopping_patience: int = typer.Option(
+        5, "--early-stopping-patience", help="Epochs without a lower validation loss before a fold stops."
+    ),
     site_preserving: bool = typer.Option(False, "--site-preserving", help="Hold out whole sites per fold."),
-    class_weighting: bool = typer.Option(True, "--class-weighting/--no-class-weighting", help="Classification: "
-                                         "weight the cross-entropy by inverse class frequency in each fold's "
-                                         "training set."),
+    class_weighting: bool = typer.Option(
+        True,
+        "--class-weighting/--no-class-weighting",
+        help="Classification: "
+        "weight the cross-entropy by inverse class frequency in each fold's "
+        "training set.",
+    ),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
-    devices: int = typer.Option(1, help="Devices per node; more than 1 (or --num-nodes > 1) trains with DDP, one "
-                                "process per device (the effective batch is --batch-size x devices x nodes)."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes (DDP). Under SLURM: srun slidescope train ... "
-                                  "--devices 4 --num-nodes 2 (Lightning detects the cluster)."),
-    strategy: str = typer.Option("auto", help="Lightning strategy: auto (DDP on several devices) or e.g. "
-                                 "ddp_find_unused_parameters_true."),
+    devices: int = typer.Option(
+        1,
+        help="Devices per node; more than 1 (or --num-nodes > 1) trains with DDP, one "
+        "process per device (the effective batch is --batch-size x devices x nodes).",
+    ),
+    num_nodes: int = typer.Option(
+        1,
+        "--num-nodes",
+        help="Nodes (DDP). Under SLURM: srun slidescope train ... "
+        "--devices 4 --num-nodes 2 (Lightning detects the cluster).",
+    ),
+    strategy: str = typer.Option(
+        "auto",
+        help="Lightning strategy: auto (DDP on several devices) or e.g. ddp_find_unused_parameters_true.",
+    ),
     precision: str | None = typer.Option(None, help="Lightning precision, e.g. bf16-mixed or 16-mixed."),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Reuse finished folds, continue interrupted ones."),
-    out: Path = typer.Option(Path("runs/mil"), help="Run folder."),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="Reuse finished folds, continue interrupted ones."
+    ),
+    out: str = typer.Option("runs/mil", help="Run folder (local)."),
     task: str = typer.Option("classification", help="classification, regression or survival."),
-    label_column: str = typer.Option("label", "--label-column", help="Column with the class (classification) or "
-                                     "the numeric target (regression), e.g. tumour_fraction."),
+    label_column: str = typer.Option(
+        "label",
+        "--label-column",
+        help="Column with the class (classification) or "
+        "the numeric target (regression), e.g. tumour_fraction.",
+    ),
     survival_model: str = typer.Option("cox", "--survival-model", help="Survival head: cox or discrete."),
     time_column: str = typer.Option("time", "--time-column", help="Survival: time to event or censoring."),
     event_column: str = typer.Option("event", "--event-column", help="Survival: 1 = event, 0 = censored."),
-    n_bins: int = typer.Option(4, "--n-bins", help="Discrete survival: time bins (quantiles of event times)."),
+    n_bins: int = typer.Option(
+        4, "--n-bins", help="Discrete survival: time bins (quantiles of event times)."
+    ),
 ) -> None:
     """Train a MIL model (classification, regression or survival) with patient-level cross-validation;
     prints held-out metrics with 95% CIs.
@@ -77,32 +114,69 @@ def train(
         raise InvalidParameterError(f"--model-kwargs is not valid JSON: {err}") from err
     if max_instances < 0:
         raise InvalidParameterError(f"--max-instances must be >= 0 (0 = every tile), got {max_instances}")
-    res = run_train(manifest, store=store, encoder=encoder, out=out, model=model, model_kwargs=kwargs, folds=folds,
-                    epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-                    max_instances=max_instances or None, early_stopping_patience=early_stopping_patience,
-                    site_preserving=site_preserving, class_weighting=class_weighting, accelerator=accelerator,
-                    devices=devices, num_nodes=num_nodes,
-                    strategy=strategy, precision=precision, num_workers=num_workers, resume=resume, task=task,
-                    label_column=label_column, survival_model=survival_model, time_column=time_column,
-                    event_column=event_column, n_bins=n_bins)
+    store = location(renamed(stores, store_old, new_name="--stores", old_name="--store"))
+    if store is None:
+        raise InvalidParameterError("give --stores: the folder with the slides' stores")
+    res = run_train(
+        local(manifest, "--manifest of train"),
+        store=store,
+        encoder=encoder,
+        out=local(out, "--out of train (the run folder)"),
+        model=model,
+        model_kwargs=kwargs,
+        folds=folds,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        max_instances=max_instances or None,
+        early_stopping_patience=early_stopping_patience,
+        site_preserving=site_preserving,
+        class_weighting=class_weighting,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        num_workers=num_workers,
+        resume=resume,
+        task=task,
+        label_column=label_column,
+        survival_model=survival_model,
+        time_column=time_column,
+        event_column=event_column,
+        n_bins=n_bins,
+    )
     if res is None:  # another DDP rank than 0: rank 0 reports
         return
     for f in res.folds:
-        typer.echo(f"fold {f.fold}: {f.status}, {f.epochs} epochs, {f.n_train} train / {f.n_val} val / "
-                   f"{f.n_test} held-out slides")
+        typer.echo(
+            f"fold {f.fold}: {f.status}, {f.epochs} epochs, {f.n_train} train / {f.n_val} val / "
+            f"{f.n_test} held-out slides"
+        )
     typer.echo(res.summary())
-    typer.echo(f"out-of-fold predictions: {res.oof_csv}\nmetrics: {res.results_csv}\n"
-               f"checkpoints: {' '.join(str(c) for c in res.checkpoints)}")
+    typer.echo(
+        f"out-of-fold predictions: {res.oof_csv}\nmetrics: {res.results_csv}\n"
+        f"checkpoints: {' '.join(str(c) for c in res.checkpoints)}"
+    )
 
 
 @app.command()
 def score(
-    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
-    model: list[Path] = typer.Option(..., "--model", help="Checkpoint (best.ckpt); repeat for an ensemble."),
-    out: Path | None = typer.Option(None, help="Predictions CSV."),
+    stores: list[str] = typer.Argument(
+        None,
+        help="Slide stores (<slide>.zarr) or store folders; local paths or "
+        "fsspec URLs (or give --stores / --store).",
+    ),
+    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
+    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
+    model: list[str] = typer.Option(..., "--model", help="Checkpoint (best.ckpt); repeat for an ensemble."),
+    out: str | None = typer.Option(None, help="Predictions CSV (local)."),
     name: str | None = typer.Option(None, help="Scores name in the stores (default: the run folder's name)."),
-    write_scores: bool = typer.Option(True, "--write-scores/--no-write-scores",
-                                      help="Write the attention into each store."),
+    write_scores: bool = typer.Option(
+        True, "--write-scores/--no-write-scores", help="Write the attention into each store."
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
@@ -110,21 +184,30 @@ def score(
 ) -> None:
     """Predict slides with MIL checkpoints (probabilities, regression predictions or survival risks averaged)
     and store the tile attention."""
-    from ..mil.score import expand_stores, run_name, write_predictions
+    from .._location import expand_stores
+    from ..mil.score import run_name, write_predictions
     from ..mil.score import score as run_score
 
+    locations = store_list(stores, stores_opt, store)
+    models = [local(m, "--model of score (a checkpoint)") for m in model]
+    out_csv = local(out, "--out of score (the predictions CSV)")
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
         from ..pipeline._dask import StoreCall, map_stores
 
-        call = StoreCall("slidescope.mil.score:score", before=([str(m) for m in model],), device=device,
-                         kwargs={"write_scores": write_scores, "name": name or run_name(model[0]), "device": device})
-        results = map_stores(runner, call, [str(p) for p in expand_stores(list(stores))])
-        if out is not None:
-            write_predictions(out, results)
+        call = StoreCall(
+            "slidescope.mil.score:score",
+            before=([str(m) for m in models],),
+            device=device,
+            kwargs={"write_scores": write_scores, "name": name or run_name(models[0]), "device": device},
+        )
+        results = map_stores(runner, call, [str(p) for p in expand_stores(locations)])
+        if out_csv is not None:
+            write_predictions(out_csv, results)
     else:
-        results = run_score(list(model), list(stores), out_csv=out, write_scores=write_scores, name=name,
-                            device=device)
+        results = run_score(
+            models, locations, out_csv=out_csv, write_scores=write_scores, name=name, device=device
+        )
     for r in results:
         if r.risk is not None:
             typer.echo(f"{r.slide}: risk {r.risk:.4f}")
@@ -134,26 +217,48 @@ def score(
             probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
             typer.echo(f"{r.slide}: {r.predicted} ({probs})")
     if write_scores:
-        typer.echo(f"tile scores written as '{name or run_name(model[0])}/attention'")
-    if out is not None:
-        typer.echo(f"predictions: {out}")
+        typer.echo(f"tile scores written as '{name or run_name(models[0])}/attention'")
+    if out_csv is not None:
+        typer.echo(f"predictions: {out_csv}")
 
 
 @app.command()
 def heatmap(
-    slide: Path = typer.Argument(..., help="The slide file."),
-    store: Path = typer.Option(..., help="The slide's store or the store folder."),
+    slide: str = typer.Argument(..., help="The slide file (a local path or an fsspec URL)."),
+    store: str | None = typer.Option(
+        None, help="The slide's store (<slide>.zarr); a local path or an fsspec URL."
+    ),
+    stores: str | None = typer.Option(
+        None,
+        "--stores",
+        help="The store folder (the slide's store is found in it; "
+        "a local path or an fsspec URL). Give --store or --stores.",
+    ),
     scores: str = typer.Option(..., help="Scores name in the store, e.g. <run>/attention."),
-    out: Path = typer.Option(..., help="PNG to write."),
-    geojson: Path | None = typer.Option(None, help="Also write the scored tiles as QuPath GeoJSON."),
+    out: str = typer.Option(..., help="PNG to write (local)."),
+    geojson: str | None = typer.Option(None, help="Also write the scored tiles as QuPath GeoJSON (local)."),
     size: int = typer.Option(1024, help="Thumbnail size (px, longest side)."),
     cmap: str = typer.Option("inferno", help="inferno, viridis, magma or jet."),
     normalize: str = typer.Option("rank", help="rank or minmax."),
     alpha: float = typer.Option(0.5, help="Opacity of the tiles."),
 ) -> None:
     """Paint per-tile scores over the slide thumbnail (PNG with colour bar, optional GeoJSON)."""
+    from ..errors import InvalidParameterError
     from ..mil.heatmap import heatmap as run_heatmap
 
-    png = run_heatmap(slide, store, scores=scores, out_png=out, out_geojson=geojson, size=size, cmap=cmap,
-                      normalize=normalize, alpha=alpha)
+    if (store is None) == (stores is None):
+        raise InvalidParameterError(
+            "give the slide's store (--store SLIDE.zarr) or the store folder (--stores), one of them"
+        )
+    png = run_heatmap(
+        location(slide),
+        location(store or stores),
+        scores=scores,
+        out_png=local(out, "--out of heatmap (the PNG)"),
+        out_geojson=local(geojson, "--geojson of heatmap"),
+        size=size,
+        cmap=cmap,
+        normalize=normalize,
+        alpha=alpha,
+    )
     typer.echo(f"heatmap: {png}" + (f"; GeoJSON: {geojson}" if geojson else ""))

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import typer
 
+from .._location import Location, location_name
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
+from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -20,7 +22,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _manifest_rows(path: Path, store: Path, label_column: str = "label") -> tuple[list[Path], list[str | None]]:
+def _manifest_rows(
+    path: Path, store: Location, label_column: str = "label"
+) -> tuple[list[Location], list[str | None]]:
     """Store paths and labels (None when the column is absent) of a manifest's slides, in file order."""
     from ..errors import InvalidParameterError
     from ..features.store import store_path
@@ -31,41 +35,86 @@ def _manifest_rows(path: Path, store: Path, label_column: str = "label") -> tupl
         rows = list(csv.DictReader(fh))
     if not rows or "slide" not in rows[0]:
         raise InvalidParameterError(f"{path.name} needs a 'slide' column and at least one row")
-    return ([store_path(store, path.parent / r["slide"]) for r in rows],
-            [r.get(label_column) or None for r in rows])
+    return (
+        [store_path(store, path.parent / r["slide"]) for r in rows],
+        [r.get(label_column) or None for r in rows],
+    )
 
 
 @app.command()
 def pretrain(
-    manifest: Path = typer.Option(..., help="CSV with slide, patient and report (free text); only training slides."),
-    store: Path = typer.Option(..., help="Store folder with the slides' tile embeddings."),
-    encoder: str = typer.Option(..., help="Which tile embeddings feed the slide encoder (e.g. he-descriptor)."),
-    out: Path = typer.Option(..., help="Run folder; the model is written to OUT/model."),
-    text: str = typer.Option("small", help="'small' (a text tower trained from scratch on the reports) or a folder "
-                             "with a Hugging Face encoder."),
-    freeze_text: str = typer.Option("none", "--freeze-text", help="none, all or partial (last layer trains)."),
+    manifest: str = typer.Option(
+        ..., help="CSV with slide, patient and report (free text); only training slides."
+    ),
+    stores: str | None = typer.Option(
+        None,
+        "--stores",
+        help="Store folder with the slides' tile embeddings (required); a local path or an fsspec URL.",
+    ),
+    store_old: str | None = typer.Option(None, "--store", hidden=True, help="Deprecated name of --stores."),
+    encoder: str = typer.Option(
+        ..., help="Which tile embeddings feed the slide encoder (e.g. he-descriptor)."
+    ),
+    out: str = typer.Option(..., help="Run folder (local); the model is written to OUT/model."),
+    text: str = typer.Option(
+        "small",
+        help="'small' (a text tower trained from scratch on the reports) or a folder "
+        "with a Hugging Face encoder.",
+    ),
+    freeze_text: str = typer.Option(
+        "none", "--freeze-text", help="none, all or partial (last layer trains)."
+    ),
     epochs: int = typer.Option(60, help="Maximum epochs."),
-    batch_size: int = typer.Option(32, "--batch-size", help="(slide, report) pairs per contrastive batch and device."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="(slide, report) pairs per contrastive batch and device."
+    ),
     lr: float = typer.Option(1e-3, help="AdamW learning rate."),
     seed: int = typer.Option(0, help="Seed of the split, sampling and initialisation."),
     max_instances: int = typer.Option(512, "--max-instances", help="Tiles per training bag (subsampled)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of patients for validation."),
     accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
-    devices: int = typer.Option(1, help="Devices per node; more than 1 (or --num-nodes > 1) pretrains with DDP, one "
-                                "process per device; the contrastive batch is --batch-size x devices x nodes."),
-    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes (DDP). Under SLURM: srun slidescope pretrain ... "
-                                  "--devices 4 --num-nodes 2 (Lightning detects the cluster)."),
-    strategy: str = typer.Option("auto", help="Lightning strategy: auto (DDP finding unused parameters, on several "
-                                 "devices) or another Lightning strategy name."),
+    devices: int = typer.Option(
+        1,
+        help="Devices per node; more than 1 (or --num-nodes > 1) pretrains with DDP, one "
+        "process per device; the contrastive batch is --batch-size x devices x nodes.",
+    ),
+    num_nodes: int = typer.Option(
+        1,
+        "--num-nodes",
+        help="Nodes (DDP). Under SLURM: srun slidescope pretrain ... "
+        "--devices 4 --num-nodes 2 (Lightning detects the cluster).",
+    ),
+    strategy: str = typer.Option(
+        "auto",
+        help="Lightning strategy: auto (DDP finding unused parameters, on several "
+        "devices) or another Lightning strategy name.",
+    ),
 ) -> None:
     """Pretrain a slide-text model (CLIP loss on slide tile embeddings and their reports)."""
+    from ..errors import InvalidParameterError
     from ..vlm.pretrain import pretrain as run_pretrain
 
-    res = run_pretrain(manifest, store=store, encoder=encoder, out=out, text=text,
-                       freeze_text=freeze_text,  # type: ignore[arg-type]
-                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_instances=max_instances,
-                       val_fraction=val_fraction, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                       strategy=strategy)
+    store = location(renamed(stores, store_old, new_name="--stores", old_name="--store"))
+    if store is None:
+        raise InvalidParameterError("give --stores: the folder with the slides' stores")
+    res = run_pretrain(
+        local(manifest, "--manifest of pretrain"),
+        store=store,
+        encoder=encoder,
+        out=local(out, "--out of pretrain (the run folder)"),
+        text=text,
+        freeze_text=freeze_text,  # type: ignore[arg-type]
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        max_instances=max_instances,
+        val_fraction=val_fraction,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+    )
     if res is None:  # another DDP rank than 0: rank 0 reports
         return
     typer.echo(res.summary())
@@ -74,23 +123,51 @@ def pretrain(
 
 @app.command("zero-shot")
 def zero_shot(
-    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
-    model: str = typer.Option(..., help="A saved slide-text model folder (pretrain's OUT/model), a published slide "
-                              "model (prism, titan) or a patch-level CLIP model (plip, quiltnet: tile level)."),
-    prompts: Path = typer.Option(..., help="YAML: 'classes: {name: [phrasing, ...]}', optional 'templates: [...]'."),
-    encoder: str | None = typer.Option(None, help="The tile embeddings to read (default for named models: the one "
-                                       "they need; required for a saved slide-text model)."),
-    weights: Path | None = typer.Option(None, help="A named model's local files: a downloaded copy of its hub "
-                                        "repository, or the CLIP weights file/folder (default: the hub)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
-                                           "code (from their repositories) to run; required for them."),
-    out: Path | None = typer.Option(None, help="Probabilities CSV."),
-    ensemble: str | None = typer.Option(None, help="mean-embedding or sum-probability (default: the model's)."),
-    level: str | None = typer.Option(None, help="slide, or tile (per-tile similarity maps + MI-Zero pooling); "
-                                     "default slide, tile for CLIP models."),
+    stores: list[str] = typer.Argument(
+        None,
+        help="Slide stores (<slide>.zarr) or store folders; local paths or "
+        "fsspec URLs (or give --stores / --store).",
+    ),
+    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
+    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
+    model: str = typer.Option(
+        ...,
+        help="A saved slide-text model folder (pretrain's OUT/model), a published slide "
+        "model (prism, titan) or a patch-level CLIP model (plip, quiltnet: tile level).",
+    ),
+    prompts: str = typer.Option(
+        ..., help="YAML: 'classes: {name: [phrasing, ...]}', optional 'templates: [...]'."
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        help="The tile embeddings to read (default for named models: the one "
+        "they need; required for a saved slide-text model).",
+    ),
+    weights: str | None = typer.Option(
+        None,
+        help="A named model's local files: a downloaded copy of its hub "
+        "repository, or the CLIP weights file/folder (default: the hub).",
+    ),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code",
+        help="Allow PRISM's / TITAN's own model code (from their repositories) to run; required for them.",
+    ),
+    out: str | None = typer.Option(None, help="Probabilities CSV (local)."),
+    ensemble: str | None = typer.Option(
+        None, help="mean-embedding or sum-probability (default: the model's)."
+    ),
+    level: str | None = typer.Option(
+        None,
+        help="slide, or tile (per-tile similarity maps + MI-Zero pooling); "
+        "default slide, tile for CLIP models.",
+    ),
     k: int = typer.Option(10, help="Tiles pooled per class at tile level (MI-Zero top-k)."),
-    pooling: str = typer.Option("mean", help="Tile-level top-k pooling: mean (CONCH's run_mizero) or sum "
-                                "(MI-Zero's topj_pooling: same prediction, k times sharper probabilities)."),
+    pooling: str = typer.Option(
+        "mean",
+        help="Tile-level top-k pooling: mean (CONCH's run_mizero) or sum "
+        "(MI-Zero's topj_pooling: same prediction, k times sharper probabilities).",
+    ),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
@@ -99,72 +176,122 @@ def zero_shot(
     """Zero-shot class probabilities of slides from prompts; level=tile also writes scores/zero-shot/<class>."""
     from ..vlm.api import zero_shot as run_zero_shot
 
-    options = dict(model=model, encoder=encoder, weights=weights, trust_remote_code=trust_remote_code,
-                   ensemble=ensemble, level=level, k=k, pooling=pooling, device=device)
+    locations = store_list(stores, stores_opt, store)
+    prompts_file = local(prompts, "--prompts of zero-shot")
+    out_csv = local(out, "--out of zero-shot (the probabilities CSV)")
+    options = dict(
+        model=model,
+        encoder=encoder,
+        weights=local(weights, "--weights of zero-shot"),
+        trust_remote_code=trust_remote_code,
+        ensemble=ensemble,
+        level=level,
+        k=k,
+        pooling=pooling,
+        device=device,
+    )
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
-        from ..mil.score import expand_stores
+        from .._location import expand_stores
         from ..pipeline._dask import StoreCall, map_stores
 
-        call = StoreCall("slidescope.vlm.api:zero_shot", after=(prompts,), kwargs=options, device=device)
-        rows = map_stores(runner, call, [str(p) for p in expand_stores(list(stores))])
+        call = StoreCall("slidescope.vlm.api:zero_shot", after=(prompts_file,), kwargs=options, device=device)
+        rows = map_stores(runner, call, [str(p) for p in expand_stores(locations)])
     else:
-        rows = run_zero_shot(list(stores), prompts, **options)  # type: ignore[arg-type]
+        rows = run_zero_shot(locations, prompts_file, **options)  # type: ignore[arg-type]
     for r in rows:
         probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
         typer.echo(f"{r.slide}: {r.predicted} ({probs})")
     if level == "tile" or (level is None and model in ("plip", "quiltnet")):
         typer.echo("tile similarity maps written as 'zero-shot/<class>'")
-    if out is not None:
-        _write_csv(out, [r.as_dict() for r in rows])
-        typer.echo(f"probabilities: {out}")
+    if out_csv is not None:
+        _write_csv(out_csv, [r.as_dict() for r in rows])
+        typer.echo(f"probabilities: {out_csv}")
 
 
 @app.command("report")
 def report(
-    stores: list[Path] = typer.Argument(..., help="Slide stores (<slide>.zarr) or store folders."),
+    stores: list[str] = typer.Argument(
+        None,
+        help="Slide stores (<slide>.zarr) or store folders; local paths or "
+        "fsspec URLs (or give --stores / --store).",
+    ),
+    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
+    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
     model: str = typer.Option("prism", help="The report-generating model (prism)."),
-    weights: Path | None = typer.Option(None, help="A downloaded copy of paige-ai/Prism (default: the hub)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's own model code to "
-                                           "run (required)."),
+    weights: str | None = typer.Option(None, help="A downloaded copy of paige-ai/Prism (default: the hub)."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow PRISM's own model code to run (required)."
+    ),
     encoder: str | None = typer.Option(None, help="Tile embeddings to read (default: virchow)."),
     num_beams: int = typer.Option(5, "--num-beams", help="Beam search width (1: greedy)."),
     max_length: int = typer.Option(100, "--max-length", help="Longest report in tokens."),
-    out: Path | None = typer.Option(None, help="CSV with slide and report."),
+    out: str | None = typer.Option(None, help="CSV with slide and report (local)."),
     device: str = typer.Option("cpu", help="cpu, cuda..."),
 ) -> None:
     """Generate a report per slide with PRISM's decoder (from Virchow tile embeddings)."""
     from ..vlm.api import generate_reports
 
-    rows = generate_reports(list(stores), model=model, encoder=encoder, weights=weights,
-                            trust_remote_code=trust_remote_code, num_beams=num_beams, max_length=max_length,
-                            device=device)
+    locations = store_list(stores, stores_opt, store)
+    out_csv = local(out, "--out of report (the reports CSV)")
+    rows = generate_reports(
+        locations,
+        model=model,
+        encoder=encoder,
+        weights=local(weights, "--weights of report"),
+        trust_remote_code=trust_remote_code,
+        num_beams=num_beams,
+        max_length=max_length,
+        device=device,
+    )
     for r in rows:
         typer.echo(f"{r['slide']}: {r['report']}")
-    if out is not None:
-        _write_csv(out, rows)
-        typer.echo(f"reports: {out}")
+    if out_csv is not None:
+        _write_csv(out_csv, rows)
+        typer.echo(f"reports: {out_csv}")
 
 
 @app.command("prompt-spread")
 def prompt_spread(
-    stores: list[Path] = typer.Argument(None, help="Slide stores or store folders (or give --manifest and --store)."),
-    model: str = typer.Option(..., help="A saved slide-text model folder, or a published slide model (prism, "
-                              "titan)."),
-    prompts: Path = typer.Option(..., help="Prompts YAML."),
-    encoder: str | None = typer.Option(None, help="The tile embeddings the model was pretrained on (default for "
-                                       "published models: the one they need)."),
-    weights: Path | None = typer.Option(None, help="A published model's downloaded repository (default: hub)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
-                                           "code to run; required for them."),
-    manifest: Path | None = typer.Option(None, help="CSV with slide and a label column: report AUROC per subset."),
-    store: Path | None = typer.Option(None, help="Store folder of the manifest's slides."),
+    stores: list[str] = typer.Argument(
+        None,
+        help="Slide stores or store folders; local paths or fsspec URLs (or "
+        "give --stores / --store, or --manifest with --stores).",
+    ),
+    stores_opt: str | None = typer.Option(
+        None, "--stores", help=STORES_HELP + " With --manifest: the folder of its slides' stores."
+    ),
+    store: list[str] = typer.Option(
+        None, "--store", help=STORE_HELP + " (With --manifest, a deprecated name of --stores.)"
+    ),
+    model: str = typer.Option(
+        ..., help="A saved slide-text model folder, or a published slide model (prism, titan)."
+    ),
+    prompts: str = typer.Option(..., help="Prompts YAML."),
+    encoder: str | None = typer.Option(
+        None,
+        help="The tile embeddings the model was pretrained on (default for "
+        "published models: the one they need).",
+    ),
+    weights: str | None = typer.Option(
+        None, help="A published model's downloaded repository (default: hub)."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model code to run; required for them."
+    ),
+    manifest: str | None = typer.Option(
+        None, help="CSV with slide and a label column: report AUROC per subset."
+    ),
     label_column: str = typer.Option("label", "--label-column", help="Manifest column with the class name."),
     n_subsets: int = typer.Option(50, "--n-subsets", help="Random prompt subsets."),
     subset_size: int = typer.Option(1, "--subset-size", help="Prompts per class in each subset."),
-    ensemble: str | None = typer.Option(None, help="mean-embedding or sum-probability (default: the model's)."),
+    ensemble: str | None = typer.Option(
+        None, help="mean-embedding or sum-probability (default: the model's)."
+    ),
     seed: int = typer.Option(0, help="Seed of the subset draws."),
-    out: Path | None = typer.Option(None, help="CSV of the per-slide spread (mean/std/min/max per class)."),
+    out: str | None = typer.Option(
+        None, help="CSV of the per-slide spread (mean/std/min/max per class; local)."
+    ),
 ) -> None:
     """How much zero-shot results move across random prompt subsets (AUROC spread with --manifest)."""
     import numpy as np
@@ -174,16 +301,25 @@ def prompt_spread(
     from ..vlm.zeroshot import prompt_spread as run_spread
 
     labels = None
+    out_csv = local(out, "--out of prompt-spread (the spread CSV)")
     if manifest is not None:
-        if store is None:
-            raise InvalidParameterError("--manifest needs --store (the folder of the slides' stores)")
-        paths, raw = _manifest_rows(manifest, store, label_column)
-    elif stores:
-        paths, raw = list(stores), []
+        folder = location(
+            renamed(
+                stores_opt,
+                store[-1] if store else None,
+                new_name="--stores",
+                old_name="--store (with --manifest)",
+            )
+        )
+        if folder is None:
+            raise InvalidParameterError("--manifest needs --stores (the folder of the slides' stores)")
+        paths, raw = _manifest_rows(local(manifest, "--manifest of prompt-spread"), folder, label_column)
     else:
-        raise InvalidParameterError("give stores, or --manifest with --store")
-    spec = load_prompts(prompts)
-    net = load_slide_model(model, weights=weights, trust_remote_code=trust_remote_code)
+        paths, raw = store_list(stores, [stores_opt] if stores_opt else None, store), []
+    spec = load_prompts(local(prompts, "--prompts of prompt-spread"))
+    net = load_slide_model(
+        model, weights=local(weights, "--weights of prompt-spread"), trust_remote_code=trust_remote_code
+    )
     paths, emb = slide_embeddings(paths, model=net, encoder=encoder)
     ensemble = ensemble or getattr(net, "ensemble", "mean-embedding")
     texts, prompt_class = spec.build()
@@ -194,56 +330,96 @@ def prompt_spread(
     if manifest is not None:
         missing = [str(p.name) for p, lab in zip(paths, raw, strict=True) if lab not in spec.names]
         if missing:
-            raise InvalidParameterError(f"{len(missing)} slide(s) have a {label_column!r} that is not a prompt class "
-                                        f"{spec.names}: {', '.join(missing[:5])}")
+            raise InvalidParameterError(
+                f"{len(missing)} slide(s) have a {label_column!r} that is not a prompt class "
+                f"{spec.names}: {', '.join(missing[:5])}"
+            )
         labels = np.array([spec.names.index(lab) for lab in raw])
-    res = run_spread(emb, text_emb, prompt_class, labels=labels, n_subsets=n_subsets, subset_size=subset_size,
-                     ensemble=ensemble, logit_scale=float(net.scale().detach()), seed=seed)  # type: ignore[arg-type]
+    res = run_spread(
+        emb,
+        text_emb,
+        prompt_class,
+        labels=labels,
+        n_subsets=n_subsets,
+        subset_size=subset_size,
+        ensemble=ensemble,
+        logit_scale=float(net.scale().detach()),
+        seed=seed,
+    )  # type: ignore[arg-type]
     if res.auroc is not None:
         a = res.auroc.numpy()
-        typer.echo(f"AUROC over {n_subsets} prompt subsets of {subset_size}/class: mean {a.mean():.3f}, "
-                   f"std {a.std():.3f}, min {a.min():.3f}, max {a.max():.3f}")
+        typer.echo(
+            f"AUROC over {n_subsets} prompt subsets of {subset_size}/class: mean {a.mean():.3f}, "
+            f"std {a.std():.3f}, min {a.min():.3f}, max {a.max():.3f}"
+        )
     rows = []
     for i, p in enumerate(paths):
-        name = p.name[: -len(".zarr")] if p.name.endswith(".zarr") else p.name
+        name = location_name(p)
+        name = name[: -len(".zarr")] if name.endswith(".zarr") else name
         row: dict = {"slide": name}
         for c, cname in enumerate(spec.names):
-            row.update({f"{cname}_mean": float(res.mean[i, c]), f"{cname}_std": float(res.std[i, c]),
-                        f"{cname}_min": float(res.min[i, c]), f"{cname}_max": float(res.max[i, c])})
+            row.update(
+                {
+                    f"{cname}_mean": float(res.mean[i, c]),
+                    f"{cname}_std": float(res.std[i, c]),
+                    f"{cname}_min": float(res.min[i, c]),
+                    f"{cname}_max": float(res.max[i, c]),
+                }
+            )
         rows.append(row)
         if res.auroc is None:
             first = spec.names[-1] if len(spec.names) == 2 else spec.names[0]
             c = spec.names.index(first)
-            typer.echo(f"{name}: p({first}) mean {res.mean[i, c]:.3f}, std {res.std[i, c]:.3f}, "
-                       f"min {res.min[i, c]:.3f}, max {res.max[i, c]:.3f}")
-    if out is not None:
-        _write_csv(out, rows)
-        typer.echo(f"spread: {out}")
+            typer.echo(
+                f"{name}: p({first}) mean {res.mean[i, c]:.3f}, std {res.std[i, c]:.3f}, "
+                f"min {res.min[i, c]:.3f}, max {res.max[i, c]:.3f}"
+            )
+    if out_csv is not None:
+        _write_csv(out_csv, rows)
+        typer.echo(f"spread: {out_csv}")
 
 
 @app.command("few-shot")
 def few_shot(
-    model: str = typer.Option(..., help="A saved slide-text model folder, or a published slide model (prism, "
-                              "titan)."),
-    train: Path = typer.Option(..., help="CSV with slide and label: the labelled support slides."),
-    test: Path = typer.Option(..., help="CSV with slide (and optionally label): the slides to predict."),
-    store: Path = typer.Option(..., help="Store folder of both manifests' slides."),
-    encoder: str | None = typer.Option(None, help="The tile embeddings the model was pretrained on (default for "
-                                       "published models: the one they need)."),
-    weights: Path | None = typer.Option(None, help="A published model's downloaded repository (default: hub)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model "
-                                           "code to run; required for them."),
+    model: str = typer.Option(
+        ..., help="A saved slide-text model folder, or a published slide model (prism, titan)."
+    ),
+    train: str = typer.Option(..., help="CSV with slide and label: the labelled support slides."),
+    test: str = typer.Option(..., help="CSV with slide (and optionally label): the slides to predict."),
+    stores: str | None = typer.Option(
+        None,
+        "--stores",
+        help="Store folder of the manifests' slides (required); a local path or an fsspec URL.",
+    ),
+    store_old: str | None = typer.Option(None, "--store", hidden=True, help="Deprecated name of --stores."),
+    encoder: str | None = typer.Option(
+        None,
+        help="The tile embeddings the model was pretrained on (default for "
+        "published models: the one they need).",
+    ),
+    weights: str | None = typer.Option(
+        None, help="A published model's downloaded repository (default: hub)."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model code to run; required for them."
+    ),
     method: str = typer.Option("gda", help="linear, simpleshot, simpleshot-cosine, knn, gda or tip-adapter."),
     shots: int | None = typer.Option(None, help="Slides per class drawn from --train (default: all)."),
-    val: Path | None = typer.Option(None, help="CSV with slide and label: validation slides, used only to choose "
-                                    "hyperparameters (default: leave-one-out on the support, else the papers' "
-                                    "defaults)."),
-    base: Path | None = typer.Option(None, help="CSV with slide: unlabelled slides whose mean SimpleShot's CL2N "
-                                     "subtracts (default: the support's mean)."),
-    prompts: Path | None = typer.Option(None, help="Prompts YAML: a zero-shot prior for gda / tip-adapter."),
+    val: str | None = typer.Option(
+        None,
+        help="CSV with slide and label: validation slides, used only to choose "
+        "hyperparameters (default: leave-one-out on the support, else the papers' "
+        "defaults).",
+    ),
+    base: str | None = typer.Option(
+        None,
+        help="CSV with slide: unlabelled slides whose mean SimpleShot's CL2N "
+        "subtracts (default: the support's mean).",
+    ),
+    prompts: str | None = typer.Option(None, help="Prompts YAML: a zero-shot prior for gda / tip-adapter."),
     label_column: str = typer.Option("label", "--label-column", help="Column with the class name."),
     seed: int = typer.Option(0, help="Seed of the shot draw and the bootstrap."),
-    out: Path | None = typer.Option(None, help="Probabilities CSV."),
+    out: str | None = typer.Option(None, help="Probabilities CSV (local)."),
 ) -> None:
     """Few-shot classification on slide embeddings; prints AUROC/accuracy with 95% CIs when --test has labels."""
     import numpy as np
@@ -251,9 +427,15 @@ def few_shot(
     from ..errors import InvalidParameterError
     from ..vlm.api import few_shot as run_few_shot
 
-    train_paths, train_labels = _manifest_rows(train, store, label_column)
+    store = location(renamed(stores, store_old, new_name="--stores", old_name="--store"))
+    if store is None:
+        raise InvalidParameterError("give --stores: the folder of the manifests' slides' stores")
+    train_csv, test_csv = local(train, "--train of few-shot"), local(test, "--test of few-shot")
+    val_csv, base_csv = local(val, "--val of few-shot"), local(base, "--base of few-shot")
+    out_csv = local(out, "--out of few-shot (the probabilities CSV)")
+    train_paths, train_labels = _manifest_rows(train_csv, store, label_column)
     if any(lab is None for lab in train_labels):
-        raise InvalidParameterError(f"{train.name}: every support slide needs a {label_column!r}")
+        raise InvalidParameterError(f"{train_csv.name}: every support slide needs a {label_column!r}")
     if shots is not None:
         if shots < 1:
             raise InvalidParameterError(f"--shots must be >= 1, got {shots}")
@@ -264,25 +446,36 @@ def few_shot(
             keep.extend(sorted(rng.choice(idx, min(shots, len(idx)), replace=False).tolist()))
         train_paths = [train_paths[i] for i in keep]
         train_labels = [train_labels[i] for i in keep]
-    test_paths, test_labels = _manifest_rows(test, store, label_column)
+    test_paths, test_labels = _manifest_rows(test_csv, store, label_column)
     labelled = all(lab is not None for lab in test_labels)
     val_paths = val_labels = base_paths = None
-    if val is not None:
-        val_paths, val_labels = _manifest_rows(val, store, label_column)
+    if val_csv is not None:
+        val_paths, val_labels = _manifest_rows(val_csv, store, label_column)
         if any(lab is None for lab in val_labels):
-            raise InvalidParameterError(f"{val.name}: every validation slide needs a {label_column!r}")
-    if base is not None:
-        base_paths, _ = _manifest_rows(base, store, label_column)
-    res = run_few_shot(train_paths, train_labels, test_paths,  # type: ignore[arg-type]
-                       model=model, encoder=encoder, method=method, classes=prompts,
-                       test_labels=test_labels if labelled else None, seed=seed,  # type: ignore[arg-type]
-                       val_stores=val_paths, val_labels=val_labels, base_stores=base_paths,  # type: ignore[arg-type]
-                       weights=weights, trust_remote_code=trust_remote_code)
+            raise InvalidParameterError(f"{val_csv.name}: every validation slide needs a {label_column!r}")
+    if base_csv is not None:
+        base_paths, _ = _manifest_rows(base_csv, store, label_column)
+    res = run_few_shot(
+        train_paths,
+        train_labels,
+        test_paths,  # type: ignore[arg-type]
+        model=model,
+        encoder=encoder,
+        method=method,
+        classes=local(prompts, "--prompts of few-shot"),
+        test_labels=test_labels if labelled else None,
+        seed=seed,  # type: ignore[arg-type]
+        val_stores=val_paths,
+        val_labels=val_labels,
+        base_stores=base_paths,  # type: ignore[arg-type]
+        weights=local(weights, "--weights of few-shot"),
+        trust_remote_code=trust_remote_code,
+    )
     typer.echo(f"{method}: {len(train_paths)} support slides, {len(test_paths)} test slides")
     chosen = ", ".join(f"{k}={v:.4g}" for k, v in res.hyperparameters.items())
     typer.echo(f"hyperparameters: {res.tuning}" + (f" ({chosen})" if chosen else ""))
     for name, ci in res.metrics.items():
         typer.echo(f"{name}: {ci.estimate:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f})")
-    if out is not None:
-        _write_csv(out, res.rows())
-        typer.echo(f"probabilities: {out}")
+    if out_csv is not None:
+        _write_csv(out_csv, res.rows())
+        typer.echo(f"probabilities: {out_csv}")

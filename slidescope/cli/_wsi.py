@@ -7,17 +7,23 @@ from pathlib import Path
 
 import typer
 
+from ..wsi import DEFAULT_MIN_TISSUE
 from . import app
+from ._locations import local
 
-PEN_HELP = ("Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
-            "counterstain would be taken for ink), on or off.")
-SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)."
+PEN_HELP = (
+    "Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
+    "counterstain would be taken for ink), on or off."
+)
+SLIDE_MPP_HELP = (
+    "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)."
+)
 FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding the metadata."
 
 
 @app.command()
 def info(
-    slide: Path = typer.Argument(..., help="Slide file."),
+    slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
     force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
@@ -27,7 +33,7 @@ def info(
     from ..wsi import open_slide
     from ..errors import MissingMppError
 
-    with open_slide(slide, backend=backend, mpp=force_slide_mpp, default_mpp=slide_mpp) as s:
+    with open_slide(slide, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp) as s:
         try:
             mpp, mpp_source = list(s.mpp), s.mpp_source
         except MissingMppError as err:
@@ -71,12 +77,14 @@ def info(
 
 @app.command()
 def tile(
-    slide: Path = typer.Argument(..., help="Slide file."),
+    slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
     mpp: float = typer.Option(0.5, help="Target µm per pixel of the tiles (0.5 ~ 20x)."),
     tile_size: int = typer.Option(224, "--tile-size", help="Tile side in pixels at --mpp."),
     overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles, at --mpp."),
-    min_tissue: float = typer.Option(0.25, "--min-tissue", help="Keep tiles with at least this tissue fraction."),
-    out: Path | None = typer.Option(None, help="Output folder (default: ./<slide name>.tiles)."),
+    min_tissue: float = typer.Option(
+        DEFAULT_MIN_TISSUE, "--min-tissue", help="Keep tiles with at least this tissue fraction."
+    ),
+    out: str | None = typer.Option(None, help="Local output folder (default: ./<slide name>.tiles)."),
     backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
     force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
@@ -94,17 +102,31 @@ def tile(
     from ..wsi import detect_tissue, make_tile_grid, open_slide
     from ..wsi._render import render_tiling
 
-    with open_slide(slide, backend=backend, mpp=force_slide_mpp, default_mpp=slide_mpp) as s:
+    with open_slide(slide, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp) as s:
         mask = detect_tissue(s, mpp=mask_mpp, pen=pen)
-        grid = make_tile_grid(s, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, mask=mask)
-        folder = out or Path.cwd() / f"{s.path.name}.tiles"
+        grid = make_tile_grid(
+            s, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, mask=mask
+        )
+        folder = local(out, "--out of tile (the tiles folder)") or Path.cwd() / f"{s.path.name}.tiles"
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"slide": str(s.path), "backend": s.backend, "reader": s.reader, "mpp_source": s.mpp_source,
-                **grid.to_dict(), "tissue_area_mm2": mask.area_um2 / 1e6}
+        meta = {
+            "slide": str(s.path),
+            "backend": s.backend,
+            "reader": s.reader,
+            "mpp_source": s.mpp_source,
+            **grid.to_dict(),
+            "tissue_area_mm2": mask.area_um2 / 1e6,
+        }
         (folder / "grid.json").write_text(json.dumps(meta, indent=2))
         table = np.column_stack([np.arange(len(grid)), grid.coords, grid.tissue_fraction])
-        np.savetxt(folder / "tiles.csv", table, fmt=["%d", "%d", "%d", "%.4f"], delimiter=",",
-                   header="index,x,y,tissue_fraction", comments="")
+        np.savetxt(
+            folder / "tiles.csv",
+            table,
+            fmt=["%d", "%d", "%d", "%.4f"],
+            delimiter=",",
+            header="index,x,y,tissue_fraction",
+            comments="",
+        )
         mask.save_geojson(folder / "tissue.geojson")
         Image.fromarray(render_tiling(s, grid, mask)).save(folder / "thumbnail.png")
     ex, ey = grid.extent

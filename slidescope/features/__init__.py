@@ -33,17 +33,27 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .encoders import (
-        Encoder,
-        EncoderConfig,
-        WeightsError,
-        create_encoder,
-        get_encoder_config,
-        list_encoders,
-        register_encoder,
+        Encoder as Encoder,
+        EncoderConfig as EncoderConfig,
+        WeightsError as WeightsError,
+        create_encoder as create_encoder,
+        get_encoder_config as get_encoder_config,
+        list_encoders as list_encoders,
+        register_encoder as register_encoder,
     )
-    from .extract import ExtractionResult, extract_features, extract_slides
-    from .h5 import export_h5, import_h5
-    from .store import IncompleteStoreError, SlideStore, StoreCorruptError, StoreError, open_store
+    from .extract import (
+        ExtractionResult as ExtractionResult,
+        extract_features as extract_features,
+        extract_slides as extract_slides,
+    )
+    from .h5 import export_h5 as export_h5, import_h5 as import_h5
+    from .store import (
+        IncompleteStoreError as IncompleteStoreError,
+        SlideStore as SlideStore,
+        StoreCorruptError as StoreCorruptError,
+        StoreError as StoreError,
+        open_store as open_store,
+    )
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -25,14 +25,21 @@ from typing import Any
 import torch
 
 from ..errors import InvalidParameterError
-from ..wsi import Slide, TileDataset, TileGrid, open_slide
+from ..wsi import DEFAULT_MIN_TISSUE, Slide, TileDataset, TileGrid, open_slide
 from .encoders import Encoder, create_encoder
 from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_fingerprint, store_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["extract_features", "extract_slides", "ExtractionResult", "ExtractJob", "extract_job", "default_num_workers",
-           "in_daemonic_process"]
+__all__ = [
+    "extract_features",
+    "extract_slides",
+    "ExtractionResult",
+    "ExtractJob",
+    "extract_job",
+    "default_num_workers",
+    "in_daemonic_process",
+]
 
 
 @dataclass
@@ -108,13 +115,16 @@ def _check_slide_unchanged(slide: Slide, store: SlideStore) -> None:
     try:
         now = slide_fingerprint(slide.path)
     except OSError as err:
-        raise SlideMismatchError(f"{slide.path}: the slide cannot be read any more ({err}) after its tiles were "
-                                 f"embedded; its embeddings are not marked complete. Run again.") from err
+        raise SlideMismatchError(
+            f"{slide.path}: the slide cannot be read any more ({err}) after its tiles were "
+            f"embedded; its embeddings are not marked complete. Run again."
+        ) from err
     if now != recorded:
         raise SlideMismatchError(
             f"{slide.path} changed while it was processed (fingerprint {recorded} when the extraction began, {now} "
             f"now); its embeddings are not marked complete. Run `slidescope extract` (or `slidescope run`) again once "
-            f"the file is in place: the slide is extracted afresh.")
+            f"the file is in place: the slide is extracted afresh."
+        )
 
 
 class _Writer(threading.Thread):
@@ -157,12 +167,17 @@ def _is_oom(err: BaseException) -> bool:
 def _encode(encoder: Encoder, images: torch.Tensor, device: torch.device) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     use_autocast = encoder.autocast_dtype != torch.float32
-    with torch.inference_mode(), torch.autocast(device.type, dtype=encoder.autocast_dtype, enabled=use_autocast):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=encoder.autocast_dtype, enabled=use_autocast),
+    ):
         out = encoder(images)
     return out.float()
 
 
-def _encode_adaptive(encoder: Encoder, images: torch.Tensor, device: torch.device, state: dict[str, int]) -> torch.Tensor:
+def _encode_adaptive(
+    encoder: Encoder, images: torch.Tensor, device: torch.device, state: dict[str, int]
+) -> torch.Tensor:
     """Encode, splitting the batch when the device runs out of memory (and remembering the size)."""
     limit = state.get("limit", len(images))
     parts = []
@@ -299,7 +314,8 @@ def extract_features(
     if isinstance(encoder, str):
         encoder = create_encoder(encoder, device=device)
     dev = next((p.device for p in encoder.parameters()), None) or next(
-        (b.device for b in encoder.buffers()), torch.device("cpu"))
+        (b.device for b in encoder.buffers()), torch.device("cpu")
+    )
     if dev.type == "cuda" and _has_conv(encoder):
         encoder = encoder.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     if batch_size == "auto":
@@ -311,7 +327,9 @@ def extract_features(
         # a Dask worker (or a multiprocessing.Pool worker) may not start reader processes
         (log.info if num_workers is None else log.warning)(
             "%s: reading tiles in this process (num_workers=0): a daemonic process such as a Dask worker "
-            "cannot start reader processes", slide.path.name)
+            "cannot start reader processes",
+            slide.path.name,
+        )
         workers = 0
     normalizer = None
     if stain:
@@ -321,11 +339,21 @@ def extract_features(
 
     path = store_path(store, slide.path)
     t0 = time.perf_counter()
-    result = ExtractionResult(slide=str(slide.path), status="done", store=str(path), n_tiles=len(grid),
-                              effective_mpp=list(grid.effective_mpp))
+    result = ExtractionResult(
+        slide=str(slide.path),
+        status="done",
+        store=str(path),
+        n_tiles=len(grid),
+        effective_mpp=list(grid.effective_mpp),
+    )
     with claim(path):
-        st = SlideStore.create_or_open(path, slide_attrs=_slide_attrs(slide), tiling=grid.to_dict(),
-                                       coords=grid.coords, tissue_fraction=grid.tissue_fraction)
+        st = SlideStore.create_or_open(
+            path,
+            slide_attrs=_slide_attrs(slide),
+            tiling=grid.to_dict(),
+            coords=grid.coords,
+            tissue_fraction=grid.tissue_fraction,
+        )
         key = CacheKey(
             encoder={**encoder.config.to_dict(), "stain": stain},
             weights_digest=encoder.weights_digest,
@@ -342,17 +370,36 @@ def extract_features(
         if len(pending) < len(grid):
             log.info("%s: resuming, %d of %d tiles left", slide.path.name, len(pending), len(grid))
         result.computed = int(len(pending))
-        if len(pending) and not _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer,
-                                     progress, on_progress, should_stop):
+        if len(pending) and not _run(
+            slide,
+            grid,
+            encoder,
+            dev,
+            writer,
+            pending,
+            batch_size,
+            workers,
+            normalizer,
+            progress,
+            on_progress,
+            should_stop,
+        ):
             result.status = "cancelled"
             result.seconds = time.perf_counter() - t0
-            log.info("%s: extraction cancelled; the next run resumes from the last written chunk", slide.path.name)
+            log.info(
+                "%s: extraction cancelled; the next run resumes from the last written chunk", slide.path.name
+            )
             return result
         result.seconds = time.perf_counter() - t0
         result.tiles_per_s = result.computed / result.seconds if result.seconds > 0 else 0.0
         _check_slide_unchanged(slide, st)  # before the embeddings count as complete
-        writer.finish(seconds=round(result.seconds, 3), tiles_per_s=round(result.tiles_per_s, 2),
-                      stain=stain, batch_size=batch_size, num_workers=workers)
+        writer.finish(
+            seconds=round(result.seconds, 3),
+            tiles_per_s=round(result.tiles_per_s, 2),
+            stain=stain,
+            batch_size=batch_size,
+            num_workers=workers,
+        )
         if not len(grid):
             result.status = "empty"
     return result
@@ -382,8 +429,20 @@ class _EncodeInWorkers(torch.utils.data.IterableDataset):
             yield {"embedding": _encode(self.encoder, images, torch.device("cpu")), "index": batch["index"]}
 
 
-def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normalizer, progress, on_progress=None,
-         should_stop=None) -> bool:
+def _run(
+    slide,
+    grid,
+    encoder,
+    dev,
+    writer,
+    pending,
+    batch_size,
+    workers,
+    normalizer,
+    progress,
+    on_progress=None,
+    should_stop=None,
+) -> bool:
     """Encode the pending tiles; False when ``should_stop`` asked to stop before the end."""
     from tqdm.auto import tqdm
 
@@ -396,8 +455,14 @@ def _run(slide, grid, encoder, dev, writer, pending, batch_size, workers, normal
         loader = dataset.loader(batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     background = _Writer(writer)
     state: dict[str, int] = {}
-    bar = tqdm(total=len(pending), desc=slide.path.name, unit="tile", disable=not progress, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(pending),
+        desc=slide.path.name,
+        unit="tile",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     done = 0
     try:
         for batch in loader:
@@ -430,7 +495,7 @@ def extract_slides(
     mpp: float | None = None,
     tile_size: int | None = None,
     overlap: int = 0,
-    min_tissue: float = 0.25,
+    min_tissue: float = DEFAULT_MIN_TISSUE,
     pen: str = "auto",
     slide_mpp: float | None = None,
     force_slide_mpp: float | None = None,
@@ -446,7 +511,7 @@ def extract_slides(
     ``mpp`` and ``tile_size`` default to what the encoder was trained on; ``pen`` is the pen-mark
     removal of :func:`~slidescope.wsi.detect_tissue` (``"auto"``: off on IHC slides). ``slide_mpp`` is the level-0
     µm/px filled in for slides without one (a file's own wins); ``force_slide_mpp`` overrides every
-    slide's (``default_mpp`` and ``mpp`` of :func:`~slidescope.wsi.open_slide`). ``devices`` (e.g.
+    slide's (``slide_mpp`` and ``force_slide_mpp`` of :func:`~slidescope.wsi.open_slide`). ``devices`` (e.g.
     ``["cuda:0", "cuda:1"]``) runs one process per device, each with its own encoder and reader
     workers, dealing the slides out in turn; the per-slide claims keep them from colliding.
     """
@@ -457,9 +522,23 @@ def extract_slides(
 
     slides = list(slides)
     if devices is not None and len(devices) > 1:
-        return _extract_on_devices(slides, encoder, devices, store=store, mpp=mpp, tile_size=tile_size,
-                                   overlap=overlap, min_tissue=min_tissue, pen=pen, slide_mpp=slide_mpp,
-                                   backend=backend, force_slide_mpp=force_slide_mpp, weights=weights, progress=progress, **kwargs)
+        return _extract_on_devices(
+            slides,
+            encoder,
+            devices,
+            store=store,
+            mpp=mpp,
+            tile_size=tile_size,
+            overlap=overlap,
+            min_tissue=min_tissue,
+            pen=pen,
+            slide_mpp=slide_mpp,
+            backend=backend,
+            force_slide_mpp=force_slide_mpp,
+            weights=weights,
+            progress=progress,
+            **kwargs,
+        )
     if devices:
         device = devices[0]
     if isinstance(encoder, str):
@@ -470,23 +549,38 @@ def extract_slides(
     for path in tqdm(slides, desc="slides", unit="slide", disable=not progress):
         t0 = time.perf_counter()
         try:
-            with open_slide(path, backend=backend, mpp=force_slide_mpp, default_mpp=slide_mpp) as slide:
+            with open_slide(
+                path, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp
+            ) as slide:
                 mask = detect_tissue(slide, pen=pen)
-                grid = make_tile_grid(slide, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue,
-                                      mask=mask, allow_empty=True)
+                grid = make_tile_grid(
+                    slide,
+                    tile_size=tile_size,
+                    mpp=mpp,
+                    overlap=overlap,
+                    min_tissue=min_tissue,
+                    mask=mask,
+                    allow_empty=True,
+                )
                 if len(grid) == 0:
-                    log.warning("%s: no tissue tiles; writing an empty store.%s", Path(path).name, pen_hint(mask))
+                    log.warning(
+                        "%s: no tissue tiles; writing an empty store.%s", Path(path).name, pen_hint(mask)
+                    )
                 res = extract_features(slide, grid, encoder, store=store, progress=progress, **kwargs)
                 res.extra["tissue_mm2"] = round(mask.area_um2 / 1e6, 4)
         except Exception as err:  # noqa: BLE001 - any failure of one slide is that slide's, never the batch's
             status = "claimed" if type(err).__name__ == "SlideClaimedError" else "failed"
             message = _worker_message(err)
             log.error("%s: %s: %s", Path(path).name, type(err).__name__, message)
-            res = ExtractionResult(slide=str(path), status=status, error=message, error_type=type(err).__name__,
-                                   seconds=time.perf_counter() - t0)
+            res = ExtractionResult(
+                slide=str(path),
+                status=status,
+                error=message,
+                error_type=type(err).__name__,
+                seconds=time.perf_counter() - t0,
+            )
         results.append(res)
     return results
-
 
 
 def _worker_message(err: BaseException) -> str:
@@ -506,16 +600,23 @@ def _device_worker(args: tuple) -> list[dict[str, Any]]:
     return [r.to_dict() for r in results]
 
 
-def _extract_on_devices(slides: list, encoder: str, devices: list[str], **kwargs: Any) -> list[ExtractionResult]:
+def _extract_on_devices(
+    slides: list, encoder: str, devices: list[str], **kwargs: Any
+) -> list[ExtractionResult]:
     """One process per device (spawned, so CUDA initialises cleanly in each)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     if not isinstance(encoder, str):
-        raise InvalidParameterError("with several devices, pass the encoder by name: each process builds its own")
+        raise InvalidParameterError(
+            "with several devices, pass the encoder by name: each process builds its own"
+        )
     shares = [slides[i :: len(devices)] for i in range(len(devices))]
-    jobs = [(share, encoder, dev, {**kwargs, "progress": False}) for share, dev in zip(shares, devices, strict=True)
-            if share]
+    jobs = [
+        (share, encoder, dev, {**kwargs, "progress": False})
+        for share, dev in zip(shares, devices, strict=True)
+        if share
+    ]
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=mp.get_context("spawn")) as pool:
         rows = [row for part in pool.map(_device_worker, jobs) for row in part]
     order = {str(p): i for i, p in enumerate(slides)}
@@ -540,7 +641,7 @@ class ExtractJob:
     mpp: float | None = None
     tile_size: int | None = None
     overlap: int = 0
-    min_tissue: float = 0.25
+    min_tissue: float = DEFAULT_MIN_TISSUE
     pen: str = "auto"
     slide_mpp: float | None = None
     force_slide_mpp: float | None = None
@@ -567,8 +668,22 @@ def _job_encoder(name: str, weights: str | None, device: str, precision: str | N
 def extract_job(slide: str, job: ExtractJob) -> ExtractionResult:
     """Extract one slide with the options of ``job`` (a module-level function: executors pickle it)."""
     encoder = _job_encoder(job.encoder, job.weights, job.device, job.precision)
-    return extract_slides([slide], encoder, store=job.out, mpp=job.mpp, tile_size=job.tile_size,
-                          overlap=job.overlap, min_tissue=job.min_tissue, pen=job.pen, slide_mpp=job.slide_mpp,
-                          force_slide_mpp=job.force_slide_mpp,
-                          backend=job.backend, batch_size=job.batch_size, num_workers=job.num_workers,
-                          dtype=job.dtype, stain=job.stain, weights=job.weights, progress=False)[0]
+    return extract_slides(
+        [slide],
+        encoder,
+        store=job.out,
+        mpp=job.mpp,
+        tile_size=job.tile_size,
+        overlap=job.overlap,
+        min_tissue=job.min_tissue,
+        pen=job.pen,
+        slide_mpp=job.slide_mpp,
+        force_slide_mpp=job.force_slide_mpp,
+        backend=job.backend,
+        batch_size=job.batch_size,
+        num_workers=job.num_workers,
+        dtype=job.dtype,
+        stain=job.stain,
+        weights=job.weights,
+        progress=False,
+    )[0]

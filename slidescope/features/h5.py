@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .store import CacheKey, SlideStore, claim, open_store, slide_fingerprint, slide_key
+from .store import CacheKey, SlideStore, claim, open_store, slide_fingerprint, slide_key, store_path
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +46,24 @@ def export_h5(store: str | os.PathLike[str] | SlideStore, encoder: str, out: str
     with h5py.File(tmp, "w") as f:
         f.create_dataset("features", data=feats)
         coords = f.create_dataset("coords", data=st.coords.astype(np.int64))
-        coords.attrs.update({
-            "patch_size": int(tiling["tile_size"]),
-            "patch_size_level0": int(tiling["extent"][0]),
-            "patch_level": 0,
-            "level0_magnification": float(10.0 / mpp0),
-            "target_magnification": float(10.0 / tiling["mpp"]),
-            "overlap": int(tiling["overlap"]),
-            "level0_width": int(slide["dimensions"][0]),
-            "level0_height": int(slide["dimensions"][1]),
-            "name": slide_key(slide["name"]),
-            "slidescope.effective_mpp": np.asarray(tiling["effective_mpp"], np.float64),
-            "slidescope.mpp": float(tiling["mpp"]),
-            "slidescope.encoder": encoder,
-            "slidescope.weights_digest": str(enc.get("weights_digest")),
-            "slidescope.schema_version": int(attrs["schema_version"]),
-        })
+        coords.attrs.update(
+            {
+                "patch_size": int(tiling["tile_size"]),
+                "patch_size_level0": int(tiling["extent"][0]),
+                "patch_level": 0,
+                "level0_magnification": float(10.0 / mpp0),
+                "target_magnification": float(10.0 / tiling["mpp"]),
+                "overlap": int(tiling["overlap"]),
+                "level0_width": int(slide["dimensions"][0]),
+                "level0_height": int(slide["dimensions"][1]),
+                "name": slide_key(slide["name"]),
+                "slidescope.effective_mpp": np.asarray(tiling["effective_mpp"], np.float64),
+                "slidescope.mpp": float(tiling["mpp"]),
+                "slidescope.encoder": encoder,
+                "slidescope.weights_digest": str(enc.get("weights_digest")),
+                "slidescope.schema_version": int(attrs["schema_version"]),
+            }
+        )
     os.replace(tmp, out)
     return out
 
@@ -78,7 +80,7 @@ def import_h5(
     slide: str | os.PathLike[str] | None = None,
     slide_mpp: float | None = None,
     dtype: str = "float16",
-) -> Path:
+) -> Path | str:
     """Build a slidescope store from a TRIDENT or CLAM h5 file (``features`` + ``coords``).
 
     Parameters
@@ -96,7 +98,9 @@ def import_h5(
     path = Path(path)
     with h5py.File(path, "r") as f:
         if "features" not in f or "coords" not in f:
-            raise InvalidParameterError(f"{path} is not a TRIDENT/CLAM feature file (needs 'features' and 'coords')")
+            raise InvalidParameterError(
+                f"{path} is not a TRIDENT/CLAM feature file (needs 'features' and 'coords')"
+            )
         feats = np.asarray(f["features"])
         coords = np.asarray(f["coords"]).astype(np.int64)
         hattrs = _h5_attrs(f["coords"])
@@ -110,7 +114,7 @@ def import_h5(
     if slide is not None:
         from ..wsi import open_slide
 
-        with open_slide(slide, default_mpp=slide_mpp) as s:
+        with open_slide(slide, slide_mpp=slide_mpp) as s:
             dims, mpp, fp, reader = list(s.dimensions), list(s.mpp), slide_fingerprint(s.path), s.reader
             ds = s.level_downsamples[level] if level < s.level_count else 2.0**level
             name = s.path.name
@@ -122,21 +126,39 @@ def import_h5(
             raise InvalidParameterError(
                 f"{path} does not say the slide's pixel size; pass slide=... (recommended) or slide_mpp=..."
             )
-        mpp, fp, reader, ds = [mpp_value, mpp_value], "unverified (imported without the slide)", "unknown", 2.0**level
+        mpp, fp, reader, ds = (
+            [mpp_value, mpp_value],
+            "unverified (imported without the slide)",
+            "unknown",
+            2.0**level,
+        )
         name = str(hattrs.get("name", path.stem))
     extent = int(hattrs.get("patch_size_level0") or round(int(hattrs["patch_size"]) * ds))
     tile_size = int(hattrs.get("patch_size", extent))
     target_mpp = float(np.mean(mpp)) * extent / tile_size
     tiling = {
-        "tile_size": tile_size, "mpp": target_mpp, "effective_mpp": [mpp[0] * extent / tile_size,
-                                                                      mpp[1] * extent / tile_size],
-        "extent": [extent, extent], "stride": [extent, extent], "overlap": int(hattrs.get("overlap", 0)),
-        "level": level, "slide_mpp": mpp, "slide_dimensions": dims, "n_tiles": len(coords),
+        "tile_size": tile_size,
+        "mpp": target_mpp,
+        "effective_mpp": [mpp[0] * extent / tile_size, mpp[1] * extent / tile_size],
+        "extent": [extent, extent],
+        "stride": [extent, extent],
+        "overlap": int(hattrs.get("overlap", 0)),
+        "level": level,
+        "slide_mpp": mpp,
+        "slide_dimensions": dims,
+        "n_tiles": len(coords),
         "imported_from": str(path.resolve()),
     }
-    slide_attrs = {"name": name, "path": str(slide) if slide else None, "fingerprint": fp, "reader": reader,
-                   "backend": None, "mpp": mpp, "mpp_source": "imported h5" if slide is None else "slide",
-                   "dimensions": dims}
+    slide_attrs = {
+        "name": name,
+        "path": str(slide) if slide else None,
+        "fingerprint": fp,
+        "reader": reader,
+        "backend": None,
+        "mpp": mpp,
+        "mpp_source": "imported h5" if slide is None else "slide",
+        "dimensions": dims,
+    }
     try:
         from .encoders import get_encoder_config
 
@@ -151,12 +173,22 @@ def import_h5(
             raise
         config = {"name": encoder}
     config = {**config, "name": encoder, "stain": None, "imported": True}
-    out = Path(store) / f"{slide_key(name)}.zarr"
+    out = store_path(store, name)  # a local folder or an fsspec URL
     with claim(out):
-        st = SlideStore.create_or_open(out, slide_attrs=slide_attrs, tiling=tiling, coords=coords,
-                                       tissue_fraction=np.ones(len(coords), np.float32))
-        key = CacheKey(encoder=config, weights_digest=str(hattrs.get("slidescope.weights_digest", "unknown")),
-                       precision="unknown", dtype=dtype, package_version=st.attrs["package_version"])
+        st = SlideStore.create_or_open(
+            out,
+            slide_attrs=slide_attrs,
+            tiling=tiling,
+            coords=coords,
+            tissue_fraction=np.ones(len(coords), np.float32),
+        )
+        key = CacheKey(
+            encoder=config,
+            weights_digest=str(hattrs.get("slidescope.weights_digest", "unknown")),
+            precision="unknown",
+            dtype=dtype,
+            package_version=st.attrs["package_version"],
+        )
         writer = st.prepare_embeddings(key, embed_dim=int(feats.shape[1]))
         if not writer.complete:
             for chunk in range(-(-len(feats) // writer.chunk_rows)):

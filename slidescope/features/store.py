@@ -80,6 +80,8 @@ from typing import Any
 
 import numpy as np
 
+from .._location import Location, as_location, exists, is_url, location_name
+from .._location import join as _join
 from ..errors import InvalidParameterError, SlidescopeError
 
 log = logging.getLogger(__name__)
@@ -150,9 +152,11 @@ class DiskFullError(StoreError):
 def _store_fix(path: Location) -> str:
     """The advice for a damaged store (the extraction rebuilds the damaged part)."""
     parent = location_name(path)
-    return (f"Run `slidescope extract` on the slide {parent[: -len('.zarr')] if parent.endswith('.zarr') else parent!r} "
-            f"again with the same --out: it re-extracts the damaged part (a partial copy or sync, or an edited file "
-            f"does this)")
+    return (
+        f"Run `slidescope extract` on the slide {parent[: -len('.zarr')] if parent.endswith('.zarr') else parent!r} "
+        f"again with the same --out: it re-extracts the damaged part (a partial copy or sync, or an edited file "
+        f"does this)"
+    )
 
 
 def _now() -> str:
@@ -202,27 +206,9 @@ def slide_key(path: str | os.PathLike[str]) -> str:
     return Path(name).stem
 
 
-#: a store's location: a local folder, or the URL of a folder on an fsspec file system
-Location = Path | str
-
-
-def as_location(path: str | os.PathLike[str]) -> Location:
-    """``path`` as a store location: a :class:`~pathlib.Path`, or a normalised URL string for remote ones.
-
-    ``file://`` URLs become local paths; ``s3://``, ``gs://``, ``memory://``... stay URLs."""
-    if isinstance(path, Path):
-        return path
-    text = os.fspath(path)
-    if text.startswith("file://"):
-        return Path(text[len("file://") :])
-    if "://" in text:
-        return text.rstrip("/")
-    return Path(text).expanduser()
-
-
 def is_remote(path: str | os.PathLike[str]) -> bool:
-    """True for an fsspec URL other than ``file://``."""
-    return isinstance(as_location(path), str)
+    """True for an fsspec URL other than ``file://`` (the same test as :func:`slidescope._location.is_url`)."""
+    return is_url(path)
 
 
 def _fs(url: str):
@@ -231,21 +217,8 @@ def _fs(url: str):
     return fsspec.core.url_to_fs(url)  # (file system, path inside it)
 
 
-def _join(loc: Location, name: str) -> Location:
-    return loc / name if isinstance(loc, Path) else f"{loc}/{name}"
-
-
-def location_name(loc: str | os.PathLike[str]) -> str:
-    """The last component of a path or URL (``.../CMU-1.zarr`` -> ``CMU-1.zarr``)."""
-    loc = as_location(loc)
-    return loc.name if isinstance(loc, Path) else loc.rsplit("/", 1)[-1]
-
-
 def _exists(loc: Location) -> bool:
-    if isinstance(loc, Path):
-        return loc.exists()
-    fs, inner = _fs(loc)
-    return bool(fs.exists(inner))
+    return exists(loc)
 
 
 def _remove_tree(loc: Location) -> None:
@@ -292,8 +265,10 @@ def _claimed(path: Location, lock: Location, other: dict[str, Any]) -> SlideClai
 
 
 def _disk_full(path: Location, err: OSError) -> DiskFullError:
-    return DiskFullError(f"no space left on the device to write {path} ({err}). Free some space (or write the "
-                         f"stores elsewhere with another --out) and run again: nothing of this slide was claimed.")
+    return DiskFullError(
+        f"no space left on the device to write {path} ({err}). Free some space (or write the "
+        f"stores elsewhere with another --stores) and run again: nothing of this slide was claimed."
+    )
 
 
 def _write_claim_file(lock: Path, payload: bytes) -> bool:
@@ -425,6 +400,7 @@ def _claim_remote(url: str) -> Iterator[None]:
                 fh.write(payload)
             break
         except FileExistsError:
+
             def read() -> str:
                 with fs.open(lock, "rb") as fh:
                     return fh.read().decode()
@@ -472,7 +448,9 @@ def _corrupt(array, detail: str) -> StoreCorruptError:
     full = str(array.store_path)
     inner = str(array.path)
     root = full[: -len(inner)].rstrip("/") if inner and full.endswith(inner) else full
-    return StoreCorruptError(f"store {root}, array {inner!r}: {detail}. The store is damaged. {_store_fix(root)}.")
+    return StoreCorruptError(
+        f"store {root}, array {inner!r}: {detail}. The store is damaged. {_store_fix(root)}."
+    )
 
 
 def _read(array, selection=slice(None)) -> np.ndarray:
@@ -485,7 +463,9 @@ def _read(array, selection=slice(None)) -> np.ndarray:
     try:
         return np.asarray(array[selection])
     except ValueError as err:  # zarr's codecs: a checksum mismatch, a chunk of the wrong size...
-        detail = "a chunk failed its checksum" if "checksum" in str(err).lower() else "a chunk cannot be decoded"
+        detail = (
+            "a chunk failed its checksum" if "checksum" in str(err).lower() else "a chunk cannot be decoded"
+        )
         raise _corrupt(array, f"{detail} ({err})") from err
 
 
@@ -503,7 +483,11 @@ def _local_chunk_layout(array) -> tuple[Path, Any] | None:
         if not isinstance(store, LocalStore) or getattr(meta, "zarr_format", None) != 3 or array.ndim != 2:
             return None
         codecs = tuple(meta.codecs)
-        if len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], Crc32cCodec):
+        if (
+            len(codecs) != 2
+            or not isinstance(codecs[0], BytesCodec)
+            or not isinstance(codecs[1], Crc32cCodec)
+        ):
             return None
         dtype = np.dtype(array.dtype)
         if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian):
@@ -550,7 +534,9 @@ def _read_rows(array) -> np.ndarray | None:
         try:
             fh = open(path, "rb", buffering=0)
         except FileNotFoundError:  # every chunk is written (even one equal to the fill value): it is lost
-            raise _corrupt(array, f"chunk file {meta.encode_chunk_key((c, 0))} (chunk {c}) is missing") from None
+            raise _corrupt(
+                array, f"chunk file {meta.encode_chunk_key((c, 0))} (chunk {c}) is missing"
+            ) from None
         with fh:
             size = os.fstat(fh.fileno()).st_size
             if size != chunk_bytes + 4:
@@ -670,7 +656,9 @@ class SlideStore:
         return location_name(self.path)
 
     def _damaged(self, detail: str) -> StoreCorruptError:
-        return StoreCorruptError(f"store {self.path}: {detail}. The store is damaged. {_store_fix(self.path)}.")
+        return StoreCorruptError(
+            f"store {self.path}: {detail}. The store is damaged. {_store_fix(self.path)}."
+        )
 
     def _node(self, group, name: str, *, kind: str = "array"):
         """``group[name]``, checked: missing or unreadable metadata is a :class:`StoreCorruptError`."""
@@ -681,7 +669,9 @@ class SlideStore:
         except KeyError:
             raise self._damaged(f"{kind} {where!r} is missing") from None
         except Exception as err:  # malformed JSON metadata and friends: zarr raises several types
-            raise self._damaged(f"the metadata of {where!r} cannot be read ({type(err).__name__}: {err})") from err
+            raise self._damaged(
+                f"the metadata of {where!r} cannot be read ({type(err).__name__}: {err})"
+            ) from err
         wanted = zarr.Array if kind == "array" else zarr.Group
         if not isinstance(node, wanted):
             raise self._damaged(f"{where!r} is not a zarr {kind}")
@@ -695,8 +685,10 @@ class SlideStore:
 
     def _expect(self, array, shape: tuple[int, ...], dtype: str, why: str) -> None:
         if tuple(array.shape) != tuple(shape) or str(np.dtype(array.dtype)) != dtype:
-            raise self._damaged(f"array {array.path!r} is {tuple(array.shape)} {np.dtype(array.dtype)}, expected "
-                                f"{tuple(shape)} {dtype} ({why})")
+            raise self._damaged(
+                f"array {array.path!r} is {tuple(array.shape)} {np.dtype(array.dtype)}, expected "
+                f"{tuple(shape)} {dtype} ({why})"
+            )
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -706,8 +698,14 @@ class SlideStore:
             yield
         except StoreError:
             raise
-        except (ValueError, TypeError, Warning) as err:  # JSONDecodeError, zarr's metadata errors (ValueErrors)
-            raise self._damaged(f"the metadata of {what} cannot be read ({type(err).__name__}: {err})") from err
+        except (
+            ValueError,
+            TypeError,
+            Warning,
+        ) as err:  # JSONDecodeError, zarr's metadata errors (ValueErrors)
+            raise self._damaged(
+                f"the metadata of {what} cannot be read ({type(err).__name__}: {err})"
+            ) from err
 
     def _container(self, parent, name: str):
         """The plain sub-group ``name`` of ``parent`` (``tilings``, ``features``), created if missing.
@@ -747,12 +745,21 @@ class SlideStore:
             raise StoreCorruptError(
                 f"store {p}: its metadata (zarr.json) cannot be read ({type(err).__name__}: {err}). slidescope cannot "
                 f"tell whether it wrote this folder, so it never replaces it: if it is a slidescope store, delete "
-                f"{p} and run `slidescope extract` on the slide again.") from err
+                f"{p} and run `slidescope extract` on the slide again."
+            ) from err
         return group, attrs
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mode: str = "r", encoder: str | None = None,
-             scores: str | None = None, tiling: str | None = None, slide_embedding: str | None = None) -> SlideStore:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        mode: str = "r",
+        encoder: str | None = None,
+        scores: str | None = None,
+        tiling: str | None = None,
+        slide_embedding: str | None = None,
+    ) -> SlideStore:
         """Open a store, validated (see the module docstring), through the tiling that holds what is asked.
 
         ``tiling`` names the tiling sub-group; else the one holding ``encoder``'s embeddings (complete
@@ -762,24 +769,37 @@ class SlideStore:
         root, attrs = cls._open_root(p, mode)
         kind = _ownership(attrs)
         if kind == "foreign":
-            raise StoreError(f"{p} is not a slidescope store (its zarr.json has no slidescope marker). Give the "
-                             f"folder of stores that `slidescope extract` wrote.")
+            raise StoreError(
+                f"{p} is not a slidescope store (its zarr.json has no slidescope marker). Give the "
+                f"folder of stores that `slidescope extract` wrote."
+            )
         if kind == "newer":
-            raise NewerStoreError(f"{p} was written by a newer slidescope (store schema {attrs.get('schema_version')}; "
-                                  f"this one reads up to {SCHEMA_VERSION}). Upgrade slidescope to read it.")
+            raise NewerStoreError(
+                f"{p} was written by a newer slidescope (store schema {attrs.get('schema_version')}; "
+                f"this one reads up to {SCHEMA_VERSION}). Upgrade slidescope to read it."
+            )
         with cls(p, root)._guard("the store's tilings"):
             if kind == "legacy":
                 store = cls(p, root)
             else:
-                key = cls._pick(p, root, encoder=encoder, scores=scores, tiling=tiling,
-                                slide_embedding=slide_embedding)
+                key = cls._pick(
+                    p, root, encoder=encoder, scores=scores, tiling=tiling, slide_embedding=slide_embedding
+                )
                 store = cls(p, root["tilings"][key], root=root, key=key)
             store._check_tiling()
         return store
 
     @classmethod
-    def _pick(cls, p: Location, root, *, encoder: str | None, scores: str | None, tiling: str | None,
-              slide_embedding: str | None) -> str:
+    def _pick(
+        cls,
+        p: Location,
+        root,
+        *,
+        encoder: str | None,
+        scores: str | None,
+        tiling: str | None,
+        slide_embedding: str | None,
+    ) -> str:
         probe = cls(p, root)
         tilings = probe._node(root, "tilings", kind="group") if "tilings" in root else None
         keys = []
@@ -787,10 +807,14 @@ class SlideStore:
             try:
                 keys = sorted(k for k, _ in tilings.groups())
             except Exception as err:  # a tiling's zarr.json cannot be parsed
-                raise probe._damaged(f"a tiling's metadata cannot be read ({type(err).__name__}: {err})") from err
+                raise probe._damaged(
+                    f"a tiling's metadata cannot be read ({type(err).__name__}: {err})"
+                ) from err
         if not keys:
-            raise StoreError(f"{p} holds no tiles yet (an extraction stopped at its start). Run `slidescope "
-                             f"extract` on the slide again.")
+            raise StoreError(
+                f"{p} holds no tiles yet (an extraction stopped at its start). Run `slidescope "
+                f"extract` on the slide again."
+            )
         if tiling is not None:
             if tiling not in keys:
                 raise StoreError(f"{p} has no tiling {tiling!r} (has: {', '.join(keys)})")
@@ -827,8 +851,15 @@ class SlideStore:
         self._expect(tissue, (n,), "float32", f"{n} tiles")
 
     @classmethod
-    def create_or_open(cls, path: str | os.PathLike[str], *, slide_attrs: dict[str, Any], tiling: dict[str, Any],
-                       coords: np.ndarray, tissue_fraction: np.ndarray) -> SlideStore:
+    def create_or_open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        slide_attrs: dict[str, Any],
+        tiling: dict[str, Any],
+        coords: np.ndarray,
+        tissue_fraction: np.ndarray,
+    ) -> SlideStore:
         """Open the store's sub-group of this tiling for writing, creating what is missing.
 
         Other tilings in the store are kept. The whole store starts afresh only when it was made from
@@ -866,31 +897,49 @@ class SlideStore:
                 raise ForeignPathError(
                     f"{path} is a Zarr folder that slidescope did not write (no slidescope marker in its zarr.json, "
                     f"e.g. an OME-Zarr conversion of the slide); slidescope never deletes it. Move it elsewhere, or "
-                    f"write the stores into another folder (another --out / --stores).")
+                    f"write the stores into another folder (another --out / --stores)."
+                )
             if kind == "newer":
                 raise NewerStoreError(
                     f"{path} was written by a newer slidescope (store schema {attrs.get('schema_version')}, this one "
                     f"writes {SCHEMA_VERSION}); it is left as it is. Upgrade slidescope, or write the stores into "
-                    f"another folder (another --out / --stores).")
+                    f"another folder (another --out / --stores)."
+                )
             if kind == "legacy":
-                log.warning("%s: a schema-1 store (older slidescope); re-extracting it in schema %d",
-                            location_name(path), SCHEMA_VERSION)
+                log.warning(
+                    "%s: a schema-1 store (older slidescope); re-extracting it in schema %d",
+                    location_name(path),
+                    SCHEMA_VERSION,
+                )
                 _remove_tree(path)
             elif attrs.get("slide", {}).get("fingerprint") != slide_attrs.get("fingerprint"):
-                log.warning("%s: made from another slide file (fingerprint %s, now %s); starting the store afresh",
-                            location_name(path), attrs.get("slide", {}).get("fingerprint"),
-                            slide_attrs.get("fingerprint"))
+                log.warning(
+                    "%s: made from another slide file (fingerprint %s, now %s); starting the store afresh",
+                    location_name(path),
+                    attrs.get("slide", {}).get("fingerprint"),
+                    slide_attrs.get("fingerprint"),
+                )
                 _remove_tree(path)
             else:
                 root = group
         elif _has_content(path):
             raise ForeignPathError(
                 f"{path} exists but is not a slidescope store (no zarr.json); slidescope never deletes what it did "
-                f"not write. Move it elsewhere, or write the stores into another folder (another --out / --stores).")
+                f"not write. Move it elsewhere, or write the stores into another folder (another --out / --stores)."
+            )
         if root is None:  # the marker is in the group's first metadata: the folder is never ours-but-unmarked
-            root = zarr.create_group(str(path), overwrite=True, attributes={
-                "format": STORE_FORMAT, "schema_version": SCHEMA_VERSION, "slide": slide_attrs,
-                "package_version": _package_version(), "created": _now(), "updated": _now()})
+            root = zarr.create_group(
+                str(path),
+                overwrite=True,
+                attributes={
+                    "format": STORE_FORMAT,
+                    "schema_version": SCHEMA_VERSION,
+                    "slide": slide_attrs,
+                    "package_version": _package_version(),
+                    "created": _now(),
+                    "updated": _now(),
+                },
+            )
         tiling_slide = {k: slide_attrs.get(k) for k in _TILING_SLIDE_KEYS}
         key = tiling_key(tiling, {k: slide_attrs.get(k) for k in ("reader", "mpp")})
         probe = cls(path, root, root=root)
@@ -910,13 +959,34 @@ class SlideStore:
             log.warning("%s: rebuilding tiling %s (%s)", location_name(path), key, reason)
             _remove_tree(where)  # inside a store marked ours
         n = len(coords)
-        group = tilings.create_group(key, attributes={
-            "tiling": _jsonify(tiling), "slide": tiling_slide, "n_tiles": int(n), "created": _now(),
-            "updated": _now()})
-        c = group.create_array("coords", shape=(n, 2), chunks=(max(n, 1), 2), dtype="int64",
-                               compressors=_checksummed(), fill_value=0, config=_EVERY_CHUNK)
-        t = group.create_array("tissue_fraction", shape=(n,), chunks=(max(n, 1),), dtype="float32",
-                               compressors=_checksummed(), fill_value=0, config=_EVERY_CHUNK)
+        group = tilings.create_group(
+            key,
+            attributes={
+                "tiling": _jsonify(tiling),
+                "slide": tiling_slide,
+                "n_tiles": int(n),
+                "created": _now(),
+                "updated": _now(),
+            },
+        )
+        c = group.create_array(
+            "coords",
+            shape=(n, 2),
+            chunks=(max(n, 1), 2),
+            dtype="int64",
+            compressors=_checksummed(),
+            fill_value=0,
+            config=_EVERY_CHUNK,
+        )
+        t = group.create_array(
+            "tissue_fraction",
+            shape=(n,),
+            chunks=(max(n, 1),),
+            dtype="float32",
+            compressors=_checksummed(),
+            fill_value=0,
+            config=_EVERY_CHUNK,
+        )
         if n:
             c[:] = coords
             t[:] = tissue_fraction
@@ -939,8 +1009,14 @@ class SlideStore:
         if self.tiling_key is None:
             return root
         t = dict(self._group.attrs)
-        return {**root, "slide": {**root.get("slide", {}), **t.get("slide", {})}, "tiling": t.get("tiling"),
-                "n_tiles": t.get("n_tiles"), "tiling_key": self.tiling_key, "updated": t.get("updated")}
+        return {
+            **root,
+            "slide": {**root.get("slide", {}), **t.get("slide", {})},
+            "tiling": t.get("tiling"),
+            "n_tiles": t.get("n_tiles"),
+            "tiling_key": self.tiling_key,
+            "updated": t.get("updated"),
+        }
 
     def tilings(self) -> list[str]:
         """The tiling sub-groups in this store (schema 1: none)."""
@@ -977,7 +1053,9 @@ class SlideStore:
         try:
             groups = sorted(feats.groups())
         except Exception as err:  # an encoder group's zarr.json cannot be parsed
-            raise self._damaged(f"an encoder's metadata cannot be read ({type(err).__name__}: {err})") from err
+            raise self._damaged(
+                f"an encoder's metadata cannot be read ({type(err).__name__}: {err})"
+            ) from err
         for name, group in groups:
             if not complete_only or group.attrs.get("complete"):
                 names.append(name)
@@ -992,8 +1070,10 @@ class SlideStore:
             present = encoder in feats
         if not present:
             have = ", ".join(self.encoders(complete_only=False)) or "none"
-            raise StoreError(f"{self.name} has no embeddings for encoder {encoder!r} (has: {have}). Run "
-                             f"`slidescope extract --encoder {encoder}` on this slide.")
+            raise StoreError(
+                f"{self.name} has no embeddings for encoder {encoder!r} (has: {have}). Run "
+                f"`slidescope extract --encoder {encoder}` on this slide."
+            )
         return self._node(feats, encoder, kind="group")
 
     def _embedding_arrays(self, encoder: str, group, attrs: dict[str, Any]):
@@ -1001,13 +1081,24 @@ class SlideStore:
         n = self.n_tiles
         dim, dtype, rows = attrs.get("embed_dim"), attrs.get("dtype"), attrs.get("chunk_rows")
         width = (attrs.get("encoder") or {}).get("embed_dim")
-        if not isinstance(dim, int) or not isinstance(rows, int) or rows < 1 or dtype not in ("float16", "float32"):
-            raise self._damaged(f"the {encoder!r} attributes are invalid (embed_dim {dim!r}, chunk_rows {rows!r}, "
-                                f"dtype {dtype!r})")
+        if (
+            not isinstance(dim, int)
+            or not isinstance(rows, int)
+            or rows < 1
+            or dtype not in ("float16", "float32")
+        ):
+            raise self._damaged(
+                f"the {encoder!r} attributes are invalid (embed_dim {dim!r}, chunk_rows {rows!r}, "
+                f"dtype {dtype!r})"
+            )
         if width is not None and width != dim:
-            raise self._damaged(f"the {encoder!r} embeddings are said {dim}-d, but the encoder makes {width}-d")
+            raise self._damaged(
+                f"the {encoder!r} embeddings are said {dim}-d, but the encoder makes {width}-d"
+            )
         if attrs.get("n_tiles", n) != n:
-            raise self._damaged(f"the {encoder!r} embeddings are for {attrs.get('n_tiles')} tiles, the tiling has {n}")
+            raise self._damaged(
+                f"the {encoder!r} embeddings are for {attrs.get('n_tiles')} tiles, the tiling has {n}"
+            )
         emb = self._node(group, "embeddings")
         self._expect(emb, (n, dim), dtype, f"{n} tiles in coords, {dim}-d {dtype} {encoder!r} embeddings")
         if tuple(emb.chunks) != (rows, dim):
@@ -1032,7 +1123,9 @@ class SlideStore:
             )
         array, done = self._embedding_arrays(encoder, group, attrs)
         if self.n_tiles and not _read(done).all():
-            raise self._damaged(f"the {encoder!r} embeddings are marked complete but a chunk marker is not set")
+            raise self._damaged(
+                f"the {encoder!r} embeddings are marked complete but a chunk marker is not set"
+            )
         if lazy:
             return array
         data = _read_rows(array)
@@ -1071,23 +1164,27 @@ class SlideStore:
         SlideMismatchError
             The store belongs to another slide, or the slide changed since it was extracted.
         """
-        text = os.fspath(slide)
-        if "://" in text and not text.startswith("file://"):
+        if is_url(slide):
             return
-        local = as_location(text)
+        local = as_location(slide)
         recorded = self.attrs.get("slide", {})
         if str(recorded.get("fingerprint", "")).startswith("unverified"):
-            log.warning("%s was imported without its slide: it cannot be checked against %s", self.name, local)
+            log.warning(
+                "%s was imported without its slide: it cannot be checked against %s", self.name, local
+            )
             return
         now = slide_fingerprint(local)
         if recorded.get("fingerprint") != now:
             raise SlideMismatchError(
                 f"{self.name} was extracted from {recorded.get('name', '?')!r} (fingerprint {recorded.get('fingerprint')}), "
                 f"not from {local} (fingerprint {now}): it belongs to another slide, or the slide changed since. Run "
-                f"`slidescope extract {local} --out <stores folder>` to extract this slide.")
+                f"`slidescope extract {local} --stores <stores folder>` to extract this slide."
+            )
 
     # -- writing embeddings -----------------------------------------------------------------------
-    def prepare_embeddings(self, key: CacheKey, *, embed_dim: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> EmbeddingWriter:
+    def prepare_embeddings(
+        self, key: CacheKey, *, embed_dim: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> EmbeddingWriter:
         """Open (resume) or create the embeddings of ``key.encoder['name']``; returns a writer.
 
         Complete embeddings are verified (read back whole) before they are reused; damaged ones, or ones
@@ -1116,15 +1213,37 @@ class SlideStore:
                 _remove_tree(where)  # inside a store marked ours
         if not _exists(where):
             # the attributes come with the group's first metadata: "complete" is never missing
-            group = feats.create_group(name, attributes={
-                **wanted, "embed_dim": int(embed_dim), "chunk_rows": int(chunk_rows), "n_tiles": int(self.n_tiles),
-                "complete": False, "created": _now()})
+            group = feats.create_group(
+                name,
+                attributes={
+                    **wanted,
+                    "embed_dim": int(embed_dim),
+                    "chunk_rows": int(chunk_rows),
+                    "n_tiles": int(self.n_tiles),
+                    "complete": False,
+                    "created": _now(),
+                },
+            )
             n = self.n_tiles
             n_chunks = max(1, -(-n // chunk_rows))
-            group.create_array("embeddings", shape=(n, embed_dim), chunks=(chunk_rows, embed_dim), dtype=key.dtype,
-                               compressors=_checksummed(), fill_value=0, config=_EVERY_CHUNK)
-            group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="uint8", compressors=_checksummed(),
-                               fill_value=0, config=_EVERY_CHUNK)
+            group.create_array(
+                "embeddings",
+                shape=(n, embed_dim),
+                chunks=(chunk_rows, embed_dim),
+                dtype=key.dtype,
+                compressors=_checksummed(),
+                fill_value=0,
+                config=_EVERY_CHUNK,
+            )
+            group.create_array(
+                "done",
+                shape=(n_chunks,),
+                chunks=(1,),
+                dtype="uint8",
+                compressors=_checksummed(),
+                fill_value=0,
+                config=_EVERY_CHUNK,
+            )
         return EmbeddingWriter(self, feats[name])
 
     # -- scores and slide embeddings -----------------------------------------------------------------
@@ -1135,8 +1254,15 @@ class SlideStore:
             raise InvalidParameterError(f"{len(scores)} scores for {self.n_tiles} tiles in {self.name}")
         group = self._container(self._group, "scores")
         self._remove_child(group, name)
-        arr = group.create_array(name, shape=scores.shape, chunks=scores.shape if scores.size else None,
-                                 dtype=scores.dtype, compressors=_checksummed(), fill_value=0, config=_EVERY_CHUNK)
+        arr = group.create_array(
+            name,
+            shape=scores.shape,
+            chunks=scores.shape if scores.size else None,
+            dtype=scores.dtype,
+            compressors=_checksummed(),
+            fill_value=0,
+            config=_EVERY_CHUNK,
+        )
         if scores.size:
             arr[...] = scores
         arr.attrs.update({**(attrs or {}), "written": _now()})
@@ -1151,15 +1277,25 @@ class SlideStore:
             raise StoreError(f"{self.name} has no scores named {name!r}")
         array = self._node(group, name)
         if not array.shape or array.shape[0] != self.n_tiles:
-            raise self._damaged(f"scores {name!r} have shape {tuple(array.shape)}, the tiling has {self.n_tiles} tiles")
+            raise self._damaged(
+                f"scores {name!r} have shape {tuple(array.shape)}, the tiling has {self.n_tiles} tiles"
+            )
         return _read(array)
 
-    def write_slide_embedding(self, name: str, vector: np.ndarray, *, attrs: dict[str, Any] | None = None) -> None:
+    def write_slide_embedding(
+        self, name: str, vector: np.ndarray, *, attrs: dict[str, Any] | None = None
+    ) -> None:
         vector = np.asarray(vector, dtype=np.float32)
         group = self._container(self._group, "slide_embeddings")
         self._remove_child(group, name)
-        arr = group.create_array(name, shape=vector.shape, dtype="float32", compressors=_checksummed(), fill_value=0,
-                                 config=_EVERY_CHUNK)
+        arr = group.create_array(
+            name,
+            shape=vector.shape,
+            dtype="float32",
+            compressors=_checksummed(),
+            fill_value=0,
+            config=_EVERY_CHUNK,
+        )
         arr[...] = vector
         arr.attrs.update({**(attrs or {}), "written": _now()})
 
@@ -1172,8 +1308,10 @@ class SlideStore:
         return _read(self._node(group, name))
 
     def __repr__(self) -> str:
-        return (f"SlideStore({str(self.path)!r}, tiling={self.tiling_key!r}, tiles={self.n_tiles}, "
-                f"encoders={self.encoders(complete_only=False)})")
+        return (
+            f"SlideStore({str(self.path)!r}, tiling={self.tiling_key!r}, tiles={self.n_tiles}, "
+            f"encoders={self.encoders(complete_only=False)})"
+        )
 
 
 class EmbeddingWriter:
@@ -1215,8 +1353,11 @@ class EmbeddingWriter:
                 except StoreCorruptError:
                     ok = False
                 if not ok:
-                    log.warning("%s: embeddings chunk %s is missing or damaged; recomputing it", self.store.name,
-                                int(c))
+                    log.warning(
+                        "%s: embeddings chunk %s is missing or damaged; recomputing it",
+                        self.store.name,
+                        int(c),
+                    )
                     out[c] = False
         return out
 
@@ -1231,6 +1372,14 @@ class EmbeddingWriter:
 
     def add(self, indices: np.ndarray, values: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Buffer embeddings; return the chunks that became full as (chunk index, rows)."""
+        width = int(self.array.shape[1])
+        if values.ndim != 2 or values.shape[0] != len(indices) or values.shape[1] != width:
+            # zarr would silently keep the first `width` columns of a wider row: refuse instead
+            raise StoreError(
+                f"{self.store.name}: embeddings of shape {tuple(values.shape)} for {len(indices)} tiles do "
+                f"not fit this store's ({self.n}, {width}) array; the encoder's output size differs "
+                "from its config's embed_dim: fix the encoder config"
+            )
         full = []
         chunks = indices // self.chunk_rows
         for chunk in np.unique(chunks):
@@ -1251,6 +1400,11 @@ class EmbeddingWriter:
     def write_chunk(self, chunk: int, rows: np.ndarray) -> None:
         """Write one chunk, then its marker (in that order: see the module docstring)."""
         start = chunk * self.chunk_rows
+        if rows.shape != (self._chunk_len(chunk), int(self.array.shape[1])):
+            raise StoreError(
+                f"{self.store.name}: chunk {chunk} has shape {tuple(rows.shape)}, expected "
+                f"({self._chunk_len(chunk)}, {int(self.array.shape[1])}); nothing was written"
+            )
         self.array[start : start + len(rows)] = rows
         self.done_array[chunk : chunk + 1] = np.ones(1, np.uint8)
 
@@ -1268,8 +1422,14 @@ def _jsonify(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def open_store(path: str | os.PathLike[str], *, encoder: str | None = None, scores: str | None = None,
-               tiling: str | None = None, slide_embedding: str | None = None) -> SlideStore:
+def open_store(
+    path: str | os.PathLike[str],
+    *,
+    encoder: str | None = None,
+    scores: str | None = None,
+    tiling: str | None = None,
+    slide_embedding: str | None = None,
+) -> SlideStore:
     """Open a slide's embedding store (``<slide>.zarr``) for reading, validated (see the module docstring).
 
     Parameters
@@ -1313,4 +1473,6 @@ def open_store(path: str | os.PathLike[str], *, encoder: str | None = None, scor
     >>> store.embeddings("he-descriptor").shape, store.coords.shape          # (N, D), (N, 2)
     ((94, 98), (94, 2))
     """
-    return SlideStore.open(path, encoder=encoder, scores=scores, tiling=tiling, slide_embedding=slide_embedding)
+    return SlideStore.open(
+        path, encoder=encoder, scores=scores, tiling=tiling, slide_embedding=slide_embedding
+    )

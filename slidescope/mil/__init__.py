@@ -27,8 +27,17 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .aggregators import AggregatorOutput, create_aggregator, list_aggregators, register_aggregator
-    from .data import BagDataModule, make_splits, read_manifest
-    from .task import MILTask, load_task
+    from .aggregators import (
+        AggregatorOutput as AggregatorOutput,
+        create_aggregator as create_aggregator,
+        list_aggregators as list_aggregators,
+        register_aggregator as register_aggregator,
+    )
+    from .data import (
+        BagDataModule as BagDataModule,
+        make_splits as make_splits,
+        read_manifest as read_manifest,
+    )
+    from .task import MILTask as MILTask, load_task as load_task
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import InvalidParameterError
+from .._location import as_location, exists, join, location_name
 from ..features.store import StoreError, open_store, store_path
 
 log = logging.getLogger(__name__)
@@ -115,14 +116,17 @@ def read_manifest(
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        needed = {"classification": ("slide", label_column, "patient"),
-                  "regression": ("slide", label_column, "patient"),
-                  "survival": ("slide", "patient", time_column, event_column)}[task]
+        needed = {
+            "classification": ("slide", label_column, "patient"),
+            "regression": ("slide", label_column, "patient"),
+            "survival": ("slide", "patient", time_column, event_column),
+        }[task]
         missing = [c for c in needed if c not in columns]
         if missing:
             raise InvalidParameterError(
                 f"{path.name} lacks the column(s) {', '.join(missing)}; a {task} manifest needs "
-                f"{', '.join(needed)} (optional: site, split). Columns found: {', '.join(columns) or 'none'}")
+                f"{', '.join(needed)} (optional: site, split). Columns found: {', '.join(columns) or 'none'}"
+            )
         raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
     if not raw:
         raise InvalidParameterError(f"{path.name} has no rows")
@@ -134,15 +138,23 @@ def read_manifest(
             continue
         slide = Path(r["slide"])
         slide = slide if slide.is_absolute() else (path.parent / slide)
-        rows.append(SlideRow(slide=str(slide), label=r.get(label_column, "") or "", patient=r["patient"],
-                             site=r.get("site") or None, split=r.get("split") or None))
+        rows.append(
+            SlideRow(
+                slide=str(slide),
+                label=r.get(label_column, "") or "",
+                patient=r["patient"],
+                site=r.get("site") or None,
+                split=r.get("split") or None,
+            )
+        )
     if blanks:
         raise InvalidParameterError(f"{path.name}: empty {', '.join(needed)} on line(s) {_short(blanks)}")
     if task == "regression":
         rows = _regression_rows(path, rows, label_column)
     elif task == "survival":
-        rows = _survival_rows(path, rows, [(r[time_column], r[event_column]) for r in raw], time_column,
-                              event_column)
+        rows = _survival_rows(
+            path, rows, [(r[time_column], r[event_column]) for r in raw], time_column, event_column
+        )
     keys = collections.Counter(r.key for r in rows)
     dup = sorted(k for k, n in keys.items() if n > 1)
     if dup:
@@ -151,17 +163,19 @@ def read_manifest(
     if task == "classification" and labels is not None:
         unknown = sorted(set(found) - set(labels))
         if unknown:
-            raise InvalidParameterError(f"{path.name}: unknown label(s) {_short(unknown)}; expected one of "
-                                        f"{', '.join(labels)}")
+            raise InvalidParameterError(
+                f"{path.name}: unknown label(s) {_short(unknown)}; expected one of {', '.join(labels)}"
+            )
     if task == "classification" and len(found) < 2:
-        raise InvalidParameterError(f"{path.name}: every slide has label {found[0]!r}; a classifier needs at least "
-                                    f"two classes")
+        raise InvalidParameterError(
+            f"{path.name}: every slide has label {found[0]!r}; a classifier needs at least two classes"
+        )
     if store is not None:
         problems = []
         for r in rows:
             sp = store_path(store, r.slide)
-            if not (sp / "zarr.json").exists():
-                problems.append(f"{r.key} (no store {sp.name})")
+            if not exists(join(sp, "zarr.json")):
+                problems.append(f"{r.key} (no store {location_name(sp)})")
                 continue
             if encoder is not None:
                 try:
@@ -175,8 +189,9 @@ def read_manifest(
         if problems:
             raise InvalidParameterError(
                 f"{len(problems)} of {len(rows)} slides in {path.name} cannot be used from {store}: "
-                f"{'; '.join(problems)}. Run `slidescope extract --encoder {encoder or 'NAME'} --out {store}` on them "
-                f"or drop them from the manifest.")
+                f"{'; '.join(problems)}. Run `slidescope extract --encoder {encoder or 'NAME'} --stores {store}` on them "
+                f"or drop them from the manifest."
+            )
     return rows
 
 
@@ -191,16 +206,20 @@ def _regression_rows(path: Path, rows: list[SlideRow], column: str) -> list[Slid
             bad.append(f"line {i}: {r.label!r}")
         out.append(dataclasses.replace(r, target=v))
     if bad:
-        raise InvalidParameterError(f"{path.name}: the regression target column {column!r} must hold finite numbers; "
-                                    f"got {_short(bad)}. Pick a numeric column with --label-column")
+        raise InvalidParameterError(
+            f"{path.name}: the regression target column {column!r} must hold finite numbers; "
+            f"got {_short(bad)}. Pick a numeric column with --label-column"
+        )
     if len({r.target for r in out}) < 2:
-        raise InvalidParameterError(f"{path.name}: every slide has the same {column!r} ({out[0].target}); there is "
-                                    f"nothing to regress")
+        raise InvalidParameterError(
+            f"{path.name}: every slide has the same {column!r} ({out[0].target}); there is nothing to regress"
+        )
     return out
 
 
-def _survival_rows(path: Path, rows: list[SlideRow], values: list[tuple[str, str]], time_column: str,
-                   event_column: str) -> list[SlideRow]:
+def _survival_rows(
+    path: Path, rows: list[SlideRow], values: list[tuple[str, str]], time_column: str, event_column: str
+) -> list[SlideRow]:
     out, bad_time, bad_event = [], [], []
     for i, (r, (t, e)) in enumerate(zip(rows, values, strict=True), start=2):
         try:
@@ -217,14 +236,20 @@ def _survival_rows(path: Path, rows: list[SlideRow], values: list[tuple[str, str
             bad_event.append(f"line {i}: {e!r}")
         out.append(dataclasses.replace(r, time=tv, event=int(ev) if ev in (0.0, 1.0) else -1))
     if bad_time:
-        raise InvalidParameterError(f"{path.name}: the time column {time_column!r} must hold numbers >= 0 (time to "
-                                    f"event or censoring); got {_short(bad_time)}")
+        raise InvalidParameterError(
+            f"{path.name}: the time column {time_column!r} must hold numbers >= 0 (time to "
+            f"event or censoring); got {_short(bad_time)}"
+        )
     if bad_event:
-        raise InvalidParameterError(f"{path.name}: the event column {event_column!r} must be 1 (event) or 0 "
-                                    f"(censored); got {_short(bad_event)}")
+        raise InvalidParameterError(
+            f"{path.name}: the event column {event_column!r} must be 1 (event) or 0 "
+            f"(censored); got {_short(bad_event)}"
+        )
     if not any(r.event for r in out):
-        raise InvalidParameterError(f"{path.name}: every slide is censored ({event_column!r} is 0 everywhere); "
-                                    f"survival models need observed events")
+        raise InvalidParameterError(
+            f"{path.name}: every slide is censored ({event_column!r} is 0 everywhere); "
+            f"survival models need observed events"
+        )
     return out
 
 
@@ -234,6 +259,7 @@ def _short(items: list, n: int = 10) -> str:
 
 
 # -- splits -----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Splits:
@@ -292,12 +318,18 @@ def _patient_labels(rows: list[SlideRow]) -> dict[str, str]:
         by_patient[r.patient].append(r.label)
     mixed = sorted(p for p, labs in by_patient.items() if len(set(labs)) > 1)
     if mixed:
-        warnings.warn(f"patient(s) {_short(mixed)} have slides with different labels; they are stratified by "
-                      f"their most common label", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"patient(s) {_short(mixed)} have slides with different labels; they are stratified by "
+            f"their most common label",
+            UserWarning,
+            stacklevel=3,
+        )
     return {p: collections.Counter(labs).most_common(1)[0][0] for p, labs in by_patient.items()}
 
 
-def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_preserving: bool = False) -> Splits:
+def make_splits(
+    rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_preserving: bool = False
+) -> Splits:
     """Patient-level stratified k-fold.
 
     A patient is never in two folds. Patients are stratified by their label (the most common
@@ -329,12 +361,18 @@ def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_pre
         psite = {p: collections.Counter(s).most_common(1)[0][0] for p, s in by_patient.items()}
         multi = sorted(p for p, s in by_patient.items() if len(set(s)) > 1)
         if multi:
-            warnings.warn(f"patient(s) {_short(multi)} have slides from several sites; each is held out with its "
-                          f"most common site so that no patient is in two folds", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"patient(s) {_short(multi)} have slides from several sites; each is held out with its "
+                f"most common site so that no patient is in two folds",
+                UserWarning,
+                stacklevel=2,
+            )
         site_size = collections.Counter(psite[r.patient] for r in rows)
         if len(site_size) < folds:
-            raise InvalidParameterError(f"site-preserving folds need at least as many sites as folds: "
-                                        f"{len(site_size)} sites ({', '.join(sorted(site_size))}) for {folds} folds")
+            raise InvalidParameterError(
+                f"site-preserving folds need at least as many sites as folds: "
+                f"{len(site_size)} sites ({', '.join(sorted(site_size))}) for {folds} folds"
+            )
         names = sorted(site_size)
         order = sorted(rng.permutation(len(names)).tolist(), key=lambda i: -site_size[names[i]])
         load = [0] * folds
@@ -343,8 +381,13 @@ def make_splits(rows: list[SlideRow], *, folds: int = 5, seed: int = 0, site_pre
             k = int(np.argmin(load))
             sites[names[i]] = k
             load[k] += site_size[names[i]]
-        return Splits(folds=folds, patients={p: sites[s] for p, s in sorted(psite.items())}, seed=seed,
-                      site_preserving=True, sites=sites)
+        return Splits(
+            folds=folds,
+            patients={p: sites[s] for p, s in sorted(psite.items())},
+            seed=seed,
+            site_preserving=True,
+            sites=sites,
+        )
     n_patients = len(plabel)
     if n_patients < folds:
         raise InvalidParameterError(f"{n_patients} patients cannot fill {folds} folds")
@@ -376,15 +419,18 @@ def _predefined(rows: list[SlideRow], *, folds: int, seed: int) -> Splits:
         except ValueError:
             k = None
         if k is None or not 0 <= k < folds:
-            raise InvalidParameterError(f"the 'split' column must hold a fold number 0..{folds - 1} on every row "
-                                        f"(got {r.split!r} for {r.key}); or drop the column for automatic folds")
+            raise InvalidParameterError(
+                f"the 'split' column must hold a fold number 0..{folds - 1} on every row "
+                f"(got {r.split!r} for {r.key}); or drop the column for automatic folds"
+            )
         if assign.setdefault(r.patient, k) != k:
             raise InvalidParameterError(f"patient {r.patient} is in folds {assign[r.patient]} and {k}")
     return Splits(folds=folds, patients=dict(sorted(assign.items())), seed=seed)
 
 
-def inner_validation(rows: list[SlideRow], *, fraction: float = 0.2, seed: int = 0) -> tuple[list[SlideRow],
-                                                                                               list[SlideRow]]:
+def inner_validation(
+    rows: list[SlideRow], *, fraction: float = 0.2, seed: int = 0
+) -> tuple[list[SlideRow], list[SlideRow]]:
     """Split training rows into (train, val) by patient, stratified (>= 1 patient per stratum; see
     :func:`make_splits`; regression uses about ``1 / fraction`` patients per quantile bin)."""
     if rows and rows[0].target is None and rows[0].event is None:
@@ -402,16 +448,25 @@ def inner_validation(rows: list[SlideRow], *, fraction: float = 0.2, seed: int =
 
 # -- bags -------------------------------------------------------------------------------------------
 
+
 class StoreBags(Dataset):
     """Per-slide embeddings read from the stores (cached in memory), with seeded tile subsampling.
 
     The shared base of the MIL bags and the slide-text pairs: ``rows`` need a ``slide`` path.
     """
 
-    def __init__(self, rows: list, *, store: str | os.PathLike[str], encoder: str,
-                 max_instances: int | None = None, seed: int = 0, cache: bool = True) -> None:
+    def __init__(
+        self,
+        rows: list,
+        *,
+        store: str | os.PathLike[str],
+        encoder: str,
+        max_instances: int | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
         self.rows = list(rows)
-        self.store = Path(store)
+        self.store = as_location(store)  # a local folder or an fsspec URL
         self.encoder = encoder
         self.max_instances = max_instances
         self.cache = cache
@@ -425,8 +480,11 @@ class StoreBags(Dataset):
         """(N, D) float32 embeddings of slide ``i``."""
         if i in self._cache:
             return self._cache[i]
-        emb = open_store(store_path(self.store, self.rows[i].slide), encoder=self.encoder).embeddings(
-            self.encoder).astype(np.float32)
+        emb = (
+            open_store(store_path(self.store, self.rows[i].slide), encoder=self.encoder)
+            .embeddings(self.encoder)
+            .astype(np.float32)
+        )
         if self.cache:
             self._cache[i] = emb
         return emb
@@ -453,16 +511,31 @@ class BagDataset(StoreBags):
     cache : keep the embeddings in memory after the first read.
     """
 
-    def __init__(self, rows: list[SlideRow], *, store: str | os.PathLike[str], encoder: str,
-                 class_names: list[str], max_instances: int | None = None, seed: int = 0, cache: bool = True) -> None:
-        super().__init__(rows, store=store, encoder=encoder, max_instances=max_instances, seed=seed, cache=cache)
+    def __init__(
+        self,
+        rows: list[SlideRow],
+        *,
+        store: str | os.PathLike[str],
+        encoder: str,
+        class_names: list[str],
+        max_instances: int | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        super().__init__(
+            rows, store=store, encoder=encoder, max_instances=max_instances, seed=seed, cache=cache
+        )
         self.class_names = list(class_names)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         emb = self.sample(self.embeddings(i))
         row = self.rows[i]
         label = self.class_names.index(row.label) if row.label in self.class_names else -1
-        item: dict[str, Any] = {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": label, "index": i}
+        item: dict[str, Any] = {
+            "features": torch.from_numpy(np.ascontiguousarray(emb)),
+            "label": label,
+            "index": i,
+        }
         if row.target is not None:
             item["target"] = float(row.target)
         if row.time is not None:
@@ -484,8 +557,12 @@ def collate_bags(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         k = int(b["features"].shape[0])
         feats[i, :k] = b["features"]
         mask[i, :k] = True
-    out = {"features": feats, "mask": mask, "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long),
-           "index": torch.tensor([b["index"] for b in batch], dtype=torch.long)}
+    out = {
+        "features": feats,
+        "mask": mask,
+        "labels": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+        "index": torch.tensor([b["index"] for b in batch], dtype=torch.long),
+    }
     if all("target" in b for b in batch):
         out["targets"] = torch.tensor([b["target"] for b in batch], dtype=torch.float32)
     if all("time" in b for b in batch):
@@ -512,10 +589,22 @@ class BagDataModule(L.LightningDataModule):
     default) Lightning shards them instead.
     """
 
-    def __init__(self, rows: list[SlideRow], *, splits: Splits, fold: int, store: str | os.PathLike[str],
-                 encoder: str, class_names: list[str], batch_size: int = 8, max_instances: int = 512,
-                 val_fraction: float = 0.2, num_workers: int = 0, seed: int = 0,
-                 eval_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[SlideRow],
+        *,
+        splits: Splits,
+        fold: int,
+        store: str | os.PathLike[str],
+        encoder: str,
+        class_names: list[str],
+        batch_size: int = 8,
+        max_instances: int = 512,
+        val_fraction: float = 0.2,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+    ) -> None:
         super().__init__()
         store = str(store)  # checkpoints keep primitives only (they load with torch.load(weights_only=True))
         class_names = [str(c) for c in class_names]
@@ -532,24 +621,46 @@ class BagDataModule(L.LightningDataModule):
         hp = self.hparams
         self.test_rows = self.splits.rows_in(self.rows, hp.fold)
         rest = [r for r in self.rows if self.splits.fold_of(r) != hp.fold]
-        self.train_rows, self.val_rows = inner_validation(rest, fraction=hp.val_fraction, seed=hp.seed + hp.fold)
+        self.train_rows, self.val_rows = inner_validation(
+            rest, fraction=hp.val_fraction, seed=hp.seed + hp.fold
+        )
         common = dict(store=hp.store, encoder=hp.encoder, class_names=hp.class_names)
-        self.train_set = BagDataset(self.train_rows, max_instances=hp.max_instances, seed=hp.seed + hp.fold, **common)
+        self.train_set = BagDataset(
+            self.train_rows, max_instances=hp.max_instances, seed=hp.seed + hp.fold, **common
+        )
         self.val_set = BagDataset(self.val_rows, **common)
         self.test_set = BagDataset(self.test_rows, **common)
 
-    def _loader(self, dataset: BagDataset, *, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: BagDataset, *, shuffle: bool = False, batch_size: int | None = None
+    ) -> DataLoader:
         gen = torch.Generator().manual_seed(self.hparams.seed + self.hparams.fold) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size or self.hparams.batch_size, shuffle=shuffle,
-                          generator=gen, collate_fn=collate_bags, num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.hparams.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            collate_fn=collate_bags,
+            num_workers=self.hparams.num_workers,
+        )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
-            sampler = DistributedSampler(self.train_set, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                         shuffle=True, seed=self.hparams.seed + self.hparams.fold)
-            return DataLoader(self.train_set, batch_size=self.hparams.batch_size, sampler=sampler,
-                              collate_fn=collate_bags, num_workers=self.hparams.num_workers)
+            sampler = DistributedSampler(
+                self.train_set,
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+                shuffle=True,
+                seed=self.hparams.seed + self.hparams.fold,
+            )
+            return DataLoader(
+                self.train_set,
+                batch_size=self.hparams.batch_size,
+                sampler=sampler,
+                collate_fn=collate_bags,
+                num_workers=self.hparams.num_workers,
+            )
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -581,7 +692,9 @@ class BagDataModule(L.LightningDataModule):
         """
         t = np.array([r.time for r in self.train_rows if r.event], dtype=np.float64)
         if len(t) == 0:
-            raise InvalidParameterError(f"fold {self.hparams.fold}: no events among the training slides; use fewer "
-                                        f"folds or a cohort with more events")
+            raise InvalidParameterError(
+                f"fold {self.hparams.fold}: no events among the training slides; use fewer "
+                f"folds or a cohort with more events"
+            )
         cuts = np.quantile(t, np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.array([])
         return [float(c) for c in cuts]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._location import require_local
 from ..errors import InvalidParameterError
 from ..features.store import open_store, store_path
 from ..metrics import rankdata
@@ -22,14 +23,46 @@ __all__ = ["heatmap", "colormap", "normalize_scores", "tiles_geojson"]
 
 # a few anchors of matplotlib's maps (no matplotlib dependency): position, RGB
 _CMAPS: dict[str, list[tuple[int, int, int]]] = {
-    "inferno": [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
-                (250, 193, 39), (252, 255, 164)],
-    "viridis": [(68, 1, 84), (70, 50, 126), (54, 92, 141), (39, 127, 142), (31, 161, 135), (74, 193, 109),
-                (160, 218, 57), (253, 231, 37)],
-    "magma": [(0, 0, 4), (44, 17, 95), (114, 31, 129), (183, 55, 121), (241, 96, 93), (254, 159, 109),
-              (254, 224, 161), (252, 253, 191)],
-    "jet": [(0, 0, 128), (0, 0, 255), (0, 128, 255), (0, 255, 255), (128, 255, 128), (255, 255, 0),
-            (255, 128, 0), (128, 0, 0)],
+    "inferno": [
+        (0, 0, 4),
+        (40, 11, 84),
+        (101, 21, 110),
+        (159, 42, 99),
+        (212, 72, 66),
+        (245, 125, 21),
+        (250, 193, 39),
+        (252, 255, 164),
+    ],
+    "viridis": [
+        (68, 1, 84),
+        (70, 50, 126),
+        (54, 92, 141),
+        (39, 127, 142),
+        (31, 161, 135),
+        (74, 193, 109),
+        (160, 218, 57),
+        (253, 231, 37),
+    ],
+    "magma": [
+        (0, 0, 4),
+        (44, 17, 95),
+        (114, 31, 129),
+        (183, 55, 121),
+        (241, 96, 93),
+        (254, 159, 109),
+        (254, 224, 161),
+        (252, 253, 191),
+    ],
+    "jet": [
+        (0, 0, 128),
+        (0, 0, 255),
+        (0, 128, 255),
+        (0, 255, 255),
+        (128, 255, 128),
+        (255, 255, 0),
+        (255, 128, 0),
+        (128, 0, 0),
+    ],
 }
 
 
@@ -60,21 +93,34 @@ def normalize_scores(scores: np.ndarray, *, normalize: str = "rank") -> np.ndarr
     raise InvalidParameterError(f"normalize must be 'rank' or 'minmax', got {normalize!r}")
 
 
-def tiles_geojson(coords: np.ndarray, extent: tuple[int, int], scores: np.ndarray, *,
-                  normalized: np.ndarray | None = None, object_type: str = "tile", name: str = "score") -> dict:
+def tiles_geojson(
+    coords: np.ndarray,
+    extent: tuple[int, int],
+    scores: np.ndarray,
+    *,
+    normalized: np.ndarray | None = None,
+    object_type: str = "tile",
+    name: str = "score",
+) -> dict:
     """QuPath GeoJSON FeatureCollection: one Polygon per tile in level-0 px (top-left origin)."""
     w, h = int(extent[0]), int(extent[1])
     feats = []
-    for i, ((x, y), s) in enumerate(zip(np.asarray(coords).tolist(), np.asarray(scores).tolist(), strict=True)):
+    for i, ((x, y), s) in enumerate(
+        zip(np.asarray(coords).tolist(), np.asarray(scores).tolist(), strict=True)
+    ):
         meas = {name: float(s)}
         if normalized is not None:
             meas[f"{name}_normalized"] = float(normalized[i])
-        feats.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]},
-            "properties": {"objectType": object_type, "name": f"tile {i}", "measurements": meas},
-        })
+        feats.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]],
+                },
+                "properties": {"objectType": object_type, "name": f"tile {i}", "measurements": meas},
+            }
+        )
     return {"type": "FeatureCollection", "features": feats}
 
 
@@ -120,7 +166,7 @@ def heatmap(
         Which column of (N, K) scores to draw (required for 2-D scores).
     backend : str, default "auto"
     slide_mpp : float, optional
-        Level-0 µm/px for a slide whose metadata lacks it (``default_mpp`` of
+        Level-0 µm/px for a slide whose metadata lacks it (``slide_mpp`` of
         :func:`~slidescope.wsi.open_slide`).
 
     Returns
@@ -157,6 +203,8 @@ def heatmap(
 
     from ..features.store import as_location, location_name
 
+    out_png = require_local(out_png, "out_png (the heatmap PNG)")  # results stay local; stores may be URLs
+    out_geojson = None if out_geojson is None else require_local(out_geojson, "out_geojson")
     sp = as_location(store)  # a folder, a store, or their fsspec URLs
     if not location_name(sp).endswith(".zarr"):
         sp = store_path(sp, slide_path)
@@ -165,12 +213,14 @@ def heatmap(
     values = np.asarray(st.scores(scores), dtype=np.float64)
     if values.ndim == 2:
         if column is None:
-            raise InvalidParameterError(f"scores {scores!r} have {values.shape[1]} columns; choose one with column=")
+            raise InvalidParameterError(
+                f"scores {scores!r} have {values.shape[1]} columns; choose one with column="
+            )
         values = values[:, column]
     coords = st.coords
     tw, th = st.tile_extent
     norm = normalize_scores(values, normalize=normalize)
-    with open_slide(slide_path, backend=backend, default_mpp=slide_mpp) as slide:
+    with open_slide(slide_path, backend=backend, slide_mpp=slide_mpp) as slide:
         w0, h0 = slide.dimensions
         thumb = slide.get_thumbnail((size, size))
     sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0
@@ -180,12 +230,19 @@ def heatmap(
     colours = colormap(norm, cmap)
     a = int(round(255 * float(np.clip(alpha, 0, 1))))
     for (x, y), c in zip(coords.tolist(), colours.tolist(), strict=True):
-        box = (int(round(x * sx)), int(round(y * sy)), int(round((x + tw) * sx)) - 1, int(round((y + th) * sy)) - 1)
+        box = (
+            int(round(x * sx)),
+            int(round(y * sy)),
+            int(round((x + tw) * sx)) - 1,
+            int(round((y + th) * sy)) - 1,
+        )
         draw.rectangle(box, fill=(*c, a))
     painted = Image.alpha_composite(base, overlay).convert("RGB")
     # colour bar on the right: high at the top
     bar_w, pad, label_w = max(12, painted.height // 25), 10, 60
-    canvas = Image.new("RGB", (painted.width + pad + bar_w + label_w, max(painted.height, 80)), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (painted.width + pad + bar_w + label_w, max(painted.height, 80)), (255, 255, 255)
+    )
     canvas.paste(painted, (0, 0))
     bar_h = canvas.height - 2 * pad
     ramp = colormap(np.linspace(1, 0, bar_h), cmap)

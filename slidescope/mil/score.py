@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._location import expand_stores  # re-exported here for compatibility; lives in slidescope._location
+from .._location import require_local
 from ..errors import InvalidParameterError
 from ..features.store import IncompleteStoreError, SlideStore, StoreCorruptError, StoreError, open_store
 
@@ -33,43 +35,6 @@ class SlideScore:
     attention: np.ndarray
     prediction: float | None = None
     risk: float | None = None
-
-
-def expand_stores(stores: list[str | os.PathLike[str]]) -> list[Path | str]:
-    """Slide stores (``<slide>.zarr``) and store folders (every ``*.zarr`` inside) -> store paths; fsspec
-    URLs (``s3://bucket/stores``) stay URL strings."""
-    from ..features.store import as_location
-
-    paths: list[Path | str] = []
-    for s in stores:
-        loc = as_location(s)
-        if isinstance(loc, str):
-            paths.extend(_expand_remote(loc))
-            continue
-        p = loc
-        if (p / "zarr.json").exists():
-            paths.append(p)
-        elif p.is_dir():
-            found = sorted(q for q in p.glob("*.zarr") if (q / "zarr.json").exists())
-            if not found:
-                raise InvalidParameterError(f"{p} is neither a slide store nor a folder of stores")
-            paths.extend(found)
-        else:
-            raise InvalidParameterError(f"{p} does not exist")
-    return paths
-
-
-def _expand_remote(url: str) -> list[str]:
-    import fsspec
-
-    fs, inner = fsspec.core.url_to_fs(url)
-    if fs.exists(f"{inner}/zarr.json"):
-        return [url]
-    metadata = fs.glob(f"{inner.rstrip('/')}/*.zarr/zarr.json")  # one per slide store in the folder
-    found = sorted(m[: -len("/zarr.json")].rsplit("/", 1)[-1] for m in metadata)
-    if not found:
-        raise InvalidParameterError(f"{url} is neither a slide store nor a folder of stores")
-    return [f"{url}/{name}" for name in found]
 
 
 def run_name(checkpoint: str | os.PathLike[str]) -> str:
@@ -149,9 +114,15 @@ def score(
     first = tasks[0]
     for c, t in zip(checkpoints, tasks, strict=True):
         if (t.encoder_name, t.hparams.embed_dim, t.class_names, t.task) != (
-                first.encoder_name, first.hparams.embed_dim, first.class_names, first.task):
-            raise InvalidParameterError(f"{c} differs from {checkpoints[0]} in encoder, embedding size, task or "
-                                        f"classes; an ensemble needs the same ones")
+            first.encoder_name,
+            first.hparams.embed_dim,
+            first.class_names,
+            first.task,
+        ):
+            raise InvalidParameterError(
+                f"{c} differs from {checkpoints[0]} in encoder, embedding size, task or "
+                f"classes; an ensemble needs the same ones"
+            )
     kind = first.task
     encoder, dim, classes = first.encoder_name, int(first.hparams.embed_dim), first.class_names
     name = name or run_name(checkpoints[0])
@@ -169,21 +140,40 @@ def score(
         attention = np.mean(att, axis=0).astype(np.float32)
         slide = store.name[: -len(".zarr")]
         if kind == "classification":
-            res = SlideScore(slide=slide, store=sp, probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
-                             predicted=classes[int(prob.argmax())], attention=attention)
+            res = SlideScore(
+                slide=slide,
+                store=sp,
+                probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
+                predicted=classes[int(prob.argmax())],
+                attention=attention,
+            )
             attrs = {"probabilities": res.probs, "predicted": res.predicted}
         else:
             value = float(prob[0])
-            res = SlideScore(slide=slide, store=sp, probs={}, predicted=f"{value:.6g}", attention=attention,
-                             **{_VALUE[kind]: value})
+            res = SlideScore(
+                slide=slide,
+                store=sp,
+                probs={},
+                predicted=f"{value:.6g}",
+                attention=attention,
+                **{_VALUE[kind]: value},
+            )
             attrs = {_VALUE[kind]: value}
         results.append(res)
         if write_scores:
             writable = SlideStore.open(sp, mode="r+", tiling=store.tiling_key)  # the tiling scored
-            writable.write_scores(f"{name}/attention", attention, attrs={
-                "kind": "attention", "task": kind, **attrs, "encoder": encoder,
-                "model": str(first.hparams.aggregator), "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
-            })
+            writable.write_scores(
+                f"{name}/attention",
+                attention,
+                attrs={
+                    "kind": "attention",
+                    "task": kind,
+                    **attrs,
+                    "encoder": encoder,
+                    "model": str(first.hparams.aggregator),
+                    "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
+                },
+            )
     if out_csv is not None:
         write_predictions(out_csv, results)
     return results
@@ -192,7 +182,9 @@ def score(
 def write_predictions(out_csv: str | os.PathLike[str], results: list[SlideScore]) -> Path:
     """The predictions CSV of :func:`score`: ``slide, prob_<class>..., predicted`` (classification),
     ``slide, prediction`` (regression) or ``slide, risk`` (survival)."""
-    out_csv = Path(out_csv)
+    out_csv = require_local(
+        out_csv, "out_csv (the predictions CSV)"
+    )  # stores may be URLs; results stay local
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -224,11 +216,15 @@ def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_er
         if have:
             d = store.encoder_attrs(have[0]).get("embed_dim")
             detail = f"; these are {have[0]!r} {d}-d"
-        raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings{detail}: extract "
-                              f"{store.name} with --encoder {encoder}") from err
+        raise load_task_error(
+            f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings{detail}: extract "
+            f"{store.name} with --encoder {encoder}"
+        ) from err
     if emb.ndim != 2 or emb.shape[1] != dim:
-        raise load_task_error(f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings; {store.name} "
-                              f"has {encoder!r} {emb.shape[-1]}-d: extract again with --encoder {encoder}")
+        raise load_task_error(
+            f"{Path(ckpt).name} was trained on {encoder!r} {dim}-d embeddings; {store.name} "
+            f"has {encoder!r} {emb.shape[-1]}-d: extract again with --encoder {encoder}"
+        )
     if len(emb) == 0:
         raise InvalidParameterError(f"{store.name} has no tiles to score")
     return emb

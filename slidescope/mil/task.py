@@ -24,15 +24,28 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from torchmetrics.classification import MulticlassAUROC, MulticlassCohenKappa, MulticlassF1Score, MulticlassRecall
+from torchmetrics.classification import (
+    MulticlassAUROC,
+    MulticlassCohenKappa,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
 
 from ..errors import SlidescopeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MILTask", "load_task", "check_resume_checkpoint", "CheckpointError", "EncoderMismatchError",
-           "CHECKPOINT_SCHEMA", "cox_loss",
-           "discrete_time_nll", "SURVIVAL_MODELS"]
+__all__ = [
+    "MILTask",
+    "load_task",
+    "check_resume_checkpoint",
+    "CheckpointError",
+    "EncoderMismatchError",
+    "CHECKPOINT_SCHEMA",
+    "cox_loss",
+    "discrete_time_nll",
+    "SURVIVAL_MODELS",
+]
 
 #: survival heads of ``MILTask(task="survival", survival_model=...)``
 SURVIVAL_MODELS = ("cox", "discrete")
@@ -65,15 +78,19 @@ def _version() -> str:
 def _metrics(num_classes: int, prefix: str) -> torchmetrics.MetricCollection:
     # logged during training only (val/auroc drives nothing but the logs); every reported number comes from
     # slidescope.metrics on the held-out predictions (see train.py)
-    return torchmetrics.MetricCollection({
-        "auroc": MulticlassAUROC(num_classes=num_classes, average="macro"),
-        "balanced_accuracy": MulticlassRecall(num_classes=num_classes, average="macro"),
-        "f1": MulticlassF1Score(num_classes=num_classes, average="macro"),
-        "kappa": MulticlassCohenKappa(num_classes=num_classes),
-    }, prefix=prefix)
+    return torchmetrics.MetricCollection(
+        {
+            "auroc": MulticlassAUROC(num_classes=num_classes, average="macro"),
+            "balanced_accuracy": MulticlassRecall(num_classes=num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes=num_classes, average="macro"),
+            "kappa": MulticlassCohenKappa(num_classes=num_classes),
+        },
+        prefix=prefix,
+    )
 
 
 # -- losses -----------------------------------------------------------------------------------------
+
 
 def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
     """Negative Cox partial log-likelihood of a batch, Breslow ties, averaged over its events.
@@ -102,8 +119,9 @@ def cox_loss(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> tor
     return -((risk - log_denominator) * ev).sum() / n_events
 
 
-def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, event: torch.Tensor, *,
-                      alpha: float = 0.0) -> torch.Tensor:
+def discrete_time_nll(
+    logits: torch.Tensor, bins: torch.Tensor, event: torch.Tensor, *, alpha: float = 0.0
+) -> torch.Tensor:
     """Negative log-likelihood of the discrete-time hazard model with censoring (mean over the batch).
 
     Zadeh & Schmid (2021), as ``NLLSurvLoss`` of PORPOISE (Chen et al. 2022): hazards
@@ -130,6 +148,7 @@ def discrete_time_nll(logits: torch.Tensor, bins: torch.Tensor, event: torch.Ten
 
 
 # -- task heads: what turns logits into a loss, metrics and a prediction ----------------------------
+
 
 class _Head:
     """Task-specific part of :class:`MILTask`; ``hp`` are its hyperparameters."""
@@ -180,8 +199,9 @@ class _Regression(_Head):
         return 1
 
     def metrics(self, prefix):
-        return torchmetrics.MetricCollection({"mae": torchmetrics.MeanAbsoluteError(),
-                                              "mse": torchmetrics.MeanSquaredError()}, prefix=prefix)
+        return torchmetrics.MetricCollection(
+            {"mae": torchmetrics.MeanAbsoluteError(), "mse": torchmetrics.MeanSquaredError()}, prefix=prefix
+        )
 
     def loss(self, logits, batch, class_weight):
         z = (batch["targets"].to(logits.device) - float(self.hp.target_mean)) / float(self.hp.target_std)
@@ -254,15 +274,21 @@ class _Discrete(_Survival):
         return -torch.cumprod(torch.sigmoid(-logits.float()), dim=1).sum(1, keepdim=True)
 
 
-_HEADS: dict[str, type[_Head]] = {"classification": _Classification, "regression": _Regression,
-                                  "survival/cox": _Cox, "survival/discrete": _Discrete}
+_HEADS: dict[str, type[_Head]] = {
+    "classification": _Classification,
+    "regression": _Regression,
+    "survival/cox": _Cox,
+    "survival/discrete": _Discrete,
+}
 
 
 def _head_name(task: str, survival_model: str) -> str:
     name = f"survival/{survival_model}" if task == "survival" else task
     if name not in _HEADS:
-        raise CheckpointError(f"unknown task {task!r} (survival model {survival_model!r}); tasks: classification, "
-                              f"regression, survival with survival_model one of {', '.join(SURVIVAL_MODELS)}")
+        raise CheckpointError(
+            f"unknown task {task!r} (survival model {survival_model!r}); tasks: classification, "
+            f"regression, survival with survival_model one of {', '.join(SURVIVAL_MODELS)}"
+        )
     return name
 
 
@@ -297,11 +323,24 @@ class MILTask(L.LightningModule):
     ``val/c_index``.
     """
 
-    def __init__(self, aggregator: str, aggregator_kwargs: dict[str, Any] | None, in_dim: int, num_classes: int,
-                 class_names: list[str], encoder: str, lr: float = 1e-4, weight_decay: float = 1e-2,
-                 epochs: int = 20, class_weights: list[float] | None = None, task: str = "classification",
-                 target_mean: float = 0.0, target_std: float = 1.0, survival_model: str = "cox",
-                 time_bins: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        aggregator: str,
+        aggregator_kwargs: dict[str, Any] | None,
+        in_dim: int,
+        num_classes: int,
+        class_names: list[str],
+        encoder: str,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-2,
+        epochs: int = 20,
+        class_weights: list[float] | None = None,
+        task: str = "classification",
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+        survival_model: str = "cox",
+        time_bins: list[float] | None = None,
+    ) -> None:
         super().__init__()
         aggregator_kwargs = dict(aggregator_kwargs or {})
         class_names = [str(c) for c in class_names]
@@ -311,13 +350,21 @@ class MILTask(L.LightningModule):
         if task == "classification" and len(class_names) != num_classes:
             raise CheckpointError(f"{len(class_names)} class names for {num_classes} classes")
         if head == "survival/discrete" and time_bins is None:
-            raise CheckpointError("survival_model='discrete' needs time_bins (the inner cut points of the bins)")
+            raise CheckpointError(
+                "survival_model='discrete' needs time_bins (the inner cut points of the bins)"
+            )
         self.save_hyperparameters(logger=False)
-        self.hparams.update(slidescope_version=_version(), embed_dim=int(in_dim), checkpoint_schema=CHECKPOINT_SCHEMA)
+        self.hparams.update(
+            slidescope_version=_version(), embed_dim=int(in_dim), checkpoint_schema=CHECKPOINT_SCHEMA
+        )
         self.head = _HEADS[head](self.hparams)
         if self.head.num_outputs() != num_classes:
-            raise CheckpointError(f"task {head} needs num_classes={self.head.num_outputs()}, got {num_classes}")
-        self.model = _create_aggregator(aggregator, in_dim=in_dim, num_classes=num_classes, **aggregator_kwargs)
+            raise CheckpointError(
+                f"task {head} needs num_classes={self.head.num_outputs()}, got {num_classes}"
+            )
+        self.model = _create_aggregator(
+            aggregator, in_dim=in_dim, num_classes=num_classes, **aggregator_kwargs
+        )
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weight", weight, persistent=False)
         self.train_metrics = self.head.metrics("train/")
@@ -325,7 +372,9 @@ class MILTask(L.LightningModule):
         self.test_metrics = self.head.metrics("test/")
 
     # -- forward ----------------------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ):
         """``features (B, N, D)``, ``mask (B, N)`` -> the aggregator's output (``logits (B, C)``, ``scores (B, N)``)."""
         if mask is None:
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
@@ -350,8 +399,15 @@ class MILTask(L.LightningModule):
         bs = int(batch["features"].shape[0])
         # sync_dist: under DDP the epoch value is the bag-weighted mean over every rank's batches, identical
         # on all ranks, so EarlyStopping and ModelCheckpoint take the same decision everywhere
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs,
-                 sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "test",
+            batch_size=bs,
+            sync_dist=True,
+        )
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -365,8 +421,11 @@ class MILTask(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         out = self(batch["features"], batch["mask"])
-        return {"index": batch["index"], "probs": self.head.predict(out.logits),
-                "scores": out.scores.float().masked_fill(~batch["mask"], 0.0)}
+        return {
+            "index": batch["index"],
+            "probs": self.head.predict(out.logits),
+            "scores": out.scores.float().masked_fill(~batch["mask"], 0.0),
+        }
 
     def _log_metrics(self, metrics: torchmetrics.MetricCollection) -> None:
         # compute() already gathers the states of every rank; sync_dist keeps the logged values equal on all ranks
@@ -388,7 +447,9 @@ class MILTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
         """The aggregator's published clipping (e.g. DTFD-MIL's per-module norm 5), then the Trainer's own."""
         clip = getattr(self.model, "clip_gradients_", None)
         if clip is not None:
@@ -438,25 +499,48 @@ def check_resume_checkpoint(path: str | os.PathLike[str], *, fold: int | None = 
     """
     p = Path(path)
     where = f"fold {fold}: " if fold is not None else ""
-    fix = (f"Delete {p} to restart {'this fold' if fold is not None else 'training'} from scratch (or train "
-           f"with --no-resume / resume=False).")
+    fix = (
+        f"Delete {p} to restart {'this fold' if fold is not None else 'training'} from scratch (or train "
+        f"with --no-resume / resume=False)."
+    )
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for a bad or unsafe file
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{where}the resume checkpoint {p} cannot be loaded safely (torch.load with "
-                              f"weights_only=True: {detail}). {fix}") from err
+        raise CheckpointError(
+            f"{where}the resume checkpoint {p} cannot be loaded safely (torch.load with "
+            f"weights_only=True: {detail}). {fix}"
+        ) from err
     if not isinstance(data, dict) or "state_dict" not in data:
         raise CheckpointError(f"{where}{p} is not a Lightning training checkpoint (no state_dict). {fix}")
 
 
-_INIT_KEYS = ("aggregator", "aggregator_kwargs", "in_dim", "num_classes", "class_names", "encoder", "lr",
-              "weight_decay", "epochs", "class_weights", "task", "target_mean", "target_std", "survival_model",
-              "time_bins")
+_INIT_KEYS = (
+    "aggregator",
+    "aggregator_kwargs",
+    "in_dim",
+    "num_classes",
+    "class_names",
+    "encoder",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "class_weights",
+    "task",
+    "target_mean",
+    "target_std",
+    "survival_model",
+    "time_bins",
+)
 
 
-def load_task(ckpt: str | os.PathLike[str], *, encoder: str | None = None, embed_dim: int | None = None,
-              map_location: str | torch.device = "cpu") -> MILTask:
+def load_task(
+    ckpt: str | os.PathLike[str],
+    *,
+    encoder: str | None = None,
+    embed_dim: int | None = None,
+    map_location: str | torch.device = "cpu",
+) -> MILTask:
     """Rebuild a :class:`MILTask` from its checkpoint (eval mode).
 
     ``encoder`` / ``embed_dim``: what the embeddings to be scored are; a checkpoint trained on
@@ -468,25 +552,33 @@ def load_task(ckpt: str | os.PathLike[str], *, encoder: str | None = None, embed
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for a bad file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({err}); replace it with the best.ckpt "
-                              f"of a training run (slidescope train --out RUN writes RUN/fold<k>/best.ckpt)") from err
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({err}); replace it with the best.ckpt "
+            f"of a training run (slidescope train --out RUN writes RUN/fold<k>/best.ckpt)"
+        ) from err
     hp = dict(data.get("hyper_parameters") or {})
     missing = [k for k in ("aggregator", "in_dim", "num_classes", "class_names", "encoder") if k not in hp]
     if missing:
-        raise CheckpointError(f"{path.name} is not a slidescope MIL checkpoint (no {', '.join(missing)} in its "
-                              f"hyperparameters)")
+        raise CheckpointError(
+            f"{path.name} is not a slidescope MIL checkpoint (no {', '.join(missing)} in its hyperparameters)"
+        )
     schema = int(hp.get("checkpoint_schema", 1))
     if schema > CHECKPOINT_SCHEMA:
-        raise CheckpointError(f"{path.name} has checkpoint schema {schema} (slidescope "
-                              f"{hp.get('slidescope_version')}); this slidescope reads up to {CHECKPOINT_SCHEMA}. "
-                              f"Upgrade slidescope.")
+        raise CheckpointError(
+            f"{path.name} has checkpoint schema {schema} (slidescope "
+            f"{hp.get('slidescope_version')}); this slidescope reads up to {CHECKPOINT_SCHEMA}. "
+            f"Upgrade slidescope."
+        )
     trained_enc, trained_dim = str(hp["encoder"]), int(hp.get("embed_dim", hp["in_dim"]))
-    if (encoder is not None and encoder != trained_enc) or (embed_dim is not None and int(embed_dim) != trained_dim):
+    if (encoder is not None and encoder != trained_enc) or (
+        embed_dim is not None and int(embed_dim) != trained_dim
+    ):
         have_enc = encoder if encoder is not None else trained_enc
         have_dim = f"{embed_dim}-d" if embed_dim is not None else "?-d"
         raise EncoderMismatchError(
             f"{path.name} was trained on {trained_enc!r} {trained_dim}-d embeddings; these are {have_enc!r} "
-            f"{have_dim}: extract with --encoder {trained_enc}")
+            f"{have_dim}: extract with --encoder {trained_enc}"
+        )
     task = MILTask(**{k: hp[k] for k in _INIT_KEYS if k in hp})
     task.load_state_dict(data["state_dict"])
     task.eval()

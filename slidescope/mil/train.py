@@ -22,8 +22,8 @@ Several devices and nodes (DDP)
 ``devices`` and ``num_nodes`` (``--devices``, ``--num-nodes``) above 1 train each fold with
 Lightning's DistributedDataParallel (gloo on CPUs, NCCL on GPUs), one process per device::
 
-    slidescope train --manifest m.csv --store stores --encoder uni --devices 4          # 4 GPUs, one machine
-    srun slidescope train --manifest m.csv --store stores --encoder uni --devices 4 --num-nodes 2   # SLURM
+    slidescope train --manifest m.csv --stores stores --encoder uni --devices 4         # 4 GPUs, one machine
+    srun slidescope train --manifest m.csv --stores stores --encoder uni --devices 4 --num-nodes 2  # SLURM
 
 Launched from a shell (or a Python script), Lightning starts the other ranks itself: it re-runs the
 same command line (``sys.argv``) with ``LOCAL_RANK`` set, so every rank runs ``train()`` from its
@@ -58,141 +58,59 @@ What is shared and what is not:
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
 import logging
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import metrics as _metrics
 from ..errors import InvalidParameterError
-from ..metrics import CLASSIFICATION_METRICS
+from ..training import (
+    ddp_strategy,
+    end_processes,
+    fit_weights_only,
+    launched_processes,
+    lightning_quiet,
+    resolve_world,
+    write_atomic,
+)
+from ._evaluation import EVALS, predict_fold, read_predictions_csv, write_predictions_csv, write_results_csv
 from .data import BagDataModule, SlideRow, Splits, make_splits, read_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "TrainResult", "FoldResult", "classification_metrics", "regression_metrics", "concordance_index",
-           "survival_metrics", "bootstrap_ci"]
+__all__ = [
+    "train",
+    "TrainConfig",
+    "train_from_config",
+    "TrainResult",
+    "FoldResult",
+    "classification_metrics",
+    "regression_metrics",
+    "concordance_index",
+    "survival_metrics",
+    "bootstrap_ci",
+]
 
-METRICS = CLASSIFICATION_METRICS  # auroc (OvR), auroc_ovo, balanced_accuracy, f1, f1_weighted, kappa, ...
-REGRESSION_METRICS = ("pearson", "spearman", "r2", "mae")
-SURVIVAL_METRICS = ("c_index",)
+METRICS = _metrics.CLASSIFICATION_METRICS  # auroc (OvR), auroc_ovo, balanced_accuracy, f1, kappa, ...
+REGRESSION_METRICS = _metrics.REGRESSION_METRICS
+SURVIVAL_METRICS = _metrics.SURVIVAL_METRICS
 
-
-# -- metrics: every definition lives in slidescope.metrics (checked against scikit-learn/lifelines) ------
-
-auroc = _metrics.auroc  # kept here: ``from slidescope.mil.train import auroc`` is public
+# -- metrics: every definition lives in slidescope.metrics (checked against scikit-learn/scipy/lifelines);
+# kept here because ``from slidescope.mil.train import auroc, regression_metrics, ...`` is public
+auroc = _metrics.auroc
 classification_metrics = _metrics.classification_metrics
+regression_metrics = _metrics.regression_metrics
+survival_metrics = _metrics.survival_metrics
 concordance_index = _metrics.concordance_index
 bootstrap_ci = _metrics.bootstrap_ci
-_ranks = _metrics.rankdata
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
-def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """Pearson r, Spearman r (average ranks for ties), R² (1 - SSres/SStot) and MAE; ``(n,)`` arrays.
-
-    Correlations are NaN when either side is constant; R² is NaN when the targets are.
-    """
-    y = np.asarray(targets, dtype=np.float64).reshape(-1)
-    f = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    if len(y) < 2:
-        return {m: float("nan") for m in REGRESSION_METRICS} | {"mae": float(np.abs(y - f).mean()) if len(y) else
-                                                                  float("nan")}
-    ss_tot = ((y - y.mean()) ** 2).sum()
-    return {"pearson": _pearson(y, f), "spearman": _pearson(_ranks(y), _ranks(f)),
-            "r2": float(1 - ((y - f) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"),
-            "mae": float(np.abs(y - f).mean())}
-
-
-def survival_metrics(time: np.ndarray, risk: np.ndarray, event: np.ndarray) -> dict[str, float]:
-    """``{"c_index": Harrell's C}`` (see :func:`concordance_index`)."""
-    return {"c_index": concordance_index(time, risk, event)}
-
-
-def _bootstrap(fn, arrays: tuple[np.ndarray, ...], groups: np.ndarray, *, n: int, seed: int,
-               valid=None) -> dict[str, tuple[float, float]]:
-    """95% percentile bootstrap of ``fn(*arrays)``, resampling patients (``groups``): ``{metric: (low, high)}``."""
-    cis = _metrics.bootstrap_metrics(fn, arrays, groups=groups, n=n, seed=seed, level=0.95, valid=valid)
-    return {m: (ci.low, ci.high) for m, ci in cis.items()}
-
-
-# -- per-task evaluation of predictions ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _TaskEval:
-    """How one task's prediction records become metrics: the metric names, the record columns, the arrays."""
-
-    metrics: tuple[str, ...]
-    columns: tuple[str, ...]  # after slide, patient (and before/after fold, see _write_predictions)
-    compute: Any  # (records, class_names) -> dict
-    ci: Any  # (records, class_names, n, seed) -> dict
-
-
-def _cls_arrays(preds, class_names):
-    labels = np.array([class_names.index(p["label"]) for p in preds], dtype=int)
-    probs = np.array([[p[f"prob_{c}"] for c in class_names] for p in preds], dtype=np.float64)
-    return labels, probs
-
-
-def _cls_compute(preds, class_names):
-    labels, probs = _cls_arrays(preds, class_names)
-    if len(set(labels.tolist())) < 2:
-        return {m: float("nan") for m in METRICS}
-    return classification_metrics(labels, probs)
-
-
-def _patients(preds) -> np.ndarray:
-    return np.array([str(p.get("patient", p["slide"])) for p in preds])
-
-
-def _cls_ci(preds, class_names, n, seed):
-    labels, probs = _cls_arrays(preds, class_names)
-    if len(set(labels.tolist())) < 2:
-        return {m: (float("nan"), float("nan")) for m in METRICS}
-    k = len(np.unique(labels))  # resamples lacking a class are skipped
-    return _bootstrap(classification_metrics, (labels, probs), _patients(preds), n=n, seed=seed,
-                      valid=lambda y, _p: len(np.unique(y)) >= k)
-
-
-def _reg_arrays(preds):
-    return (np.array([p["target"] for p in preds], dtype=np.float64),
-            np.array([p["prediction"] for p in preds], dtype=np.float64))
-
-
-def _surv_arrays(preds):
-    return (np.array([p["time"] for p in preds], dtype=np.float64), np.array([p["risk"] for p in preds], dtype=np.float64),
-            np.array([p["event"] for p in preds], dtype=int))
-
-
-_EVALS: dict[str, _TaskEval] = {
-    "classification": _TaskEval(METRICS, ("label",), _cls_compute, _cls_ci),
-    "regression": _TaskEval(
-        REGRESSION_METRICS, ("target", "prediction"),
-        lambda preds, _c: regression_metrics(*_reg_arrays(preds)),
-        lambda preds, _c, n, seed: _bootstrap(regression_metrics, _reg_arrays(preds), _patients(preds), n=n,
-                                              seed=seed, valid=lambda y, f: len(np.unique(y)) > 1)),
-    "survival": _TaskEval(
-        SURVIVAL_METRICS, ("time", "event", "risk"),
-        lambda preds, _c: survival_metrics(*_surv_arrays(preds)),
-        lambda preds, _c, n, seed: _bootstrap(survival_metrics, _surv_arrays(preds), _patients(preds), n=n,
-                                              seed=seed, valid=lambda t, r, e: bool(e.any()))),
-}
 
 
 # -- results ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class FoldResult:
@@ -226,7 +144,7 @@ class TrainResult:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return _EVALS[self.task].metrics
+        return EVALS[self.task].metrics
 
     def summary(self) -> str:
         names = self.metric_names
@@ -241,87 +159,93 @@ def _fmt(v: float, ci: tuple[float, float]) -> str:
     return f"{v:>9.3f} [{ci[0]:.3f}, {ci[1]:.3f}]".rjust(26)
 
 
-# -- training ---------------------------------------------------------------------------------------
-
-def _config(rows: list[SlideRow], **kw: Any) -> dict[str, Any]:
-    def entry(r: SlideRow) -> list:
-        return [r.key, r.label, r.patient, r.site] + ([r.time, r.event] if r.time is not None else [])
-
-    return {"slides": [entry(r) for r in rows], **kw}
+# -- the configuration --------------------------------------------------------------------------------
 
 
-def _weights_only(trainer: Any) -> dict[str, bool]:
-    """``weights_only=True`` for ``Trainer.fit`` where this Lightning takes it (2.5 and later); with an older
-    one the checkpoint was already checked with ``torch.load(weights_only=True)`` (see
-    :func:`~slidescope.mil.task.check_resume_checkpoint`), and torch >= 2.6 defaults to it."""
-    import inspect
+@dataclass(frozen=True)
+class TrainConfig:
+    """The arguments of :func:`train` as one object (the same names, defaults and meaning; see there).
 
-    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
-
-
-def _quiet_lightning() -> None:
-    """Known-harmless Lightning messages, silenced inside ``train()`` only (warnings stay errors elsewhere)."""
-    # bags are read from an in-memory cache; worker processes would only add start-up time
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    # tiny cohorts: fewer batches than the logging interval is expected
-    warnings.filterwarnings("ignore", message=r".*number of training batches.*logging interval.*")
-    # resuming writes into the fold's own checkpoint folder on purpose
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-    # CPU-only hosts: Lightning points out that a GPU/TPU/HPU could be used (only when one exists)
-    warnings.filterwarnings("ignore", message=r".*available but not used.*")
-    # torch >= 2.10 deprecates LeafSpec, which lightning's CombinedLoader still constructs
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*", category=FutureWarning)
-    # torchmetrics: a validation set may lack a class in early epochs of a small cohort
-    warnings.filterwarnings("ignore", message=r".*No (positive|negative) samples in targets.*")
-
-
-@contextlib.contextmanager
-def _lightning_info(show: bool):
-    """Lightning logs "GPU available...", tips and stop reasons at INFO to stdout; keep them for ``progress``."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    if not show:
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, levels, strict=True):
-            lg.setLevel(lv)
-
-
-def _world(*, accelerator: str, devices: int | str, num_nodes: int, strategy: str, precision: str | None,
-           progress: bool) -> tuple[int, int]:
-    """``(world_size, global_rank)`` of this process, as the fold Trainers will see them.
-
-    A Trainer resolves both at construction from Lightning's cluster environments (its own launcher's
-    ``LOCAL_RANK``/``NODE_RANK``, SLURM, torchrun, LSF...) without launching anything.
+    ``train(manifest, **kw)`` is ``train_from_config(TrainConfig(manifest, **kw))``; ``out`` becomes a
+    ``Path``. ``dataclasses.replace(config, seed=1)`` gives a variant.
     """
-    import lightning as L
 
-    with warnings.catch_warnings(), _lightning_info(progress):
-        _quiet_lightning()
-        probe = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-                          precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False)
-    return int(probe.world_size), int(probe.global_rank)
+    manifest: str | os.PathLike[str]
+    store: str | os.PathLike[str]
+    encoder: str
+    out: Path
+    model: str = "abmil"
+    model_kwargs: dict[str, Any] | None = None
+    folds: int = 5
+    epochs: int = 20
+    batch_size: int | None = None
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    seed: int = 0
+    max_instances: int = 512
+    val_fraction: float = 0.2
+    early_stopping_patience: int = 5
+    site_preserving: bool = False
+    class_weighting: bool = True
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None
+    num_workers: int = 0
+    resume: bool = True
+    bootstrap: int = 1000
+    callbacks: list | None = None
+    progress: bool = False
+    task: str = "classification"
+    label_column: str = "label"
+    survival_model: str = "cox"
+    time_column: str = "time"
+    event_column: str = "event"
+    n_bins: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+
+    @property
+    def cox(self) -> bool:
+        """A Cox survival model (its loss compares the bags of a batch: larger batches, whole-set
+        evaluation)."""
+        return self.task == "survival" and self.survival_model == "cox"
+
+    def check(self) -> None:
+        """Options that are wrong whatever the data (checked before the manifest is read)."""
+        from .task import SURVIVAL_MODELS
+
+        if self.task == "survival" and self.survival_model not in SURVIVAL_MODELS:
+            raise InvalidParameterError(
+                f"unknown survival model {self.survival_model!r}; use one of {', '.join(SURVIVAL_MODELS)}"
+            )
+        if self.task == "survival" and self.survival_model == "discrete" and self.n_bins < 2:
+            raise InvalidParameterError(
+                f"n_bins must be >= 2 for the discrete survival model, got {self.n_bins}"
+            )
 
 
-def _fold_strategy(strategy: str, world_size: int, task: Any) -> Any:
-    """``"auto"`` on several processes: DDP (the script launcher); ``find_unused_parameters`` where the
-    aggregator's auxiliary loss leaves label-dependent branches out of some steps (CLAM, DTFD, ACMIL...)."""
-    if strategy != "auto" or world_size == 1:
-        return strategy
-    from lightning.pytorch.strategies import DDPStrategy
+@dataclass(frozen=True)
+class _Plan:
+    """What every rank derives from the configuration before training (the same on every rank)."""
 
-    return DDPStrategy(find_unused_parameters=bool(getattr(task.model, "has_aux_loss", True)))
+    rows: list[SlideRow]
+    class_names: list[str]
+    in_dim: int
+    batch_size: int
+    run_config: dict[str, Any]  # run.json's "config": a rerun with another one refuses to resume
+    splits: Splits
+    world_size: int
+    global_rank: int
+
+    @property
+    def rank0(self) -> bool:
+        return self.global_rank == 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that a concurrent reader (another rank) sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# -- training ---------------------------------------------------------------------------------------
 
 
 def train(
@@ -361,6 +285,8 @@ def train(
     n_bins: int = 4,
 ) -> TrainResult:
     """Train one model per fold with patient-level cross-validation and report held-out metrics.
+
+    The same arguments as one object: :class:`TrainConfig` and :func:`train_from_config`.
 
     Parameters
     ----------
@@ -437,9 +363,10 @@ def train(
     -------
     TrainResult
         ``folds`` (per fold: status, best checkpoint, slide counts, epochs, metrics with CIs), ``pooled``
-        and ``pooled_ci`` out-of-fold metrics (classification: :data:`slidescope.metrics.CLASSIFICATION_METRICS`,
-        i.e. AUROC one-vs-rest and one-vs-one macro, balanced accuracy, F1 macro and weighted, Cohen's kappa
-        unweighted and quadratic, accuracy; CIs: 95% percentile bootstrap resampling patients),
+        and ``pooled_ci`` out-of-fold metrics (classification:
+        :data:`slidescope.metrics.CLASSIFICATION_METRICS`, i.e. AUROC one-vs-rest and one-vs-one macro,
+        balanced accuracy, F1 macro and weighted, Cohen's kappa unweighted and quadratic, accuracy; CIs:
+        95% percentile bootstrap resampling patients),
         ``checkpoints`` (the folds' ``best.ckpt``, for :func:`score`), ``oof_csv``,
         ``results_csv``, ``splits``; ``summary()`` is a printable table. Under DDP only global rank 0
         predicts, writes and returns results; the other ranks return None.
@@ -466,230 +393,413 @@ def train(
     Examples
     --------
     >>> import slidescope as ss
-    >>> run = ss.train("slides.csv", store="stores", encoder="uni", out="runs/abmil", folds=5)  # doctest: +SKIP
+    >>> run = ss.train("slides.csv", store="stores", encoder="uni", out="runs/abmil")  # doctest: +SKIP
     >>> print(run.summary())                                                                 # doctest: +SKIP
     >>> ss.score(run.checkpoints, ["stores"], out_csv="predictions.csv")                     # doctest: +SKIP
 
     ``examples/train_abmil_cv.py`` runs this offline on a synthetic cohort.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+    config = TrainConfig(
+        manifest=manifest,
+        store=store,
+        encoder=encoder,
+        out=Path(out),
+        model=model,
+        model_kwargs=model_kwargs,
+        folds=folds,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        max_instances=max_instances,
+        val_fraction=val_fraction,
+        early_stopping_patience=early_stopping_patience,
+        site_preserving=site_preserving,
+        class_weighting=class_weighting,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        num_workers=num_workers,
+        resume=resume,
+        bootstrap=bootstrap,
+        callbacks=callbacks,
+        progress=progress,
+        task=task,
+        label_column=label_column,
+        survival_model=survival_model,
+        time_column=time_column,
+        event_column=event_column,
+        n_bins=n_bins,
+    )
+    return train_from_config(config)
 
-    from .task import MILTask, check_resume_checkpoint, load_task
 
-    out = Path(out)
-    from .task import SURVIVAL_MODELS
+def train_from_config(config: TrainConfig) -> TrainResult:
+    """:func:`train` with its arguments in a :class:`TrainConfig`: plan, then train or reuse each fold, then
+    summarise. Under DDP only global rank 0 returns the :class:`TrainResult`; the other ranks return None."""
+    plan = _plan(config)
+    _prepare_out(config, plan)
+    fold_results, oof = _run_folds(config, plan)
+    if not plan.rank0:
+        return None  # type: ignore[return-value]
+    return _summarise(config, plan, fold_results, oof)
 
-    if task == "survival" and survival_model not in SURVIVAL_MODELS:
-        raise InvalidParameterError(f"unknown survival model {survival_model!r}; use one of "
-                                    f"{', '.join(SURVIVAL_MODELS)}")
-    if task == "survival" and survival_model == "discrete" and n_bins < 2:
-        raise InvalidParameterError(f"n_bins must be >= 2 for the discrete survival model, got {n_bins}")
-    cox = task == "survival" and survival_model == "cox"
-    if batch_size is None:
-        batch_size = 32 if cox else 8
-    rows = read_manifest(manifest, store=store, encoder=encoder, task=task, label_column=label_column,
-                         time_column=time_column, event_column=event_column)
-    evaluation = _EVALS[task]
-    class_names = sorted({r.label for r in rows}) if task == "classification" else []
+
+def _run_config(
+    cfg: TrainConfig, rows: list[SlideRow], *, batch_size: int, class_names: list[str], in_dim: int
+) -> dict[str, Any]:
+    """run.json's ``config`` (its key order is part of the file: keep it)."""
+
+    def entry(r: SlideRow) -> list:
+        return [r.key, r.label, r.patient, r.site] + ([r.time, r.event] if r.time is not None else [])
+
+    config = {
+        "slides": [entry(r) for r in rows],
+        "encoder": cfg.encoder,
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs or {},
+        "folds": cfg.folds,
+        "seed": cfg.seed,
+        "site_preserving": cfg.site_preserving,
+        "max_instances": cfg.max_instances,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "batch_size": batch_size,
+        "val_fraction": cfg.val_fraction,
+        "class_weighting": cfg.class_weighting,
+        "class_names": class_names,
+        "in_dim": in_dim,
+    }
+    if cfg.task != "classification":  # classification runs keep the configuration of earlier versions
+        config.update(task=cfg.task, label_column=cfg.label_column, class_weighting=False)
+        if cfg.task == "survival":
+            config.update(
+                survival_model=cfg.survival_model,
+                n_bins=cfg.n_bins if cfg.survival_model == "discrete" else None,
+            )
+    return config
+
+
+def _plan(cfg: TrainConfig) -> _Plan:
+    """Read the manifest, check the options, make the splits and learn this process's DDP rank."""
     from ..features.store import open_store, store_path
 
-    first = open_store(store_path(store, rows[0].slide), encoder=encoder)
-    in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
-    if folds < 2:
-        raise InvalidParameterError(f"folds must be >= 2, got {folds}")
-
-    config = _config(rows, encoder=encoder, model=model, model_kwargs=model_kwargs or {}, folds=folds, seed=seed,
-                     site_preserving=site_preserving, max_instances=max_instances, lr=lr, weight_decay=weight_decay,
-                     batch_size=batch_size, val_fraction=val_fraction, class_weighting=class_weighting,
-                     class_names=class_names, in_dim=in_dim)
-    if task != "classification":  # classification runs keep the configuration of earlier versions
-        config.update(task=task, label_column=label_column, class_weighting=False)
-        if task == "survival":
-            config.update(survival_model=survival_model, n_bins=n_bins if survival_model == "discrete" else None)
+    cfg.check()
+    batch_size = cfg.batch_size if cfg.batch_size is not None else 32 if cfg.cox else 8
+    rows = read_manifest(
+        cfg.manifest,
+        store=cfg.store,
+        encoder=cfg.encoder,
+        task=cfg.task,
+        label_column=cfg.label_column,
+        time_column=cfg.time_column,
+        event_column=cfg.event_column,
+    )
+    class_names = sorted({r.label for r in rows}) if cfg.task == "classification" else []
+    first = open_store(store_path(cfg.store, rows[0].slide), encoder=cfg.encoder)
+    in_dim = int(first.encoder_attrs(cfg.encoder).get("embed_dim") or first.embeddings(cfg.encoder).shape[1])
+    if cfg.folds < 2:
+        raise InvalidParameterError(f"folds must be >= 2, got {cfg.folds}")
+    run_config = _run_config(cfg, rows, batch_size=batch_size, class_names=class_names, in_dim=in_dim)
     # which rank this process is: known before any process is launched (Lightning's cluster environments)
-    world_size, global_rank = _world(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                                     strategy=strategy, precision=precision, progress=progress)
-    rank0 = global_rank == 0
-    run_json = out / "run.json"
-    splits = make_splits(rows, folds=folds, seed=seed, site_preserving=site_preserving)
+    world_size, global_rank = resolve_world(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        progress=cfg.progress,
+    )
+    splits = make_splits(rows, folds=cfg.folds, seed=cfg.seed, site_preserving=cfg.site_preserving)
+    return _Plan(
+        rows=rows,
+        class_names=class_names,
+        in_dim=in_dim,
+        batch_size=batch_size,
+        run_config=run_config,
+        splits=splits,
+        world_size=world_size,
+        global_rank=global_rank,
+    )
+
+
+def _prepare_out(cfg: TrainConfig, plan: _Plan) -> None:
+    """Refuse to resume a run of another configuration; rank 0 writes run.json and splits.json."""
+    out, run_json = cfg.out, cfg.out / "run.json"
     # every rank checks (and fails) alike: rank 0 replaces these files atomically and with the same content
-    if resume and run_json.exists():
+    if cfg.resume and run_json.exists():
         old = json.loads(run_json.read_text()).get("config")
+        config = plan.run_config
         if old != json.loads(json.dumps(config)):
             changed = sorted(k for k in config if (old or {}).get(k) != json.loads(json.dumps(config[k])))
-            raise InvalidParameterError(f"{out} holds a run with another configuration (differs in: "
-                                        f"{', '.join(changed) or 'format'}); use another --out or resume=False")
-        if (out / "splits.json").exists() and Splits.load(out / "splits.json") != splits:
-            raise InvalidParameterError(f"{out}/splits.json differs from the splits of this manifest; use another "
-                                        f"--out or resume=False")
-    if rank0:  # the Lightning launcher starts the other ranks later, inside the first fit
+            raise InvalidParameterError(
+                f"{out} holds a run with another configuration (differs in: "
+                f"{', '.join(changed) or 'format'}); use another --out or "
+                f"resume=False"
+            )
+        if (out / "splits.json").exists() and Splits.load(out / "splits.json") != plan.splits:
+            raise InvalidParameterError(
+                f"{out}/splits.json differs from the splits of this manifest; use "
+                f"another --out or resume=False"
+            )
+    if plan.rank0:  # the Lightning launcher starts the other ranks later, inside the first fit
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            for k in range(folds):
+        if not cfg.resume:
+            for k in range(cfg.folds):
                 shutil.rmtree(out / f"fold{k}", ignore_errors=True)
         from .. import __version__
 
-        _write_atomic(run_json, json.dumps({"config": config, "epochs": epochs, "world_size": world_size,
-                                            "slidescope_version": __version__}, indent=2))
-        splits.save(out / "splits.json")
+        write_atomic(
+            run_json,
+            json.dumps(
+                {
+                    "config": plan.run_config,
+                    "epochs": cfg.epochs,
+                    "world_size": plan.world_size,
+                    "slidescope_version": __version__,
+                },
+                indent=2,
+            ),
+        )
+        plan.splits.save(out / "splits.json")
 
+
+def _run_folds(cfg: TrainConfig, plan: _Plan) -> tuple[list[FoldResult], list[dict[str, Any]]]:
+    """Train (or resume, or reuse) every fold; rank 0 gets the folds' results and out-of-fold predictions."""
     fold_results: list[FoldResult] = []
     oof: list[dict[str, Any]] = []
     children: list = []  # rank 0 of a shell-launched DDP run: the rank processes Lightning started
     try:
-        for k in range(folds):
-            fdir = out / f"fold{k}"
-            done = fdir / "done.json"
-            dm = BagDataModule(rows, splits=splits, fold=k, store=store, encoder=encoder, class_names=class_names,
-                               batch_size=batch_size, max_instances=max_instances, val_fraction=val_fraction,
-                               num_workers=num_workers, seed=seed, eval_batch_size=len(rows) if cox else None)
-            dm.setup("fit")
-            # the same decision on every rank: rank 0 deletes a fold folder only when it lacks last.ckpt and one
-            # of done.json, best.ckpt, predictions.csv, so that cannot change another rank's answer to these tests
-            if resume and done.exists() and (fdir / "best.ckpt").exists() and (fdir / "predictions.csv").exists():
-                if not rank0:
+        for k in range(cfg.folds):
+            fdir = cfg.out / f"fold{k}"
+            dm = _datamodule(cfg, plan, k)
+            if _fold_done(cfg, fdir):
+                if not plan.rank0:
                     continue
-                info = json.loads(done.read_text())
-                preds = _read_predictions(fdir / "predictions.csv")
-                status = "skipped"
+                preds, info, status = (
+                    read_predictions_csv(fdir / "predictions.csv"),
+                    _read_done(fdir),
+                    "skipped",
+                )
                 log.info("fold %d: already done, reusing %s", k, fdir / "best.ckpt")
             else:
-                last = fdir / "last.ckpt"
-                ckpt_path = str(last) if resume and last.exists() else None
-                if ckpt_path is not None:  # weights_only: a planted pickle never runs; a damaged one says what to do
-                    check_resume_checkpoint(last, fold=k)
-                status = "resumed" if ckpt_path else "trained"
-                if rank0:
-                    if ckpt_path is None and fdir.exists():
-                        shutil.rmtree(fdir)
-                    fdir.mkdir(parents=True, exist_ok=True)
-                L.seed_everything(seed + k, workers=True, verbose=False)
-                head: dict[str, Any] = {"task": task}
-                num_classes = len(class_names)
-                if task == "regression":
-                    mean, std = dm.target_stats()
-                    head.update(target_mean=mean, target_std=std)
-                    num_classes = 1
-                elif task == "survival":
-                    bins = dm.time_bins(n_bins) if survival_model == "discrete" else None
-                    head.update(survival_model=survival_model, time_bins=bins)
-                    num_classes = len(bins) + 1 if bins is not None else 1
-                lit = MILTask(aggregator=model, aggregator_kwargs=model_kwargs or {}, in_dim=in_dim,
-                              num_classes=num_classes, class_names=class_names, encoder=encoder, lr=lr,
-                              weight_decay=weight_decay, epochs=epochs,
-                              class_weights=dm.class_weights() if class_weighting and task == "classification"
-                              else None, **head)
-                ckpt_cb = ModelCheckpoint(dirpath=str(fdir), filename="best", monitor="val/loss", mode="min",
-                                          save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-                # every epoch, whether or not it improved (lightning >= 2.6 writes save_last only with a new best)
-                last_cb = ModelCheckpoint(dirpath=str(fdir), filename="last", monitor=None, save_top_k=1,
-                                          enable_version_counter=False)
-                stop_cb = EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience)
-                with warnings.catch_warnings(), _lightning_info(progress):
-                    _quiet_lightning()
-                    trainer = L.Trainer(
-                        max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                        strategy=_fold_strategy(strategy, world_size, lit), precision=precision,
-                        logger=CSVLogger(str(fdir), name="logs"),
-                        callbacks=[ckpt_cb, last_cb, stop_cb, *(callbacks or [])],
-                        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=1,
-                        deterministic=True, num_sanity_val_steps=0, default_root_dir=str(fdir),
-                        # BagDataModule shards the training bags itself; every rank validates on all bags
-                        use_distributed_sampler=False,
-                    )
-                    trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, **_weights_only(trainer))
-                children = children or list(getattr(trainer.strategy.launcher, "procs", None) or [])
+                trainer, ckpt_cb, status = _fit_fold(cfg, plan, k, dm)
+                children = children or launched_processes(trainer)
                 if trainer.interrupted:
-                    raise KeyboardInterrupt(f"training of fold {k} was interrupted; rerun to resume from {last}")
-                if not rank0:
+                    raise KeyboardInterrupt(
+                        f"training of fold {k} was interrupted; rerun to resume from {fdir / 'last.ckpt'}"
+                    )
+                if not plan.rank0:
                     trainer.strategy.barrier("slidescope.mil.train: fold written")
                     continue
-                best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
-                if best.resolve() != (fdir / "best.ckpt").resolve():  # Lightning may report a relative path
-                    shutil.copyfile(best, fdir / "best.ckpt")
-                # on the training device: under DDP the other ranks wait for this at the barrier below
-                best_task = load_task(fdir / "best.ckpt", encoder=encoder, embed_dim=in_dim)
-                preds = _predict(best_task.to(trainer.strategy.root_device), dm)
-                _write_predictions(fdir / "predictions.csv", preds, class_names, task=task)
-                info = {"epochs": int(trainer.current_epoch), "best_val_loss": float(ckpt_cb.best_model_score)
-                        if ckpt_cb.best_model_score is not None else None,
-                        "n_train": len(dm.train_rows), "n_val": len(dm.val_rows), "n_test": len(dm.test_rows)}
-                done.write_text(json.dumps(info, indent=2))
+                preds, info = _finish_fold(cfg, plan, fdir, dm, trainer, ckpt_cb)
                 trainer.strategy.barrier("slidescope.mil.train: fold written")  # a no-op on one device
-            metrics = evaluation.compute(preds, class_names)
-            ci = evaluation.ci(preds, class_names, bootstrap, seed)
-            fold_results.append(FoldResult(fold=k, status=status, best_checkpoint=fdir / "best.ckpt",
-                                           n_train=info.get("n_train", len(dm.train_rows)),
-                                           n_val=info.get("n_val", len(dm.val_rows)), n_test=len(preds),
-                                           epochs=int(info.get("epochs", 0)), metrics=metrics, ci=ci))
+            fold_results.append(_fold_result(cfg, plan, k, status, dm, preds, info))
             oof.extend({**p, "fold": k} for p in preds)
     except BaseException:
-        # the other ranks would wait in the next collective until its timeout: end the ones this process started
-        for proc in children:
-            if proc.poll() is None:
-                proc.kill()
+        end_processes(children)  # the other ranks would wait in the next collective until its timeout
         raise
+    return fold_results, oof
 
-    if not rank0:
-        return None  # type: ignore[return-value]
+
+def _datamodule(cfg: TrainConfig, plan: _Plan, k: int) -> BagDataModule:
+    dm = BagDataModule(
+        plan.rows,
+        splits=plan.splits,
+        fold=k,
+        store=cfg.store,
+        encoder=cfg.encoder,
+        class_names=plan.class_names,
+        batch_size=plan.batch_size,
+        max_instances=cfg.max_instances,
+        val_fraction=cfg.val_fraction,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+        eval_batch_size=len(plan.rows) if cfg.cox else None,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def _fold_done(cfg: TrainConfig, fdir: Path) -> bool:
+    """Reuse the fold? The same answer on every rank: rank 0 deletes a fold folder only when it lacks
+    last.ckpt and one of done.json, best.ckpt, predictions.csv, so that cannot change another rank's
+    answer."""
+    return (
+        cfg.resume
+        and (fdir / "done.json").exists()
+        and (fdir / "best.ckpt").exists()
+        and (fdir / "predictions.csv").exists()
+    )
+
+
+def _read_done(fdir: Path) -> dict[str, Any]:
+    return json.loads((fdir / "done.json").read_text())
+
+
+def _build_task(cfg: TrainConfig, plan: _Plan, dm: BagDataModule) -> Any:
+    """The fold's ``MILTask``: the output head of the task from the fold's training data."""
+    from .task import MILTask
+
+    head: dict[str, Any] = {"task": cfg.task}
+    num_classes = len(plan.class_names)
+    if cfg.task == "regression":
+        mean, std = dm.target_stats()
+        head.update(target_mean=mean, target_std=std)
+        num_classes = 1
+    elif cfg.task == "survival":
+        bins = dm.time_bins(cfg.n_bins) if cfg.survival_model == "discrete" else None
+        head.update(survival_model=cfg.survival_model, time_bins=bins)
+        num_classes = len(bins) + 1 if bins is not None else 1
+    weights = dm.class_weights() if cfg.class_weighting and cfg.task == "classification" else None
+    return MILTask(
+        aggregator=cfg.model,
+        aggregator_kwargs=cfg.model_kwargs or {},
+        in_dim=plan.in_dim,
+        num_classes=num_classes,
+        class_names=plan.class_names,
+        encoder=cfg.encoder,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        epochs=cfg.epochs,
+        class_weights=weights,
+        **head,
+    )
+
+
+def _fit_fold(cfg: TrainConfig, plan: _Plan, k: int, dm: BagDataModule) -> tuple[Any, Any, str]:
+    """Fit fold ``k`` from scratch or from its ``last.ckpt``.
+
+    Returns ``(trainer, best-checkpoint callback, status)``, status ``"trained"`` or ``"resumed"``.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from .task import check_resume_checkpoint
+
+    fdir = cfg.out / f"fold{k}"
+    last = fdir / "last.ckpt"
+    ckpt_path = str(last) if cfg.resume and last.exists() else None
+    if ckpt_path is not None:  # weights_only: a planted pickle never runs; a damaged one says what to do
+        check_resume_checkpoint(last, fold=k)
+    if plan.rank0:
+        if ckpt_path is None and fdir.exists():
+            shutil.rmtree(fdir)
+        fdir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed + k, workers=True, verbose=False)
+    lit = _build_task(cfg, plan, dm)
+    ckpt_cb = ModelCheckpoint(
+        dirpath=str(fdir),
+        filename="best",
+        monitor="val/loss",
+        mode="min",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    # every epoch, whether or not it improved (lightning >= 2.6 writes save_last only with a new best)
+    last_cb = ModelCheckpoint(
+        dirpath=str(fdir), filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+    stop_cb = EarlyStopping(monitor="val/loss", mode="min", patience=cfg.early_stopping_patience)
+    # DDP: find_unused_parameters where the aggregator's auxiliary loss leaves label-dependent branches out
+    # of some steps (CLAM, DTFD, ACMIL...)
+    strategy = ddp_strategy(
+        cfg.strategy, plan.world_size, find_unused_parameters=bool(getattr(lit.model, "has_aux_loss", True))
+    )
+    with lightning_quiet(cfg.progress):
+        trainer = L.Trainer(
+            max_epochs=cfg.epochs,
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy=strategy,
+            precision=cfg.precision,
+            logger=CSVLogger(str(fdir), name="logs"),
+            callbacks=[ckpt_cb, last_cb, stop_cb, *(cfg.callbacks or [])],
+            enable_progress_bar=cfg.progress,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+            deterministic=True,
+            num_sanity_val_steps=0,
+            default_root_dir=str(fdir),
+            # BagDataModule shards the training bags itself; every rank validates on all bags
+            use_distributed_sampler=False,
+        )
+        trainer.fit(lit, datamodule=dm, ckpt_path=ckpt_path, **fit_weights_only(trainer))
+    return trainer, ckpt_cb, "resumed" if ckpt_path else "trained"
+
+
+def _finish_fold(
+    cfg: TrainConfig, plan: _Plan, fdir: Path, dm: BagDataModule, trainer: Any, ckpt_cb: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rank 0: ``best.ckpt`` in place, the held-out predictions, then ``done.json`` (written last)."""
+    from .task import load_task
+
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fdir / "best.ckpt"
+    if best.resolve() != (fdir / "best.ckpt").resolve():  # Lightning may report a relative path
+        shutil.copyfile(best, fdir / "best.ckpt")
+    # on the training device: under DDP the other ranks wait for this at the barrier after the fold
+    best_task = load_task(fdir / "best.ckpt", encoder=cfg.encoder, embed_dim=plan.in_dim)
+    preds = predict_fold(best_task.to(trainer.strategy.root_device), dm)
+    write_predictions_csv(fdir / "predictions.csv", preds, plan.class_names, task=cfg.task)
+    info = {
+        "epochs": int(trainer.current_epoch),
+        "best_val_loss": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+        "n_train": len(dm.train_rows),
+        "n_val": len(dm.val_rows),
+        "n_test": len(dm.test_rows),
+    }
+    (fdir / "done.json").write_text(json.dumps(info, indent=2))
+    return preds, info
+
+
+def _fold_result(
+    cfg: TrainConfig,
+    plan: _Plan,
+    k: int,
+    status: str,
+    dm: BagDataModule,
+    preds: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> FoldResult:
+    evaluation = EVALS[cfg.task]
+    return FoldResult(
+        fold=k,
+        status=status,
+        best_checkpoint=cfg.out / f"fold{k}" / "best.ckpt",
+        n_train=info.get("n_train", len(dm.train_rows)),
+        n_val=info.get("n_val", len(dm.val_rows)),
+        n_test=len(preds),
+        epochs=int(info.get("epochs", 0)),
+        metrics=evaluation.compute(preds, plan.class_names),
+        ci=evaluation.ci(preds, plan.class_names, cfg.bootstrap, cfg.seed),
+    )
+
+
+def _summarise(
+    cfg: TrainConfig, plan: _Plan, fold_results: list[FoldResult], oof: list[dict[str, Any]]
+) -> TrainResult:
+    """Rank 0: the out-of-fold predictions, pooled metrics and ``results.csv``."""
+    evaluation, out = EVALS[cfg.task], cfg.out
     oof_csv = out / "oof_predictions.csv"
-    _write_predictions(oof_csv, oof, class_names, fold=True, task=task)
-    pooled = evaluation.compute(oof, class_names)
-    pooled_ci = evaluation.ci(oof, class_names, bootstrap, seed)
+    write_predictions_csv(oof_csv, oof, plan.class_names, fold=True, task=cfg.task)
+    pooled = evaluation.compute(oof, plan.class_names)
+    pooled_ci = evaluation.ci(oof, plan.class_names, cfg.bootstrap, cfg.seed)
     results_csv = out / "results.csv"
-    with open(results_csv, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["fold", "metric", "value", "ci_low", "ci_high", "n_slides"])
-        for f in fold_results:
-            for m in evaluation.metrics:
-                w.writerow([f.fold, m, _r(f.metrics[m]), _r(f.ci[m][0]), _r(f.ci[m][1]), f.n_test])
-        for m in evaluation.metrics:
-            w.writerow(["pooled", m, _r(pooled[m]), _r(pooled_ci[m][0]), _r(pooled_ci[m][1]), len(oof)])
-    return TrainResult(out=out, class_names=class_names, folds=fold_results, pooled=pooled, pooled_ci=pooled_ci,
-                       oof_csv=oof_csv, results_csv=results_csv, splits=out / "splits.json", task=task)
-
-
-def _r(v: float) -> str:
-    return "" if v is None or np.isnan(v) else f"{v:.6g}"
-
-
-def _predict(task, dm: BagDataModule) -> list[dict[str, Any]]:
-    """Held-out predictions of one fold (every tile of each bag)."""
-    preds = []
-    for i, row in enumerate(dm.test_rows):
-        value, _ = task.predict_bag(dm.test_set.embeddings(i))
-        rec: dict[str, Any] = {"slide": row.key, "patient": row.patient}
-        if task.task == "regression":
-            rec.update(target=float(row.target), prediction=float(value[0]))
-        elif task.task == "survival":
-            rec.update(time=float(row.time), event=int(row.event), risk=float(value[0]))
-        else:
-            rec.update(label=row.label, **{f"prob_{c}": float(p) for c, p in zip(task.class_names, value.tolist(),
-                                                                                 strict=True)})
-        preds.append(rec)
-    return preds
-
-
-def _write_predictions(path: Path, preds: list[dict[str, Any]], class_names: list[str], *, fold: bool = False,
-                       task: str = "classification") -> None:
-    given = _EVALS[task].columns
-    if task == "classification":
-        cols = ["slide", "patient", "label", *(["fold"] if fold else []), *[f"prob_{c}" for c in class_names]]
-    else:  # the prediction (last given column) after the fold
-        cols = ["slide", "patient", *given[:-1], *(["fold"] if fold else []), given[-1]]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for p in preds:
-            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in p.items()})
-
-
-def _read_predictions(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as fh:
-        return [{k: (float(v) if k.startswith("prob_") or k in _FLOAT_COLUMNS else int(v) if k == "event" else v)
-                 for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
-_FLOAT_COLUMNS = ("target", "prediction", "time", "risk")
+    write_results_csv(results_csv, evaluation.metrics, fold_results, pooled, pooled_ci, len(oof))
+    return TrainResult(
+        out=out,
+        class_names=plan.class_names,
+        folds=fold_results,
+        pooled=pooled,
+        pooled_ci=pooled_ci,
+        oof_csv=oof_csv,
+        results_csv=results_csv,
+        splits=out / "splits.json",
+        task=cfg.task,
+    )

@@ -24,7 +24,16 @@ from ._config import (
     result_signature,
 )
 from ._dask import DaskExecutor
-from ._run import EXIT_OK, EXIT_SOME_FAILED, Executor, LocalExecutor, PlannedSlide, RunResult, make_executor, run
+from ._run import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    Executor,
+    LocalExecutor,
+    PlannedSlide,
+    RunResult,
+    make_executor,
+    run,
+)
 from ._slide import SlideOutcome, plan_slide, process_slide, record_path
 
 __all__ = [

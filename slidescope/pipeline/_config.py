@@ -20,12 +20,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._location import as_location
 from ..errors import InvalidParameterError
+from ..wsi import DEFAULT_MIN_TISSUE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunConfig", "load_config_file", "execution_options", "EXECUTION_KEYS", "resolve_config", "result_signature", "signature_changes",
-           "CONFIG_KEYS", "expand_models"]
+__all__ = [
+    "RunConfig",
+    "load_config_file",
+    "execution_options",
+    "EXECUTION_KEYS",
+    "resolve_config",
+    "result_signature",
+    "signature_changes",
+    "CONFIG_KEYS",
+    "expand_models",
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ class RunConfig:
     mpp: float | None = None
     tile_size: int | None = None
     overlap: int = 0
-    min_tissue: float = 0.25
+    min_tissue: float = DEFAULT_MIN_TISSUE
     pen: str = "auto"
     slide_mpp: float | None = None
     force_slide_mpp: float | None = None
@@ -99,8 +110,6 @@ class RunConfig:
     @property
     def stores_dir(self) -> Path | str:
         """The store root: ``OUT/stores`` by default; a local folder or an fsspec URL (``s3://bucket/stores``)."""
-        from ..features.store import as_location
-
         return as_location(self.stores) if self.stores else Path(self.out) / "stores"
 
     @property
@@ -118,6 +127,9 @@ class RunConfig:
 
 
 # -- the keys a config file may hold --------------------------------------------------------------------
+
+#: the path keys that may be fsspec URLs; every other path (results folder, models, prompts) must be local
+_URL_KEYS = frozenset({"slides", "stores"})
 
 #: key -> (type, allowed values or None); "path"/"paths" are resolved against the config file's folder
 _SPEC: dict[str, tuple[str, tuple[Any, ...] | None]] = {
@@ -154,11 +166,16 @@ _SPEC: dict[str, tuple[str, tuple[Any, ...] | None]] = {
 #: where the slides run (not part of the results' signature): ``executor`` local or dask, the address
 #: of an existing Dask ``scheduler``, ``dask_workers`` of a LocalCluster, and a dask-jobqueue
 #: ``dask_cluster`` mapping (``{kind: slurm, jobs: 8, cores: 8, memory: 64GB, ...}``)
-EXECUTION_KEYS: dict[str, str] = {"executor": "str", "scheduler": "str", "dask_workers": "int",
-                                  "dask_cluster": "mapping"}
+EXECUTION_KEYS: dict[str, str] = {
+    "executor": "str",
+    "scheduler": "str",
+    "dask_workers": "int",
+    "dask_cluster": "mapping",
+}
 
 #: the keys a config file may hold, as written there (the long option names of ``slidescope run``)
 CONFIG_KEYS: tuple[str, ...] = tuple(k.replace("_", "-") for k in (*_SPEC, *EXECUTION_KEYS))
+
 
 def _unknown_key(key: str, where: str) -> InvalidParameterError:
     close = difflib.get_close_matches(key.replace("_", "-"), CONFIG_KEYS, n=1)
@@ -179,9 +196,14 @@ def _coerce(key: str, value: Any, where: str, base: Path | None) -> Any:
     def path(v: Any) -> str:
         if not isinstance(v, str | os.PathLike) or not str(v).strip():
             raise bad("a path")
-        if "://" in str(v):  # an fsspec URL (stores on S3...): kept as it is
-            return str(v)
-        p = Path(v).expanduser()
+        p = as_location(os.fspath(v))  # a Path, or a normalised fsspec URL (file:// is a Path)
+        if isinstance(p, str):
+            if key not in _URL_KEYS:
+                raise InvalidParameterError(
+                    f"{where}: {name} must be a local path, got the URL {v!r}: only the slides "
+                    f"and the stores (--stores) may be URLs; results stay local"
+                )
+            return p
         return str(base / p) if base is not None and not p.is_absolute() else str(p)
 
     if kind == "path":
@@ -271,15 +293,18 @@ def execution_options(path: str | os.PathLike[str] | None, **given: Any) -> dict
     if path is not None:
         p = Path(path)
         data = load_yaml_or_toml(p)
-        for key, value in (data.items() if isinstance(data, Mapping) else ()):
+        for key, value in data.items() if isinstance(data, Mapping) else ():
             k = str(key).replace("-", "_")
             if k in EXECUTION_KEYS:
                 values[k] = value
     values.update({k: v for k, v in given.items() if v is not None})
     for k, v in values.items():
         kind = EXECUTION_KEYS.get(k)
-        ok = {"str": isinstance(v, str), "int": isinstance(v, int) and not isinstance(v, bool) and v > 0,
-              "mapping": isinstance(v, Mapping)}.get(kind or "", False)
+        ok = {
+            "str": isinstance(v, str),
+            "int": isinstance(v, int) and not isinstance(v, bool) and v > 0,
+            "mapping": isinstance(v, Mapping),
+        }.get(kind or "", False)
         if not ok:
             wanted = "a positive whole number" if kind == "int" else f"a {kind}"
             raise InvalidParameterError(f"{k.replace('_', '-')} must be {wanted}, got {v!r}")
@@ -299,14 +324,18 @@ def expand_models(models: Sequence[str]) -> tuple[str, ...]:
         if p.is_dir():
             found = sorted(p.glob("fold*/best.ckpt")) or sorted(p.glob("best.ckpt"))
             if not found:
-                raise InvalidParameterError(f"model folder {p} holds no fold*/best.ckpt or best.ckpt; give the "
-                                            f"checkpoint files (slidescope train writes RUN/fold<k>/best.ckpt)")
+                raise InvalidParameterError(
+                    f"model folder {p} holds no fold*/best.ckpt or best.ckpt; give the "
+                    f"checkpoint files (slidescope train writes RUN/fold<k>/best.ckpt)"
+                )
             out.extend(str(f) for f in found)
         elif p.is_file():
             out.append(str(p))
         else:
-            raise InvalidParameterError(f"model checkpoint {p} does not exist; give a best.ckpt or a training run "
-                                        f"folder (slidescope train --out)")
+            raise InvalidParameterError(
+                f"model checkpoint {p} does not exist; give a best.ckpt or a training run "
+                f"folder (slidescope train --out)"
+            )
     return tuple(out)
 
 
@@ -334,20 +363,30 @@ def resolve_config(
         k = key.replace("-", "_")
         if k not in _SPEC and k != "progress":
             raise _unknown_key(key, "run()")
-        if value is None or (k in ("model", "slides") and isinstance(value, Sequence) and not isinstance(value, str)
-                             and len(value) == 0):
+        if value is None or (
+            k in ("model", "slides")
+            and isinstance(value, Sequence)
+            and not isinstance(value, str)
+            and len(value) == 0
+        ):
             continue
         values[k] = value if k == "progress" else _coerce(k, value, "options", None)
-    if slides is not None and not (isinstance(slides, Sequence) and not isinstance(slides, str) and not slides):
+    if slides is not None and not (
+        isinstance(slides, Sequence) and not isinstance(slides, str) and not slides
+    ):
         values["slides"] = _coerce("slides", slides, "slides", None)
     where = f"{Path(config).name} / options" if config is not None else "options"
-    for required, hint in (("encoder", "--encoder NAME (see `slidescope encoders`)"),
-                           ("out", "--out RESULTS (the results folder)")):
+    for required, hint in (
+        ("encoder", "--encoder NAME (see `slidescope encoders`)"),
+        ("out", "--out RESULTS (the results folder)"),
+    ):
         if not values.get(required):
             raise InvalidParameterError(f"{where}: give {hint}, on the command line or in the config file")
     if not values.get("slides"):
-        raise InvalidParameterError("give the slides: files, folders, glob patterns or a CSV manifest (column "
-                                    "'slide'), on the command line or as 'slides:' in the config file")
+        raise InvalidParameterError(
+            "give the slides: files, folders, glob patterns or a CSV manifest (column "
+            "'slide'), on the command line or as 'slides:' in the config file"
+        )
     slide_inputs = values.pop("slides")
     if "model" in values:
         values["model"] = expand_models(values["model"])
@@ -370,17 +409,24 @@ def _validate(cfg: RunConfig) -> None:
         if value is not None and not value > 0:
             raise InvalidParameterError(f"{name} must be a positive number of µm/px, got {value}")
     if cfg.slide_mpp is not None and cfg.force_slide_mpp is not None:
-        raise InvalidParameterError("give --slide-mpp (fills in a missing pixel size) or --force-slide-mpp "
-                                    "(overrides every slide's), not both")
+        raise InvalidParameterError(
+            "give --slide-mpp (fills in a missing pixel size) or --force-slide-mpp "
+            "(overrides every slide's), not both"
+        )
     if not 0.0 <= cfg.min_tissue <= 1.0:
         raise InvalidParameterError(f"min-tissue is a fraction between 0 and 1, got {cfg.min_tissue}")
     if cfg.heatmap_size < 16:
         raise InvalidParameterError(f"heatmap-size must be at least 16 px, got {cfg.heatmap_size}")
     if cfg.weights is not None and not Path(cfg.weights).exists():
-        raise InvalidParameterError(f"weights {cfg.weights} do not exist; give the downloaded weights file or folder")
+        raise InvalidParameterError(
+            f"weights {cfg.weights} do not exist; give the downloaded weights file or folder"
+        )
     if (cfg.prompts is None) != (cfg.slide_text_model is None):
-        missing = "--slide-text-model DIR (a pretrained slide-text model folder)" if cfg.prompts else \
-            "--prompts prompts.yaml (classes: {name: [phrasing, ...]})"
+        missing = (
+            "--slide-text-model DIR (a pretrained slide-text model folder)"
+            if cfg.prompts
+            else "--prompts prompts.yaml (classes: {name: [phrasing, ...]})"
+        )
         raise InvalidParameterError(f"zero-shot needs both --prompts and --slide-text-model; give {missing}")
     if cfg.prompts is not None:
         from ..vlm.api import load_prompts
@@ -388,13 +434,17 @@ def _validate(cfg: RunConfig) -> None:
         load_prompts(cfg.prompts)  # a missing or malformed file raises with what to fix
         model_cfg = Path(cfg.slide_text_model or "") / "config.json"
         if not model_cfg.is_file():
-            raise InvalidParameterError(f"{cfg.slide_text_model} is not a saved slide-text model (no config.json); "
-                                        f"give pretrain's OUT/model folder")
+            raise InvalidParameterError(
+                f"{cfg.slide_text_model} is not a saved slide-text model (no config.json); "
+                f"give pretrain's OUT/model folder"
+            )
         context = json.loads(model_cfg.read_text()).get("slide_encoder", {}).get("context_dim")
         if context is not None and int(context) != enc.embed_dim:
-            raise InvalidParameterError(f"the slide-text model {cfg.slide_text_model} takes {context}-d tile "
-                                        f"embeddings but {cfg.encoder!r} makes {enc.embed_dim}-d ones; use the "
-                                        f"encoder it was pretrained on")
+            raise InvalidParameterError(
+                f"the slide-text model {cfg.slide_text_model} takes {context}-d tile "
+                f"embeddings but {cfg.encoder!r} makes {enc.embed_dim}-d ones; use the "
+                f"encoder it was pretrained on"
+            )
     if cfg.model:
         from ..mil.task import load_task
 
@@ -439,25 +489,38 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
     sig: dict[str, Any] = {
         "encoder": cfg.encoder,
         "weights": _file_digest(Path(cfg.weights)) if cfg.weights else None,
-        "tiling": {"mpp": cfg.mpp if cfg.mpp is not None else enc.mpp,
-                   "tile_size": cfg.tile_size if cfg.tile_size is not None else enc.tile_size,
-                   "overlap": cfg.overlap, "min_tissue": cfg.min_tissue, "pen": cfg.pen,
-                   # --slide-mpp only matters to the slides without a pixel size: each record says which
-                   # pixel size it used (see plan_slide), so it is not in the signature of every slide
-                   "force_slide_mpp": cfg.force_slide_mpp, "backend": cfg.backend},
-        "stain": cfg.stain, "dtype": cfg.dtype, "precision": cfg.precision,
+        "tiling": {
+            "mpp": cfg.mpp if cfg.mpp is not None else enc.mpp,
+            "tile_size": cfg.tile_size if cfg.tile_size is not None else enc.tile_size,
+            "overlap": cfg.overlap,
+            "min_tissue": cfg.min_tissue,
+            "pen": cfg.pen,
+            # --slide-mpp only matters to the slides without a pixel size: each record says which
+            # pixel size it used (see plan_slide), so it is not in the signature of every slide
+            "force_slide_mpp": cfg.force_slide_mpp,
+            "backend": cfg.backend,
+        },
+        "stain": cfg.stain,
+        "dtype": cfg.dtype,
+        "precision": cfg.precision,
         "model": [{"path": str(Path(m).resolve()), "digest": _file_digest(Path(m))} for m in cfg.model],
         "zero_shot": None,
-        "heatmaps": {"size": cfg.heatmap_size, "cmap": cfg.cmap, "normalize": cfg.normalize} if cfg.heatmaps else None,
+        "heatmaps": {"size": cfg.heatmap_size, "cmap": cfg.cmap, "normalize": cfg.normalize}
+        if cfg.heatmaps
+        else None,
     }
     if cfg.prompts is not None and cfg.slide_text_model is not None:
         from ..vlm.api import load_prompts
 
         p = load_prompts(cfg.prompts)
-        sig["zero_shot"] = {"slide_text_model": str(Path(cfg.slide_text_model).resolve()),
-                            "digest": _file_digest(Path(cfg.slide_text_model)),
-                            "classes": p.classes, "templates": p.templates,
-                            "level": cfg.zero_shot_level, "ensemble": cfg.prompt_ensemble}
+        sig["zero_shot"] = {
+            "slide_text_model": str(Path(cfg.slide_text_model).resolve()),
+            "digest": _file_digest(Path(cfg.slide_text_model)),
+            "classes": p.classes,
+            "templates": p.templates,
+            "level": cfg.zero_shot_level,
+            "ensemble": cfg.prompt_ensemble,
+        }
     sig = json.loads(json.dumps(sig))  # the form it takes in a JSON record
     _SIGNATURES[cfg] = sig
     return sig

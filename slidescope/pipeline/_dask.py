@@ -55,15 +55,24 @@ log = logging.getLogger(__name__)
 __all__ = ["DaskExecutor", "JOBQUEUE_KINDS", "StoreCall", "call_on_store", "map_stores"]
 
 #: cluster kinds of dask-jobqueue that ``cluster={"kind": ...}`` accepts
-JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster",
-                  "htcondor": "HTCondorCluster", "moab": "MoabCluster", "oar": "OARCluster"}
+JOBQUEUE_KINDS = {
+    "slurm": "SLURMCluster",
+    "pbs": "PBSCluster",
+    "sge": "SGECluster",
+    "lsf": "LSFCluster",
+    "htcondor": "HTCondorCluster",
+    "moab": "MoabCluster",
+    "oar": "OARCluster",
+}
 
 
 def _import_distributed():
     try:
         import distributed
     except ImportError as err:  # pragma: no cover - the extra is installed in CI
-        raise MissingDependencyError("the Dask executor needs dask distributed: pip install 'slidescope[dask]'") from err
+        raise MissingDependencyError(
+            "the Dask executor needs dask distributed: pip install 'slidescope[dask]'"
+        ) from err
     return distributed
 
 
@@ -96,8 +105,13 @@ def run_counted(fn: Callable[[str, Any], Any], slide: str, config: Any) -> Any:
 
 
 def _failed_outcome(slide: str, err: BaseException) -> SlideOutcome:
-    return SlideOutcome(slide=str(slide), key=slide_key(slide), status="failed", error_class=type(err).__name__,
-                        error_message=str(err))
+    return SlideOutcome(
+        slide=str(slide),
+        key=slide_key(slide),
+        status="failed",
+        error_class=type(err).__name__,
+        error_message=str(err),
+    )
 
 
 class _PinGPU:
@@ -137,13 +151,22 @@ class DaskExecutor:
         by the scheduler's ``allowed-failures``, independently).
     """
 
-    def __init__(self, scheduler: str | None = None, *, cluster: dict[str, Any] | None = None,
-                 n_workers: int | None = None, threads_per_worker: int | None = None, retries: int = 1) -> None:
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        *,
+        cluster: dict[str, Any] | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        retries: int = 1,
+    ) -> None:
         if scheduler and cluster:
             raise InvalidParameterError("give either a scheduler address or a cluster description, not both")
         if cluster is not None and cluster.get("kind", "local") not in ("local", *JOBQUEUE_KINDS):
-            raise InvalidParameterError(f"unknown cluster kind {cluster.get('kind')!r}; use local or one of "
-                                        f"{', '.join(JOBQUEUE_KINDS)}")
+            raise InvalidParameterError(
+                f"unknown cluster kind {cluster.get('kind')!r}; use local or one of "
+                f"{', '.join(JOBQUEUE_KINDS)}"
+            )
         self.scheduler, self.cluster = scheduler, dict(cluster or {})
         self.n_workers, self.threads_per_worker, self.retries = n_workers, threads_per_worker, retries
 
@@ -159,8 +182,9 @@ class DaskExecutor:
             try:
                 import dask_jobqueue
             except ImportError as err:  # pragma: no cover
-                raise MissingDependencyError(f"a {kind} cluster needs dask-jobqueue: pip install "
-                                             f"'slidescope[dask]'") from err
+                raise MissingDependencyError(
+                    f"a {kind} cluster needs dask-jobqueue: pip install 'slidescope[dask]'"
+                ) from err
             jobs = int(spec.pop("jobs", 1))
             cluster = getattr(dask_jobqueue, JOBQUEUE_KINDS[kind])(**spec)
             cluster.scale(jobs=jobs)
@@ -172,16 +196,27 @@ class DaskExecutor:
             n_gpus = torch.cuda.device_count()
         n = self.n_workers or spec.get("n_workers") or n_gpus or max(1, (os.cpu_count() or 2) // 2)
         threads = self.threads_per_worker or (1 if n_gpus else 2)
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                                           resources={"GPU": 1} if n_gpus else None, dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads,
+            processes=True,
+            resources={"GPU": 1} if n_gpus else None,
+            dashboard_address=None,
+        )
         client = distributed.Client(cluster)
         if n_gpus:
             client.register_plugin(_PinGPU(n_gpus))
         return client, cluster
 
     # -- the seam ---------------------------------------------------------------------------------
-    def map(self, fn: Callable[[str, Any], Any], slides: Sequence[str], config: RunConfig | Any, *,
-            failed: Callable[[str, BaseException], Any] = _failed_outcome) -> Iterator[Any]:
+    def map(
+        self,
+        fn: Callable[[str, Any], Any],
+        slides: Sequence[str],
+        config: RunConfig | Any,
+        *,
+        failed: Callable[[str, BaseException], Any] = _failed_outcome,
+    ) -> Iterator[Any]:
         """Submit one task per slide; yield the outcomes as they complete (see :class:`Executor`).
 
         ``fn(slide, config)`` is :func:`process_slide` for ``run`` (or
@@ -199,9 +234,19 @@ class DaskExecutor:
         futures: list[Any] = []
         try:
             log.info("Dask: %d slides on %s", len(slides), client.dashboard_link or client.scheduler.address)
-            futures = [client.submit(run_counted, fn, slide, config, key=f"slide-{i}-{slide_key(slide)}",
-                                     pure=False, retries=self.retries, resources={"GPU": 1} if gpu else None)
-                       for i, slide in enumerate(slides)]
+            futures = [
+                client.submit(
+                    run_counted,
+                    fn,
+                    slide,
+                    config,
+                    key=f"slide-{i}-{slide_key(slide)}",
+                    pure=False,
+                    retries=self.retries,
+                    resources={"GPU": 1} if gpu else None,
+                )
+                for i, slide in enumerate(slides)
+            ]
             by_key = {f.key: s for f, s in zip(futures, slides, strict=True)}
             for future in distributed.as_completed(futures):
                 try:

@@ -35,8 +35,16 @@ def _counts(outcomes: Sequence[SlideOutcome]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def report_dict(outcomes: Sequence[SlideOutcome], cfg: RunConfig, *, started: str, seconds: float,
-                finished: bool, signature: dict[str, Any], exit_code: int | None) -> dict[str, Any]:
+def report_dict(
+    outcomes: Sequence[SlideOutcome],
+    cfg: RunConfig,
+    *,
+    started: str,
+    seconds: float,
+    finished: bool,
+    signature: dict[str, Any],
+    exit_code: int | None,
+) -> dict[str, Any]:
     from .. import __version__
 
     processed = [o for o in outcomes if o.status in ("done", "failed")]
@@ -86,18 +94,32 @@ def report_markdown(report: dict[str, Any]) -> str:
     failed = [s for s in report["slides"] if s["status"] in ("failed", "claimed")]
     if failed:
         lines += ["## Failed", "", "| slide | error | message |", "|---|---|---|"]
-        lines += [f"| {s['key']} | {s['error_class']} | {_md_escape(s['error_message'] or '')} |" for s in failed]
+        lines += [
+            f"| {s['key']} | {s['error_class']} | {_md_escape(s['error_message'] or '')} |" for s in failed
+        ]
         lines.append("")
-    lines += ["## Slides", "", "| slide | status | tiles | mpp | slide µm/px (source) | seconds | prediction |",
-              "|---|---|---:|---:|---|---:|---|"]
+    lines += [
+        "## Slides",
+        "",
+        "| slide | status | tiles | mpp | slide µm/px (source) | seconds | prediction |",
+        "|---|---|---:|---:|---|---:|---|",
+    ]
     for s in report["slides"]:
         mpp = f"{s['effective_mpp'][0]:.4g}" if s.get("effective_mpp") else "-"
-        slide_mpp = (f"{s['slide_mpp'][0]:.4g} ({_md_escape(s.get('mpp_source') or '?')})" if s.get("slide_mpp")
-                     else "-")
+        slide_mpp = (
+            f"{s['slide_mpp'][0]:.4g} ({_md_escape(s.get('mpp_source') or '?')})"
+            if s.get("slide_mpp")
+            else "-"
+        )
         p = s.get("predictions") or {}
-        pred = ", ".join(f"{k}={v}" for k, v in p.items() if k.endswith(("predicted", "prediction", "risk"))) or "-"
-        lines.append(f"| {s['key']} | {s['status']} | {s['n_tiles']} | {mpp} | {slide_mpp} | {s['seconds']:.1f} "
-                     f"| {pred} |")
+        pred = (
+            ", ".join(f"{k}={v}" for k, v in p.items() if k.endswith(("predicted", "prediction", "risk")))
+            or "-"
+        )
+        lines.append(
+            f"| {s['key']} | {s['status']} | {s['n_tiles']} | {mpp} | {slide_mpp} | {s['seconds']:.1f} "
+            f"| {pred} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -137,13 +159,20 @@ def _finished_elsewhere(out: Path, keys: set[str], signature: dict[str, Any]) ->
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # unreadable: being written (atomically) or damaged; a rerun redoes that slide
-        if (isinstance(rec, dict) and rec.get("status") == "done" and rec.get("key") == path.stem
-                and path.stem not in keys and rec.get("signature") == signature):
+        if (
+            isinstance(rec, dict)
+            and rec.get("status") == "done"
+            and rec.get("key") == path.stem
+            and path.stem not in keys
+            and rec.get("signature") == signature
+        ):
             found.append(SlideOutcome.from_dict(rec))
     return found
 
 
-def write_predictions(out: Path, outcomes: Sequence[SlideOutcome], signature: dict[str, Any] | None = None) -> Path:
+def write_predictions(
+    out: Path, outcomes: Sequence[SlideOutcome], signature: dict[str, Any] | None = None
+) -> Path:
     """``OUT/predictions.csv``: one row per finished slide, its predictions as columns.
 
     ``outcomes`` (this run's, in input order) come first; with ``signature``, the finished records of other

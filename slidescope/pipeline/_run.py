@@ -38,7 +38,16 @@ from ._slide import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run", "RunResult", "PlannedSlide", "Executor", "LocalExecutor", "make_executor", "EXIT_OK", "EXIT_SOME_FAILED"]
+__all__ = [
+    "run",
+    "RunResult",
+    "PlannedSlide",
+    "Executor",
+    "LocalExecutor",
+    "make_executor",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+]
 
 EXIT_OK = 0
 #: some slides failed (or are held by another run); the others are done
@@ -73,8 +82,9 @@ def make_executor(options: dict[str, Any]) -> Executor:
         return LocalExecutor()
     from ._dask import DaskExecutor
 
-    return DaskExecutor(options.get("scheduler"), cluster=options.get("dask_cluster"),
-                        n_workers=options.get("dask_workers"))
+    return DaskExecutor(
+        options.get("scheduler"), cluster=options.get("dask_cluster"), n_workers=options.get("dask_workers")
+    )
 
 
 @dataclass(frozen=True)
@@ -131,8 +141,10 @@ def _duplicate_keys(paths: Sequence[Path]) -> None:
     for p in paths:
         k = slide_key(p)
         if k in seen and seen[k] != p:
-            raise InvalidParameterError(f"{seen[k]} and {p} have the same name {k!r}: their results would overwrite "
-                                        f"each other. Rename one, or run them into different --out folders.")
+            raise InvalidParameterError(
+                f"{seen[k]} and {p} have the same name {k!r}: their results would overwrite "
+                f"each other. Rename one, or run them into different --out folders."
+            )
         seen[k] = p
 
 
@@ -268,10 +280,22 @@ def run(
         ordered = [outcomes[p.slide] for p in plan]
         code = (EXIT_SOME_FAILED if any(not o.ok for o in ordered) else EXIT_OK) if finished else None
         try:
-            result.report = write_report(out, report_dict(ordered, cfg, started=started, seconds=now - t0,
-                                                          finished=finished, signature=signature, exit_code=code))
+            result.report = write_report(
+                out,
+                report_dict(
+                    ordered,
+                    cfg,
+                    started=started,
+                    seconds=now - t0,
+                    finished=finished,
+                    signature=signature,
+                    exit_code=code,
+                ),
+            )
             result.predictions = write_predictions(out, ordered, signature)
-        except OSError as err:  # a full disk: stop with what to do (the slides' records are what a rerun trusts)
+        except (
+            OSError
+        ) as err:  # a full disk: stop with what to do (the slides' records are what a rerun trusts)
             clear = output_error(err, out)
             if clear is err:
                 raise
@@ -281,13 +305,20 @@ def run(
     if not cfg.model and cfg.prompts is None:
         log.info("no model and no prompts: embeddings and tissue only")
     skipped = len(plan) - len(todo)
-    log.info("%d slides: %d to do (%d retried), %d finished before", len(plan), len(todo),
-             sum(p.action == "retry" for p in plan), skipped)
+    log.info(
+        "%d slides: %d to do (%d retried), %d finished before",
+        len(plan),
+        len(todo),
+        sum(p.action == "retry" for p in plan),
+        skipped,
+    )
     flush(False)
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    bar = tqdm(total=len(todo), desc="slides", unit="slide", disable=not progress or not todo, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo), desc="slides", unit="slide", disable=not progress or not todo, dynamic_ncols=True
+    )
     with contextlib.ExitStack() as stack:
         if progress and todo:  # log lines go above the bar instead of through it
             stack.enter_context(logging_redirect_tqdm())
@@ -307,8 +338,15 @@ def _check_weights(cfg: RunConfig) -> None:
         resolve_weights(config, cfg.weights)
 
 
-def _drive(executor: Executor, todo: list[str], cfg: RunConfig, outcomes: dict[str, SlideOutcome], bar: Any,
-           flush: Callable[..., None], t0: float) -> None:
+def _drive(
+    executor: Executor,
+    todo: list[str],
+    cfg: RunConfig,
+    outcomes: dict[str, SlideOutcome],
+    bar: Any,
+    flush: Callable[..., None],
+    t0: float,
+) -> None:
     """The loop over the executor's outcomes: record each, update the bar, rewrite the report."""
     tiles = 0
     failed = 0
@@ -318,8 +356,13 @@ def _drive(executor: Executor, todo: list[str], cfg: RunConfig, outcomes: dict[s
             tiles += outcome.computed_tiles
             failed += not outcome.ok
             if outcome.ok:
-                log.info("%s: done, %d tiles (%d embedded), %.1f s", outcome.key, outcome.n_tiles,
-                         outcome.computed_tiles, outcome.seconds)
+                log.info(
+                    "%s: done, %d tiles (%d embedded), %.1f s",
+                    outcome.key,
+                    outcome.n_tiles,
+                    outcome.computed_tiles,
+                    outcome.seconds,
+                )
             elapsed = time.perf_counter() - t0
             bar.set_postfix({"tiles/s": f"{tiles / elapsed:.1f}", "failed": failed}, refresh=False)
             bar.update(1)

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._location import is_url
 from ..errors import EmptyTissueError, SlidescopeError
 from ._config import RunConfig, result_signature, signature_changes
 
@@ -164,9 +165,11 @@ def output_error(err: OSError, what: Path | str) -> SlidescopeError | OSError:
 
     if isinstance(err, SlidescopeError) or err.errno not in _DISK_FULL:
         return err
-    return DiskFullError(f"no space left on the device to write {err.filename or what} ({err.strerror}). Free "
-                         f"some space (or give another --out / --stores) and run the same command again: finished "
-                         f"slides are kept.")
+    return DiskFullError(
+        f"no space left on the device to write {err.filename or what} ({err.strerror}). Free "
+        f"some space (or give another --out / --stores) and run the same command again: finished "
+        f"slides are kept."
+    )
 
 
 def remove_stale_partials(folder: Path, stem: str) -> None:
@@ -206,7 +209,7 @@ def _rel(path: Path | str, out: Path) -> str:
 
 
 def _abs(path: str, out: Path) -> Path | str:
-    if "://" in path:
+    if is_url(path):
         return path
     p = Path(path)
     return p if p.is_absolute() else out / p
@@ -235,7 +238,9 @@ def get_encoder(cfg: RunConfig):
     if key not in _ENCODERS:
         from ..features import create_encoder
 
-        _ENCODERS[key] = create_encoder(cfg.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision)
+        _ENCODERS[key] = create_encoder(
+            cfg.encoder, weights=cfg.weights, device=cfg.device, precision=cfg.precision
+        )
     return _ENCODERS[key]
 
 
@@ -325,7 +330,7 @@ def plan_slide(slide: str | os.PathLike[str], cfg: RunConfig) -> tuple[str, str,
     stat = file_stat(slide)
     if stat is None:
         return "do", "the slide file is missing or unreadable", rec
-    if stat != rec.get("file") and ("://" in str(slide) or rec.get("fingerprint") != _fingerprint(slide)):
+    if stat != rec.get("file") and (is_url(slide) or rec.get("fingerprint") != _fingerprint(slide)):
         return "do", "the slide file changed", rec  # (same size and time, or same sampled content: unchanged)
     for name, rel in (rec.get("outputs") or {}).items():
         if not _exists(_abs(rel, out)):
@@ -347,7 +352,7 @@ def file_stat(slide: str | os.PathLike[str]) -> list[Any] | None:
     A rerun compares it with the record first (cheap for thousands of slides); only when it differs is the
     sampled-content fingerprint computed, so a copied or touched but unchanged slide is not redone."""
     text = str(slide)
-    if "://" in text:
+    if is_url(slide):
         try:
             import fsspec
 
@@ -360,7 +365,11 @@ def file_stat(slide: str | os.PathLike[str]) -> list[Any] | None:
     try:
         if os.path.isdir(text):  # a DICOM-WSI series folder: its .dcm files together
             stats = [os.stat(f) for f in sorted(Path(text).glob("*.dcm"))]
-            return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0), len(stats)]
+            return [
+                sum(st.st_size for st in stats),
+                max((st.st_mtime_ns for st in stats), default=0),
+                len(stats),
+            ]
         st = os.stat(text)
     except OSError:
         return None
@@ -370,10 +379,12 @@ def file_stat(slide: str | os.PathLike[str]) -> list[Any] | None:
 def _fingerprint(slide: str | os.PathLike[str]) -> str | None:
     from ..features.store import slide_fingerprint
 
-    if "://" in str(slide):
+    if is_url(slide):
         return None
     try:
-        if os.path.isdir(slide):  # a DICOM-WSI series folder: the file open_slide opens (what its store records)
+        if os.path.isdir(
+            slide
+        ):  # a DICOM-WSI series folder: the file open_slide opens (what its store records)
             first = sorted(Path(slide).glob("*.dcm"))
             return slide_fingerprint(first[0]) if first else None
         return slide_fingerprint(slide)
@@ -512,9 +523,13 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
     store = store_path(cfg.stores_dir, slide)
     with timed("open"):
         # --slide-mpp only fills in a missing pixel size; --force-slide-mpp overrides the file's
-        slide_obj = open_slide(slide, backend=cfg.backend, mpp=cfg.force_slide_mpp, default_mpp=cfg.slide_mpp)
+        slide_obj = open_slide(
+            slide, backend=cfg.backend, force_slide_mpp=cfg.force_slide_mpp, slide_mpp=cfg.slide_mpp
+        )
     with slide_obj:
-        o.slide_mpp = [round(float(v), 6) for v in slide_obj.mpp]  # MissingMppError: the slide fails, says why
+        o.slide_mpp = [
+            round(float(v), 6) for v in slide_obj.mpp
+        ]  # MissingMppError: the slide fails, says why
         o.mpp_source = _mpp_source(slide_obj)
         if not o.mpp_source.startswith(MPP_FROM_FILE):
             log.warning("%s: pixel size %s µm/px %s", Path(slide).name, o.slide_mpp[0], o.mpp_source)
@@ -526,18 +541,34 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
             tmp.write_text(json.dumps(mask.to_geojson()))
         o.outputs["tissue"] = _rel(tissue, out)
         with timed("tiles"):
-            grid = make_tile_grid(slide_obj, tile_size=tile_size, mpp=mpp, overlap=cfg.overlap,
-                                  min_tissue=cfg.min_tissue, mask=mask, allow_empty=True)
+            grid = make_tile_grid(
+                slide_obj,
+                tile_size=tile_size,
+                mpp=mpp,
+                overlap=cfg.overlap,
+                min_tissue=cfg.min_tissue,
+                mask=mask,
+                allow_empty=True,
+            )
         o.effective_mpp = [round(float(v), 6) for v in grid.effective_mpp]
         if len(grid) == 0:
             raise EmptyTissueError(
                 f"{Path(slide).name}: no tile of {tile_size} px at {mpp:g} µm/px has at least {cfg.min_tissue:g} "
                 f"tissue ({o.tissue_mm2:g} mm² of tissue found). Check the slide, or lower --min-tissue / "
-                f"--tile-size." + pen_hint(mask))
+                f"--tile-size." + pen_hint(mask)
+            )
         with timed("extract"):
-            res = extract_features(slide_obj, grid, encoder, store=cfg.stores_dir, batch_size=cfg.batch_size,
-                                   num_workers=cfg.num_workers, dtype=cfg.dtype, stain=cfg.stain,
-                                   progress=cfg.progress)
+            res = extract_features(
+                slide_obj,
+                grid,
+                encoder,
+                store=cfg.stores_dir,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                dtype=cfg.dtype,
+                stain=cfg.stain,
+                progress=cfg.progress,
+            )
     o.n_tiles, o.computed_tiles = int(res.n_tiles), int(res.computed)
     o.tiles_per_s = round(float(res.tiles_per_s), 2)
     o.outputs["store"] = _rel(store, out)
@@ -557,17 +588,30 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
             o.predictions["mil_predicted"] = s.predicted
         if cfg.heatmaps:
             with timed("heatmaps"):
-                _heatmap(slide, store, f"{cfg.score_name}/attention", heat / f"{o.key}.{_safe(cfg.score_name)}",
-                         cfg, o, f"heatmap:{cfg.score_name}")
+                _heatmap(
+                    slide,
+                    store,
+                    f"{cfg.score_name}/attention",
+                    heat / f"{o.key}.{_safe(cfg.score_name)}",
+                    cfg,
+                    o,
+                    f"heatmap:{cfg.score_name}",
+                )
     if cfg.prompts is not None:
         from ..vlm.api import SCORES_PREFIX, load_prompts, zero_shot
 
         net = _slide_text_model(cfg)
         prompts = load_prompts(cfg.prompts)
         with timed("zero_shot"):
-            (row,) = zero_shot([store], prompts, model=net, encoder=cfg.encoder,
-                               level=cfg.zero_shot_level,  # type: ignore[arg-type]
-                               ensemble=cfg.prompt_ensemble, device=device)  # type: ignore[arg-type]
+            (row,) = zero_shot(
+                [store],
+                prompts,
+                model=net,
+                encoder=cfg.encoder,
+                level=cfg.zero_shot_level,  # type: ignore[arg-type]
+                ensemble=cfg.prompt_ensemble,
+                device=device,
+            )  # type: ignore[arg-type]
             if cfg.heatmaps and cfg.zero_shot_level != "tile":  # the tile maps the heatmaps are drawn from
                 zero_shot([store], prompts, model=net, encoder=cfg.encoder, level="tile", device=device)
         o.predictions.update({f"zero_shot_prob_{c}": round(p, 6) for c, p in row.probs.items()})
@@ -575,17 +619,34 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
         if cfg.heatmaps:
             with timed("heatmaps"):
                 for c in prompts.names:
-                    _heatmap(slide, store, f"{SCORES_PREFIX}/{c}", heat / f"{o.key}.zero-shot-{_safe(c)}", cfg, o,
-                             f"heatmap:zero-shot/{c}")
+                    _heatmap(
+                        slide,
+                        store,
+                        f"{SCORES_PREFIX}/{c}",
+                        heat / f"{o.key}.zero-shot-{_safe(c)}",
+                        cfg,
+                        o,
+                        f"heatmap:zero-shot/{c}",
+                    )
 
 
-def _heatmap(slide: str, store: Path | str, scores: str, stem: Path, cfg: RunConfig, o: SlideOutcome,
-             name: str) -> None:
+def _heatmap(
+    slide: str, store: Path | str, scores: str, stem: Path, cfg: RunConfig, o: SlideOutcome, name: str
+) -> None:
     from ..mil.heatmap import heatmap
 
     png, geo = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".geojson")
     with atomic_path(png) as tmp_png, atomic_path(geo) as tmp_geo:
-        heatmap(slide, store, scores=scores, out_png=tmp_png, out_geojson=tmp_geo, size=cfg.heatmap_size,
-                cmap=cfg.cmap, normalize=cfg.normalize, backend=cfg.backend)  # (the thumbnail needs no mpp)
+        heatmap(
+            slide,
+            store,
+            scores=scores,
+            out_png=tmp_png,
+            out_geojson=tmp_geo,
+            size=cfg.heatmap_size,
+            cmap=cfg.cmap,
+            normalize=cfg.normalize,
+            backend=cfg.backend,
+        )  # (the thumbnail needs no mpp)
     o.outputs[name] = _rel(png, cfg.out_dir)
     o.outputs[name + ".geojson"] = _rel(geo, cfg.out_dir)

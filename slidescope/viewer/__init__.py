@@ -35,10 +35,17 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._analysis import AnalysisRequest, run_analysis
-    from ._export import tiles_feature_collection, write_heatmap_tiff
-    from ._reader import read_slide, slide_layer_data, slide_pyramid
-    from ._results import result_layers
-    from ._sample import make_sample_data, prepare_sample
+    from ._analysis import AnalysisRequest as AnalysisRequest, run_analysis as run_analysis
+    from ._export import (
+        tiles_feature_collection as tiles_feature_collection,
+        write_heatmap_tiff as write_heatmap_tiff,
+    )
+    from ._reader import (
+        read_slide as read_slide,
+        slide_layer_data as slide_layer_data,
+        slide_pyramid as slide_pyramid,
+    )
+    from ._results import result_layers as result_layers
+    from ._sample import make_sample_data as make_sample_data, prepare_sample as prepare_sample
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

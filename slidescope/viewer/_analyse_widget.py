@@ -31,6 +31,7 @@ from magicgui.widgets import (
     TextEdit,
 )
 
+from .._compat import renamed_attribute
 from ..errors import SlidescopeError
 from ._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
 from ._compat import keep_triton_out
@@ -122,24 +123,52 @@ class AnalyseWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self.slide = ComboBox(label="Slide", choices=self._slide_choices,
-                              tooltip="A slide opened with the slidescope reader (File > Open) or the sample.")
-        self.encoder = ComboBox(label="Encoder", choices=[DEFAULT_ENCODER], value=DEFAULT_ENCODER,
-                                tooltip="Patch encoder; he-descriptor needs no weights. Cached embeddings are reused.")
-        self.weights = FileEdit(label="Encoder weights", mode="r", nullable=True,
-                                tooltip="Weights file for encoders that need one (empty: their hub id / cache).")
+        self.slide = ComboBox(
+            label="Slide",
+            choices=self._slide_choices,
+            tooltip="A slide opened with the slidescope reader (File > Open) or the sample.",
+        )
+        self.encoder = ComboBox(
+            label="Encoder",
+            choices=[DEFAULT_ENCODER],
+            value=DEFAULT_ENCODER,
+            tooltip="Patch encoder; he-descriptor needs no weights. Cached embeddings are reused.",
+        )
+        self.weights = FileEdit(
+            label="Encoder weights",
+            mode="r",
+            nullable=True,
+            tooltip="Weights file for encoders that need one (empty: their hub id / cache).",
+        )
         self.mode = RadioButtons(label="Model", choices=[MIL, ZERO_SHOT], value=MIL, orientation="horizontal")
-        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.ckpt", nullable=True,
-                                   tooltip="A trained MIL checkpoint (best.ckpt from `slidescope train`).")
-        self.slidetext_model = FileEdit(label="Slide-text model", mode="d", nullable=True,
-                                        tooltip="Folder written by `slidescope pretrain` (its `model` folder).")
+        self.checkpoint = FileEdit(
+            label="Checkpoint",
+            mode="r",
+            filter="*.ckpt",
+            nullable=True,
+            tooltip="A trained MIL checkpoint (best.ckpt from `slidescope train`).",
+        )
+        self.slide_text_model = FileEdit(
+            label="Slide-text model",
+            mode="d",
+            nullable=True,
+            tooltip="Folder written by `slidescope pretrain` (its `model` folder).",
+        )
         self.prompts_file = FileEdit(label="Prompts file", mode="r", filter="*.yaml *.yml", nullable=True)
         self.prompts_text = TextEdit(label="or type prompts", value="")
         self.prompts_text.native.setPlaceholderText(PROMPTS_HINT)
-        self.store = FileEdit(label="Store folder", mode="d", nullable=True,
-                              tooltip="Folder of embedding stores (empty: slidescope's cache folder).")
-        self.device = ComboBox(label="Device", choices=["cpu", "cuda"], value="cpu",
-                               tooltip="Where the encoder and the model run (cuda: the first NVIDIA GPU).")
+        self.store = FileEdit(
+            label="Store folder",
+            mode="d",
+            nullable=True,
+            tooltip="Folder of embedding stores (empty: slidescope's cache folder).",
+        )
+        self.device = ComboBox(
+            label="Device",
+            choices=["cpu", "cuda"],
+            value="cpu",
+            tooltip="Where the encoder and the model run (cuda: the first NVIDIA GPU).",
+        )
         self.run_button = PushButton(text="Analyse")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
@@ -150,10 +179,30 @@ class AnalyseWidget(Container):
         self.top_tiles = Select(label="Top tiles", choices=[])
         self.associated = ComboBox(label="Label / macro", choices=self._associated_choices)
         self.show_associated = PushButton(text="Show")
-        self.extend([self.slide, self.encoder, self.weights, self.mode, self.checkpoint, self.slidetext_model,
-                     self.prompts_file, self.prompts_text, self.store, self.device, self.run_button, self.cancel_button,
-                     self.progress, self.status, self.summary, self.tile_grid, self.top_by, self.top_tiles,
-                     self.associated, self.show_associated])
+        self.extend(
+            [
+                self.slide,
+                self.encoder,
+                self.weights,
+                self.mode,
+                self.checkpoint,
+                self.slide_text_model,
+                self.prompts_file,
+                self.prompts_text,
+                self.store,
+                self.device,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.summary,
+                self.tile_grid,
+                self.top_by,
+                self.top_tiles,
+                self.associated,
+                self.show_associated,
+            ]
+        )
 
         self.last_result: AnalysisResult | None = None
         self.last_seconds: float | None = None
@@ -176,6 +225,9 @@ class AnalyseWidget(Container):
         self._on_mode(self.mode.value)
         self.encoders_worker = self._load_encoder_names()
 
+    #: the old name of ``slide_text_model``, for one release (docs/GLOSSARY.md)
+    slidetext_model = renamed_attribute("slidetext_model", "slide_text_model")
+
     # -- choices ----------------------------------------------------------------------------------
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in slide_layers(self._viewer)]
@@ -193,8 +245,9 @@ class AnalyseWidget(Container):
         from napari.qt.threading import create_worker
 
         self.encoders_listed = False
-        return create_worker(_list_encoders, _connect={"returned": self._fill_encoders,
-                                                       "finished": self._encoders_done})
+        return create_worker(
+            _list_encoders, _connect={"returned": self._fill_encoders, "finished": self._encoders_done}
+        )
 
     @_while_alive
     def _fill_encoders(self, names: list[str]) -> None:
@@ -208,7 +261,7 @@ class AnalyseWidget(Container):
     def _on_mode(self, value: str) -> None:
         mil = value == MIL
         self.checkpoint.visible = mil
-        for widget in (self.slidetext_model, self.prompts_file, self.prompts_text):
+        for widget in (self.slide_text_model, self.prompts_file, self.prompts_text):
             widget.visible = not mil
 
     # -- running ----------------------------------------------------------------------------------
@@ -216,22 +269,33 @@ class AnalyseWidget(Container):
         """The request the widget's fields describe (None, with a notification, when incomplete)."""
         layer = self.slide.value
         if layer is None:
-            notify_error("open a slide first: File > Open (any slide format), or File > Open Sample > slidescope")
+            notify_error(
+                "open a slide first: File > Open (any slide format), or File > Open Sample > slidescope"
+            )
             return None
         meta = slidescope_meta(layer)
         if meta.get("units") != "um":
-            notify_error(f"{layer.name} has no pixel size, so tiles cannot be cut at the encoder's resolution: open "
-                         "it from Python with open_slide(path, mpp=...) and analyse it there")
+            notify_error(
+                f"{layer.name} has no pixel size, so tiles cannot be cut at the encoder's resolution: open "
+                "it from Python with open_slide(path, slide_mpp=...) and analyse it there"
+            )
             return None
-        common = {"slide": Path(meta["path"]), "encoder": self.encoder.value, "store": self.store.value,
-                  "weights": str(self.weights.value) if self.weights.value else None, "device": self.device.value}
+        common = {
+            "slide": Path(meta["path"]),
+            "encoder": self.encoder.value,
+            "store": self.store.value,
+            "weights": str(self.weights.value) if self.weights.value else None,
+            "device": self.device.value,
+        }
         if self.mode.value == MIL:
             if self.checkpoint.value is None:
-                notify_error("choose a MIL checkpoint (best.ckpt from `slidescope train`, or from `slidescope demo`)")
+                notify_error(
+                    "choose a MIL checkpoint (best.ckpt from `slidescope train`, or from `slidescope demo`)"
+                )
                 return None
             return AnalysisRequest(**common, checkpoint=Path(self.checkpoint.value))
         prompts: Any = Path(self.prompts_file.value) if self.prompts_file.value else self.prompts_text.value
-        return AnalysisRequest(**common, prompts=prompts, slidetext_model=self.slidetext_model.value)
+        return AnalysisRequest(**common, prompts=prompts, slide_text_model=self.slide_text_model.value)
 
     def start(self, _value: Any = None) -> Any:
         """Run the analysis the fields describe in a background worker; returns the worker (or None)."""
@@ -249,8 +313,16 @@ class AnalyseWidget(Container):
         self.cancel_button.enabled = True
         self.progress.value = 0
         self.status.value = "starting"
-        self.worker = create_worker(_job, request, self._cancel, _connect={
-            "yielded": self._on_progress, "returned": self._on_returned, "finished": self._on_finished})
+        self.worker = create_worker(
+            _job,
+            request,
+            self._cancel,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": self._on_returned,
+                "finished": self._on_finished,
+            },
+        )
         return self.worker
 
     def cancel(self, _value: Any = None) -> None:
@@ -302,15 +374,23 @@ class AnalyseWidget(Container):
         from ._results import read_scores, result_layers, store_lattice
 
         store = open_store(result.store)
-        tuples = result_layers(store, result.scores, result.mpp, slide_path=result.slide, classes=result.classes,
-                               tissue=result.tissue)
+        tuples = result_layers(
+            store,
+            result.scores,
+            result.mpp,
+            slide_path=result.slide,
+            classes=result.classes,
+            tissue=result.tissue,
+        )
         added = add_layer_tuples(self._viewer, tuples)
         tiles = added[-1]
         show_tile_grid(tiles, self.tile_grid.value)
         self._viewer.layers.selection.active = tiles  # its status line shows the hovered tile's scores
         coords, lattice = store_lattice(store)
-        self._top = {name: (values, coords, lattice.extent, result.mpp)
-                     for name, values in read_scores(store, result.scores).items()}
+        self._top = {
+            name: (values, coords, lattice.extent, result.mpp)
+            for name, values in read_scores(store, result.scores).items()
+        }
         self.top_by.choices = list(self._top)
         if self._top:
             self.top_by.value = next(iter(self._top))
@@ -366,6 +446,12 @@ class AnalyseWidget(Container):
             return None
         (w0, h0), (mx, my) = meta["dimensions"], meta["mpp"]
         size = 0.5 * h0 * my / image.shape[0]  # µm per associated-image pixel
-        return self._viewer.add_image(image, rgb=True, name=f"{Path(meta['path']).stem}: {name}", scale=(size, size),
-                                      translate=(0.0, w0 * mx * 1.05), units=(meta["units"],) * 2,
-                                      metadata={"slidescope": {"kind": "associated", "image": name}})
+        return self._viewer.add_image(
+            image,
+            rgb=True,
+            name=f"{Path(meta['path']).stem}: {name}",
+            scale=(size, size),
+            translate=(0.0, w0 * mx * 1.05),
+            units=(meta["units"],) * 2,
+            metadata={"slidescope": {"kind": "associated", "image": name}},
+        )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._compat import renamed_attribute, renamed_kwargs
 from ..errors import InvalidParameterError
 from ._paths import viewer_cache_dir
 
@@ -47,7 +48,8 @@ class AnalysisRequest:
     checkpoint : a trained MIL checkpoint (``best.ckpt``): supervised scores and attention.
     prompts : for zero-shot instead: a prompts YAML (a ``Path``), a ``{class: [phrasings]}`` mapping,
         or text typed in the widget (a ``str``, see :func:`parse_prompts`).
-    slidetext_model : the saved slide-text model directory zero-shot needs.
+    slide_text_model : the saved slide-text model directory zero-shot needs (formerly ``slidetext_model``,
+        still accepted for one release with a DeprecationWarning).
     weights : encoder weights (file, directory or hub id) for encoders that need them.
     slide_mpp : level-0 µm/px when the file has none.
     num_workers : reader processes for extraction (0: in the worker thread; safest inside a GUI).
@@ -60,7 +62,7 @@ class AnalysisRequest:
     store: Path | None = None
     checkpoint: Path | None = None
     prompts: Path | Mapping[str, Any] | str | None = None
-    slidetext_model: Path | None = None
+    slide_text_model: Path | None = None
     weights: str | None = None
     slide_mpp: float | None = None
     device: str = "cpu"
@@ -72,6 +74,12 @@ class AnalysisRequest:
     def mode(self) -> str:
         """``"mil"`` with a checkpoint, ``"zero-shot"`` with prompts."""
         return "mil" if self.checkpoint is not None else "zero-shot"
+
+
+# the old spelling, for one release (docs/GLOSSARY.md)
+_old_names = renamed_kwargs(slidetext_model="slide_text_model")
+AnalysisRequest.__init__ = _old_names(AnalysisRequest.__init__)  # type: ignore
+AnalysisRequest.slidetext_model = renamed_attribute("slidetext_model", "slide_text_model")  # type: ignore
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,8 @@ def parse_prompts(text: str) -> dict[str, list[str]]:
     if not classes:
         raise InvalidParameterError(
             "the prompts are empty: type one class per line as `class: phrasing; another phrasing`, e.g. "
-            "`tumour: invasive carcinoma` and `normal: benign stroma`, or choose a prompts YAML file")
+            "`tumour: invasive carcinoma` and `normal: benign stroma`, or choose a prompts YAML file"
+        )
     return classes
 
 
@@ -156,13 +165,18 @@ def resolve_store(store: Path | None, slide_path: Path) -> tuple[Path, Path]:
             raise StoreError(
                 f"the store {store.name} was made from {attrs.get('name', 'another slide')} "
                 f"({attrs.get('fingerprint', 'no fingerprint')}), not from {slide_path.name}: choose this slide's "
-                f"store, or a folder of stores (slidescope then finds or makes {slide_path.stem}.zarr in it)")
+                f"store, or a folder of stores (slidescope then finds or makes {slide_path.stem}.zarr in it)"
+            )
         if store.name != store_path(store.parent, slide_path).name:
-            raise StoreError(f"the store {store.name} belongs to {slide_path.name} but is not named after it; "
-                             f"rename it to {store_path(store.parent, slide_path).name} or choose its folder")
+            raise StoreError(
+                f"the store {store.name} belongs to {slide_path.name} but is not named after it; "
+                f"rename it to {store_path(store.parent, slide_path).name} or choose its folder"
+            )
         return store.parent, store
     if store.suffix == ".zarr" or (store.exists() and not store.is_dir()):
-        raise StoreError(f"{store} is not a slidescope store: choose a folder of stores or a <slide>.zarr store")
+        raise StoreError(
+            f"{store} is not a slidescope store: choose a folder of stores or a <slide>.zarr store"
+        )
     return store, store_path(store, slide_path)
 
 
@@ -176,7 +190,10 @@ def cached_embeddings(store: Path, slide_path: Path, encoder: str) -> bool:
         opened = open_store(store, encoder=encoder)
     except StoreError:
         return False
-    return opened.attrs.get("slide", {}).get("fingerprint") == _fingerprint(slide_path) and encoder in opened.encoders()
+    return (
+        opened.attrs.get("slide", {}).get("fingerprint") == _fingerprint(slide_path)
+        and encoder in opened.encoders()
+    )
 
 
 def _check_model(request: AnalysisRequest, embed_dim: int) -> Any:
@@ -185,17 +202,20 @@ def _check_model(request: AnalysisRequest, embed_dim: int) -> Any:
         from ..mil import load_task
 
         return load_task(request.checkpoint, encoder=request.encoder, embed_dim=embed_dim)
-    if request.slidetext_model is None:
-        raise InvalidParameterError("zero-shot needs a slide-text model: choose its folder (the `model` folder "
-                                    "written by `slidescope pretrain`, e.g. slidescope-demo/runs/slidetext/model)")
+    if request.slide_text_model is None:
+        raise InvalidParameterError(
+            "zero-shot needs a slide-text model: choose its folder (the `model` folder "
+            "written by `slidescope pretrain`, e.g. slidescope-demo/runs/slidetext/model)"
+        )
     from ..vlm import SlideTextModel
 
-    model = SlideTextModel.load(request.slidetext_model, map_location=request.device)
+    model = SlideTextModel.load(request.slide_text_model, map_location=request.device)
     dim = model.slide_encoder.config.context_dim
     if dim != embed_dim:
         raise InvalidParameterError(
-            f"the slide-text model {Path(request.slidetext_model).name} was pretrained on {dim}-d tile embeddings but "
-            f"{request.encoder!r} gives {embed_dim}-d: choose the encoder it was pretrained on")
+            f"the slide-text model {Path(request.slide_text_model).name} was pretrained on {dim}-d tile embeddings but "
+            f"{request.encoder!r} gives {embed_dim}-d: choose the encoder it was pretrained on"
+        )
     return model
 
 
@@ -203,11 +223,14 @@ def _check_device(device: str) -> None:
     import torch
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidParameterError(f"device {device!r} asked for, but torch sees no CUDA GPU here: choose cpu")
+        raise InvalidParameterError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU here: choose cpu"
+        )
 
 
-def _extract(slide: Any, grid: Any, request: AnalysisRequest, root: Path, cancel: threading.Event
-             ) -> Generator[Progress, None, Any]:
+def _extract(
+    slide: Any, grid: Any, request: AnalysisRequest, root: Path, cancel: threading.Event
+) -> Generator[Progress, None, Any]:
     """extract_features in a helper thread, reporting its progress every :data:`POLL_SECONDS`."""
     from ..features import create_encoder, extract_features
 
@@ -221,8 +244,16 @@ def _extract(slide: Any, grid: Any, request: AnalysisRequest, root: Path, cancel
     def work() -> None:
         try:
             outcome["result"] = extract_features(
-                slide, grid, encoder, store=root, batch_size=request.batch_size, num_workers=request.num_workers,
-                progress=False, on_progress=report, should_stop=cancel.is_set)
+                slide,
+                grid,
+                encoder,
+                store=root,
+                batch_size=request.batch_size,
+                num_workers=request.num_workers,
+                progress=False,
+                on_progress=report,
+                should_stop=cancel.is_set,
+            )
         except BaseException as err:  # noqa: BLE001 - re-raised in the generator's thread below
             outcome["error"] = err
 
@@ -241,8 +272,9 @@ def _extract(slide: Any, grid: Any, request: AnalysisRequest, root: Path, cancel
     return outcome["result"]
 
 
-def run_analysis(request: AnalysisRequest, *, cancel: threading.Event | None = None
-                 ) -> Generator[Progress, None, AnalysisResult]:
+def run_analysis(
+    request: AnalysisRequest, *, cancel: threading.Event | None = None
+) -> Generator[Progress, None, AnalysisResult]:
     """Run one analysis; yields :class:`Progress`, returns :class:`AnalysisResult`.
 
     Steps: check the model against the encoder (fails fast on a checkpoint for another encoder or
@@ -276,11 +308,13 @@ def run_analysis(request: AnalysisRequest, *, cancel: threading.Event | None = N
     model = _check_model(request, config.embed_dim)
     root, store = resolve_store(request.store, slide_path)
 
-    with open_slide(slide_path, default_mpp=request.slide_mpp) as slide:
+    with open_slide(slide_path, slide_mpp=request.slide_mpp) as slide:
         mpp = slide.mpp
         yield Progress("finding the tissue")
         tissue = detect_tissue(slide, pen=request.pen)
-        result = AnalysisResult(slide=slide_path, store=store, mpp=(float(mpp[0]), float(mpp[1])), tissue=tissue)
+        result = AnalysisResult(
+            slide=slide_path, store=store, mpp=(float(mpp[0]), float(mpp[1])), tissue=tissue
+        )
         if cached_embeddings(store, slide_path, request.encoder):
             result.reused_embeddings = True
         else:
@@ -310,8 +344,9 @@ def run_analysis(request: AnalysisRequest, *, cancel: threading.Event | None = N
         from ..vlm import zero_shot
         from ..vlm.api import SCORES_PREFIX
 
-        (row,) = zero_shot([store], prompts, model=model, encoder=request.encoder, level="tile",
-                           device=request.device)
+        (row,) = zero_shot(
+            [store], prompts, model=model, encoder=request.encoder, level="tile", device=request.device
+        )
         result.classes = list(prompts.names)
         result.scores = [f"{SCORES_PREFIX}/{c}" for c in result.classes]
         result.probabilities = dict(row.probs)

@@ -37,6 +37,8 @@ def keep_triton_out(maps: Path = Path("/proc/self/maps")) -> bool:
     if "triton" in sys.modules or not system_llvm_loaded(maps):
         return False
     sys.modules["triton"] = None  # type: ignore[assignment]  # `import triton` now raises ImportError
-    log.info("a system LLVM (software OpenGL) is loaded: triton is kept out of this process, whose static LLVM "
-             "would crash it; torch runs without torch.compile kernels here")
+    log.info(
+        "a system LLVM (software OpenGL) is loaded: triton is kept out of this process, whose static LLVM "
+        "would crash it; torch runs without torch.compile kernels here"
+    )
     return True

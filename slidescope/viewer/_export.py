@@ -32,12 +32,24 @@ __all__ = [
 #: longest side of an automatically sized heatmap TIFF (its level 0)
 MAX_TIFF_SIDE = 16384
 #: QuPath colours of the classes of exported tiles
-CLASS_COLOURS = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
-                 [240, 50, 230], [210, 245, 60], [128, 128, 0], [0, 0, 128]]
+CLASS_COLOURS = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [128, 128, 0],
+    [0, 0, 128],
+]
 LEVEL_COLOURS = {"high": [220, 40, 30], "medium": [240, 160, 40], "low": [60, 90, 200]}
 
 
-def heatmap_downsample(lattice: TileLattice, slide_dimensions: Sequence[int], max_side: int = MAX_TIFF_SIDE) -> int:
+def heatmap_downsample(
+    lattice: TileLattice, slide_dimensions: Sequence[int], max_side: int = MAX_TIFF_SIDE
+) -> int:
     """Level-0 pixels per TIFF pixel for a heatmap TIFF aligned to the slide.
 
     The finest whole divisor ``f`` of the tiles' geometry (extent, stride, origin and overlap
@@ -46,8 +58,13 @@ def heatmap_downsample(lattice: TileLattice, slide_dimensions: Sequence[int], ma
     ``(i, j)`` is exactly level-0 ``[f j, f (j + 1)) x [f i, f (i + 1))``.
     """
     base = 0
-    for v in (*lattice.extent, *lattice.stride, *lattice.origin, (lattice.extent[0] - lattice.stride[0]) // 2,
-              (lattice.extent[1] - lattice.stride[1]) // 2):
+    for v in (
+        *lattice.extent,
+        *lattice.stride,
+        *lattice.origin,
+        (lattice.extent[0] - lattice.stride[0]) // 2,
+        (lattice.extent[1] - lattice.stride[1]) // 2,
+    ):
         base = gcd(base, int(v))
     base = max(1, base)
     divisors = [d for d in range(1, base + 1) if base % d == 0]
@@ -78,10 +95,20 @@ def _tiles_of(grid: np.ndarray, lattice: TileLattice, downsample: int, shape: tu
             yield out
 
 
-def write_heatmap_tiff(path: str | os.PathLike[str], values: np.ndarray, coords: np.ndarray, extent: Sequence[int], *,
-                       slide_dimensions: Sequence[int], mpp: Sequence[float], stride: Sequence[int] | None = None,
-                       downsample: int | None = None, name: str = "score", tile: int = 256,
-                       extra: Mapping[str, Any] | None = None) -> Path:
+def write_heatmap_tiff(
+    path: str | os.PathLike[str],
+    values: np.ndarray,
+    coords: np.ndarray,
+    extent: Sequence[int],
+    *,
+    slide_dimensions: Sequence[int],
+    mpp: Sequence[float],
+    stride: Sequence[int] | None = None,
+    downsample: int | None = None,
+    name: str = "score",
+    tile: int = 256,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write per-tile scores as a pyramidal float32 TIFF aligned to the slide.
 
     Parameters
@@ -115,19 +142,35 @@ def write_heatmap_tiff(path: str | os.PathLike[str], values: np.ndarray, coords:
     while max(levels[-1][1]) > 1024:
         d = levels[-1][0] * 2
         levels.append((d, (-(-h0 // d), -(-w0 // d))))
-    description = json.dumps({
-        "slidescope": "heatmap", "score": name, "downsample": f, "mpp": [float(mpp[0]), float(mpp[1])],
-        "slide_dimensions": [w0, h0], "pixel": "TIFF pixel (i, j) covers level-0 [f*j, f*(j+1)) x [f*i, f*(i+1))",
-        **(extra or {})})
+    description = json.dumps(
+        {
+            "slidescope": "heatmap",
+            "score": name,
+            "downsample": f,
+            "mpp": [float(mpp[0]), float(mpp[1])],
+            "slide_dimensions": [w0, h0],
+            "pixel": "TIFF pixel (i, j) covers level-0 [f*j, f*(j+1)) x [f*i, f*(i+1))",
+            **(extra or {}),
+        }
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tifffile.TiffWriter(path, bigtiff=w0 * h0 // (f * f) > 2**28) as tw:
         for k, (d, shape) in enumerate(levels):
-            tw.write(_tiles_of(grid, lattice, d, shape, tile), shape=shape, dtype=np.float32, tile=(tile, tile),
-                     photometric="minisblack", compression="zlib", metadata=None,
-                     resolution=(1e4 / (d * mpp[0]), 1e4 / (d * mpp[1])), resolutionunit="CENTIMETER",
-                     subifds=len(levels) - 1 if k == 0 else None, subfiletype=1 if k else 0,
-                     description=description if k == 0 else None)
+            tw.write(
+                _tiles_of(grid, lattice, d, shape, tile),
+                shape=shape,
+                dtype=np.float32,
+                tile=(tile, tile),
+                photometric="minisblack",
+                compression="zlib",
+                metadata=None,
+                resolution=(1e4 / (d * mpp[0]), 1e4 / (d * mpp[1])),
+                resolutionunit="CENTIMETER",
+                subifds=len(levels) - 1 if k == 0 else None,
+                subfiletype=1 if k else 0,
+                description=description if k == 0 else None,
+            )
     return path
 
 
@@ -135,8 +178,14 @@ def _levels(normalized: np.ndarray) -> list[str]:
     return ["high" if v >= 2 / 3 else "medium" if v >= 1 / 3 else "low" for v in normalized.tolist()]
 
 
-def tiles_feature_collection(coords: np.ndarray, extent: Sequence[int], scores: Mapping[str, np.ndarray], *,
-                             main: str | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+def tiles_feature_collection(
+    coords: np.ndarray,
+    extent: Sequence[int],
+    scores: Mapping[str, np.ndarray],
+    *,
+    main: str | None = None,
+    classes: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """QuPath GeoJSON of scored tiles: one ``Polygon`` per tile, level-0 pixels, top-left origin.
 
     Built on :func:`slidescope.mil.heatmap.tiles_geojson` (``measurements``: the ``main`` score and
@@ -152,7 +201,9 @@ def tiles_feature_collection(coords: np.ndarray, extent: Sequence[int], scores: 
     main = main or next(iter(scores))
     values = np.asarray(scores[main], dtype=np.float64)
     normalized = normalize_scores(values)
-    collection = tiles_geojson(coords, extent, values, normalized=normalized, object_type="detection", name=main)
+    collection = tiles_geojson(
+        coords, extent, values, normalized=normalized, object_type="detection", name=main
+    )
     if classes:
         sims = np.stack([np.asarray(scores[f"zero-shot/{c}"], dtype=np.float64) for c in classes], axis=1)
         best = sims.argmax(axis=1).tolist()
@@ -176,9 +227,14 @@ def _ring_area(ring: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
-def shapes_feature_collection(polygons: Sequence[np.ndarray], *, mpp: Sequence[float] | None = None,
-                              classification: str | None = None, color: Sequence[int] = (0, 160, 60),
-                              names: Sequence[str] | None = None) -> dict[str, Any]:
+def shapes_feature_collection(
+    polygons: Sequence[np.ndarray],
+    *,
+    mpp: Sequence[float] | None = None,
+    classification: str | None = None,
+    color: Sequence[int] = (0, 160, 60),
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """QuPath GeoJSON annotations from polygons in level-0 pixel-edge ``(x, y)`` coordinates.
 
     Each ring is closed; with ``mpp`` every feature gets ``measurements.area_um2``, as
@@ -210,8 +266,9 @@ def write_geojson(path: str | os.PathLike[str], collection: Mapping[str, Any]) -
     return path
 
 
-def shapes_to_level0(data: Sequence[np.ndarray], attributes: Mapping[str, Any], *,
-                     mpp: Sequence[float] | None = None) -> list[np.ndarray]:
+def shapes_to_level0(
+    data: Sequence[np.ndarray], attributes: Mapping[str, Any], *, mpp: Sequence[float] | None = None
+) -> list[np.ndarray]:
     """Shapes layer data (data coordinates) -> polygons in level-0 pixel-edge ``(x, y)`` coordinates.
 
     The vertices go to world µm through the layer's ``scale`` and ``translate``, then to level-0
@@ -238,7 +295,7 @@ def _slide_mpp(attributes: Mapping[str, Any]) -> list[float] | None:
         viewer = current_viewer()
     except ImportError:  # pragma: no cover - napari is what calls this writer
         viewer = None
-    for layer in (viewer.layers if viewer is not None else []):
+    for layer in viewer.layers if viewer is not None else []:
         slide = layer.metadata.get(METADATA_KEY, {})
         if slide.get("kind") == "slide" and slide.get("units") == "um":
             return [float(v) for v in slide["mpp"]]

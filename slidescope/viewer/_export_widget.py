@@ -42,14 +42,28 @@ class ExportWidget(Container):
         self._viewer = viewer
         self.heatmap = ComboBox(label="Heatmap", choices=self._heatmap_choices)
         self.folder = FileEdit(label="Folder", mode="d", value=Path.cwd() / "slidescope-export")
-        self.downsample = SpinBox(label="TIFF downsample", value=0, min=0, max=4096,
-                                  tooltip="Level-0 pixels per TIFF pixel; 0 picks one that keeps tiles on whole pixels.")
+        self.downsample = SpinBox(
+            label="TIFF downsample",
+            value=0,
+            min=0,
+            max=4096,
+            tooltip="Level-0 pixels per TIFF pixel; 0 picks one that keeps tiles on whole pixels.",
+        )
         self.tiff_button = PushButton(text="Heatmap as pyramidal TIFF")
         self.geojson_button = PushButton(text="Tiles and tissue as QuPath GeoJSON")
         self.png_button = PushButton(text="PNG snapshot of the view")
         self.status = Label(label="Wrote", value="")
-        self.extend([self.heatmap, self.folder, self.downsample, self.tiff_button, self.geojson_button,
-                     self.png_button, self.status])
+        self.extend(
+            [
+                self.heatmap,
+                self.folder,
+                self.downsample,
+                self.tiff_button,
+                self.geojson_button,
+                self.png_button,
+                self.status,
+            ]
+        )
         self.tiff_button.changed.connect(lambda _: self._guarded(self.export_tiff))
         self.geojson_button.changed.connect(lambda _: self._guarded(self.export_geojson))
         self.png_button.changed.connect(lambda _: self._guarded(self.export_png))
@@ -78,7 +92,11 @@ class ExportWidget(Container):
         return layer, slidescope_meta(layer)
 
     def _siblings(self, kind: str, store: str) -> list[Any]:
-        return [layer for layer in layers_of_kind(self._viewer, kind) if slidescope_meta(layer).get("store") == store]
+        return [
+            layer
+            for layer in layers_of_kind(self._viewer, kind)
+            if slidescope_meta(layer).get("store") == store
+        ]
 
     def _folder(self) -> Path:
         folder = Path(self.folder.value)
@@ -95,10 +113,18 @@ class ExportWidget(Container):
         coords, lattice = store_lattice(store)
         values = np.asarray(store.scores(meta["score"]), dtype=np.float32)
         out = self._folder() / f"{Path(meta['slide']).stem}.{_slug(meta['score'])}.tif"
-        path = write_heatmap_tiff(out, values, coords, lattice.extent, stride=lattice.stride,
-                                  slide_dimensions=store.attrs["slide"]["dimensions"], mpp=meta["mpp"],
-                                  downsample=self.downsample.value or None, name=meta["score"],
-                                  extra={"slide": Path(meta["slide"]).name})
+        path = write_heatmap_tiff(
+            out,
+            values,
+            coords,
+            lattice.extent,
+            stride=lattice.stride,
+            slide_dimensions=store.attrs["slide"]["dimensions"],
+            mpp=meta["mpp"],
+            downsample=self.downsample.value or None,
+            name=meta["score"],
+            extra={"slide": Path(meta["slide"]).name},
+        )
         return [path]
 
     def export_geojson(self) -> list[Path]:
@@ -119,14 +145,29 @@ class ExportWidget(Container):
             classes = slidescope_meta(labels).get("classes")
         stem = Path(meta["slide"]).stem
         folder = self._folder()
-        written = [write_geojson(folder / f"{stem}.tiles.geojson", tiles_feature_collection(
-            store.coords, store.tile_extent, scores, main=meta["score"], classes=classes))]
-        tissues = [t for t in layers_of_kind(self._viewer, "tissue") if slidescope_meta(t).get("slide") == meta["slide"]]
+        written = [
+            write_geojson(
+                folder / f"{stem}.tiles.geojson",
+                tiles_feature_collection(
+                    store.coords, store.tile_extent, scores, main=meta["score"], classes=classes
+                ),
+            )
+        ]
+        tissues = [
+            t
+            for t in layers_of_kind(self._viewer, "tissue")
+            if slidescope_meta(t).get("slide") == meta["slide"]
+        ]
         for tissue in tissues:
-            polygons = shapes_to_level0(tissue.data, {"scale": tissue.scale, "translate": tissue.translate},
-                                        mpp=meta["mpp"])
-            written.append(write_geojson(folder / f"{stem}.tissue.geojson", shapes_feature_collection(
-                polygons, mpp=meta["mpp"], classification="Tissue")))
+            polygons = shapes_to_level0(
+                tissue.data, {"scale": tissue.scale, "translate": tissue.translate}, mpp=meta["mpp"]
+            )
+            written.append(
+                write_geojson(
+                    folder / f"{stem}.tissue.geojson",
+                    shapes_feature_collection(polygons, mpp=meta["mpp"], classification="Tissue"),
+                )
+            )
         return written
 
     def export_png(self) -> list[Path]:

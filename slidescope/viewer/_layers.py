@@ -80,7 +80,9 @@ class TileLattice:
     cols: np.ndarray
 
     @classmethod
-    def from_coords(cls, coords: np.ndarray, extent: Sequence[int], stride: Sequence[int] | None = None) -> TileLattice:
+    def from_coords(
+        cls, coords: np.ndarray, extent: Sequence[int], stride: Sequence[int] | None = None
+    ) -> TileLattice:
         """The lattice of ``coords (N, 2) (x, y)`` level-0 top-left corners with tile ``extent (w, h)``.
 
         ``stride`` defaults to the extent (no overlap). Coordinates that do not lie on the lattice
@@ -96,7 +98,9 @@ class TileLattice:
         x0, y0 = (int(v) for v in coords.min(axis=0))
         offset = coords - np.array([x0, y0])
         if np.any(offset % np.array(step)):
-            log.warning("tile coordinates are not on a %s lattice; each tile is shown in its nearest cell", step)
+            log.warning(
+                "tile coordinates are not on a %s lattice; each tile is shown in its nearest cell", step
+            )
         cols = np.rint(offset[:, 0] / step[0]).astype(np.int64)
         rows = np.rint(offset[:, 1] / step[1]).astype(np.int64)
         return cls((x0, y0), step, ext, (int(rows.max()) + 1, int(cols.max()) + 1), rows, cols)
@@ -110,8 +114,10 @@ class TileLattice:
 
     def translate(self, mpp: Sequence[float]) -> tuple[float, float]:
         """napari ``translate`` (row, col) in µm: cell (0, 0)'s centre on its tile's centre."""
-        return ((self.origin[1] + self.extent[1] / 2 - 0.5) * mpp[1],
-                (self.origin[0] + self.extent[0] / 2 - 0.5) * mpp[0])
+        return (
+            (self.origin[1] + self.extent[1] / 2 - 0.5) * mpp[1],
+            (self.origin[0] + self.extent[0] / 2 - 0.5) * mpp[0],
+        )
 
     def grid(self, values: np.ndarray, *, fill: float | int = np.nan, dtype: Any = np.float32) -> np.ndarray:
         """(rows, cols) image with ``values (N,)`` in the tiles' cells and ``fill`` elsewhere."""
@@ -153,12 +159,25 @@ def _score_limits(values: np.ndarray, kind: str) -> tuple[float, float]:
 
 
 def _base_kwargs(name: str, lattice: TileLattice, mpp: Sequence[float], units: str) -> dict[str, Any]:
-    return {"name": name, "scale": lattice.scale(mpp), "translate": lattice.translate(mpp), "units": (units, units)}
+    return {
+        "name": name,
+        "scale": lattice.scale(mpp),
+        "translate": lattice.translate(mpp),
+        "units": (units, units),
+    }
 
 
-def heatmap_layer(values: np.ndarray, lattice: TileLattice, mpp: Sequence[float], *, name: str,
-                  kind: str = "score", units: str = "um", cmap: str = "inferno",
-                  metadata: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any], str]:
+def heatmap_layer(
+    values: np.ndarray,
+    lattice: TileLattice,
+    mpp: Sequence[float],
+    *,
+    name: str,
+    kind: str = "score",
+    units: str = "um",
+    cmap: str = "inferno",
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any], str]:
     """One value per tile as an image layer tuple, aligned to the slide.
 
     Parameters
@@ -179,20 +198,31 @@ def heatmap_layer(values: np.ndarray, lattice: TileLattice, mpp: Sequence[float]
     data = lattice.grid(values)
     limits = _score_limits(values, kind)
     kwargs = _base_kwargs(name, lattice, mpp, units)
-    kwargs.update({
-        "colormap": heatmap_colormap(cmap),
-        "contrast_limits": limits,
-        "opacity": HEATMAP_OPACITY,
-        "blending": "translucent",
-        "interpolation2d": "nearest",
-        "metadata": {METADATA_KEY: {"kind": "heatmap", "score_kind": kind, "score": name, **(metadata or {})}},
-    })
+    kwargs.update(
+        {
+            "colormap": heatmap_colormap(cmap),
+            "contrast_limits": limits,
+            "opacity": HEATMAP_OPACITY,
+            "blending": "translucent",
+            "interpolation2d": "nearest",
+            "metadata": {
+                METADATA_KEY: {"kind": "heatmap", "score_kind": kind, "score": name, **(metadata or {})}
+            },
+        }
+    )
     return data, kwargs, "image"
 
 
-def class_labels_layer(classes: np.ndarray, names: Sequence[str], lattice: TileLattice, mpp: Sequence[float], *,
-                       name: str, units: str = "um", metadata: Mapping[str, Any] | None = None
-                       ) -> tuple[np.ndarray, dict[str, Any], str]:
+def class_labels_layer(
+    classes: np.ndarray,
+    names: Sequence[str],
+    lattice: TileLattice,
+    mpp: Sequence[float],
+    *,
+    name: str,
+    units: str = "um",
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any], str]:
     """A categorical output (class index per tile) as a labels layer: label ``k + 1`` is class ``names[k]``."""
     import pandas as pd
 
@@ -203,17 +233,31 @@ def class_labels_layer(classes: np.ndarray, names: Sequence[str], lattice: TileL
         raise InvalidParameterError(f"class indices must lie in 0..{len(names) - 1}")
     data = lattice.grid(classes + 1, fill=0, dtype=np.int32)
     kwargs = _base_kwargs(name, lattice, mpp, units)
-    kwargs.update({
-        "opacity": 0.35,
-        "features": pd.DataFrame({"index": np.arange(len(names) + 1), "class": ["(no tile)", *map(str, names)]}),
-        "metadata": {METADATA_KEY: {"kind": "classes", "classes": list(map(str, names)), **(metadata or {})}},
-    })
+    kwargs.update(
+        {
+            "opacity": 0.35,
+            "features": pd.DataFrame(
+                {"index": np.arange(len(names) + 1), "class": ["(no tile)", *map(str, names)]}
+            ),
+            "metadata": {
+                METADATA_KEY: {"kind": "classes", "classes": list(map(str, names)), **(metadata or {})}
+            },
+        }
+    )
     return data, kwargs, "labels"
 
 
-def tile_labels_layer(lattice: TileLattice, coords: np.ndarray, scores: Mapping[str, np.ndarray],
-                      mpp: Sequence[float], *, name: str = "tiles", units: str = "um", visible_grid: bool = False,
-                      metadata: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any], str]:
+def tile_labels_layer(
+    lattice: TileLattice,
+    coords: np.ndarray,
+    scores: Mapping[str, np.ndarray],
+    mpp: Sequence[float],
+    *,
+    name: str = "tiles",
+    units: str = "um",
+    visible_grid: bool = False,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any], str]:
     """The tile grid as a labels layer (label = tile index + 1) whose features hold every score.
 
     With this layer selected, napari's status bar shows the hovered tile's index, level-0 position
@@ -231,8 +275,12 @@ def tile_labels_layer(lattice: TileLattice, coords: np.ndarray, scores: Mapping[
     index = np.pad(lattice.grid(np.arange(1, n + 1), fill=0, dtype=np.int32), 1)
     data = np.kron(index, np.ones((k, k), np.int32)) if k > 1 else index
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-    table: dict[str, Any] = {"index": np.arange(n + 1), "tile": np.arange(-1, n),
-                             "x": np.concatenate([[-1], coords[:, 0]]), "y": np.concatenate([[-1], coords[:, 1]])}
+    table: dict[str, Any] = {
+        "index": np.arange(n + 1),
+        "tile": np.arange(-1, n),
+        "x": np.concatenate([[-1], coords[:, 0]]),
+        "y": np.concatenate([[-1], coords[:, 1]]),
+    }
     for key, values in scores.items():
         table[key] = np.concatenate([[np.nan], np.asarray(values, dtype=np.float64).reshape(-1)])
     scale = lattice.scale(mpp)
@@ -242,7 +290,10 @@ def tile_labels_layer(lattice: TileLattice, coords: np.ndarray, scores: Mapping[
         "name": name,
         "scale": cell,
         # sub-pixel (0, 0) of a k x k block sits half a block minus half a sub-pixel before the cell centre
-        "translate": (centre[0] - scale[0] - (k - 1) / 2 * cell[0], centre[1] - scale[1] - (k - 1) / 2 * cell[1]),
+        "translate": (
+            centre[0] - scale[0] - (k - 1) / 2 * cell[0],
+            centre[1] - scale[1] - (k - 1) / 2 * cell[1],
+        ),
         "units": (units, units),
         "colormap": DirectLabelColormap(color_dict={0: "transparent", None: GRID_COLOR}),
         "opacity": GRID_OPACITY if visible_grid else 0.0,
@@ -262,9 +313,15 @@ def show_tile_grid(layer: Any, show: bool = True) -> None:
     layer.opacity = GRID_OPACITY if show else 0.0
 
 
-def tissue_layer(contours: Sequence[np.ndarray], mpp: Sequence[float], *, name: str = "tissue",
-                 units: str = "um", holes: Sequence[Sequence[np.ndarray]] = (), edge_width_um: float = 12.0
-                 ) -> tuple[list[np.ndarray], dict[str, Any], str]:
+def tissue_layer(
+    contours: Sequence[np.ndarray],
+    mpp: Sequence[float],
+    *,
+    name: str = "tissue",
+    units: str = "um",
+    holes: Sequence[Sequence[np.ndarray]] = (),
+    edge_width_um: float = 12.0,
+) -> tuple[list[np.ndarray], dict[str, Any], str]:
     """Tissue outlines (level-0 (x, y) pixel-edge polygons, e.g. ``TissueMask.contours``) as a shapes layer.
 
     The shapes' data are level-0 pixel-edge coordinates (row, col) = (y, x), the QuPath convention;

@@ -31,8 +31,23 @@ __all__ = [
 ]
 
 #: file names the reader claims (the napari manifest lists the same patterns)
-SLIDE_PATTERNS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
-                  ".qptiff", ".dcm", ".btf", ".tf2", ".tf8")
+SLIDE_PATTERNS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".qptiff",
+    ".dcm",
+    ".btf",
+    ".tf2",
+    ".tf8",
+)
 #: chunk side where the file does not say its tile size (OpenSlide's generic default)
 DEFAULT_CHUNK = 512
 #: what a region that cannot be decoded looks like
@@ -89,8 +104,16 @@ class SlideLevel:
         try:
             pixels = self.read(x0, y0, x1 - x0, y1 - y0)
         except SlideReadError as err:
-            log.warning("%s: level %d region x=%d y=%d %dx%d shown grey: %s", self.slide.path.name, self.level, x0, y0,
-                        x1 - x0, y1 - y0, err)
+            log.warning(
+                "%s: level %d region x=%d y=%d %dx%d shown grey: %s",
+                self.slide.path.name,
+                self.level,
+                x0,
+                y0,
+                x1 - x0,
+                y1 - y0,
+                err,
+            )
             pixels = np.full((y1 - y0, x1 - x0, 3), UNREADABLE_GREY, np.uint8)
         return np.squeeze(pixels, axis=squeeze)[..., key[2]] if squeeze else pixels[..., key[2]]
 
@@ -103,7 +126,8 @@ class SlideLevel:
             except SlideReadError as err:
                 raise SlideReadError(
                     f"{self.slide.path.name}: cannot decode level {self.level} at x={x}, y={y} ({width}x{height} px): "
-                    f"{err}. The file is probably corrupt there: re-export or re-scan it.") from err
+                    f"{err}. The file is probably corrupt there: re-export or re-scan it."
+                ) from err
         # level-0 location whose floor division by the downsample gives back (x, y) exactly
         dx, dy = self._downsample
         location = (int(np.ceil(x * dx - 1e-9)), int(np.ceil(y * dy - 1e-9)))
@@ -152,12 +176,26 @@ def slide_pyramid(slide: Any) -> list[Any]:
         array = SlideLevel(slide, level, lock)
         h, w = array.shape[:2]
         if last is not None and not (h < last[0] or w < last[1]):
-            log.debug("%s: level %d (%dx%d) is not smaller than the one before; skipped", slide.path.name, level, w, h)
+            log.debug(
+                "%s: level %d (%dx%d) is not smaller than the one before; skipped",
+                slide.path.name,
+                level,
+                w,
+                h,
+            )
             continue
         last = (h, w)
         th, tw = array.tile_shape
-        levels.append(da.from_array(array, chunks=(th, tw, 3), name=f"slidescope-{token}-level{level}",
-                                    asarray=False, fancy=False, meta=np.empty((0, 0, 0), np.uint8)))
+        levels.append(
+            da.from_array(
+                array,
+                chunks=(th, tw, 3),
+                name=f"slidescope-{token}-level{level}",
+                asarray=False,
+                fancy=False,
+                meta=np.empty((0, 0, 0), np.uint8),
+            )
+        )
     return levels
 
 
@@ -232,8 +270,10 @@ def read_slide(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
             show_error(f"slidescope: {err}")
             continue
         if data[1]["metadata"][METADATA_KEY]["units"] == "pixel":
-            show_warning(f"slidescope: {Path(p).name} carries no pixel size; it is shown in pixels and cannot be "
-                         f"analysed until you give one (open_slide(path, mpp=...)).")
+            show_warning(
+                f"slidescope: {Path(p).name} carries no pixel size; it is shown in pixels and cannot be "
+                f"analysed until you give one (open_slide(path, slide_mpp=...))."
+            )
         layers.append(data)
     return layers or [(None,)]
 

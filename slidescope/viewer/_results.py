@@ -52,9 +52,16 @@ def read_scores(store: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
-def result_layers(store: Any, names: Sequence[str], mpp: Sequence[float], *, slide_path: str | Path,
-                  classes: Sequence[str] | None = None, tissue: Any = None, units: str = "um"
-                  ) -> list[tuple[Any, dict[str, Any], str]]:
+def result_layers(
+    store: Any,
+    names: Sequence[str],
+    mpp: Sequence[float],
+    *,
+    slide_path: str | Path,
+    classes: Sequence[str] | None = None,
+    tissue: Any = None,
+    units: str = "um",
+) -> list[tuple[Any, dict[str, Any], str]]:
     """Layer tuples for the scores ``names`` of ``store``, on a slide of level-0 pixel size ``mpp`` (x, y).
 
     Parameters
@@ -77,18 +84,47 @@ def result_layers(store: Any, names: Sequence[str], mpp: Sequence[float], *, sli
     scores = read_scores(store, names)
     layers: list[tuple[Any, dict[str, Any], str]] = []
     if tissue is not None:
-        data, kwargs, kind = tissue_layer(tissue.contours, mpp, name=f"{stem}: tissue", units=units, holes=tissue.holes)
+        data, kwargs, kind = tissue_layer(
+            tissue.contours, mpp, name=f"{stem}: tissue", units=units, holes=tissue.holes
+        )
         kwargs["metadata"]["slidescope"].update(common)
         layers.append((data, kwargs, kind))
     for name, values in scores.items():
-        layers.append(heatmap_layer(values, lattice, mpp, name=f"{stem}: {name}", kind=score_kind(name),
-                                    units=units, metadata={**common, "score": name}))
+        layers.append(
+            heatmap_layer(
+                values,
+                lattice,
+                mpp,
+                name=f"{stem}: {name}",
+                kind=score_kind(name),
+                units=units,
+                metadata={**common, "score": name},
+            )
+        )
     if classes:
         columns = [scores[f"zero-shot/{c}"] for c in classes if f"zero-shot/{c}" in scores]
         if len(columns) == len(classes) and len(classes) > 1:
             best = np.argmax(np.stack(columns, axis=1), axis=1)
-            layers.append(class_labels_layer(best, classes, lattice, mpp, name=f"{stem}: best class", units=units,
-                                             metadata={**common, "scores": [f"zero-shot/{c}" for c in classes]}))
-    layers.append(tile_labels_layer(lattice, coords, scores, mpp, name=f"{stem}: tiles", units=units,
-                                    metadata={**common, "scores": list(scores)}))
+            layers.append(
+                class_labels_layer(
+                    best,
+                    classes,
+                    lattice,
+                    mpp,
+                    name=f"{stem}: best class",
+                    units=units,
+                    metadata={**common, "scores": [f"zero-shot/{c}" for c in classes]},
+                )
+            )
+    layers.append(
+        tile_labels_layer(
+            lattice,
+            coords,
+            scores,
+            mpp,
+            name=f"{stem}: tiles",
+            units=units,
+            metadata={**common, "scores": list(scores)},
+        )
+    )
     return layers

@@ -21,7 +21,9 @@ SAMPLE_ENCODER = "he-descriptor"
 SAMPLE_SCORE = "ground-truth/tumour-fraction"
 
 
-def tumour_fraction(coords: np.ndarray, extent: tuple[int, int], mask: np.ndarray, downsample: float) -> np.ndarray:
+def tumour_fraction(
+    coords: np.ndarray, extent: tuple[int, int], mask: np.ndarray, downsample: float
+) -> np.ndarray:
     """(N,) fraction of each tile (level-0 top-left ``coords``, ``extent`` (w, h)) that the boolean
     ``mask`` marks, the mask having ``downsample`` level-0 pixels per mask pixel."""
     out = np.zeros(len(coords), np.float32)
@@ -77,14 +79,19 @@ def prepare_sample(cache_dir: Path | None = None) -> tuple[Any, Any, Any]:
     tissue = detect_tissue(slide)
     root = Path(cache_dir) if cache_dir is not None else viewer_cache_dir() / "stores"
     path = store_path(root, slide.path)
-    if not cached_embeddings(path, slide.path, SAMPLE_ENCODER):  # the first time only: torch and a few seconds
+    if not cached_embeddings(
+        path, slide.path, SAMPLE_ENCODER
+    ):  # the first time only: torch and a few seconds
         _extract_sample(slide, tissue, root)
     store = SlideStore.open(path, mode="r+")
     if not _has_scores(store, SAMPLE_SCORE):
         mask = np.asarray(Image.open(sample_mask_path())) > 127
         fraction = tumour_fraction(store.coords, store.tile_extent, mask, SAMPLE_MASK_MPP / slide.mpp[0])
-        store.write_scores(SAMPLE_SCORE, fraction, attrs={
-            "kind": "fraction", "source": "sample_slide.tumour.png (ground truth, not a model)"})
+        store.write_scores(
+            SAMPLE_SCORE,
+            fraction,
+            attrs={"kind": "fraction", "source": "sample_slide.tumour.png (ground truth, not a model)"},
+        )
     return slide, store, tissue
 
 
@@ -94,5 +101,7 @@ def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:
     from ._results import result_layers
 
     slide, store, tissue = prepare_sample()
-    return [slide_layer_data(slide), *result_layers(store, [SAMPLE_SCORE], slide.mpp, slide_path=slide.path,
-                                                    tissue=tissue)]
+    return [
+        slide_layer_data(slide),
+        *result_layers(store, [SAMPLE_SCORE], slide.mpp, slide_path=slide.path, tissue=tissue),
+    ]

@@ -38,8 +38,14 @@ def add_layer_tuples(viewer: Any, layers: Iterable[tuple[Any, dict[str, Any], st
     added = []
     for data, kwargs, kind in layers:
         name = kwargs.get("name")
-        old = next((layer for layer in viewer.layers
-                    if layer.name == name and slidescope_meta(layer) and type(layer).__name__.lower() == kind), None)
+        old = next(
+            (
+                layer
+                for layer in viewer.layers
+                if layer.name == name and slidescope_meta(layer) and type(layer).__name__.lower() == kind
+            ),
+            None,
+        )
         if old is None:
             added.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
             continue
@@ -55,9 +61,18 @@ def add_layer_tuples(viewer: Any, layers: Iterable[tuple[Any, dict[str, Any], st
 def _same_data(old: Any, new: Any) -> bool:
     """Equal layer data (arrays, or lists of arrays for shapes), compared without copying big arrays."""
     if isinstance(new, list):
-        return (isinstance(old, list) and len(old) == len(new)
-                and all(np.shape(a) == np.shape(b) and np.array_equal(a, b) for a, b in zip(old, new, strict=True)))
-    return isinstance(old, np.ndarray) and old.shape == np.shape(new) and np.array_equal(old, new, equal_nan=True)
+        return (
+            isinstance(old, list)
+            and len(old) == len(new)
+            and all(
+                np.shape(a) == np.shape(b) and np.array_equal(a, b) for a, b in zip(old, new, strict=True)
+            )
+        )
+    return (
+        isinstance(old, np.ndarray)
+        and old.shape == np.shape(new)
+        and np.array_equal(old, new, equal_nan=True)
+    )
 
 
 def notify_error(message: str) -> None:

@@ -49,27 +49,47 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import (
-        Prompts,
-        few_shot,
-        generate_reports,
-        load_prompts,
-        load_slide_model,
-        slide_embeddings,
-        zero_shot,
+        Prompts as Prompts,
+        few_shot as few_shot,
+        generate_reports as generate_reports,
+        load_prompts as load_prompts,
+        load_slide_model as load_slide_model,
+        slide_embeddings as slide_embeddings,
+        zero_shot as zero_shot,
     )
-    from .fewshot import gda, knn, linear_probe, simpleshot, simpleshot_cosine, tip_adapter
-    from .pretrain import pretrain
+    from .fewshot import (
+        gda as gda,
+        knn as knn,
+        linear_probe as linear_probe,
+        simpleshot as simpleshot,
+        simpleshot_cosine as simpleshot_cosine,
+        tip_adapter as tip_adapter,
+    )
+    from .pretrain import pretrain as pretrain
     from .published import (
-        PrismModel,
-        PublishedSlideTextModel,
-        RemoteCodeError,
-        TitanModel,
-        list_published_models,
-        load_published_model,
+        PrismModel as PrismModel,
+        PublishedSlideTextModel as PublishedSlideTextModel,
+        RemoteCodeError as RemoteCodeError,
+        TitanModel as TitanModel,
+        list_published_models as list_published_models,
+        load_published_model as load_published_model,
     )
-    from .model import SlideTextModel
-    from .slide_encoder import PerceiverSlideEncoder, PerceiverSlideEncoderConfig
-    from .text import HFTextTower, SmallTextTower, TextTower, load_text_tower
-    from .zeroshot import build_prompts, mi_zero, prompt_spread, zero_shot_logits
+    from .model import SlideTextModel as SlideTextModel
+    from .slide_encoder import (
+        PerceiverSlideEncoder as PerceiverSlideEncoder,
+        PerceiverSlideEncoderConfig as PerceiverSlideEncoderConfig,
+    )
+    from .text import (
+        HFTextTower as HFTextTower,
+        SmallTextTower as SmallTextTower,
+        TextTower as TextTower,
+        load_text_tower as load_text_tower,
+    )
+    from .zeroshot import (
+        build_prompts as build_prompts,
+        mi_zero as mi_zero,
+        prompt_spread as prompt_spread,
+        zero_shot_logits as zero_shot_logits,
+    )
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

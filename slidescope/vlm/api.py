@@ -2,8 +2,9 @@
 
 * :func:`zero_shot` scores slides against class prompts with a :class:`~slidescope.vlm.model.SlideTextModel`,
   a published slide model (``model="prism"`` / ``"titan"``, :mod:`slidescope.vlm.published`) at slide level
-  (prompt-ensembled text classifier, REFERENCE §1.4, §2-3.2), or per tile with ``level="tile"``: similarity
-  maps written into the stores and MI-Zero top-k pooling to the slide (§3.3), from a SlideTextModel or a
+  (prompt-ensembled text classifier, ``docs/REFERENCE-models.md`` §1.4, §2.3, §3.2), or per tile with
+  ``level="tile"``: similarity maps written into the stores and MI-Zero top-k pooling to the slide
+  (``docs/REFERENCE-models.md`` §3.3), from a SlideTextModel or a
   patch-level CLIP model whose tile embeddings are already in its text space (``model="plip"`` /
   ``"quiltnet"``);
 * :func:`generate_reports` writes PRISM's report for each slide;
@@ -19,18 +20,26 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .._location import Location, expand_stores, location_name, require_local
 from ..errors import InvalidParameterError
 from ..features.encoders.clip import ClipTextTower, create_clip_text_tower, list_clip_text_towers
 from ..features.store import SlideStore, open_store
-from ..mil.score import expand_stores
-from .fewshot import BootstrapCI, bootstrap_ci, gda, knn, linear_probe, simpleshot, simpleshot_cosine, tip_adapter
+from .fewshot import (
+    BootstrapCI,
+    bootstrap_ci,
+    gda,
+    knn,
+    linear_probe,
+    simpleshot,
+    simpleshot_cosine,
+    tip_adapter,
+)
 from .model import SlideTextModel
 from .published import PrismModel, PublishedSlideTextModel, is_published_model, load_published_model
 from .zeroshot import (
@@ -45,10 +54,22 @@ from .zeroshot import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Prompts", "load_prompts", "load_slide_model", "ZeroShotRow", "zero_shot", "slide_embeddings",
-           "stored_slide_embeddings",
-           "tile_embeddings", "generate_reports", "FewShotResult", "few_shot", "FEW_SHOT_METHODS", "SCORES_PREFIX",
-           "DEFAULT_TEMPLATES"]
+__all__ = [
+    "Prompts",
+    "load_prompts",
+    "load_slide_model",
+    "ZeroShotRow",
+    "zero_shot",
+    "slide_embeddings",
+    "stored_slide_embeddings",
+    "tile_embeddings",
+    "generate_reports",
+    "FewShotResult",
+    "few_shot",
+    "FEW_SHOT_METHODS",
+    "SCORES_PREFIX",
+    "DEFAULT_TEMPLATES",
+]
 
 #: per-tile similarity maps are written as ``scores/zero-shot/<class>``
 SCORES_PREFIX = "zero-shot"
@@ -91,8 +112,10 @@ class Prompts:
 
 def _check_classes(classes: Any, where: str) -> dict[str, list[str]]:
     if not isinstance(classes, Mapping) or not classes:
-        raise InvalidParameterError(f"{where}: the prompt set is empty; give classes as "
-                                    "{class: [phrasing, ...]} with at least two classes")
+        raise InvalidParameterError(
+            f"{where}: the prompt set is empty; give classes as "
+            "{class: [phrasing, ...]} with at least two classes"
+        )
     out: dict[str, list[str]] = {}
     for name, phrasings in classes.items():
         if isinstance(phrasings, str):
@@ -101,15 +124,20 @@ def _check_classes(classes: Any, where: str) -> dict[str, list[str]]:
             raise InvalidParameterError(f"{where}: class {name!r} must map to a list of phrasings")
         kept = [str(p).strip() for p in phrasings if p is not None and str(p).strip()]
         if not kept:
-            raise InvalidParameterError(f"{where}: class {name!r} has no phrasings; give at least one description")
+            raise InvalidParameterError(
+                f"{where}: class {name!r} has no phrasings; give at least one description"
+            )
         out[str(name)] = kept
     if len(out) < 2:
-        raise InvalidParameterError(f"{where}: zero-shot classification needs at least two classes, got {list(out)}")
+        raise InvalidParameterError(
+            f"{where}: zero-shot classification needs at least two classes, got {list(out)}"
+        )
     return out
 
 
-def load_prompts(source: str | os.PathLike[str] | Mapping[str, Any] | Prompts,
-                 templates: Sequence[str] | None = None) -> Prompts:
+def load_prompts(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Prompts, templates: Sequence[str] | None = None
+) -> Prompts:
     """Read and check class prompts.
 
     Parameters
@@ -146,7 +174,7 @@ def load_prompts(source: str | os.PathLike[str] | Mapping[str, Any] | Prompts,
     else:
         import yaml
 
-        path = Path(source)
+        path = require_local(source, "the prompts file")
         if not path.is_file():
             raise InvalidParameterError(f"prompts file {path} does not exist")
         try:
@@ -155,8 +183,10 @@ def load_prompts(source: str | os.PathLike[str] | Mapping[str, Any] | Prompts,
             raise InvalidParameterError(f"{path} is not valid YAML: {err}") from err
         where = path.name
         if not isinstance(data, Mapping) or "classes" not in data:
-            raise InvalidParameterError(f"{where}: expected a mapping with 'classes: {{name: [phrasing, ...]}}' "
-                                        "and optional 'templates: [...]'")
+            raise InvalidParameterError(
+                f"{where}: expected a mapping with 'classes: {{name: [phrasing, ...]}}' "
+                "and optional 'templates: [...]'"
+            )
     classes = _check_classes(data.get("classes"), where)
     tmpl = templates if templates is not None else data.get("templates")
     if tmpl is not None:
@@ -168,8 +198,9 @@ def load_prompts(source: str | os.PathLike[str] | Mapping[str, Any] | Prompts,
     return prompts
 
 
-def _resolve_model(model: ModelLike | None, *, weights: str | os.PathLike[str] | None, trust_remote_code: bool,
-                   device: str) -> SlideTextModel | PublishedSlideTextModel | ClipTextTower | None:
+def _resolve_model(
+    model: ModelLike | None, *, weights: str | os.PathLike[str] | None, trust_remote_code: bool, device: str
+) -> SlideTextModel | PublishedSlideTextModel | ClipTextTower | None:
     """``model`` as a loaded object: a registered name (published slide model or patch-level CLIP text tower), a
     saved :class:`SlideTextModel` folder, or an already loaded model (moved to ``device``, eval mode)."""
     if model is None:
@@ -181,8 +212,10 @@ def _resolve_model(model: ModelLike | None, *, weights: str | os.PathLike[str] |
     if isinstance(model, str) and model in list_clip_text_towers():
         return create_clip_text_tower(model, weights=weights, device=device)
     if weights is not None:
-        raise InvalidParameterError(f"weights= is for named models ({', '.join(_model_names())}); a saved "
-                                    f"SlideTextModel folder ({model}) carries its own weights")
+        raise InvalidParameterError(
+            f"weights= is for named models ({', '.join(_model_names())}); a saved "
+            f"SlideTextModel folder ({model}) carries its own weights"
+        )
     return SlideTextModel.load(model, map_location=device)
 
 
@@ -192,17 +225,29 @@ def _model_names() -> list[str]:
     return list_published_models() + list_clip_text_towers()
 
 
-def _load_model(model: ModelLike, device: str, *, weights: str | os.PathLike[str] | None = None,
-                trust_remote_code: bool = False) -> SlideModel:
+def _load_model(
+    model: ModelLike,
+    device: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+) -> SlideModel:
     net = _resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
     if isinstance(net, ClipTextTower) or net is None:
-        raise InvalidParameterError(f"{getattr(net, 'name', model)!r} is a patch-level CLIP model: it has no slide "
-                                    "encoder. Use zero_shot(..., level='tile') (MI-Zero) with it")
+        raise InvalidParameterError(
+            f"{getattr(net, 'name', model)!r} is a patch-level CLIP model: it has no slide "
+            "encoder. Use zero_shot(..., level='tile') (MI-Zero) with it"
+        )
     return net
 
 
-def load_slide_model(model: ModelLike, *, weights: str | os.PathLike[str] | None = None,
-                     trust_remote_code: bool = False, device: str = "cpu") -> SlideModel:
+def load_slide_model(
+    model: ModelLike,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+) -> SlideModel:
     """A slide-level text-aligned model, loaded: a :class:`SlideTextModel` (object or saved folder) or a published
     one by name (``"prism"``, ``"titan"``; ``weights`` and ``trust_remote_code`` as in
     :func:`~slidescope.vlm.published.load_published_model`).
@@ -222,35 +267,52 @@ def _default_encoder(net: object, encoder: str | None) -> str:
         return net.config.tile_encoders[0]
     if isinstance(net, ClipTextTower):
         return net.name
-    raise InvalidParameterError("give encoder=: the name of the tile embeddings in the stores that the model was "
-                                "pretrained on (e.g. encoder='he-descriptor')")
+    raise InvalidParameterError(
+        "give encoder=: the name of the tile embeddings in the stores that the model was "
+        "pretrained on (e.g. encoder='he-descriptor')"
+    )
 
 
-def _stores(stores_or_paths: StoreLike | Sequence[StoreLike]) -> list[Path]:
-    items = [stores_or_paths] if isinstance(stores_or_paths, (str, os.PathLike, SlideStore)) else list(stores_or_paths)
+def _stores(stores_or_paths: StoreLike | Sequence[StoreLike]) -> list[Location]:
+    """Store locations (local paths or fsspec URL strings, folders expanded) of stores, paths or URLs."""
+    items = (
+        [stores_or_paths]
+        if isinstance(stores_or_paths, (str, os.PathLike, SlideStore))
+        else list(stores_or_paths)
+    )
     if not items:
         raise InvalidParameterError("no stores given")
-    paths = [s.path if isinstance(s, SlideStore) else Path(s) for s in items]
-    return expand_stores(paths)
+    return expand_stores([s.path if isinstance(s, SlideStore) else s for s in items])
 
 
-def _slide_name(path: Path) -> str:
-    return path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name
+def _slide_name(path: Location) -> str:
+    name = location_name(path)
+    return name[: -len(".zarr")] if name.endswith(".zarr") else name
 
 
 def _tiles(store: SlideStore, encoder: str, context_dim: int) -> np.ndarray:
     emb = store.embeddings(encoder).astype(np.float32)
     if emb.ndim != 2 or emb.shape[1] != context_dim:
-        raise InvalidParameterError(f"{store.path.name}: {encoder!r} embeddings have {emb.shape[-1]} dimensions but "
-                                    f"the model expects {context_dim}; use the encoder the model was pretrained on")
+        raise InvalidParameterError(
+            f"{store.name}: {encoder!r} embeddings have {emb.shape[-1]} dimensions but "
+            f"the model expects {context_dim}; use the encoder the model was pretrained on"
+        )
     if len(emb) == 0:
-        raise InvalidParameterError(f"{store.path.name} has no tiles for {encoder!r}")
+        raise InvalidParameterError(f"{store.name} has no tiles for {encoder!r}")
     return emb
 
 
-def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model: ModelLike, encoder: str | None = None,
-                     weights: str | os.PathLike[str] | None = None, trust_remote_code: bool = False,
-                     device: str = "cpu", write: bool = True, name: str | None = None) -> tuple[list[Path], Tensor]:
+def slide_embeddings(
+    stores_or_paths: StoreLike | Sequence[StoreLike],
+    *,
+    model: ModelLike,
+    encoder: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    write: bool = True,
+    name: str | None = None,
+) -> tuple[list[Location], Tensor]:
     """Joint-space slide embeddings of every store.
 
     Parameters
@@ -269,7 +331,7 @@ def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
 
     Returns
     -------
-    paths : list of Path
+    paths : list of Path or str
         The stores, folders expanded, in order.
     embeddings : Tensor (B, dim_latents)
         L2-normalised joint-space embeddings (what zero-shot compares with text).
@@ -286,7 +348,9 @@ def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
             if isinstance(net, PublishedSlideTextModel):
                 raw.append(net.embed_store(store, encoder))
             else:
-                tiles = torch.from_numpy(_tiles(store, encoder, net.slide_encoder.config.context_dim)).to(device)
+                tiles = torch.from_numpy(_tiles(store, encoder, net.slide_encoder.config.context_dim)).to(
+                    device
+                )
                 joint.append(net.encode_slide(tiles[None]).squeeze(0).float().cpu())
         if isinstance(net, PublishedSlideTextModel):
             stacked = torch.stack(raw)
@@ -301,28 +365,39 @@ def slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
             key = name or f"slidetext-{encoder}"
             attrs = {"encoder": encoder, "model": "SlideTextModel", "space": "joint"}
         for p, v, tkey in zip(paths, stacked, tiling_keys, strict=True):
-            SlideStore.open(p, mode="r+", tiling=tkey).write_slide_embedding(key, v.numpy(), attrs={**attrs, "dim": int(v.shape[0])})
+            SlideStore.open(p, mode="r+", tiling=tkey).write_slide_embedding(
+                key, v.numpy(), attrs={**attrs, "dim": int(v.shape[0])}
+            )
     return paths, emb
 
 
-def stored_slide_embeddings(stores_or_paths: StoreLike | Sequence[StoreLike], name: str, *,
-                            model: SlideModel | None = None) -> tuple[list[Path], Tensor]:
+def stored_slide_embeddings(
+    stores_or_paths: StoreLike | Sequence[StoreLike], name: str, *, model: SlideModel | None = None
+) -> tuple[list[Location], Tensor]:
     """The slide embeddings ``slide_embeddings/<name>`` already in the stores, stacked: (B, D).
 
     With a published ``model`` the stored (raw) embeddings are projected into its joint space; a SlideTextModel's
     are stored in the joint space already. Re-scoring with new prompts then costs no slide encoding.
     """
     paths = _stores(stores_or_paths)
-    emb = torch.from_numpy(np.stack([open_store(p, slide_embedding=name).slide_embedding(name) for p in paths]).astype(np.float32))
+    emb = torch.from_numpy(
+        np.stack([open_store(p, slide_embedding=name).slide_embedding(name) for p in paths]).astype(
+            np.float32
+        )
+    )
     if isinstance(model, PublishedSlideTextModel):
         if emb.shape[1] != model.slide_dim:
-            raise InvalidParameterError(f"slide embeddings {name!r} have {emb.shape[1]} dimensions but "
-                                        f"{model.config.title} makes {model.slide_dim}")
+            raise InvalidParameterError(
+                f"slide embeddings {name!r} have {emb.shape[1]} dimensions but "
+                f"{model.config.title} makes {model.slide_dim}"
+            )
         with torch.inference_mode():
             emb = model.project(emb).float().cpu()
     elif isinstance(model, SlideTextModel) and emb.shape[1] != model.dim_latents:
-        raise InvalidParameterError(f"slide embeddings {name!r} have {emb.shape[1]} dimensions but the model's joint "
-                                    f"space has {model.dim_latents}; embed the slides with this model")
+        raise InvalidParameterError(
+            f"slide embeddings {name!r} have {emb.shape[1]} dimensions but the model's joint "
+            f"space has {model.dim_latents}; embed the slides with this model"
+        )
     return paths, emb
 
 
@@ -331,7 +406,7 @@ class ZeroShotRow:
     """One slide's zero-shot result: ``probs`` maps class -> probability (columns in prompt order)."""
 
     slide: str
-    store: Path
+    store: Location  # a local Path, or the URL of a store on an fsspec file system
     probs: dict[str, float]
 
     @property
@@ -339,10 +414,16 @@ class ZeroShotRow:
         return max(self.probs, key=self.probs.__getitem__)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"slide": self.slide, **{f"prob_{c}": p for c, p in self.probs.items()}, "predicted": self.predicted}
+        return {
+            "slide": self.slide,
+            **{f"prob_{c}": p for c, p in self.probs.items()},
+            "predicted": self.predicted,
+        }
 
 
-def _text_classifier(net: object, prompts: list[str], text_encoder: Callable[[list[str]], Tensor] | None) -> Tensor:
+def _text_classifier(
+    net: object, prompts: list[str], text_encoder: Callable[[list[str]], Tensor] | None
+) -> Tensor:
     with torch.inference_mode():
         if text_encoder is not None:
             t = text_encoder(prompts)
@@ -357,9 +438,10 @@ def _check_same_weights(tower: ClipTextTower, store: SlideStore, encoder: str) -
     digest = store.encoder_attrs(encoder).get("weights_digest")
     if tower.weights_digest and digest and digest != tower.weights_digest:
         raise InvalidParameterError(
-            f"{store.path.name}: the {encoder!r} tile embeddings were made with other weights ({digest[:19]}...) than "
+            f"{store.name}: the {encoder!r} tile embeddings were made with other weights ({digest[:19]}...) than "
             f"the {tower.name!r} text tower ({tower.weights_digest[:19]}...); image and text towers must come from "
-            f"the same file for their embeddings to share a space")
+            f"the same file for their embeddings to share a space"
+        )
 
 
 def zero_shot(
@@ -451,19 +533,27 @@ def zero_shot(
     if level is not None and level not in ("slide", "tile"):
         raise InvalidParameterError(f"level must be 'slide' or 'tile', got {level!r}")
     if pooling not in ("mean", "sum"):
-        raise InvalidParameterError(f"pooling must be 'mean' or 'sum' (MI-Zero top-k pooling), got {pooling!r}")
+        raise InvalidParameterError(
+            f"pooling must be 'mean' or 'sum' (MI-Zero top-k pooling), got {pooling!r}"
+        )
     if model is None and (level != "tile" or text_encoder is None):
-        raise InvalidParameterError("zero_shot needs model= (a saved SlideTextModel, 'prism', 'titan', 'plip' or "
-                                    "'quiltnet'); only level='tile' with text_encoder= works on tile embeddings "
-                                    "already in the text space")
+        raise InvalidParameterError(
+            "zero_shot needs model= (a saved SlideTextModel, 'prism', 'titan', 'plip' or "
+            "'quiltnet'); only level='tile' with text_encoder= works on tile embeddings "
+            "already in the text space"
+        )
     net = _resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
     level = level or ("tile" if isinstance(net, ClipTextTower) or net is None else "slide")
     if isinstance(net, ClipTextTower) and level == "slide":
-        raise InvalidParameterError(f"{net.name!r} is a patch-level CLIP model without a slide encoder: use "
-                                    "level='tile' (MI-Zero pooling of its per-tile scores)")
+        raise InvalidParameterError(
+            f"{net.name!r} is a patch-level CLIP model without a slide encoder: use "
+            "level='tile' (MI-Zero pooling of its per-tile scores)"
+        )
     if isinstance(net, PublishedSlideTextModel) and level == "tile":
-        raise InvalidParameterError(f"{net.config.title} scores whole slides; per-tile maps need a patch-level CLIP "
-                                    "model ('plip', 'quiltnet') or a SlideTextModel")
+        raise InvalidParameterError(
+            f"{net.config.title} scores whole slides; per-tile maps need a patch-level CLIP "
+            "model ('plip', 'quiltnet') or a SlideTextModel"
+        )
     enc = encoder
     if not (level == "slide" and slide_embedding is not None):  # reading tiles: which embeddings?
         enc = _default_encoder(net, encoder) if net is not None else encoder
@@ -487,14 +577,23 @@ def zero_shot(
         if slide_embedding is not None:
             paths, emb = stored_slide_embeddings(paths, slide_embedding, model=net)
         else:
-            paths, emb = slide_embeddings(paths, model=net, encoder=enc,  # type: ignore[arg-type]
-                                          device=device, write=write)
+            paths, emb = slide_embeddings(
+                paths,
+                model=net,
+                encoder=enc,  # type: ignore[arg-type]
+                device=device,
+                write=write,
+            )
         if emb.shape[1] != text.shape[1]:
-            raise InvalidParameterError(f"slide embeddings have {emb.shape[1]} dimensions but the text embeddings "
-                                        f"{text.shape[1]}; both must come from one model")
+            raise InvalidParameterError(
+                f"slide embeddings have {emb.shape[1]} dimensions but the text embeddings "
+                f"{text.shape[1]}; both must come from one model"
+            )
         probs = zero_shot_logits(emb, text, prompt_class, ensemble=ensemble, logit_scale=scale)
-        return [ZeroShotRow(slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, row), strict=True)))
-                for p, row in zip(paths, probs, strict=True)]
+        return [
+            ZeroShotRow(slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, row), strict=True)))
+            for p, row in zip(paths, probs, strict=True)
+        ]
 
     w = class_text_embeddings(text, prompt_class)  # (C, d)
     rows = []
@@ -507,24 +606,41 @@ def zero_shot(
                 _check_same_weights(net, store, enc)
             z = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
         if z.shape[1] != w.shape[1]:
-            raise InvalidParameterError(f"{p.name}: tile embeddings have {z.shape[1]} dimensions but the text "
-                                        f"embeddings {w.shape[1]}; tile-level zero-shot needs both in one space")
+            raise InvalidParameterError(
+                f"{location_name(p)}: tile embeddings have {z.shape[1]} dimensions but the text "
+                f"embeddings {w.shape[1]}; tile-level zero-shot needs both in one space"
+            )
         res = mi_zero(z, w, k=k, logit_scale=scale, pooling=pooling)
         if write:
             writable = SlideStore.open(p, mode="r+", tiling=store.tiling_key)
             for c, name in enumerate(names):
-                writable.write_scores(f"{SCORES_PREFIX}/{name}", res.similarity[:, c].numpy().astype(np.float32),
-                                      attrs={"encoder": enc, "kind": "cosine",
-                                             "model": getattr(net, "name", type(net).__name__ if net else "external"),
-                                             "phrasings": prompts_obj.classes[name],
-                                             "templates": prompts_obj.templates or []})
-        rows.append(ZeroShotRow(slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, res.probs),
-                                                                              strict=True))))
+                writable.write_scores(
+                    f"{SCORES_PREFIX}/{name}",
+                    res.similarity[:, c].numpy().astype(np.float32),
+                    attrs={
+                        "encoder": enc,
+                        "kind": "cosine",
+                        "model": getattr(net, "name", type(net).__name__ if net else "external"),
+                        "phrasings": prompts_obj.classes[name],
+                        "templates": prompts_obj.templates or [],
+                    },
+                )
+        rows.append(
+            ZeroShotRow(
+                slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, res.probs), strict=True))
+            )
+        )
     return rows
 
 
-def tile_embeddings(store: SlideStore | StoreLike, *, model: str | os.PathLike[str] | SlideTextModel, encoder: str,
-                    batch_size: int = 256, device: str = "cpu") -> Tensor:
+def tile_embeddings(
+    store: SlideStore | StoreLike,
+    *,
+    model: str | os.PathLike[str] | SlideTextModel,
+    encoder: str,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> Tensor:
     """Each tile encoded alone (a one-tile bag) by a SlideTextModel's slide encoder, into the joint space.
 
     Returns
@@ -544,10 +660,17 @@ def tile_embeddings(store: SlideStore | StoreLike, *, model: str | os.PathLike[s
     return torch.cat(out)
 
 
-def generate_reports(stores_or_paths: StoreLike | Sequence[StoreLike], *, model: str | PrismModel = "prism",
-                     encoder: str | None = None, weights: str | os.PathLike[str] | None = None,
-                     trust_remote_code: bool = False, num_beams: int = 5, max_length: int = 100,
-                     device: str = "cpu") -> list[dict[str, str]]:
+def generate_reports(
+    stores_or_paths: StoreLike | Sequence[StoreLike],
+    *,
+    model: str | PrismModel = "prism",
+    encoder: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+    num_beams: int = 5,
+    max_length: int = 100,
+    device: str = "cpu",
+) -> list[dict[str, str]]:
     """PRISM's generated report for each slide (its BioGPT decoder conditioned on the slide's image latents).
 
     Parameters
@@ -571,8 +694,10 @@ def generate_reports(stores_or_paths: StoreLike | Sequence[StoreLike], *, model:
     """
     net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
     if not isinstance(net, PrismModel):
-        raise InvalidParameterError("report generation needs PRISM (model='prism'): the other models ship no "
-                                    "report decoder (TITAN's was removed from its release)")
+        raise InvalidParameterError(
+            "report generation needs PRISM (model='prism'): the other models ship no "
+            "report decoder (TITAN's was removed from its release)"
+        )
     enc = _default_encoder(net, encoder)
     rows = []
     for p in _stores(stores_or_paths):
@@ -597,7 +722,9 @@ class FewShotResult:
     method: str
     metrics: dict[str, BootstrapCI] = field(default_factory=dict)
     classifier: Any = None
-    tuning: str = "none"  # how hyperparameters were chosen: validation, leave-one-out, holdout, default, fixed, none
+    tuning: str = (
+        "none"  # how hyperparameters were chosen: validation, leave-one-out, holdout, default, fixed, none
+    )
     hyperparameters: dict[str, float] = field(default_factory=dict)  # the values chosen
 
     def rows(self) -> list[dict[str, Any]]:
@@ -608,13 +735,20 @@ class FewShotResult:
         return out
 
 
-def _embed(stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray, net: SlideModel, encoder: str,
-           device: str, write: bool) -> tuple[list[str], Tensor]:
+def _embed(
+    stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray,
+    net: SlideModel,
+    encoder: str,
+    device: str,
+    write: bool,
+) -> tuple[list[str], Tensor]:
     if isinstance(stores, (Tensor, np.ndarray)):
         x = torch.as_tensor(stores).float()
         if x.ndim != 2 or x.shape[1] != net.dim_latents:
-            raise InvalidParameterError(f"slide embeddings must have shape (B, {net.dim_latents}) to match the model, "
-                                        f"got {tuple(x.shape)}")
+            raise InvalidParameterError(
+                f"slide embeddings must have shape (B, {net.dim_latents}) to match the model, "
+                f"got {tuple(x.shape)}"
+            )
         return [str(i) for i in range(len(x))], x
     paths, emb = slide_embeddings(stores, model=net, encoder=encoder, device=device, write=write)
     return [_slide_name(p) for p in paths], emb
@@ -691,7 +825,9 @@ def few_shot(
     torch.Size([12, 2])
     """
     if method not in FEW_SHOT_METHODS:
-        raise InvalidParameterError(f"unknown few-shot method {method!r}; use one of {', '.join(FEW_SHOT_METHODS)}")
+        raise InvalidParameterError(
+            f"unknown few-shot method {method!r}; use one of {', '.join(FEW_SHOT_METHODS)}"
+        )
     net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
     encoder = _default_encoder(net, encoder)
     prompts_obj = load_prompts(classes, templates) if classes is not None else None
@@ -707,7 +843,9 @@ def few_shot(
     y = torch.tensor([names.index(v) for v in labels])
     x_val = y_val = None
     if (val_stores is None) != (val_labels is None):
-        raise InvalidParameterError("give both val_stores and val_labels (validation slides and their classes)")
+        raise InvalidParameterError(
+            "give both val_stores and val_labels (validation slides and their classes)"
+        )
     if val_stores is not None:
         _, x_val = _embed(val_stores, net, encoder, device, write)
         vl = [str(v) for v in val_labels]  # type: ignore[union-attr]
@@ -726,8 +864,9 @@ def few_shot(
         mode: Ensemble = net.ensemble if isinstance(net, PublishedSlideTextModel) else "mean-embedding"
 
         def prior(x: Tensor) -> Tensor:
-            return torch.log(zero_shot_logits(x, text, prompt_class, ensemble=mode,
-                                              logit_scale=scale).clamp_min(1e-12))
+            return torch.log(
+                zero_shot_logits(x, text, prompt_class, ensemble=mode, logit_scale=scale).clamp_min(1e-12)
+            )
 
         zs_train, zs_test = prior(x_train), prior(x_test)
         zs_val = prior(x_val) if x_val is not None else None
@@ -741,15 +880,31 @@ def few_shot(
     elif method == "knn":
         clf = knn(x_train, y, k=min(k, len(x_train)), n_classes=c)
     elif method == "gda":
-        clf = gda(x_train, y, zs=zs_train, X_val=x_val if zs_val is not None else None,
-                  y_val=y_val if zs_val is not None else None, zs_val=zs_val, n_classes=c)
+        clf = gda(
+            x_train,
+            y,
+            zs=zs_train,
+            X_val=x_val if zs_val is not None else None,
+            y_val=y_val if zs_val is not None else None,
+            zs_val=zs_val,
+            n_classes=c,
+        )
     else:
         clf = tip_adapter(x_train, y, zs=zs_train, X_val=x_val, y_val=y_val, zs_val=zs_val, n_classes=c)
     probs = clf.predict_proba(x_test, zs_test if getattr(clf, "uses_zero_shot", False) else None).float()
-    result = FewShotResult(slides=test_names, class_names=names, probs=probs, method=method, classifier=clf,
-                           tuning=clf.tuning, hyperparameters=dict(clf.hyperparameters))
+    result = FewShotResult(
+        slides=test_names,
+        class_names=names,
+        probs=probs,
+        method=method,
+        classifier=clf,
+        tuning=clf.tuning,
+        hyperparameters=dict(clf.hyperparameters),
+    )
     if x_val is not None and clf.tuning not in ("validation", "none"):
-        log.warning("few_shot: %s has nothing to tune on the validation slides here (tuning=%s)", method, clf.tuning)
+        log.warning(
+            "few_shot: %s has nothing to tune on the validation slides here (tuning=%s)", method, clf.tuning
+        )
     if test_labels is not None:
         tl = [str(v) for v in test_labels]
         if len(tl) != len(x_test):

@@ -83,17 +83,23 @@ TIP_INIT_ALPHA = 1.17
 Tuning = Literal["validation", "leave-one-out", "holdout", "default", "fixed", "none"]
 
 
-def tip_adapter_grid(search_scale: Sequence[float] = TIP_SEARCH_SCALE, search_step: Sequence[int] = TIP_SEARCH_STEP,
-                     ) -> tuple[list[float], list[float]]:
+def tip_adapter_grid(
+    search_scale: Sequence[float] = TIP_SEARCH_SCALE,
+    search_step: Sequence[int] = TIP_SEARCH_STEP,
+) -> tuple[list[float], list[float]]:
     """Tip-Adapter's search grid ``(betas, alphas)``: ``0.1 + i (scale - 0.1) / step`` for ``i < step``.
 
     As ``search_hp`` in gaopengcuhk/Tip-Adapter's ``utils.py`` (``search_scale``/``search_step`` are
     ``[beta, alpha]``; ImageNet's config by default: betas 0.1..6.97 in 200 steps, alphas 0.1..2.86 in 20).
     """
     if len(search_scale) != 2 or len(search_step) != 2 or min(search_step) < 1:
-        raise InvalidParameterError("search_scale and search_step are [beta, alpha] pairs; steps must be >= 1")
-    return [[i * (float(sc) - 0.1) / int(st) + 0.1 for i in range(int(st))]  # type: ignore[return-value]
-            for sc, st in zip(search_scale, search_step, strict=True)]
+        raise InvalidParameterError(
+            "search_scale and search_step are [beta, alpha] pairs; steps must be >= 1"
+        )
+    return [
+        [i * (float(sc) - 0.1) / int(st) + 0.1 for i in range(int(st))]  # type: ignore[return-value]
+        for sc, st in zip(search_scale, search_step, strict=True)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -125,7 +131,9 @@ def _y(y: ArrayLike, n: int, n_classes: int | None, name: str = "y") -> tuple[Te
 def _check_all_classes(y: Tensor, n_classes: int) -> None:
     missing = sorted(set(range(n_classes)) - set(y.tolist()))
     if missing:
-        raise InvalidParameterError(f"classes {missing} have no training example; give at least one per class")
+        raise InvalidParameterError(
+            f"classes {missing} have no training example; give at least one per class"
+        )
 
 
 def _zs(zs: ArrayLike | None, n: int, n_classes: int, name: str) -> Tensor | None:
@@ -236,8 +244,15 @@ class LinearProbe(FewShotClassifier):
         return _x(X, dim=self.dim) @ self.weight + self.bias
 
 
-def _fit_logreg(X: Tensor, y: Tensor, n_classes: int, lam: float, *, max_iter: int,
-                init: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def _fit_logreg(
+    X: Tensor,
+    y: Tensor,
+    n_classes: int,
+    lam: float,
+    *,
+    max_iter: int,
+    init: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Minimise scikit-learn's ``LogisticRegression(C=1/lam)`` objective by L-BFGS; returns (d, C), (C,).
 
     ``sum_i CE_i + lam/2 ||W||^2`` (summed over samples, intercept unpenalised). Binary: one logit
@@ -249,8 +264,15 @@ def _fit_logreg(X: Tensor, y: Tensor, n_classes: int, lam: float, *, max_iter: i
     b = torch.zeros(cols, dtype=X.dtype) if init is None else init[1][-cols:].clone()
     W.requires_grad_(True)
     b.requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def full(W: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         if cols == n_classes:
@@ -269,9 +291,18 @@ def _fit_logreg(X: Tensor, y: Tensor, n_classes: int, lam: float, *, max_iter: i
     return Wf, bf
 
 
-def linear_probe(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, y_val: ArrayLike | None = None,
-                 val_fraction: float = 0.25, lambdas: Sequence[float] = DEFAULT_LAMBDAS, max_iter: int = 500,
-                 n_classes: int | None = None, seed: int = 0) -> LinearProbe:
+def linear_probe(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    X_val: ArrayLike | None = None,
+    y_val: ArrayLike | None = None,
+    val_fraction: float = 0.25,
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    max_iter: int = 500,
+    n_classes: int | None = None,
+    seed: int = 0,
+) -> LinearProbe:
     """Logistic-regression probe with the L2 strength chosen by validation log-loss.
 
     The objective is scikit-learn's ``LogisticRegression(C=1/lambda)`` (lbfgs, L2, intercept unpenalised,
@@ -316,8 +347,9 @@ def linear_probe(X: ArrayLike, y: ArrayLike, *, X_val: ArrayLike | None = None, 
             losses[float(lam)] = _nll(Xva @ init[0] + init[1], yva)
         best = min(losses, key=lambda k: (losses[k], -k))
     W, b = _fit_logreg(Xt if refit else Xtr, yt if refit else ytr, c, best, max_iter=max_iter)
-    return LinearProbe(weight=W, bias=b, lam=best, val_losses=losses, tuning=tuning,
-                       hyperparameters={"lambda": best})
+    return LinearProbe(
+        weight=W, bias=b, lam=best, val_losses=losses, tuning=tuning, hyperparameters={"lambda": best}
+    )
 
 
 # ---------------------------------------------------------------------------------- SimpleShot / KNN
@@ -366,8 +398,15 @@ class SimpleShot(FewShotClassifier):
         return -self.temperature * torch.cdist(z, self.prototypes)
 
 
-def simpleshot(X: ArrayLike, y: ArrayLike, *, norm: SimpleShotNorm = "CL2N", X_base: ArrayLike | None = None,
-               temperature: float = 10.0, n_classes: int | None = None) -> SimpleShot:
+def simpleshot(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    norm: SimpleShotNorm = "CL2N",
+    X_base: ArrayLike | None = None,
+    temperature: float = 10.0,
+    n_classes: int | None = None,
+) -> SimpleShot:
     """SimpleShot (Wang et al. 2019; mileyan/simple_shot ``metric_class_type``): Euclidean nearest centroid.
 
     Each embedding is transformed by ``norm`` (``"CL2N"``: subtract the base mean, L2-normalise; ``"L2N"``:
@@ -401,17 +440,23 @@ def simpleshot(X: ArrayLike, y: ArrayLike, *, norm: SimpleShotNorm = "CL2N", X_b
     if norm == "CL2N":
         base = _x(X_base, "X_base", dim=Xt.shape[1]) if X_base is not None else Xt
         center, source = base.mean(0), ("base" if X_base is not None else "support")
-    model = SimpleShot(center=center, prototypes=torch.zeros(c, Xt.shape[1], dtype=Xt.dtype),
-                       temperature=float(temperature), norm=norm, metric="euclidean",
-                       center_source=source)  # type: ignore[arg-type]
+    model = SimpleShot(
+        center=center,
+        prototypes=torch.zeros(c, Xt.shape[1], dtype=Xt.dtype),
+        temperature=float(temperature),
+        norm=norm,
+        metric="euclidean",
+        center_source=source,
+    )  # type: ignore[arg-type]
     z = model.transform(Xt)
     counts = torch.bincount(yt, minlength=c).to(z.dtype)
     model.prototypes = torch.zeros(c, z.shape[1], dtype=z.dtype).index_add_(0, yt, z) / counts[:, None]
     return model
 
 
-def simpleshot_cosine(X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0,
-                      n_classes: int | None = None) -> SimpleShot:
+def simpleshot_cosine(
+    X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0, n_classes: int | None = None
+) -> SimpleShot:
     """Cosine prototype classifier (``method="simpleshot-cosine"``): not the SimpleShot reference.
 
     ``argmax_c cos(normalize(x - m), mu_c)`` with ``m`` the support mean and ``mu_c`` the normalised sum of
@@ -424,8 +469,14 @@ def simpleshot_cosine(X: ArrayLike, y: ArrayLike, *, temperature: float = 10.0,
     center = Xt.mean(0)
     z = F.normalize(Xt - center, dim=1)
     protos = torch.zeros(c, Xt.shape[1], dtype=z.dtype).index_add_(0, yt, z)
-    return SimpleShot(center=center, prototypes=F.normalize(protos, dim=1), temperature=float(temperature),
-                      norm="CL2N", metric="cosine", center_source="support")
+    return SimpleShot(
+        center=center,
+        prototypes=F.normalize(protos, dim=1),
+        temperature=float(temperature),
+        norm="CL2N",
+        metric="cosine",
+        center_source="support",
+    )
 
 
 @dataclass
@@ -456,7 +507,9 @@ class KNN(FewShotClassifier):
         return torch.log(self.predict_proba(X).clamp_min(1e-12))
 
 
-def knn(X: ArrayLike, y: ArrayLike, *, k: int = 5, weighted: bool = True, n_classes: int | None = None) -> KNN:
+def knn(
+    X: ArrayLike, y: ArrayLike, *, k: int = 5, weighted: bool = True, n_classes: int | None = None
+) -> KNN:
     """Cosine KNN (``k`` capped at n). ``weighted`` weighs votes by ``exp(cos)``, which breaks ties."""
     Xt = _x(X)
     yt, c = _y(y, Xt.shape[0], n_classes)
@@ -514,11 +567,15 @@ def _precision(Xc: Tensor, shrinkage: Literal["ks", "ledoit-wolf"] | float) -> T
     elif isinstance(shrinkage, (int, float)) and 0.0 <= float(shrinkage) <= 1.0:
         delta = float(shrinkage)
     else:
-        raise InvalidParameterError(f"shrinkage must be 'ks', 'ledoit-wolf' or a float in [0, 1], got {shrinkage!r}")
+        raise InvalidParameterError(
+            f"shrinkage must be 'ks', 'ledoit-wolf' or a float in [0, 1], got {shrinkage!r}"
+        )
     return torch.linalg.pinv((1 - delta) * S + delta * mu * eye)
 
 
-def _gda_fit(Z: Tensor, y: Tensor, c: int, shrinkage: Literal["ks", "ledoit-wolf"] | float) -> tuple[Tensor, Tensor]:
+def _gda_fit(
+    Z: Tensor, y: Tensor, c: int, shrinkage: Literal["ks", "ledoit-wolf"] | float
+) -> tuple[Tensor, Tensor]:
     """(W (d, C), b (C,)) of GDA on (already normalised) embeddings ``Z``."""
     counts = torch.bincount(y, minlength=c).to(Z.dtype)
     mu = torch.zeros(c, Z.shape[1], dtype=Z.dtype).index_add_(0, y, Z) / counts[:, None]
@@ -528,11 +585,23 @@ def _gda_fit(Z: Tensor, y: Tensor, c: int, shrinkage: Literal["ks", "ledoit-wolf
     return W, b
 
 
-def gda(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_val: ArrayLike | None = None,
-        y_val: ArrayLike | None = None, zs_val: ArrayLike | None = None, alpha: float | None = None,
-        alphas: Sequence[float] = GDA_ALPHAS, default_alpha: float = GDA_DEFAULT_ALPHA,
-        shrinkage: Literal["ks", "ledoit-wolf"] | float = "ks", normalize: bool = True, n_classes: int | None = None) -> GDA:
-    """Training-free GDA (Wang et al., ICLR 2024; mrflogs/ICLR24 ``main_few_shots.py`` ``run``; REFERENCE §6.1).
+def gda(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    zs: ArrayLike | None = None,
+    X_val: ArrayLike | None = None,
+    y_val: ArrayLike | None = None,
+    zs_val: ArrayLike | None = None,
+    alpha: float | None = None,
+    alphas: Sequence[float] = GDA_ALPHAS,
+    default_alpha: float = GDA_DEFAULT_ALPHA,
+    shrinkage: Literal["ks", "ledoit-wolf"] | float = "ks",
+    normalize: bool = True,
+    n_classes: int | None = None,
+) -> GDA:
+    """Training-free GDA (Wang et al., ICLR 2024; mrflogs/ICLR24 ``main_few_shots.py`` ``run``;
+    ``docs/REFERENCE-models.md`` §6.1).
 
     Class means ``mu_k``, centred support ``Xc``, precision ``P`` by ``shrinkage`` (``"ks"``:
     ``D * pinv((n-1) S + tr(S) I)`` as the paper's code; ``"ledoit-wolf"``; or a fixed ``delta`` towards
@@ -583,8 +652,10 @@ def gda(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_val: Array
     zt = _zs(zs, Xt.shape[0], c, "zs")
     if zs_val is None and zt is None:
         if X_val is not None or y_val is not None:
-            raise InvalidParameterError("GDA without a zero-shot prior has nothing to tune: give zs_val= (the "
-                                        "validation slides' zero-shot logits) or leave X_val/y_val out")
+            raise InvalidParameterError(
+                "GDA without a zero-shot prior has nothing to tune: give zs_val= (the "
+                "validation slides' zero-shot logits) or leave X_val/y_val out"
+            )
         return model
     model.uses_zero_shot = True
     if alpha is not None:
@@ -606,8 +677,13 @@ def gda(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_val: Array
             Wi, bi = _gda_fit(Z[keep], yt[keep], c, shrinkage)
             g[i] = Z[i] @ Wi + bi
             keep[i] = True
-        model.alpha = float(_select([(float(a), zt + a * g) for a in alphas], yt,  # type: ignore[operator, arg-type]
-                                    loss_ties=True))
+        model.alpha = float(
+            _select(
+                [(float(a), zt + a * g) for a in alphas],
+                yt,  # type: ignore[operator, arg-type]
+                loss_ties=True,
+            )
+        )
         model.tuning = "leave-one-out"
     else:
         model.alpha = float(default_alpha)
@@ -649,12 +725,24 @@ class TipAdapter(FewShotClassifier):
         return self.alpha * cache if zs is None else zs + self.alpha * cache
 
 
-def tip_adapter(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_val: ArrayLike | None = None,
-                y_val: ArrayLike | None = None, zs_val: ArrayLike | None = None, alpha: float | None = None,
-                beta: float | None = None, alphas: Sequence[float] | None = None,
-                betas: Sequence[float] | None = None, search_scale: Sequence[float] = TIP_SEARCH_SCALE,
-                search_step: Sequence[int] = TIP_SEARCH_STEP, n_classes: int | None = None) -> TipAdapter:
-    """Training-free Tip-Adapter (Zhang et al., ECCV 2022; gaopengcuhk/Tip-Adapter; REFERENCE §6.2).
+def tip_adapter(
+    X: ArrayLike,
+    y: ArrayLike,
+    *,
+    zs: ArrayLike | None = None,
+    X_val: ArrayLike | None = None,
+    y_val: ArrayLike | None = None,
+    zs_val: ArrayLike | None = None,
+    alpha: float | None = None,
+    beta: float | None = None,
+    alphas: Sequence[float] | None = None,
+    betas: Sequence[float] | None = None,
+    search_scale: Sequence[float] = TIP_SEARCH_SCALE,
+    search_step: Sequence[int] = TIP_SEARCH_STEP,
+    n_classes: int | None = None,
+) -> TipAdapter:
+    """Training-free Tip-Adapter (Zhang et al., ECCV 2022; gaopengcuhk/Tip-Adapter;
+    ``docs/REFERENCE-models.md`` §6.2).
 
     Keys are the normalised support embeddings, values their one-hot labels; with a zero-shot prior the model
     predicts ``zs + alpha * exp(-beta (1 - x keys^T)) values`` (``predict_proba`` then needs
@@ -676,10 +764,13 @@ def tip_adapter(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_va
     yt, c = _y(y, Xt.shape[0], n_classes)
     _check_all_classes(yt, c)
     zt = _zs(zs, Xt.shape[0], c, "zs")
-    model = TipAdapter(keys=F.normalize(Xt, dim=1), values=F.one_hot(yt, c).to(Xt.dtype),
-                       alpha=float(TIP_INIT_ALPHA if alpha is None else alpha),
-                       beta=float(TIP_INIT_BETA if beta is None else beta),
-                       uses_zero_shot=zs_val is not None or zt is not None)
+    model = TipAdapter(
+        keys=F.normalize(Xt, dim=1),
+        values=F.one_hot(yt, c).to(Xt.dtype),
+        alpha=float(TIP_INIT_ALPHA if alpha is None else alpha),
+        beta=float(TIP_INIT_BETA if beta is None else beta),
+        uses_zero_shot=zs_val is not None or zt is not None,
+    )
     if (X_val is None) != (y_val is None):
         raise InvalidParameterError("give both X_val and y_val")
     if zs_val is not None and X_val is None:
@@ -690,8 +781,9 @@ def tip_adapter(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_va
     if not betas or not alphas:
         raise InvalidParameterError("betas and alphas must not be empty")
 
-    def search(cache_at: Callable[[float], Tensor], prior: Tensor | None, labels: Tensor,
-               loss_ties: bool = False) -> tuple[float, float]:
+    def search(
+        cache_at: Callable[[float], Tensor], prior: Tensor | None, labels: Tensor, loss_ties: bool = False
+    ) -> tuple[float, float]:
         candidates = []
         for b in betas:
             cache = cache_at(float(b))
@@ -706,7 +798,9 @@ def tip_adapter(X: ArrayLike, y: ArrayLike, *, zs: ArrayLike | None = None, X_va
         yv, _ = _y(y_val, Xv.shape[0], c, "y_val")
         zv = _zs(zs_val, Xv.shape[0], c, "zs_val")
         if model.uses_zero_shot and zv is None:
-            raise InvalidParameterError("fitted with a zero-shot prior (zs=): give zs_val for the validation slides")
+            raise InvalidParameterError(
+                "fitted with a zero-shot prior (zs=): give zs_val for the validation slides"
+            )
         model.alpha, model.beta = search(lambda b: model.cache_logits(Xv, beta=b), zv, yv)
         model.tuning = "validation"
     elif _min_shots(yt, c) >= 2:

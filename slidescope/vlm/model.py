@@ -1,6 +1,6 @@
-"""The slide-text model: a slide encoder, a text tower and CoCa-style contrastive heads (PRISM §1.2).
+"""The slide-text model: a slide encoder, a text tower and CoCa-style contrastive heads, as PRISM.
 
-::
+PRISM's design is in ``docs/REFERENCE-models.md`` §1.2::
 
     v = normalize(img_to_latents(slide_encoder(tiles, mask)["image_embedding"]))   # (B, d)
     t = normalize(text_to_latents(text_tower.encode(texts)))                       # (B, d)
@@ -71,8 +71,13 @@ class SlideTextModel(nn.Module):
     (torch.Size([2, 16]), torch.Size([2, 16]), torch.Size([2, 2]))
     """
 
-    def __init__(self, slide_encoder_config: PerceiverSlideEncoderConfig, text_tower: TextTower, *,
-                 dim_latents: int = 512) -> None:
+    def __init__(
+        self,
+        slide_encoder_config: PerceiverSlideEncoderConfig,
+        text_tower: TextTower,
+        *,
+        dim_latents: int = 512,
+    ) -> None:
         super().__init__()
         if dim_latents < 1:
             raise InvalidParameterError(f"dim_latents must be >= 1, got {dim_latents}")
@@ -102,8 +107,10 @@ class SlideTextModel(nn.Module):
     def contrastive_loss(self, slide_emb: Tensor, text_emb: Tensor) -> Tensor:
         """Symmetric CLIP loss for matching pairs ``(slide_emb[i], text_emb[i])``."""
         if slide_emb.shape[0] != text_emb.shape[0]:
-            raise InvalidParameterError(f"contrastive_loss needs as many slides as texts, got "
-                                        f"{slide_emb.shape[0]} and {text_emb.shape[0]}")
+            raise InvalidParameterError(
+                f"contrastive_loss needs as many slides as texts, got "
+                f"{slide_emb.shape[0]} and {text_emb.shape[0]}"
+            )
         return clip_loss(self.similarity(slide_emb, text_emb))
 
     def forward(self, tiles: Tensor, mask: Tensor | None, texts: list[str]) -> dict[str, Tensor]:
@@ -117,9 +124,13 @@ class SlideTextModel(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         from .. import __version__
 
-        return {"schema_version": SCHEMA_VERSION, "slidescope_version": __version__,
-                "slide_encoder": self.slide_encoder.config.to_dict(), "dim_latents": self.dim_latents,
-                "text_tower": self.text_tower.registry_name}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "slidescope_version": __version__,
+            "slide_encoder": self.slide_encoder.config.to_dict(),
+            "dim_latents": self.dim_latents,
+            "text_tower": self.text_tower.registry_name,
+        }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json``, ``model.safetensors`` and ``text_tower/`` into ``directory``; returns it.
@@ -136,32 +147,44 @@ class SlideTextModel(nn.Module):
         return path
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> SlideTextModel:
+    def load(
+        cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    ) -> SlideTextModel:
         """Rebuild a model written by :meth:`save` (refuses files from a newer schema)."""
         from safetensors.torch import load_file
 
         path = Path(directory)
         cfg_file = path / "config.json"
         if not cfg_file.is_file() or not (path / "model.safetensors").is_file():
-            raise InvalidParameterError(f"{path} is not a saved SlideTextModel (config.json / model.safetensors "
-                                        "missing); write one with SlideTextModel.save()")
+            raise InvalidParameterError(
+                f"{path} is not a saved SlideTextModel (config.json / model.safetensors "
+                "missing); write one with SlideTextModel.save()"
+            )
         cfg = json.loads(cfg_file.read_text())
         if int(cfg.get("schema_version", 0)) > SCHEMA_VERSION:
-            raise InvalidParameterError(f"{cfg_file} has schema version {cfg['schema_version']}, newer than this "
-                                        f"slidescope understands ({SCHEMA_VERSION}); upgrade slidescope")
+            raise InvalidParameterError(
+                f"{cfg_file} has schema version {cfg['schema_version']}, newer than this "
+                f"slidescope understands ({SCHEMA_VERSION}); upgrade slidescope"
+            )
         tower = load_text_tower(path / "text_tower")
-        model = cls(PerceiverSlideEncoderConfig.from_dict(cfg["slide_encoder"]), tower, dim_latents=cfg["dim_latents"])
+        model = cls(
+            PerceiverSlideEncoderConfig.from_dict(cfg["slide_encoder"]), tower, dim_latents=cfg["dim_latents"]
+        )
         try:
             state = load_file(str(path / "model.safetensors"), device=str(map_location))
         except Exception as err:  # noqa: BLE001 - SafetensorError, OSError...: a truncated or damaged file
-            raise InvalidParameterError(f"{path / 'model.safetensors'} is not a readable safetensors file "
-                                        f"({type(err).__name__}: {err}); it is probably truncated or damaged: copy "
-                                        f"the model folder again (or save it again).") from err
+            raise InvalidParameterError(
+                f"{path / 'model.safetensors'} is not a readable safetensors file "
+                f"({type(err).__name__}: {err}); it is probably truncated or damaged: copy "
+                f"the model folder again (or save it again)."
+            ) from err
         expected = _own_state(model)
         missing, unexpected = set(expected) - set(state), set(state) - set(expected)
         if missing or unexpected:
-            raise InvalidParameterError(f"{path / 'model.safetensors'} does not match its config: missing "
-                                        f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise InvalidParameterError(
+                f"{path / 'model.safetensors'} does not match its config: missing "
+                f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
         model.load_state_dict(state, strict=False)
         return model.to(map_location).eval()
 

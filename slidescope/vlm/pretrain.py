@@ -1,4 +1,6 @@
-"""Slide-text contrastive pretraining on (tile embeddings, report) pairs (PRISM §1.2, CLIP loss).
+"""Slide-text contrastive pretraining on (tile embeddings, report) pairs with the CLIP loss.
+
+PRISM's contrastive heads (``docs/REFERENCE-models.md`` §1.2), without its captioning loss.
 
 Three layers, as in :mod:`slidescope.mil.train`:
 
@@ -17,8 +19,8 @@ Several devices and nodes (DDP)
 DistributedDataParallel (gloo on CPUs, NCCL on GPUs), one process per device, launched as
 :func:`slidescope.mil.train` is::
 
-    slidescope pretrain --manifest m.csv --store stores --encoder uni --out runs/st --devices 4        # one machine
-    srun slidescope pretrain --manifest m.csv --store stores --encoder uni --out runs/st --devices 4 --num-nodes 2
+    slidescope pretrain --manifest m.csv --stores stores --encoder uni --out runs/st --devices 4       # one machine
+    srun slidescope pretrain --manifest m.csv --stores stores --encoder uni --out runs/st --devices 4 --num-nodes 2
 
 From a shell or a script Lightning starts the other ranks itself (it re-runs ``sys.argv`` with ``LOCAL_RANK``
 set, so every rank runs :func:`pretrain` from its start); under SLURM (``--ntasks-per-node`` equal to
@@ -78,15 +80,32 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import InvalidParameterError, SlidescopeError
 from ..features.store import StoreError, open_store, slide_key, store_path
 from ..mil.data import StoreBags, collate_bags
-from ..mil.train import _lightning_info, _quiet_lightning, _world, _write_atomic
+from ..training import (
+    ddp_strategy,
+    end_processes,
+    launched_processes,
+    lightning_quiet,
+    resolve_world,
+    write_atomic,
+)
 from .model import SlideTextModel, clip_loss
 from .slide_encoder import PerceiverSlideEncoderConfig
 from .text import HFTextTower, SmallTextTower, TextTower
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReportRow", "read_report_manifest", "split_patients", "ReportDataset", "ReportDataModule",
-           "SlideTextTask", "retrieval_metrics", "pretrain", "PretrainResult", "default_slide_encoder"]
+__all__ = [
+    "ReportRow",
+    "read_report_manifest",
+    "split_patients",
+    "ReportDataset",
+    "ReportDataModule",
+    "SlideTextTask",
+    "retrieval_metrics",
+    "pretrain",
+    "PretrainResult",
+    "default_slide_encoder",
+]
 
 FreezeText = Literal["none", "all", "partial"]
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -109,9 +128,14 @@ class ReportRow:
         return slide_key(self.slide)
 
 
-def read_report_manifest(path: str | os.PathLike[str], *, store: str | os.PathLike[str] | None = None,
-                         encoder: str | None = None, report_column: str = "report",
-                         label_column: str | None = "label") -> list[ReportRow]:
+def read_report_manifest(
+    path: str | os.PathLike[str],
+    *,
+    store: str | os.PathLike[str] | None = None,
+    encoder: str | None = None,
+    report_column: str = "report",
+    label_column: str | None = "label",
+) -> list[ReportRow]:
     """Read a pretraining manifest: columns ``slide``, ``patient`` and ``report_column`` (free text).
 
     With ``store`` and ``encoder`` every slide must have complete embeddings (all missing ones are listed in
@@ -125,18 +149,29 @@ def read_report_manifest(path: str | os.PathLike[str], *, store: str | os.PathLi
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("slide", "patient", report_column) if c not in columns]
         if missing:
-            raise InvalidParameterError(f"{path.name} lacks the column(s) {', '.join(missing)}; a pretraining "
-                                        f"manifest needs slide, patient and {report_column} (free-text report)")
+            raise InvalidParameterError(
+                f"{path.name} lacks the column(s) {', '.join(missing)}; a pretraining "
+                f"manifest needs slide, patient and {report_column} (free-text report)"
+            )
         raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
     if not raw:
         raise InvalidParameterError(f"{path.name} has no rows")
     empty = [r["slide"] for r in raw if not r[report_column]]
     if empty:
-        raise InvalidParameterError(f"{path.name}: {len(empty)} slide(s) have an empty {report_column!r}: "
-                                    f"{', '.join(empty[:5])}; drop them or write their reports")
+        raise InvalidParameterError(
+            f"{path.name}: {len(empty)} slide(s) have an empty {report_column!r}: "
+            f"{', '.join(empty[:5])}; drop them or write their reports"
+        )
     has_label = label_column is not None and label_column in columns
-    rows = [ReportRow(slide=str((path.parent / r["slide"]).resolve()), patient=r["patient"] or r["slide"],
-                      report=r[report_column], label=r[label_column] if has_label else None) for r in raw]
+    rows = [
+        ReportRow(
+            slide=str((path.parent / r["slide"]).resolve()),
+            patient=r["patient"] or r["slide"],
+            report=r[report_column],
+            label=r[label_column] if has_label else None,
+        )
+        for r in raw
+    ]
     if store is not None and encoder is not None:
         bad = []
         for r in rows:
@@ -146,20 +181,27 @@ def read_report_manifest(path: str | os.PathLike[str], *, store: str | os.PathLi
             except StoreError:
                 bad.append(f"{r.key} (no store)")
         if bad:
-            raise InvalidParameterError(f"{len(bad)} slide(s) of {path.name} cannot be used: {', '.join(bad[:10])}; "
-                                        f"run `slidescope extract --encoder {encoder}` on them first")
+            raise InvalidParameterError(
+                f"{len(bad)} slide(s) of {path.name} cannot be used: {', '.join(bad[:10])}; "
+                f"run `slidescope extract --encoder {encoder}` on them first"
+            )
     return rows
 
 
-def split_patients(rows: list[ReportRow], *, val_fraction: float = 0.2, seed: int = 0,
-                   ) -> tuple[list[ReportRow], list[ReportRow]]:
+def split_patients(
+    rows: list[ReportRow],
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[list[ReportRow], list[ReportRow]]:
     """(train, val) rows split by patient, stratified by label when every row has one; >= 2 val slides."""
     if not 0.0 < val_fraction < 1.0:
         raise InvalidParameterError(f"val_fraction must be in (0, 1), got {val_fraction}")
     patients = sorted({r.patient for r in rows})
     if len(patients) < 4:
-        raise InvalidParameterError(f"pretraining needs at least 4 patients (train and validation), got "
-                                    f"{len(patients)}")
+        raise InvalidParameterError(
+            f"pretraining needs at least 4 patients (train and validation), got {len(patients)}"
+        )
     plabel = {r.patient: (r.label or "") for r in rows}
     rng = np.random.default_rng(seed)
     val: set[str] = set()
@@ -188,11 +230,20 @@ class ReportDataset(StoreBags):
     should learn each). Evaluation items (``train=False``) keep every tile and the whole report.
     """
 
-    def __init__(self, rows: list[ReportRow], *, store: str | os.PathLike[str], encoder: str,
-                 max_instances: int | None = 512, train: bool = False, sentence_dropout: float = 0.3,
-                 seed: int = 0) -> None:
-        super().__init__(rows, store=store, encoder=encoder, max_instances=max_instances if train else None,
-                         seed=seed)
+    def __init__(
+        self,
+        rows: list[ReportRow],
+        *,
+        store: str | os.PathLike[str],
+        encoder: str,
+        max_instances: int | None = 512,
+        train: bool = False,
+        sentence_dropout: float = 0.3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            rows, store=store, encoder=encoder, max_instances=max_instances if train else None, seed=seed
+        )
         self.train = train
         self.sentence_dropout = sentence_dropout
 
@@ -207,7 +258,12 @@ class ReportDataset(StoreBags):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         emb = self.sample(self.embeddings(i))
-        return {"features": torch.from_numpy(np.ascontiguousarray(emb)), "label": -1, "index": i, "text": self.text(i)}
+        return {
+            "features": torch.from_numpy(np.ascontiguousarray(emb)),
+            "label": -1,
+            "index": i,
+            "text": self.text(i),
+        }
 
 
 def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -220,9 +276,18 @@ def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
 class ReportDataModule(L.LightningDataModule):
     """Training and validation (slide, report) pairs; the validation set is one batch (for retrieval)."""
 
-    def __init__(self, train_rows: list[ReportRow], val_rows: list[ReportRow], *, store: str | os.PathLike[str],
-                 encoder: str, batch_size: int = 32, max_instances: int | None = 512, sentence_dropout: float = 0.3,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        train_rows: list[ReportRow],
+        val_rows: list[ReportRow],
+        *,
+        store: str | os.PathLike[str],
+        encoder: str,
+        batch_size: int = 32,
+        max_instances: int | None = 512,
+        sentence_dropout: float = 0.3,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["train_rows", "val_rows"], logger=False)
         self.train_rows, self.val_rows = list(train_rows), list(val_rows)
@@ -234,9 +299,15 @@ class ReportDataModule(L.LightningDataModule):
             h = self.hparams
             rank = self.trainer.global_rank if self.trainer is not None else 0
             # each DDP rank its own stream of tile subsamples and sentence drops (rank 0: that of one device)
-            self.train_set = ReportDataset(self.train_rows, store=h.store, encoder=h.encoder,
-                                           max_instances=h.max_instances, train=True,
-                                           sentence_dropout=h.sentence_dropout, seed=h.seed + rank)
+            self.train_set = ReportDataset(
+                self.train_rows,
+                store=h.store,
+                encoder=h.encoder,
+                max_instances=h.max_instances,
+                train=True,
+                sentence_dropout=h.sentence_dropout,
+                seed=h.seed + rank,
+            )
             self.val_set = ReportDataset(self.val_rows, store=h.store, encoder=h.encoder, max_instances=None)
 
     def train_dataloader(self) -> DataLoader:
@@ -246,8 +317,14 @@ class ReportDataModule(L.LightningDataModule):
         if world > 1:
             # this rank's shard of the pairs, reshuffled every epoch (Lightning calls set_epoch); the remainder
             # is dropped, not padded with repeats: a repeated pair in a contrastive batch is its own negative
-            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=trainer.global_rank,
-                                         shuffle=True, seed=h.seed, drop_last=True)
+            sampler = DistributedSampler(
+                self.train_set,
+                num_replicas=world,
+                rank=trainer.global_rank,
+                shuffle=True,
+                seed=h.seed,
+                drop_last=True,
+            )
             n = len(sampler)
         else:
             sampler, n = None, len(self.train_set)
@@ -256,10 +333,17 @@ class ReportDataModule(L.LightningDataModule):
         # gathered, so the last batch of the step holds world x (shard % bs) pairs: only one device can get one
         drop_last = world * (n % bs) == 1
         if sampler is not None:
-            return DataLoader(self.train_set, batch_size=bs, sampler=sampler, collate_fn=collate_pairs,
-                              drop_last=drop_last)
-        return DataLoader(self.train_set, batch_size=bs, shuffle=True, collate_fn=collate_pairs,
-                          drop_last=drop_last, generator=torch.Generator().manual_seed(h.seed))
+            return DataLoader(
+                self.train_set, batch_size=bs, sampler=sampler, collate_fn=collate_pairs, drop_last=drop_last
+            )
+        return DataLoader(
+            self.train_set,
+            batch_size=bs,
+            shuffle=True,
+            collate_fn=collate_pairs,
+            drop_last=drop_last,
+            generator=torch.Generator().manual_seed(h.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
         # every rank the whole set: pretrain() turns Lightning's sampler replacement off
@@ -309,8 +393,16 @@ class SlideTextTask(L.LightningModule):
     written by :meth:`SlideTextModel.save`, which is self-describing.
     """
 
-    def __init__(self, model: SlideTextModel, *, lr: float = 1e-3, text_lr: float | None = None,
-                 weight_decay: float = 1e-2, epochs: int = 50, freeze_text: FreezeText = "none") -> None:
+    def __init__(
+        self,
+        model: SlideTextModel,
+        *,
+        lr: float = 1e-3,
+        text_lr: float | None = None,
+        weight_decay: float = 1e-2,
+        epochs: int = 50,
+        freeze_text: FreezeText = "none",
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
@@ -334,14 +426,26 @@ class SlideTextTask(L.LightningModule):
         # the CLIP loss of the global batch on every rank (its value and, once DDP averages, its gradient)
         loss = clip_loss(m.similarity(v, t))
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(v), sync_dist=True)
-        self.log("train/logit_scale", m.scale().detach(), on_step=False, on_epoch=True, batch_size=len(v),
-                 sync_dist=True)
+        self.log(
+            "train/logit_scale",
+            m.scale().detach(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(v),
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._step(batch)  # every rank holds the whole validation set: nothing to gather
-        self.log("val/loss", out["loss"], on_step=False, on_epoch=True, batch_size=len(batch["texts"]),
-                 sync_dist=True)
+        self.log(
+            "val/loss",
+            out["loss"],
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(batch["texts"]),
+            sync_dist=True,
+        )
         self._val.append((out["slide_emb"].detach(), out["text_emb"].detach()))
 
     def on_validation_epoch_end(self) -> None:
@@ -391,11 +495,15 @@ def _vocab_fingerprint(tokenizer: Any) -> int:
 def _check_same_tokenizer(task: SlideTextTask) -> None:
     """Under DDP: stop on every rank when the ranks' text towers tokenize differently (their token ids, hence
     their embedding rows, would mean other words on each rank)."""
-    mine = torch.tensor([_vocab_fingerprint(task.model.text_tower.tokenizer)], dtype=torch.long, device=task.device)
+    mine = torch.tensor(
+        [_vocab_fingerprint(task.model.text_tower.tokenizer)], dtype=torch.long, device=task.device
+    )
     every = task.all_gather(mine).flatten()
     if not bool((every == every[0]).all()):
-        raise SlidescopeError(f"the DDP ranks built different tokenizers (vocabulary fingerprints "
-                              f"{every.tolist()}); give every rank the same manifest and text tower")
+        raise SlidescopeError(
+            f"the DDP ranks built different tokenizers (vocabulary fingerprints "
+            f"{every.tolist()}); give every rank the same manifest and text tower"
+        )
 
 
 def _save_model(model: SlideTextModel, directory: Path) -> None:
@@ -437,8 +545,15 @@ class _SaveBest(L.Callback):
 
 def default_slide_encoder(context_dim: int, **overrides: Any) -> PerceiverSlideEncoderConfig:
     """A small Perceiver (24 latents of width 128, 2 layers) for cohorts of tens to hundreds of slides."""
-    values: dict[str, Any] = dict(latent_seq=24, latent_dim=128, context_dim=context_dim, mhsa_heads=4,
-                                  perceiver_depth=2, transformer_depth=1, xattn_chunk=4096)
+    values: dict[str, Any] = dict(
+        latent_seq=24,
+        latent_dim=128,
+        context_dim=context_dim,
+        mhsa_heads=4,
+        perceiver_depth=2,
+        transformer_depth=1,
+        xattn_chunk=4096,
+    )
     values.update(overrides)
     return PerceiverSlideEncoderConfig(**values)
 
@@ -460,17 +575,28 @@ class PretrainResult:
         return f"best epoch {self.best_epoch} of {self.epochs} ({self.seconds:.0f} s): {m}"
 
 
-def _text_tower(text: str | os.PathLike[str] | TextTower, reports: list[str], *, text_width: int,
-                text_depth: int) -> TextTower:
+def _text_tower(
+    text: str | os.PathLike[str] | TextTower, reports: list[str], *, text_width: int, text_depth: int
+) -> TextTower:
     if isinstance(text, TextTower):
         return text
     if str(text) == "small":
-        return SmallTextTower.from_texts(reports, vocab_size=8000, width=text_width, depth=text_depth,
-                                         heads=4, max_length=128, pooling="mean", dropout=0.1)
+        return SmallTextTower.from_texts(
+            reports,
+            vocab_size=8000,
+            width=text_width,
+            depth=text_depth,
+            heads=4,
+            max_length=128,
+            pooling="mean",
+            dropout=0.1,
+        )
     path = Path(text)
     if not path.is_dir():
-        raise InvalidParameterError(f"text={text!r}: use 'small' (trained from scratch on the reports), a folder "
-                                    "with a Hugging Face encoder, or a TextTower")
+        raise InvalidParameterError(
+            f"text={text!r}: use 'small' (trained from scratch on the reports), a folder "
+            "with a Hugging Face encoder, or a TextTower"
+        )
     return HFTextTower.from_pretrained(path)
 
 
@@ -478,11 +604,123 @@ def _strategy(strategy: str, world_size: int) -> Any:
     """``"auto"`` on several processes: DDP that finds unused parameters. The contrastive loss does not reach
     every parameter: the slide encoder's image-latent norm (kept for PRISM's layout), a BERT pooler, the layers
     of a causal language model past the pooled one."""
-    if strategy != "auto" or world_size == 1:
-        return strategy
-    from lightning.pytorch.strategies import DDPStrategy
+    return ddp_strategy(strategy, world_size, find_unused_parameters=True)
 
-    return DDPStrategy(find_unused_parameters=True)
+
+def _slide_encoder_config(
+    config: PerceiverSlideEncoderConfig | None, *, store: str | os.PathLike[str], encoder: str, slide: str
+) -> PerceiverSlideEncoderConfig:
+    """``config`` (default: :func:`default_slide_encoder`) checked against the embedding width of ``slide``."""
+    first = open_store(store_path(store, slide), encoder=encoder)
+    in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
+    cfg = config or default_slide_encoder(in_dim)
+    if cfg.context_dim != in_dim:
+        raise InvalidParameterError(
+            f"slide_encoder.context_dim={cfg.context_dim} but {encoder!r} embeddings "
+            f"have {in_dim} dimensions; set context_dim={in_dim}"
+        )
+    return cfg
+
+
+def _write_splits(out: Path, train_rows: list[ReportRow], val_rows: list[ReportRow]) -> None:
+    """Rank 0: ``out/splits.json`` (atomically), the training and validation patients and slides."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        out / "splits.json",
+        json.dumps(
+            {
+                "train_patients": sorted({r.patient for r in train_rows}),
+                "val_patients": sorted({r.patient for r in val_rows}),
+                "train_slides": [r.key for r in train_rows],
+                "val_slides": [r.key for r in val_rows],
+            },
+            indent=2,
+        ),
+    )
+
+
+def _trainer(
+    out: Path,
+    saver: _SaveBest,
+    *,
+    epochs: int,
+    early_stopping_patience: int | None,
+    accelerator: str,
+    devices: int | str,
+    num_nodes: int,
+    strategy: Any,
+    precision: str | None,
+    progress: bool,
+) -> L.Trainer:
+    """The Trainer of :func:`pretrain`: ``saver`` (and early stopping on ``val/loss``), no Lightning logger
+    or checkpoints (the artefact is the saved model)."""
+    callbacks: list[L.Callback] = [saver]
+    if early_stopping_patience is not None:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
+    with lightning_quiet(progress):
+        return L.Trainer(
+            max_epochs=epochs,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+            logger=False,
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            deterministic=True,
+            default_root_dir=str(out),
+            # ReportDataModule shards the training pairs itself; every rank validates on all
+            use_distributed_sampler=False,
+        )
+
+
+def _fit(trainer: L.Trainer, task: SlideTextTask, dm: ReportDataModule, *, progress: bool) -> None:
+    with lightning_quiet(progress):
+        # one optimisation step per epoch on small cohorts is expected
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+        # Lightning's all_gather (DDP) still calls it; torch >= 2.10 deprecates it
+        warnings.filterwarnings(
+            "ignore",
+            message=r".*distributed\.nn\.functional\.all_gather is deprecated.*",
+            category=FutureWarning,
+        )
+        trainer.fit(task, datamodule=dm)
+
+
+def _write_metrics(
+    path: Path,
+    saver: _SaveBest,
+    trainer: L.Trainer,
+    *,
+    metrics: dict[str, float],
+    seconds: float,
+    world_size: int,
+    config: dict[str, Any],
+) -> None:
+    """Rank 0: ``metrics.json`` (atomically), the best validation metrics, epochs, time and configuration."""
+    from .. import __version__
+
+    write_atomic(
+        path,
+        json.dumps(
+            {
+                "metrics": metrics,
+                "best_epoch": saver.best_epoch,
+                "epochs": int(trainer.current_epoch),
+                "seconds": seconds,
+                "world_size": world_size,
+                "config": config,
+                "slidescope_version": __version__,
+            },
+            indent=2,
+        ),
+    )
 
 
 def pretrain(
@@ -551,88 +789,109 @@ def pretrain(
         raise InvalidParameterError(f"epochs must be >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
     rows = read_report_manifest(manifest, store=store, encoder=encoder, report_column=report_column)
     train_rows, val_rows = split_patients(rows, val_fraction=val_fraction, seed=seed)
-    first = open_store(store_path(store, rows[0].slide), encoder=encoder)
-    in_dim = int(first.encoder_attrs(encoder).get("embed_dim") or first.embeddings(encoder).shape[1])
-    cfg = slide_encoder or default_slide_encoder(in_dim)
-    if cfg.context_dim != in_dim:
-        raise InvalidParameterError(f"slide_encoder.context_dim={cfg.context_dim} but {encoder!r} embeddings have "
-                                    f"{in_dim} dimensions; set context_dim={in_dim}")
+    cfg = _slide_encoder_config(slide_encoder, store=store, encoder=encoder, slide=rows[0].slide)
     # which rank this process is, before anything is written or launched (Lightning's cluster environments)
-    world_size, global_rank = _world(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                                     strategy=strategy, precision=precision, progress=progress)
+    world_size, global_rank = resolve_world(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+        progress=progress,
+    )
     rank0 = global_rank == 0
     if len(train_rows) < world_size:
-        raise InvalidParameterError(f"{len(train_rows)} training slides cannot give each of {world_size} DDP "
-                                    f"processes a pair; use fewer devices")
+        raise InvalidParameterError(
+            f"{len(train_rows)} training slides cannot give each of {world_size} DDP "
+            f"processes a pair; use fewer devices"
+        )
 
     L.seed_everything(seed, workers=True, verbose=False)  # every rank: the same tower and initial weights
     tower = _text_tower(text, [r.report for r in train_rows], text_width=text_width, text_depth=text_depth)
     if isinstance(tower, SmallTextTower) and freeze_text != "none" and not isinstance(text, TextTower):
-        log.warning("freeze_text=%r freezes a text tower with random weights (text='small'); only the slide side "
-                    "will learn", freeze_text)
-    model = SlideTextModel(cfg, tower, dim_latents=dim_latents)
-    task = SlideTextTask(model, lr=lr, text_lr=text_lr, weight_decay=weight_decay, epochs=epochs,
-                         freeze_text=freeze_text)
-    dm = ReportDataModule(train_rows, val_rows, store=store, encoder=encoder, batch_size=batch_size,
-                          max_instances=max_instances, sentence_dropout=sentence_dropout, seed=seed)
+        log.warning(
+            "freeze_text=%r freezes a text tower with random weights (text='small'); only the slide "
+            "side will learn",
+            freeze_text,
+        )
+    task = SlideTextTask(
+        SlideTextModel(cfg, tower, dim_latents=dim_latents),
+        lr=lr,
+        text_lr=text_lr,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        freeze_text=freeze_text,
+    )
+    dm = ReportDataModule(
+        train_rows,
+        val_rows,
+        store=store,
+        encoder=encoder,
+        batch_size=batch_size,
+        max_instances=max_instances,
+        sentence_dropout=sentence_dropout,
+        seed=seed,
+    )
     if rank0:  # a shell-launched DDP run starts the other ranks later, inside fit
-        out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "splits.json", json.dumps({
-            "train_patients": sorted({r.patient for r in train_rows}),
-            "val_patients": sorted({r.patient for r in val_rows}),
-            "train_slides": [r.key for r in train_rows], "val_slides": [r.key for r in val_rows]}, indent=2))
+        _write_splits(out, train_rows, val_rows)
     saver = _SaveBest(out / "model")
-    callbacks: list[L.Callback] = [saver]
-    if early_stopping_patience is not None:
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
-    with warnings.catch_warnings(), _lightning_info(progress):
-        _quiet_lightning()
-        trainer = L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                            strategy=_strategy(strategy, world_size), precision=precision, logger=False,
-                            callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
-                            enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
-                            default_root_dir=str(out),
-                            # ReportDataModule shards the training pairs itself; every rank validates on all pairs
-                            use_distributed_sampler=False)
+    trainer = _trainer(
+        out,
+        saver,
+        epochs=epochs,
+        early_stopping_patience=early_stopping_patience,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=_strategy(strategy, world_size),
+        precision=precision,
+        progress=progress,
+    )
     try:
-        with warnings.catch_warnings(), _lightning_info(progress):
-            _quiet_lightning()
-            # one optimisation step per epoch on small cohorts is expected
-            warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-            # Lightning's all_gather (DDP) still calls it; torch >= 2.10 deprecates it
-            warnings.filterwarnings("ignore", message=r".*distributed\.nn\.functional\.all_gather is deprecated.*",
-                                    category=FutureWarning)
-            trainer.fit(task, datamodule=dm)
+        _fit(trainer, task, dm, progress=progress)
         if trainer.interrupted:
             raise KeyboardInterrupt("pretraining was interrupted")
         seconds = time.perf_counter() - t0
         metrics = {k: float(v) for k, v in saver.best_metrics.items()}
         if rank0:
-            from .. import __version__
-
-            _write_atomic(out / "metrics.json", json.dumps({
-                "metrics": metrics, "best_epoch": saver.best_epoch, "epochs": int(trainer.current_epoch),
-                "seconds": seconds, "world_size": world_size,
-                "config": {"encoder": encoder, "seed": seed, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                           "early_stopping_patience": early_stopping_patience,
-                           "max_instances": max_instances, "freeze_text": freeze_text, "val_fraction": val_fraction,
-                           "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
-                           "slide_encoder": cfg.to_dict(), "dim_latents": dim_latents},
-                "slidescope_version": __version__}, indent=2))
+            config = {
+                "encoder": encoder,
+                "seed": seed,
+                "lr": lr,
+                "batch_size": batch_size,
+                "epochs": epochs,
+                "early_stopping_patience": early_stopping_patience,
+                "max_instances": max_instances,
+                "freeze_text": freeze_text,
+                "val_fraction": val_fraction,
+                "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
+                "slide_encoder": cfg.to_dict(),
+                "dim_latents": dim_latents,
+            }
+            _write_metrics(
+                out / "metrics.json",
+                saver,
+                trainer,
+                metrics=metrics,
+                seconds=seconds,
+                world_size=world_size,
+                config=config,
+            )
         # the other ranks return once rank 0 has written (a no-op on one device)
         trainer.strategy.barrier("slidescope.vlm.pretrain: written")
     except BaseException:
         # the other ranks would wait in the next collective until its timeout: end the ones this process started
-        for proc in getattr(trainer.strategy.launcher, "procs", None) or []:
-            if proc.poll() is None:
-                proc.kill()
+        end_processes(launched_processes(trainer))
         raise
     if not rank0:
         return None  # type: ignore[return-value]  # as mil.train(): single-process callers need no None check
     log.info("pretraining done in %.0f s; best epoch %d: %s", seconds, saver.best_epoch, metrics)
-    return PretrainResult(model_dir=out / "model", metrics=metrics, best_epoch=saver.best_epoch,
-                          epochs=int(trainer.current_epoch), seconds=seconds,
-                          train_patients=sorted({r.patient for r in train_rows}),
-                          val_patients=sorted({r.patient for r in val_rows}))
+    return PretrainResult(
+        model_dir=out / "model",
+        metrics=metrics,
+        best_epoch=saver.best_epoch,
+        epochs=int(trainer.current_epoch),
+        seconds=seconds,
+        train_patients=sorted({r.patient for r in train_rows}),
+        val_patients=sorted({r.patient for r in val_rows}),
+    )

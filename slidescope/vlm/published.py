@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidParameterError, MissingDependencyError, SlidescopeError
-from ..features.encoders._weights import WeightsError
+from ..features.encoders import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,16 @@ class PublishedModelConfig:
         return f"{self.name.upper()} ({self.hub_id})"
 
     def licence_hint(self) -> str:
-        gate = (f" The repository is gated: accept its terms on https://huggingface.co/{self.hub_id} and log in "
-                f"(`hf auth login` or HF_TOKEN)." if self.gated else "")
-        return (f" Licence: {self.license} ({self.license_url}).{gate} Or download the repository once "
-                f"(`hf download {self.hub_id} --local-dir DIR`) and pass weights=DIR / `--weights DIR`.")
+        gate = (
+            f" The repository is gated: accept its terms on https://huggingface.co/{self.hub_id} and log in "
+            f"(`hf auth login` or HF_TOKEN)."
+            if self.gated
+            else ""
+        )
+        return (
+            f" Licence: {self.license} ({self.license_url}).{gate} Or download the repository once "
+            f"(`hf download {self.hub_id} --local-dir DIR`) and pass weights=DIR / `--weights DIR`."
+        )
 
 
 PRISM = PublishedModelConfig(
@@ -190,7 +196,9 @@ def is_published_model(name: object) -> bool:
 def get_published_config(name: str) -> PublishedModelConfig:
     """The :class:`PublishedModelConfig` of ``name``."""
     if name not in _REGISTRY:
-        raise InvalidParameterError(f"unknown published slide model {name!r}; known: {list_published_models()}")
+        raise InvalidParameterError(
+            f"unknown published slide model {name!r}; known: {list_published_models()}"
+        )
     return _REGISTRY[name][0]
 
 
@@ -246,7 +254,9 @@ class PublishedSlideTextModel(nn.Module):
 
     # ------------------------------------------------------------------ the SlideTextModel interface
 
-    def embed_tiles(self, tiles: Tensor, *, coords: Tensor | None = None, tile_extent: int | None = None) -> Tensor:
+    def embed_tiles(
+        self, tiles: Tensor, *, coords: Tensor | None = None, tile_extent: int | None = None
+    ) -> Tensor:
         """One slide's raw embedding ``(embed_dim,)`` from its tiles ``(N, tile_dim)``."""
         raise NotImplementedError  # pragma: no cover
 
@@ -254,8 +264,14 @@ class PublishedSlideTextModel(nn.Module):
         """Raw slide embeddings ``(B, embed_dim)`` -> L2-normalised joint-space ``(B, dim_latents)``."""
         raise NotImplementedError  # pragma: no cover
 
-    def encode_slide(self, tiles: Tensor, mask: Tensor | None = None, *, coords: Tensor | None = None,
-                     tile_extent: int | None = None) -> Tensor:
+    def encode_slide(
+        self,
+        tiles: Tensor,
+        mask: Tensor | None = None,
+        *,
+        coords: Tensor | None = None,
+        tile_extent: int | None = None,
+    ) -> Tensor:
         """Normalised joint-space slide embeddings.
 
         Parameters
@@ -274,13 +290,19 @@ class PublishedSlideTextModel(nn.Module):
         Tensor (B, dim_latents)
         """
         if tiles.ndim != 3:
-            raise InvalidParameterError(f"tiles must have shape (B, N, {self.config.tile_dim}), got "
-                                        f"{tuple(tiles.shape)}")
+            raise InvalidParameterError(
+                f"tiles must have shape (B, N, {self.config.tile_dim}), got {tuple(tiles.shape)}"
+            )
         rows = []
         for b in range(tiles.shape[0]):
             keep = mask[b].bool() if mask is not None else slice(None)
-            rows.append(self.embed_tiles(tiles[b][keep], coords=coords[b][keep] if coords is not None else None,
-                                         tile_extent=tile_extent))
+            rows.append(
+                self.embed_tiles(
+                    tiles[b][keep],
+                    coords=coords[b][keep] if coords is not None else None,
+                    tile_extent=tile_extent,
+                )
+            )
         return self.project(torch.stack(rows))
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
@@ -303,25 +325,36 @@ class PublishedSlideTextModel(nn.Module):
         wanted = " or ".join(cfg.tile_encoders)
         how = f"extract them with `slidescope extract --encoder {cfg.tile_encoders[0]}` (its default tiling)"
         if encoder not in cfg.tile_encoders:
-            extra = (" PRISM was trained on Virchow (v1) tile embeddings; Virchow2's 2560-d embeddings live in "
-                     "another space (Paige's Prism2 consumes those)." if encoder == "virchow2" and
-                     cfg.name == "prism" else "")
+            extra = (
+                " PRISM was trained on Virchow (v1) tile embeddings; Virchow2's 2560-d embeddings live in "
+                "another space (Paige's Prism2 consumes those)."
+                if encoder == "virchow2" and cfg.name == "prism"
+                else ""
+            )
             raise InvalidParameterError(
-                f"{store.path.name}: {cfg.title} needs {wanted} tile embeddings ({cfg.tile_dim}-d, {cfg.tile_size} px "
-                f"at {cfg.mpp} µm/px), not {encoder!r}.{extra} {how[0].upper() + how[1:]}.")
+                f"{store.name}: {cfg.title} needs {wanted} tile embeddings ({cfg.tile_dim}-d, {cfg.tile_size} px "
+                f"at {cfg.mpp} µm/px), not {encoder!r}.{extra} {how[0].upper() + how[1:]}."
+            )
         attrs = store.encoder_attrs(encoder)
         dim = int(attrs.get("embed_dim", cfg.tile_dim))
         if dim != cfg.tile_dim:
-            raise InvalidParameterError(f"{store.path.name}: {encoder!r} embeddings have {dim} dimensions but "
-                                        f"{cfg.title} expects {cfg.tile_dim}; {how}")
+            raise InvalidParameterError(
+                f"{store.name}: {encoder!r} embeddings have {dim} dimensions but "
+                f"{cfg.title} expects {cfg.tile_dim}; {how}"
+            )
         tiling = store.attrs.get("tiling", {})
         size, mpp = tiling.get("tile_size"), tiling.get("mpp")
-        if size is not None and mpp is not None and (int(size) != cfg.tile_size or abs(float(mpp) - cfg.mpp) > 0.05):
+        if (
+            size is not None
+            and mpp is not None
+            and (int(size) != cfg.tile_size or abs(float(mpp) - cfg.mpp) > 0.05)
+        ):
             raise InvalidParameterError(
-                f"{store.path.name} was tiled at {size} px / {mpp} µm/px but {cfg.title} was trained on "
-                f"{cfg.tile_size} px tiles at {cfg.mpp} µm/px; {how}")
+                f"{store.name} was tiled at {size} px / {mpp} µm/px but {cfg.title} was trained on "
+                f"{cfg.tile_size} px tiles at {cfg.mpp} µm/px; {how}"
+            )
         if store.n_tiles == 0:
-            raise InvalidParameterError(f"{store.path.name} has no tiles")
+            raise InvalidParameterError(f"{store.name} has no tiles")
 
     def embed_store(self, store: Any, encoder: str) -> Tensor:
         """The raw slide embedding ``(embed_dim,)`` of one store (validated first)."""
@@ -354,13 +387,17 @@ class PrismModel(PublishedSlideTextModel):
     def slide_dim(self) -> int:
         return int(self.model.img_to_latents.to_latents.in_features)
 
-    def embed_tiles(self, tiles: Tensor, *, coords: Tensor | None = None, tile_extent: int | None = None) -> Tensor:
+    def embed_tiles(
+        self, tiles: Tensor, *, coords: Tensor | None = None, tile_extent: int | None = None
+    ) -> Tensor:
         _check_tiles(tiles, self.config)
         reprs = self.model.slide_representations(tiles[None].to(self.device, torch.float32))
         return reprs["image_embedding"][0]
 
     def project(self, slide_emb: Tensor) -> Tensor:
-        return F.normalize(self.model.img_to_latents(slide_emb.to(self.device, torch.float32)).float(), dim=-1)
+        return F.normalize(
+            self.model.img_to_latents(slide_emb.to(self.device, torch.float32)).float(), dim=-1
+        )
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """Normalised joint-space text embeddings ``(P, dim_latents)``, computed as ``Prism.zero_shot`` does.
@@ -379,8 +416,9 @@ class PrismModel(PublishedSlideTextModel):
     def scale(self) -> Tensor:
         return self.model.temperature.detach().float().exp()
 
-    def generate_reports(self, tiles: Tensor, mask: Tensor | None = None, *, num_beams: int = 5,
-                         max_length: int = 100) -> list[str]:
+    def generate_reports(
+        self, tiles: Tensor, mask: Tensor | None = None, *, num_beams: int = 5, max_length: int = 100
+    ) -> list[str]:
         """Report text for each slide, generated by PRISM's BioGPT decoder from its image latents.
 
         Parameters
@@ -405,9 +443,16 @@ class PrismModel(PublishedSlideTextModel):
             t = tiles[b][keep]
             _check_tiles(t, self.config)
             with torch.inference_mode():
-                latents = self.model.slide_representations(t[None].to(self.device, torch.float32))["image_latents"]
-                ids = self.model.generate(key_value_states=latents, do_sample=False, num_beams=num_beams,
-                                          num_beam_groups=1, max_length=max_length)
+                latents = self.model.slide_representations(t[None].to(self.device, torch.float32))[
+                    "image_latents"
+                ]
+                ids = self.model.generate(
+                    key_value_states=latents,
+                    do_sample=False,
+                    num_beams=num_beams,
+                    num_beam_groups=1,
+                    max_length=max_length,
+                )
             reports.append(_clean_report(self.model.untokenize(ids)[0], self.model.text_decoder.tokenizer))
         return reports
 
@@ -431,15 +476,24 @@ class TitanModel(PublishedSlideTextModel):
     def slide_dim(self) -> int:
         return int(self.model.vision_encoder.proj.shape[0])
 
-    def embed_tiles(self, tiles: Tensor, *, coords: Tensor | None = None, tile_extent: int | None = None) -> Tensor:
+    def embed_tiles(
+        self, tiles: Tensor, *, coords: Tensor | None = None, tile_extent: int | None = None
+    ) -> Tensor:
         _check_tiles(tiles, self.config)
         if coords is None or tile_extent is None:
-            raise InvalidParameterError("TITAN needs the tiles' level-0 coords (N, 2) and tile_extent (the level-0 "
-                                        "side of one tile, patch_size_lv0)")
+            raise InvalidParameterError(
+                "TITAN needs the tiles' level-0 coords (N, 2) and tile_extent (the level-0 "
+                "side of one tile, patch_size_lv0)"
+            )
         if coords.shape != (tiles.shape[0], 2):
-            raise InvalidParameterError(f"coords must have shape ({tiles.shape[0]}, 2), got {tuple(coords.shape)}")
-        z = self.model.encode_slide_from_patch_features(tiles[None].to(self.device, torch.float32),
-                                                        coords[None].to(self.device, torch.long), int(tile_extent))
+            raise InvalidParameterError(
+                f"coords must have shape ({tiles.shape[0]}, 2), got {tuple(coords.shape)}"
+            )
+        z = self.model.encode_slide_from_patch_features(
+            tiles[None].to(self.device, torch.float32),
+            coords[None].to(self.device, torch.long),
+            int(tile_extent),
+        )
         return z.reshape(-1)
 
     def project(self, slide_emb: Tensor) -> Tensor:
@@ -476,32 +530,51 @@ def _transformers_quiet(progress: bool) -> Iterator[None]:
             tlog.enable_progress_bar()
 
 
-def _resolve_source(cfg: PublishedModelConfig, weights: str | os.PathLike[str] | None, *, token: str | bool | None,
-                    revision: str | None) -> Path:
+def _resolve_source(
+    cfg: PublishedModelConfig,
+    weights: str | os.PathLike[str] | None,
+    *,
+    token: str | bool | None,
+    revision: str | None,
+) -> Path:
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_dir():
-            raise WeightsError(f"{cfg.title}: {path} is not a directory. Pass the folder of a downloaded copy of the "
-                               f"repository (config.json, code, weights, tokenizer).{cfg.licence_hint()}")
+            raise WeightsError(
+                f"{cfg.title}: {path} is not a directory. Pass the folder of a downloaded copy of the "
+                f"repository (config.json, code, weights, tokenizer).{cfg.licence_hint()}"
+            )
         if not (path / "config.json").is_file():
-            raise WeightsError(f"{cfg.title}: {path} has no config.json, so it is not a copy of {cfg.hub_id}."
-                               f"{cfg.licence_hint()}")
+            raise WeightsError(
+                f"{cfg.title}: {path} has no config.json, so it is not a copy of {cfg.hub_id}."
+                f"{cfg.licence_hint()}"
+            )
         return path
     try:
         from huggingface_hub import snapshot_download
     except ImportError as err:  # pragma: no cover - huggingface-hub is a core dependency
-        raise MissingDependencyError("huggingface-hub is not installed: `uv pip install huggingface-hub`") from err
+        raise MissingDependencyError(
+            "huggingface-hub is not installed: `uv pip install huggingface-hub`"
+        ) from err
     try:
         return Path(snapshot_download(cfg.hub_id, revision=revision, token=token))
     except Exception as err:  # offline, gated (401/403), missing repo or revision: one actionable message
-        raise WeightsError(f"could not get {cfg.title} from the Hugging Face hub ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''}).{cfg.licence_hint()}") from err
+        raise WeightsError(
+            f"could not get {cfg.title} from the Hugging Face hub ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}).{cfg.licence_hint()}"
+        ) from err
 
 
-def load_published_model(name: str, weights: str | os.PathLike[str] | None = None, *,
-                         trust_remote_code: bool = False, device: str | torch.device = "cpu",
-                         token: str | bool | None = None, revision: str | None = None,
-                         progress: bool = False) -> PublishedSlideTextModel:
+def load_published_model(
+    name: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+    token: str | bool | None = None,
+    revision: str | None = None,
+    progress: bool = False,
+) -> PublishedSlideTextModel:
     """Load a published slide model (PRISM, TITAN) and wrap it for slidescope's zero-shot and few-shot API.
 
     Parameters
@@ -551,7 +624,8 @@ def load_published_model(name: str, weights: str | os.PathLike[str] | None = Non
         raise RemoteCodeError(
             f"{cfg.title} is built by the modelling code its publisher ships in the repository (the *.py files at "
             f"{where}), which transformers would execute. slidescope runs downloaded code only when you opt in: "
-            f"review those files, then pass trust_remote_code=True (CLI: --trust-remote-code).")
+            f"review those files, then pass trust_remote_code=True (CLI: --trust-remote-code)."
+        )
     source = _resolve_source(cfg, weights, token=token, revision=revision)
     try:
         import transformers
@@ -560,12 +634,14 @@ def load_published_model(name: str, weights: str | os.PathLike[str] | None = Non
     try:
         with _transformers_quiet(progress):
             model, info = transformers.AutoModel.from_pretrained(
-                str(source), trust_remote_code=True, local_files_only=True, output_loading_info=True)
+                str(source), trust_remote_code=True, local_files_only=True, output_loading_info=True
+            )
     except ImportError as err:
         raise MissingDependencyError(
             f"{cfg.title}'s modelling code needs packages that are not installed ({err}). The publisher's code "
             f"imports {', '.join(cfg.packages) or 'extra packages'}: "
-            f"`uv pip install {' '.join(cfg.packages)}`.") from err
+            f"`uv pip install {' '.join(cfg.packages)}`."
+        ) from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise WeightsError(f"could not load {cfg.title} from {source}: {err}.{cfg.licence_hint()}") from err
     except (TypeError, AttributeError, NameError) as err:  # the publisher's code vs this transformers version
@@ -573,15 +649,18 @@ def load_published_model(name: str, weights: str | os.PathLike[str] | None = Non
             f"{cfg.title}'s own modelling code failed to build the model under transformers {transformers.__version__} "
             f"({type(err).__name__}: {err}). Its publisher wrote it for older transformers releases (TRIDENT pins "
             f"transformers==4.42.4 for PRISM); run it in an environment with such a version, or pin the repository "
-            f"revision that matches yours.") from err
+            f"revision that matches yours."
+        ) from err
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(str(k) for k in info.get(kind, ()))
         if keys:
             problems.append(f"{len(keys)} {kind.replace('_', ' ')} (e.g. {', '.join(keys[:3])})")
     if problems:
-        raise WeightsError(f"the weights in {source} do not fit {cfg.title}'s architecture: {'; '.join(problems)}. "
-                           f"Download the repository again (a partial or foreign file gives this error).")
+        raise WeightsError(
+            f"the weights in {source} do not fit {cfg.title}'s architecture: {'; '.join(problems)}. "
+            f"Download the repository again (a partial or foreign file gives this error)."
+        )
     wrapped = adapter(model, cfg, source)
     return wrapped.to(device).eval()
 
@@ -591,15 +670,19 @@ def load_published_model(name: str, weights: str | os.PathLike[str] | None = Non
 
 def _check_tiles(tiles: Tensor, cfg: PublishedModelConfig) -> None:
     if tiles.ndim != 2 or tiles.shape[-1] != cfg.tile_dim:
-        raise InvalidParameterError(f"{cfg.title} takes tile embeddings of shape (N, {cfg.tile_dim}) "
-                                    f"({' or '.join(cfg.tile_encoders)}), got {tuple(tiles.shape)}")
+        raise InvalidParameterError(
+            f"{cfg.title} takes tile embeddings of shape (N, {cfg.tile_dim}) "
+            f"({' or '.join(cfg.tile_encoders)}), got {tuple(tiles.shape)}"
+        )
     if tiles.shape[0] == 0:
         raise InvalidParameterError(f"{cfg.title} got a slide with no tiles")
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
-        raise InvalidParameterError("encode_text() takes a list of texts, got a single str; wrap it in a list")
+        raise InvalidParameterError(
+            "encode_text() takes a list of texts, got a single str; wrap it in a list"
+        )
     out = [str(t) for t in texts]
     if not out:
         raise InvalidParameterError("encode_text() got an empty list of texts")
@@ -612,4 +695,3 @@ def _clean_report(text: str, tokenizer: Any) -> str:
     for tok in sorted(set(specials), key=len, reverse=True):
         text = text.replace(tok, " ")
     return re.sub(r"\s+", " ", text).strip()
-

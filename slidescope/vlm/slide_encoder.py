@@ -15,6 +15,10 @@ Weight sharing, exactly as published: cross-attention blocks (attention + its fe
 ``share_xattn_start_layer`` (so its keys/values over the tiles are computed once and reused); likewise the
 self-attention stack of layer ``share_tf_start_layer`` is the stack of every later layer.
 
+Parity: loaded through :meth:`PerceiverSlideEncoder.from_prism`, the outputs equal those of Paige's own code
+(``Prism.slide_representations``; its public copy in DIAGNijmegen/unicorn_baseline, commit dec3809) to 1e-6
+in float32 (``tests/vlm/test_prism_golden.py``). One deliberate difference: float masks (see ``forward``).
+
 Memory grows with ``latents x tiles`` and never ``tiles x tiles``: the cross-attention streams over the tiles
 in chunks with a running log-sum-exp softmax, so at full size a 50,000-tile slide needs about 1 GB on top of
 its own (50,000, 2560) input (see ``benchmarks/bench_slide_encoder.py``).
@@ -89,11 +93,20 @@ class PerceiverSlideEncoderConfig:
     xattn_chunk: int = 8192
 
     def __post_init__(self) -> None:
-        for name in ("latent_seq", "latent_dim", "context_dim", "mhsa_heads", "perceiver_depth",
-                     "xattn_heads", "mlp_mult", "xattn_chunk"):
+        for name in (
+            "latent_seq",
+            "latent_dim",
+            "context_dim",
+            "mhsa_heads",
+            "perceiver_depth",
+            "xattn_heads",
+            "mlp_mult",
+            "xattn_chunk",
+        ):
             if int(getattr(self, name)) < 1:
-                raise InvalidParameterError(f"PerceiverSlideEncoderConfig.{name} must be >= 1, got "
-                                            f"{getattr(self, name)!r}")
+                raise InvalidParameterError(
+                    f"PerceiverSlideEncoderConfig.{name} must be >= 1, got {getattr(self, name)!r}"
+                )
         if self.transformer_depth < 0 or self.share_xattn_start_layer < 0 or self.share_tf_start_layer < 0:
             raise InvalidParameterError("transformer_depth and the share_*_start_layer indices must be >= 0")
         if self.latent_dim % self.xattn_heads or self.latent_dim % self.mhsa_heads:
@@ -102,13 +115,22 @@ class PerceiverSlideEncoderConfig:
                 f"mhsa_heads={self.mhsa_heads}"
             )
         if self.mlp_activation not in ("geglu", "gelu"):
-            raise InvalidParameterError(f"mlp_activation must be 'geglu' or 'gelu', got {self.mlp_activation!r}")
+            raise InvalidParameterError(
+                f"mlp_activation must be 'geglu' or 'gelu', got {self.mlp_activation!r}"
+            )
 
     @classmethod
     def tiny(cls, **overrides: Any) -> PerceiverSlideEncoderConfig:
         """A few-thousand-parameter variant with the same structure (tests, smoke runs)."""
-        values: dict[str, Any] = dict(latent_seq=8, latent_dim=32, context_dim=24, mhsa_heads=4,
-                                      perceiver_depth=3, transformer_depth=2, xattn_chunk=16)
+        values: dict[str, Any] = dict(
+            latent_seq=8,
+            latent_dim=32,
+            context_dim=24,
+            mhsa_heads=4,
+            perceiver_depth=3,
+            transformer_depth=2,
+            xattn_chunk=16,
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -122,8 +144,10 @@ class PerceiverSlideEncoderConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
-            raise InvalidParameterError(f"unknown slide-encoder config keys {sorted(unknown)}; "
-                                        "was the file written by a newer slidescope?")
+            raise InvalidParameterError(
+                f"unknown slide-encoder config keys {sorted(unknown)}; "
+                "was the file written by a newer slidescope?"
+            )
         return cls(**values)
 
 
@@ -260,25 +284,36 @@ class PerceiverSlideEncoder(nn.Module):
         self.latents = nn.Parameter(torch.randn(cfg.latent_seq + 1, d))
 
         def xattn_block() -> nn.ModuleDict:
-            return nn.ModuleDict({
-                "xattn": _CrossAttention(query_dim=d, context_dim=cfg.context_dim, heads=cfg.xattn_heads,
-                                         chunk=cfg.xattn_chunk),
-                "ff": _FeedForward(d, cfg.mlp_mult, cfg.mlp_activation),
-            })
+            return nn.ModuleDict(
+                {
+                    "xattn": _CrossAttention(
+                        query_dim=d, context_dim=cfg.context_dim, heads=cfg.xattn_heads, chunk=cfg.xattn_chunk
+                    ),
+                    "ff": _FeedForward(d, cfg.mlp_mult, cfg.mlp_activation),
+                }
+            )
 
         def tf_stack() -> nn.ModuleList:
             return nn.ModuleList(
-                nn.ModuleDict({"mhsa": _SelfAttention(d, cfg.mhsa_heads),
-                               "ff": _FeedForward(d, cfg.mlp_mult, cfg.mlp_activation)})
+                nn.ModuleDict(
+                    {
+                        "mhsa": _SelfAttention(d, cfg.mhsa_heads),
+                        "ff": _FeedForward(d, cfg.mlp_mult, cfg.mlp_activation),
+                    }
+                )
                 for _ in range(cfg.transformer_depth)
             )
 
         layers: list[nn.ModuleDict] = []
         for i in range(cfg.perceiver_depth):
-            layers.append(nn.ModuleDict({
-                "xattn": xattn_block() if i <= cfg.share_xattn_start_layer else layers[-1]["xattn"],
-                "tf": tf_stack() if i <= cfg.share_tf_start_layer else layers[-1]["tf"],
-            }))
+            layers.append(
+                nn.ModuleDict(
+                    {
+                        "xattn": xattn_block() if i <= cfg.share_xattn_start_layer else layers[-1]["xattn"],
+                        "tf": tf_stack() if i <= cfg.share_tf_start_layer else layers[-1]["tf"],
+                    }
+                )
+            )
         self.layers = nn.ModuleList(layers)
         self.cls_norm = nn.LayerNorm(d)
         self.img_norm = nn.LayerNorm(d)
@@ -297,7 +332,10 @@ class PerceiverSlideEncoder(nn.Module):
             Tile embeddings, each bag padded to ``N``.
         mask : bool Tensor (B, N), optional
             True for a real tile. ``None`` means all real. Padded tiles are zeroed and get ``-inf``
-            attention scores, so a bag alone and the same bag padded give the same outputs.
+            attention scores, so a bag alone and the same bag padded give the same outputs. A mask of
+            another dtype is read as boolean (non-zero = real). PRISM's own code does that only for bool
+            masks: it adds a float mask to the attention scores, so the float 0/1 mask of its docstring does
+            not hide padding there; ours gives PRISM's boolean-mask result.
 
         Returns
         -------
@@ -311,10 +349,14 @@ class PerceiverSlideEncoder(nn.Module):
             )
         if mask is not None:
             if mask.shape != tiles.shape[:2]:
-                raise InvalidParameterError(f"mask must have shape {tuple(tiles.shape[:2])}, got {tuple(mask.shape)}")
+                raise InvalidParameterError(
+                    f"mask must have shape {tuple(tiles.shape[:2])}, got {tuple(mask.shape)}"
+                )
             mask = mask.to(device=tiles.device, dtype=torch.bool)
             if not bool(mask.any(dim=1).all()):
-                raise InvalidParameterError("every bag needs at least one real tile (a mask row is all False)")
+                raise InvalidParameterError(
+                    "every bag needs at least one real tile (a mask row is all False)"
+                )
             if bool(mask.all()):
                 mask = None
             else:
@@ -333,7 +375,9 @@ class PerceiverSlideEncoder(nn.Module):
         return {"image_embedding": self.cls_norm(x[:, 0]), "image_latents": self.img_norm(x[:, 1:])}
 
     @classmethod
-    def from_prism(cls, directory: str | os.PathLike[str], *, xattn_chunk: int = 8192) -> PerceiverSlideEncoder:
+    def from_prism(
+        cls, directory: str | os.PathLike[str], *, xattn_chunk: int = 8192
+    ) -> PerceiverSlideEncoder:
         """PRISM's slide encoder from a downloaded copy of ``paige-ai/Prism``, without running its code.
 
         Reads ``perceiver_config`` from ``config.json`` and the ``image_resampler.*`` tensors from the weights
@@ -355,7 +399,7 @@ class PerceiverSlideEncoder(nn.Module):
         """
         import json
 
-        from ..features.encoders._weights import WeightsError, read_state_dict
+        from ..features.encoders import WeightsError, read_state_dict
 
         path = Path(directory)
         cfg_file = path / "config.json"
@@ -365,7 +409,9 @@ class PerceiverSlideEncoder(nn.Module):
         if not isinstance(raw, dict):
             raise WeightsError(f"{cfg_file} has no perceiver_config: not a PRISM repository")
         fields = {f.name for f in dataclasses.fields(PerceiverSlideEncoderConfig)}
-        config = PerceiverSlideEncoderConfig(**{k: v for k, v in raw.items() if k in fields}, xattn_chunk=xattn_chunk)
+        config = PerceiverSlideEncoderConfig(
+            **{k: v for k, v in raw.items() if k in fields}, xattn_chunk=xattn_chunk
+        )
         files = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
         if not files:
             raise WeightsError(f"{path} holds no model.safetensors or pytorch_model.bin")
@@ -377,8 +423,10 @@ class PerceiverSlideEncoder(nn.Module):
         missing = [k for k, v in own.items() if id(v) not in loaded]  # shared tensors count once
         unexpected = [k for k in converted if k not in own]
         if wrong or missing or unexpected:
-            raise WeightsError(f"{files[0]} does not fit PRISM's slide encoder for {cfg_file}: shape mismatch "
-                               f"{wrong[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise WeightsError(
+                f"{files[0]} does not fit PRISM's slide encoder for {cfg_file}: shape mismatch "
+                f"{wrong[:3]}, missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         encoder.load_state_dict(converted, strict=False)
         return encoder.eval()
 
@@ -394,10 +442,10 @@ def convert_prism_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         if not key.startswith("image_resampler."):
             continue
-        key = key[len("image_resampler."):]
+        key = key[len("image_resampler.") :]
         key = key.replace("perceiver.latents", "latents").replace("perceiver.layers.", "layers.")
         key = key.replace(".mhsa.mha.in_proj_weight", ".mhsa.in_proj.weight")
         key = key.replace(".mhsa.mha.out_proj.weight", ".mhsa.out_proj.weight")

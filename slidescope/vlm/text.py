@@ -44,8 +44,16 @@ __all__ = [
 
 TOWER_FILE = "text_tower.json"
 SCHEMA_VERSION = 1
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                    "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 _REGISTRY: dict[str, type[TextTower]] = {}
 
@@ -122,7 +130,9 @@ def load_text_tower(directory: str | os.PathLike[str]) -> TextTower:
         )
     kind = meta.get("tower")
     if kind not in _REGISTRY:
-        raise InvalidParameterError(f"unknown text tower {kind!r} in {meta_file}; known: {list_text_towers()}")
+        raise InvalidParameterError(
+            f"unknown text tower {kind!r} in {meta_file}; known: {list_text_towers()}"
+        )
     return _REGISTRY[kind].load(path)
 
 
@@ -154,8 +164,16 @@ class HFTextTower(TextTower):
     torch.Size([1, 768])
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, kind: HFKind, layer: int = -1,
-                 cls_token_id: int | None = None, max_length: int = 128) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        kind: HFKind,
+        layer: int = -1,
+        cls_token_id: int | None = None,
+        max_length: int = 128,
+    ) -> None:
         super().__init__()
         if kind not in ("causal-cls", "clip", "bert"):
             raise InvalidParameterError(f"kind must be 'causal-cls', 'clip' or 'bert', got {kind!r}")
@@ -171,18 +189,28 @@ class HFTextTower(TextTower):
             self.text_dim = int(config.hidden_size)
         if kind == "causal-cls":
             if cls_token_id is None:
-                cls_token_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+                cls_token_id = (
+                    tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id
+                )
             if cls_token_id is None:
                 raise InvalidParameterError("causal-cls needs a CLS token: pass cls_token= (PRISM: 42383)")
             if not 0 <= cls_token_id < config.vocab_size:
-                raise InvalidParameterError(f"cls token id {cls_token_id} is outside the vocabulary "
-                                            f"(size {config.vocab_size})")
+                raise InvalidParameterError(
+                    f"cls token id {cls_token_id} is outside the vocabulary (size {config.vocab_size})"
+                )
         self.cls_token_id = cls_token_id
 
     @classmethod
-    def from_pretrained(cls, hub_id_or_dir: str | os.PathLike[str], *, kind: HFKind = "bert",
-                        layer: int = -1, cls_token: str | int | None = None, max_length: int = 128,
-                        **hf_kwargs: Any) -> HFTextTower:
+    def from_pretrained(
+        cls,
+        hub_id_or_dir: str | os.PathLike[str],
+        *,
+        kind: HFKind = "bert",
+        layer: int = -1,
+        cls_token: str | int | None = None,
+        max_length: int = 128,
+        **hf_kwargs: Any,
+    ) -> HFTextTower:
         """Load model and tokenizer with ``transformers``.
 
         Parameters
@@ -236,16 +264,18 @@ class HFTextTower(TextTower):
         device = self.device
         if self.kind == "causal-cls":
             return self._encode_causal_cls(texts, device)
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         if self.kind == "clip":
             return self.model(**batch).text_embeds
         return self.model(**batch).last_hidden_state[:, 0]
 
     def _encode_causal_cls(self, texts: list[str], device: torch.device) -> Tensor:
-        ids = self.tokenizer(texts, add_special_tokens=True, truncation=True,
-                             max_length=self.max_length - 1)["input_ids"]
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length - 1)[
+            "input_ids"
+        ]
         ids = [list(seq) + [self.cls_token_id] for seq in ids]
         lengths = torch.tensor([len(seq) for seq in ids], device=device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -253,8 +283,11 @@ class HFTextTower(TextTower):
         for i, seq in enumerate(ids):
             input_ids[i, : len(seq)] = torch.tensor(seq)
         attention = torch.arange(input_ids.shape[1])[None, :] < lengths.cpu()[:, None]
-        out = self.model(input_ids=input_ids.to(device), attention_mask=attention.long().to(device),
-                         output_hidden_states=True)
+        out = self.model(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.long().to(device),
+            output_hidden_states=True,
+        )
         hidden = out.hidden_states[self.layer]
         return hidden[torch.arange(len(ids), device=device), lengths - 1]
 
@@ -263,16 +296,28 @@ class HFTextTower(TextTower):
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        _write_meta(path, "hf", kind=self.kind, layer=self.layer, cls_token_id=self.cls_token_id,
-                    max_length=self.max_length)
+        _write_meta(
+            path,
+            "hf",
+            kind=self.kind,
+            layer=self.layer,
+            cls_token_id=self.cls_token_id,
+            max_length=self.max_length,
+        )
         return path
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> HFTextTower:
         path = Path(directory)
         meta = json.loads((path / TOWER_FILE).read_text())
-        return cls.from_pretrained(path, kind=meta["kind"], layer=meta["layer"], cls_token=meta["cls_token_id"],
-                                   max_length=meta["max_length"], local_files_only=True)
+        return cls.from_pretrained(
+            path,
+            kind=meta["kind"],
+            layer=meta["layer"],
+            cls_token=meta["cls_token_id"],
+            max_length=meta["max_length"],
+            local_files_only=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------ small tower
@@ -290,11 +335,13 @@ def train_word_tokenizer(texts: Iterable[str], *, vocab_size: int = 8000, min_fr
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits()])
-    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(_SPECIALS))
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(_SPECIALS)
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))]
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
     return tok
 
@@ -326,33 +373,53 @@ class SmallTextTower(TextTower):
     torch.Size([3, 32])
     """
 
-    def __init__(self, tokenizer: Any, *, width: int = 256, depth: int = 4, heads: int = 4,
-                 max_length: int = 256, pooling: Literal["cls", "mean"] = "cls", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        width: int = 256,
+        depth: int = 4,
+        heads: int = 4,
+        max_length: int = 256,
+        pooling: Literal["cls", "mean"] = "cls",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise InvalidParameterError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         if width % heads:
             raise InvalidParameterError(f"width={width} must be divisible by heads={heads}")
         self.tokenizer = tokenizer
-        self.hparams = dict(width=width, depth=depth, heads=heads, max_length=max_length, pooling=pooling,
-                            dropout=dropout)
+        self.hparams = dict(
+            width=width, depth=depth, heads=heads, max_length=max_length, pooling=pooling, dropout=dropout
+        )
         self.text_dim = width
         self.pooling = pooling
         self.max_length = max_length
         self.pad_id = tokenizer.token_to_id("[PAD]")
         if self.pad_id is None:
-            raise InvalidParameterError("the tokenizer has no [PAD] token; build it with train_word_tokenizer()")
+            raise InvalidParameterError(
+                "the tokenizer has no [PAD] token; build it with train_word_tokenizer()"
+            )
         self.token_embed = nn.Embedding(tokenizer.get_vocab_size(), width, padding_idx=self.pad_id)
         self.pos_embed = nn.Parameter(torch.zeros(max_length, width))
         nn.init.normal_(self.pos_embed, std=0.02)
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width,
+            heads,
+            dim_feedforward=4 * width,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], *, vocab_size: int = 8000, min_frequency: int = 1,
-                   **kwargs: Any) -> SmallTextTower:
+    def from_texts(
+        cls, texts: Iterable[str], *, vocab_size: int = 8000, min_frequency: int = 1, **kwargs: Any
+    ) -> SmallTextTower:
         """Train a word-level tokenizer on ``texts`` and build a randomly initialised tower around it."""
         return cls(train_word_tokenizer(texts, vocab_size=vocab_size, min_frequency=min_frequency), **kwargs)
 
@@ -382,8 +449,10 @@ class SmallTextTower(TextTower):
 
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
-                  str(path / "model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+            str(path / "model.safetensors"),
+        )
         self.tokenizer.save(str(path / "tokenizer.json"))
         (path / "config.json").write_text(json.dumps(self.hparams, indent=2))
         _write_meta(path, "small")
@@ -398,7 +467,10 @@ class SmallTextTower(TextTower):
         for name in ("model.safetensors", "tokenizer.json", "config.json"):
             if not (path / name).is_file():
                 raise InvalidParameterError(f"{path} lacks {name}; save the tower with SmallTextTower.save()")
-        tower = cls(Tokenizer.from_file(str(path / "tokenizer.json")), **json.loads((path / "config.json").read_text()))
+        tower = cls(
+            Tokenizer.from_file(str(path / "tokenizer.json")),
+            **json.loads((path / "config.json").read_text()),
+        )
         tower.load_state_dict(load_file(str(path / "model.safetensors")))
         return tower.eval()
 

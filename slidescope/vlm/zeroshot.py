@@ -54,8 +54,10 @@ DEFAULT_TEMPLATES = (
 )
 
 
-def build_prompts(classes: Mapping[str, Sequence[str]], templates: Sequence[str] | None = None,
-                  ) -> tuple[list[str], Tensor]:
+def build_prompts(
+    classes: Mapping[str, Sequence[str]],
+    templates: Sequence[str] | None = None,
+) -> tuple[list[str], Tensor]:
     """Every phrasing of every class inside every template.
 
     Parameters
@@ -112,7 +114,9 @@ def _as_float(x: Tensor | np.ndarray, name: str, ndim: int) -> Tensor:
     return t
 
 
-def _check_prompt_class(prompt_class: Tensor | np.ndarray | Sequence[int], n_prompts: int) -> tuple[Tensor, int]:
+def _check_prompt_class(
+    prompt_class: Tensor | np.ndarray | Sequence[int], n_prompts: int
+) -> tuple[Tensor, int]:
     idx = torch.as_tensor(prompt_class, dtype=torch.long)
     if idx.ndim != 1 or idx.numel() != n_prompts:
         raise InvalidParameterError(f"prompt_class must have shape ({n_prompts},), got {tuple(idx.shape)}")
@@ -127,18 +131,27 @@ def _check_prompt_class(prompt_class: Tensor | np.ndarray | Sequence[int], n_pro
     return idx, n_classes
 
 
-def class_text_embeddings(text_emb: Tensor | np.ndarray, prompt_class: Tensor | np.ndarray | Sequence[int],
-                          ) -> Tensor:
+def class_text_embeddings(
+    text_emb: Tensor | np.ndarray,
+    prompt_class: Tensor | np.ndarray | Sequence[int],
+) -> Tensor:
     """CONCH/TITAN prompt ensembling: ``w_c = normalize(mean_p normalize(text_emb[p]))`` -> (C, d)."""
     t = F.normalize(_as_float(text_emb, "text_emb", 2), dim=-1)
     idx, n_classes = _check_prompt_class(prompt_class, t.shape[0])
-    sums = torch.zeros(n_classes, t.shape[1], dtype=t.dtype, device=t.device).index_add_(0, idx.to(t.device), t)
+    sums = torch.zeros(n_classes, t.shape[1], dtype=t.dtype, device=t.device).index_add_(
+        0, idx.to(t.device), t
+    )
     return F.normalize(sums, dim=-1)  # normalising the sum == normalising the mean
 
 
-def zero_shot_logits(slide_emb: Tensor | np.ndarray, text_emb: Tensor | np.ndarray,
-                     prompt_class: Tensor | np.ndarray | Sequence[int], *,
-                     ensemble: Ensemble = "mean-embedding", logit_scale: float = 100.0) -> Tensor:
+def zero_shot_logits(
+    slide_emb: Tensor | np.ndarray,
+    text_emb: Tensor | np.ndarray,
+    prompt_class: Tensor | np.ndarray | Sequence[int],
+    *,
+    ensemble: Ensemble = "mean-embedding",
+    logit_scale: float = 100.0,
+) -> Tensor:
     """Zero-shot class probabilities of slides.
 
     Parameters
@@ -211,8 +224,14 @@ class MiZeroResult:
     pooling: MiZeroPooling = "mean"
 
 
-def mi_zero(tile_emb: Tensor | np.ndarray, class_text_emb: Tensor | np.ndarray, *, k: int = 10,
-            logit_scale: float = 100.0, pooling: MiZeroPooling = "mean") -> MiZeroResult:
+def mi_zero(
+    tile_emb: Tensor | np.ndarray,
+    class_text_emb: Tensor | np.ndarray,
+    *,
+    k: int = 10,
+    logit_scale: float = 100.0,
+    pooling: MiZeroPooling = "mean",
+) -> MiZeroResult:
     """MI-Zero slide scoring: per-class top-k pooling of tile-text cosine similarities.
 
     Two published poolings, with the same prediction (``k`` is the same for every class) but different
@@ -261,14 +280,20 @@ def mi_zero(tile_emb: Tensor | np.ndarray, class_text_emb: Tensor | np.ndarray, 
     if k < 1:
         raise InvalidParameterError(f"k must be >= 1, got {k}")
     if pooling not in ("mean", "sum"):
-        raise InvalidParameterError(f"pooling must be 'mean' (CONCH's run_mizero) or 'sum' (MI-Zero's topj_pooling), "
-                                    f"got {pooling!r}")
+        raise InvalidParameterError(
+            f"pooling must be 'mean' (CONCH's run_mizero) or 'sum' (MI-Zero's topj_pooling), got {pooling!r}"
+        )
     k_eff = min(int(k), z.shape[0])
     sim = z @ w.T
     top = sim.topk(k_eff, dim=0).values
     scores = top.mean(dim=0) if pooling == "mean" else top.sum(dim=0)
-    return MiZeroResult(scores=scores, probs=torch.softmax(logit_scale * scores, dim=-1), similarity=sim, k=k_eff,
-                        pooling=pooling)
+    return MiZeroResult(
+        scores=scores,
+        probs=torch.softmax(logit_scale * scores, dim=-1),
+        similarity=sim,
+        k=k_eff,
+        pooling=pooling,
+    )
 
 
 @dataclass(frozen=True)
@@ -296,10 +321,18 @@ class PromptSpread:
     subsets: list[list[int]]
 
 
-def prompt_spread(slide_emb: Tensor | np.ndarray, text_emb: Tensor | np.ndarray,
-                  prompt_class: Tensor | np.ndarray | Sequence[int], *, labels: Tensor | np.ndarray | None = None,
-                  n_subsets: int = 50, subset_size: int = 1, ensemble: Ensemble = "mean-embedding",
-                  logit_scale: float = 100.0, seed: int = 0) -> PromptSpread:
+def prompt_spread(
+    slide_emb: Tensor | np.ndarray,
+    text_emb: Tensor | np.ndarray,
+    prompt_class: Tensor | np.ndarray | Sequence[int],
+    *,
+    labels: Tensor | np.ndarray | None = None,
+    n_subsets: int = 50,
+    subset_size: int = 1,
+    ensemble: Ensemble = "mean-embedding",
+    logit_scale: float = 100.0,
+    seed: int = 0,
+) -> PromptSpread:
     """Zero-shot results across random subsets of each class's prompts (prompt fragility).
 
     Each subset draws ``min(subset_size, n_c)`` prompts of every class ``c`` without replacement (MI-Zero
@@ -340,20 +373,32 @@ def prompt_spread(slide_emb: Tensor | np.ndarray, text_emb: Tensor | np.ndarray,
     subsets: list[list[int]] = []
     all_probs = []
     for _ in range(n_subsets):
-        chosen = torch.cat([p[torch.randperm(len(p), generator=gen)[: min(subset_size, len(p))]] for p in per_class])
+        chosen = torch.cat(
+            [p[torch.randperm(len(p), generator=gen)[: min(subset_size, len(p))]] for p in per_class]
+        )
         subsets.append(chosen.tolist())
-        all_probs.append(zero_shot_logits(slide_emb, t[chosen], idx[chosen], ensemble=ensemble,
-                                          logit_scale=logit_scale))
+        all_probs.append(
+            zero_shot_logits(slide_emb, t[chosen], idx[chosen], ensemble=ensemble, logit_scale=logit_scale)
+        )
     probs = torch.stack(all_probs)
     aucs = None
     if labels is not None:
         y = np.asarray(labels)
         aucs = torch.tensor([auroc(y, p.numpy()) for p in probs.detach().cpu()], dtype=torch.float64)
-    return PromptSpread(probs=probs, mean=probs.mean(0), std=probs.std(0, unbiased=False), min=probs.amin(0),
-                        max=probs.amax(0), auroc=aucs, subsets=subsets)
+    return PromptSpread(
+        probs=probs,
+        mean=probs.mean(0),
+        std=probs.std(0, unbiased=False),
+        min=probs.amin(0),
+        max=probs.amax(0),
+        auroc=aucs,
+        subsets=subsets,
+    )
 
 
-def auroc(y_true: np.ndarray | Tensor | Sequence[int], y_score: np.ndarray | Tensor, *, multi_class: str = "ovr") -> float:
+def auroc(
+    y_true: np.ndarray | Tensor | Sequence[int], y_score: np.ndarray | Tensor, *, multi_class: str = "ovr"
+) -> float:
     """AUROC: binary for scores (B,) (or (B, 2): column 1), macro one-vs-rest (or ``"ovo"``) for (B, C).
 
     :func:`slidescope.metrics.auroc`: NaN with fewer than two classes in ``y_true``; absent classes are

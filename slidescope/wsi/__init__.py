@@ -1,15 +1,20 @@
 """Slides: reading (OpenSlide, tiffslide), tissue detection, tile grids at exact mpp, tile streaming.
 
-Public names are loaded on first use so ``import slidescope.wsi`` stays cheap.
+Public names are loaded on first use so ``import slidescope.wsi`` stays cheap. The synthetic data
+generator moved to :mod:`slidescope.synthetic`; its old names here still work until the next release,
+with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from .._lazy import lazy_exports
 
 _EXPORTS = {
+    "DEFAULT_MIN_TISSUE": "._defaults",
     "Slide": "._slide",
     "open_slide": "._slide",
     "TissueMask": "._tissue",
@@ -20,22 +25,37 @@ _EXPORTS = {
     "read_tile": "._stream",
     "TileDataset": "._dataset",
     "expand_slides": "._inputs",
-    "make_synthetic_slide": ".synthetic",
-    "make_synthetic_cohort": ".cohort",
-    "SyntheticSlide": ".synthetic",
 }
+
+#: names that moved to slidescope.synthetic (deprecated here; removed in the next release)
+_MOVED = ("make_synthetic_slide", "make_synthetic_cohort", "SyntheticSlide")
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ._dataset import TileDataset
-    from ._grid import TileGrid, make_tile_grid
-    from ._inputs import expand_slides
-    from ._slide import Slide, open_slide
-    from ._stream import iter_tiles, read_tile
-    from ._tissue import TissueMask, detect_tissue
-    from .cohort import make_synthetic_cohort
-    from .synthetic import SyntheticSlide, make_synthetic_slide
+    from ._dataset import TileDataset as TileDataset
+    from ._grid import TileGrid as TileGrid, make_tile_grid as make_tile_grid
+    from ._inputs import expand_slides as expand_slides
+    from ._slide import Slide as Slide, open_slide as open_slide
+    from ._stream import iter_tiles as iter_tiles, read_tile as read_tile
+    from ._tissue import TissueMask as TissueMask, detect_tissue as detect_tissue
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+_lazy_getattr, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+
+
+def _moved_to_synthetic(old: str, name: str) -> Any:
+    """``slidescope.synthetic.<name>``, with a DeprecationWarning that ``<old>.<name>`` moved there."""
+    warnings.warn(
+        f"{old}.{name} moved to slidescope.synthetic.{name}: import it from slidescope.synthetic "
+        f"(the old name goes in the next release).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return getattr(importlib.import_module("slidescope.synthetic"), name)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return _moved_to_synthetic(__name__, name)
+    return _lazy_getattr(name)

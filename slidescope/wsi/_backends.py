@@ -49,7 +49,9 @@ def _env_limit(name: str, default: int, scale: int = 1) -> int:
     except ValueError:
         value = float("nan")
     if not np.isfinite(value) or value <= 0:
-        raise InvalidParameterError(f"{name} must be a positive number, got {raw!r}; unset it to use the default")
+        raise InvalidParameterError(
+            f"{name} must be a positive number, got {raw!r}; unset it to use the default"
+        )
     return int(value * scale)
 
 
@@ -240,21 +242,26 @@ class TiffSlideBackend(Backend):
             page = lvl.keyframe
             itemsize = np.dtype(page.dtype or np.uint8).itemsize
             chunk = int(np.prod(page.chunks, dtype=np.int64)) * itemsize
-            if (not page.is_tiled and chunk > WHOLE_LEVEL_STRIP_BYTES
-                    and int(np.prod(page.shape, dtype=np.int64)) * itemsize <= budget):
+            if (
+                not page.is_tiled
+                and chunk > WHOLE_LEVEL_STRIP_BYTES
+                and int(np.prod(page.shape, dtype=np.int64)) * itemsize <= budget
+            ):
                 self._decode_whole.add(level)
             if chunk > budget:
                 self._close_quietly()
                 shape = "x".join(str(v) for v in page.chunks)
-                raise _definitive(UnsupportedSlideError(
-                    f"{path.name}: level {level} ({page.imagewidth}x{page.imagelength} px) is stored in "
-                    f"{'tiles' if page.is_tiled else 'strips'} of {shape} that each decode to "
-                    f"{chunk / 2**20:.0f} MiB, over the decode budget of {budget / 2**20:.0f} MiB per read "
-                    f"(MAX_DECODE_BYTES): an untiled huge image or a decompression bomb, decoded whole for every "
-                    f"block. Convert it to a tiled pyramid (`vips tiffsave in.tif out.tif --tile --pyramid "
-                    f"--compression jpeg`), or if you trust the file raise the budget: "
-                    f"SLIDESCOPE_MAX_DECODE_MB={int(chunk / 2**20) + 1}."
-                ))
+                raise _definitive(
+                    UnsupportedSlideError(
+                        f"{path.name}: level {level} ({page.imagewidth}x{page.imagelength} px) is stored in "
+                        f"{'tiles' if page.is_tiled else 'strips'} of {shape} that each decode to "
+                        f"{chunk / 2**20:.0f} MiB, over the decode budget of {budget / 2**20:.0f} MiB per read "
+                        f"(MAX_DECODE_BYTES): an untiled huge image or a decompression bomb, decoded whole for every "
+                        f"block. Convert it to a tiled pyramid (`vips tiffsave in.tif out.tif --tile --pyramid "
+                        f"--compression jpeg`), or if you trust the file raise the budget: "
+                        f"SLIDESCOPE_MAX_DECODE_MB={int(chunk / 2**20) + 1}."
+                    )
+                )
 
     def _close_quietly(self) -> None:
         slide = getattr(self, "_slide", None)
@@ -317,4 +324,3 @@ def auto_order(path: Path) -> list[str]:
     if _TIFFSLIDE_FIRST.search(path.name):
         return ["tiffslide", "openslide"]
     return ["openslide", "tiffslide"]
-

@@ -81,8 +81,10 @@ class TileDataset(IterableDataset):
         if len(indices) == 0:
             return
         path, backend, mpp = self._open
-        with open_slide(path, backend=backend, mpp=mpp) as slide:
-            tiles = iter_tiles(slide, self.grid, indices=indices, block_size=self.block_size, direct=self.direct)
+        with open_slide(path, backend=backend, force_slide_mpp=mpp) as slide:
+            tiles = iter_tiles(
+                slide, self.grid, indices=indices, block_size=self.block_size, direct=self.direct
+            )
             if self.batch_size is None:
                 for index, tile in tiles:
                     image = self.transform(tile) if self.transform else torch.from_numpy(np.array(tile))
@@ -110,7 +112,9 @@ class TileDataset(IterableDataset):
             images = torch.stack([torch.as_tensor(self.transform(t)) for t in buf[:n]])
         return {"image": images, "index": torch.from_numpy(idx[:n].copy())}
 
-    def loader(self, *, batch_size: int = 64, num_workers: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
+    def loader(
+        self, *, batch_size: int = 64, num_workers: int = 0, **kwargs: Any
+    ) -> torch.utils.data.DataLoader:
         """A DataLoader yielding ``{"image": uint8 (B, H, W, 3), "index": int64 (B,)}`` batches.
 
         Batches are assembled inside the workers (``batch_size`` of this dataset, DataLoader

@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmptyTissueError, InvalidParameterError
+from ._defaults import DEFAULT_MIN_TISSUE
 from ._slide import Slide
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TileGrid", "make_tile_grid", "DEFAULT_MIN_TISSUE", "MAX_UPSAMPLE"]
 
-#: default minimum tissue fraction of a kept tile
-DEFAULT_MIN_TISSUE = 0.25
 #: a target mpp finer than the scan by more than this factor is refused unless allow_upsample=True
 MAX_UPSAMPLE = 1.1
 
@@ -142,7 +141,7 @@ def make_tile_grid(
         Target µm per pixel (e.g. 0.5 for "20x").
     overlap : int, default 0
         Pixels (at the target resolution) shared by neighbouring tiles, ``0 <= overlap < tile_size``.
-    min_tissue : float, default 0.25
+    min_tissue : float, default DEFAULT_MIN_TISSUE (0.25)
         Keep tiles whose tissue fraction is at least this (0 keeps every tile).
     mask : TissueMask, optional
         The tissue; ``None`` runs :func:`detect_tissue` with its defaults.
@@ -184,13 +183,17 @@ def make_tile_grid(
     """
     tile_size = _positive_int("tile_size", tile_size)
     if isinstance(overlap, bool) or not isinstance(overlap, int | np.integer) or not 0 <= overlap < tile_size:
-        raise InvalidParameterError(f"overlap must be a whole number with 0 <= overlap < tile_size, got {overlap!r}")
+        raise InvalidParameterError(
+            f"overlap must be a whole number with 0 <= overlap < tile_size, got {overlap!r}"
+        )
     try:
         target = float(mpp)
     except (TypeError, ValueError) as err:
         raise InvalidParameterError(f"mpp must be a number of µm per pixel, got {mpp!r}") from err
     if not np.isfinite(target) or target <= 0:
-        raise InvalidParameterError(f"mpp must be a positive number of µm per pixel (0.5 is '20x'), got {mpp!r}")
+        raise InvalidParameterError(
+            f"mpp must be a positive number of µm per pixel (0.5 is '20x'), got {mpp!r}"
+        )
     if not 0.0 <= float(min_tissue) <= 1.0:
         raise InvalidParameterError(f"min_tissue is a fraction between 0 and 1, got {min_tissue!r}")
 
@@ -276,7 +279,13 @@ def make_tile_grid(
         )
     log.debug(
         "%s: %d tiles of %d px at %.4g µm/px (extent %s level-0 px, level %d, read %s)",
-        slide.path.name, len(grid), tile_size, target, grid.extent, level, read_size,
+        slide.path.name,
+        len(grid),
+        tile_size,
+        target,
+        grid.extent,
+        level,
+        read_size,
     )
     return grid
 

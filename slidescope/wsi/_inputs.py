@@ -28,8 +28,19 @@ __all__ = ["expand_slides", "SLIDE_SUFFIXES", "dicom_series_name", "broken_link_
 
 #: file endings treated as slides when a folder is given (lower case)
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".qptiff",
-    ".btf", ".dcm",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".bif",
+    ".svslide",
+    ".qptiff",
+    ".btf",
+    ".dcm",
 )
 
 
@@ -53,7 +64,7 @@ def dicom_series_name(path: str | os.PathLike[str]) -> str | None:
     if _is_dcm(p.name):
         parent = p.parent if p.parent.name else Path(os.path.abspath(text)).parent
         return parent.name or p.stem
-    if "://" not in text and p.is_dir() and any(_is_dcm(q.name) for q in p.iterdir()):
+    if not is_url(text) and p.is_dir() and any(_is_dcm(q.name) for q in p.iterdir()):
         return p.name
     return None
 
@@ -65,7 +76,7 @@ def _is_broken_link(path: Path) -> bool:
 def broken_link_message(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` is a symbolic link that leads to no file (dangling, or a loop); None otherwise."""
     p = Path(os.fspath(path))
-    if "://" in os.fspath(path) or not _is_broken_link(p):
+    if is_url(path) or not _is_broken_link(p):
         return None
     try:
         os.stat(p)
@@ -82,14 +93,20 @@ def _folder_slides(path: Path) -> list[Path]:
     slides instead of dropping them silently."""
     entries = sorted(path.iterdir())
     dcm = [p for p in entries if _is_dcm(p.name) and (p.is_file() or _is_broken_link(p))]
-    files = [p for p in entries
-             if _is_slide_name(p) and not _is_dcm(p.name) and (p.is_file() or _is_broken_link(p))]
+    files = [
+        p
+        for p in entries
+        if _is_slide_name(p) and not _is_dcm(p.name) and (p.is_file() or _is_broken_link(p))
+    ]
     series = [p for p in entries if p.is_dir() and any(_is_dcm(q.name) for q in p.iterdir())]
     if dcm and not files and not series:
         return [path]  # a DICOM series folder: one slide
     if dcm:
-        log.warning("%s holds .dcm files besides other slides: they are taken as one DICOM series, named %r",
-                    path, path.name)
+        log.warning(
+            "%s holds .dcm files besides other slides: they are taken as one DICOM series, named %r",
+            path,
+            path.name,
+        )
         files.append(next((p for p in dcm if p.is_file()), dcm[0]))
     return files + series
 

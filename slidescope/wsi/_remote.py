@@ -16,16 +16,12 @@ import logging
 import os
 from pathlib import Path
 
+from .._location import is_url
 from ..errors import SlideNotFoundError, SlideReadError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["is_url", "localize_slide", "slide_cache_dir"]
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """True for an fsspec URL that is not a local file (``file://`` counts as local)."""
-    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+__all__ = ["is_url", "localize_slide", "slide_cache_dir"]  # is_url: the one test, from slidescope._location
 
 
 def slide_cache_dir() -> Path:
@@ -49,13 +45,20 @@ def localize_slide(url: str) -> Path:
         fs, inner = fsspec.core.url_to_fs(url)
         info = fs.info(inner)
     except FileNotFoundError:
-        raise SlideNotFoundError(f"no such slide: {url}. Check the URL (and the credentials fsspec uses).") from None
-    except Exception as err:  # network, credentials, unknown protocol: fsspec and its backends raise many types
-        raise SlideReadError(f"cannot reach {url}: {type(err).__name__}: {err}. Check the URL, the network and the "
-                             f"credentials (fsspec configuration).") from err
+        raise SlideNotFoundError(
+            f"no such slide: {url}. Check the URL (and the credentials fsspec uses)."
+        ) from None
+    except (
+        Exception
+    ) as err:  # network, credentials, unknown protocol: fsspec and its backends raise many types
+        raise SlideReadError(
+            f"cannot reach {url}: {type(err).__name__}: {err}. Check the URL, the network and the "
+            f"credentials (fsspec configuration)."
+        ) from err
     if info.get("type") == "directory":
-        raise SlideNotFoundError(f"{url} is a folder; remote slides must be single files (copy MRXS/DICOM "
-                                 f"folders to a local disk)")
+        raise SlideNotFoundError(
+            f"{url} is a folder; remote slides must be single files (copy MRXS/DICOM folders to a local disk)"
+        )
     name = url.rstrip("/").rsplit("/", 1)[-1]
     local = slide_cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     size = info.get("size")
@@ -63,7 +66,12 @@ def localize_slide(url: str) -> Path:
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
     part = local.with_name(f".{name}.{os.getpid()}.part")
-    log.info("downloading %s (%s bytes) to the slide cache %s", url, size if size is not None else "?", local.parent)
+    log.info(
+        "downloading %s (%s bytes) to the slide cache %s",
+        url,
+        size if size is not None else "?",
+        local.parent,
+    )
     try:
         fs.get(inner, str(part))
         os.replace(part, local)  # a copy is either whole or absent

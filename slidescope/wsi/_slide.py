@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._compat import renamed_kwargs
 from ..errors import (
     InvalidParameterError,
     MissingMppError,
@@ -35,7 +36,7 @@ MPP_PLAUSIBLE = (0.02, 50.0)
 #: below. The physical extent of a tile is unaffected; only its sampling density differs by < 1%.
 LEVEL_MPP_TOLERANCE = 0.01
 
-#: ``Slide.mpp_source`` when the pixel size came from ``default_mpp`` (the file has none)
+#: ``Slide.mpp_source`` when the pixel size came from ``slide_mpp`` (the file has none)
 MPP_FILLED_IN = "filled in"
 
 
@@ -43,8 +44,8 @@ MPP_FILLED_IN = "filled in"
 class _OpenArgs:
     path: Path
     backend: str
-    mpp: tuple[float, float] | None
-    default_mpp: tuple[float, float] | None = None
+    force_slide_mpp: tuple[float, float] | None
+    slide_mpp: tuple[float, float] | None = None
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -77,7 +78,9 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.dtype != np.uint8:
-        raise SlideReadError(f"expected 8-bit pixels, got {arr.dtype}; only 8-bit RGB brightfield slides are supported")
+        raise SlideReadError(
+            f"expected 8-bit pixels, got {arr.dtype}; only 8-bit RGB brightfield slides are supported"
+        )
     if arr.shape[2] == 4:
         alpha = arr[..., 3:4]
         if alpha.min() == 255:
@@ -100,12 +103,18 @@ class Slide:
     itself in the receiving process, so it can be handed to DataLoader workers.
     """
 
-    def __init__(self, path: Path, backend: Backend, *, mpp: tuple[float, float] | None = None,
-                 default_mpp: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        backend: Backend,
+        *,
+        force_slide_mpp: tuple[float, float] | None = None,
+        slide_mpp: tuple[float, float] | None = None,
+    ) -> None:
         self.path = path
         self._backend = backend
-        self._mpp_override = mpp
-        self._mpp_default = default_mpp
+        self._mpp_override = force_slide_mpp
+        self._mpp_default = slide_mpp
         self._tiff = None  # fast tile source, made on first use (see tile_source)
         self._tiff_tried = False
         self._backend_closed = False
@@ -165,8 +174,8 @@ class Slide:
 
     @property
     def mpp_source(self) -> str:
-        """Where :attr:`mpp` came from: ``"user"`` (``mpp=``, overriding the file), ``"filled in"``
-        (``default_mpp=``, the file has no plausible pixel size) or the metadata that gave it
+        """Where :attr:`mpp` came from: ``"user"`` (``force_slide_mpp=``, overriding the file), ``"filled in"``
+        (``slide_mpp=``, the file has no plausible pixel size) or the metadata that gave it
         (``"Aperio ImageDescription (MPP)"``...)."""
         _, source = self._resolve_mpp()
         return source
@@ -181,14 +190,14 @@ class Slide:
         if found is None:
             raise MissingMppError(
                 f"{self.path.name} carries no pixel size (µm/px) in its metadata. Pass it yourself: "
-                f"open_slide(path, mpp=0.25), or `--slide-mpp 0.25` on the command line (0.25 for a 40x scan, "
+                f"open_slide(path, slide_mpp=0.25), or `--slide-mpp 0.25` on the command line (0.25 for a 40x scan, "
                 f"0.5 for 20x; check the scanner's report)."
             )
         if not all(lo <= v <= hi for v in found):
             raise MissingMppError(
                 f"{self.path.name}: the {source} say {found[0]:.4g} µm/px, which is not a microscope scan "
                 f"(plausible: {lo}-{hi} µm/px; 72 dpi software defaults give 353). Pass the real pixel size: "
-                f"open_slide(path, mpp=...), or `--slide-mpp` on the command line."
+                f"open_slide(path, slide_mpp=...), or `--slide-mpp` on the command line."
             )
         return found, source
 
@@ -261,7 +270,9 @@ class Slide:
                 f"{budget / 2**20:.0f} MiB per read: read it in blocks (or raise SLIDESCOPE_MAX_DECODE_MB)"
             )
         if not 0 <= level < self.level_count:
-            raise InvalidParameterError(f"level {level} does not exist; {self.path.name} has {self.level_count}")
+            raise InvalidParameterError(
+                f"level {level} does not exist; {self.path.name} has {self.level_count}"
+            )
         ds_x, ds_y = self._level_scale(level)
         lw, lh = self.level_dimensions[level]
         # the requested region in this level's pixel grid
@@ -389,15 +400,19 @@ def _check_size(path: Path, backend: Backend) -> None:
     limit = max_image_pixels()
     if int(w) * int(h) > limit:
         backend.close()
-        raise _definitive(UnsupportedSlideError(
-            f"{path.name} declares a {w}x{h} px image ({int(w) * int(h) / 1e9:.3g} gigapixels), over the limit "
-            f"of {limit / 1e9:.3g} gigapixels (MAX_IMAGE_PIXELS): a forged or damaged header, or a decompression "
-            f"bomb. If the image is real, raise the limit: SLIDESCOPE_MAX_IMAGE_PIXELS={int(w) * int(h)}."
-        ))
+        raise _definitive(
+            UnsupportedSlideError(
+                f"{path.name} declares a {w}x{h} px image ({int(w) * int(h) / 1e9:.3g} gigapixels), over the limit "
+                f"of {limit / 1e9:.3g} gigapixels (MAX_IMAGE_PIXELS): a forged or damaged header, or a decompression "
+                f"bomb. If the image is real, raise the limit: SLIDESCOPE_MAX_IMAGE_PIXELS={int(w) * int(h)}."
+            )
+        )
 
 
 def _reopen(args: _OpenArgs) -> Slide:
-    return open_slide(args.path, backend=args.backend, mpp=args.mpp, default_mpp=args.default_mpp)
+    return open_slide(
+        args.path, backend=args.backend, force_slide_mpp=args.force_slide_mpp, slide_mpp=args.slide_mpp
+    )
 
 
 def _check_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float] | None:
@@ -405,13 +420,19 @@ def _check_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, float] |
         return None
     pair = (mpp, mpp) if np.isscalar(mpp) else tuple(mpp)  # type: ignore[arg-type]
     if len(pair) != 2 or not all(np.isfinite(v) and v > 0 for v in pair):
-        raise InvalidParameterError(f"mpp must be a positive number of µm per pixel (or an (x, y) pair), got {mpp!r}")
+        raise InvalidParameterError(
+            f"mpp must be a positive number of µm per pixel (or an (x, y) pair), got {mpp!r}"
+        )
     return float(pair[0]), float(pair[1])
 
 
+@renamed_kwargs(mpp="force_slide_mpp", default_mpp="slide_mpp")
 def open_slide(
-    path: str | os.PathLike[str], *, backend: str = "auto", mpp: float | tuple[float, float] | None = None,
-    default_mpp: float | tuple[float, float] | None = None,
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    slide_mpp: float | tuple[float, float] | None = None,
+    force_slide_mpp: float | tuple[float, float] | None = None,
 ) -> Slide:
     """Open a whole-slide image.
 
@@ -424,12 +445,14 @@ def open_slide(
     backend : {"auto", "openslide", "tiffslide"}, default "auto"
         ``auto`` tries OpenSlide first (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the
         other.
-    mpp : float or (float, float), optional
-        Level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)); ``mpp_source`` is
-        ``"user"``. The command line's ``--force-slide-mpp``.
-    default_mpp : float or (float, float), optional
+    slide_mpp : float or (float, float), optional
         Level-0 µm per pixel used only when the file has no plausible one (``mpp_source`` is
-        ``"filled in"``); a file's own pixel size wins. The command line's ``--slide-mpp``.
+        ``"filled in"``); a file's own pixel size wins. The command line's ``--slide-mpp``. Formerly
+        ``default_mpp`` (still accepted for one release, with a DeprecationWarning).
+    force_slide_mpp : float or (float, float), optional
+        Level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)); ``mpp_source`` is
+        ``"user"``. The command line's ``--force-slide-mpp``. Formerly ``mpp`` (still accepted for one
+        release, with a DeprecationWarning): ``mpp`` now only ever means a target resolution.
 
     Returns
     -------
@@ -459,7 +482,7 @@ def open_slide(
     ((4096, 3072), 2, (0.5, 0.5), 'Aperio ImageDescription (MPP)')
     >>> slide.read_region((1024, 1024), 0, (256, 128)).shape    # (h, w, 3) uint8 RGB
     (128, 256, 3)
-    >>> ss.open_slide("scan.tif", mpp=0.25)                       # doctest: +SKIP
+    >>> ss.open_slide("scan.tif", slide_mpp=0.25)                 # doctest: +SKIP
     """
     from ._remote import is_url, localize_slide
 
@@ -472,7 +495,9 @@ def open_slide(
         from ._inputs import broken_link_message
 
         broken = broken_link_message(p)  # a dangling link or a link loop: say so, not "no such slide"
-        raise SlideNotFoundError(broken or f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()}).")
+        raise SlideNotFoundError(
+            broken or f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()})."
+        )
     if p.is_dir():
         # DICOM-WSI series are folders of .dcm files; OpenSlide opens one file of the series.
         dcm = sorted(p.glob("*.dcm"))
@@ -494,14 +519,16 @@ def open_slide(
             f"(e.g. `vips colourspace in.tif out.tif srgb` then `vips tiffsave out.tif rgb.tif --tile "
             f"--pyramid --compression jpeg`, or QuPath's export as 8-bit RGB)."
         )
-    override = _check_mpp(mpp)
-    fill = _check_mpp(default_mpp)
+    override = _check_mpp(force_slide_mpp)
+    fill = _check_mpp(slide_mpp)
     if backend == "auto":
         names = auto_order(p)
     elif backend in BACKENDS:
         names = [backend]
     else:
-        raise InvalidParameterError(f"unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}")
+        raise InvalidParameterError(
+            f"unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}"
+        )
     errors: list[str] = []
     for name in names:
         try:
@@ -519,7 +546,7 @@ def open_slide(
             log.debug("backend %s failed on %s", name, p, exc_info=True)
             continue
         _check_size(p, opened)
-        return Slide(p, opened, mpp=override, default_mpp=fill)
+        return Slide(p, opened, force_slide_mpp=override, slide_mpp=fill)
     raise UnsupportedSlideError(
         f"cannot open {p.name} as a slide ({'; '.join(errors)}). Is it a whole-slide image? Supported: "
         f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF and tiled TIFF. A truncated or "

@@ -113,7 +113,9 @@ def iter_tiles(
     restricts the tiles read (e.g. one DataLoader worker's share). ``direct=False`` forces the
     backend path (for comparison and tests).
     """
-    use_direct = bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
+    use_direct = (
+        bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
+    )
     blocks = block_order(grid, block_size)
     if indices is not None:
         wanted = np.zeros(len(grid), bool)
@@ -149,8 +151,10 @@ def read_tile(slide: Slide, grid: TileGrid, index: int, *, direct: bool = True) 
     """One tile of ``grid`` as RGB ``uint8 (tile_size, tile_size, 3)``."""
     if not -len(grid) <= index < len(grid):
         raise IndexError(f"tile {index} is not in this grid of {len(grid)} tiles")
-    (x, y), = _level_xy(grid, grid.coords[[index]])
-    use_direct = bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
+    ((x, y),) = _level_xy(grid, grid.coords[[index]])
+    use_direct = (
+        bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
+    )
     rw, rh = grid.read_size
     tile = _read_level(slide, grid.level, int(x), int(y), rw, rh, use_direct)
     return np.array(_resize(tile, grid.tile_size))

@@ -4,8 +4,8 @@ For TIFF-based slides (SVS, generic tiled TIFF, OME-TIFF, QPTIFF, Philips TIFF..
 assembled from the file's tiles with tifffile's decoder (libjpeg-turbo through imagecodecs, the same
 decoder OpenSlide uses), skipping the slide library's per-call overhead. Decoded tiles are kept in a
 small LRU cache, so when a tile grid does not line up with the file's tiles each file tile is still
-decoded about once. On CMU-1-Small-Region the pixels are identical to OpenSlide's
-(tests/wsi/test_tiles.py checks equality on every supported test slide).
+decoded about once. On CMU-1-Small-Region the pixels are identical to OpenSlide's and tiffslide's
+(tests/wsi/test_stream.py checks equality there and on synthetic pyramids at several target mpp).
 
 A level is served only when tifffile finds a page with exactly that level's dimensions, tiled,
 contiguous 8-bit RGB, with one offset and byte count per tile and tiles within the decode budget.
@@ -81,8 +81,10 @@ def jpeg_damage(data: bytes) -> str | None:
             break
     found = _MARKER.search(data, i, end)
     if found is not None and found.start() != end - 2:
-        return (f"a JPEG marker 0x{data[found.start() + 1]:02x} inside the entropy-coded data "
-                "(premature end of data segment)")
+        return (
+            f"a JPEG marker 0x{data[found.start() + 1]:02x} inside the entropy-coded data "
+            "(premature end of data segment)"
+        )
     return None
 
 
@@ -112,13 +114,21 @@ def pixel_format_problem(path: Path) -> str | None:
     channels = int(np.prod([n for a, n in zip(axes, shape, strict=False) if a not in "YXS"], dtype=np.int64))
     if photometric in (0, 1) and (spp <= 2 or channels > 1):  # MINISWHITE, MINISBLACK
         if channels > 1:
-            return (f"is a {channels}-channel image ({dtype} samples, axes {axes}, one grey channel per plane): "
-                    f"a fluorescence/multiplex image, not an RGB brightfield scan")
-        return f"is a greyscale image ({dtype} samples, {spp} sample(s) per pixel), not an RGB brightfield scan"
+            return (
+                f"is a {channels}-channel image ({dtype} samples, axes {axes}, one grey channel per plane): "
+                f"a fluorescence/multiplex image, not an RGB brightfield scan"
+            )
+        return (
+            f"is a greyscale image ({dtype} samples, {spp} sample(s) per pixel), not an RGB brightfield scan"
+        )
     if dtype is not None and dtype != np.uint8:
-        kind = {"f": "floating-point", "u": "unsigned integer", "i": "signed integer"}.get(dtype.kind, dtype.kind)
-        return (f"stores {dtype.itemsize * 8}-bit {kind} samples ({dtype}), not 8-bit RGB brightfield "
-                f"pixels (it is not corrupt, but not a format slidescope reads)")
+        kind = {"f": "floating-point", "u": "unsigned integer", "i": "signed integer"}.get(
+            dtype.kind, dtype.kind
+        )
+        return (
+            f"stores {dtype.itemsize * 8}-bit {kind} samples ({dtype}), not 8-bit RGB brightfield "
+            f"pixels (it is not corrupt, but not a format slidescope reads)"
+        )
     return None
 
 
@@ -197,7 +207,9 @@ class TiffTileSource:
                     level = _Level(page)
                     problem = level.problem()
                     if problem is not None:  # e.g. a forged page with fewer offsets than tiles
-                        log.warning("%s: level %d is read through the backend: %s", Path(path).name, index, problem)
+                        log.warning(
+                            "%s: level %d is read through the backend: %s", Path(path).name, index, problem
+                        )
                         break
                     levels[index] = level
                     break

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._compat import renamed_kwargs
 from ..errors import InvalidParameterError
 
 from ._downsample import read_downsampled as _read_downsampled
@@ -209,12 +210,13 @@ class TissueMask:
         return p
 
     @classmethod
+    @renamed_kwargs(mpp_slide="slide_mpp")
     def from_geojson(
         cls,
         source: str | os.PathLike[str] | dict | list,
         *,
         slide_dimensions: tuple[int, int],
-        mpp_slide: float | tuple[float, float],
+        slide_mpp: float | tuple[float, float],
         mask_mpp: float = DEFAULT_MASK_MPP,
     ) -> TissueMask:
         """Rasterise polygons (e.g. a tissue annotation drawn in QuPath) into a :class:`TissueMask`.
@@ -226,20 +228,21 @@ class TissueMask:
             is used (holes included), whatever its classification; other geometries are ignored.
             Coordinates are level-0 pixels, top-left origin.
         slide_dimensions : level-0 (width, height) of the slide.
-        mpp_slide : level-0 µm/px of the slide (one number or (x, y)).
+        slide_mpp : level-0 µm/px of the slide (one number or (x, y)). The old name ``mpp_slide`` still
+            works for one release, with a DeprecationWarning.
         mask_mpp : µm per mask pixel, as in :func:`detect_tissue`.
 
         Returns
         -------
         TissueMask
-            Mask of shape (round(h0 / ds), round(w0 / ds)), ds = mask_mpp / mpp_slide.
+            Mask of shape (round(h0 / ds), round(w0 / ds)), ds = mask_mpp / slide_mpp.
         """
         from skimage.draw import polygon as draw_polygon
 
         data = source
         if not isinstance(source, (dict, list)):
             data = json.loads(Path(source).read_text(encoding="utf-8"))
-        slide_mpp = _check_pair(mpp_slide, "mpp_slide")
+        slide_mpp = _check_pair(slide_mpp, "slide_mpp")
         _check_positive(mask_mpp, "mask_mpp")
         w0, h0 = (int(v) for v in slide_dimensions)
         if w0 <= 0 or h0 <= 0:
@@ -328,7 +331,7 @@ def detect_tissue(
         ``mpp`` not a positive finite number, or so fine that the mask would be huge; ``pen`` not one of
         auto, on, off.
     MissingMppError
-        The slide has no pixel size: open it with ``open_slide(path, mpp=...)``.
+        The slide has no pixel size: open it with ``open_slide(path, slide_mpp=...)``.
 
     Examples
     --------
@@ -347,13 +350,15 @@ def detect_tissue(
     if threshold is not None:
         _check_positive(threshold, "threshold")
     pen = _pen_mode(pen, remove_pen)
-    slide_mpp = slide.mpp  # MissingMppError propagates, its message says to pass mpp=
+    slide_mpp = slide.mpp  # MissingMppError propagates, its message says to pass slide_mpp=
     w0, h0 = slide.dimensions
     eff_mpp = max(float(mpp), float(slide_mpp[0]), float(slide_mpp[1]))
     if eff_mpp > mpp:
         log.warning(
-            "tissue mask at %.4g µm/px requested but the slide's pixels are %.4g µm; using %.4g", mpp,
-            max(slide_mpp), eff_mpp,
+            "tissue mask at %.4g µm/px requested but the slide's pixels are %.4g µm; using %.4g",
+            mpp,
+            max(slide_mpp),
+            eff_mpp,
         )
     (mw, mh), ds, mask_mpp = _mask_geometry((w0, h0), slide_mpp, eff_mpp)
     if mw * mh > MAX_MASK_PIXELS:
@@ -519,8 +524,10 @@ def pen_hint(mask: Any) -> str:
     removed = float(params.get("pen_removed_fraction") or 0.0)
     if params.get("pen_used") != "on" or removed <= PEN_HINT_FRACTION:
         return ""
-    return (f" Pen removal excluded {removed:.0%} of what looked like tissue: if the slide is IHC or has a "
-            f"blue counterstain, run again with --pen off (pen='off').")
+    return (
+        f" Pen removal excluded {removed:.0%} of what looked like tissue: if the slide is IHC or has a "
+        f"blue counterstain, run again with --pen off (pen='off')."
+    )
 
 
 def _disk(radius: int) -> np.ndarray:

@@ -22,8 +22,17 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_extract_batch_with_a_bad_slide(fixtures_dir: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "slides.csv"
     manifest.write_text(f"slide\n{SAMPLE}\n{fixtures_dir / 'not-a-tiff.svs'}\n")
-    out = run("-q", "extract", str(manifest), "--encoder", "he-descriptor", "--out", str(tmp_path / "stores"),
-              "--num-workers", "1")
+    out = run(
+        "-q",
+        "extract",
+        str(manifest),
+        "--encoder",
+        "he-descriptor",
+        "--out",
+        str(tmp_path / "stores"),
+        "--num-workers",
+        "1",
+    )
     assert out.returncode == 1, out.stderr  # some slides failed
     assert "sample_slide.tiff: done" in out.stdout
     assert "not-a-tiff.svs: failed (UnsupportedSlideError" in out.stdout
@@ -37,10 +46,20 @@ def test_extract_batch_with_a_bad_slide(fixtures_dir: Path, tmp_path: Path) -> N
     again = run("-q", "extract", str(SAMPLE), "--encoder", "he-descriptor", "--out", str(tmp_path / "stores"))
     assert again.returncode == 0 and "sample_slide.tiff: reused" in again.stdout
 
-    h5 = run("export-h5", str(tmp_path / "stores"), "--encoder", "he-descriptor", "--out", str(tmp_path / "h5"))
+    h5 = run(
+        "export-h5", str(tmp_path / "stores"), "--encoder", "he-descriptor", "--out", str(tmp_path / "h5")
+    )
     assert h5.returncode == 0, h5.stderr
-    back = run("import-h5", str(tmp_path / "h5" / "sample_slide.h5"), "--encoder", "he-descriptor",
-               "--out", str(tmp_path / "imported"), "--slides", str(SAMPLE.parent))
+    back = run(
+        "import-h5",
+        str(tmp_path / "h5" / "sample_slide.h5"),
+        "--encoder",
+        "he-descriptor",
+        "--out",
+        str(tmp_path / "imported"),
+        "--slides",
+        str(SAMPLE.parent),
+    )
     assert back.returncode == 0, back.stderr
     imported = open_store(tmp_path / "imported" / "sample_slide.zarr")
     assert np.array_equal(imported.embeddings("he-descriptor"), emb)
@@ -49,8 +68,16 @@ def test_extract_batch_with_a_bad_slide(fixtures_dir: Path, tmp_path: Path) -> N
 def test_unknown_encoder_and_missing_weights(tmp_path: Path) -> None:
     out = run("extract", str(SAMPLE), "--encoder", "nope", "--out", str(tmp_path))
     assert out.returncode == 2 and "unknown encoder 'nope'" in out.stderr
-    out = run("extract", str(SAMPLE), "--encoder", "uni", "--weights", str(tmp_path / "missing.safetensors"),
-              "--out", str(tmp_path))
+    out = run(
+        "extract",
+        str(SAMPLE),
+        "--encoder",
+        "uni",
+        "--weights",
+        str(tmp_path / "missing.safetensors"),
+        "--out",
+        str(tmp_path),
+    )
     assert out.returncode == 2 and "WeightsError" in out.stderr and "--weights PATH" in out.stderr
 
 

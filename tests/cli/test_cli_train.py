@@ -25,8 +25,15 @@ def _help_rows() -> tuple[str, dict[str, str]]:
 
 @pytest.mark.parametrize(
     ("option", "default"),
-    [("--epochs", "20"), ("--lr", "0.0002"), ("--weight-decay", "0.01"), ("--early-stopping-patience", "5"),
-     ("--max-instances", "512"), ("--class-weighting", "class-weighting"), ("--folds", "5")],
+    [
+        ("--epochs", "20"),
+        ("--lr", "0.0002"),
+        ("--weight-decay", "0.01"),
+        ("--early-stopping-patience", "5"),
+        ("--max-instances", "512"),
+        ("--class-weighting", "class-weighting"),
+        ("--folds", "5"),
+    ],
 )
 def test_train_help_shows_each_default(option: str, default: str) -> None:
     _, rows = _help_rows()
@@ -38,9 +45,13 @@ def test_train_help_names_the_recipe_and_how_clam_differs() -> None:
     assert "slidescope's own, not a published one" in text
     assert "AdamW" in text and "cosine schedule" in text and "class-weighted cross-entropy" in text
     # CLAM's recipe and the flags that come closest to it
-    assert "CLAM's recipe" in text and "Adam with a constant lr 2e-4" in text and "never before epoch 50" in text
-    assert ("--lr 2e-4 --weight-decay 1e-5 --epochs 200 --early-stopping-patience 20 --batch-size 1 "
-            "--max-instances 0") in text
+    assert (
+        "CLAM's recipe" in text and "Adam with a constant lr 2e-4" in text and "never before epoch 50" in text
+    )
+    assert (
+        "--lr 2e-4 --weight-decay 1e-5 --epochs 200 --early-stopping-patience 20 --batch-size 1 "
+        "--max-instances 0"
+    ) in text
 
 
 def test_recipe_flags_reach_train(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -12,7 +12,9 @@ import pytest
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slidescope", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "slidescope", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_info_real_svs(cmu_small: Path) -> None:

@@ -26,10 +26,11 @@ ENCODER = "he-descriptor"
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slidescope.wsi import make_synthetic_slide
+    from slidescope.synthetic import make_synthetic_slide
 
-    return make_synthetic_slide(tmp_path_factory.mktemp("dask_defaults") / "s1.svs", width=2048, height=1536,
-                                seed=1).path
+    return make_synthetic_slide(
+        tmp_path_factory.mktemp("dask_defaults") / "s1.svs", width=2048, height=1536, seed=1
+    ).path
 
 
 def _cli(*args: str):
@@ -60,8 +61,9 @@ def test_extraction_in_a_daemonic_process_with_default_workers(slide: Path, tmp_
 
 
 @pytest.mark.slow
-def test_extract_and_run_on_dask_with_the_default_command_line(slide: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extract_and_run_on_dask_with_the_default_command_line(
+    slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from slidescope.features.store import open_store
 
     # One LocalCluster worker whatever the machine, to keep this short: the cluster's size is cores / 2 of
@@ -79,7 +81,9 @@ def test_extract_and_run_on_dask_with_the_default_command_line(slide: Path, tmp_
     emb = store.embeddings(ENCODER)
     assert n > 0 and emb.shape == (n, 98) and np.isfinite(emb).all()
     report = json.loads((stores / "reports" / "extract-latest.json").read_text())
-    assert [(r["status"], r["n_tiles"], r["extra"].get("attempts")) for r in report["slides"]] == [("done", n, 1)]
+    assert [(r["status"], r["n_tiles"], r["extra"].get("attempts")) for r in report["slides"]] == [
+        ("done", n, 1)
+    ]
 
     # slidescope run SLIDE --encoder he-descriptor --executor dask --out R
     out = tmp_path / "R"
@@ -102,10 +106,20 @@ def test_extract_on_an_external_scheduler_with_default_options(slide: Path, tmp_
 
     from slidescope.features.store import open_store
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
         stores = tmp_path / "S"
-        res = _cli("extract", str(slide), "--executor", "dask", "--scheduler", cluster.scheduler_address,
-                   "--out", str(stores))
+        res = _cli(
+            "extract",
+            str(slide),
+            "--executor",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+            "--out",
+            str(stores),
+        )
     assert res.exit_code == 0, res.output
     assert "s1.svs: done" in res.output
     store = open_store(stores / "s1.zarr")

@@ -44,7 +44,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     from slidescope.vlm.model import SlideTextModel
     from slidescope.vlm.pretrain import default_slide_encoder
     from slidescope.vlm.text import SmallTextTower
-    from slidescope.wsi import make_synthetic_cohort
+    from slidescope.synthetic import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("run_assets")
     manifest = make_synthetic_cohort(root / "cohort", n_slides=8, width=1024, height=768, seed=3)
@@ -53,17 +53,31 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     slides = [manifest.parent / r["slide"] for r in rows]
     res = extract_slides(slides, ENCODER, store=root / "stores", num_workers=0, progress=False)
     assert all(r.status == "done" for r in res), [(r.slide, r.error) for r in res]
-    run = train(manifest, store=root / "stores", encoder=ENCODER, out=root / "abmil", model="abmil",
-                model_kwargs={"embed_dim": 32, "attn_dim": 16}, folds=2, epochs=3, batch_size=4, seed=0,
-                accelerator="cpu", bootstrap=50)
+    run = train(
+        manifest,
+        store=root / "stores",
+        encoder=ENCODER,
+        out=root / "abmil",
+        model="abmil",
+        model_kwargs={"embed_dim": 32, "attn_dim": 16},
+        folds=2,
+        epochs=3,
+        batch_size=4,
+        seed=0,
+        accelerator="cpu",
+        bootstrap=50,
+    )
     assert len(run.checkpoints) == 2
     tower = SmallTextTower.from_texts([r["report"] for r in rows], width=32, depth=1, heads=2, max_length=64)
-    model = SlideTextModel(default_slide_encoder(98, latent_seq=8, latent_dim=32, perceiver_depth=1), tower,
-                           dim_latents=32)
+    model = SlideTextModel(
+        default_slide_encoder(98, latent_seq=8, latent_dim=32, perceiver_depth=1), tower, dim_latents=32
+    )
     model.save(root / "slidetext")
     prompts = root / "prompts.yaml"
     prompts.write_text("classes:\n  tumour: [cancer, sheets of atypical cells]\n  normal: [benign stroma]\n")
-    return Assets(root=root, slides=slides, run_dir=root / "abmil", slide_text=root / "slidetext", prompts=prompts)
+    return Assets(
+        root=root, slides=slides, run_dir=root / "abmil", slide_text=root / "slidetext", prompts=prompts
+    )
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -89,7 +103,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def files(folder: Path) -> dict[str, int]:
     """Every file under ``folder`` with its modification time (ns)."""
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # the broken fixtures of ../shared/data and what the report must say about each
@@ -104,15 +120,34 @@ BROKEN = {
 
 
 def test_run_good_and_broken_slides_then_rerun(assets: Assets, shared_data: Path, tmp_path: Path) -> None:
-    good = [*assets.slides[:2], shared_data / "slides" / "CMU-1-Small-Region.svs",
-            shared_data / "slides" / "OS-1-detail.ome.tif"]
+    good = [
+        *assets.slides[:2],
+        shared_data / "slides" / "CMU-1-Small-Region.svs",
+        shared_data / "slides" / "OS-1-detail.ome.tif",
+    ]
     broken = [*sorted((shared_data / "fixtures").iterdir()), tmp_path / "missing.svs"]
     manifest = tmp_path / "slides.csv"
     manifest.write_text("slide\n" + "".join(f"{p}\n" for p in good + broken))
     out = tmp_path / "results"
-    args = ["run", str(manifest), "--encoder", ENCODER, "--model", str(assets.run_dir),
-            "--prompts", str(assets.prompts), "--slide-text-model", str(assets.slide_text), "--out", str(out),
-            "--num-workers", "0", "--heatmap-size", "256", "--no-progress"]
+    args = [
+        "run",
+        str(manifest),
+        "--encoder",
+        ENCODER,
+        "--model",
+        str(assets.run_dir),
+        "--prompts",
+        str(assets.prompts),
+        "--slide-text-model",
+        str(assets.slide_text),
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        "--heatmap-size",
+        "256",
+        "--no-progress",
+    ]
     code, text = cli(*args)
     assert code == 1, text  # some slides failed, the others are done
     assert "4 slides done, 0 skipped (finished before), 6 failed, of 10" in text
@@ -127,12 +162,23 @@ def test_run_good_and_broken_slides_then_rerun(assets: Assets, shared_data: Path
     # the good ones: scored (ensemble of the 2 folds) and zero-shot, with heatmaps, timings and the tiles' mpp
     cmu = by_key["CMU-1-Small-Region"]
     assert cmu["n_tiles"] > 20 and cmu["effective_mpp"] == pytest.approx([0.5, 0.5], abs=0.01)
-    assert set(cmu["timings"]) >= {"open", "tissue", "tiles", "extract", "score", "zero_shot", "heatmaps", "total"}
+    assert set(cmu["timings"]) >= {
+        "open",
+        "tissue",
+        "tiles",
+        "extract",
+        "score",
+        "zero_shot",
+        "heatmaps",
+        "total",
+    }
     preds = read_csv(out / "predictions.csv")
     assert [r["slide"] for r in preds] == [Path(p).name.split(".")[0] for p in good]
     for r in preds:
         assert float(r["mil_prob_normal"]) + float(r["mil_prob_tumour"]) == pytest.approx(1, abs=1e-5)
-        assert float(r["zero_shot_prob_normal"]) + float(r["zero_shot_prob_tumour"]) == pytest.approx(1, abs=1e-5)
+        assert float(r["zero_shot_prob_normal"]) + float(r["zero_shot_prob_tumour"]) == pytest.approx(
+            1, abs=1e-5
+        )
         assert r["mil_predicted"] in ("normal", "tumour") and int(r["n_tiles"]) > 0
     from PIL import Image
 
@@ -167,7 +213,10 @@ def test_run_good_and_broken_slides_then_rerun(assets: Assets, shared_data: Path
     code, text = cli(*args[:5], str(assets.run_dir / "fold1" / "best.ckpt"), *args[6:], "--dry-run")
     assert code == 0, text
     assert "dry run: nothing is written" in text and "4 do, 6 retry" in text
-    assert "configuration changed (model)" in text and f"model: [\"{assets.run_dir / 'fold1' / 'best.ckpt'}\"]" in text
+    assert (
+        "configuration changed (model)" in text
+        and f'model: ["{assets.run_dir / "fold1" / "best.ckpt"}"]' in text
+    )
     assert files(out) == listing
 
 
@@ -176,8 +225,10 @@ def test_config_file_flags_override_and_bad_keys(assets: Assets, tmp_path: Path)
     from slidescope.pipeline import CONFIG_KEYS, RunConfig, load_config_file, resolve_config
 
     cfg_file = tmp_path / "run.toml"
-    cfg_file.write_text(f'slides = ["{assets.slides[0]}"]\nencoder = "{ENCODER}"\nout = "results"\n'
-                        f'model = "{assets.run_dir}"\ntile-size = 112\nmin_tissue = 0.5\nheatmaps = false\n')
+    cfg_file.write_text(
+        f'slides = ["{assets.slides[0]}"]\nencoder = "{ENCODER}"\nout = "results"\n'
+        f'model = "{assets.run_dir}"\ntile-size = 112\nmin_tissue = 0.5\nheatmaps = false\n'
+    )
     paths, cfg = resolve_config(config=cfg_file, min_tissue=0.1)
     assert paths == [assets.slides[0]]
     assert cfg.out == str(tmp_path / "results")  # relative to the config file
@@ -188,12 +239,15 @@ def test_config_file_flags_override_and_bad_keys(assets: Assets, tmp_path: Path)
     # say where the slides run
     from slidescope.pipeline import EXECUTION_KEYS
 
-    assert ({k.replace("-", "_") for k in CONFIG_KEYS} - {"slides"} - set(EXECUTION_KEYS)
-            == set(RunConfig.__dataclass_fields__) - {"progress"})
+    assert {k.replace("-", "_") for k in CONFIG_KEYS} - {"slides"} - set(EXECUTION_KEYS) == set(
+        RunConfig.__dataclass_fields__
+    ) - {"progress"}
 
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text(f"encoder: {ENCODER}\nout: r\ntile_sise: 224\n")
-    with pytest.raises(InvalidParameterError, match=r"unknown key 'tile_sise' \(did you mean 'tile-size'\?\)"):
+    with pytest.raises(
+        InvalidParameterError, match=r"unknown key 'tile_sise' \(did you mean 'tile-size'\?\)"
+    ):
         load_config_file(yaml_file)
     yaml_file.write_text("heatmap-size: big\n")
     with pytest.raises(InvalidParameterError, match="heatmap-size must be a whole number"):
@@ -202,23 +256,34 @@ def test_config_file_flags_override_and_bad_keys(assets: Assets, tmp_path: Path)
         resolve_config(assets.slides[0], encoder=ENCODER, out=str(tmp_path), backend="pillow")
     with pytest.raises(InvalidParameterError, match="--slide-text-model"):
         resolve_config(assets.slides[0], encoder=ENCODER, out=str(tmp_path), prompts=str(assets.prompts))
-    with pytest.raises(SlidescopeError, match="trained on 'he-descriptor' 98-d embeddings.*--encoder he-descriptor"):
-        resolve_config(assets.slides[0], encoder="lunit-dino-vits8", out=str(tmp_path), model=[str(assets.run_dir)])
+    with pytest.raises(
+        SlidescopeError, match="trained on 'he-descriptor' 98-d embeddings.*--encoder he-descriptor"
+    ):
+        resolve_config(
+            assets.slides[0], encoder="lunit-dino-vits8", out=str(tmp_path), model=[str(assets.run_dir)]
+        )
 
     # the command line: one clear line and exit code 2, listing the valid keys
     yaml_file.write_text("encoder: he-descriptor\nout: r\ncolour: red\n")
-    proc = subprocess.run([sys.executable, "-m", "slidescope", "run", str(assets.slides[0]), "--config",
-                           str(yaml_file)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "slidescope", "run", str(assets.slides[0]), "--config", str(yaml_file)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
-    assert "InvalidParameterError: run.yaml: unknown key 'colour'" in proc.stderr and "tile-size" in proc.stderr
+    assert (
+        "InvalidParameterError: run.yaml: unknown key 'colour'" in proc.stderr and "tile-size" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
 def test_importing_the_runner_is_light() -> None:
     """``slidescope.run`` (and the command's module) load without torch or the slide libraries."""
-    code = ("import sys, slidescope, slidescope.cli._run; run = slidescope.run; "
-            "print(run.__module__, [m for m in ('torch', 'openslide', 'tiffslide', 'lightning', 'zarr') "
-            "if m in sys.modules])")
+    code = (
+        "import sys, slidescope, slidescope.cli._run; run = slidescope.run; "
+        "print(run.__module__, [m for m in ('torch', 'openslide', 'tiffslide', 'lightning', 'zarr') "
+        "if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["slidescope.pipeline._run", "[]"]
 
@@ -237,12 +302,22 @@ def test_executor_seam(assets: Assets, tmp_path: Path) -> None:
     from slidescope import run
 
     slides = [str(p) for p in assets.slides[:3]]
-    res = run(slides, executor=_ReversedPickling(), encoder=ENCODER, model=[str(assets.run_dir)],
-              out=str(tmp_path / "r"), stores=str(assets.root / "stores"), num_workers=0, heatmaps=False,
-              progress=False)
+    res = run(
+        slides,
+        executor=_ReversedPickling(),
+        encoder=ENCODER,
+        model=[str(assets.run_dir)],
+        out=str(tmp_path / "r"),
+        stores=str(assets.root / "stores"),
+        num_workers=0,
+        heatmaps=False,
+        progress=False,
+    )
     assert res.exit_code == 0 and res.counts == {"done": 3}
     assert [o.slide for o in res.outcomes] == slides  # back in input order
-    assert all(o.computed_tiles == 0 and o.n_tiles > 0 for o in res.outcomes)  # embeddings came from the cache
+    assert all(
+        o.computed_tiles == 0 and o.n_tiles > 0 for o in res.outcomes
+    )  # embeddings came from the cache
     report = json.loads(res.report.read_text())  # type: ignore[union-attr]
     assert [s["slide"] for s in report["slides"]] == slides
     assert len(read_csv(tmp_path / "r" / "predictions.csv")) == 3
@@ -250,9 +325,22 @@ def test_executor_seam(assets: Assets, tmp_path: Path) -> None:
 
 def _zero_shot_args(assets: Assets, out: Path) -> list[str]:
     """Zero-shot only: a subprocess then starts without Lightning (MIL scoring is tested above)."""
-    return ["run", *map(str, assets.slides), "--encoder", ENCODER, "--prompts", str(assets.prompts),
-            "--slide-text-model", str(assets.slide_text), "--heatmap-size", "128", "--num-workers", "0",
-            "--out", str(out)]
+    return [
+        "run",
+        *map(str, assets.slides),
+        "--encoder",
+        ENCODER,
+        "--prompts",
+        str(assets.prompts),
+        "--slide-text-model",
+        str(assets.slide_text),
+        "--heatmap-size",
+        "128",
+        "--num-workers",
+        "0",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +356,9 @@ def _same_results(out: Path, reference: Path, keys: list[str]) -> None:
     from slidescope.features import open_store
 
     assert (out / "predictions.csv").read_text() == (reference / "predictions.csv").read_text()
-    assert {k for k in files(out) if not k.startswith("stores/")} == \
-        {k for k in files(reference) if not k.startswith("stores/")}  # no partial or lock file left behind
+    assert {k for k in files(out) if not k.startswith("stores/")} == {
+        k for k in files(reference) if not k.startswith("stores/")
+    }  # no partial or lock file left behind
     for key in keys:
         a, b = open_store(out / "stores" / f"{key}.zarr"), open_store(reference / "stores" / f"{key}.zarr")
         assert np.array_equal(a.embeddings(ENCODER), b.embeddings(ENCODER))
@@ -279,8 +368,9 @@ def _same_results(out: Path, reference: Path, keys: list[str]) -> None:
             assert (out / name.format(key)).read_text() == (reference / name.format(key)).read_text()
 
 
-def test_ctrl_c_mid_slide_then_rerun(assets: Assets, reference: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_mid_slide_then_rerun(
+    assets: Assets, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C while the third slide draws its heatmaps (its store and tissue are written, its record is not)."""
     from slidescope.pipeline import _slide
 
@@ -299,7 +389,9 @@ def test_ctrl_c_mid_slide_then_rerun(assets: Assets, reference: Path, tmp_path: 
     assert code == 130 and "interrupted" in text and "run the same command again" in text
     report = json.loads((out / "report.json").read_text())
     assert not report["finished"]
-    assert [s["status"] for s in report["slides"]] == ["done", "done"] + ["interrupted"] * (len(assets.slides) - 2)
+    assert [s["status"] for s in report["slides"]] == ["done", "done"] + ["interrupted"] * (
+        len(assets.slides) - 2
+    )
     assert sorted(p.name for p in (out / "slides").iterdir()) == [f"{p.stem}.json" for p in assets.slides[:2]]
     assert (out / "tissue" / f"{assets.slides[2].stem}.geojson").is_file()  # written before the interruption
     assert not [p for p in out.rglob("*") if "partial" in p.name]
@@ -317,8 +409,13 @@ def _records(out: Path) -> int:
 def test_killed_run_resumes_to_the_same_results(assets: Assets, reference: Path, tmp_path: Path) -> None:
     """``kill -9`` a real ``slidescope run`` once it has finished a slide, then run the same command again."""
     out = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "slidescope", *_zero_shot_args(assets, out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slidescope", *_zero_shot_args(assets, out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
     deadline = time.monotonic() + 180
     while _records(out) < 1:
         if proc.poll() is not None:
@@ -357,11 +454,25 @@ def test_score_and_zero_shot_on_dask_equal_local(assets: Assets, tmp_path: Path)
         ckpts = [a for c in sorted(assets.run_dir.glob("fold*/best.ckpt")) for a in ("--model", str(c))]
         code, out = cli("score", str(stores), *ckpts, "--out", str(tmp_path / mode / "mil.csv"), *extra)
         assert code == 0, out
-        code, out = cli("zero-shot", str(stores), "--model", str(assets.slide_text), "--prompts", str(assets.prompts),
-                        "--encoder", ENCODER, "--out", str(tmp_path / mode / "zs.csv"), *extra)
+        code, out = cli(
+            "zero-shot",
+            str(stores),
+            "--model",
+            str(assets.slide_text),
+            "--prompts",
+            str(assets.prompts),
+            "--encoder",
+            ENCODER,
+            "--out",
+            str(tmp_path / mode / "zs.csv"),
+            *extra,
+        )
         assert code == 0, out
-        results[mode] = (read_csv(tmp_path / mode / "mil.csv"), read_csv(tmp_path / mode / "zs.csv"),
-                         {p.name: open_store(p).scores("abmil/attention") for p in sorted(stores.glob("*.zarr"))})
+        results[mode] = (
+            read_csv(tmp_path / mode / "mil.csv"),
+            read_csv(tmp_path / mode / "zs.csv"),
+            {p.name: open_store(p).scores("abmil/attention") for p in sorted(stores.glob("*.zarr"))},
+        )
     (mil_l, zs_l, att_l), (mil_d, zs_d, att_d) = results["local"], results["dask"]
     assert mil_l == mil_d and len(mil_l) == len(assets.slides)
     # zero-shot: one slide per matrix product on the workers vs all at once here: equal up to float rounding

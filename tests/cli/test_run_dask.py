@@ -21,7 +21,7 @@ ENCODER = "he-descriptor"
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slidescope.wsi import make_synthetic_cohort
+    from slidescope.synthetic import make_synthetic_cohort
 
     root = tmp_path_factory.mktemp("dask_cohort")
     return make_synthetic_cohort(root / "cohort", n_slides=4, width=3072, height=2304, seed=5)
@@ -30,7 +30,10 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _embeddings(out: Path) -> dict[str, np.ndarray]:
     from slidescope.features.store import open_store
 
-    return {Path(p).name: open_store(p).embeddings(ENCODER) for p in sorted(glob.glob(str(out / "stores" / "*.zarr")))}
+    return {
+        Path(p).name: open_store(p).embeddings(ENCODER)
+        for p in sorted(glob.glob(str(out / "stores" / "*.zarr")))
+    }
 
 
 def _kill_first_claimant(stores: Path, stop: threading.Event, killed: list[int]) -> None:
@@ -60,13 +63,21 @@ def test_dask_cluster_matches_local_and_survives_a_killed_worker(cohort: Path, t
     watcher = threading.Thread(target=_kill_first_claimant, args=(tmp_path / "dask" / "stores", stop, killed))
     watcher.start()
     try:
-        res = ss.run(cohort, out=tmp_path / "dask", encoder=ENCODER, progress=False, num_workers=0,
-                     executor=DaskExecutor(n_workers=2, threads_per_worker=1))
+        res = ss.run(
+            cohort,
+            out=tmp_path / "dask",
+            encoder=ENCODER,
+            progress=False,
+            num_workers=0,
+            executor=DaskExecutor(n_workers=2, threads_per_worker=1),
+        )
     finally:
         stop.set()
         watcher.join()
     assert killed, "no worker was caught mid-slide"
-    assert res.exit_code == 0 and res.counts == {"done": 4}, [(o.key, o.status, o.error_message) for o in res.outcomes]
+    assert res.exit_code == 0 and res.counts == {"done": 4}, [
+        (o.key, o.status, o.error_message) for o in res.outcomes
+    ]
 
     # the report is the same as in local mode, plus the retry of the slide whose worker died
     report = json.loads((tmp_path / "dask" / "report.json").read_text())
@@ -93,8 +104,9 @@ def test_dask_cluster_matches_local_and_survives_a_killed_worker(cohort: Path, t
     redo.unlink()
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"encoder: {ENCODER}\nnum-workers: 0\nexecutor: dask\ndask-workers: 2\n")
-    res = CliRunner().invoke(app, ["run", str(cohort), "--config", str(cfg), "--out", str(tmp_path / "dask"),
-                                   "--no-progress"])
+    res = CliRunner().invoke(
+        app, ["run", str(cohort), "--config", str(cfg), "--out", str(tmp_path / "dask"), "--no-progress"]
+    )
     assert res.exit_code == 0, res.output
     assert "1 slides done, 3 skipped" in res.output
     assert redo.exists()
@@ -105,10 +117,16 @@ def test_execution_options_are_checked(tmp_path: Path) -> None:
     from slidescope.pipeline import DaskExecutor, LocalExecutor, execution_options, make_executor
 
     cfg = tmp_path / "run.toml"
-    cfg.write_text('encoder = "he-descriptor"\nexecutor = "dask"\nscheduler = "tcp://10.0.0.1:8786"\n'
-                   '[dask-cluster]\nkind = "slurm"\njobs = 2\n')
+    cfg.write_text(
+        'encoder = "he-descriptor"\nexecutor = "dask"\nscheduler = "tcp://10.0.0.1:8786"\n'
+        '[dask-cluster]\nkind = "slurm"\njobs = 2\n'
+    )
     opts = execution_options(cfg)
-    assert opts == {"executor": "dask", "scheduler": "tcp://10.0.0.1:8786", "dask_cluster": {"kind": "slurm", "jobs": 2}}
+    assert opts == {
+        "executor": "dask",
+        "scheduler": "tcp://10.0.0.1:8786",
+        "dask_cluster": {"kind": "slurm", "jobs": 2},
+    }
     assert isinstance(make_executor(execution_options(None)), LocalExecutor)
     assert isinstance(make_executor(execution_options(None, executor="dask", dask_workers=2)), DaskExecutor)
     with pytest.raises(InvalidParameterError, match="scheduler address or a cluster description, not both"):

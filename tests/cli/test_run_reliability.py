@@ -54,7 +54,7 @@ def main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *a
 
 def slide_without_mpp(path: Path, seed: int) -> Path:
     """A synthetic SVS whose description carries no ``MPP`` (the key is renamed in place)."""
-    from slidescope.wsi import make_synthetic_slide
+    from slidescope.synthetic import make_synthetic_slide
 
     make_synthetic_slide(path, width=2048, height=1536, mpp=0.499, seed=seed)
     data = path.read_bytes()
@@ -65,12 +65,14 @@ def slide_without_mpp(path: Path, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from slidescope.wsi import make_synthetic_slide
+    from slidescope.synthetic import make_synthetic_slide
 
     root = tmp_path_factory.mktemp("reliability_slides")
     out = {}
     for k in range(4):
-        out[f"s{k}"] = make_synthetic_slide(root / f"s{k}.svs", width=1024, height=768, mpp=0.5, seed=10 + k).path
+        out[f"s{k}"] = make_synthetic_slide(
+            root / f"s{k}.svs", width=1024, height=768, mpp=0.5, seed=10 + k
+        ).path
     out["fine"] = make_synthetic_slide(root / "fine.svs", width=2048, height=1536, mpp=0.499, seed=1).path
     out["nompp"] = slide_without_mpp(root / "nompp.svs", seed=2)
     return out
@@ -112,7 +114,10 @@ def test_slide_mpp_only_fills_in_a_missing_pixel_size(slides: dict[str, Path], t
     code, text = cli("run", *pair, *base_args(out), "--force-slide-mpp", "0.4")
     assert code == 0 and "2 slides done, 0 skipped" in text, text
     by_key = {s["key"]: s for s in json.loads((out / "report.json").read_text())["slides"]}
-    assert by_key["fine"]["slide_mpp"] == [0.4, 0.4] and by_key["fine"]["mpp_source"] == "forced (--force-slide-mpp)"
+    assert (
+        by_key["fine"]["slide_mpp"] == [0.4, 0.4]
+        and by_key["fine"]["mpp_source"] == "forced (--force-slide-mpp)"
+    )
     extent = round(tile * 0.5 / 0.4)
     assert open_store(out / "stores" / "fine.zarr").tile_extent == (extent, extent)
 
@@ -123,20 +128,20 @@ def test_slide_mpp_only_fills_in_a_missing_pixel_size(slides: dict[str, Path], t
         cli("run", *pair, *base_args(out), "--slide-mpp", "0.25", "--force-slide-mpp", "0.25")
 
 
-def test_open_slide_default_mpp_is_a_fallback(slides: dict[str, Path]) -> None:
+def test_open_slide_slide_mpp_is_a_fallback(slides: dict[str, Path]) -> None:
     """The slide-level API under every command's ``--slide-mpp`` (extract, tile, info, heatmap, viewer)."""
     import pickle
 
     from slidescope.wsi import open_slide
 
-    with open_slide(slides["fine"], default_mpp=0.25) as s:
+    with open_slide(slides["fine"], slide_mpp=0.25) as s:
         assert s.mpp == (0.499, 0.499) and s.mpp_source.startswith("Aperio")
-    with open_slide(slides["nompp"], default_mpp=0.25) as s:
+    with open_slide(slides["nompp"], slide_mpp=0.25) as s:
         assert s.mpp == (0.25, 0.25) and s.mpp_source == "filled in"
         again = pickle.loads(pickle.dumps(s))  # reader workers reopen it with the same fallback
         assert again.mpp == (0.25, 0.25) and again.mpp_source == "filled in"
         again.close()
-    with open_slide(slides["fine"], mpp=0.25) as s:
+    with open_slide(slides["fine"], force_slide_mpp=0.25) as s:
         assert s.mpp == (0.25, 0.25) and s.mpp_source == "user"
 
 
@@ -182,8 +187,16 @@ def test_dicom_folders_expand_to_one_slide_each(tmp_path: Path) -> None:
     assert expand_slides([str(series / "*.dcm")]) == [series / "level0.dcm"]
 
     batch = tmp_path / "batch"
-    _touch(batch / "a.svs", batch / "b.ndpi", batch / "loose1.dcm", batch / "loose2.dcm",
-           batch / "sub1" / "x.dcm", batch / "sub2" / "y.dcm", batch / "notes.txt", batch / "empty" / "z.txt")
+    _touch(
+        batch / "a.svs",
+        batch / "b.ndpi",
+        batch / "loose1.dcm",
+        batch / "loose2.dcm",
+        batch / "sub1" / "x.dcm",
+        batch / "sub2" / "y.dcm",
+        batch / "notes.txt",
+        batch / "empty" / "z.txt",
+    )
     found = expand_slides([batch])
     assert found == [batch / "a.svs", batch / "b.ndpi", batch / "loose1.dcm", batch / "sub1", batch / "sub2"]
     assert [slide_key(p) for p in found] == ["a", "b", "batch", "sub1", "sub2"]
@@ -201,7 +214,12 @@ def test_dangling_links_and_loops_are_reported_failures(slides: dict[str, Path],
     os.symlink(tmp_path / "gone.svs", folder / "dangling.svs")
     os.symlink(folder / "loop_b.svs", folder / "loop_a.svs")
     os.symlink(folder / "loop_a.svs", folder / "loop_b.svs")
-    assert [p.name for p in expand_slides([folder])] == ["dangling.svs", "good.svs", "loop_a.svs", "loop_b.svs"]
+    assert [p.name for p in expand_slides([folder])] == [
+        "dangling.svs",
+        "good.svs",
+        "loop_a.svs",
+        "loop_b.svs",
+    ]
 
     out = tmp_path / "r"
     code, text = cli("run", str(folder), *base_args(out))
@@ -209,7 +227,10 @@ def test_dangling_links_and_loops_are_reported_failures(slides: dict[str, Path],
     by_key = {s["key"]: s for s in json.loads((out / "report.json").read_text())["slides"]}
     assert by_key["good"]["status"] == "done"
     assert by_key["dangling"]["error_class"] == "SlideNotFoundError"
-    assert "symbolic link to" in by_key["dangling"]["error_message"] and "gone.svs" in by_key["dangling"]["error_message"]
+    assert (
+        "symbolic link to" in by_key["dangling"]["error_message"]
+        and "gone.svs" in by_key["dangling"]["error_message"]
+    )
     for key in ("loop_a", "loop_b"):
         assert by_key[key]["status"] == "failed" and "symbolic link loop" in by_key[key]["error_message"]
 
@@ -235,8 +256,15 @@ def test_two_concurrent_runs_on_one_folder(slides: dict[str, Path], tmp_path: Pa
     """Two real ``slidescope run`` processes at the same time on the two halves, into one results folder."""
     out = tmp_path / "r"
     halves = [[str(slides["s0"]), str(slides["s1"])], [str(slides["s2"]), str(slides["s3"])]]
-    procs = [subprocess.Popen([sys.executable, "-m", "slidescope", "run", *half, *base_args(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for half in halves]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "slidescope", "run", *half, *base_args(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for half in halves
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     with open(out / "predictions.csv", newline="") as fh:
@@ -250,9 +278,17 @@ def test_predictions_rewrite_waits_for_the_folder_lock(tmp_path: Path) -> None:
     out = tmp_path / "r"
     (out / "slides").mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.readline()", str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.readline()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         writer = threading.Thread(target=write_predictions, args=(out, [], {"encoder": ENCODER}))
@@ -280,8 +316,9 @@ def _full_disk(monkeypatch: pytest.MonkeyPatch, under: Path) -> None:
     monkeypatch.setattr(Path, "write_text", write_text)
 
 
-def test_full_disk_on_a_slide_output_fails_that_slide(slides: dict[str, Path], tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_on_a_slide_output_fails_that_slide(
+    slides: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "r"
     _full_disk(monkeypatch, out / "tissue" / ".s0.")  # only s0's tissue GeoJSON
     code, text = cli("run", str(slides["s0"]), str(slides["s1"]), *base_args(out))
@@ -293,9 +330,12 @@ def test_full_disk_on_a_slide_output_fails_that_slide(slides: dict[str, Path], t
     assert "no space left" in s0["error_message"] and "run the same command again" in s0["error_message"]
 
 
-def test_full_disk_everywhere_stops_with_one_clear_line(slides: dict[str, Path], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_disk_everywhere_stops_with_one_clear_line(
+    slides: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     out = tmp_path / "r"
     out.mkdir()
     _full_disk(monkeypatch, out)  # nothing can be written: outputs, records, report

@@ -12,9 +12,20 @@ from slidescope.features.encoders import Encoder, EncoderConfig
 class TinyEncoder(Encoder):
     """Mean colour per 4x4 grid cell, through a fixed random projection: cheap but tile-specific."""
 
-    def __init__(self, dim: int = 16, seed: int = 0, delay: float = 0.0, fail_after: int | None = None) -> None:
-        super().__init__(EncoderConfig(name="tiny-test", architecture="test:tiny", embed_dim=dim, input_size=32,
-                                       tile_size=224, mpp=0.5, license="test"))
+    def __init__(
+        self, dim: int = 16, seed: int = 0, delay: float = 0.0, fail_after: int | None = None
+    ) -> None:
+        super().__init__(
+            EncoderConfig(
+                name="tiny-test",
+                architecture="test:tiny",
+                embed_dim=dim,
+                input_size=32,
+                tile_size=224,
+                mpp=0.5,
+                license="test",
+            )
+        )
         g = torch.Generator().manual_seed(seed)
         self.proj = nn.Linear(48, dim)
         with torch.no_grad():

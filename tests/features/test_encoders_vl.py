@@ -39,26 +39,62 @@ DTYPES = {"int64": torch.int64}
 # Tiny kwargs per preset: same builder and classes as the real preset, toy width/depth.
 TINY = {
     "conch-v1.5": dict(
-        kwargs={"img_size": 32, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 4,
-                "mlp_ratio": 2.0, "qkv_bias": True, "init_values": 0.5, "pooler_dim": 32, "pooler_heads": 4,
-                "pooler_queries": 1},
+        kwargs={
+            "img_size": 32,
+            "patch_size": 16,
+            "embed_dim": 64,
+            "depth": 2,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "qkv_bias": True,
+            "init_values": 0.5,
+            "pooler_dim": 32,
+            "pooler_heads": 4,
+            "pooler_queries": 1,
+        },
         # resize 72 -> crop 64: exercises the crop and the positional-grid interpolation (2x2 -> 4x4)
-        embed_dim=32, input_size=64, resize_size=72,
+        embed_dim=32,
+        input_size=64,
+        resize_size=72,
     ),
     "phikon-v2": dict(
-        kwargs={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "mlp_ratio": 2,
-                "patch_size": 16, "image_size": 32, "layerscale_value": 0.5},
-        embed_dim=32, input_size=32, resize_size=32,
+        kwargs={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "mlp_ratio": 2,
+            "patch_size": 16,
+            "image_size": 32,
+            "layerscale_value": 0.5,
+        },
+        embed_dim=32,
+        input_size=32,
+        resize_size=32,
     ),
     "plip": dict(
-        kwargs={"hidden_size": 32, "intermediate_size": 64, "projection_dim": 16, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "image_size": 32, "patch_size": 16, "hidden_act": "quick_gelu"},
-        embed_dim=16, input_size=32, resize_size=32,
+        kwargs={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "projection_dim": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 16,
+            "hidden_act": "quick_gelu",
+        },
+        embed_dim=16,
+        input_size=32,
+        resize_size=32,
     ),
     "quiltnet": dict(
-        kwargs={"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16,
-                                                "head_width": 16}, "quick_gelu": False},
-        embed_dim=16, input_size=32, resize_size=32,
+        kwargs={
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 16},
+            "quick_gelu": False,
+        },
+        embed_dim=16,
+        input_size=32,
+        resize_size=32,
     ),
 }
 
@@ -94,22 +130,26 @@ def _published(preset: str, encoder) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     if preset == "plip":  # full CLIPModel file
         n_pos = state["vision_model.embeddings.position_embedding.weight"].shape[0]
-        state.update({
-            "vision_model.embeddings.position_ids": torch.arange(n_pos).unsqueeze(0),
-            "text_model.embeddings.position_ids": torch.arange(77).unsqueeze(0),
-            "text_model.embeddings.token_embedding.weight": torch.randn(100, 8, generator=g),
-            "text_model.final_layer_norm.weight": torch.ones(8),
-            "text_projection.weight": torch.randn(16, 8, generator=g),
-            "logit_scale": torch.tensor(2.6592),
-        })
+        state.update(
+            {
+                "vision_model.embeddings.position_ids": torch.arange(n_pos).unsqueeze(0),
+                "text_model.embeddings.position_ids": torch.arange(77).unsqueeze(0),
+                "text_model.embeddings.token_embedding.weight": torch.randn(100, 8, generator=g),
+                "text_model.final_layer_norm.weight": torch.ones(8),
+                "text_projection.weight": torch.randn(16, 8, generator=g),
+                "logit_scale": torch.tensor(2.6592),
+            }
+        )
     if preset == "quiltnet":  # full open_clip CLIP file
-        state.update({
-            "token_embedding.weight": torch.randn(100, 8, generator=g),
-            "positional_embedding": torch.randn(77, 8, generator=g),
-            "ln_final.weight": torch.ones(8),
-            "text_projection": torch.randn(8, 16, generator=g),
-            "logit_scale": torch.tensor(2.6592),
-        })
+        state.update(
+            {
+                "token_embedding.weight": torch.randn(100, 8, generator=g),
+                "positional_embedding": torch.randn(77, 8, generator=g),
+                "ln_final.weight": torch.ones(8),
+                "text_projection": torch.randn(8, 16, generator=g),
+                "logit_scale": torch.tensor(2.6592),
+            }
+        )
     return state
 
 
@@ -126,8 +166,17 @@ def test_presets_are_registered():
 
 
 @pytest.mark.parametrize(
-    ("name", "embed_dim", "input_size", "resize_size", "tile_size", "interpolation", "mean", "precision",
-     "gated"),
+    (
+        "name",
+        "embed_dim",
+        "input_size",
+        "resize_size",
+        "tile_size",
+        "interpolation",
+        "mean",
+        "precision",
+        "gated",
+    ),
     [
         ("conch-v1.5", 768, 448, 448, 512, "bilinear", (0.485, 0.456, 0.406), "fp16", True),
         ("phikon-v2", 1024, 224, 224, 224, "bilinear", (0.485, 0.456, 0.406), "fp32", False),
@@ -135,11 +184,17 @@ def test_presets_are_registered():
         ("quiltnet", 512, 224, 224, 224, "bicubic", CLIP_MEAN, "fp32", False),
     ],
 )
-def test_preset_preprocessing_contract(name, embed_dim, input_size, resize_size, tile_size, interpolation,
-                                       mean, precision, gated):
+def test_preset_preprocessing_contract(
+    name, embed_dim, input_size, resize_size, tile_size, interpolation, mean, precision, gated
+):
     c = get_encoder_config(name)
     assert (c.embed_dim, c.input_size, c.resize_size, c.tile_size, c.mpp) == (
-        embed_dim, input_size, resize_size, tile_size, 0.5)
+        embed_dim,
+        input_size,
+        resize_size,
+        tile_size,
+        0.5,
+    )
     assert (c.interpolation, c.mean, c.precision, c.gated) == (interpolation, mean, precision, gated)
     if mean == CLIP_MEAN:
         assert c.std == CLIP_STD
@@ -159,8 +214,10 @@ def test_full_size_architecture_matches_published_layout(name):
     config = get_encoder_config(name)
     with torch.device("meta"):
         encoder = _builder(name)(config)
-        published = {k: torch.empty(s, dtype=DTYPES.get(layout.get("dtypes", {}).get(k), torch.float32))
-                     for k, s in shapes.items()}
+        published = {
+            k: torch.empty(s, dtype=DTYPES.get(layout.get("dtypes", {}).get(k), torch.float32))
+            for k, s in shapes.items()
+        }
         converted = encoder.convert_state_dict(published)
         own = {k: tuple(v.shape) for k, v in encoder.checkpoint_module().state_dict().items()}
         assert {k: tuple(v.shape) for k, v in converted.items()} == own
@@ -281,8 +338,10 @@ def test_shape_mismatch_is_a_weights_error_naming_the_model(tiny, tmp_path):
     assert tiny_name in str(err.value) and key in str(err.value)
 
 
-@pytest.mark.parametrize(("preset", "other"), [("conch-v1.5", "phikon-v2"), ("phikon-v2", "plip"),
-                                               ("plip", "quiltnet"), ("quiltnet", "conch-v1.5")])
+@pytest.mark.parametrize(
+    ("preset", "other"),
+    [("conch-v1.5", "phikon-v2"), ("phikon-v2", "plip"), ("plip", "quiltnet"), ("quiltnet", "conch-v1.5")],
+)
 def test_another_models_file_is_refused(preset, other, monkeypatch, tmp_path):
     for name in (preset, other):
         config = _tiny_config(name)

@@ -44,8 +44,9 @@ def expected(encoder, slide, grid) -> np.ndarray:
 def test_rows_match_grid_order(cmu_grid, tiny_encoder, tmp_path, num_workers) -> None:
     slide, grid = cmu_grid
     enc = tiny_encoder()
-    res = extract_features(slide, grid, enc, store=tmp_path, num_workers=num_workers, batch_size=8, chunk_rows=16,
-                           progress=False)
+    res = extract_features(
+        slide, grid, enc, store=tmp_path, num_workers=num_workers, batch_size=8, chunk_rows=16, progress=False
+    )
     assert res.status == "done" and res.computed == len(grid)
     store = open_store(res.store)
     emb = store.embeddings("tiny-test")
@@ -69,8 +70,12 @@ def test_reuse_and_invalidation(cmu_grid, tiny_encoder, tmp_path) -> None:
     other = tiny_encoder(seed=1)
     res = extract_features(slide, grid, other, store=tmp_path, num_workers=0, progress=False)
     assert res.status == "done" and res.computed == len(grid)
-    np.testing.assert_allclose(open_store(res.store).embeddings("tiny-test").astype(np.float32),
-                               expected(other, slide, grid), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        open_store(res.store).embeddings("tiny-test").astype(np.float32),
+        expected(other, slide, grid),
+        rtol=2e-3,
+        atol=2e-3,
+    )
     # float32 on request is another cache entry
     res = extract_features(slide, grid, other, store=tmp_path, num_workers=0, dtype="float32", progress=False)
     assert res.computed == len(grid) and open_store(res.store).embeddings("tiny-test").dtype == np.float32
@@ -84,16 +89,29 @@ def test_reuse_and_invalidation(cmu_grid, tiny_encoder, tmp_path) -> None:
 def test_interrupted_run_resumes_to_the_same_result(cmu_grid, tiny_encoder, tmp_path) -> None:
     slide, grid = cmu_grid
     with pytest.raises(KeyboardInterrupt):
-        extract_features(slide, grid, tiny_encoder(fail_after=3), store=tmp_path, num_workers=0, batch_size=8,
-                         chunk_rows=8, progress=False)
+        extract_features(
+            slide,
+            grid,
+            tiny_encoder(fail_after=3),
+            store=tmp_path,
+            num_workers=0,
+            batch_size=8,
+            chunk_rows=8,
+            progress=False,
+        )
     store = open_store(store_path(tmp_path, slide.path))
     with pytest.raises(IncompleteStoreError, match="resumes"):
         store.embeddings("tiny-test")
-    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, batch_size=8, chunk_rows=8,
-                           progress=False)
+    res = extract_features(
+        slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, batch_size=8, chunk_rows=8, progress=False
+    )
     assert 0 < res.computed < len(grid)
-    clean = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "clean", num_workers=0, progress=False)
-    assert np.array_equal(open_store(res.store).embeddings("tiny-test"), open_store(clean.store).embeddings("tiny-test"))
+    clean = extract_features(
+        slide, grid, tiny_encoder(), store=tmp_path / "clean", num_workers=0, progress=False
+    )
+    assert np.array_equal(
+        open_store(res.store).embeddings("tiny-test"), open_store(clean.store).embeddings("tiny-test")
+    )
 
 
 KILL_SCRIPT = """
@@ -111,12 +129,15 @@ extract_features(slide, grid, TinyEncoder(delay=0.15), store={store!r}, num_work
 
 def test_kill_9_then_rerun_equals_uninterrupted(cmu_grid, tiny_encoder, tmp_path) -> None:
     slide, grid = cmu_grid
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), slide=str(slide.path), store=str(tmp_path / "s"))
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), slide=str(slide.path), store=str(tmp_path / "s")
+    )
     proc = subprocess.Popen([sys.executable, "-c", script])
     tilings = store_path(tmp_path / "s", slide.path) / "tilings"
     deadline = time.time() + 60
-    while time.time() < deadline and not any(len(list(done.iterdir())) >= 2
-                                             for done in tilings.glob("*/features/tiny-test/done/c")):
+    while time.time() < deadline and not any(
+        len(list(done.iterdir())) >= 2 for done in tilings.glob("*/features/tiny-test/done/c")
+    ):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -125,16 +146,30 @@ def test_kill_9_then_rerun_equals_uninterrupted(cmu_grid, tiny_encoder, tmp_path
     with pytest.raises(IncompleteStoreError):
         store.embeddings("tiny-test")
     # the dead run's claim is stale: the rerun takes it over and finishes
-    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "s", num_workers=0, batch_size=4,
-                           chunk_rows=8, progress=False)
+    res = extract_features(
+        slide,
+        grid,
+        tiny_encoder(),
+        store=tmp_path / "s",
+        num_workers=0,
+        batch_size=4,
+        chunk_rows=8,
+        progress=False,
+    )
     assert res.status == "done" and 0 < res.computed < len(grid)
-    clean = extract_features(slide, grid, tiny_encoder(), store=tmp_path / "clean", num_workers=0, progress=False)
-    assert np.array_equal(open_store(res.store).embeddings("tiny-test"), open_store(clean.store).embeddings("tiny-test"))
+    clean = extract_features(
+        slide, grid, tiny_encoder(), store=tmp_path / "clean", num_workers=0, progress=False
+    )
+    assert np.array_equal(
+        open_store(res.store).embeddings("tiny-test"), open_store(clean.store).embeddings("tiny-test")
+    )
 
 
 def test_corrupt_chunk_is_detected(cmu_grid, tiny_encoder, tmp_path) -> None:
     slide, grid = cmu_grid
-    res = extract_features(slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, chunk_rows=16, progress=False)
+    res = extract_features(
+        slide, grid, tiny_encoder(), store=tmp_path, num_workers=0, chunk_rows=16, progress=False
+    )
     (chunk,) = Path(res.store).glob("tilings/*/features/tiny-test/embeddings/c/1/0")
     data = bytearray(chunk.read_bytes())
     data[10] ^= 0xFF
@@ -164,8 +199,15 @@ def test_empty_grid_gives_valid_empty_store(tmp_path, tiny_encoder) -> None:
 
     blank = np.full((1024, 1024, 3), 243, np.uint8)
     path = tmp_path / "blank.tiff"
-    tifffile.imwrite(path, blank, tile=(256, 256), photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5),
-                     resolutionunit="CENTIMETER", metadata=None)
+    tifffile.imwrite(
+        path,
+        blank,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
     slide = open_slide(path)
     with pytest.raises(EmptyTissueError):
         make_tile_grid(slide, tile_size=224, mpp=0.5)
@@ -176,7 +218,12 @@ def test_empty_grid_gives_valid_empty_store(tmp_path, tiny_encoder) -> None:
 
 
 def test_batch_goes_on_past_bad_slides(cmu_small, fixtures_dir, tiny_encoder, tmp_path) -> None:
-    slides = [fixtures_dir / "not-a-tiff.svs", cmu_small, tmp_path / "missing.svs", fixtures_dir / "boxes.tiff"]
+    slides = [
+        fixtures_dir / "not-a-tiff.svs",
+        cmu_small,
+        tmp_path / "missing.svs",
+        fixtures_dir / "boxes.tiff",
+    ]
     results = extract_slides(slides, tiny_encoder(), store=tmp_path / "s", num_workers=0, progress=False)
     by_name = {Path(r.slide).name: r for r in results}
     assert by_name["CMU-1-Small-Region.svs"].status == "done"
@@ -228,13 +275,23 @@ def test_import_clam_style_h5_without_slide(tmp_path) -> None:
 def test_one_process_per_device(cmu_small, tmp_path) -> None:
     """``devices`` spawns one process per device; on this CPU machine two 'cpu' devices stand in for GPUs."""
     sample = Path(__file__).resolve().parents[2] / "sample_data" / "sample_slide.tiff"
-    results = extract_slides([cmu_small, sample], "he-descriptor", store=tmp_path, devices=["cpu", "cpu"],
-                             num_workers=0, progress=False)
+    results = extract_slides(
+        [cmu_small, sample],
+        "he-descriptor",
+        store=tmp_path,
+        devices=["cpu", "cpu"],
+        num_workers=0,
+        progress=False,
+    )
     assert [r.status for r in results] == ["done", "done"]
     assert [Path(r.slide).name for r in results] == ["CMU-1-Small-Region.svs", "sample_slide.tiff"]
-    single = extract_slides([cmu_small], "he-descriptor", store=tmp_path / "one", num_workers=0, progress=False)
-    assert np.array_equal(open_store(results[0].store).embeddings("he-descriptor"),
-                          open_store(single[0].store).embeddings("he-descriptor"))
+    single = extract_slides(
+        [cmu_small], "he-descriptor", store=tmp_path / "one", num_workers=0, progress=False
+    )
+    assert np.array_equal(
+        open_store(results[0].store).embeddings("he-descriptor"),
+        open_store(single[0].store).embeddings("he-descriptor"),
+    )
 
 
 def test_out_of_memory_lowers_the_batch(cmu_grid, tiny_encoder, tmp_path) -> None:
@@ -255,3 +312,42 @@ def test_out_of_memory_lowers_the_batch(cmu_grid, tiny_encoder, tmp_path) -> Non
     enc.embed = real
     assert out.shape == (10, 16) and state["limit"] == 2  # halved 10 -> 5 -> 2, then every part fits
     np.testing.assert_allclose(out.numpy(), enc(images).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_dim", [32, 8])
+def test_encoder_whose_output_disagrees_with_embed_dim_is_refused(
+    cmu_grid, tiny_encoder, tmp_path, output_dim
+) -> None:
+    """A config saying embed_dim=16 over a model returning 32 (or 8) values per tile: zarr 3 would keep the first 16
+    columns without a word and the store would be trusted from cache. Extraction must fail and complete nothing."""
+    from slidescope.errors import InvalidParameterError
+    from slidescope.features.store import CacheKey, SlideStore, StoreError
+
+    slide, grid = cmu_grid
+    enc = tiny_encoder(dim=16)
+    enc.proj = torch.nn.Linear(48, output_dim)  # the model's real output size differs from its config
+    with pytest.raises(InvalidParameterError, match=rf"shape \(\d+, {output_dim}\).*embed_dim=16"):
+        extract_features(
+            slide, grid, enc, store=tmp_path, num_workers=0, batch_size=8, chunk_rows=16, progress=False
+        )
+    assert "tiny-test" not in open_store(store_path(tmp_path, slide.path)).encoders()
+    # the store's writer refuses rows of the wrong width on its own, whoever calls it (defence in depth)
+    st = SlideStore.create_or_open(
+        store_path(tmp_path, slide.path),
+        slide_attrs=open_store(store_path(tmp_path, slide.path)).attrs["slide"],
+        tiling=grid.to_dict(),
+        coords=grid.coords,
+        tissue_fraction=grid.tissue_fraction,
+    )
+    key = CacheKey(
+        encoder={**enc.config.to_dict(), "stain": None},
+        weights_digest="x",
+        precision="fp32",
+        dtype="float16",
+        package_version=st.attrs["package_version"],
+    )
+    writer = st.prepare_embeddings(key, embed_dim=16, chunk_rows=16)
+    with pytest.raises(StoreError, match="do not fit"):
+        writer.add(np.arange(4), np.zeros((4, output_dim), np.float32))
+    with pytest.raises(StoreError, match="nothing was written"):
+        writer.write_chunk(0, np.zeros((16, output_dim), np.float32))

@@ -12,7 +12,7 @@ import torch
 from slidescope.features.encoders import create_encoder, get_encoder_config, list_encoders
 from slidescope.features.encoders import he_descriptor as hd
 from slidescope.wsi import open_slide
-from slidescope.wsi.synthetic import make_synthetic_slide
+from slidescope.synthetic import make_synthetic_slide
 
 TILE = 224
 OD_EOSIN = -np.log(np.array([230.0, 150.0, 190.0]) / 242.0)

@@ -12,7 +12,8 @@ import pytest
 
 from slidescope.features.extract import extract_features
 from slidescope.features.store import SlideClaimedError, claim, is_remote, open_store, store_path
-from slidescope.wsi import expand_slides, make_synthetic_slide, make_tile_grid, open_slide
+from slidescope.synthetic import make_synthetic_slide
+from slidescope.wsi import expand_slides, make_tile_grid, open_slide
 
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -34,14 +35,23 @@ def s3(s3_endpoint, monkeypatch, tmp_path):
     import fsspec
     import s3fs
 
-    options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "us-east-1"}}
+    options = {
+        "endpoint_url": s3_endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
     monkeypatch.setitem(fsspec.config.conf, "s3", options)
     monkeypatch.setenv("SLIDESCOPE_CACHE", str(tmp_path / "cache"))
     s3fs.S3FileSystem.clear_instance_cache()
     bucket = f"b{abs(hash(tmp_path)) % 10**8}"
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
     yield s3fs.S3FileSystem(), bucket
     # zarr's async S3 file systems hold aiohttp sessions that only the garbage collector closes; collect
     # them here, where their "unclosed session" ResourceWarning is expected, not at interpreter exit
@@ -62,22 +72,31 @@ def test_remote_slide_and_store_equal_the_local_ones(s3, tmp_path) -> None:
     assert slide.path.name == "remote-1.tiff" and str(tmp_path / "cache") in str(slide.path)
     grid = make_tile_grid(slide, tile_size=128, mpp=1.0)
     remote_root = f"s3://{bucket}/stores"
-    res = extract_features(slide, grid, "he-descriptor", store=remote_root, num_workers=0, chunk_rows=8,
-                           progress=False)
+    res = extract_features(
+        slide, grid, "he-descriptor", store=remote_root, num_workers=0, chunk_rows=8, progress=False
+    )
     assert res.status == "done" and res.store == f"{remote_root}/remote-1.zarr" and is_remote(res.store)
     assert fs.exists(f"{bucket}/stores/remote-1.zarr/zarr.json")
     assert not fs.exists(f"{bucket}/stores/remote-1.zarr.lock")  # the claim is released
 
-    here = extract_features(open_slide(local_slide), make_tile_grid(open_slide(local_slide), tile_size=128, mpp=1.0),
-                            "he-descriptor", store=tmp_path / "stores", num_workers=0, chunk_rows=8, progress=False)
+    here = extract_features(
+        open_slide(local_slide),
+        make_tile_grid(open_slide(local_slide), tile_size=128, mpp=1.0),
+        "he-descriptor",
+        store=tmp_path / "stores",
+        num_workers=0,
+        chunk_rows=8,
+        progress=False,
+    )
     remote, local = open_store(res.store), open_store(here.store)
     assert remote.name == local.name == "remote-1.zarr"
     assert np.array_equal(remote.coords, local.coords)
     assert np.array_equal(remote.embeddings("he-descriptor"), local.embeddings("he-descriptor"))
     assert remote.attrs["slide"]["fingerprint"] == local.attrs["slide"]["fingerprint"]
 
-    again = extract_features(open_slide(url), grid, "he-descriptor", store=remote_root, num_workers=0, chunk_rows=8,
-                             progress=False)
+    again = extract_features(
+        open_slide(url), grid, "he-descriptor", store=remote_root, num_workers=0, chunk_rows=8, progress=False
+    )
     assert again.status == "reused"
 
 
@@ -91,7 +110,9 @@ def test_remote_claim_is_exclusive(s3) -> None:
                 pass
     assert not fs.exists(f"{bucket}/stores/x.zarr.lock")
     # a claim left by a process that is gone on this host is taken over; one from another host is not
-    fs.pipe(f"{bucket}/stores/x.zarr.lock", json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7}).encode())
+    fs.pipe(
+        f"{bucket}/stores/x.zarr.lock", json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7}).encode()
+    )
     with claim(path):
         pass
     fs.pipe(f"{bucket}/stores/x.zarr.lock", json.dumps({"host": "elsewhere", "pid": 1}).encode())
@@ -119,11 +140,23 @@ def test_score_reads_and_writes_remote_stores(s3, tmp_path) -> None:
     slide = make_synthetic_slide(tmp_path / "remote-2.tiff", width=1024, height=768, seed=4).path
     s = open_slide(slide)
     root = f"s3://{bucket}/stores"
-    extract_features(s, make_tile_grid(s, tile_size=128, mpp=1.0), "he-descriptor", store=root, num_workers=0,
-                     progress=False)
+    extract_features(
+        s,
+        make_tile_grid(s, tile_size=128, mpp=1.0),
+        "he-descriptor",
+        store=root,
+        num_workers=0,
+        progress=False,
+    )
     torch.manual_seed(0)
-    task = MILTask("abmil", {"embed_dim": 16, "attn_dim": 8}, in_dim=98, num_classes=2,
-                   class_names=["normal", "tumour"], encoder="he-descriptor")
+    task = MILTask(
+        "abmil",
+        {"embed_dim": 16, "attn_dim": 8},
+        in_dim=98,
+        num_classes=2,
+        class_names=["normal", "tumour"],
+        encoder="he-descriptor",
+    )
     ckpt = tmp_path / "abmil" / "best.ckpt"
     ckpt.parent.mkdir()
     torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, ckpt)
@@ -147,13 +180,26 @@ def test_run_with_remote_slides_and_stores(s3, tmp_path) -> None:
     local = make_synthetic_slide(tmp_path / "remote-3.tiff", width=1024, height=768, seed=6).path
     fs.put(str(local), f"{bucket}/slides/remote-3.tiff")
     torch.manual_seed(0)
-    task = MILTask("abmil", {"embed_dim": 16, "attn_dim": 8}, in_dim=98, num_classes=2,
-                   class_names=["normal", "tumour"], encoder="he-descriptor")
+    task = MILTask(
+        "abmil",
+        {"embed_dim": 16, "attn_dim": 8},
+        in_dim=98,
+        num_classes=2,
+        class_names=["normal", "tumour"],
+        encoder="he-descriptor",
+    )
     ckpt = tmp_path / "runs" / "abmil" / "fold0" / "best.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, ckpt)
-    kwargs = dict(out=tmp_path / "results", stores=f"s3://{bucket}/stores", encoder="he-descriptor",
-                  model=[str(ckpt.parents[1])], num_workers=0, progress=False, heatmap_size=128)
+    kwargs = dict(
+        out=tmp_path / "results",
+        stores=f"s3://{bucket}/stores",
+        encoder="he-descriptor",
+        model=[str(ckpt.parents[1])],
+        num_workers=0,
+        progress=False,
+        heatmap_size=128,
+    )
     res = ss.run([f"s3://{bucket}/slides/remote-3.tiff"], **kwargs)
     assert res.exit_code == 0, [(o.error_class, o.error_message) for o in res.outcomes]
     assert fs.glob(f"{bucket}/stores/remote-3.zarr/tilings/*/features/he-descriptor/zarr.json")

@@ -12,7 +12,7 @@ from slidescope.errors import InvalidParameterError
 from slidescope.features import stain
 from slidescope.features.stain import MacenkoNormalizer, ReinhardNormalizer, make_normalizer
 from slidescope.wsi import open_slide
-from slidescope.wsi.synthetic import make_synthetic_slide
+from slidescope.synthetic import make_synthetic_slide
 
 TILE = 224
 METHODS = ["macenko", "reinhard"]

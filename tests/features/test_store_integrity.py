@@ -33,7 +33,8 @@ from slidescope.features.store import (
     open_store,
     store_path,
 )
-from slidescope.wsi import make_synthetic_slide, make_tile_grid, open_slide
+from slidescope.synthetic import make_synthetic_slide
+from slidescope.wsi import make_tile_grid, open_slide
 
 ENC = "tiny-test"
 
@@ -46,7 +47,9 @@ def slide_file(tmp_path) -> Path:
 def _extract(slide_path, encoder, stores, *, tile_size=64, **kw):
     slide = open_slide(slide_path)
     grid = make_tile_grid(slide, tile_size=tile_size, mpp=0.5)
-    return extract_features(slide, grid, encoder, store=stores, num_workers=0, chunk_rows=8, progress=False, **kw)
+    return extract_features(
+        slide, grid, encoder, store=stores, num_workers=0, chunk_rows=8, progress=False, **kw
+    )
 
 
 @pytest.fixture
@@ -68,11 +71,14 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 # -- 2: a missing chunk file is an error, never zeros; extraction rebuilds it -----------------------------------
 
 
-def test_missing_embeddings_chunk_is_an_error_and_extract_rebuilds_it(extracted, slide_file, tiny_encoder,
-                                                                     tmp_path) -> None:
+def test_missing_embeddings_chunk_is_an_error_and_extract_rebuilds_it(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
     good = open_store(extracted.store).embeddings(ENC)
     (_emb_dir(extracted) / "c" / "1" / "0").unlink()
-    with pytest.raises(StoreCorruptError, match=r"(?s)array '.*embeddings'.*chunk.*missing.*slidescope extract"):
+    with pytest.raises(
+        StoreCorruptError, match=r"(?s)array '.*embeddings'.*chunk.*missing.*slidescope extract"
+    ):
         open_store(extracted.store).embeddings(ENC)
     again = _extract(slide_file, tiny_encoder(), tmp_path / "stores")
     assert again.status == "done" and again.computed > 0  # not "reused"
@@ -104,7 +110,9 @@ def test_missing_chunk_on_an_fsspec_store_is_an_error(slide_file, tiny_encoder) 
     assert np.array_equal(open_store(again.store).embeddings(ENC), good)
 
 
-def test_resume_recomputes_a_done_chunk_whose_file_is_lost(extracted, slide_file, tiny_encoder, tmp_path) -> None:
+def test_resume_recomputes_a_done_chunk_whose_file_is_lost(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
     good = open_store(extracted.store).embeddings(ENC)
     (feats,) = Path(extracted.store).glob(f"**/features/{ENC}")
     meta = json.loads((feats / "zarr.json").read_text())
@@ -119,7 +127,9 @@ def test_resume_recomputes_a_done_chunk_whose_file_is_lost(extracted, slide_file
 # -- 10: corruption is reported as corruption; extract and run redo it ---------------------------------------
 
 
-def test_corrupt_chunk_is_reported_as_corruption_and_redone(extracted, slide_file, tiny_encoder, tmp_path) -> None:
+def test_corrupt_chunk_is_reported_as_corruption_and_redone(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
     from slidescope.mil.score import _embeddings
     from slidescope.mil.task import EncoderMismatchError
     from slidescope.pipeline._slide import _store_problem
@@ -150,7 +160,9 @@ def _edit_array_meta(res, array: str, edit) -> None:
 
 
 def test_edited_dtype_is_refused(extracted) -> None:
-    _edit_array_meta(extracted, "embeddings", lambda m: m.update(data_type="int16"))  # same size: no size error
+    _edit_array_meta(
+        extracted, "embeddings", lambda m: m.update(data_type="int16")
+    )  # same size: no size error
     with pytest.raises(StoreCorruptError, match="expected .*float16"):
         open_store(extracted.store).embeddings(ENC)
 
@@ -164,8 +176,9 @@ def test_edited_row_count_is_refused(extracted) -> None:
         open_store(extracted.store).embeddings(ENC)
 
 
-def test_truncated_metadata_is_a_slidescope_error_and_extract_rebuilds(extracted, slide_file, tiny_encoder,
-                                                                       tmp_path) -> None:
+def test_truncated_metadata_is_a_slidescope_error_and_extract_rebuilds(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
     path = _emb_dir(extracted) / "zarr.json"
     text = path.read_text()
     path.write_text(text[: len(text) // 2])
@@ -175,7 +188,9 @@ def test_truncated_metadata_is_a_slidescope_error_and_extract_rebuilds(extracted
     assert again.status == "done" and again.computed == again.n_tiles
 
 
-def test_truncated_root_metadata_is_refused_not_deleted(extracted, slide_file, tiny_encoder, tmp_path) -> None:
+def test_truncated_root_metadata_is_refused_not_deleted(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
     root = Path(extracted.store) / "zarr.json"
     text = root.read_text()
     root.write_text(text[: len(text) // 2])
@@ -197,8 +212,9 @@ def test_foreign_zarr_named_like_the_slide_is_never_deleted(slide_file, tiny_enc
     before = _snapshot(path)
     with pytest.raises(ForeignPathError, match=r"(?s)did not write.*another --out"):
         _extract(slide_file, tiny_encoder(), tmp_path / "stores")
-    (res,) = extract_slides([slide_file], tiny_encoder(), store=tmp_path / "stores", tile_size=64, num_workers=0,
-                            progress=False)
+    (res,) = extract_slides(
+        [slide_file], tiny_encoder(), store=tmp_path / "stores", tile_size=64, num_workers=0, progress=False
+    )
     assert res.status == "failed" and res.error_type == "ForeignPathError"
     assert _snapshot(path) == before
 
@@ -247,15 +263,31 @@ def test_schema_1_store_is_read_and_rewritten(slide_file, tiny_encoder, tmp_path
     path = store_path(tmp_path / "stores", slide_file)
     n, d = 5, 16
     emb = np.arange(n * d, dtype=np.float16).reshape(n, d)
-    g = zarr.create_group(str(path), attributes={
-        "schema_version": 1, "slide": {"name": slide_file.name, "fingerprint": slide_fingerprint(slide_file)},
-        "tiling": {"tile_size": 64, "mpp": 0.5, "extent": [64, 64]}, "n_tiles": n})
+    g = zarr.create_group(
+        str(path),
+        attributes={
+            "schema_version": 1,
+            "slide": {"name": slide_file.name, "fingerprint": slide_fingerprint(slide_file)},
+            "tiling": {"tile_size": 64, "mpp": 0.5, "extent": [64, 64]},
+            "n_tiles": n,
+        },
+    )
     crc = [zarr.codecs.Crc32cCodec()]
-    g.create_array("coords", shape=(n, 2), chunks=(n, 2), dtype="int64", compressors=crc)[:] = np.arange(2 * n).reshape(n, 2)
+    g.create_array("coords", shape=(n, 2), chunks=(n, 2), dtype="int64", compressors=crc)[:] = np.arange(
+        2 * n
+    ).reshape(n, 2)
     g.create_array("tissue_fraction", shape=(n,), chunks=(n,), dtype="float32", compressors=crc)[:] = 1
-    f = g.create_group("features").create_group(ENC, attributes={
-        "complete": True, "embed_dim": d, "dtype": "float16", "chunk_rows": 8, "n_tiles": n,
-        "encoder": {"name": ENC, "embed_dim": d}})
+    f = g.create_group("features").create_group(
+        ENC,
+        attributes={
+            "complete": True,
+            "embed_dim": d,
+            "dtype": "float16",
+            "chunk_rows": 8,
+            "n_tiles": n,
+            "encoder": {"name": ENC, "embed_dim": d},
+        },
+    )
     f.create_array("embeddings", shape=(n, d), chunks=(8, d), dtype="float16", compressors=crc)[:] = emb
     f.create_array("done", shape=(1,), chunks=(1,), dtype="uint8", compressors=crc)[:] = 1
     old = open_store(path)
@@ -282,8 +314,9 @@ def test_empty_claim_left_by_a_full_disk_is_taken_over(tmp_path) -> None:
     assert not lock.exists()
 
 
-def test_full_disk_at_claim_time_fails_clearly_and_leaves_no_claim(slide_file, tiny_encoder, tmp_path,
-                                                                  monkeypatch) -> None:
+def test_full_disk_at_claim_time_fails_clearly_and_leaves_no_claim(
+    slide_file, tiny_encoder, tmp_path, monkeypatch
+) -> None:
     real_write = os.write
 
     def full(fd, data):
@@ -297,11 +330,14 @@ def test_full_disk_at_claim_time_fails_clearly_and_leaves_no_claim(slide_file, t
         with pytest.raises(DiskFullError, match="no space left"):
             with claim(store_path(stores, slide_file)):
                 pass
-        (res,) = extract_slides([slide_file], tiny_encoder(), store=stores, tile_size=64, num_workers=0,
-                                progress=False)
+        (res,) = extract_slides(
+            [slide_file], tiny_encoder(), store=stores, tile_size=64, num_workers=0, progress=False
+        )
     assert res.status == "failed" and res.error_type == "DiskFullError" and "no space left" in res.error
     assert not list(stores.glob("*.lock*")) and not list(stores.glob(".*.tmp"))
-    (again,) = extract_slides([slide_file], tiny_encoder(), store=stores, tile_size=64, num_workers=0, progress=False)
+    (again,) = extract_slides(
+        [slide_file], tiny_encoder(), store=stores, tile_size=64, num_workers=0, progress=False
+    )
     assert again.status == "done"
 
 
@@ -343,8 +379,9 @@ def test_slide_replaced_during_extraction_is_not_marked_complete(slide_file, tin
     assert "another slide file" in _store_problem(path, ENC, "0:not-this-one")
 
 
-def test_every_damaged_metadata_file_is_a_slidescope_error_and_extract_recovers(extracted, slide_file, tiny_encoder,
-                                                                                tmp_path) -> None:
+def test_every_damaged_metadata_file_is_a_slidescope_error_and_extract_recovers(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
     """Each ``zarr.json`` of a store cut in half: reading raises StoreCorruptError (never a traceback);
     extraction rebuilds (or, for the root, whose marker is unreadable, refuses without deleting)."""
     st = SlideStore.open(extracted.store, mode="r+")

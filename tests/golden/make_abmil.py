@@ -37,8 +37,9 @@ def main() -> None:
     torch.manual_seed(7)
     d, e, a = SIZES
     model = ref.CLAM_SB(gate=True, size_arg="small", dropout=0.25, n_classes=2, embed_dim=d)
-    model.attention_net = nn.Sequential(nn.Linear(d, e), nn.ReLU(), nn.Dropout(0.25),
-                                        ref.Attn_Net_Gated(L=e, D=a, dropout=0.25, n_classes=1))
+    model.attention_net = nn.Sequential(
+        nn.Linear(d, e), nn.ReLU(), nn.Dropout(0.25), ref.Attn_Net_Gated(L=e, D=a, dropout=0.25, n_classes=1)
+    )
     model.classifiers = nn.Linear(e, 2)
     model.instance_classifiers = nn.ModuleList([nn.Linear(e, 2) for _ in range(2)])
     model.eval()
@@ -51,15 +52,19 @@ def main() -> None:
             out[f"bag{b}/features"] = h.numpy()
             out[f"bag{b}/logits"] = logits.numpy()
             out[f"bag{b}/attention_raw"] = a_raw.numpy()
-    out["provenance"] = np.array(json.dumps({
-        "repository": "https://github.com/mahmoodlab/CLAM",
-        "commit": args.commit,
-        "file": "models/model_clam.py",
-        "called": f"CLAM_SB(gate=True, size_arg='small', dropout=0.25, n_classes=2), layers rebuilt at sizes "
-                  f"{list(SIZES)}; forward(h) (instance_eval=False) in eval mode, one bag per call",
-        "script": "tests/golden/make_abmil.py",
-        "torch": torch.__version__,
-    }))
+    out["provenance"] = np.array(
+        json.dumps(
+            {
+                "repository": "https://github.com/mahmoodlab/CLAM",
+                "commit": args.commit,
+                "file": "models/model_clam.py",
+                "called": f"CLAM_SB(gate=True, size_arg='small', dropout=0.25, n_classes=2), layers rebuilt at sizes "
+                f"{list(SIZES)}; forward(h) (instance_eval=False) in eval mode, one bag per call",
+                "script": "tests/golden/make_abmil.py",
+                "torch": torch.__version__,
+            }
+        )
+    )
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
 

@@ -51,13 +51,25 @@ def load_reference(checkout: Path):
 def build(ref, kind: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     cls = ref.CLAM_SB if kind == "sb" else ref.CLAM_MB
-    model = cls(gate=True, size_arg="small", dropout=0.25, k_sample=K_SAMPLE, n_classes=N_CLASSES,
-                instance_loss_fn=nn.CrossEntropyLoss(), subtyping=False, embed_dim=SIZES[0])
+    model = cls(
+        gate=True,
+        size_arg="small",
+        dropout=0.25,
+        k_sample=K_SAMPLE,
+        n_classes=N_CLASSES,
+        instance_loss_fn=nn.CrossEntropyLoss(),
+        subtyping=False,
+        embed_dim=SIZES[0],
+    )
     d, e, a = SIZES
     branches = 1 if kind == "sb" else N_CLASSES
     # the reference constructor's recipe, at small sizes
-    model.attention_net = nn.Sequential(nn.Linear(d, e), nn.ReLU(), nn.Dropout(0.25),
-                                        ref.Attn_Net_Gated(L=e, D=a, dropout=0.25, n_classes=branches))
+    model.attention_net = nn.Sequential(
+        nn.Linear(d, e),
+        nn.ReLU(),
+        nn.Dropout(0.25),
+        ref.Attn_Net_Gated(L=e, D=a, dropout=0.25, n_classes=branches),
+    )
     if kind == "sb":
         model.classifiers = nn.Linear(e, N_CLASSES)
     else:
@@ -101,20 +113,28 @@ def main() -> None:
                     total.backward()  # gradients accumulate over the two bags (sum)
         model.subtyping = False
         # parameters the loss does not reach (other classes' instance classifiers) have no gradient: 0
-        out.update({f"grad/{k}": (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().copy()
-                    for k, p in model.named_parameters()})
-        out["provenance"] = np.array(json.dumps({
-            "repository": "https://github.com/mahmoodlab/CLAM",
-            "commit": args.commit,
-            "file": "models/model_clam.py",
-            "called": f"CLAM_{kind.upper()}(gate=True, size_arg='small', dropout=0.25, k_sample={K_SAMPLE}, "
-                      f"n_classes={N_CLASSES}, instance_loss_fn=CrossEntropyLoss()), layers rebuilt at sizes "
-                      f"{list(SIZES)}; forward(h, label, instance_eval=True) in eval mode per bag, subtyping "
-                      f"False/True; total = {BAG_WEIGHT}*CE + {1 - BAG_WEIGHT:.1f}*instance_loss "
-                      "(utils/core_utils.py train_loop_clam), grads summed over both bags (subtyping False)",
-            "script": "tests/golden/make_clam.py",
-            "torch": torch.__version__,
-        }))
+        out.update(
+            {
+                f"grad/{k}": (p.grad if p.grad is not None else torch.zeros_like(p)).numpy().copy()
+                for k, p in model.named_parameters()
+            }
+        )
+        out["provenance"] = np.array(
+            json.dumps(
+                {
+                    "repository": "https://github.com/mahmoodlab/CLAM",
+                    "commit": args.commit,
+                    "file": "models/model_clam.py",
+                    "called": f"CLAM_{kind.upper()}(gate=True, size_arg='small', dropout=0.25, k_sample={K_SAMPLE}, "
+                    f"n_classes={N_CLASSES}, instance_loss_fn=CrossEntropyLoss()), layers rebuilt at sizes "
+                    f"{list(SIZES)}; forward(h, label, instance_eval=True) in eval mode per bag, subtyping "
+                    f"False/True; total = {BAG_WEIGHT}*CE + {1 - BAG_WEIGHT:.1f}*instance_loss "
+                    "(utils/core_utils.py train_loop_clam), grads summed over both bags (subtyping False)",
+                    "script": "tests/golden/make_clam.py",
+                    "torch": torch.__version__,
+                }
+            )
+        )
         path = args.out_dir / f"clam_{kind}.npz"
         np.savez_compressed(path, **out)
         print(f"wrote {path} ({path.stat().st_size} bytes)")

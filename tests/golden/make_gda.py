@@ -67,15 +67,30 @@ def main(src: Path) -> None:
     test_acc, alpha = call(test, y_test)
     preds = []
     for t in range(len(test)):
-        hit = [call(test[t:t + 1], np.array([c]))[0] == 100.0 for c in range(text.shape[0])]
+        hit = [call(test[t : t + 1], np.array([c]))[0] == 100.0 for c in range(text.shape[0])]
         assert sum(hit) == 1
         preds.append(hit.index(True))
-    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    np.savez(OUT, support=support, y_support=y_support, val=val, y_val=y_val, test=test, y_test=y_test, text=text,
-             best_alpha=alpha, test_acc=test_acc, test_pred=np.array(preds),
-             provenance=np.array(f"mrflogs/ICLR24@{commit or '560fe211700964c915442ff98dbe47dd09656a35'}; "
-                                 "main_few_shots.run (KS estimator, alpha grid on val) per test slide; "
-                                 "tests/golden/make_gda.py"))
+    commit = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    np.savez(
+        OUT,
+        support=support,
+        y_support=y_support,
+        val=val,
+        y_val=y_val,
+        test=test,
+        y_test=y_test,
+        text=text,
+        best_alpha=alpha,
+        test_acc=test_acc,
+        test_pred=np.array(preds),
+        provenance=np.array(
+            f"mrflogs/ICLR24@{commit or '560fe211700964c915442ff98dbe47dd09656a35'}; "
+            "main_few_shots.run (KS estimator, alpha grid on val) per test slide; "
+            "tests/golden/make_gda.py"
+        ),
+    )
     print(f"alpha={alpha} acc={test_acc:.2f} preds={preds} -> {OUT}")
 
 

@@ -39,7 +39,9 @@ TOPJ = (1, 5, 10, 50)
 
 
 def _commit(src: Path) -> str:
-    return subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
 
 
 def main(mizero_src: Path, conch_src: Path) -> None:
@@ -60,15 +62,23 @@ def main(mizero_src: Path, conch_src: Path) -> None:
     sizes = (40, 12, 3, 25)
     slides = [rng.normal(size=(n, 8)).astype(np.float32) for n in sizes]
     labels = [0, 1, 2, 1]
-    model = types.SimpleNamespace(visual=types.SimpleNamespace(forward_project=lambda x: x),
-                                  logit_scale=torch.tensor(math.log(100.0)))
-    loader = [{"img": torch.from_numpy(s)[None], "label": torch.tensor([y]), "coords": torch.zeros(1, len(s), 2)}
-              for s, y in zip(slides, labels, strict=True)]
+    model = types.SimpleNamespace(
+        visual=types.SimpleNamespace(forward_project=lambda x: x), logit_scale=torch.tensor(math.log(100.0))
+    )
+    loader = [
+        {"img": torch.from_numpy(s)[None], "label": torch.tensor([y]), "coords": torch.zeros(1, len(s), 2)}
+        for s, y in zip(slides, labels, strict=True)
+    ]
     cw = torch.from_numpy(classifier).float()
-    _, dump = conch.run_mizero(model, cw, loader, "cpu", topj=TOPJ, dump_results=True,
-                               metrics=["acc", "bacc"])
-    out: dict[str, np.ndarray] = {"classifier": classifier.astype(np.float32), "sizes": np.array(sizes),
-                                  "topj": np.array(TOPJ), "temp_scale": np.array(dump["temp_scale"])}
+    _, dump = conch.run_mizero(
+        model, cw, loader, "cpu", topj=TOPJ, dump_results=True, metrics=["acc", "bacc"]
+    )
+    out: dict[str, np.ndarray] = {
+        "classifier": classifier.astype(np.float32),
+        "sizes": np.array(sizes),
+        "topj": np.array(TOPJ),
+        "temp_scale": np.array(dump["temp_scale"]),
+    }
     for i, s in enumerate(slides):
         out[f"slide_{i}"] = s
     for j in TOPJ:
@@ -84,7 +94,8 @@ def main(mizero_src: Path, conch_src: Path) -> None:
         "src/slidelevel_zeroshot_multiprompt.py topj_pooling (top-j sum, argmax only); "
         f"mahmoodlab/CONCH@{_commit(conch_src) or '141cc09c7d4ff33d8eda562bd75169b457f71a62'} "
         "conch/downstream/zeroshot_path.py run_mizero (top-j mean, probs = softmax(pooled * temp_scale)); "
-        "tests/golden/make_mizero.py")
+        "tests/golden/make_mizero.py"
+    )
     np.savez(OUT, **out)
     print({j: out[f"conch_pred_{j}"].tolist() for j in TOPJ}, "->", OUT)
 

@@ -45,23 +45,49 @@ def main(src: Path) -> None:
     y_query = np.repeat(np.arange(C), 5)
     query = (means[y_query] + 2.5 * rng.normal(size=(len(y_query), D))).astype(np.float32)
     base_shift = 1.5 * rng.normal(size=D)  # the base classes' mean is not the novel classes' mean
-    base = (offset + base_shift + 0.5 * rng.normal(size=(20, D)) + rng.normal(size=(20, 1))).astype(np.float32)
+    base = (offset + base_shift + 0.5 * rng.normal(size=(20, D)) + rng.normal(size=(20, 1))).astype(
+        np.float32
+    )
     train_mean = base.mean(0)
     preds = {}
     for norm in ("UN", "L2N", "CL2N"):
         out = []
         for q in range(len(query)):
-            hit = [ref.metric_class_type(support, query[q:q + 1], list(y_support), [c], SHOTS, train_mean=train_mean,
-                                         norm_type=norm) == 1.0 for c in range(C)]
+            hit = [
+                ref.metric_class_type(
+                    support,
+                    query[q : q + 1],
+                    list(y_support),
+                    [c],
+                    SHOTS,
+                    train_mean=train_mean,
+                    norm_type=norm,
+                )
+                == 1.0
+                for c in range(C)
+            ]
             assert sum(hit) == 1
             out.append(hit.index(True))
         preds[norm] = np.array(out)
-    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    np.savez(OUT, support=support, y_support=y_support, query=query, y_query=y_query, base=base,
-             pred_UN=preds["UN"], pred_L2N=preds["L2N"], pred_CL2N=preds["CL2N"],
-             provenance=np.array(f"mileyan/simple_shot@{commit or '5d38fc83e698f11fea56bdfa3e1a8fdde9935e1a'}; "
-                                 "src/train.py metric_class_type (num_NN=1) per query; "
-                                 "tests/golden/make_simpleshot.py"))
+    commit = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    np.savez(
+        OUT,
+        support=support,
+        y_support=y_support,
+        query=query,
+        y_query=y_query,
+        base=base,
+        pred_UN=preds["UN"],
+        pred_L2N=preds["L2N"],
+        pred_CL2N=preds["CL2N"],
+        provenance=np.array(
+            f"mileyan/simple_shot@{commit or '5d38fc83e698f11fea56bdfa3e1a8fdde9935e1a'}; "
+            "src/train.py metric_class_type (num_NN=1) per query; "
+            "tests/golden/make_simpleshot.py"
+        ),
+    )
     print({k: v.tolist() for k, v in preds.items()}, "->", OUT)
 
 

@@ -66,8 +66,13 @@ def main(src: Path) -> None:
     keys = torch.from_numpy(support).T.contiguous()  # (d, n), as build_cache_model's permute(1, 0)
     values = torch.nn.functional.one_hot(torch.from_numpy(y_support)).float()
     clip_weights = torch.from_numpy(text).T.contiguous()  # (d, C)
-    cfg = {"search_hp": True, "search_scale": SEARCH_SCALE, "search_step": SEARCH_STEP,
-           "init_beta": INIT[0], "init_alpha": INIT[1]}
+    cfg = {
+        "search_hp": True,
+        "search_scale": SEARCH_SCALE,
+        "search_step": SEARCH_STEP,
+        "init_beta": INIT[0],
+        "init_alpha": INIT[1],
+    }
     fv, lv = torch.from_numpy(val), torch.from_numpy(y_val)
     with contextlib.redirect_stdout(io.StringIO()):
         best_beta, best_alpha = tip_utils.search_hp(cfg, keys, values, fv, lv, clip_weights)
@@ -77,19 +82,43 @@ def main(src: Path) -> None:
         for c in range(text.shape[0]):
             buf = io.StringIO()
             with contextlib.redirect_stdout(buf):
-                tip_main.run_tip_adapter(cfg, keys, values, fv, lv, torch.from_numpy(test[t:t + 1]),
-                                         torch.tensor([c]), clip_weights)
+                tip_main.run_tip_adapter(
+                    cfg,
+                    keys,
+                    values,
+                    fv,
+                    lv,
+                    torch.from_numpy(test[t : t + 1]),
+                    torch.tensor([c]),
+                    clip_weights,
+                )
             acc = float(re.findall(r"Tip-Adapter's test accuracy: ([0-9]+\.[0-9]+)", buf.getvalue())[-1])
             hit.append(acc == 100.0)
         assert sum(hit) == 1
         preds.append(hit.index(True))
-    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    np.savez(OUT, support=support, y_support=y_support, val=val, y_val=y_val, test=test, y_test=y_test,
-             text=text, best_beta=best_beta, best_alpha=best_alpha, test_pred=np.array(preds),
-             search_scale=np.array(SEARCH_SCALE, float), search_step=np.array(SEARCH_STEP),
-             provenance=np.array(f"gaopengcuhk/Tip-Adapter@{commit or 'd0e2d6f8c5feb8b6ce937b757810761f7155d4d5'}; "
-                                 "utils.search_hp (cfg: configs/imagenet.yaml search_scale/search_step) and "
-                                 "main.run_tip_adapter per test slide; tests/golden/make_tip_adapter.py"))
+    commit = subprocess.run(
+        ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    np.savez(
+        OUT,
+        support=support,
+        y_support=y_support,
+        val=val,
+        y_val=y_val,
+        test=test,
+        y_test=y_test,
+        text=text,
+        best_beta=best_beta,
+        best_alpha=best_alpha,
+        test_pred=np.array(preds),
+        search_scale=np.array(SEARCH_SCALE, float),
+        search_step=np.array(SEARCH_STEP),
+        provenance=np.array(
+            f"gaopengcuhk/Tip-Adapter@{commit or 'd0e2d6f8c5feb8b6ce937b757810761f7155d4d5'}; "
+            "utils.search_hp (cfg: configs/imagenet.yaml search_scale/search_step) and "
+            "main.run_tip_adapter per test slide; tests/golden/make_tip_adapter.py"
+        ),
+    )
     print(f"beta={best_beta:.4f} alpha={best_alpha:.4f} preds={preds} -> {OUT}")
 
 

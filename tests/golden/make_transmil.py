@@ -91,8 +91,10 @@ def main() -> None:
     out: dict[str, np.ndarray] = {}
     versions = {}
     state = None
-    for mode, path, commit in (("reference", args.nystrom, args.nystrom_commit),
-                               ("reference-0.0.9", args.nystrom_009, args.nystrom_009_commit)):
+    for mode, path, commit in (
+        ("reference", args.nystrom, args.nystrom_commit),
+        ("reference-0.0.9", args.nystrom_009, args.nystrom_009_commit),
+    ):
         ref = load_reference(args.checkout, path)
         model = build(ref)
         if state is None:
@@ -100,22 +102,32 @@ def main() -> None:
             out.update({f"w/{k}": v.numpy().copy() for k, v in state.items()})
         else:
             model.load_state_dict(state)
-        versions[mode] = {"path": "nystrom_attention/nystrom_attention.py", "commit": commit,
-                          "version": (path / "setup.py").read_text().split("version = '")[1].split("'")[0]}
+        versions[mode] = {
+            "path": "nystrom_attention/nystrom_attention.py",
+            "commit": commit,
+            "version": (path / "setup.py").read_text().split("version = '")[1].split("'")[0],
+        }
         with torch.no_grad():
             for b, h in enumerate(bags):
                 out[f"bag{b}/features"] = h[0].numpy()
                 out[f"bag{b}/{mode}/logits"] = model(data=h)["logits"].numpy()
-    out["provenance"] = np.array(json.dumps({
-        "repository": "https://github.com/szc19990412/TransMIL",
-        "commit": args.commit,
-        "file": "models/TransMIL.py",
-        "nystrom_attention": {"repository": "https://github.com/lucidrains/nystrom-attention", **versions},
-        "called": f"TransMIL(n_classes={N_CLASSES}) with _fc1, layer1, pos_layer, layer2, norm, _fc2, cls_token "
-                  f"rebuilt at width {DIM} from the module's own classes; forward(data=h) per bag in eval mode",
-        "script": "tests/golden/make_transmil.py",
-        "torch": torch.__version__,
-    }))
+    out["provenance"] = np.array(
+        json.dumps(
+            {
+                "repository": "https://github.com/szc19990412/TransMIL",
+                "commit": args.commit,
+                "file": "models/TransMIL.py",
+                "nystrom_attention": {
+                    "repository": "https://github.com/lucidrains/nystrom-attention",
+                    **versions,
+                },
+                "called": f"TransMIL(n_classes={N_CLASSES}) with _fc1, layer1, pos_layer, layer2, norm, _fc2, cls_token "
+                f"rebuilt at width {DIM} from the module's own classes; forward(data=h) per bag in eval mode",
+                "script": "tests/golden/make_transmil.py",
+                "torch": torch.__version__,
+            }
+        )
+    )
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
 

@@ -54,7 +54,18 @@ def _padded_batch(sizes: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.
 
 
 def test_registry_lists_the_published_models() -> None:
-    expected = {"mean", "max", "abmil", "clam-sb", "clam-mb", "transmil", "dsmil", "dtfd", "acmil", "pl-maxpool"}
+    expected = {
+        "mean",
+        "max",
+        "abmil",
+        "clam-sb",
+        "clam-mb",
+        "transmil",
+        "dsmil",
+        "dtfd",
+        "acmil",
+        "pl-maxpool",
+    }
     assert expected <= set(NAMES)
 
 
@@ -233,7 +244,9 @@ def test_learns_a_toy_problem(name: str) -> None:
     print(f"{name}: train AUROC {auroc:.3f}, top tile planted in {hits:.0%} of positive bags")
     assert auroc >= 0.9, f"{name} reached train AUROC {auroc:.3f}"
     if name not in NO_LOCALISATION:
-        assert hits >= 0.8, f"{name}: the top-scored tile is a planted one in only {hits:.0%} of positive bags"
+        assert hits >= 0.8, (
+            f"{name}: the top-scored tile is a planted one in only {hits:.0%} of positive bags"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -48,9 +48,21 @@ def test_every_registered_aggregator_has_small_kwargs() -> None:
 
 @pytest.mark.parametrize("name", _params())
 def test_aggregator_learns_cohort(name, mil_cohort, tmp_path) -> None:
-    res = train(mil_cohort.manifest, store=mil_cohort.store, encoder=ENC, out=tmp_path / name, model=name,
-                model_kwargs=SMALL.get(name, {}), folds=3, epochs=20, batch_size=4, lr=1e-3,
-                early_stopping_patience=8, bootstrap=20, seed=0)
+    res = train(
+        mil_cohort.manifest,
+        store=mil_cohort.store,
+        encoder=ENC,
+        out=tmp_path / name,
+        model=name,
+        model_kwargs=SMALL.get(name, {}),
+        folds=3,
+        epochs=20,
+        batch_size=4,
+        lr=1e-3,
+        early_stopping_patience=8,
+        bootstrap=20,
+        seed=0,
+    )
     assert len(res.folds) == 3 and sum(f.n_test for f in res.folds) == len(mil_cohort.rows)
     oof_auc = res.pooled["auroc"]
     print(f"{name}: out-of-fold AUROC {oof_auc:.3f}")

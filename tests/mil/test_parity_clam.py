@@ -28,7 +28,9 @@ def _load(kind: str) -> dict[str, np.ndarray]:
 
 def _model(kind: str, golden: dict[str, np.ndarray], **kwargs) -> CLAMSB | CLAMMB:
     model = KINDS[kind](32, 3, embed_dim=16, attn_dim=8, k_sample=8, bag_weight=0.7, **kwargs)
-    model.load_reference_state_dict({k[2:]: torch.from_numpy(v) for k, v in golden.items() if k.startswith("w/")})
+    model.load_reference_state_dict(
+        {k[2:]: torch.from_numpy(v) for k, v in golden.items() if k.startswith("w/")}
+    )
     return model
 
 
@@ -55,7 +57,9 @@ def test_clam_forward_equals_reference(kind: str) -> None:
     with torch.no_grad():
         out = model(features, mask)
     for b, x in enumerate(bags):
-        torch.testing.assert_close(out.logits[b], torch.from_numpy(golden[f"bag{b}/logits"])[0], atol=TOL, rtol=0)
+        torch.testing.assert_close(
+            out.logits[b], torch.from_numpy(golden[f"bag{b}/logits"])[0], atol=TOL, rtol=0
+        )
         ref_attention = torch.from_numpy(golden[f"bag{b}/attention_raw"]).softmax(-1)  # (K, n)
         torch.testing.assert_close(out.extra["attention"][b, :, : len(x)], ref_attention, atol=TOL, rtol=0)
 
@@ -99,8 +103,11 @@ def test_clam_total_loss_and_gradient_equal_train_loop_clam(kind: str) -> None:
 def test_clam_sb_loads_the_checkpoint_layout_clam_ships() -> None:
     """``heatmaps/demo/ckpts/s_0_checkpoint.pt``: DataParallel ``.module`` keys and the SVM loss buffer."""
     golden = _load("sb")
-    state = {k[2:].replace("attention_net.", "attention_net.module."): torch.from_numpy(v)
-             for k, v in golden.items() if k.startswith("w/")}
+    state = {
+        k[2:].replace("attention_net.", "attention_net.module."): torch.from_numpy(v)
+        for k, v in golden.items()
+        if k.startswith("w/")
+    }
     state["instance_loss_fn.labels"] = torch.tensor([0, 1])
     model = CLAMSB(32, 3, embed_dim=16, attn_dim=8)
     model.load_reference_state_dict(state)

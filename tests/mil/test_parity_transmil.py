@@ -31,7 +31,9 @@ def golden() -> dict[str, np.ndarray]:
 
 def _model(golden: dict[str, np.ndarray], landmarks: str) -> TransMIL:
     model = TransMIL(32, 3, embed_dim=32, heads=8, landmarks=landmarks)
-    model.load_reference_state_dict({k[2:]: torch.from_numpy(v) for k, v in golden.items() if k.startswith("w/")})
+    model.load_reference_state_dict(
+        {k[2:]: torch.from_numpy(v) for k, v in golden.items() if k.startswith("w/")}
+    )
     return model.eval()
 
 
@@ -52,7 +54,10 @@ def _batch(golden: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_golden_file_names_its_references(golden: dict[str, np.ndarray]) -> None:
     provenance = json.loads(str(golden["provenance"]))
-    assert provenance["repository"] == "https://github.com/szc19990412/TransMIL" and len(provenance["commit"]) == 40
+    assert (
+        provenance["repository"] == "https://github.com/szc19990412/TransMIL"
+        and len(provenance["commit"]) == 40
+    )
     versions = provenance["nystrom_attention"]
     assert versions["reference"]["version"] == "0.0.14" and versions["reference-0.0.9"]["version"] == "0.0.9"
 
@@ -82,7 +87,9 @@ def test_exact_landmarks_differ_from_the_reference(golden: dict[str, np.ndarray]
 
 
 def test_landmarks_mode_is_a_registry_kwarg_and_checked() -> None:
-    model = create_aggregator("transmil", in_dim=8, num_classes=2, embed_dim=16, heads=4, landmarks="reference")
+    model = create_aggregator(
+        "transmil", in_dim=8, num_classes=2, embed_dim=16, heads=4, landmarks="reference"
+    )
     assert model.layer1.attn.landmarks == model.layer2.attn.landmarks == "reference"
     with pytest.raises(InvalidParameterError, match="landmarks must be one of"):
         TransMIL(8, 2, embed_dim=16, heads=4, landmarks="nystrom")

@@ -18,9 +18,19 @@ def finished_run(mil_cohort, tmp_path_factory) -> Path:
     from slidescope.mil.train import train
 
     out = tmp_path_factory.mktemp("resume_safety") / "run"
-    train(mil_cohort.manifest, store=mil_cohort.store, encoder=ENC, out=out, model="abmil",
-          model_kwargs={"embed_dim": 16, "attn_dim": 8}, folds=2, epochs=2, batch_size=4, bootstrap=20,
-          accelerator="cpu")
+    train(
+        mil_cohort.manifest,
+        store=mil_cohort.store,
+        encoder=ENC,
+        out=out,
+        model="abmil",
+        model_kwargs={"embed_dim": 16, "attn_dim": 8},
+        folds=2,
+        epochs=2,
+        batch_size=4,
+        bootstrap=20,
+        accelerator="cpu",
+    )
     return out
 
 
@@ -36,9 +46,19 @@ def _resumable_copy(finished_run: Path, tmp_path: Path) -> Path:
 def _train_again(mil_cohort, out: Path):
     from slidescope.mil.train import train
 
-    return train(mil_cohort.manifest, store=mil_cohort.store, encoder=ENC, out=out, model="abmil",
-                 model_kwargs={"embed_dim": 16, "attn_dim": 8}, folds=2, epochs=2, batch_size=4, bootstrap=20,
-                 accelerator="cpu")
+    return train(
+        mil_cohort.manifest,
+        store=mil_cohort.store,
+        encoder=ENC,
+        out=out,
+        model="abmil",
+        model_kwargs={"embed_dim": 16, "attn_dim": 8},
+        folds=2,
+        epochs=2,
+        batch_size=4,
+        bootstrap=20,
+        accelerator="cpu",
+    )
 
 
 class _Payload:
@@ -59,7 +79,9 @@ def test_planted_last_ckpt_is_refused_without_running(mil_cohort, finished_run: 
     marker = tmp_path / "payload-ran"
     good = torch.load(last, map_location="cpu", weights_only=True)
     torch.save({**good, "callbacks": {"x": _Payload(marker)}}, last)  # a real checkpoint plus a payload
-    with pytest.raises(CheckpointError, match=r"fold 1: the resume checkpoint .*last\.ckpt cannot be loaded safely"):
+    with pytest.raises(
+        CheckpointError, match=r"fold 1: the resume checkpoint .*last\.ckpt cannot be loaded safely"
+    ):
         _train_again(mil_cohort, out)
     assert not marker.exists()
 
@@ -88,7 +110,9 @@ def test_truncated_safetensors_weights_and_model(tmp_path: Path) -> None:
     save_file({"w": torch.arange(1000, dtype=torch.float32)}, str(weights))
     assert read_state_dict(weights)["w"].shape == (1000,)
     weights.write_bytes(weights.read_bytes()[:200])
-    with pytest.raises(SlidescopeError, match=r"model\.safetensors is not a readable safetensors file.*download it"):
+    with pytest.raises(
+        SlidescopeError, match=r"model\.safetensors is not a readable safetensors file.*download it"
+    ):
         read_state_dict(weights)
 
 
@@ -98,9 +122,12 @@ def test_truncated_slide_text_model(tmp_path: Path) -> None:
     from slidescope.vlm.pretrain import default_slide_encoder
     from slidescope.vlm.text import SmallTextTower
 
-    tower = SmallTextTower.from_texts(["a tumour", "normal stroma"], width=16, depth=1, heads=2, max_length=16)
-    model = SlideTextModel(default_slide_encoder(8, latent_seq=4, latent_dim=16, perceiver_depth=1), tower,
-                           dim_latents=16)
+    tower = SmallTextTower.from_texts(
+        ["a tumour", "normal stroma"], width=16, depth=1, heads=2, max_length=16
+    )
+    model = SlideTextModel(
+        default_slide_encoder(8, latent_seq=4, latent_dim=16, perceiver_depth=1), tower, dim_latents=16
+    )
     folder = model.save(tmp_path / "model")
     SlideTextModel.load(folder)
     f = Path(folder) / "model.safetensors"

@@ -45,8 +45,12 @@ def _survival_rows(cohort, *, seed: int = 0) -> list[dict]:
     [3, 16]: about 30% censored, mostly long-lived tumour-free patients."""
     rng = np.random.default_rng(seed)
     patients = sorted({r["patient"] for r in cohort.rows})
-    frac = {p: np.mean([float(r["tumour_fraction"]) for r in cohort.rows if r["patient"] == p]) for p in patients}
-    event_time = {p: 10.0 * math.exp(-12.0 * frac[p]) * float(np.exp(0.25 * rng.standard_normal())) for p in patients}
+    frac = {
+        p: np.mean([float(r["tumour_fraction"]) for r in cohort.rows if r["patient"] == p]) for p in patients
+    }
+    event_time = {
+        p: 10.0 * math.exp(-12.0 * frac[p]) * float(np.exp(0.25 * rng.standard_normal())) for p in patients
+    }
     censor_time = {p: float(rng.uniform(3.0, 16.0)) for p in patients}
     out = []
     for r in cohort.rows:
@@ -62,13 +66,24 @@ def survival_manifest(mil_cohort, tmp_path_factory) -> Path:
 
 
 def _train(cohort, manifest, out: Path, **kw):
-    args = dict(store=cohort.store, encoder=ENC, out=out, model="abmil", model_kwargs=SMALL, folds=3, epochs=20,
-                lr=1e-3, early_stopping_patience=8, bootstrap=200)
+    args = dict(
+        store=cohort.store,
+        encoder=ENC,
+        out=out,
+        model="abmil",
+        model_kwargs=SMALL,
+        folds=3,
+        epochs=20,
+        lr=1e-3,
+        early_stopping_patience=8,
+        bootstrap=200,
+    )
     args.update(kw)
     return train(manifest, **args)
 
 
 # -- metrics ----------------------------------------------------------------------------------------
+
 
 def test_concordance_index_hand_computed() -> None:
     # comparable pairs (i had the event first): (0,1) (0,2) (0,3) (1,2) (1,3) (2,3); 3 is censored
@@ -108,6 +123,7 @@ def test_regression_metrics_hand_computed() -> None:
 
 # -- losses -----------------------------------------------------------------------------------------
 
+
 def test_cox_loss_matches_direct_formula_with_ties() -> None:
     risk = torch.tensor([0.5, -0.2, 1.0, 0.3, -1.0])
     time = torch.tensor([2.0, 3.0, 3.0, 5.0, 1.0])
@@ -144,8 +160,9 @@ def test_discrete_time_nll_censored_vs_uncensored() -> None:
     assert got == pytest.approx(-sum(math.log(1 - v) for v in h), rel=1e-6)
     # batch mean
     both = float(discrete_time_nll(logits.repeat(2, 1), torch.tensor([1, 1]), torch.tensor([1, 0])))
-    assert both == pytest.approx((-(math.log(1 - h[0]) + math.log(h[1])) - (math.log(1 - h[0]) + math.log(1 - h[1])))
-                                 / 2, rel=1e-6)
+    assert both == pytest.approx(
+        (-(math.log(1 - h[0]) + math.log(h[1])) - (math.log(1 - h[0]) + math.log(1 - h[1]))) / 2, rel=1e-6
+    )
 
 
 def test_task_heads_check_their_outputs() -> None:
@@ -154,15 +171,33 @@ def test_task_heads_check_their_outputs() -> None:
     with pytest.raises(CheckpointError, match="num_classes=1"):
         MILTask("mean", None, in_dim=8, num_classes=2, class_names=[], encoder="x", task="regression")
     with pytest.raises(CheckpointError, match="time_bins"):
-        MILTask("mean", None, in_dim=8, num_classes=4, class_names=[], encoder="x", task="survival",
-                survival_model="discrete")
-    t = MILTask("mean", None, in_dim=8, num_classes=1, class_names=[], encoder="x", task="regression",
-                target_mean=5.0, target_std=2.0)
+        MILTask(
+            "mean",
+            None,
+            in_dim=8,
+            num_classes=4,
+            class_names=[],
+            encoder="x",
+            task="survival",
+            survival_model="discrete",
+        )
+    t = MILTask(
+        "mean",
+        None,
+        in_dim=8,
+        num_classes=1,
+        class_names=[],
+        encoder="x",
+        task="regression",
+        target_mean=5.0,
+        target_std=2.0,
+    )
     pred, scores = t.predict_bag(torch.zeros(4, 8))
     assert pred.shape == (1,) and scores.shape == (4,)
 
 
 # -- manifests and splits ---------------------------------------------------------------------------
+
 
 def test_bad_survival_manifests_raise_before_training(mil_cohort, tmp_path) -> None:
     d = mil_cohort.manifest.parent
@@ -180,8 +215,15 @@ def test_bad_survival_manifests_raise_before_training(mil_cohort, tmp_path) -> N
         with pytest.raises(InvalidParameterError, match=match):
             read_manifest(m, task="survival")
         with pytest.raises(InvalidParameterError, match=match):  # train() checks first, writes nothing
-            train(m, store=mil_cohort.store, encoder=ENC, out=tmp_path / f"run_{name}", task="survival", folds=2,
-                  epochs=1)
+            train(
+                m,
+                store=mil_cohort.store,
+                encoder=ENC,
+                out=tmp_path / f"run_{name}",
+                task="survival",
+                folds=2,
+                epochs=1,
+            )
         assert not (tmp_path / f"run_{name}").exists()
     with pytest.raises(InvalidParameterError, match="finite numbers"):
         read_manifest(mil_cohort.manifest, task="regression", label_column="report")
@@ -207,10 +249,16 @@ def test_splits_stratify_regression_and_survival(mil_cohort, survival_manifest) 
 
 # -- training ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def regression_run(mil_cohort, tmp_path_factory):
-    return _train(mil_cohort, mil_cohort.manifest, tmp_path_factory.mktemp("reg") / "reg", task="regression",
-                  label_column="tumour_fraction")
+    return _train(
+        mil_cohort,
+        mil_cohort.manifest,
+        tmp_path_factory.mktemp("reg") / "reg",
+        task="regression",
+        label_column="tumour_fraction",
+    )
 
 
 def test_regression_learns_tumour_fraction(regression_run, mil_cohort) -> None:
@@ -235,9 +283,16 @@ def test_regression_learns_tumour_fraction(regression_run, mil_cohort) -> None:
 
 @pytest.mark.parametrize("survival_model", ["cox", "discrete"])
 def test_survival_learns_risk(survival_model, mil_cohort, survival_manifest, tmp_path) -> None:
-    res = _train(mil_cohort, survival_manifest, tmp_path / survival_model, task="survival",
-                 survival_model=survival_model, epochs=60, lr=3e-3,
-                 early_stopping_patience=20)  # the Cox batch holds every training bag: one step per epoch
+    res = _train(
+        mil_cohort,
+        survival_manifest,
+        tmp_path / survival_model,
+        task="survival",
+        survival_model=survival_model,
+        epochs=60,
+        lr=3e-3,
+        early_stopping_patience=20,
+    )  # the Cox batch holds every training bag: one step per epoch
     print(survival_model, "pooled", res.pooled, res.pooled_ci, [f.metrics for f in res.folds])
     assert res.pooled["c_index"] >= 0.75, res.summary()
     oof = _csv(res.oof_csv)
@@ -267,17 +322,61 @@ def test_cli_regression_and_score(regression_run, mil_cohort, tmp_path) -> None:
 
     runner = CliRunner()
     out_csv = tmp_path / "pred.csv"
-    r = runner.invoke(app, ["score", str(mil_cohort.store), "--model", str(regression_run.checkpoints[0]),
-                            "--out", str(out_csv), "--no-write-scores"])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            str(mil_cohort.store),
+            "--model",
+            str(regression_run.checkpoints[0]),
+            "--out",
+            str(out_csv),
+            "--no-write-scores",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = _csv(out_csv)
     assert list(rows[0]) == ["slide", "prediction"]
-    r = runner.invoke(app, ["train", "--manifest", str(mil_cohort.manifest), "--store", str(mil_cohort.store),
-                            "--encoder", ENC, "--model", "mean", "--folds", "2", "--epochs", "1",
-                            "--task", "regression", "--label-column", "tumour_fraction", "--out",
-                            str(tmp_path / "cli")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--manifest",
+            str(mil_cohort.manifest),
+            "--store",
+            str(mil_cohort.store),
+            "--encoder",
+            ENC,
+            "--model",
+            "mean",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--task",
+            "regression",
+            "--label-column",
+            "tumour_fraction",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "pearson" in r.output and (tmp_path / "cli" / "oof_predictions.csv").exists()
-    r = runner.invoke(app, ["train", "--manifest", str(mil_cohort.manifest), "--store", str(mil_cohort.store),
-                            "--encoder", ENC, "--task", "survival", "--out", str(tmp_path / "cli2")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--manifest",
+            str(mil_cohort.manifest),
+            "--store",
+            str(mil_cohort.store),
+            "--encoder",
+            ENC,
+            "--task",
+            "survival",
+            "--out",
+            str(tmp_path / "cli2"),
+        ],
+    )
     assert r.exit_code != 0 and "time" in str(r.output) + str(r.exception)

@@ -36,8 +36,19 @@ SMALL = {"embed_dim": 64, "attn_dim": 32, "dropout": 0.1}
 
 
 def _train(cohort, out: Path, **kw):
-    args = dict(store=cohort.store, encoder=ENC, out=out, model="abmil", model_kwargs=SMALL, folds=3, epochs=20,
-                batch_size=4, lr=1e-3, early_stopping_patience=8, bootstrap=200)
+    args = dict(
+        store=cohort.store,
+        encoder=ENC,
+        out=out,
+        model="abmil",
+        model_kwargs=SMALL,
+        folds=3,
+        epochs=20,
+        batch_size=4,
+        lr=1e-3,
+        early_stopping_patience=8,
+        bootstrap=200,
+    )
     args.update(kw)
     return train(cohort.manifest, **args)
 
@@ -71,15 +82,16 @@ def _tumour_tiles(cohort, row: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     tw, th = st.tile_extent
     y = []
     for x0, y0 in st.coords.tolist():
-        sub = mask[int(y0 // f): int(np.ceil((y0 + th) / f)), int(x0 // f): int(np.ceil((x0 + tw) / f))]
+        sub = mask[int(y0 // f) : int(np.ceil((y0 + th) / f)), int(x0 // f) : int(np.ceil((x0 + tw) / f))]
         y.append(sub.size > 0 and sub.mean() >= 0.5)
     return np.array(y), st.coords
 
 
 # -- learning ---------------------------------------------------------------------------------------
 
+
 def test_abmil_learns_and_attention_localises_tumour(run, mil_cohort) -> None:
-    oof = (_csv(run.oof_csv))
+    oof = _csv(run.oof_csv)
     assert len(oof) == 24 and {o["fold"] for o in oof} == {"0", "1", "2"}
     labels = np.array([o["label"] == "tumour" for o in oof], dtype=int)
     probs = np.array([float(o["prob_tumour"]) for o in oof])
@@ -94,18 +106,23 @@ def test_abmil_learns_and_attention_localises_tumour(run, mil_cohort) -> None:
     for o in oof:
         if o["label"] != "tumour":
             continue
-        res = score([run.out / f"fold{o['fold']}" / "best.ckpt"], [store_path(mil_cohort.store, o["slide"] + ".svs")],
-                    write_scores=False)[0]
+        res = score(
+            [run.out / f"fold{o['fold']}" / "best.ckpt"],
+            [store_path(mil_cohort.store, o["slide"] + ".svs")],
+            write_scores=False,
+        )[0]
         y, _ = _tumour_tiles(mil_cohort, rows[o["slide"]])
         ys.append(y)
         atts.append(res.attention)
     y = np.concatenate(ys)
     assert 5 <= y.sum() < len(y)
     tile_auc = auroc(y.astype(int), np.concatenate(atts))
-    print(f"OOF AUROC {oof_auc:.3f}; attention tile AUROC {tile_auc:.3f} ({int(y.sum())} tumour of {len(y)} tiles)")
+    print(
+        f"OOF AUROC {oof_auc:.3f}; attention tile AUROC {tile_auc:.3f} ({int(y.sum())} tumour of {len(y)} tiles)"
+    )
     assert tile_auc >= 0.85, tile_auc
     # results.csv: every fold and the pooled row, with CIs
-    res = (_csv(run.results_csv))
+    res = _csv(run.results_csv)
     assert {r["fold"] for r in res} == {"0", "1", "2", "pooled"}
     pooled = {r["metric"]: r for r in res if r["fold"] == "pooled"}
     assert float(pooled["auroc"]["value"]) == pytest.approx(oof_auc, abs=1e-5)
@@ -115,7 +132,7 @@ def test_abmil_learns_and_attention_localises_tumour(run, mil_cohort) -> None:
 
 def test_folds_hold_out_whole_patients(run, mil_cohort) -> None:
     splits = Splits.load(run.splits)
-    oof = (_csv(run.oof_csv))
+    oof = _csv(run.oof_csv)
     for o in oof:
         assert int(o["fold"]) == splits.patients[o["patient"]]
     for f in run.folds:
@@ -126,13 +143,16 @@ def test_folds_hold_out_whole_patients(run, mil_cohort) -> None:
 
 # -- splits -----------------------------------------------------------------------------------------
 
+
 def _rows(mil_cohort) -> list[SlideRow]:
     return read_manifest(mil_cohort.manifest, store=mil_cohort.store, encoder=ENC)
 
 
 def test_splits_patient_level_and_stratified(mil_cohort, tmp_path) -> None:
     rows = _rows(mil_cohort)
-    assert any(n == 2 for n in Counter(r.patient for r in rows).values())  # the cohort has multi-slide patients
+    assert any(
+        n == 2 for n in Counter(r.patient for r in rows).values()
+    )  # the cohort has multi-slide patients
     splits = make_splits(rows, folds=4, seed=3)
     fold_of_slide = {r.key: splits.fold_of(r) for r in rows}
     by_patient: dict[str, set[int]] = {}
@@ -170,12 +190,16 @@ def test_site_preserving_folds_hold_out_sites(mil_cohort, tmp_path) -> None:
 
 
 def test_patient_with_mixed_labels_warns() -> None:
-    rows = [SlideRow(f"/x/s{i}.svs", "tumour" if i % 2 else "normal", f"P{i // 2 if i < 2 else i}") for i in range(8)]
+    rows = [
+        SlideRow(f"/x/s{i}.svs", "tumour" if i % 2 else "normal", f"P{i // 2 if i < 2 else i}")
+        for i in range(8)
+    ]
     with pytest.warns(UserWarning, match="different labels"):
         make_splits(rows, folds=2)
 
 
 # -- manifests --------------------------------------------------------------------------------------
+
 
 def test_bad_manifests(mil_cohort, tmp_path) -> None:
     cdir = mil_cohort.manifest.parent
@@ -211,13 +235,16 @@ def test_bad_manifests(mil_cohort, tmp_path) -> None:
 
 # -- bags -------------------------------------------------------------------------------------------
 
+
 def test_bags_subsample_training_and_pad_with_mask(mil_cohort) -> None:
     rows = _rows(mil_cohort)[:3]
     full = BagDataset(rows, store=mil_cohort.store, encoder=ENC, class_names=["normal", "tumour"])
-    capped = BagDataset(rows, store=mil_cohort.store, encoder=ENC, class_names=["normal", "tumour"],
-                        max_instances=5, seed=1)
-    again = BagDataset(rows, store=mil_cohort.store, encoder=ENC, class_names=["normal", "tumour"],
-                       max_instances=5, seed=1)
+    capped = BagDataset(
+        rows, store=mil_cohort.store, encoder=ENC, class_names=["normal", "tumour"], max_instances=5, seed=1
+    )
+    again = BagDataset(
+        rows, store=mil_cohort.store, encoder=ENC, class_names=["normal", "tumour"], max_instances=5, seed=1
+    )
     n = [full[i]["features"].shape[0] for i in range(3)]
     assert all(k > 5 for k in n) and full[0]["features"].dtype == torch.float32
     a, b = capped[0]["features"], again[0]["features"]
@@ -230,6 +257,7 @@ def test_bags_subsample_training_and_pad_with_mask(mil_cohort) -> None:
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
+
 
 def test_checkpoint_rebuilds_itself_and_refuses_other_encoder(run, mil_cohort) -> None:
     ckpt = run.out / "fold0" / "best.ckpt"
@@ -246,12 +274,16 @@ def test_checkpoint_rebuilds_itself_and_refuses_other_encoder(run, mil_cohort) -
         p2, s2 = lit.predict_bag(emb)
         assert torch.allclose(p1, p2) and torch.allclose(s1, s2)
         assert float(p1[1]) == pytest.approx(float(o["prob_tumour"]), abs=1e-5)
-    with pytest.raises(EncoderMismatchError, match=r"trained on 'he-descriptor' 98-d embeddings; these are 'uni' "
-                                                   r"1024-d: extract with --encoder he-descriptor"):
+    with pytest.raises(
+        EncoderMismatchError,
+        match=r"trained on 'he-descriptor' 98-d embeddings; these are 'uni' "
+        r"1024-d: extract with --encoder he-descriptor",
+    ):
         load_task(ckpt, encoder="uni", embed_dim=1024)
 
 
 # -- scoring and heatmaps ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def scored(run, mil_cohort, tmp_path_factory):
@@ -264,7 +296,7 @@ def scored(run, mil_cohort, tmp_path_factory):
 
 def test_score_ensemble_csv_and_store(run, scored, mil_cohort) -> None:
     store, out_csv, results = scored
-    rows = (_csv(out_csv))
+    rows = _csv(out_csv)
     assert len(rows) == 24 and list(rows[0]) == ["slide", "prob_normal", "prob_tumour", "predicted"]
     truth = {Path(r["slide"]).stem: r["label"] for r in mil_cohort.rows}
     for r in rows:
@@ -290,8 +322,9 @@ def test_score_refuses_store_without_the_encoder(run, mil_cohort, tmp_path) -> N
     shutil.copytree(mil_cohort.store / f"{name}.zarr", tmp_path / f"{name}.zarr")
     (feats,) = (tmp_path / f"{name}.zarr").glob("tilings/*/features")
     shutil.move(feats / ENC, feats / "uni")
-    with pytest.raises(EncoderMismatchError, match="trained on 'he-descriptor' 98-d embeddings.*--encoder "
-                                                   "he-descriptor"):
+    with pytest.raises(
+        EncoderMismatchError, match="trained on 'he-descriptor' 98-d embeddings.*--encoder he-descriptor"
+    ):
         score(run.checkpoints[:1], [tmp_path / f"{name}.zarr"])
 
 
@@ -303,8 +336,14 @@ def test_heatmap_paints_high_scores_hot_and_geojson_matches_coords(scored, mil_c
     store, _, results = scored
     res = max((r for r in results if r.slide.endswith("_T")), key=lambda r: r.probs["tumour"])
     slide = mil_cohort.manifest.parent / "slides" / f"{res.slide}.svs"
-    png = heatmap(slide, store, scores="abmil/attention", out_png=tmp_path / "h.png", out_geojson=tmp_path / "h.json",
-                  size=768)
+    png = heatmap(
+        slide,
+        store,
+        scores="abmil/attention",
+        out_png=tmp_path / "h.png",
+        out_geojson=tmp_path / "h.json",
+        size=768,
+    )
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     st = open_store(store / f"{res.slide}.zarr")
     att, coords, (tw, th) = st.scores("abmil/attention"), st.coords, st.tile_extent
@@ -345,6 +384,7 @@ def test_heatmap_paints_high_scores_hot_and_geojson_matches_coords(scored, mil_c
 
 # -- resume -----------------------------------------------------------------------------------------
 
+
 class _Interrupt(RuntimeError):
     pass
 
@@ -376,6 +416,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(mil_cohort, tmp_path)
 
 # -- CLI --------------------------------------------------------------------------------------------
 
+
 def test_cli_train_score_heatmap(mil_cohort, tmp_path) -> None:
     from typer.testing import CliRunner
 
@@ -383,20 +424,65 @@ def test_cli_train_score_heatmap(mil_cohort, tmp_path) -> None:
 
     runner = CliRunner()
     out = tmp_path / "runs" / "cli"
-    r = runner.invoke(app, ["train", "--manifest", str(mil_cohort.manifest), "--store", str(mil_cohort.store),
-                            "--encoder", ENC, "--model", "abmil", "--model-kwargs", json.dumps(SMALL), "--folds", "2",
-                            "--epochs", "3", "--lr", "1e-3", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--manifest",
+            str(mil_cohort.manifest),
+            "--store",
+            str(mil_cohort.store),
+            "--encoder",
+            ENC,
+            "--model",
+            "abmil",
+            "--model-kwargs",
+            json.dumps(SMALL),
+            "--folds",
+            "2",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-3",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "pooled" in r.output and "auroc" in r.output and (out / "results.csv").exists()
     store = tmp_path / "store"
     shutil.copytree(mil_cohort.store, store)
-    r = runner.invoke(app, ["score", "--model", str(out / "fold0" / "best.ckpt"), "--model",
-                            str(out / "fold1" / "best.ckpt"), str(store), "--out", str(tmp_path / "p.csv")])
+    r = runner.invoke(
+        app,
+        [
+            "score",
+            "--model",
+            str(out / "fold0" / "best.ckpt"),
+            "--model",
+            str(out / "fold1" / "best.ckpt"),
+            str(store),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert len((_csv(tmp_path / "p.csv"))) == 24 and "'cli/attention'" in r.output
     slide = mil_cohort.manifest.parent / mil_cohort.rows[0]["slide"]
-    r = runner.invoke(app, ["heatmap", str(slide), "--store", str(store), "--scores", "cli/attention", "--out",
-                            str(tmp_path / "h.png"), "--geojson", str(tmp_path / "h.geojson")])
+    r = runner.invoke(
+        app,
+        [
+            "heatmap",
+            str(slide),
+            "--store",
+            str(store),
+            "--scores",
+            "cli/attention",
+            "--out",
+            str(tmp_path / "h.png"),
+            "--geojson",
+            str(tmp_path / "h.geojson"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "h.png").stat().st_size > 1000 and (tmp_path / "h.geojson").exists()
 

@@ -42,10 +42,38 @@ TIMEOUT_S = 900
 
 
 def _launch(cohort, out: Path, *, devices: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "slidescope", "train", "--manifest", str(cohort.manifest), "--store",
-           str(cohort.store), "--encoder", ENC, "--model", "abmil", "--model-kwargs", json.dumps(SMALL),
-           "--folds", str(FOLDS), "--epochs", str(EPOCHS), "--batch-size", str(BATCH // devices), "--lr", "1e-3",
-           "--early-stopping-patience", "8", "--accelerator", "cpu", "--devices", str(devices), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "slidescope",
+        "train",
+        "--manifest",
+        str(cohort.manifest),
+        "--store",
+        str(cohort.store),
+        "--encoder",
+        ENC,
+        "--model",
+        "abmil",
+        "--model-kwargs",
+        json.dumps(SMALL),
+        "--folds",
+        str(FOLDS),
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        str(BATCH // devices),
+        "--lr",
+        "1e-3",
+        "--early-stopping-patience",
+        "8",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        str(devices),
+        "--out",
+        str(out),
+    ]
     return launch(cmd, log=log, cwd=out.parent, env=clean_env())
 
 
@@ -102,8 +130,10 @@ def test_two_ddp_processes_train_abmil_as_well_as_one(mil_cohort, tmp_path) -> N
     n_train = json.loads((runs[2] / "fold0" / "done.json").read_text())["n_train"]
     assert _steps_per_epoch(runs[2] / "fold0") == math.ceil(math.ceil(n_train / 2) / (BATCH // 2))
     assert _steps_per_epoch(runs[1] / "fold0") == math.ceil(n_train / BATCH)
-    print(f"pooled OOF AUROC: one process {scores[1]:.3f} ({done[1][2]:.0f} s), two DDP processes {scores[2]:.3f} "
-          f"({done[2][2]:.0f} s), run side by side")
+    print(
+        f"pooled OOF AUROC: one process {scores[1]:.3f} ({done[1][2]:.0f} s), two DDP processes {scores[2]:.3f} "
+        f"({done[2][2]:.0f} s), run side by side"
+    )
     assert scores[1] >= AUROC_FLOOR, scores
     assert scores[2] >= AUROC_FLOOR, scores
     assert abs(scores[2] - scores[1]) <= AUROC_TOLERANCE, scores

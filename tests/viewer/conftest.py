@@ -30,7 +30,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="no X server: install Xvfb (`bash .ci/run` does) or run with a display")
     for item in items:
-        if {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot"} & set(getattr(item, "fixturenames", ())):
+        if {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(skip)
 
 
@@ -66,8 +68,14 @@ def _save_abmil(path: Path, *, encoder: str, in_dim: int, seed: int = 0) -> Path
     from slidescope.mil.task import MILTask
 
     torch.manual_seed(seed)
-    task = MILTask("abmil", {"embed_dim": 32, "attn_dim": 16, "dropout": 0.0}, in_dim=in_dim, num_classes=2,
-                   class_names=["normal", "tumour"], encoder=encoder)
+    task = MILTask(
+        "abmil",
+        {"embed_dim": 32, "attn_dim": 16, "dropout": 0.0},
+        in_dim=in_dim,
+        num_classes=2,
+        class_names=["normal", "tumour"],
+        encoder=encoder,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"hyper_parameters": dict(task.hparams), "state_dict": task.state_dict()}, path)
     return path
@@ -76,8 +84,9 @@ def _save_abmil(path: Path, *, encoder: str, in_dim: int, seed: int = 0) -> Path
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ABMIL checkpoint on he-descriptor embeddings (98-d), as ``runs/abmil/fold0/best.ckpt``."""
-    return _save_abmil(tmp_path_factory.mktemp("runs") / "abmil" / "fold0" / "best.ckpt", encoder="he-descriptor",
-                       in_dim=98)
+    return _save_abmil(
+        tmp_path_factory.mktemp("runs") / "abmil" / "fold0" / "best.ckpt", encoder="he-descriptor", in_dim=98
+    )
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +96,7 @@ def uni_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def slidetext_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def slide_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny slide-text model on 98-d (he-descriptor) tile embeddings, saved as `slidescope pretrain` does."""
     import torch
 
@@ -96,8 +105,13 @@ def slidetext_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from slidescope.vlm.text import SmallTextTower
 
     torch.manual_seed(0)
-    tower = SmallTextTower.from_texts(["invasive carcinoma sheets of atypical cells", "benign stroma collagen"],
-                                      width=32, depth=1, heads=2, max_length=16)
+    tower = SmallTextTower.from_texts(
+        ["invasive carcinoma sheets of atypical cells", "benign stroma collagen"],
+        width=32,
+        depth=1,
+        heads=2,
+        max_length=16,
+    )
     model = SlideTextModel(PerceiverSlideEncoderConfig.tiny(context_dim=98), tower, dim_latents=16)
     return model.save(tmp_path_factory.mktemp("slidetext") / "model")
 

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from realdata import real_file
 
 from slidescope.errors import InvalidParameterError, SlidescopeError
 from slidescope.features import open_store
 from slidescope.viewer._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
 
 
-def drive(request: AnalysisRequest, cancel: threading.Event | None = None,
-          on_progress=None) -> tuple[list[Progress], AnalysisResult]:
+def drive(
+    request: AnalysisRequest, cancel: threading.Event | None = None, on_progress=None
+) -> tuple[list[Progress], AnalysisResult]:
     """Run the job generator to the end, as the widget's worker does; returns (progress steps, result)."""
     steps: list[Progress] = []
     job = run_analysis(request, cancel=cancel)
@@ -37,7 +39,11 @@ def private_store(sample, tmp_path: Path) -> Path:
 
 def test_mil_on_cached_embeddings_writes_attention(sample, checkpoint: Path, private_store: Path) -> None:
     steps, result = drive(AnalysisRequest(slide=sample.slide, checkpoint=checkpoint, store=private_store))
-    assert [s.step for s in steps] == ["checking the inputs", "finding the tissue", "scoring"]  # no extraction
+    assert [s.step for s in steps] == [
+        "checking the inputs",
+        "finding the tissue",
+        "scoring",
+    ]  # no extraction
     assert result.reused_embeddings and not result.cancelled
     assert result.scores == ["abmil/attention"] and set(result.probabilities) == {"normal", "tumour"}
     assert "abmil: predicted" in result.summary
@@ -47,10 +53,15 @@ def test_mil_on_cached_embeddings_writes_attention(sample, checkpoint: Path, pri
     assert not result.tissue.is_empty and result.mpp == (0.5, 0.5)
 
 
-def test_zero_shot_with_typed_prompts_writes_one_map_per_class(sample, slidetext_model: Path,
-                                                                private_store: Path) -> None:
-    request = AnalysisRequest(slide=sample.slide, store=private_store, slidetext_model=slidetext_model,
-                              prompts="tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma")
+def test_zero_shot_with_typed_prompts_writes_one_map_per_class(
+    sample, slide_text_model: Path, private_store: Path
+) -> None:
+    request = AnalysisRequest(
+        slide=sample.slide,
+        store=private_store,
+        slide_text_model=slide_text_model,
+        prompts="tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma",
+    )
     _, result = drive(request)
     assert result.classes == ["tumour", "normal"]
     assert result.scores == ["zero-shot/tumour", "zero-shot/normal"]
@@ -60,26 +71,30 @@ def test_zero_shot_with_typed_prompts_writes_one_map_per_class(sample, slidetext
     assert sum(result.probabilities.values()) == pytest.approx(1.0)
 
 
-def test_bad_inputs_raise_slidescope_errors_that_say_what_to_do(sample, checkpoint, uni_checkpoint, slidetext_model,
-                                                                 cmu_small: Path) -> None:
+def test_bad_inputs_raise_slidescope_errors_that_say_what_to_do(
+    sample, checkpoint, uni_checkpoint, slide_text_model, cmu_small: Path
+) -> None:
     from slidescope.features.store import StoreError
     from slidescope.mil.task import EncoderMismatchError
 
     with pytest.raises(EncoderMismatchError, match=r"trained on 'uni' 1024-d.*extract with --encoder uni"):
         drive(AnalysisRequest(slide=sample.slide, checkpoint=uni_checkpoint))
     with pytest.raises(InvalidParameterError, match="one class per line"):
-        drive(AnalysisRequest(slide=sample.slide, prompts="   ", slidetext_model=slidetext_model))
+        drive(AnalysisRequest(slide=sample.slide, prompts="   ", slide_text_model=slide_text_model))
     with pytest.raises(InvalidParameterError, match="needs a slide-text model"):
         drive(AnalysisRequest(slide=sample.slide, prompts="a: x\nb: y"))
     # the sample's store, given for another slide
-    with pytest.raises(StoreError, match=r"made from sample_slide.tiff .* not from CMU-1-Small-Region.svs: choose"):
+    with pytest.raises(
+        StoreError, match=r"made from sample_slide.tiff .* not from CMU-1-Small-Region.svs: choose"
+    ):
         drive(AnalysisRequest(slide=cmu_small, checkpoint=checkpoint, store=sample.store))
     with pytest.raises(SlidescopeError, match="cannot open"):
-        drive(AnalysisRequest(slide=cmu_small.parent.parent / "fixtures" / "not-a-tiff.svs", checkpoint=checkpoint))
+        drive(AnalysisRequest(slide=real_file("fixtures/not-a-tiff.svs"), checkpoint=checkpoint))
 
 
-def test_cancel_stops_extraction_between_batches_and_the_next_run_finishes(checkpoint: Path, sample_copy: Path,
-                                                                           tmp_path: Path) -> None:
+def test_cancel_stops_extraction_between_batches_and_the_next_run_finishes(
+    checkpoint: Path, sample_copy: Path, tmp_path: Path
+) -> None:
     slide = sample_copy
     stores = tmp_path / "stores"
     request = AnalysisRequest(slide=slide, checkpoint=checkpoint, store=stores, batch_size=8)

@@ -20,8 +20,9 @@ def test_system_llvm_is_detected_from_the_memory_maps(tmp_path: Path) -> None:
     assert not system_llvm_loaded(tmp_path / "missing")
 
 
-def test_triton_is_blocked_only_with_a_system_llvm_and_before_it_is_imported(tmp_path: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_triton_is_blocked_only_with_a_system_llvm_and_before_it_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "mesa").write_text(MESA)
     (tmp_path / "plain").write_text(PLAIN)
     # whatever sys.modules holds for triton now is put back after the test

@@ -42,8 +42,17 @@ def test_heatmap_tiff_is_pyramidal_and_aligned(tmp_path: Path, overlap: int) -> 
     assert heatmap_downsample(lattice, SLIDE, max_side=1000) == (7 if overlap == 0 else 8)
     f = heatmap_downsample(lattice, SLIDE, max_side=2048)
     assert f == 2
-    path = write_heatmap_tiff(tmp_path / "h.tif", scores, coords, extent, stride=stride, slide_dimensions=SLIDE,
-                              mpp=MPP, downsample=f, name="abmil/attention")
+    path = write_heatmap_tiff(
+        tmp_path / "h.tif",
+        scores,
+        coords,
+        extent,
+        stride=stride,
+        slide_dimensions=SLIDE,
+        mpp=MPP,
+        downsample=f,
+        name="abmil/attention",
+    )
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         assert page.shape == (3072 // f, 4096 // f) and page.dtype == np.float32 and page.is_tiled
@@ -72,8 +81,13 @@ def test_tiles_geojson_round_trips_to_the_heatmap_cells() -> None:
 
     coords, extent, stride, scores = _tiles()
     sims = {"zero-shot/tumour": scores, "zero-shot/normal": 1 - scores}
-    gj = json.loads(json.dumps(tiles_feature_collection(coords, extent, sims, main="zero-shot/tumour",
-                                                        classes=["tumour", "normal"])))
+    gj = json.loads(
+        json.dumps(
+            tiles_feature_collection(
+                coords, extent, sims, main="zero-shot/tumour", classes=["tumour", "normal"]
+            )
+        )
+    )
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(coords)
     lattice = TileLattice.from_coords(coords, extent, stride)
     data, kwargs, _ = heatmap_layer(scores, lattice, MPP, name="t")
@@ -108,7 +122,9 @@ def test_tissue_shapes_export_round_trips_through_tissue_mask(sample, tmp_path: 
     mask = sample.tissue
     data, kwargs, _ = tissue_layer(mask.contours, mpp=(0.5, 0.5))
     layer = ViewerModel().add_shapes(data, **kwargs)
-    polygons = shapes_to_level0(layer.data, {"scale": layer.scale, "translate": layer.translate}, mpp=(0.5, 0.5))
+    polygons = shapes_to_level0(
+        layer.data, {"scale": layer.scale, "translate": layer.translate}, mpp=(0.5, 0.5)
+    )
     for got, contour in zip(polygons, mask.contours, strict=True):
         np.testing.assert_allclose(got, contour, atol=1e-9)
     out = write_shapes_geojson(str(tmp_path / "tissue.geojson"), layer.data, layer._get_state())
@@ -117,7 +133,7 @@ def test_tissue_shapes_export_round_trips_through_tissue_mask(sample, tmp_path: 
     areas = sorted(f["properties"]["measurements"]["area_um2"] for f in gj["features"])
     expected = sorted(f["properties"]["measurements"]["area_um2"] for f in mask.to_geojson()["features"])
     np.testing.assert_allclose(areas, expected, rtol=0.05)
-    back = TissueMask.from_geojson(gj, slide_dimensions=mask.slide_dimensions, mpp_slide=0.5, mask_mpp=8.0)
+    back = TissueMask.from_geojson(gj, slide_dimensions=mask.slide_dimensions, slide_mpp=0.5, mask_mpp=8.0)
     iou = (back.mask & mask.mask).sum() / (back.mask | mask.mask).sum()
     assert iou > 0.95
 

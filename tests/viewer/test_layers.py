@@ -53,7 +53,9 @@ def test_a_tile_with_a_known_score_lands_on_its_tile(overlap: int) -> None:
         assert heat.get_value(centre, world=True) == pytest.approx(scores[i])
         # the same world point is the tile's centre pixel on the slide
         row, col = np.round(slide.world_to_data(centre)).astype(int)
-        assert (col, row) in {(x + extent[0] // 2 - d, y + extent[1] // 2 - e) for d in (0, 1) for e in (0, 1)}
+        assert (col, row) in {
+            (x + extent[0] // 2 - d, y + extent[1] // 2 - e) for d in (0, 1) for e in (0, 1)
+        }
         # just inside the tile's stride cell (centred on the tile) still reads this tile's score
         half = (stride[0] / 2 - 1, stride[1] / 2 - 1)
         for dx, dy in ((-half[0], -half[1]), (half[0], half[1])):
@@ -61,7 +63,9 @@ def test_a_tile_with_a_known_score_lands_on_its_tile(overlap: int) -> None:
             assert heat.get_value(inside, world=True) == pytest.approx(scores[i])
     if overlap == 0:  # without overlap the cell is exactly the tile: its corners border the next cells
         x, y = coords[0]
-        assert heat.get_value(level0_to_world(np.array([x + 0.5, y + 0.5]), MPP), world=True) == pytest.approx(scores[0])
+        assert heat.get_value(
+            level0_to_world(np.array([x + 0.5, y + 0.5]), MPP), world=True
+        ) == pytest.approx(scores[0])
         outside = heat.get_value(level0_to_world(np.array([x - 0.5, y + 10]), MPP), world=True)
         assert outside is None or np.isnan(outside)
 
@@ -93,7 +97,10 @@ def test_tile_grid_layer_shows_the_hovered_tiles_scores() -> None:
 
     coords, extent, stride = _grid(overlap=64)
     lattice = TileLattice.from_coords(coords, extent, stride)
-    scores = {"abmil/attention": np.arange(len(coords)) / 100.0, "zero-shot/tumour": np.linspace(0, 1, len(coords))}
+    scores = {
+        "abmil/attention": np.arange(len(coords)) / 100.0,
+        "zero-shot/tumour": np.linspace(0, 1, len(coords)),
+    }
     data, kwargs, kind = tile_labels_layer(lattice, coords, scores, MPP)
     viewer = ViewerModel()
     layer = viewer.add_labels(data, **kwargs)

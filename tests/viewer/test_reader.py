@@ -58,22 +58,24 @@ def test_real_slides_open_in_micrometres(fixture: str, request: pytest.FixtureRe
     assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     np.testing.assert_allclose(layer.scale, (mpp_y, mpp_x))
     assert viewer.layers[0].metadata["slidescope"]["associated_images"] == (
-        ["label", "macro", "thumbnail"] if fixture == "cmu_small" else [])
+        ["label", "macro", "thumbnail"] if fixture == "cmu_small" else []
+    )
 
 
 def test_synthetic_pyramid_is_a_lazy_multiscale(pyramid, reads: Counter) -> None:
     from napari.components import ViewerModel
 
     path = pyramid(4096, 3072, mpp=0.25, levels=3, tile=256)
-    (data, kwargs, _), = read_slide(str(path))
+    ((data, kwargs, _),) = read_slide(str(path))
     assert kwargs["multiscale"] and len(data) == 3
     assert [d.shape for d in data] == [(3072, 4096, 3), (1536, 2048, 3), (768, 1024, 3)]
     assert all(d.chunksize == (256, 256, 3) for d in data)
     assert kwargs["scale"] == (0.25, 0.25)
     assert reads[0] == 0  # opening reads nothing at full resolution
     with open_slide(path) as slide:
-        np.testing.assert_array_equal(np.asarray(data[1][256:512, 512:768]),
-                                      slide.read_region((1024, 512), 1, (256, 256)))
+        np.testing.assert_array_equal(
+            np.asarray(data[1][256:512, 512:768]), slide.read_region((1024, 512), 1, (256, 256))
+        )
     reads.clear()
     viewer = ViewerModel()
     layer = viewer.add_image(data, **kwargs)
@@ -99,7 +101,7 @@ def test_slide_level_serves_any_region_of_any_level(pyramid) -> None:
 
 
 def test_slide_without_pixel_size_opens_in_pixels(fixtures_dir: Path, notifications) -> None:
-    (data, kwargs, _), = read_slide(str(fixtures_dir / "boxes.tiff"))
+    ((data, kwargs, _),) = read_slide(str(fixtures_dir / "boxes.tiff"))
     assert kwargs["scale"] == (1.0, 1.0) and kwargs["units"] == ("pixel", "pixel")
     assert kwargs["metadata"]["slidescope"]["units"] == "pixel"
     assert len(data) == 4
@@ -107,7 +109,9 @@ def test_slide_without_pixel_size_opens_in_pixels(fixtures_dir: Path, notificati
 
 
 @pytest.mark.parametrize("name", ["not-a-tiff.svs", "unopenable.tiff", "unreadable.svs"])
-def test_bad_files_give_a_slidescope_notification_and_no_layer(fixtures_dir: Path, notifications, name: str) -> None:
+def test_bad_files_give_a_slidescope_notification_and_no_layer(
+    fixtures_dir: Path, notifications, name: str
+) -> None:
     assert read_slide(str(fixtures_dir / name)) == [(None,)]
     errors = [msg for severity, msg in notifications if severity == "error"]
     assert len(errors) == 1 and errors[0].startswith("slidescope: "), notifications
@@ -120,7 +124,9 @@ def test_importing_the_plugin_package_stays_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, slidescope.viewer; heavy = [m for m in ('torch', 'napari', 'PyQt5', 'qtpy', 'magicgui') "
-            "if m in sys.modules]; print(','.join(heavy))")
+    code = (
+        "import sys, slidescope.viewer; heavy = [m for m in ('torch', 'napari', 'PyQt5', 'qtpy', 'magicgui') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

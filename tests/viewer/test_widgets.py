@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -58,7 +57,10 @@ def _analyse(make_napari_viewer, qtbot, **fields):
 
 # -- reader -----------------------------------------------------------------------------------------
 
-def test_opening_slides_reads_only_visible_tiles(make_napari_viewer, qtbot, cmu_small: Path, sample, reads) -> None:
+
+def test_opening_slides_reads_only_visible_tiles(
+    make_napari_viewer, qtbot, cmu_small: Path, sample, reads
+) -> None:
     viewer = make_napari_viewer(show=True)
     (cmu,) = viewer.open(str(cmu_small), plugin="slidescope")
     assert len(viewer.layers) == 1 and cmu.rgb and not cmu.multiscale
@@ -83,8 +85,9 @@ def test_opening_slides_reads_only_visible_tiles(make_napari_viewer, qtbot, cmu_
     assert 0 < reads[0] <= 0.25 * 4096 * 3072, reads
 
 
-def test_bad_file_dropped_on_the_viewer_gives_a_notification(make_napari_viewer, fixtures_dir: Path,
-                                                             notifications) -> None:
+def test_bad_file_dropped_on_the_viewer_gives_a_notification(
+    make_napari_viewer, fixtures_dir: Path, notifications
+) -> None:
     viewer = make_napari_viewer()
     # a drop on the window opens with the reader napari picks for the extension (the user's choice,
     # remembered per extension); here it is ours
@@ -100,8 +103,12 @@ def test_sample_data_shows_the_slide_with_its_heatmap(make_napari_viewer, sample
 
     viewer = make_napari_viewer()
     layers = viewer.open_sample("slidescope", "sample_slide")
-    assert [layer.name for layer in layers] == ["sample_slide.tiff", "sample_slide: tissue",
-                                                "sample_slide: ground-truth/tumour-fraction", "sample_slide: tiles"]
+    assert [layer.name for layer in layers] == [
+        "sample_slide.tiff",
+        "sample_slide: tissue",
+        "sample_slide: ground-truth/tumour-fraction",
+        "sample_slide: tiles",
+    ]
     slide, tissue, heat, tiles = layers
     assert slide.multiscale and tissue.nshapes == len(sample.tissue.contours)
     store = open_store(sample.store)
@@ -115,7 +122,10 @@ def test_sample_data_shows_the_slide_with_its_heatmap(make_napari_viewer, sample
 
 # -- Analyse ----------------------------------------------------------------------------------------
 
-def test_analyse_with_a_checkpoint_on_cached_embeddings(make_napari_viewer, qtbot, sample, checkpoint: Path) -> None:
+
+def test_analyse_with_a_checkpoint_on_cached_embeddings(
+    make_napari_viewer, qtbot, sample, checkpoint: Path
+) -> None:
     from slidescope.features import open_store
 
     viewer, widget = _analyse(make_napari_viewer, qtbot, checkpoint=checkpoint)
@@ -154,12 +164,14 @@ def test_analyse_with_a_checkpoint_on_cached_embeddings(make_napari_viewer, qtbo
     assert label.rgb and label.translate[1] > 4096 * 0.5
 
 
-def test_analyse_zero_shot_with_typed_prompts(make_napari_viewer, qtbot, sample, slidetext_model: Path) -> None:
+def test_analyse_zero_shot_with_typed_prompts(
+    make_napari_viewer, qtbot, sample, slide_text_model: Path
+) -> None:
     viewer, widget = _analyse(make_napari_viewer, qtbot)
     widget.mode.value = "Zero-shot prompts"
     # (the window is not shown in this test: ask Qt whether the fields are hidden, not whether they are visible)
     assert not widget.prompts_text.native.isHidden() and widget.checkpoint.native.isHidden()
-    widget.slidetext_model.value = slidetext_model
+    widget.slide_text_model.value = slide_text_model
     widget.prompts_text.value = "tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma"
     widget.start()
     _finish(qtbot, widget)
@@ -167,7 +179,10 @@ def test_analyse_zero_shot_with_typed_prompts(make_napari_viewer, qtbot, sample,
     names = [layer.name for layer in viewer.layers]
     assert "sample_slide: zero-shot/tumour" in names and "sample_slide: zero-shot/normal" in names
     classes = viewer.layers["sample_slide: best class"]
-    assert set(np.unique(classes.data)) <= {0, 1, 2} and classes.features["class"].tolist()[1:] == ["tumour", "normal"]
+    assert set(np.unique(classes.data)) <= {0, 1, 2} and classes.features["class"].tolist()[1:] == [
+        "tumour",
+        "normal",
+    ]
     tumour = viewer.layers["sample_slide: zero-shot/tumour"]
     assert tumour.colormap.name.startswith("slidescope") and tumour.blending == "translucent"
     assert widget.top_by.choices == ("zero-shot/tumour", "zero-shot/normal")
@@ -175,15 +190,24 @@ def test_analyse_zero_shot_with_typed_prompts(make_napari_viewer, qtbot, sample,
 
 
 @pytest.mark.parametrize("case", ["other-encoder", "empty-prompts", "other-slide-store"])
-def test_analyse_bad_input_is_a_notification(make_napari_viewer, qtbot, sample, checkpoint, uni_checkpoint,
-                                             slidetext_model, cmu_small, notifications, case: str) -> None:
+def test_analyse_bad_input_is_a_notification(
+    make_napari_viewer,
+    qtbot,
+    sample,
+    checkpoint,
+    uni_checkpoint,
+    slide_text_model,
+    cmu_small,
+    notifications,
+    case: str,
+) -> None:
     viewer, widget = _analyse(make_napari_viewer, qtbot)
     if case == "other-encoder":
         widget.checkpoint.value = uni_checkpoint
         expected = "trained on 'uni' 1024-d"
     elif case == "empty-prompts":
         widget.mode.value = "Zero-shot prompts"
-        widget.slidetext_model.value = slidetext_model
+        widget.slide_text_model.value = slide_text_model
         widget.prompts_text.value = "\n  \n"
         expected = "one class per line"
     else:  # the sample's store chosen for another slide
@@ -199,7 +223,9 @@ def test_analyse_bad_input_is_a_notification(make_napari_viewer, qtbot, sample, 
     assert widget.last_result is None and widget.run_button.enabled and "failed" in widget.status.value
 
 
-def test_cancel_stops_the_extraction(make_napari_viewer, qtbot, checkpoint, sample_copy: Path, tmp_path: Path) -> None:
+def test_cancel_stops_the_extraction(
+    make_napari_viewer, qtbot, checkpoint, sample_copy: Path, tmp_path: Path
+) -> None:
     from slidescope.features import open_store
 
     viewer, widget = _analyse(make_napari_viewer, qtbot, checkpoint=checkpoint, store=tmp_path / "stores")
@@ -216,7 +242,10 @@ def test_cancel_stops_the_extraction(make_napari_viewer, qtbot, checkpoint, samp
 
 # -- Export and rendering ---------------------------------------------------------------------------
 
-def test_export_widget_writes_aligned_files(make_napari_viewer, qtbot, sample, tmp_path: Path, save_artefact) -> None:
+
+def test_export_widget_writes_aligned_files(
+    make_napari_viewer, qtbot, sample, tmp_path: Path, save_artefact
+) -> None:
     import json
 
     import tifffile
@@ -244,8 +273,12 @@ def test_export_widget_writes_aligned_files(make_napari_viewer, qtbot, sample, t
     tiles_path, tissue_path = widget.export_geojson()
     tiles = json.loads(tiles_path.read_text())["features"]
     assert [f["geometry"]["coordinates"][0][0] for f in tiles] == coords.tolist()
-    assert tiles[i]["properties"]["measurements"]["ground-truth/tumour-fraction"] == pytest.approx(fraction[i])
-    assert json.loads(tissue_path.read_text())["features"][0]["properties"]["classification"]["name"] == "Tissue"
+    assert tiles[i]["properties"]["measurements"]["ground-truth/tumour-fraction"] == pytest.approx(
+        fraction[i]
+    )
+    assert (
+        json.loads(tissue_path.read_text())["features"][0]["properties"]["classification"]["name"] == "Tissue"
+    )
 
     viewer.reset_view()
     qtbot.wait(300)
@@ -257,8 +290,9 @@ def test_export_widget_writes_aligned_files(make_napari_viewer, qtbot, sample, t
     save_artefact(png)
 
 
-def test_screenshot_shows_hot_tiles_where_the_tumour_is(make_napari_viewer, qtbot, sample, tmp_path: Path,
-                                                         save_artefact, hot_pixels) -> None:
+def test_screenshot_shows_hot_tiles_where_the_tumour_is(
+    make_napari_viewer, qtbot, sample, tmp_path: Path, save_artefact, hot_pixels
+) -> None:
     from PIL import Image
 
     from slidescope.features import open_store

@@ -96,18 +96,35 @@ def test_gda_four_shots_per_class(pretrained, vlm_cohort) -> None:
         rows = [r for r in vlm_cohort.train_rows if r["label"] == label]
         support += [rows[i] for i in rng.choice(len(rows), 4, replace=False)]
     test = vlm_cohort.test_rows
-    res = few_shot([vlm_cohort.store_of(r) for r in support], [r["label"] for r in support],
-                   [vlm_cohort.store_of(r) for r in test], model=pretrained.model_dir, encoder=ENCODER,
-                   method="gda", test_labels=[r["label"] for r in test], n_bootstrap=200)
+    res = few_shot(
+        [vlm_cohort.store_of(r) for r in support],
+        [r["label"] for r in support],
+        [vlm_cohort.store_of(r) for r in test],
+        model=pretrained.model_dir,
+        encoder=ENCODER,
+        method="gda",
+        test_labels=[r["label"] for r in test],
+        n_bootstrap=200,
+    )
     assert res.probs.shape == (len(test), 2) and res.class_names == ["normal", "tumour"]
     ci = res.metrics["auroc"]
-    print(f"\nGDA 4-shot AUROC: {ci.estimate:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}); "
-          f"accuracy {res.metrics['accuracy'].estimate:.3f}")
+    print(
+        f"\nGDA 4-shot AUROC: {ci.estimate:.3f} (95% CI {ci.low:.3f}-{ci.high:.3f}); "
+        f"accuracy {res.metrics['accuracy'].estimate:.3f}"
+    )
     assert ci.estimate >= 0.9 and ci.low <= ci.estimate <= ci.high
     # with prompts, GDA blends the zero-shot prior; class order then follows the prompts
-    prior = few_shot([vlm_cohort.store_of(r) for r in support], [r["label"] for r in support],
-                     [vlm_cohort.store_of(r) for r in test], model=pretrained.model_dir, encoder=ENCODER,
-                     method="gda", classes=UNSEEN, test_labels=[r["label"] for r in test], n_bootstrap=50)
+    prior = few_shot(
+        [vlm_cohort.store_of(r) for r in support],
+        [r["label"] for r in support],
+        [vlm_cohort.store_of(r) for r in test],
+        model=pretrained.model_dir,
+        encoder=ENCODER,
+        method="gda",
+        classes=UNSEEN,
+        test_labels=[r["label"] for r in test],
+        n_bootstrap=50,
+    )
     assert prior.class_names == ["tumour", "normal"] and prior.metrics["auroc"].estimate >= 0.9
 
 
@@ -117,9 +134,16 @@ def test_other_few_shot_methods_run(pretrained, vlm_cohort, method: str) -> None
 
     train = vlm_cohort.train_rows
     test = vlm_cohort.test_rows
-    res = few_shot([vlm_cohort.store_of(r) for r in train], [r["label"] for r in train],
-                   [vlm_cohort.store_of(r) for r in test], model=pretrained.model_dir, encoder=ENCODER,
-                   method=method, test_labels=[r["label"] for r in test], n_bootstrap=50)
+    res = few_shot(
+        [vlm_cohort.store_of(r) for r in train],
+        [r["label"] for r in train],
+        [vlm_cohort.store_of(r) for r in test],
+        model=pretrained.model_dir,
+        encoder=ENCODER,
+        method=method,
+        test_labels=[r["label"] for r in test],
+        n_bootstrap=50,
+    )
     assert torch.allclose(res.probs.sum(1), torch.ones(len(test)), atol=1e-5)
     assert res.metrics["auroc"].estimate >= 0.8, res.metrics
 
@@ -135,13 +159,22 @@ def test_few_shot_never_tunes_on_the_support_it_scores(pretrained, vlm_cohort) -
     common = dict(model=pretrained.model_dir, encoder=ENCODER, classes=UNSEEN, n_bootstrap=10)
     loo = few_shot(stores(train), labels(train), stores(test), method="tip-adapter", **common)
     assert loo.tuning == "leave-one-out" and set(loo.hyperparameters) == {"alpha", "beta"}
-    val = few_shot(stores(train), labels(train), stores(test), method="gda", val_stores=stores(test[:4]),
-                   val_labels=labels(test[:4]), **common)
+    val = few_shot(
+        stores(train),
+        labels(train),
+        stores(test),
+        method="gda",
+        val_stores=stores(test[:4]),
+        val_labels=labels(test[:4]),
+        **common,
+    )
     assert val.tuning == "validation" and set(val.hyperparameters) == {"alpha"}
     one = [next(r for r in train if r["label"] == c) for c in ("tumour", "normal")]
     assert few_shot(stores(one), labels(one), stores(test), method="gda", **common).tuning == "default"
     with pytest.raises(InvalidParameterError, match="val_labels"):
-        few_shot(stores(train), labels(train), stores(test), method="gda", val_stores=stores(test[:2]), **common)
+        few_shot(
+            stores(train), labels(train), stores(test), method="gda", val_stores=stores(test[:2]), **common
+        )
 
 
 def test_tile_similarity_map_localises_tumour(pretrained, vlm_cohort) -> None:
@@ -150,8 +183,13 @@ def test_tile_similarity_map_localises_tumour(pretrained, vlm_cohort) -> None:
     from slidescope.vlm.zeroshot import auroc
 
     rows = vlm_cohort.rows  # pretraining saw slide-level reports only, never where the tumour is
-    zero_shot([vlm_cohort.store_of(r) for r in rows], UNSEEN, model=pretrained.model_dir, encoder=ENCODER,
-              level="tile")
+    zero_shot(
+        [vlm_cohort.store_of(r) for r in rows],
+        UNSEEN,
+        model=pretrained.model_dir,
+        encoder=ENCODER,
+        level="tile",
+    )
     scores, truth, held_scores, held_truth = [], [], [], []
     held_out = {r["slide"] for r in vlm_cohort.test_rows}
     for r in rows:
@@ -167,8 +205,10 @@ def test_tile_similarity_map_localises_tumour(pretrained, vlm_cohort) -> None:
     y, s = np.concatenate(truth), np.concatenate(scores)
     value = auroc(y, s)
     yh, sh = np.concatenate(held_truth), np.concatenate(held_scores)
-    print(f"\ntile AUROC of the similarity map: {value:.3f} ({int(y.sum())} tumour / {len(y)} tiles, all slides); "
-          f"held-out {auroc(yh, sh):.3f} ({int(yh.sum())} / {len(yh)})")
+    print(
+        f"\ntile AUROC of the similarity map: {value:.3f} ({int(y.sum())} tumour / {len(y)} tiles, all slides); "
+        f"held-out {auroc(yh, sh):.3f} ({int(yh.sum())} / {len(yh)})"
+    )
     assert value >= 0.85
 
 
@@ -184,8 +224,14 @@ def test_tile_level_with_an_external_text_encoder(vlm_cohort) -> None:
     def text_encoder(texts: list[str]) -> torch.Tensor:  # "first" points at tile 0, "other" away from it
         return torch.stack([target if t.startswith("first") else -target for t in texts])
 
-    res = zero_shot([vlm_cohort.store_of(row)], {"first-tile": ["first"], "rest": ["other"]}, encoder=ENCODER,
-                    level="tile", text_encoder=text_encoder, k=1)
+    res = zero_shot(
+        [vlm_cohort.store_of(row)],
+        {"first-tile": ["first"], "rest": ["other"]},
+        encoder=ENCODER,
+        level="tile",
+        text_encoder=text_encoder,
+        k=1,
+    )
     sim = open_store(vlm_cohort.store_of(row)).scores("zero-shot/first-tile")
     assert int(np.argmax(sim)) == 0 and sim[0] == pytest.approx(1.0, abs=1e-5)
     assert res[0].predicted == "first-tile"
@@ -218,13 +264,21 @@ def test_embedding_dimension_mismatch_is_a_clear_error(pretrained, vlm_cohort, t
     from slidescope.vlm.slide_encoder import PerceiverSlideEncoderConfig
     from slidescope.vlm.text import SmallTextTower
 
-    other = SlideTextModel(PerceiverSlideEncoderConfig.tiny(), SmallTextTower.from_texts(["a b"], width=32, depth=1),
-                           dim_latents=16)
+    other = SlideTextModel(
+        PerceiverSlideEncoderConfig.tiny(),
+        SmallTextTower.from_texts(["a b"], width=32, depth=1),
+        dim_latents=16,
+    )
     with pytest.raises(InvalidParameterError, match="98 dimensions but the model expects 24"):
         zero_shot([vlm_cohort.store], UNSEEN, model=other, encoder=ENCODER)
     with pytest.raises(InvalidParameterError, match=r"shape \(B, 128\)"):
-        few_shot(np.zeros((4, 64)), ["tumour", "tumour", "normal", "normal"], np.zeros((2, 64)),
-                 model=pretrained.model_dir, encoder=ENCODER)
+        few_shot(
+            np.zeros((4, 64)),
+            ["tumour", "tumour", "normal", "normal"],
+            np.zeros((2, 64)),
+            model=pretrained.model_dir,
+            encoder=ENCODER,
+        )
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -237,29 +291,87 @@ def test_cli_zero_shot_prompt_spread_and_few_shot(pretrained, vlm_cohort, tmp_pa
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text(yaml.safe_dump({"classes": UNSEEN}))
     stores = [str(vlm_cohort.store_of(r)) for r in vlm_cohort.test_rows]
-    out = _run("zero-shot", *stores, "--model", str(pretrained.model_dir), "--prompts", str(prompts), "--encoder",
-               ENCODER, "--out", str(tmp_path / "probs.csv"), "--ensemble", "sum-probability")
+    out = _run(
+        "zero-shot",
+        *stores,
+        "--model",
+        str(pretrained.model_dir),
+        "--prompts",
+        str(prompts),
+        "--encoder",
+        ENCODER,
+        "--out",
+        str(tmp_path / "probs.csv"),
+        "--ensemble",
+        "sum-probability",
+    )
     assert out.returncode == 0, out.stderr
     with open(tmp_path / "probs.csv", newline="") as fh:
         probs = list(csv.DictReader(fh))
     assert len(probs) == len(stores) and {"slide", "prob_tumour", "prob_normal", "predicted"} <= set(probs[0])
 
-    spread = _run("prompt-spread", "--model", str(pretrained.model_dir), "--prompts", str(prompts), "--encoder",
-                  ENCODER, "--manifest", str(vlm_cohort.test_manifest), "--store", str(vlm_cohort.store),
-                  "--n-subsets", "10")
+    spread = _run(
+        "prompt-spread",
+        "--model",
+        str(pretrained.model_dir),
+        "--prompts",
+        str(prompts),
+        "--encoder",
+        ENCODER,
+        "--manifest",
+        str(vlm_cohort.test_manifest),
+        "--store",
+        str(vlm_cohort.store),
+        "--n-subsets",
+        "10",
+    )
     assert spread.returncode == 0, spread.stderr
     m = re.search(r"mean ([\d.]+), std ([\d.]+), min ([\d.]+), max ([\d.]+)", spread.stdout)
     assert m and 0 <= float(m[3]) <= float(m[1]) <= float(m[4]) <= 1, spread.stdout
-    per_slide = _run("prompt-spread", *stores[:2], "--model", str(pretrained.model_dir), "--prompts", str(prompts),
-                     "--encoder", ENCODER, "--n-subsets", "5")
+    per_slide = _run(
+        "prompt-spread",
+        *stores[:2],
+        "--model",
+        str(pretrained.model_dir),
+        "--prompts",
+        str(prompts),
+        "--encoder",
+        ENCODER,
+        "--n-subsets",
+        "5",
+    )
     assert per_slide.returncode == 0 and per_slide.stdout.count("std") == 2, per_slide.stderr
 
-    few = _run("few-shot", "--model", str(pretrained.model_dir), "--train", str(vlm_cohort.train_manifest), "--test",
-               str(vlm_cohort.test_manifest), "--store", str(vlm_cohort.store), "--encoder", ENCODER, "--method",
-               "gda", "--shots", "4", "--out", str(tmp_path / "fs.csv"))
+    few = _run(
+        "few-shot",
+        "--model",
+        str(pretrained.model_dir),
+        "--train",
+        str(vlm_cohort.train_manifest),
+        "--test",
+        str(vlm_cohort.test_manifest),
+        "--store",
+        str(vlm_cohort.store),
+        "--encoder",
+        ENCODER,
+        "--method",
+        "gda",
+        "--shots",
+        "4",
+        "--out",
+        str(tmp_path / "fs.csv"),
+    )
     assert few.returncode == 0, few.stderr
     assert "8 support slides" in few.stdout and re.search(r"auroc: [\d.]+ \(95% CI", few.stdout)
 
-    bad = _run("zero-shot", stores[0], "--model", str(pretrained.model_dir), "--prompts", str(tmp_path / "nope.yaml"),
-               "--encoder", ENCODER)
+    bad = _run(
+        "zero-shot",
+        stores[0],
+        "--model",
+        str(pretrained.model_dir),
+        "--prompts",
+        str(tmp_path / "nope.yaml"),
+        "--encoder",
+        ENCODER,
+    )
     assert bad.returncode == 2 and "does not exist" in bad.stderr

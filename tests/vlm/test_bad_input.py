@@ -31,16 +31,21 @@ def tiny_model(tmp_path_factory) -> tuple[SlideTextModel, Path]:
 @pytest.fixture
 def stores(tmp_path: Path, store_writer) -> list[Path]:
     rng = np.random.default_rng(0)
-    return [store_writer(tmp_path / f"s{i}.zarr", rng.normal(size=(6, 24)), encoder="tiny-24") for i in range(4)]
+    return [
+        store_writer(tmp_path / f"s{i}.zarr", rng.normal(size=(6, 24)), encoder="tiny-24") for i in range(4)
+    ]
 
 
-@pytest.mark.parametrize(("classes", "match"), [
-    ({}, "the prompt set is empty"),
-    ({"classes": {}}, "the prompt set is empty"),
-    ({"tumour": ["carcinoma"]}, "at least two classes"),
-    ({"tumour": ["carcinoma"], "normal": []}, "'normal' has no phrasings"),
-    ({"tumour": ["carcinoma"], "normal": ["  ", None]}, "'normal' has no phrasings"),
-])
+@pytest.mark.parametrize(
+    ("classes", "match"),
+    [
+        ({}, "the prompt set is empty"),
+        ({"classes": {}}, "the prompt set is empty"),
+        ({"tumour": ["carcinoma"]}, "at least two classes"),
+        ({"tumour": ["carcinoma"], "normal": []}, "'normal' has no phrasings"),
+        ({"tumour": ["carcinoma"], "normal": ["  ", None]}, "'normal' has no phrasings"),
+    ],
+)
 def test_prompt_sets_that_cannot_classify(classes, match, tiny_model, stores) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         load_prompts(classes)
@@ -58,8 +63,13 @@ def test_empty_prompt_yaml(tmp_path: Path) -> None:
 def test_slide_embeddings_of_the_wrong_width(tiny_model, stores, store_writer, tmp_path: Path) -> None:
     model, _ = tiny_model
     with pytest.raises(InvalidParameterError, match=r"shape \(B, 16\) to match the model, got \(4, 12\)"):
-        few_shot(np.zeros((4, 12)), ["tumour", "normal", "tumour", "normal"], np.zeros((2, 16)), model=model,
-                 encoder="tiny-24")
+        few_shot(
+            np.zeros((4, 12)),
+            ["tumour", "normal", "tumour", "normal"],
+            np.zeros((2, 16)),
+            model=model,
+            encoder="tiny-24",
+        )
     with pytest.raises(InvalidParameterError, match="d="):
         zero_shot_logits(torch.ones(2, 12), torch.ones(3, 16), [0, 0, 1])
     # stored slide embeddings of another width (another model's) are refused, not silently scored
@@ -91,12 +101,24 @@ def test_text_model_without_its_tokenizer(tiny_model, tmp_path: Path) -> None:
 def test_more_classes_than_the_prompts_define(tiny_model, stores) -> None:
     model, _ = tiny_model
     labels = ["tumour", "normal", "tumour", "necrosis"]
-    with pytest.raises(InvalidParameterError, match=r"training labels \['necrosis'\] are not among the prompt "
-                                                    r"classes \['tumour', 'normal'\]"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"training labels \['necrosis'\] are not among the prompt "
+        r"classes \['tumour', 'normal'\]",
+    ):
         few_shot(stores, labels, stores[:2], model=model, encoder="tiny-24", classes=CLASSES)
     with pytest.raises(InvalidParameterError, match=r"test labels \['necrosis'\] are not among the classes"):
-        few_shot(stores, ["tumour", "normal"] * 2, stores[:2], model=model, encoder="tiny-24", classes=CLASSES,
-                 method="simpleshot", test_labels=["tumour", "necrosis"], n_bootstrap=10)
+        few_shot(
+            stores,
+            ["tumour", "normal"] * 2,
+            stores[:2],
+            model=model,
+            encoder="tiny-24",
+            classes=CLASSES,
+            method="simpleshot",
+            test_labels=["tumour", "necrosis"],
+            n_bootstrap=10,
+        )
     with pytest.raises(InvalidParameterError, match="4 training labels for 2 training slides"):
         few_shot(stores[:2], labels, stores[:2], model=model, encoder="tiny-24")
     # prompt indices naming classes that have no prompt

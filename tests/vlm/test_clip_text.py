@@ -27,22 +27,53 @@ from slidescope.features.encoders.clip import create_clip_text_tower, list_clip_
 
 LAYOUTS = Path(__file__).parents[1] / "features" / "layouts"
 NAMES = ["plip", "quiltnet"]
-TEXTS = ["an H&E image of invasive ductal carcinoma.", "benign breast tissue", "lymph node with metastatic carcinoma"]
+TEXTS = [
+    "an H&E image of invasive ductal carcinoma.",
+    "benign breast tissue",
+    "lymph node with metastatic carcinoma",
+]
 
 VISION_TINY = {
-    "plip": dict(kwargs={"hidden_size": 32, "intermediate_size": 64, "projection_dim": 16, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "image_size": 32, "patch_size": 16, "hidden_act": "quick_gelu"},
-                 embed_dim=16, input_size=32, resize_size=32),
-    "quiltnet": dict(kwargs={"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64,
-                                                             "patch_size": 16, "head_width": 16},
-                             "quick_gelu": False},
-                     embed_dim=16, input_size=32, resize_size=32),
+    "plip": dict(
+        kwargs={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "projection_dim": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 16,
+            "hidden_act": "quick_gelu",
+        },
+        embed_dim=16,
+        input_size=32,
+        resize_size=32,
+    ),
+    "quiltnet": dict(
+        kwargs={
+            "embed_dim": 16,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16, "head_width": 16},
+            "quick_gelu": False,
+        },
+        embed_dim=16,
+        input_size=32,
+        resize_size=32,
+    ),
 }
 TEXT_TINY = {
-    "plip": {**clip_mod.PLIP_TEXT, "hidden_size": 32, "intermediate_size": 64, "projection_dim": 16,
-             "num_hidden_layers": 2, "num_attention_heads": 4},
-    "quiltnet": {"embed_dim": 16, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4,
-                                               "layers": 2}, "quick_gelu": False},
+    "plip": {
+        **clip_mod.PLIP_TEXT,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    "quiltnet": {
+        "embed_dim": 16,
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+        "quick_gelu": False,
+    },
 }
 
 
@@ -68,13 +99,15 @@ def _reference(name: str):
         from transformers import CLIPConfig, CLIPModel
 
         text = {k: v for k, v in TEXT_TINY["plip"].items() if k != "projection_dim"}
-        return CLIPModel(CLIPConfig(text_config=text, vision_config=VISION_TINY["plip"]["kwargs"],
-                                    projection_dim=16)).eval()
+        return CLIPModel(
+            CLIPConfig(text_config=text, vision_config=VISION_TINY["plip"]["kwargs"], projection_dim=16)
+        ).eval()
     from open_clip.model import CLIP
 
     v = VISION_TINY["quiltnet"]["kwargs"]
-    return CLIP(embed_dim=16, vision_cfg=v["vision_cfg"], text_cfg=TEXT_TINY["quiltnet"]["text_cfg"],
-                quick_gelu=False).eval()
+    return CLIP(
+        embed_dim=16, vision_cfg=v["vision_cfg"], text_cfg=TEXT_TINY["quiltnet"]["text_cfg"], quick_gelu=False
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +150,13 @@ def _reference_text(name: str, ref, tower, texts: list[str]) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_full_size_text_tower_matches_published_layout(name: str) -> None:
     layout = json.loads((LAYOUTS / f"{name}.json").read_text())["shapes"]
-    text_keys = {k: tuple(s) for k, s in layout.items()
-                 if not k.startswith(("vision_model.", "visual_projection.", "visual."))
-                 and k != "logit_scale" and not k.endswith("position_ids")}
+    text_keys = {
+        k: tuple(s)
+        for k, s in layout.items()
+        if not k.startswith(("vision_model.", "visual_projection.", "visual."))
+        and k != "logit_scale"
+        and not k.endswith("position_ids")
+    }
     with torch.device("meta"):
         tower = create_clip_text_tower(name, pretrained=False, device="meta")
         own = {k: tuple(v.shape) for k, v in tower.checkpoint_module().state_dict().items()}
@@ -127,8 +164,13 @@ def test_full_size_text_tower_matches_published_layout(name: str) -> None:
         full = {k: torch.empty(s, device="meta") for k, s in layout.items()}
         converted = tower.convert_state_dict(full)  # the text half of the full file, as loading takes it
         assert {k: tuple(v.shape) for k, v in converted.items()} == own
-        out = tower.checkpoint_module()(**({"input_ids": torch.zeros(2, 77, dtype=torch.long)} if name == "plip"
-                                           else {"text": torch.zeros(2, 77, dtype=torch.long)}))
+        out = tower.checkpoint_module()(
+            **(
+                {"input_ids": torch.zeros(2, 77, dtype=torch.long)}
+                if name == "plip"
+                else {"text": torch.zeros(2, 77, dtype=torch.long)}
+            )
+        )
     features = out.text_embeds if name == "plip" else out
     # the joint space: text projection width == the image tower's embedding width
     assert tuple(features.shape) == (2, get_encoder_config(name).embed_dim) == (2, 512)
@@ -198,14 +240,23 @@ def test_mi_zero_over_store_tile_embeddings(name: str, published, tiny, tmp_path
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         tiles = image.embed(torch.randn(12, 3, 32, 32, generator=g)).numpy()
-    path = store_writer(tmp_path / "slide.zarr", tiles, encoder=tiny[name], weights_digest=image.weights_digest)
-    classes = {"tumour": ["invasive ductal carcinoma", "metastatic carcinoma"], "normal": ["benign breast tissue"]}
+    path = store_writer(
+        tmp_path / "slide.zarr", tiles, encoder=tiny[name], weights_digest=image.weights_digest
+    )
+    classes = {
+        "tumour": ["invasive ductal carcinoma", "metastatic carcinoma"],
+        "normal": ["benign breast tissue"],
+    }
     rows = zero_shot([path], classes, model=tiny[name], weights=folder, k=3)
     # expected, from the reference model alone: class text embedding = normalised mean of normalised prompts
     tower = create_clip_text_tower(tiny[name], weights=folder)
     with torch.no_grad():
-        w = torch.stack([F.normalize(F.normalize(_reference_text(name, ref, tower, p), dim=-1).mean(0), dim=0)
-                         for p in classes.values()])
+        w = torch.stack(
+            [
+                F.normalize(F.normalize(_reference_text(name, ref, tower, p), dim=-1).mean(0), dim=0)
+                for p in classes.values()
+            ]
+        )
     sim = F.normalize(torch.from_numpy(tiles), dim=-1) @ w.T
     store = open_store(path)
     for c, cls in enumerate(classes):
@@ -216,6 +267,8 @@ def test_mi_zero_over_store_tile_embeddings(name: str, published, tiny, tmp_path
 
     with pytest.raises(InvalidParameterError, match="level='tile'"):
         zero_shot([path], classes, model=tower, level="slide")
-    other = store_writer(tmp_path / "other.zarr", tiles, encoder=tiny[name], weights_digest="sha256:" + "0" * 64)
+    other = store_writer(
+        tmp_path / "other.zarr", tiles, encoder=tiny[name], weights_digest="sha256:" + "0" * 64
+    )
     with pytest.raises(InvalidParameterError, match="other weights"):
         zero_shot([other], classes, model=tower)

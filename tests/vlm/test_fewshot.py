@@ -41,15 +41,19 @@ def test_set():
     return _data(100, seed=1)
 
 
-@pytest.mark.parametrize("fit", [
-    lambda X, y: linear_probe(X, y, lambdas=[1e-2, 1e-1, 1.0, 10.0]),
-    lambda X, y: simpleshot(X, y),
-    lambda X, y: knn(X, y, k=3),
-    lambda X, y: gda(X, y),
-    lambda X, y: gda(X, y, shrinkage="ledoit-wolf"),
-    lambda X, y: gda(X, y, shrinkage=0.5),
-    lambda X, y: tip_adapter(X, y),
-], ids=["linear-probe", "simpleshot", "knn", "gda-ks", "gda-lw", "gda-fixed", "tip-adapter"])
+@pytest.mark.parametrize(
+    "fit",
+    [
+        lambda X, y: linear_probe(X, y, lambdas=[1e-2, 1e-1, 1.0, 10.0]),
+        lambda X, y: simpleshot(X, y),
+        lambda X, y: knn(X, y, k=3),
+        lambda X, y: gda(X, y),
+        lambda X, y: gda(X, y, shrinkage="ledoit-wolf"),
+        lambda X, y: gda(X, y, shrinkage=0.5),
+        lambda X, y: tip_adapter(X, y),
+    ],
+    ids=["linear-probe", "simpleshot", "knn", "gda-ks", "gda-lw", "gda-fixed", "tip-adapter"],
+)
 def test_four_shots_per_class_reach_high_auroc(fit, few, test_set) -> None:
     X, y, _ = few
     Xt, yt, _ = test_set

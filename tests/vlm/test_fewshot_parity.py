@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn import linear_model
 
 from slidescope.vlm.fewshot import (
     GDA_DEFAULT_ALPHA,
@@ -37,7 +38,6 @@ def _golden(name: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("lam", [0.1, 3.0])
 def test_linear_probe_matches_sklearn_logistic_regression(n_classes: int, lam: float) -> None:
-    linear_model = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(n_classes)
     X = rng.normal(size=(40, 6)) + np.repeat(rng.normal(size=(n_classes, 6)), 40 // n_classes + 1, 0)[:40]
     y = np.resize(np.arange(n_classes), 40)
@@ -70,8 +70,15 @@ def test_linear_probe_says_how_lambda_was_chosen() -> None:
 def test_tip_adapter_matches_reference_search_and_predictions() -> None:
     g = _golden("tip_adapter.npz")
     zs = lambda x: 100.0 * torch.from_numpy(x).double() @ torch.from_numpy(g["text"]).double().T  # noqa: E731
-    model = tip_adapter(g["support"], g["y_support"], X_val=g["val"], y_val=g["y_val"], zs_val=zs(g["val"]),
-                        search_scale=tuple(g["search_scale"]), search_step=tuple(int(v) for v in g["search_step"]))
+    model = tip_adapter(
+        g["support"],
+        g["y_support"],
+        X_val=g["val"],
+        y_val=g["y_val"],
+        zs_val=zs(g["val"]),
+        search_scale=tuple(g["search_scale"]),
+        search_step=tuple(int(v) for v in g["search_step"]),
+    )
     assert model.tuning == "validation"
     assert model.beta == pytest.approx(float(g["best_beta"]), abs=1e-9)
     assert model.alpha == pytest.approx(float(g["best_alpha"]), abs=1e-9)
@@ -115,8 +122,11 @@ def _problem(seed: int, shots: int = 4, c: int = 3, d: int = 12):
     means = rng.normal(size=(c, d))
     y = np.repeat(np.arange(c), shots)
     X = means[y] + 1.5 * rng.normal(size=(len(y), d))
-    zs = 5.0 * F.normalize(torch.from_numpy(X), dim=1) @ F.normalize(torch.from_numpy(means + rng.normal(size=(c, d))),
-                                                                      dim=1).T
+    zs = (
+        5.0
+        * F.normalize(torch.from_numpy(X), dim=1)
+        @ F.normalize(torch.from_numpy(means + rng.normal(size=(c, d))), dim=1).T
+    )
     return X, y, zs
 
 
@@ -137,7 +147,7 @@ def test_tip_adapter_leave_one_out_equals_refitting_without_each_slide() -> None
             for i in range(len(y)):
                 keep = np.arange(len(y)) != i
                 m = tip_adapter(X[keep], y[keep], alpha=a, beta=b, zs=zs[keep], n_classes=3)
-                logits.append(m.logits(X[i:i + 1], zero_shot_logits=zs[i:i + 1]))
+                logits.append(m.logits(X[i : i + 1], zero_shot_logits=zs[i : i + 1]))
             scores.append(_acc_and_loss(torch.cat(logits), y) + ((a, b),))
     best = max(scores, key=lambda t: (t[0], -t[1]))[2]  # best accuracy, ties: lower log-loss
     assert (model.alpha, model.beta) == best
@@ -154,7 +164,7 @@ def test_gda_leave_one_out_equals_refitting_without_each_slide() -> None:
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
             m = gda(X[keep], y[keep], zs=zs[keep], alpha=a, n_classes=3)
-            logits.append(m.logits(X[i:i + 1], zero_shot_logits=zs[i:i + 1]))
+            logits.append(m.logits(X[i : i + 1], zero_shot_logits=zs[i : i + 1]))
         scores.append(_acc_and_loss(torch.cat(logits), y) + (a,))
     assert model.alpha == max(scores, key=lambda t: (t[0], -t[1]))[2]
 

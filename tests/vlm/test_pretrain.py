@@ -40,16 +40,26 @@ def test_held_out_reports_retrieve_slides_of_their_class(pretrained, vlm_cohort)
     model = SlideTextModel.load(pretrained.model_dir)
     rows = vlm_cohort.test_rows
     with torch.inference_mode():
-        v = torch.cat([model.encode_slide(torch.from_numpy(open_store(vlm_cohort.store_of(r)).embeddings(ENCODER)
-                                                           .astype("float32"))[None]) for r in rows])
+        v = torch.cat(
+            [
+                model.encode_slide(
+                    torch.from_numpy(
+                        open_store(vlm_cohort.store_of(r)).embeddings(ENCODER).astype("float32")
+                    )[None]
+                )
+                for r in rows
+            ]
+        )
         t = model.encode_text([r["report"] for r in rows])
     labels = [r["label"] for r in rows]
     sim = v @ t.T
     s2t = sum(labels[int(j)] == labels[i] for i, j in enumerate(sim.argmax(1))) / len(rows)
     t2s = sum(labels[int(j)] == labels[i] for i, j in enumerate(sim.argmax(0))) / len(rows)
     inst = retrieval_metrics(v, t)
-    print(f"\nheld-out retrieval ({len(rows)} pairs): class-level slide->text {s2t:.3f}, text->slide {t2s:.3f}; "
-          f"instance-level {inst}")
+    print(
+        f"\nheld-out retrieval ({len(rows)} pairs): class-level slide->text {s2t:.3f}, text->slide {t2s:.3f}; "
+        f"instance-level {inst}"
+    )
     assert s2t >= 0.875 and t2s >= 0.875
 
 
@@ -62,7 +72,9 @@ def test_split_is_by_patient_and_excludes_held_out_slides(pretrained, vlm_cohort
     assert len(splits["val_slides"]) >= 2
 
 
-def test_saved_model_rebuilds_itself_and_its_tokenizer_saw_only_training_reports(pretrained, vlm_cohort) -> None:
+def test_saved_model_rebuilds_itself_and_its_tokenizer_saw_only_training_reports(
+    pretrained, vlm_cohort
+) -> None:
     from slidescope.features.store import open_store
     from slidescope.vlm.model import SlideTextModel
 
@@ -75,8 +87,12 @@ def test_saved_model_rebuilds_itself_and_its_tokenizer_saw_only_training_reports
         t = a.encode_text(["invasive carcinoma"])
     assert t.shape == (1, a.dim_latents) and torch.isfinite(t).all()
     splits = json.loads((pretrained.model_dir.parent / "splits.json").read_text())
-    train_words = {w for r in vlm_cohort.train_rows if Path(r["slide"]).stem in set(splits["train_slides"])
-                   for w in re.findall(r"\w+", r["report"].lower())}
+    train_words = {
+        w
+        for r in vlm_cohort.train_rows
+        if Path(r["slide"]).stem in set(splits["train_slides"])
+        for w in re.findall(r"\w+", r["report"].lower())
+    }
     vocab = {w for w in a.text_tower.tokenizer.get_vocab() if re.fullmatch(r"\w+", w)}
     assert vocab and vocab <= train_words | {str(d) for d in range(10)}
 
@@ -86,7 +102,12 @@ def test_retrieval_metrics_rank_matches() -> None:
 
     e = torch.eye(6)
     perfect = retrieval_metrics(e, e)
-    assert perfect == {"slide2text_r@1": 1.0, "slide2text_r@5": 1.0, "text2slide_r@1": 1.0, "text2slide_r@5": 1.0}
+    assert perfect == {
+        "slide2text_r@1": 1.0,
+        "slide2text_r@5": 1.0,
+        "text2slide_r@1": 1.0,
+        "text2slide_r@5": 1.0,
+    }
     shifted = retrieval_metrics(e, e.roll(1, dims=0))
     assert shifted["slide2text_r@1"] == 0.0 and shifted["text2slide_r@1"] == 0.0
 
@@ -112,27 +133,59 @@ def test_pretrain_refuses_unusable_manifests(vlm_cohort, tmp_path: Path) -> None
     from slidescope.vlm.pretrain import pretrain
 
     no_report = tmp_path / "no_report.csv"
-    no_report.write_text("slide,patient\n" + "\n".join(f"{vlm_cohort.manifest.parent / r['slide']},{r['patient']}"
-                                                       for r in vlm_cohort.train_rows) + "\n")
+    no_report.write_text(
+        "slide,patient\n"
+        + "\n".join(
+            f"{vlm_cohort.manifest.parent / r['slide']},{r['patient']}" for r in vlm_cohort.train_rows
+        )
+        + "\n"
+    )
     with pytest.raises(InvalidParameterError, match="report"):
         pretrain(no_report, store=vlm_cohort.store, encoder=ENCODER, out=tmp_path / "a", epochs=1)
     with pytest.raises(InvalidParameterError, match="slidescope extract"):
-        pretrain(vlm_cohort.train_manifest, store=tmp_path / "empty", encoder=ENCODER, out=tmp_path / "b", epochs=1)
+        pretrain(
+            vlm_cohort.train_manifest, store=tmp_path / "empty", encoder=ENCODER, out=tmp_path / "b", epochs=1
+        )
     with pytest.raises(InvalidParameterError, match="context_dim"):
         from slidescope.vlm.slide_encoder import PerceiverSlideEncoderConfig
 
-        pretrain(vlm_cohort.train_manifest, store=vlm_cohort.store, encoder=ENCODER, out=tmp_path / "c", epochs=1,
-                 slide_encoder=PerceiverSlideEncoderConfig.tiny())
+        pretrain(
+            vlm_cohort.train_manifest,
+            store=vlm_cohort.store,
+            encoder=ENCODER,
+            out=tmp_path / "c",
+            epochs=1,
+            slide_encoder=PerceiverSlideEncoderConfig.tiny(),
+        )
 
 
 def test_cli_pretrain(vlm_cohort, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "slidescope", "-q", "pretrain", "--manifest",
-                          str(vlm_cohort.train_manifest), "--store", str(vlm_cohort.store), "--encoder", ENCODER,
-                          "--out", str(tmp_path / "run"), "--epochs", "2", "--accelerator", "cpu"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slidescope",
+            "-q",
+            "pretrain",
+            "--manifest",
+            str(vlm_cohort.train_manifest),
+            "--store",
+            str(vlm_cohort.store),
+            "--encoder",
+            ENCODER,
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--accelerator",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "slide2text_r@1" in out.stdout and (tmp_path / "run" / "model" / "config.json").is_file()
     with open(vlm_cohort.train_manifest, newline="") as fh:

@@ -45,7 +45,7 @@ TIMEOUT_S = 600
 
 #: one training step of SlideTextTask on two ranks (Lightning's launcher starts rank 1 from this file), 4 pairs
 #: each, then (rank 0) the same 8 pairs as one batch on one process: the loss and the DDP-averaged gradients
-STEP_SCRIPT = '''
+STEP_SCRIPT = """
 import json
 import sys
 import warnings
@@ -102,7 +102,7 @@ if rank == 0:
         "ddp_loss": grab.loss, "loss": float(out["loss"]), "max_grad_diff": max(diff.values()),
         "max_grad": max(float(p.grad.abs().max()) for p in ref.parameters() if p.grad is not None),
         "same_params": sorted(diff) == sorted(grab.grads)}))
-'''
+"""
 
 
 def _env() -> dict[str, str]:
@@ -111,9 +111,30 @@ def _env() -> dict[str, str]:
 
 
 def _launch(cohort, out: Path, *, devices: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "slidescope", "pretrain", "--manifest", str(cohort.train_manifest), "--store",
-           str(cohort.store), "--encoder", ENCODER, "--epochs", str(EPOCHS), "--batch-size", str(BATCH // devices),
-           "--seed", "0", "--accelerator", "cpu", "--devices", str(devices), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "slidescope",
+        "pretrain",
+        "--manifest",
+        str(cohort.train_manifest),
+        "--store",
+        str(cohort.store),
+        "--encoder",
+        ENCODER,
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        str(BATCH // devices),
+        "--seed",
+        "0",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        str(devices),
+        "--out",
+        str(out),
+    ]
     return launch(cmd, log=log, cwd=out.parent, env=_env())
 
 
@@ -140,18 +161,31 @@ def _held_out_scores(model_dir: Path, cohort) -> dict[str, float]:
     rows = cohort.test_rows
     model = SlideTextModel.load(model_dir)
     with torch.inference_mode():
-        v = torch.cat([model.encode_slide(torch.from_numpy(open_store(cohort.store_of(r)).embeddings(ENCODER)
-                                                           .astype("float32"))[None]) for r in rows])
+        v = torch.cat(
+            [
+                model.encode_slide(
+                    torch.from_numpy(open_store(cohort.store_of(r)).embeddings(ENCODER).astype("float32"))[
+                        None
+                    ]
+                )
+                for r in rows
+            ]
+        )
         t = model.encode_text([r["report"] for r in rows])
     labels = [r["label"] for r in rows]
     sim = v @ t.T
     s2t = float(np.mean([labels[int(j)] == labels[i] for i, j in enumerate(sim.argmax(1))]))
     t2s = float(np.mean([labels[int(j)] == labels[i] for i, j in enumerate(sim.argmax(0))]))
     # write=False: the session's stores are shared with other tests
-    probs = zero_shot([cohort.store_of(r) for r in rows], UNSEEN, model=model_dir, encoder=ENCODER, write=False)
+    probs = zero_shot(
+        [cohort.store_of(r) for r in rows], UNSEEN, model=model_dir, encoder=ENCODER, write=False
+    )
     y = np.array([lab == "tumour" for lab in labels], dtype=int)
-    return {"slide2text": s2t, "text2slide": t2s,
-            "zero_shot_auroc": auroc(y, np.array([p.probs["tumour"] for p in probs]))}
+    return {
+        "slide2text": s2t,
+        "text2slide": t2s,
+        "zero_shot_auroc": auroc(y, np.array([p.probs["tumour"] for p in probs])),
+    }
 
 
 def test_two_ddp_processes_pretrain_as_well_as_one(vlm_cohort, tmp_path) -> None:
@@ -180,8 +214,10 @@ def test_two_ddp_processes_pretrain_as_well_as_one(vlm_cohort, tmp_path) -> None
     # the split does not depend on the number of processes
     assert (runs[1] / "splits.json").read_text() == (runs[2] / "splits.json").read_text()
 
-    print(f"\nheld-out scores: one process {scores[1]} ({done[1][2]:.0f} s), two DDP processes {scores[2]} "
-          f"({done[2][2]:.0f} s), run side by side; best validation: {val[1]} and {val[2]}")
+    print(
+        f"\nheld-out scores: one process {scores[1]} ({done[1][2]:.0f} s), two DDP processes {scores[2]} "
+        f"({done[2][2]:.0f} s), run side by side; best validation: {val[1]} and {val[2]}"
+    )
     for n in (1, 2):
         assert scores[n]["zero_shot_auroc"] >= AUROC_FLOOR, scores
         assert min(scores[n]["slide2text"], scores[n]["text2slide"]) >= RETRIEVAL_FLOOR, scores
@@ -197,8 +233,14 @@ def test_ddp_step_has_the_loss_and_gradients_of_one_process_on_the_global_batch(
     script, result, log = tmp_path / "ddp_step.py", tmp_path / "step.json", tmp_path / "step.log"
     script.write_text(STEP_SCRIPT)
     with log.open("w") as fh:
-        proc = subprocess.Popen([sys.executable, str(script), str(result)], stdout=fh, stderr=subprocess.STDOUT,
-                                env=_env(), cwd=tmp_path, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(result)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            cwd=tmp_path,
+            start_new_session=True,
+        )
     rc, output, seconds = wait_all({2: proc}, {2: log}, timeout=TIMEOUT_S, what="slidescope pretrain")[2]
     _no_rank_left(proc)
     assert rc == 0, output[-4000:]

@@ -30,8 +30,10 @@ from slidescope.vlm.published import (
 )
 from slidescope.vlm.zeroshot import zero_shot_logits
 
-CLASSES = {"benign": ["benign breast tissue", "fibrocystic change"],
-           "carcinoma": ["invasive ductal carcinoma", "lobular carcinoma", "metastatic carcinoma"]}
+CLASSES = {
+    "benign": ["benign breast tissue", "fibrocystic change"],
+    "carcinoma": ["invasive ductal carcinoma", "lobular carcinoma", "metastatic carcinoma"],
+}
 TEMPLATES = ["CLASSNAME.", "an image of CLASSNAME.", "the image shows CLASSNAME."]
 
 
@@ -57,9 +59,20 @@ def test_registry_describes_the_published_models() -> None:
     assert {"prism", "titan"} <= set(list_published_models())
     p, t = get_published_config("prism"), get_published_config("titan")
     assert (p.hub_id, p.tile_encoders, p.tile_dim, p.embed_dim, p.ensemble) == (
-        "paige-ai/Prism", ("virchow",), 2560, 1280, "sum-probability")
+        "paige-ai/Prism",
+        ("virchow",),
+        2560,
+        1280,
+        "sum-probability",
+    )
     assert (t.hub_id, t.tile_encoders, t.tile_dim, t.tile_size, t.needs_coords, t.logit_scale) == (
-        "MahmoodLab/TITAN", ("conch-v1.5",), 768, 512, True, 1.0)
+        "MahmoodLab/TITAN",
+        ("conch-v1.5",),
+        768,
+        512,
+        True,
+        1.0,
+    )
     assert p.requires_remote_code and t.requires_remote_code and p.gated and t.gated
 
 
@@ -71,9 +84,14 @@ def test_prism_loads_the_repository_layout(prism: PrismModel, prism_dir: Path) -
     with safe_open(str(prism_dir / "model.safetensors"), "pt") as fh:
         file_keys = set(fh.keys())
     assert file_keys == set(net.state_dict())
-    assert {"temperature", "img_to_latents.to_latents.weight", "text_to_latents.to_latents.weight",
-            "image_resampler.perceiver.latents", "image_resampler.cls_norm.weight",
-            "image_resampler.perceiver.layers.0.tf.0.mhsa.mha.in_proj_weight"} <= file_keys
+    assert {
+        "temperature",
+        "img_to_latents.to_latents.weight",
+        "text_to_latents.to_latents.weight",
+        "image_resampler.perceiver.latents",
+        "image_resampler.cls_norm.weight",
+        "image_resampler.perceiver.layers.0.tf.0.mhsa.mha.in_proj_weight",
+    } <= file_keys
     layers = net.image_resampler.perceiver.layers  # PRISM's weight sharing survives loading
     assert layers[2]["xattn"] is layers[1]["xattn"] and layers[2]["tf"] is layers[0]["tf"]
     assert prism.dim_latents == 24 and prism.device.type == "cpu" and not net.training
@@ -87,8 +105,13 @@ def test_prism_adapter_reproduces_prism_zero_shot(prism: PrismModel) -> None:
         image_embedding = prism.model.slide_representations(tiles[None])["image_embedding"]
         expected = prism.model.zero_shot(image_embedding, neg_prompts=neg, pos_prompts=pos)
         text = prism.encode_text(neg + pos)
-        probs = zero_shot_logits(v, text, [0] * len(neg) + [1] * len(pos), ensemble="sum-probability",
-                                 logit_scale=float(prism.scale()))
+        probs = zero_shot_logits(
+            v,
+            text,
+            [0] * len(neg) + [1] * len(pos),
+            ensemble="sum-probability",
+            logit_scale=float(prism.scale()),
+        )
         torch.testing.assert_close(v, F.normalize(prism.model.img_to_latents(image_embedding), dim=-1))
     assert text.shape == (5, 24) and torch.allclose(text.norm(dim=-1), torch.ones(5))
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-5)
@@ -104,7 +127,9 @@ def test_prism_adapter_reproduces_prism_zero_shot(prism: PrismModel) -> None:
         torch.testing.assert_close(prism.encode_slide(two, mask)[0], v[0])
 
 
-def test_slidescope_perceiver_loads_prism_weights_and_matches_prism(prism: PrismModel, prism_dir: Path) -> None:
+def test_slidescope_perceiver_loads_prism_weights_and_matches_prism(
+    prism: PrismModel, prism_dir: Path
+) -> None:
     """slidescope's own Perceiver (no remote code) reads PRISM's resampler tensors and computes the same thing."""
     from slidescope.vlm.slide_encoder import PerceiverSlideEncoder
 
@@ -132,8 +157,13 @@ def test_titan_adapter_reproduces_titan_zero_shot(titan: TitanModel) -> None:
         expected_z = titan.model.encode_slide_from_patch_features(feats[None], coords[None], 1024)
         classifier = titan.model.zero_shot_classifier(list(CLASSES.values()), TEMPLATES)
         expected = titan.model.zero_shot(z, classifier)
-        probs = zero_shot_logits(titan.project(z[None]), titan.encode_text(prompts), idx,
-                                 ensemble="mean-embedding", logit_scale=float(titan.scale()))
+        probs = zero_shot_logits(
+            titan.project(z[None]),
+            titan.encode_text(prompts),
+            idx,
+            ensemble="mean-embedding",
+            logit_scale=float(titan.scale()),
+        )
     torch.testing.assert_close(z, expected_z[0])
     assert z.shape == (32,) and titan.dim_latents == 16
     torch.testing.assert_close(probs, expected.reshape(1, -1), atol=1e-5, rtol=1e-5)
@@ -141,21 +171,28 @@ def test_titan_adapter_reproduces_titan_zero_shot(titan: TitanModel) -> None:
         titan.embed_tiles(feats)
 
 
-def test_zero_shot_api_on_prism_stores_matches_prism(prism: PrismModel, prism_dir: Path, tmp_path: Path,
-                                                     store_writer) -> None:
+def test_zero_shot_api_on_prism_stores_matches_prism(
+    prism: PrismModel, prism_dir: Path, tmp_path: Path, store_writer
+) -> None:
     from slidescope.features.store import open_store
     from slidescope.vlm.api import zero_shot
 
-    paths = [store_writer(tmp_path / f"s{i}.zarr", _tiles(20 + 7 * i, 2560, 10 + i), encoder="virchow")
-             for i in range(4)]
+    paths = [
+        store_writer(tmp_path / f"s{i}.zarr", _tiles(20 + 7 * i, 2560, 10 + i), encoder="virchow")
+        for i in range(4)
+    ]
     rows = zero_shot(paths, CLASSES, model="prism", weights=prism_dir, trust_remote_code=True)
     assert [r.slide for r in rows] == ["s0", "s1", "s2", "s3"]
     for path, row in zip(paths, rows, strict=True):
         tiles = torch.from_numpy(open_store(path).embeddings("virchow"))[None]
         with torch.inference_mode():
             emb = prism.model.slide_representations(tiles)["image_embedding"]
-            expected = prism.model.zero_shot(emb, neg_prompts=CLASSES["benign"], pos_prompts=CLASSES["carcinoma"])
-        np.testing.assert_allclose([row.probs["benign"], row.probs["carcinoma"]], expected[0].numpy(), atol=1e-5)
+            expected = prism.model.zero_shot(
+                emb, neg_prompts=CLASSES["benign"], pos_prompts=CLASSES["carcinoma"]
+            )
+        np.testing.assert_allclose(
+            [row.probs["benign"], row.probs["carcinoma"]], expected[0].numpy(), atol=1e-5
+        )
         stored = open_store(path).slide_embedding("prism")  # the raw 1280-d-style embedding (toy: 32)
         np.testing.assert_allclose(stored, emb[0].numpy(), atol=1e-5)
     # re-scoring from the stored slide embeddings needs no slide encoding and gives the same answer
@@ -164,21 +201,37 @@ def test_zero_shot_api_on_prism_stores_matches_prism(prism: PrismModel, prism_di
         assert a.probs == pytest.approx(b.probs, abs=1e-6)
 
 
-def test_zero_shot_api_on_titan_stores_matches_titan(titan: TitanModel, titan_dir: Path, tmp_path: Path,
-                                                     store_writer) -> None:
+def test_zero_shot_api_on_titan_stores_matches_titan(
+    titan: TitanModel, titan_dir: Path, tmp_path: Path, store_writer
+) -> None:
     from slidescope.features.store import open_store
     from slidescope.vlm.api import zero_shot
 
-    paths = [store_writer(tmp_path / f"t{i}.zarr", _tiles(9 + 4 * i, 768, 20 + i), encoder="conch-v1.5",
-                          tile_size=512, extent=1024) for i in range(3)]
-    rows = zero_shot(paths, {"classes": CLASSES, "templates": TEMPLATES}, model="titan", weights=titan_dir,
-                     trust_remote_code=True)
+    paths = [
+        store_writer(
+            tmp_path / f"t{i}.zarr",
+            _tiles(9 + 4 * i, 768, 20 + i),
+            encoder="conch-v1.5",
+            tile_size=512,
+            extent=1024,
+        )
+        for i in range(3)
+    ]
+    rows = zero_shot(
+        paths,
+        {"classes": CLASSES, "templates": TEMPLATES},
+        model="titan",
+        weights=titan_dir,
+        trust_remote_code=True,
+    )
     classifier = titan.model.zero_shot_classifier(list(CLASSES.values()), TEMPLATES)
     for path, row in zip(paths, rows, strict=True):
         store = open_store(path)
         feats = torch.from_numpy(store.embeddings("conch-v1.5"))[None]
         with torch.inference_mode():
-            z = titan.model.encode_slide_from_patch_features(feats, torch.from_numpy(store.coords)[None], 1024)
+            z = titan.model.encode_slide_from_patch_features(
+                feats, torch.from_numpy(store.coords)[None], 1024
+            )
             expected = titan.model.zero_shot(z[0], classifier)
         np.testing.assert_allclose(list(row.probs.values()), expected.reshape(-1).numpy(), atol=1e-5)
         assert store.slide_embedding("titan").shape == (32,)
@@ -187,30 +240,51 @@ def test_zero_shot_api_on_titan_stores_matches_titan(titan: TitanModel, titan_di
 def test_few_shot_runs_on_published_models(titan: TitanModel, tmp_path: Path, store_writer) -> None:
     from slidescope.vlm.api import few_shot
 
-    paths = [store_writer(tmp_path / f"f{i}.zarr", _tiles(9, 768, 40 + i) + (2.0 if i % 2 else -2.0),
-                          encoder="conch-v1.5", tile_size=512, extent=1024) for i in range(8)]
+    paths = [
+        store_writer(
+            tmp_path / f"f{i}.zarr",
+            _tiles(9, 768, 40 + i) + (2.0 if i % 2 else -2.0),
+            encoder="conch-v1.5",
+            tile_size=512,
+            extent=1024,
+        )
+        for i in range(8)
+    ]
     labels = ["a" if i % 2 else "b" for i in range(8)]
-    res = few_shot(paths[:6], labels[:6], paths[6:], model=titan, method="simpleshot", test_labels=labels[6:],
-                   n_bootstrap=20)
+    res = few_shot(
+        paths[:6],
+        labels[:6],
+        paths[6:],
+        model=titan,
+        method="simpleshot",
+        test_labels=labels[6:],
+        n_bootstrap=20,
+    )
     assert res.probs.shape == (2, 2) and res.class_names == ["a", "b"]
     assert torch.allclose(res.probs.sum(1), torch.ones(2), atol=1e-5)
 
 
-@pytest.mark.parametrize(("model", "encoder", "dim", "tile_size", "match"), [
-    ("prism", "uni", 1024, 224, r"needs virchow tile embeddings.*`slidescope extract --encoder virchow`"),
-    ("prism", "virchow2", 2560, 224, r"Virchow2.*another space"),
-    ("titan", "virchow", 2560, 224, r"needs conch-v1.5 tile embeddings \(768-d, 512 px"),
-    ("titan", "conch-v1.5", 768, 224, r"tiled at 224 px.*trained on 512 px tiles"),
-])
-def test_tile_embedding_requirements_are_checked(model, encoder, dim, tile_size, match, prism, titan,
-                                                 tmp_path: Path, store_writer) -> None:
+@pytest.mark.parametrize(
+    ("model", "encoder", "dim", "tile_size", "match"),
+    [
+        ("prism", "uni", 1024, 224, r"needs virchow tile embeddings.*`slidescope extract --encoder virchow`"),
+        ("prism", "virchow2", 2560, 224, r"Virchow2.*another space"),
+        ("titan", "virchow", 2560, 224, r"needs conch-v1.5 tile embeddings \(768-d, 512 px"),
+        ("titan", "conch-v1.5", 768, 224, r"tiled at 224 px.*trained on 512 px tiles"),
+    ],
+)
+def test_tile_embedding_requirements_are_checked(
+    model, encoder, dim, tile_size, match, prism, titan, tmp_path: Path, store_writer
+) -> None:
     from slidescope.vlm.api import zero_shot
 
     net = {"prism": prism, "titan": titan}[model]
     path = store_writer(tmp_path / "wrong.zarr", _tiles(6, dim, 3), encoder=encoder, tile_size=tile_size)
     with pytest.raises(InvalidParameterError, match=match):
         zero_shot([path], CLASSES, model=net, encoder=encoder)
-    if model == "prism":  # the default encoder is the one the model needs: a store without it says what to extract
+    if (
+        model == "prism"
+    ):  # the default encoder is the one the model needs: a store without it says what to extract
         from slidescope.features.store import StoreError
 
         with pytest.raises(StoreError, match="slidescope extract --encoder virchow"):
@@ -285,15 +359,18 @@ def test_prism_generates_reports(prism: PrismModel, titan: TitanModel, tmp_path:
     from slidescope.features.store import open_store
     from slidescope.vlm.api import generate_reports
 
-    paths = [store_writer(tmp_path / f"r{i}.zarr", _tiles(15, 2560, 30 + i), encoder="virchow") for i in range(2)]
+    paths = [
+        store_writer(tmp_path / f"r{i}.zarr", _tiles(15, 2560, 30 + i), encoder="virchow") for i in range(2)
+    ]
     rows = generate_reports(paths, model=prism, num_beams=2, max_length=8)
     assert [r["slide"] for r in rows] == ["r0", "r1"]
     for path, row in zip(paths, rows, strict=True):
         tiles = torch.from_numpy(open_store(path).embeddings("virchow"))[None]
         with torch.inference_mode():
             latents = prism.model.slide_representations(tiles)["image_latents"]
-            ids = prism.model.generate(key_value_states=latents, do_sample=False, num_beams=2, num_beam_groups=1,
-                                       max_length=8)
+            ids = prism.model.generate(
+                key_value_states=latents, do_sample=False, num_beams=2, num_beam_groups=1, max_length=8
+            )
         raw = prism.model.untokenize(ids)[0]
         assert raw.startswith("</s>")  # PRISM's decoded text carries its special tokens ...
         words = [w for w in raw.split() if w not in ("</s>", "<pad>", "<s>", "<unk>", "madeupword0006")]
@@ -302,28 +379,70 @@ def test_prism_generates_reports(prism: PrismModel, titan: TitanModel, tmp_path:
         generate_reports(paths, model=titan)
 
 
-def test_cli_zero_shot_and_report_with_published_models(prism_dir: Path, titan_dir: Path, tmp_path: Path,
-                                                        store_writer) -> None:
+def test_cli_zero_shot_and_report_with_published_models(
+    prism_dir: Path, titan_dir: Path, tmp_path: Path, store_writer
+) -> None:
     import yaml
     from typer.testing import CliRunner
 
     from slidescope.cli import app
 
-    stores = [store_writer(tmp_path / f"c{i}.zarr", _tiles(12, 2560, 50 + i), encoder="virchow") for i in range(2)]
+    stores = [
+        store_writer(tmp_path / f"c{i}.zarr", _tiles(12, 2560, 50 + i), encoder="virchow") for i in range(2)
+    ]
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text(yaml.safe_dump({"classes": CLASSES}))
     runner = CliRunner()
-    res = runner.invoke(app, ["zero-shot", *map(str, stores), "--model", "prism", "--weights", str(prism_dir),
-                              "--trust-remote-code", "--prompts", str(prompts), "--out", str(tmp_path / "p.csv")])
+    res = runner.invoke(
+        app,
+        [
+            "zero-shot",
+            *map(str, stores),
+            "--model",
+            "prism",
+            "--weights",
+            str(prism_dir),
+            "--trust-remote-code",
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     with open(tmp_path / "p.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [r["slide"] for r in table] == ["c0", "c1"] and {"prob_benign", "prob_carcinoma"} <= set(table[0])
-    res = runner.invoke(app, ["report", *map(str, stores), "--weights", str(prism_dir), "--trust-remote-code",
-                              "--num-beams", "1", "--max-length", "6", "--out", str(tmp_path / "r.csv")])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            *map(str, stores),
+            "--weights",
+            str(prism_dir),
+            "--trust-remote-code",
+            "--num-beams",
+            "1",
+            "--max-length",
+            "6",
+            "--out",
+            str(tmp_path / "r.csv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     with open(tmp_path / "r.csv", newline="") as fh:
         assert [r["slide"] for r in csv.DictReader(fh)] == ["c0", "c1"]
-    res = runner.invoke(app, ["zero-shot", str(stores[0]), "--model", "titan", "--weights", str(titan_dir),
-                              "--prompts", str(prompts)])
+    res = runner.invoke(
+        app,
+        [
+            "zero-shot",
+            str(stores[0]),
+            "--model",
+            "titan",
+            "--weights",
+            str(titan_dir),
+            "--prompts",
+            str(prompts),
+        ],
+    )
     assert isinstance(res.exception, RemoteCodeError)  # no --trust-remote-code: refused

@@ -29,9 +29,19 @@ def encoder() -> PerceiverSlideEncoder:
 
 def test_defaults_are_prisms() -> None:
     cfg = PerceiverSlideEncoderConfig()
-    assert (cfg.latent_seq, cfg.latent_dim, cfg.context_dim, cfg.mhsa_heads, cfg.perceiver_depth,
-            cfg.transformer_depth, cfg.share_xattn_start_layer, cfg.share_tf_start_layer, cfg.xattn_heads,
-            cfg.mlp_mult, cfg.mlp_activation) == (512, 1280, 2560, 8, 8, 6, 1, 0, 1, 1, "geglu")
+    assert (
+        cfg.latent_seq,
+        cfg.latent_dim,
+        cfg.context_dim,
+        cfg.mhsa_heads,
+        cfg.perceiver_depth,
+        cfg.transformer_depth,
+        cfg.share_xattn_start_layer,
+        cfg.share_tf_start_layer,
+        cfg.xattn_heads,
+        cfg.mlp_mult,
+        cfg.mlp_activation,
+    ) == (512, 1280, 2560, 8, 8, 6, 1, 0, 1, 1, "geglu")
     with pytest.raises(Exception):
         cfg.latent_dim = 3  # type: ignore[misc]  # frozen
 
@@ -54,7 +64,9 @@ def test_weight_sharing_is_literal(encoder: PerceiverSlideEncoder) -> None:
         assert layers[i]["tf"] is layers[0]["tf"]
     n_params = sum(p.numel() for p in encoder.parameters())
     assert n_params == expected_parameter_count(TINY)
-    assert n_params < sum(t.numel() for t in encoder.state_dict().values())  # the state dict repeats shared ones
+    assert n_params < sum(
+        t.numel() for t in encoder.state_dict().values()
+    )  # the state dict repeats shared ones
 
 
 def test_full_size_parameter_count_matches_the_sharing() -> None:
@@ -91,7 +103,9 @@ def test_streaming_attention_equals_plain_softmax() -> None:
     mask = torch.rand(2, 37) > 0.3
     mask[:, 0] = True
     mask[1, 8:24] = False  # a whole chunk masked
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=1.0)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask[:, None, None, :], scale=1.0
+    )
     got = streaming_cross_attention(q, k, v, mask, chunk=8)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
@@ -116,8 +130,12 @@ def test_gradients_reach_the_shared_weights(encoder: PerceiverSlideEncoder) -> N
 
 # ---------------------------------------------------------------------------------------- SlideTextModel
 
-REPORTS = ["invasive ductal carcinoma grade 2", "benign breast tissue", "lung adenocarcinoma acinar",
-           "squamous cell carcinoma of the lung"]
+REPORTS = [
+    "invasive ductal carcinoma grade 2",
+    "benign breast tissue",
+    "lung adenocarcinoma acinar",
+    "squamous cell carcinoma of the lung",
+]
 
 
 @pytest.fixture()
@@ -137,8 +155,10 @@ def test_model_embeddings_are_normalised_and_loss_is_symmetric_clip(model: Slide
         logits = model.similarity(v, t)
         torch.testing.assert_close(logits, (1 / 0.07) * v @ t.T, atol=1e-4, rtol=1e-5)
         loss = model.contrastive_loss(v, t)
-        ref = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(4))
-                     + torch.nn.functional.cross_entropy(logits.T, torch.arange(4)))
+        ref = 0.5 * (
+            torch.nn.functional.cross_entropy(logits, torch.arange(4))
+            + torch.nn.functional.cross_entropy(logits.T, torch.arange(4))
+        )
         torch.testing.assert_close(loss, ref)
         # matching pairs score a lower loss than mismatched ones
         assert model.contrastive_loss(v, v) < model.contrastive_loss(v, v.roll(1, dims=0))
@@ -158,7 +178,9 @@ def test_model_save_load_round_trip(model: SlideTextModel, tmp_path: Path) -> No
         torch.testing.assert_close(again.encode_slide(tiles), v)
         torch.testing.assert_close(again.encode_text(REPORTS), t)
     assert float(again.logit_scale.detach()) == pytest.approx(3.0)
-    assert again.slide_encoder.layers[-1]["xattn"] is again.slide_encoder.layers[1]["xattn"]  # sharing rebuilt
+    assert (
+        again.slide_encoder.layers[-1]["xattn"] is again.slide_encoder.layers[1]["xattn"]
+    )  # sharing rebuilt
 
 
 def test_load_refuses_a_newer_schema(model: SlideTextModel, tmp_path: Path) -> None:

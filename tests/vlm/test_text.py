@@ -29,17 +29,25 @@ def _fast_tokenizer(specials: dict[str, str], post: str) -> object:
     tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(REPORTS * 3, trainers.WordPieceTrainer(vocab_size=200, special_tokens=list(specials.values())))
+    tok.train_from_iterator(
+        REPORTS * 3, trainers.WordPieceTrainer(vocab_size=200, special_tokens=list(specials.values()))
+    )
     if post == "cls-sep":
         tok.post_processor = processors.TemplateProcessing(
             single=f"{specials['cls_token']} $A {specials['sep_token']}",
-            special_tokens=[(specials["cls_token"], tok.token_to_id(specials["cls_token"])),
-                            (specials["sep_token"], tok.token_to_id(specials["sep_token"]))])
+            special_tokens=[
+                (specials["cls_token"], tok.token_to_id(specials["cls_token"])),
+                (specials["sep_token"], tok.token_to_id(specials["sep_token"])),
+            ],
+        )
     elif post == "bos-eos":
         tok.post_processor = processors.TemplateProcessing(
             single=f"{specials['bos_token']} $A {specials['eos_token']}",
-            special_tokens=[(specials["bos_token"], tok.token_to_id(specials["bos_token"])),
-                            (specials["eos_token"], tok.token_to_id(specials["eos_token"]))])
+            special_tokens=[
+                (specials["bos_token"], tok.token_to_id(specials["bos_token"])),
+                (specials["eos_token"], tok.token_to_id(specials["eos_token"])),
+            ],
+        )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
@@ -53,10 +61,18 @@ def bert_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("bert")
-    tok = _fast_tokenizer({"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"},
-                          "cls-sep")
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    tok = _fast_tokenizer(
+        {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}, "cls-sep"
+    )
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -68,12 +84,28 @@ def clip_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("clip")
-    tok = _fast_tokenizer({"unk_token": "<unk>", "pad_token": "<pad>", "bos_token": "<|startoftext|>",
-                           "eos_token": "<|endoftext|>"}, "bos-eos")
+    tok = _fast_tokenizer(
+        {
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "bos_token": "<|startoftext|>",
+            "eos_token": "<|endoftext|>",
+        },
+        "bos-eos",
+    )
     ids = _ids(tok, "pad_token", "bos_token", "eos_token")
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=64, projection_dim=16,
-                         pad_token_id=ids["pad_token"], bos_token_id=ids["bos_token"], eos_token_id=ids["eos_token"])
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        projection_dim=16,
+        pad_token_id=ids["pad_token"],
+        bos_token_id=ids["bos_token"],
+        eos_token_id=ids["eos_token"],
+    )
     CLIPTextModelWithProjection(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -85,10 +117,25 @@ def biogpt_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("biogpt")
-    tok = _fast_tokenizer({"unk_token": "<unk>", "pad_token": "<pad>", "bos_token": "</s>", "eos_token": "</s>",
-                           "cls_token": "madeupword0006"}, "none")
-    cfg = BioGptConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    tok = _fast_tokenizer(
+        {
+            "unk_token": "<unk>",
+            "pad_token": "<pad>",
+            "bos_token": "</s>",
+            "eos_token": "</s>",
+            "cls_token": "madeupword0006",
+        },
+        "none",
+    )
+    cfg = BioGptConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
     BioGptForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -110,7 +157,9 @@ def test_clip_kind_is_the_projected_eos_output(clip_dir: Path) -> None:
         emb = tower.encode(TEXTS)
         batch = tower.tokenizer(TEXTS[1:], return_tensors="pt")
         out = tower.model.text_model(**batch)
-        eos_state = out.last_hidden_state[0, batch["input_ids"][0].tolist().index(tower.tokenizer.eos_token_id)]
+        eos_state = out.last_hidden_state[
+            0, batch["input_ids"][0].tolist().index(tower.tokenizer.eos_token_id)
+        ]
         ref = tower.model.text_projection(eos_state)
     assert emb.shape == (2, 16) and tower.text_dim == 16
     torch.testing.assert_close(emb[1], ref, atol=1e-5, rtol=1e-5)
@@ -163,7 +212,9 @@ def test_small_tower_trains_its_tokenizer_and_round_trips(tmp_path: Path) -> Non
     assert emb.shape == (2, 64)
     torch.testing.assert_close(emb[0], alone[0], atol=1e-5, rtol=1e-5)  # padding changes nothing
     tower.save(tmp_path / "small")
-    assert {"model.safetensors", "tokenizer.json", "config.json"} <= {p.name for p in (tmp_path / "small").iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "config.json"} <= {
+        p.name for p in (tmp_path / "small").iterdir()
+    }
     again = load_text_tower(tmp_path / "small")
     with torch.no_grad():
         torch.testing.assert_close(again.encode(TEXTS), emb)

@@ -22,24 +22,34 @@ E = torch.eye(4)
 
 
 def test_build_prompts_expands_phrasings_and_templates() -> None:
-    prompts, idx = build_prompts({"LUAD": ["lung adenocarcinoma", "LUAD"], "LUSC": ["squamous cell carcinoma"]},
-                                 ["an H&E image of {}.", "CLASSNAME is present."])
-    assert prompts == ["an H&E image of lung adenocarcinoma.", "lung adenocarcinoma is present.",
-                       "an H&E image of LUAD.", "LUAD is present.",
-                       "an H&E image of squamous cell carcinoma.", "squamous cell carcinoma is present."]
+    prompts, idx = build_prompts(
+        {"LUAD": ["lung adenocarcinoma", "LUAD"], "LUSC": ["squamous cell carcinoma"]},
+        ["an H&E image of {}.", "CLASSNAME is present."],
+    )
+    assert prompts == [
+        "an H&E image of lung adenocarcinoma.",
+        "lung adenocarcinoma is present.",
+        "an H&E image of LUAD.",
+        "LUAD is present.",
+        "an H&E image of squamous cell carcinoma.",
+        "squamous cell carcinoma is present.",
+    ]
     assert idx.tolist() == [0, 0, 0, 0, 1, 1]
     prompts, idx = build_prompts({"a": ["x"], "b": ["y"]}, None)
     assert prompts == ["x", "y"] and idx.tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("classes, templates, match", [
-    ({}, None, "at least one class"),
-    ({"a": ["x"], "b": []}, None, "'b' has no phrasings"),
-    ({"a": ["x"], "b": [" "]}, None, "'b' has no phrasings"),
-    ({"a": "x"}, None, "list of phrasings"),
-    ({"a": ["x"]}, [], "empty"),
-    ({"a": ["x"]}, ["no placeholder"], "placeholder"),
-])
+@pytest.mark.parametrize(
+    "classes, templates, match",
+    [
+        ({}, None, "at least one class"),
+        ({"a": ["x"], "b": []}, None, "'b' has no phrasings"),
+        ({"a": ["x"], "b": [" "]}, None, "'b' has no phrasings"),
+        ({"a": "x"}, None, "list of phrasings"),
+        ({"a": ["x"]}, [], "empty"),
+        ({"a": ["x"]}, ["no placeholder"], "placeholder"),
+    ],
+)
 def test_build_prompts_errors(classes, templates, match) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         build_prompts(classes, templates)
@@ -47,8 +57,9 @@ def test_build_prompts_errors(classes, templates, match) -> None:
 
 def _prompts_near(directions: torch.Tensor, per_class: int, noise: float, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    emb = directions.repeat_interleave(per_class, 0) + noise * torch.randn(len(directions) * per_class,
-                                                                          directions.shape[1], generator=g)
+    emb = directions.repeat_interleave(per_class, 0) + noise * torch.randn(
+        len(directions) * per_class, directions.shape[1], generator=g
+    )
     return emb, torch.arange(len(directions)).repeat_interleave(per_class)
 
 
@@ -100,7 +111,9 @@ def test_zero_shot_errors() -> None:
 
 def test_mi_zero_top_k_pools_tile_similarities() -> None:
     classes = E[:2]
-    tiles = torch.stack([E[0], E[0] + E[2], E[1], E[2], E[3]])  # two tumour-ish tiles of class 0, one of class 1
+    tiles = torch.stack(
+        [E[0], E[0] + E[2], E[1], E[2], E[3]]
+    )  # two tumour-ish tiles of class 0, one of class 1
     res = mi_zero(tiles, classes, k=1)
     assert res.similarity.shape == (5, 2)
     torch.testing.assert_close(res.scores, res.similarity.max(0).values)  # k=1 is max pooling
@@ -121,13 +134,17 @@ def test_prompt_spread_reports_fragility() -> None:
     idx = torch.tensor([0, 0, 1, 1])
     slides = torch.stack([E[0] + 0.3 * E[1], E[1], E[0] + 0.2 * E[2], E[1] + E[3]])
     labels = torch.tensor([0, 1, 0, 1])
-    spread = prompt_spread(slides, text, idx, labels=labels, n_subsets=20, subset_size=1, logit_scale=20.0, seed=0)
+    spread = prompt_spread(
+        slides, text, idx, labels=labels, n_subsets=20, subset_size=1, logit_scale=20.0, seed=0
+    )
     assert spread.probs.shape == (20, 4, 2) and spread.mean.shape == (4, 2)
     assert spread.auroc is not None and spread.auroc.shape == (20,)
     assert float(spread.auroc.max()) == 1.0 and float(spread.auroc.min()) < 1.0  # the bad prompt hurts
     assert float(spread.std[0, 0]) > 0.05
     assert (spread.min <= spread.mean + 1e-7).all() and (spread.mean <= spread.max + 1e-7).all()
-    again = prompt_spread(slides, text, idx, labels=labels, n_subsets=20, subset_size=1, logit_scale=20.0, seed=0)
+    again = prompt_spread(
+        slides, text, idx, labels=labels, n_subsets=20, subset_size=1, logit_scale=20.0, seed=0
+    )
     assert again.subsets == spread.subsets  # seeded
 
 

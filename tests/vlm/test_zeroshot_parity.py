@@ -32,7 +32,9 @@ def test_mean_pooling_matches_conch_run_mizero(golden) -> None:
             pooled = torch.from_numpy(golden[f"conch_pooled_{j}"][i])
             torch.testing.assert_close(res.scores, pooled, atol=1e-6, rtol=0)
             # run_mizero's probabilities: softmax(pooled * logit_scale.exp())
-            torch.testing.assert_close(res.probs, torch.softmax(pooled.double() * temp, 0).float(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                res.probs, torch.softmax(pooled.double() * temp, 0).float(), atol=1e-5, rtol=0
+            )
             assert int(res.scores.argmax()) == int(golden[f"conch_pred_{j}"][i])
 
 
@@ -44,7 +46,9 @@ def test_sum_pooling_matches_mizero_topj_pooling(golden) -> None:
             mean = mi_zero(golden[f"slide_{i}"], w, k=j, pooling="mean", logit_scale=1.0)
             assert res.pooling == "sum" and int(res.scores.argmax()) == int(golden[f"mizero_pred_{j}"][i])
             torch.testing.assert_close(res.scores, min(j, n) * mean.scores)  # the sum of the top-min(j, N)
-            torch.testing.assert_close(res.probs, torch.softmax(min(j, n) * mean.scores, 0))  # k times sharper
+            torch.testing.assert_close(
+                res.probs, torch.softmax(min(j, n) * mean.scores, 0)
+            )  # k times sharper
     with pytest.raises(InvalidParameterError, match="pooling"):
         mi_zero(golden["slide_0"], w, pooling="max")  # type: ignore[arg-type]
 
@@ -65,14 +69,35 @@ def test_titan_prompt_converter_reads_a_titan_shaped_checkout(tmp_path: Path) ->
     (checkout / "titan" / "utils.py").write_text(
         "import torch  # never imported by the converter\n"
         "TEMPLATES = [\n    'CLASSNAME.',\n    'a slide of CLASSNAME.',\n    'CLASSNAME is seen.',\n]\n"
-        "def f():\n    raise SystemExit('executed')\nf()\n")
-    (checkout / "datasets" / "config_toy.yaml").write_text(yaml.safe_dump({
-        "label_dict": {"ZZZ": 0, "AAA": 2, "MMM": 1},
-        "prompts": {"AAA": ["alpha tumour", "AAA"], "MMM": ["mid lesion"], "ZZZ": ["zeta tissue", "ZZZ"]},
-        "task": "multiclass"}))
+        "def f():\n    raise SystemExit('executed')\nf()\n"
+    )
+    (checkout / "datasets" / "config_toy.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "label_dict": {"ZZZ": 0, "AAA": 2, "MMM": 1},
+                "prompts": {
+                    "AAA": ["alpha tumour", "AAA"],
+                    "MMM": ["mid lesion"],
+                    "ZZZ": ["zeta tissue", "ZZZ"],
+                },
+                "task": "multiclass",
+            }
+        )
+    )
     out = tmp_path / "p.yaml"
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "titan_prompts.py"), str(checkout),
-                           "--task", "toy", "--out", str(out)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "titan_prompts.py"),
+            str(checkout),
+            "--task",
+            "toy",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "CC-BY-NC-ND" in out.read_text() and "mahmoodlab/TITAN @" in out.read_text()
     prompts = load_prompts(out)
@@ -82,6 +107,9 @@ def test_titan_prompt_converter_reads_a_titan_shaped_checkout(tmp_path: Path) ->
     assert len(built) == 3 * 5 and built[0] == "zeta tissue." and "CLASSNAME" not in " ".join(built)
     assert idx.tolist() == [0] * 6 + [1] * 3 + [2] * 6
 
-    bad = subprocess.run([sys.executable, str(ROOT / "examples" / "titan_prompts.py"), str(tmp_path),
-                          "--out", str(out)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "titan_prompts.py"), str(tmp_path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "TITAN checkout" in bad.stderr

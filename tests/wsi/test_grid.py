@@ -17,16 +17,17 @@ def mask_of(slide, fn=None, ds: int = 8):
     mw, mh = max(1, round(w0 / ds)), max(1, round(h0 / ds))
     yy, xx = np.mgrid[0:mh, 0:mw]
     m = np.ones((mh, mw), bool) if fn is None else fn(yy * (h0 / mh), xx * (w0 / mw))
-    return SimpleNamespace(mask=m, downsample=(w0 / mw, h0 / mh), slide_dimensions=(w0, h0),
-                           is_empty=not m.any(), contours=())
+    return SimpleNamespace(
+        mask=m, downsample=(w0 / mw, h0 / mh), slide_dimensions=(w0, h0), is_empty=not m.any(), contours=()
+    )
 
 
 @pytest.mark.parametrize(
     ("slide_mpp", "tile_size", "target", "extent"),
     [
-        (0.25, 224, 0.5, 448),    # 20x tiles from a 40x scan: 448 level-0 px
-        (0.265, 256, 0.5, 483),   # not 512: the exact physical size, TRIDENT #119
-        (0.499, 224, 0.5, 224),   # CMU-1: within rounding of native
+        (0.25, 224, 0.5, 448),  # 20x tiles from a 40x scan: 448 level-0 px
+        (0.265, 256, 0.5, 483),  # not 512: the exact physical size, TRIDENT #119
+        (0.499, 224, 0.5, 224),  # CMU-1: within rounding of native
         (0.2271, 512, 1.0, 2255),
         (0.5, 256, 0.5, 256),
     ],
@@ -63,7 +64,9 @@ def test_overlap_and_roi(pyramid) -> None:
     grid = make_tile_grid(slide, tile_size=256, mpp=0.5, overlap=64, mask=mask_of(slide), min_tissue=0)
     assert grid.stride == (192, 192)
     assert np.all(np.diff(np.unique(grid.coords[:, 0])) == 192)
-    roi = make_tile_grid(slide, tile_size=256, mpp=0.5, roi=(300, 400, 600, 512), mask=mask_of(slide), min_tissue=0)
+    roi = make_tile_grid(
+        slide, tile_size=256, mpp=0.5, roi=(300, 400, 600, 512), mask=mask_of(slide), min_tissue=0
+    )
     assert len(roi) == 2 * 2
     assert roi.coords[:, 0].min() == 300 and roi.coords[:, 1].min() == 400
     assert np.all(roi.coords[:, 0] + 256 <= 900)
@@ -109,8 +112,8 @@ def test_grid_metadata_round_trips_to_json(cmu_small) -> None:
         {"tile_size": 224, "mpp": 0.5, "overlap": 224},
         {"tile_size": 224, "mpp": 0.5, "overlap": -1},
         {"tile_size": 224, "mpp": 0.5, "min_tissue": 1.5},
-        {"tile_size": 224, "mpp": 0.1},      # 5x upsampling of a 0.5 µm/px scan
-        {"tile_size": 224, "mpp": 40.0},     # one tile larger than the slide
+        {"tile_size": 224, "mpp": 0.1},  # 5x upsampling of a 0.5 µm/px scan
+        {"tile_size": 224, "mpp": 40.0},  # one tile larger than the slide
         {"tile_size": 224, "mpp": 0.5, "roi": (5000, 5000, 10, 10)},
     ],
 )
@@ -123,7 +126,9 @@ def test_nonsense_parameters(cmu_small, kwargs) -> None:
 
 def test_upsampling_on_request(cmu_small) -> None:
     slide = open_slide(cmu_small)
-    grid = make_tile_grid(slide, tile_size=224, mpp=0.25, mask=mask_of(slide), allow_upsample=True, min_tissue=0)
+    grid = make_tile_grid(
+        slide, tile_size=224, mpp=0.25, mask=mask_of(slide), allow_upsample=True, min_tissue=0
+    )
     assert grid.read_size == (112, 112) and grid.resample == 2.0
 
 

@@ -21,7 +21,11 @@ def test_expand(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide,label\nsub/d.svs,1\na.svs,0\nmissing.svs,1\n")
     got = expand_slides([manifest])
-    assert [p.name for p in got] == ["d.svs", "a.svs", "missing.svs"]  # missing ones reported later by the batch
+    assert [p.name for p in got] == [
+        "d.svs",
+        "a.svs",
+        "missing.svs",
+    ]  # missing ones reported later by the batch
     assert got[0] == tmp_path / "sub" / "d.svs"
 
 

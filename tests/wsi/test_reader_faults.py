@@ -39,7 +39,9 @@ def sample_grid():
         yield slide, make_tile_grid(slide, tile_size=224, mpp=0.5)
 
 
-def _damaged_copy(tmp_path: Path, grid, how: str, name: str = "damaged.tiff") -> tuple[Path, int, tuple[int, int]]:
+def _damaged_copy(
+    tmp_path: Path, grid, how: str, name: str = "damaged.tiff"
+) -> tuple[Path, int, tuple[int, int]]:
     """A copy of the sample slide whose level-0 file tile under a tissue tile is damaged."""
     path = tmp_path / name
     shutil.copy(SAMPLE, path)
@@ -66,11 +68,16 @@ def test_corrupt_tile_fails_like_the_backend(tmp_path: Path, sample_grid, how: s
     # the fast direct reader used to decode it to grey-filled garbage; now it defers to that verdict
     with open_slide(path) as slide:
         assert slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
-        with pytest.raises(SlideReadError, match=rf"damaged\.tiff.*file tile \({tx}, {ty}\) of level 0") as info:
+        with pytest.raises(
+            SlideReadError, match=rf"damaged\.tiff.*file tile \({tx}, {ty}\) of level 0"
+        ) as info:
             for _ in iter_tiles(slide, grid):
                 pass
         assert "Corrupt JPEG data" in str(info.value)
-    with open_slide(path) as slide, pytest.raises(SlideReadError, match=rf"file tile \({tx}, {ty}\) of level 0"):
+    with (
+        open_slide(path) as slide,
+        pytest.raises(SlideReadError, match=rf"file tile \({tx}, {ty}\) of level 0"),
+    ):
         read_tile(slide, grid, index)
     # tiles elsewhere still read, and equal the backend's
     other = 0 if index else len(grid) - 1
@@ -107,8 +114,9 @@ def test_extract_does_not_complete_a_store_from_a_corrupt_tile(tmp_path: Path, s
 
     _, grid = sample_grid
     path, _, (tx, ty) = _damaged_copy(tmp_path, grid, "eoi")
-    results = extract_slides([path], "he-descriptor", store=tmp_path / "stores", device="cpu", num_workers=0,
-                             progress=False)
+    results = extract_slides(
+        [path], "he-descriptor", store=tmp_path / "stores", device="cpu", num_workers=0, progress=False
+    )
     assert results[0].status == "failed" and results[0].error_type == "SlideReadError"
     assert f"file tile ({tx}, {ty}) of level 0" in results[0].error
     store = tmp_path / "stores" / "damaged.zarr"
@@ -125,7 +133,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     assert path.stat().st_size < 10_000
     tracemalloc.start()
     try:
-        with pytest.raises(UnsupportedSlideError, match=r"60000x60000.*decode budget.*SLIDESCOPE_MAX_DECODE_MB="):
+        with pytest.raises(
+            UnsupportedSlideError, match=r"60000x60000.*decode budget.*SLIDESCOPE_MAX_DECODE_MB="
+        ):
             open_slide(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -137,12 +147,21 @@ def test_decode_budget_and_pixel_limit_can_be_lowered(tmp_path: Path, monkeypatc
     import tifffile
 
     strip = tmp_path / "strip.tif"  # an ordinary single-strip TIFF: 1 MiB decoded in one piece
-    tifffile.imwrite(strip, np.full((512, 683, 3), 200, np.uint8), photometric="rgb", compression="zlib",
-                     rowsperstrip=512, resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        strip,
+        np.full((512, 683, 3), 200, np.uint8),
+        photometric="rgb",
+        compression="zlib",
+        rowsperstrip=512,
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
     with open_slide(strip) as slide:
         assert slide.dimensions == (683, 512)
     monkeypatch.setenv("SLIDESCOPE_MAX_DECODE_MB", "0.5")
-    with pytest.raises(UnsupportedSlideError, match=r"strips of 512x683x3.*1 MiB.*SLIDESCOPE_MAX_DECODE_MB=2"):
+    with pytest.raises(
+        UnsupportedSlideError, match=r"strips of 512x683x3.*1 MiB.*SLIDESCOPE_MAX_DECODE_MB=2"
+    ):
         open_slide(strip)
     monkeypatch.delenv("SLIDESCOPE_MAX_DECODE_MB")
 
@@ -159,8 +178,16 @@ def test_a_single_strip_level_is_decoded_once(tmp_path: Path, monkeypatch) -> No
 
     rgb = (np.random.default_rng(1).random((2048, 1536, 3)) * 255).astype(np.uint8)  # 9 MiB in one strip
     path = tmp_path / "onestrip.tif"
-    tifffile.imwrite(path, rgb, photometric="rgb", compression="zlib", rowsperstrip=2048,
-                     resolution=(20000, 20000), resolutionunit="CENTIMETER", metadata=None)
+    tifffile.imwrite(
+        path,
+        rgb,
+        photometric="rgb",
+        compression="zlib",
+        rowsperstrip=2048,
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
     decodes = []
     original = tifffile.TiffPage.decode
 
@@ -213,8 +240,19 @@ def test_extract_batch_survives_a_malformed_tiff(tmp_path: Path) -> None:
         grid = make_tile_grid(slide, tile_size=224, mpp=0.5)
     x, y = (int(v) for v in grid.coords[len(grid) // 2])
     corrupt_tile(broken, x // 256, y // 256, "eoi")
-    out = run("-q", "extract", str(SAMPLE), str(bad), str(broken), "--encoder", "he-descriptor",
-              "--out", str(tmp_path / "stores"), "--num-workers", "1")
+    out = run(
+        "-q",
+        "extract",
+        str(SAMPLE),
+        str(bad),
+        str(broken),
+        "--encoder",
+        "he-descriptor",
+        "--out",
+        str(tmp_path / "stores"),
+        "--num-workers",
+        "1",
+    )
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert "sample_slide.tiff: done" in out.stdout
@@ -234,8 +272,9 @@ def test_unexpected_reader_error_fails_one_slide(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(_tiff.TiffTileSource, "read", explode)
     good2 = tmp_path / "good2.tiff"
     shutil.copy(SAMPLE, good2)
-    results = extract_slides([SAMPLE, good2], "he-descriptor", store=tmp_path / "s", device="cpu", num_workers=0,
-                             progress=False)
+    results = extract_slides(
+        [SAMPLE, good2], "he-descriptor", store=tmp_path / "s", device="cpu", num_workers=0, progress=False
+    )
     assert [r.status for r in results] == ["failed", "failed"]  # each slide fails alone, the batch goes on
     assert results[1].error_type == "SlideReadError"
     assert "IndexError: tuple index out of range" in results[1].error and "re-export" in results[1].error
@@ -250,10 +289,18 @@ def test_unexpected_reader_error_fails_one_slide(tmp_path: Path, monkeypatch) ->
         ("u16.tif", np.uint16, "rgb", (512, 512, 3), r"16-bit unsigned integer samples.*not corrupt"),
         ("f32.tif", np.float32, "rgb", (512, 512, 3), r"32-bit floating-point samples.*not corrupt"),
         ("grey.tif", np.uint8, "minisblack", (512, 512), r"greyscale image"),
-        ("multiplex.qptiff", np.uint8, "minisblack", (4, 512, 512), r"4-channel image.*fluorescence/multiplex"),
+        (
+            "multiplex.qptiff",
+            np.uint8,
+            "minisblack",
+            (4, 512, 512),
+            r"4-channel image.*fluorescence/multiplex",
+        ),
     ],
 )
-def test_not_rgb_brightfield_is_refused_with_the_reason(tmp_path, name, dtype, photometric, shape, expected) -> None:
+def test_not_rgb_brightfield_is_refused_with_the_reason(
+    tmp_path, name, dtype, photometric, shape, expected
+) -> None:
     data = (np.random.default_rng(0).random(shape) * 200).astype(dtype)
     path = write_tiff(tmp_path / name, data, photometric=photometric)
     with pytest.raises(UnsupportedSlideError, match=expected) as info:
@@ -264,8 +311,12 @@ def test_not_rgb_brightfield_is_refused_with_the_reason(tmp_path, name, dtype, p
 
 def test_ome_fluorescence_is_refused(tmp_path: Path) -> None:
     data = (np.random.default_rng(0).random((5, 512, 512)) * 255).astype(np.uint8)
-    path = write_tiff(tmp_path / "if.ome.tif", data, photometric="minisblack",
-                  metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    path = write_tiff(
+        tmp_path / "if.ome.tif",
+        data,
+        photometric="minisblack",
+        metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+    )
     with pytest.raises(UnsupportedSlideError, match=r"5-channel image.*axes CYX.*not brightfield H&E"):
         open_slide(path)
 
@@ -285,9 +336,18 @@ def test_implausible_pixel_size_is_treated_as_missing(tmp_path: Path, pixels_per
 
     rgb = np.full((512, 512, 3), 220, np.uint8)
     path = tmp_path / "absurd.tif"
-    tifffile.imwrite(path, rgb, tile=(256, 256), photometric="rgb", resolution=(pixels_per_cm, pixels_per_cm),
-                     resolutionunit="CENTIMETER")
-    with open_slide(path) as slide, pytest.raises(MissingMppError, match=r"not a microscope.*0\.02-50.*--slide-mpp"):
+    tifffile.imwrite(
+        path,
+        rgb,
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(pixels_per_cm, pixels_per_cm),
+        resolutionunit="CENTIMETER",
+    )
+    with (
+        open_slide(path) as slide,
+        pytest.raises(MissingMppError, match=r"not a microscope.*0\.02-50.*--slide-mpp"),
+    ):
         _ = slide.mpp
 
 

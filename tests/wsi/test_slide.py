@@ -96,8 +96,16 @@ def test_transparent_pixels_become_white(tmp_path: Path) -> None:
     rgba[..., :3] = 40
     rgba[:, 256:, 3] = 255  # left half transparent
     path = tmp_path / "alpha.tiff"
-    tifffile.imwrite(path, rgba, tile=(256, 256), photometric="rgb", extrasamples=[2],
-                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER", metadata=None)
+    tifffile.imwrite(
+        path,
+        rgba,
+        tile=(256, 256),
+        photometric="rgb",
+        extrasamples=[2],
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+        metadata=None,
+    )
     s = open_slide(path, backend="openslide")
     region = s.read_region((0, 0), 0, (512, 512))
     assert (region[:, :256] == 255).all()
@@ -120,7 +128,7 @@ def test_properties_are_strings_with_openslide_keys(cmu_small: Path) -> None:
 
 
 def test_slide_pickles_and_reopens(cmu_small: Path) -> None:
-    s = open_slide(cmu_small, backend="tiffslide", mpp=0.5)
+    s = open_slide(cmu_small, backend="tiffslide", force_slide_mpp=0.5)
     s2 = pickle.loads(pickle.dumps(s))
     assert s2.backend == "tiffslide" and s2.mpp == (0.5, 0.5) and s2.mpp_source == "user"
     assert np.array_equal(s.read_region((10, 10), 0, (32, 32)), s2.read_region((10, 10), 0, (32, 32)))
@@ -161,23 +169,23 @@ def test_corrupt_tile_names_slide_and_region(fixtures_dir: Path, backend: str) -
 def test_missing_mpp_tells_what_to_do(pyramid) -> None:
     path = pyramid(512, 512, mpp=None, levels=1)
     s = open_slide(path)
-    with pytest.raises(MissingMppError, match=r"mpp=0\.25.*--slide-mpp"):
+    with pytest.raises(MissingMppError, match=r"slide_mpp=0\.25.*--slide-mpp"):
         _ = s.mpp
     assert not s.has_mpp
-    assert open_slide(path, mpp=0.3).mpp == (0.3, 0.3)
+    assert open_slide(path, force_slide_mpp=0.3).mpp == (0.3, 0.3)
 
 
 def test_software_dpi_is_not_an_mpp(fixtures_dir: Path) -> None:
     s = open_slide(fixtures_dir / "boxes.tiff")
     with pytest.raises(MissingMppError, match="72 dpi"):
         _ = s.mpp
-    assert open_slide(fixtures_dir / "boxes.tiff", mpp=(0.5, 0.5)).mpp == (0.5, 0.5)
+    assert open_slide(fixtures_dir / "boxes.tiff", force_slide_mpp=(0.5, 0.5)).mpp == (0.5, 0.5)
 
 
 @pytest.mark.parametrize("mpp", [0, -1, float("nan"), (0.5,), "x"])
 def test_bad_mpp_override(cmu_small: Path, mpp) -> None:
     with pytest.raises((InvalidParameterError, TypeError)):
-        open_slide(cmu_small, mpp=mpp)
+        open_slide(cmu_small, force_slide_mpp=mpp)
 
 
 def test_unknown_backend(cmu_small: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 from scipy import ndimage
 
 from slidescope.errors import InvalidParameterError, MissingMppError
+from slidescope.synthetic import make_synthetic_slide
 from slidescope.wsi import open_slide
 from slidescope.wsi import _downsample, _tissue
 from slidescope.wsi._tissue import TissueMask, detect_tissue, tissue_mask_from_rgb
@@ -164,8 +165,7 @@ def test_os1_detail_is_mostly_tissue(ome_detail: Path) -> None:
 # -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1])
 def test_synthetic_slide_ground_truth(tmp_path: Path, seed: int) -> None:
-    synthetic = pytest.importorskip("slidescope.wsi.synthetic")
-    syn = synthetic.make_synthetic_slide(
+    syn = make_synthetic_slide(
         tmp_path / f"syn{seed}.svs", width=2048, height=1536, mpp=0.5, seed=seed, mask_mpp=8.0
     )
     slide = open_slide(syn.path)
@@ -343,11 +343,11 @@ def test_geojson_position_and_round_trip(square_slide: Path, tmp_path: Path) -> 
     json.dumps(gj)  # plain JSON types only
 
     path = tm.save_geojson(tmp_path / "tissue.geojson")
-    back = TissueMask.from_geojson(path, slide_dimensions=slide.dimensions, mpp_slide=slide.mpp)
+    back = TissueMask.from_geojson(path, slide_dimensions=slide.dimensions, slide_mpp=slide.mpp)
     assert back.mask.shape == tm.mask.shape and back.downsample == tm.downsample
     assert iou(back.mask, tm.mask) > 0.95
     # a coarser mask from the same polygons
-    coarse = TissueMask.from_geojson(gj, slide_dimensions=slide.dimensions, mpp_slide=0.5, mask_mpp=32.0)
+    coarse = TissueMask.from_geojson(gj, slide_dimensions=slide.dimensions, slide_mpp=0.5, mask_mpp=32.0)
     assert coarse.mask.shape == (32, 48)
     assert coarse.area_um2 == pytest.approx(tm.area_um2, rel=0.1)
 
@@ -357,7 +357,7 @@ def test_geojson_round_trip_real_slide_with_holes(cmu_small: Path) -> None:
     for fill in (True, False):
         tm = detect_tissue(slide, fill_holes=fill)
         gj = tm.to_geojson()
-        back = TissueMask.from_geojson(gj, slide_dimensions=slide.dimensions, mpp_slide=slide.mpp)
+        back = TissueMask.from_geojson(gj, slide_dimensions=slide.dimensions, slide_mpp=slide.mpp)
         assert iou(back.mask, tm.mask) > 0.95
     assert any(tm.holes)  # fill_holes=False keeps the holes as inner rings
 
@@ -413,8 +413,8 @@ def test_slide_without_mpp(tmp_path: Path) -> None:
     path = write_tiff(tmp_path / "nompp.tif", rgb, mpp=None)
     with pytest.raises(MissingMppError, match="mpp="):
         detect_tissue(open_slide(path))
-    tm = detect_tissue(open_slide(path, mpp=0.5))  # the fix the message suggests works
+    tm = detect_tissue(open_slide(path, slide_mpp=0.5))  # the fix the message suggests works
     assert tm.is_empty and tm.mask.shape == (32, 32)
     # a mask finer than the slide's own pixels is raised to them, not upsampled
-    fine = detect_tissue(open_slide(path, mpp=0.5), mpp=0.1)
+    fine = detect_tissue(open_slide(path, slide_mpp=0.5), mpp=0.1)
     assert fine.mask.shape == (512, 512) and fine.mpp == (0.5, 0.5)

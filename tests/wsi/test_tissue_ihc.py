@@ -17,9 +17,9 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from slidescope.errors import InvalidParameterError
-from slidescope.wsi import make_synthetic_slide, open_slide
+from slidescope.synthetic import make_synthetic_ihc_slide, make_synthetic_slide
+from slidescope.wsi import open_slide
 from slidescope.wsi._tissue import DAB_IHC_FRACTION, detect_tissue, pen_hint, tissue_mask_from_rgb
-from slidescope.wsi.synthetic import make_synthetic_ihc_slide
 
 MPP = 8.0  # µm/px of the crafted images (the default mask resolution)
 # unit optical densities (log10) per R, G, B: Ruifrok H&E, and marker inks
@@ -52,7 +52,9 @@ def test_ihc_slide_keeps_its_tissue_unless_pen_removal_is_forced(ihc, backend: s
     assert "--pen off" in pen_hint(on) and pen_hint(default) == "" and pen_hint(off) == ""
 
 
-def _stroke(shape: tuple[int, int], p0: tuple[float, float], p1: tuple[float, float], width: float) -> np.ndarray:
+def _stroke(
+    shape: tuple[int, int], p0: tuple[float, float], p1: tuple[float, float], width: float
+) -> np.ndarray:
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(float)
     (y0, x0), (y1, x1) = p0, p1
@@ -130,7 +132,9 @@ def test_run_pen_option_in_config_signature_and_results(ihc, tmp_path: Path) -> 
     import slidescope as ss
     from slidescope.pipeline import RunConfig, result_signature
 
-    sig = {p: result_signature(RunConfig(out="x", encoder="he-descriptor", pen=p)) for p in ("auto", "on", "off")}
+    sig = {
+        p: result_signature(RunConfig(out="x", encoder="he-descriptor", pen=p)) for p in ("auto", "on", "off")
+    }
     assert len({json.dumps(s, sort_keys=True) for s in sig.values()}) == 3  # changing pen redoes the slides
     with pytest.raises(InvalidParameterError, match="pen must be one of auto, on, off"):
         ss.run([ihc.path], out=tmp_path / "bad", encoder="he-descriptor", pen="maybe", progress=False)
@@ -139,12 +143,18 @@ def test_run_pen_option_in_config_signature_and_results(ihc, tmp_path: Path) -> 
     forced = ss.run([ihc.path], out=out, encoder="he-descriptor", pen="on", num_workers=0, progress=False)
     (o,) = forced.outcomes
     assert o.status == "failed" and o.error_class == "EmptyTissueError" and "--pen off" in o.error_message
-    again = ss.run([ihc.path], out=out, encoder="he-descriptor", num_workers=0, progress=False)  # default auto
+    again = ss.run(
+        [ihc.path], out=out, encoder="he-descriptor", num_workers=0, progress=False
+    )  # default auto
     (o,) = again.outcomes
     assert again.exit_code == 0 and o.status == "done", (o.status, o.error_message)
     assert o.n_tiles >= 0.9 * (2048 // 224) * (1536 // 224) and o.tissue_mm2 > 0.9 * (2048 * 1536 * 0.25e-6)
     # a finished slide is redone when pen changes (here to the same tiles: the embeddings are reused), then skipped
-    (o,) = ss.run([ihc.path], out=out, encoder="he-descriptor", pen="off", num_workers=0, progress=False).outcomes
+    (o,) = ss.run(
+        [ihc.path], out=out, encoder="he-descriptor", pen="off", num_workers=0, progress=False
+    ).outcomes
     assert o.status == "done"
-    (o,) = ss.run([ihc.path], out=out, encoder="he-descriptor", pen="off", num_workers=0, progress=False).outcomes
+    (o,) = ss.run(
+        [ihc.path], out=out, encoder="he-descriptor", pen="off", num_workers=0, progress=False
+    ).outcomes
     assert o.status == "skipped"

@@ -2,7 +2,7 @@
 
 from ._base import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
 from ._registry import create_encoder, get_encoder_config, list_encoders, register_encoder, resolve_device
-from ._weights import WeightsError
+from ._weights import WeightsError, read_state_dict
 
 __all__ = [
     "Encoder",
@@ -13,6 +13,7 @@ __all__ = [
     "create_encoder",
     "get_encoder_config",
     "list_encoders",
+    "read_state_dict",
     "register_encoder",
     "resolve_device",
 ]

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import InvalidParameterError
+
 __all__ = ["EncoderConfig", "Encoder", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,8 +107,9 @@ class Encoder(nn.Module):
         cfg = self.config
         resize = cfg.resize_size or cfg.input_size
         if x.shape[-1] != resize or x.shape[-2] != resize:
-            x = F.interpolate(x, size=(resize, resize), mode=cfg.interpolation, antialias=True,
-                              align_corners=False).clamp_(0.0, 1.0)
+            x = F.interpolate(
+                x, size=(resize, resize), mode=cfg.interpolation, antialias=True, align_corners=False
+            ).clamp_(0.0, 1.0)
         if resize != cfg.input_size:
             off = (resize - cfg.input_size) // 2
             x = x[..., off : off + cfg.input_size, off : off + cfg.input_size]
@@ -129,4 +132,11 @@ class Encoder(nn.Module):
         return state
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.preprocess(tiles))
+        out = self.embed(self.preprocess(tiles))
+        if out.ndim != 2 or out.shape[1] != self.config.embed_dim:
+            # a config whose embed_dim disagrees with the model would otherwise be cut or padded downstream
+            raise InvalidParameterError(
+                f"encoder {self.config.name!r} returned embeddings of shape {tuple(out.shape)}, but its config "
+                f"says embed_dim={self.config.embed_dim}: fix embed_dim (or the model's head) in its config"
+            )
+        return out

@@ -18,7 +18,13 @@ log = logging.getLogger(__name__)
 __all__ = ["WeightsError", "resolve_weights", "read_state_dict", "load_into", "file_digest"]
 
 #: file names tried, in order, inside a local weights directory or a hub snapshot
-CANDIDATE_FILES = ("model.safetensors", "pytorch_model.safetensors", "pytorch_model.bin", "model.bin", "model.pth")
+CANDIDATE_FILES = (
+    "model.safetensors",
+    "pytorch_model.safetensors",
+    "pytorch_model.bin",
+    "model.bin",
+    "model.pth",
+)
 
 
 class WeightsError(SlidescopeError):
@@ -26,10 +32,14 @@ class WeightsError(SlidescopeError):
 
 
 def _gated_hint(config: EncoderConfig) -> str:
-    terms = f" Its licence: {config.license}" + (f" ({config.license_url})" if config.license_url else "") + "."
+    terms = (
+        f" Its licence: {config.license}" + (f" ({config.license_url})" if config.license_url else "") + "."
+    )
     access = (
         f" The weights are gated: accept the terms on https://huggingface.co/{config.hub_id} and log in "
-        f"(`hf auth login` or HF_TOKEN)." if config.gated else ""
+        f"(`hf auth login` or HF_TOKEN)."
+        if config.gated
+        else ""
     )
     return (
         f"{terms}{access} Or download them once and pass the file or folder: create_encoder({config.name!r}, "
@@ -76,8 +86,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as err:  # noqa: BLE001 - SafetensorError, OSError...: a truncated or damaged file
-            raise WeightsError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
-                               f"probably truncated or damaged: download it again.") from err
+            raise WeightsError(
+                f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); it is "
+                f"probably truncated or damaged: download it again."
+            ) from err
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # weights_only refuses arbitrary objects; corrupt files raise too
@@ -96,7 +108,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], *, name: str, strict: bool = True) -> None:
     """Load ``state`` into ``module``; shape or key mismatches are a :class:`WeightsError` naming them."""
     own = module.state_dict()
-    wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and own[k].shape != v.shape]
+    wrong = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if wrong or (strict and (missing or unexpected)):

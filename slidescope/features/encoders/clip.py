@@ -339,19 +339,23 @@ class HFClipTextTower(ClipTextTower):
                 raise InvalidParameterError(
                     f"{path} holds no tokenizer for {self.name!r} (none of {', '.join(_HF_TOKENIZER_FILES)}); the "
                     f"weights folder must be a full copy of {self.config.hub_id} (`hf download {self.config.hub_id} "
-                    f"--local-dir DIR`), or pass tokenizer=DIR")
+                    f"--local-dir DIR`), or pass tokenizer=DIR"
+                )
             name, kwargs = str(path), {"local_files_only": True}
         else:
             name, kwargs = str(self.config.hub_id), {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
         except (OSError, ValueError) as err:
-            raise WeightsError(f"could not load the {self.name!r} tokenizer from {name}: {err}."
-                               f"{_gated_hint(self.config)}") from err
+            raise WeightsError(
+                f"could not load the {self.name!r} tokenizer from {name}: {err}.{_gated_hint(self.config)}"
+            ) from err
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         limit = int(self.text_kwargs.get("max_position_embeddings", 77))
-        batch = self.tokenizer(_texts(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        batch = self.tokenizer(
+            _texts(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt"
+        )
         return {k: batch[k] for k in ("input_ids", "attention_mask")}
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -369,7 +373,9 @@ class OpenClipTextTower(ClipTextTower):
         from open_clip.model import _build_text_tower
 
         kw = dict(text_kwargs)
-        self.text = _build_text_tower(kw["embed_dim"], dict(kw["text_cfg"]), quick_gelu=kw.get("quick_gelu", False))
+        self.text = _build_text_tower(
+            kw["embed_dim"], dict(kw["text_cfg"]), quick_gelu=kw.get("quick_gelu", False)
+        )
         self.tokenizer: Any = None
 
     def checkpoint_module(self) -> nn.Module:
@@ -382,7 +388,9 @@ class OpenClipTextTower(ClipTextTower):
     def load_tokenizer(self, source: str | os.PathLike[str] | None) -> None:
         from open_clip.tokenizer import SimpleTokenizer
 
-        self.tokenizer = SimpleTokenizer(context_length=int(self.text_kwargs["text_cfg"].get("context_length", 77)))
+        self.tokenizer = SimpleTokenizer(
+            context_length=int(self.text_kwargs["text_cfg"].get("context_length", 77))
+        )
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return {"input_ids": self.tokenizer(_texts(texts))}
@@ -463,15 +471,19 @@ def create_clip_text_tower(
     from ._registry import _entry
 
     if name not in _TEXT_REGISTRY:
-        raise InvalidParameterError(f"{name!r} has no text tower; patch-level CLIP models with one: "
-                                    f"{', '.join(list_clip_text_towers())}")
+        raise InvalidParameterError(
+            f"{name!r} has no text tower; patch-level CLIP models with one: "
+            f"{', '.join(list_clip_text_towers())}"
+        )
     image_name, kwargs, builder = _TEXT_REGISTRY[name]
     config = _entry(image_name)[0]
     path = resolve_weights(config, weights) if pretrained else None
     tower = builder(config, kwargs)
     if path is not None:
         state = read_state_dict(path)
-        load_into(tower.checkpoint_module(), tower.convert_state_dict(state), name=f"{config.name} text tower")
+        load_into(
+            tower.checkpoint_module(), tower.convert_state_dict(state), name=f"{config.name} text tower"
+        )
         scale = state.get("logit_scale", state.get("module.logit_scale"))
         if scale is not None:
             tower.logit_scale = float(scale.float().exp())

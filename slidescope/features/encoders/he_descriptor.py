@@ -105,6 +105,7 @@ index    name                   meaning
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -391,7 +392,25 @@ def describe_he(x: torch.Tensor) -> torch.Tensor:
 
 
 def _describe_half(x: torch.Tensor) -> torch.Tensor:
-    """:func:`describe_he` on 2x2-averaged RGB ``(B, 3, n, n)`` in [0, 1]."""
+    """:func:`describe_he` on 2x2-averaged RGB ``(B, 3, n, n)`` in [0, 1]: pixel maps, then the stain,
+    nuclei and texture groups of the feature table (each step adds its features to ``f``)."""
+    m = _pixel_maps(x)
+    f: dict[str, torch.Tensor] = {}
+    _stain_features(f, x, m)
+    _nuclei_features(f, m)
+    _texture_features(f, m)
+    missing = [k for k in FEATURE_NAMES if k not in f]
+    if missing or len(f) != EMBED_DIM:  # pragma: no cover - guards the table against drift
+        raise RuntimeError(f"he-descriptor feature table out of sync: missing {missing}, got {len(f)}")
+    return torch.stack([f[k] for k in FEATURE_NAMES], dim=1)
+
+
+def _std(mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    return (sq - mean * mean).clamp_min(0.0).sqrt()
+
+
+def _pixel_maps(x: torch.Tensor) -> dict[str, Any]:
+    """Per-pixel stain maps and their plain, in-tissue and in-nuclei means (one matrix product)."""
     b, _, n, _ = x.shape
     npx = n * n
     dev = x.device
@@ -449,12 +468,32 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
         "nuclear": 22,
     }
 
-    def std(mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-        return (sq - mean * mean).clamp_min(0.0).sqrt()
+    return {
+        "n": n,
+        "npx": npx,
+        "dev": dev,
+        "od": od,
+        "h": h,
+        "e": e,
+        "od_sum": od_sum,
+        "tissue": tissue,
+        "nuclear": nuclear,
+        "fat8": fat8,
+        "n_t": n_t,
+        "n_nuc": n_nuc,
+        "all_mean": all_mean,
+        "t_mean": t_mean,
+        "nuc_mean": nuc_mean,
+        "idx": idx,
+    }
 
-    f: dict[str, torch.Tensor] = {}
+
+def _stain_features(f: dict[str, torch.Tensor], x: torch.Tensor, m: dict[str, Any]) -> None:
+    """Tissue, fat and glass fractions; colour, optical density and H/E statistics."""
+    npx, n_t, all_mean, t_mean, idx = m["npx"], m["n_t"], m["all_mean"], m["t_mean"], m["idx"]
+    tissue, od_sum, h, e = m["tissue"], m["od_sum"], m["h"], m["e"]
     frac_t = n_t[:, 0] / npx
-    fat = fat8.mean(dim=(1, 2, 3))
+    fat = m["fat8"].mean(dim=(1, 2, 3))
     f["tissue_frac"] = frac_t
     f["fat_frac"] = fat
     f["glass_frac"] = (1.0 - frac_t - fat).clamp_min(0.0)
@@ -467,7 +506,7 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
     for i, c in enumerate("rgb"):
         f[f"rgb_mean_{c}"] = all_mean[:, i]
         f[f"rgb_mean_tissue_{c}"] = t_mean[:, i]
-    od_m, od_s = t_mean[:, idx["od"]], std(t_mean[:, idx["od"]], t_mean[:, idx["od2"]])
+    od_m, od_s = t_mean[:, idx["od"]], _std(t_mean[:, idx["od"]], t_mean[:, idx["od2"]])
     for i, c in enumerate("rgb"):
         f[f"od_mean_tissue_{c}"] = od_m[:, i]
         f[f"od_std_tissue_{c}"] = od_s[:, i]
@@ -480,7 +519,7 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
     f["lum_std"] = lum.flatten(1).std(dim=1, correction=0)
     f["sat_mean_tissue"] = t_mean[:, idx["sat"]]
     f["pale_frac_tissue"] = torch.where(count[:, 0, 0] > 0, 1.0 - above[:, 0, 0], 0.0)
-    hed_m, hed_s = t_mean[:, idx["hed"]], std(t_mean[:, idx["hed"]], t_mean[:, idx["hed2"]])
+    hed_m, hed_s = t_mean[:, idx["hed"]], _std(t_mean[:, idx["hed"]], t_mean[:, idx["hed2"]])
     for i, s in enumerate("he"):
         f[f"{s}_mean_tissue"] = hed_m[:, i]
         f[f"{s}_std_tissue"] = hed_s[:, i]
@@ -497,7 +536,14 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
     for j, t in enumerate(("0.15", "0.3", "0.6")):
         f[f"e_above_{t}"] = e_above[:, j]
 
-    # nuclei: local maxima of the blurred haematoxylin (sigma 1.5 px here = 3 input px; and at half that
+    m["samples"], m["count"] = samples, count
+
+
+def _nuclei_features(f: dict[str, torch.Tensor], m: dict[str, Any]) -> None:
+    """Nuclei as local maxima of the blurred haematoxylin: counts, sizes, darkness, crowding."""
+    n, npx, h, e, tissue, nuclear = m["n"], m["npx"], m["h"], m["e"], m["tissue"], m["nuclear"]
+    n_t, n_nuc, nuc_mean, idx = m["n_t"], m["n_nuc"], m["nuc_mean"], m["idx"]
+    # local maxima of the blurred haematoxylin (sigma 1.5 px here = 3 input px; and at half that
     # resolution for large nuclei)
     per_10k = 1e4 / (4.0 * npx)  # per 10^4 input pixels
     hs = _blur(h, 1.5)
@@ -515,7 +561,7 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
     f["blob_peak_h"], f["blob_dark_frac"] = pk[:, 0], pk[:, 1]
     f["blob_radius"] = (4.0 * n_nuc[:, 0] / n_small.clamp_min(1.0) / math.pi).sqrt()  # input px
     f["nuc_h_mean"] = nuc_mean[:, idx["hed"]][:, 0]
-    f["nuc_h_std"] = std(nuc_mean[:, idx["hed"]][:, 0], nuc_mean[:, idx["hed2"]][:, 0])
+    f["nuc_h_std"] = _std(nuc_mean[:, idx["hed"]][:, 0], nuc_mean[:, idx["hed2"]][:, 0])
     core3 = _erode(nuclear, 3)
     core5 = _erode(core3, 3)
     denom = n_nuc[:, 0].clamp_min(1.0)
@@ -529,7 +575,13 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
     f["nuc_block_max"] = per_block[:, 1].amax(dim=1)
     f["nuc_block_std"] = per_block[:, 1].std(dim=1, correction=0)
 
-    # texture: central differences of H, E and the OD sum
+    m["per_block"] = per_block
+
+
+def _texture_features(f: dict[str, torch.Tensor], m: dict[str, Any]) -> None:
+    """Texture: central differences of H, E and the OD sum, coherence, Laplacian energies, contrast."""
+    n, dev, h, e, od_sum, per_block = m["n"], m["dev"], m["h"], m["e"], m["od_sum"], m["per_block"]
+    bl = n // 8
     ch = torch.cat([h, e, od_sum], dim=1)
     gx = 0.5 * (ch[..., 1:-1, 2:] - ch[..., 1:-1, :-2])
     gy = 0.5 * (ch[..., 2:, 1:-1] - ch[..., :-2, 1:-1])
@@ -555,11 +607,6 @@ def _describe_half(x: torch.Tensor) -> torch.Tensor:
             f[f"contrast_{s}_{d}"] = con[:, i, j]
     bstd = per_block[:, 2:].std(dim=2, correction=0)
     f["block_std_tissue"], f["block_std_h"], f["block_std_e"] = bstd[:, 0], bstd[:, 1], bstd[:, 2]
-
-    missing = [k for k in FEATURE_NAMES if k not in f]
-    if missing or len(f) != EMBED_DIM:  # pragma: no cover - guards the table against drift
-        raise RuntimeError(f"he-descriptor feature table out of sync: missing {missing}, got {len(f)}")
-    return torch.stack([f[k] for k in FEATURE_NAMES], dim=1)
 
 
 class HEDescriptor(Encoder):

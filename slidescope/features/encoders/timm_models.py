@@ -142,7 +142,7 @@ class TimmEncoder(Encoder):
 
 
 # --------------------------------------------------------------------------------------------------
-# The presets. Kwargs are the published ones (REFERENCE-models.md §4: TRIDENT's loaders, the model cards).
+# The presets. Kwargs are the published ones (docs/REFERENCE-models.md §4: TRIDENT's loaders, the model cards).
 # --------------------------------------------------------------------------------------------------
 
 _SWIGLU = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}

@@ -222,6 +222,14 @@ class Aggregator(nn.Module):
 # shared building blocks
 
 
+def load_strict(module: nn.Module, state_dict: dict[str, Tensor], *, fix: str) -> None:
+    """Strictly load a reference model's (renamed) ``state_dict``; a mismatch is a user error saying ``fix``."""
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        raise InvalidParameterError(f"{fix} ({err})") from err
+
+
 def embed_mlp(in_dim: int, embed_dim: int, dropout: float, *, bias: bool = True) -> nn.Sequential:
     """The usual patch-embedding layer ``Linear(in_dim, embed_dim) -> ReLU -> Dropout``."""
     return nn.Sequential(nn.Linear(in_dim, embed_dim, bias=bias), nn.ReLU(), nn.Dropout(dropout))

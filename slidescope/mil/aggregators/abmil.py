@@ -7,8 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from ...errors import InvalidParameterError
-from ._base import Aggregator, AggregatorOutput, GatedAttention, embed_mlp, masked_softmax
+from ._base import Aggregator, AggregatorOutput, GatedAttention, embed_mlp, load_strict, masked_softmax
 from ._registry import register_aggregator
 
 __all__ = ["ABMIL"]
@@ -34,14 +33,15 @@ def _clean_clam_keys(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def _load_reference(module: nn.Module, state_dict: Mapping[str, Tensor], prefixes: Mapping[str, str]) -> None:
     """Strictly load a reference ``state_dict`` into ``module`` after renaming; a mismatch is a user error."""
-    try:
-        module.load_state_dict(_rename_keys(state_dict, prefixes), strict=True)
-    except RuntimeError as err:
-        raise InvalidParameterError(
-            f"{type(module).__name__} cannot load this reference state_dict ({err}); build it with the "
-            "reference's sizes (in_dim, num_classes, embed_dim/attn_dim...) and pass the reference model's "
-            "own state_dict() (strip a 'model.' prefix of Lightning checkpoints)"
-        ) from err
+    load_strict(
+        module,
+        _rename_keys(state_dict, prefixes),
+        fix=(
+            f"{type(module).__name__} cannot load this reference state_dict; build it with the reference's sizes "
+            "(in_dim, num_classes, embed_dim/attn_dim...) and pass the reference model's own state_dict() (strip a "
+            "'model.' prefix of Lightning checkpoints)"
+        ),
+    )
 
 
 @register_aggregator("abmil")

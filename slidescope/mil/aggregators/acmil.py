@@ -9,7 +9,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...errors import InvalidParameterError
-from ._base import Aggregator, AggregatorOutput, GatedAttention, bag_cross_entropy, masked_softmax
+from ._base import (
+    Aggregator,
+    AggregatorOutput,
+    GatedAttention,
+    bag_cross_entropy,
+    load_strict,
+    masked_softmax,
+)
 from ._registry import register_aggregator
 
 __all__ = ["ACMIL"]
@@ -126,14 +133,15 @@ class ACMIL(Aggregator):
                     _, m, rest = key.split(".", 2)
                     key = f"classifiers.{m}.1." + rest.removeprefix("fc.")
             mapped[key] = torch.as_tensor(value)
-        try:
-            self.load_state_dict(mapped, strict=True)
-        except RuntimeError as err:
-            raise InvalidParameterError(
+        load_strict(
+            self,
+            mapped,
+            fix=(
                 f"these are not the weights of an ACMIL_GA that fits ACMIL(in_dim={self.in_dim}, "
                 f"num_classes={self.num_classes}, n_token={self.n_token}); build it with the reference's D_feat, "
-                f"D_inner (embed_dim), n_class and n_token ({err})"
-            ) from err
+                f"D_inner (embed_dim), n_class and n_token"
+            ),
+        )
 
     def _stkim(self, raw: Tensor, mask: Tensor) -> Tensor:
         """(B, M, N) logits -> (B, M, N) bool, True where a tile is dropped for that branch."""

@@ -69,7 +69,10 @@ class _CLAM(Aggregator):
     has_aux_loss = True
     num_branches_is_classes: ClassVar[bool] = False
     #: CLAM parameter-name prefixes -> ours (``attention_net.3`` is CLAM's Attn_Net_Gated)
-    REFERENCE_KEYS: ClassVar[dict[str, str]] = {"attention_net.0.": "embed.0.", "attention_net.3.": "attention."}
+    REFERENCE_KEYS: ClassVar[dict[str, str]] = {
+        "attention_net.0.": "embed.0.",
+        "attention_net.3.": "attention.",
+    }
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ...errors import InvalidParameterError
-from ._base import Aggregator, AggregatorOutput, masked_max, masked_softmax
+from ._base import Aggregator, AggregatorOutput, load_strict, masked_max, masked_softmax
 from ._registry import register_aggregator
 
 __all__ = ["DSMIL"]
@@ -171,11 +171,12 @@ class DSMIL(Aggregator):
             elif key.startswith("b_classifier."):
                 key = key.removeprefix("b_classifier.")
             mapped[key] = torch.as_tensor(value)
-        try:
-            self.load_state_dict(mapped, strict=True)
-        except RuntimeError as err:
-            raise InvalidParameterError(
+        load_strict(
+            self,
+            mapped,
+            fix=(
                 f"these are not the weights of a dsmil-wsi MILNet that fits DSMIL(in_dim={self.in_dim}, "
                 f"num_classes={self.num_classes}); build it with the repository's feats_size, num_classes, "
-                f"nonlinear and passing_v ({err})"
-            ) from err
+                f"nonlinear and passing_v"
+            ),
+        )

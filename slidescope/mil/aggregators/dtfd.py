@@ -9,7 +9,14 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InvalidParameterError
-from ._base import Aggregator, AggregatorOutput, GatedAttention, bag_cross_entropy, masked_softmax
+from ._base import (
+    Aggregator,
+    AggregatorOutput,
+    GatedAttention,
+    bag_cross_entropy,
+    load_strict,
+    masked_softmax,
+)
 from ._registry import register_aggregator
 
 __all__ = ["DTFD"]
@@ -249,13 +256,14 @@ class DTFD(Aggregator):
                         key = new + key.removeprefix(old)
                         break
                 mapped[prefix + key] = torch.as_tensor(value)
-        try:
-            self.load_state_dict(mapped, strict=True)
-        except RuntimeError as err:
-            raise InvalidParameterError(
+        load_strict(
+            self,
+            mapped,
+            fix=(
                 f"this DTFD-MIL checkpoint does not fit DTFD(in_dim={self.in_dim}, num_classes={self.num_classes}, "
-                f"embed_dim=...); build it with the reference's in_chn, --mDim and --num_cls ({err})"
-            ) from err
+                f"embed_dim=...); build it with the reference's in_chn, --mDim and --num_cls"
+            ),
+        )
 
     def _forward(
         self, features: Tensor, mask: Tensor, labels: Tensor | None, groups: Tensor | None = None

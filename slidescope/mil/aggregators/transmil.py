@@ -31,7 +31,6 @@ from .abmil import _load_reference
 __all__ = ["TransMIL", "NystromAttention", "PPEG"]
 
 
-
 def _iterative_pinv(x: Tensor, iters: int) -> Tensor:
     """Moore-Penrose pseudo-inverse of softmax matrices by Newton-Schulz-type iterations.
 

@@ -28,8 +28,9 @@ class _SelfAttention(nn.Module):
         def split(t: Tensor) -> Tensor:
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)),
-                                             attn_mask=mask[:, None])
+        out = F.scaled_dot_product_attention(
+            split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x)), attn_mask=mask[:, None]
+        )
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -76,17 +77,23 @@ class BioGptModel(nn.Module):
         self.embed_scale = math.sqrt(config.hidden_size)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, config.hidden_size)
-        self.layers = nn.ModuleList(_Layer(config, context_dim, i >= self.first_x_attn_layer) for i in range(n))
+        self.layers = nn.ModuleList(
+            _Layer(config, context_dim, i >= self.first_x_attn_layer) for i in range(n)
+        )
         self.layer_norm = nn.LayerNorm(config.hidden_size)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, context: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, context: Tensor
+    ) -> tuple[Tensor, list[Tensor]]:
         keep = attention_mask.bool()
         positions = (keep.long().cumsum(1) * keep.long() - 1).clamp_min(0) + 2  # BioGPT's learned offset of 2
         x = self.embed_tokens(input_ids) * self.embed_scale + self.embed_positions(positions)
         n = input_ids.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         mask = causal[None] & keep[:, None, :]
-        mask = mask | torch.eye(n, dtype=torch.bool, device=x.device)[None]  # padded rows attend to themselves
+        mask = (
+            mask | torch.eye(n, dtype=torch.bool, device=x.device)[None]
+        )  # padded rows attend to themselves
         hidden = [x]
         for layer in self.layers:
             x = layer(x, mask, context)
@@ -108,9 +115,18 @@ class BioGptForCausalLM(nn.Module):
         return {"logits": self.output_projection(x), "hidden_states": tuple(hidden)}
 
     @torch.no_grad()
-    def generate(self, inputs: Tensor, key_value_states: Tensor, max_length: int = 100, do_sample: bool = False,
-                 num_beams: int = 1, num_beam_groups: int = 1, eos_token_id: Optional[int] = None,
-                 pad_token_id: int = 1, **kwargs) -> Tensor:
+    def generate(
+        self,
+        inputs: Tensor,
+        key_value_states: Tensor,
+        max_length: int = 100,
+        do_sample: bool = False,
+        num_beams: int = 1,
+        num_beam_groups: int = 1,
+        eos_token_id: Optional[int] = None,
+        pad_token_id: int = 1,
+        **kwargs,
+    ) -> Tensor:
         """Beam search (greedy for one beam) without a KV cache: small models only."""
         if do_sample or num_beam_groups != 1:
             raise NotImplementedError("the test stand-in decodes with plain beam search only")
@@ -127,7 +143,9 @@ class BioGptForCausalLM(nn.Module):
                     logits = self(seq[None], ctx, torch.ones_like(seq)[None])["logits"][0, -1]
                     top = logits.log_softmax(-1).topk(num_beams)
                     for lp, tok in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                        cand.append((torch.cat([seq, seq.new_tensor([tok])]), score + lp, tok == eos_token_id))
+                        cand.append(
+                            (torch.cat([seq, seq.new_tensor([tok])]), score + lp, tok == eos_token_id)
+                        )
                 beams = sorted(cand, key=lambda c: -c[1])[:num_beams]
             outs.append(beams[0][0])
         length = max(len(s) for s in outs)
@@ -135,8 +153,14 @@ class BioGptForCausalLM(nn.Module):
 
 
 class BioGPT(nn.Module):
-    def __init__(self, config, model_dir: Path, frozen_weights: bool = True, frozen_embeddings: bool = False,
-                 context_dim: int = 1280) -> None:
+    def __init__(
+        self,
+        config,
+        model_dir: Path,
+        frozen_weights: bool = True,
+        frozen_embeddings: bool = False,
+        context_dim: int = 1280,
+    ) -> None:
         super().__init__()
         self.context_dim = context_dim
         self.model = BioGptForCausalLM(config, context_dim)
@@ -158,18 +182,28 @@ class BioGPT(nn.Module):
 
     def tokenize(self, text: list[str]) -> Tensor:
         text = [t + self.tokenizer.eos_token for t in text]
-        return self.tokenizer(text=text, add_special_tokens=True, padding=True, return_tensors="pt",
-                              return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        return self.tokenizer(
+            text=text,
+            add_special_tokens=True,
+            padding=True,
+            return_tensors="pt",
+            return_token_type_ids=False,
+            return_attention_mask=False,
+        )["input_ids"]
 
     def untokenize(self, token_ids: Tensor) -> list[str]:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=False)
 
-    def forward(self, input_ids: Tensor, key_value_states: Tensor, attention_mask: Optional[Tensor] = None,
-                **kwargs) -> dict:
+    def forward(
+        self, input_ids: Tensor, key_value_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs
+    ) -> dict:
         cls = torch.full((input_ids.shape[0], 1), self.cls_token_id, device=input_ids.device)
         input_ids = torch.cat([input_ids, cls], dim=-1)
         if attention_mask is None:
             attention_mask = (input_ids != self.pad_id).long()
         out = self.model(input_ids, key_value_states, attention_mask)
         last_unimodal = self.model.biogpt.first_x_attn_layer - 1
-        return {"logits": out["logits"][:, :-1], "text_embedding": out["hidden_states"][last_unimodal + 1][:, -1]}
+        return {
+            "logits": out["logits"][:, :-1],
+            "text_embedding": out["hidden_states"][last_unimodal + 1][:, -1],
+        }

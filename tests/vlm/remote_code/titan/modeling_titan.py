@@ -24,8 +24,9 @@ class Titan(PreTrainedModel):
     def _init_weights(self, module: torch.nn.Module) -> None:
         pass  # every weight comes from the checkpoint
 
-    def encode_slide_from_patch_features(self, patch_features: torch.Tensor, patch_coords: torch.Tensor,
-                                         patch_size_lv0: int) -> torch.Tensor:
+    def encode_slide_from_patch_features(
+        self, patch_features: torch.Tensor, patch_coords: torch.Tensor, patch_size_lv0: int
+    ) -> torch.Tensor:
         return self.vision_encoder(patch_features, patch_coords, patch_size_lv0, no_proj=True)
 
     def encode_text(self, input_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -37,7 +38,9 @@ class Titan(PreTrainedModel):
         for names in classnames:
             per_name = []
             for name in names:
-                ids = self.text_encoder.tokenizer([t.replace("CLASSNAME", name) for t in templates]).to(device)
+                ids = self.text_encoder.tokenizer([t.replace("CLASSNAME", name) for t in templates]).to(
+                    device
+                )
                 per_name.append(self.encode_text(ids, normalize=True))
             w = torch.stack(per_name).mean(dim=(0, 1))
             weights.append(w / w.norm())

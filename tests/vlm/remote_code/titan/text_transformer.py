@@ -17,8 +17,9 @@ class Tokenizer:
         self.context_length = context_length
 
     def __call__(self, texts: list[str]) -> Tensor:
-        ids = self.hf(texts, padding="max_length", truncation=True, max_length=self.context_length,
-                      return_tensors="pt")["input_ids"]
+        ids = self.hf(
+            texts, padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+        )["input_ids"]
         return ids
 
 
@@ -31,8 +32,9 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(cfg["vocab_size"], width)
         self.positional_embedding = nn.Parameter(torch.randn(n, width) * 0.02)
         self.cls_emb = nn.Parameter(torch.randn(width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, cfg["heads"], 2 * width, dropout=0.0, batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            width, cfg["heads"], 2 * width, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.transformer = nn.TransformerEncoder(layer, cfg["layers"], enable_nested_tensor=False)
         self.ln_final = nn.LayerNorm(width)
         self.text_projection = nn.Parameter(torch.randn(width, cfg["embed_dim"]) * width**-0.5)

@@ -72,8 +72,9 @@ class Blocks(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, input_dim: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float,
-                 proj_dim: int) -> None:
+    def __init__(
+        self, input_dim: int, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float, proj_dim: int
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.patch_embed = Mlp(input_dim, embed_dim, embed_dim)
@@ -97,5 +98,6 @@ class VisionTransformer(nn.Module):
 
 
 def build_vision_tower(cfg: dict) -> VisionTransformer:
-    return VisionTransformer(cfg["input_dim"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["mlp_ratio"],
-                             cfg["proj_dim"])
+    return VisionTransformer(
+        cfg["input_dim"], cfg["embed_dim"], cfg["depth"], cfg["num_heads"], cfg["mlp_ratio"], cfg["proj_dim"]
+    )

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from slidescope.errors import InvalidParameterError
-from slidescope.wsi import make_synthetic_cohort, open_slide
+from slidescope.synthetic import make_synthetic_cohort
+from slidescope.wsi import open_slide
 
 
 def test_cohort(tmp_path) -> None:
@@ -33,8 +34,19 @@ def test_cohort(tmp_path) -> None:
         if r["label"] == "tumour":
             assert any(w in words for w in ("carcinoma", "tumour", "malignant", "neoplastic"))
         else:
-            assert any(w in words for w in ("benign", "no tumour", "negative", "no evidence", "no neoplasm",
-                                            "unremarkable", "non-neoplastic", "without malignancy"))
+            assert any(
+                w in words
+                for w in (
+                    "benign",
+                    "no tumour",
+                    "negative",
+                    "no evidence",
+                    "no neoplasm",
+                    "unremarkable",
+                    "non-neoplastic",
+                    "without malignancy",
+                )
+            )
     assert len({r["report"] for r in rows}) > 4  # varied wording
 
 

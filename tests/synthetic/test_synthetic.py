@@ -10,14 +10,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pytest
+import tiffslide
 from scipy import ndimage
 
 from slidescope.errors import InvalidParameterError
-from slidescope.wsi.synthetic import SyntheticSlide, make_synthetic_slide
-
-openslide = pytest.importorskip("openslide")
-tiffslide = pytest.importorskip("tiffslide")
+from slidescope.synthetic import SyntheticSlide, make_synthetic_slide
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_data" / "sample_slide.tiff"
