@@ -39,11 +39,17 @@ import torch
 from slidescope.vlm.fewshot import gda, linear_probe, tip_adapter
 
 
-def draw(rng: np.random.Generator, means: np.ndarray, n_per_class: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+def draw(
+    rng: np.random.Generator, means: np.ndarray, n_per_class: int, spread: float
+) -> tuple[np.ndarray, np.ndarray]:
     c, d = means.shape
     y = np.repeat(np.arange(c), n_per_class)
     # overlapping classes: isotropic noise plus a shared nuisance direction per slide (site/stain-like)
-    x = means[y] + spread * rng.normal(size=(len(y), d)) / np.sqrt(d) + 0.5 * rng.normal(size=(len(y), 1)) * means[0]
+    x = (
+        means[y]
+        + spread * rng.normal(size=(len(y), d)) / np.sqrt(d)
+        + 0.5 * rng.normal(size=(len(y), 1)) * means[0]
+    )
     return x / np.linalg.norm(x, axis=1, keepdims=True), y
 
 
@@ -62,7 +68,9 @@ def prior(x: np.ndarray, text: np.ndarray, scale: float = 100.0) -> torch.Tensor
 
 
 def accuracy(model, x: np.ndarray, y: np.ndarray, zs: torch.Tensor | None) -> float:
-    pred = model.predict(x, zero_shot_logits=zs) if getattr(model, "uses_zero_shot", False) else model.predict(x)
+    pred = (
+        model.predict(x, zero_shot_logits=zs) if getattr(model, "uses_zero_shot", False) else model.predict(x)
+    )
     return float((pred.numpy() == y).mean())
 
 
@@ -103,12 +111,16 @@ def run_hard(args: argparse.Namespace) -> None:
     model_dir, facts = hard.slide_text_model(s, args.cohort_seed, args.pool_seed, args.out)
     net, X, p_tumour = hard.joint_space(model_dir, rows, args.out)
     labels = np.array([r["label"] for r in rows])
-    print(f"hard cohort seed {args.cohort_seed}: {len(rows)} slides ({(labels == 'tumour').sum()} labelled tumour, "
-          f"observed labels with 8 % noise); slide-text model {'reused' if facts['reused'] else 'pretrained'} on "
-          f"{facts['slides']} development slides ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"hard cohort seed {args.cohort_seed}: {len(rows)} slides ({(labels == 'tumour').sum()} labelled tumour, "
+        f"observed labels with 8 % noise); slide-text model {'reused' if facts['reused'] else 'pretrained'} on "
+        f"{facts['slides']} development slides ({time.perf_counter() - t0:.0f} s)"
+    )
     zs_acc = float(((p_tumour >= 0.5) == (labels == "tumour")).mean())
-    print(f"{args.seeds} draws per cell of k support, {args.val_per_class} validation slides per class and the "
-          f"rest as test slides; zero-shot prior alone: {100 * zs_acc:.1f}% on all slides")
+    print(
+        f"{args.seeds} draws per cell of k support, {args.val_per_class} validation slides per class and the "
+        f"rest as test slides; zero-shot prior alone: {100 * zs_acc:.1f}% on all slides"
+    )
     print(f"{'method':<12} {'shots':>5} {'auto tuning':<14} {'auto %':>7} {'val %':>7} {'auto-val':>8}  ok")
     method = {"gda": "gda", "tip-adapter": "tip-adapter", "linear": "linear"}
     start, all_ok = time.perf_counter(), True
@@ -121,30 +133,53 @@ def run_hard(args: argparse.Namespace) -> None:
                 for c in ("normal", "tumour"):
                     idx = rng.permutation(np.flatnonzero(labels == c))
                     sup.append(idx[:k])
-                    val.append(idx[k:k + args.val_per_class])
+                    val.append(idx[k : k + args.val_per_class])
                 sup, val = np.concatenate(sup), np.concatenate(val)
                 test = np.setdiff1d(np.arange(len(rows)), np.concatenate([sup, val]))
-                common = dict(model=net, encoder="he-descriptor", method=method[m], classes=hard.PROMPTS, seed=d)
+                common = dict(
+                    model=net, encoder="he-descriptor", method=method[m], classes=hard.PROMPTS, seed=d
+                )
                 auto = few_shot(X[sup], list(labels[sup]), X[test], **common)
-                tuned = few_shot(X[sup], list(labels[sup]), X[test], val_stores=X[val], val_labels=list(labels[val]),
-                                 **common)
-                acc = [float((np.array(r.class_names)[r.probs.argmax(1).numpy()] == labels[test]).mean())
-                       for r in (auto, tuned)]
+                tuned = few_shot(
+                    X[sup],
+                    list(labels[sup]),
+                    X[test],
+                    val_stores=X[val],
+                    val_labels=list(labels[val]),
+                    **common,
+                )
+                acc = [
+                    float((np.array(r.class_names)[r.probs.argmax(1).numpy()] == labels[test]).mean())
+                    for r in (auto, tuned)
+                ]
                 res.append((*acc, auto.tuning))
             a, v = 100 * np.mean([r[0] for r in res]), 100 * np.mean([r[1] for r in res])
             tunings = "/".join(sorted({r[2] for r in res}))
             ok = a >= v - 1
             all_ok &= ok
-            print(f"{m:<12} {k:>5} {tunings:<14} {a:7.2f} {v:7.2f} {a - v:+8.2f}  {'yes' if ok else 'NO'}", flush=True)
-    print(f"every cell auto >= val - 1 point: {'yes' if all_ok else 'NO'} ({time.perf_counter() - start:.0f} s)")
+            print(
+                f"{m:<12} {k:>5} {tunings:<14} {a:7.2f} {v:7.2f} {a - v:+8.2f}  {'yes' if ok else 'NO'}",
+                flush=True,
+            )
+    print(
+        f"every cell auto >= val - 1 point: {'yes' if all_ok else 'NO'} ({time.perf_counter() - start:.0f} s)"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cohort", choices=("gaussian", "hard"), default="gaussian",
-                    help="'gaussian': the synthetic Gaussian problem; 'hard': the hard synthetic cohort")
-    ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "slidescope-bench-hard",
-                    help="(hard) working folder of bench_hard_cohort.py (tile pools and models are cached there)")
+    ap.add_argument(
+        "--cohort",
+        choices=("gaussian", "hard"),
+        default="gaussian",
+        help="'gaussian': the synthetic Gaussian problem; 'hard': the hard synthetic cohort",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "slidescope-bench-hard",
+        help="(hard) working folder of bench_hard_cohort.py (tile pools and models are cached there)",
+    )
     ap.add_argument("--cohort-seed", type=int, default=0, help="(hard) seed of the evaluated cohort")
     ap.add_argument("--pool-seed", type=int, default=0, help="(hard) seed of the rendered tile pool")
     ap.add_argument("--seeds", type=int, default=20)
@@ -172,8 +207,10 @@ def main() -> None:
         means, text = problem(seed, args.classes, args.dim)
         xt, yt = draw(np.random.default_rng(seed), means, args.test_per_class, args.spread)
         zs_only.append(float((prior(xt, text).argmax(1).numpy() == yt).mean()))
-    print(f"{args.classes} classes, {args.dim}-d, {args.seeds} seeds, {args.val_per_class} validation and "
-          f"{args.test_per_class} test slides per class; zero-shot prior alone: {100 * np.mean(zs_only):.1f}%")
+    print(
+        f"{args.classes} classes, {args.dim}-d, {args.seeds} seeds, {args.val_per_class} validation and "
+        f"{args.test_per_class} test slides per class; zero-shot prior alone: {100 * np.mean(zs_only):.1f}%"
+    )
     print(f"{'method':<12} {'shots':>5} {'auto tuning':<14} {'auto %':>7} {'val %':>7} {'auto-val':>8}  ok")
     start = time.perf_counter()
     for method in args.methods:
