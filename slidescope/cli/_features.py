@@ -7,14 +7,17 @@ import json
 import sys
 from pathlib import Path
 
+from typing import Any
+
 import typer
 
 from .._location import Location, join, location_name, write_text
-from ..wsi import DEFAULT_MIN_TISSUE
+from ..options import DEFAULT_OFFLINE_ENCODER, SlideOptions, TilingOptions, option_info, options_of
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
 from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
-from ._wsi import FORCE_SLIDE_MPP_HELP, PEN_HELP, SLIDE_MPP_HELP
+from ._schema import batch_size_option, schema_options
+from ._wsi import SLIDE_MPP_HELP
 
 #: exit code when some slides of a batch failed (the others are done)
 EXIT_SOME_FAILED = 1
@@ -39,13 +42,14 @@ def write_report(out: Location, command: str, results: list, extra: dict | None 
     return path
 
 
+#: the options `extract` shares with the schema: every tiling and embedding option
+_EXTRACT_OPTIONS = tuple(f.name for f in options_of(SlideOptions))
+
+
 @app.command()
+@schema_options(SlideOptions, _EXTRACT_OPTIONS, overrides={"encoder": {"default": DEFAULT_OFFLINE_ENCODER}})
 def extract(
     slides: list[str] = typer.Argument(..., help="Slide files, folders, glob patterns or a CSV manifest."),
-    encoder: str = typer.Option(
-        "he-descriptor", help="Encoder name (see `slidescope encoders`) or timm:<name>."
-    ),
-    weights: str | None = typer.Option(None, help="Local weights file or folder (offline use)."),
     stores: str | None = typer.Option(
         None,
         "--stores",
@@ -53,43 +57,24 @@ def extract(
         "path or an fsspec URL (s3://bucket/stores). Default: ./stores.",
     ),
     out_old: str | None = typer.Option(None, "--out", hidden=True, help="Deprecated name of --stores."),
-    mpp: float | None = typer.Option(None, help="Tile µm/px (default: what the encoder was trained at)."),
-    tile_size: int | None = typer.Option(None, "--tile-size", help="Tile px (default: the encoder's)."),
-    overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles."),
-    min_tissue: float = typer.Option(
-        DEFAULT_MIN_TISSUE, "--min-tissue", help="Minimum tissue fraction of a tile."
-    ),
-    pen: str = typer.Option("auto", "--pen", help=PEN_HELP),
-    batch_size: str = typer.Option("auto", "--batch-size", help="Tiles per batch or 'auto'."),
-    num_workers: int | None = typer.Option(
-        None, "--num-workers", help="Reader processes (default cores - 1)."
-    ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1..."),
     devices: str | None = typer.Option(None, help="Several devices, one process each: 'cuda:0,cuda:1'."),
-    precision: str | None = typer.Option(None, help="fp32, fp16 or bf16 (default: the model's on GPU)."),
-    dtype: str = typer.Option("float16", help="Stored embedding dtype: float16 or float32."),
-    stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard."),
-    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
-    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
-    backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
     dask_workers: int | None = DASK_WORKERS,
+    **options: Any,
 ) -> None:
     """Embed the tissue tiles of slides into Zarr stores (cached, resumable; bad slides are reported)."""
-    from ..features import create_encoder
-    from ..features.extract import extract_slides
+    from ..errors import InvalidParameterError
     from ..wsi import expand_slides
 
-    from ..errors import InvalidParameterError
-    from ..wsi._tissue import PEN_MODES
-
-    if pen not in PEN_MODES:  # a usage error, not one failure per slide
-        raise InvalidParameterError(f"--pen must be one of {', '.join(PEN_MODES)}, got {pen!r}")
+    modes = option_info(TilingOptions, "pen").allowed() or ()
+    if options["pen"] not in modes:  # a usage error, not one failure per slide
+        raise InvalidParameterError(f"--pen must be one of {', '.join(modes)}, got {options['pen']!r}")
     out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
+    assert out is not None  # the location of a name
     paths = expand_slides(slides)
     device_list = [d.strip() for d in devices.split(",")] if devices else None
-    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
+    options["batch_size"] = batch_size_option(options["batch_size"])
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
         if device_list:
@@ -97,29 +82,21 @@ def extract(
                 "--devices is for the local executor; with --executor dask each worker "
                 "takes one GPU (--device cuda)"
             )
-        results = _extract_on_executor(
-            runner,
-            paths,
-            out,
-            encoder=encoder,
-            weights=weights,
-            device=device,
-            precision=precision,
-            mpp=mpp,
-            tile_size=tile_size,
-            overlap=overlap,
-            min_tissue=min_tissue,
-            pen=pen,
-            slide_mpp=slide_mpp,
-            backend=backend,
-            force_slide_mpp=force_slide_mpp,
-            batch_size=bs,
-            num_workers=num_workers,
-            dtype=dtype,
-            stain=stain,
-        )
-        _finish_extract(out, encoder, results, digest=None)
+        results = _extract_on_executor(runner, paths, out, **options)
+        _finish_extract(out, options["encoder"], results, digest=None)
         return
+    results, digest = _extract_here(paths, out, device_list, **options)
+    _finish_extract(out, options["encoder"], results, digest=digest)
+
+
+def _extract_here(
+    paths: list, out: Location, device_list: list[str] | None, **options: Any
+) -> tuple[list, str | None]:
+    """The slides in this process (or one process per device of ``device_list``); results and weights digest."""
+    from ..features import create_encoder
+    from ..features.extract import extract_slides
+
+    encoder, device, precision = options.pop("encoder"), options.pop("device"), options.pop("precision")
     if device_list and len(device_list) > 1:
         if precision:
             raise typer.BadParameter(
@@ -128,29 +105,10 @@ def extract(
         enc, digest = encoder, None  # each device process builds its own
     else:
         enc = create_encoder(
-            encoder, weights=weights, device=(device_list or [device])[0], precision=precision
+            encoder, weights=options["weights"], device=(device_list or [device])[0], precision=precision
         )
         digest = enc.weights_digest
-    results = extract_slides(
-        paths,
-        enc,
-        store=out,
-        mpp=mpp,
-        tile_size=tile_size,
-        overlap=overlap,
-        min_tissue=min_tissue,
-        pen=pen,
-        slide_mpp=slide_mpp,
-        force_slide_mpp=force_slide_mpp,
-        backend=backend,
-        batch_size=bs,
-        num_workers=num_workers,
-        dtype=dtype,
-        stain=stain,
-        weights=weights,
-        devices=device_list,
-    )
-    _finish_extract(out, encoder, results, digest=digest)
+    return extract_slides(paths, enc, store=out, devices=device_list, **options), digest
 
 
 def _extract_on_executor(executor, paths: list, out: Location, **options) -> list:

@@ -193,7 +193,7 @@ def score(
     out_csv = local(out, "--out of score (the predictions CSV)")
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
-        from ..pipeline._dask import StoreCall, map_stores
+        from ..pipeline import StoreCall, map_stores
 
         call = StoreCall(
             "slidescope.mil.score:score",

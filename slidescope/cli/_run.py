@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
+from typing import Any
+
 import typer
 
-from ..wsi import DEFAULT_MIN_TISSUE
+from ..options import options_of
+from ..pipeline import RunConfig
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
 from ._locations import local
+from ._schema import batch_size_option, schema_options
 
 #: exit code when some slides failed (the others are done); 2 is a usage or configuration error
 EXIT_SOME_FAILED = 1
@@ -32,20 +36,16 @@ def _show(value: object) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+#: the options of `run` that are fields of the run configuration (all of them but progress)
+_RUN_OPTIONS = tuple(f.name for f in options_of(RunConfig))
+
+
 @app.command("run")
+@schema_options(RunConfig, _RUN_OPTIONS, from_schema=False)
 def run_cmd(
     slides: list[str] = typer.Argument(
         None, help="Slide files, folders, glob patterns or a CSV manifest (or 'slides:' in --config)."
     ),
-    encoder: str | None = typer.Option(None, help="Patch encoder (see `slidescope encoders`)."),
-    model: list[str] = typer.Option(
-        None, "--model", help="MIL checkpoint (best.ckpt) or training run folder; repeat for an ensemble."
-    ),
-    prompts: str | None = typer.Option(None, help="Zero-shot prompts YAML (needs --slide-text-model)."),
-    slide_text_model: str | None = typer.Option(
-        None, "--slide-text-model", help="Saved slide-text model folder for zero-shot (pretrain's OUT/model)."
-    ),
-    out: str | None = typer.Option(None, help="Results folder (local; required, here or in --config)."),
     config: str | None = typer.Option(
         None, help="YAML or TOML file with any of these options (long names as keys); flags override it."
     ),
@@ -54,70 +54,13 @@ def run_cmd(
         "--dry-run",
         help="Print the resolved configuration and what would happen to each slide; write nothing.",
     ),
-    weights: str | None = typer.Option(None, help="Local encoder weights file or folder (offline use)."),
-    stores: str | None = typer.Option(
-        None,
-        help="Embedding-store folder (default: OUT/stores); a local path or an "
-        "fsspec URL (s3://bucket/stores).",
-    ),
-    mpp: float | None = typer.Option(None, help="Tile µm/px (default: the encoder's)."),
-    tile_size: int | None = typer.Option(None, "--tile-size", help="Tile px (default: the encoder's)."),
-    overlap: int | None = typer.Option(None, help="Pixels shared by neighbouring tiles (default: 0)."),
-    min_tissue: float | None = typer.Option(
-        None, "--min-tissue", help=f"Minimum tissue fraction of a tile (default: {DEFAULT_MIN_TISSUE:g})."
-    ),
-    pen: str | None = typer.Option(
-        None,
-        "--pen",
-        help="Pen-mark removal in tissue detection: auto (on, but off "
-        "on slides that look like IHC), on or off (default: auto).",
-    ),
-    slide_mpp: float | None = typer.Option(
-        None,
-        "--slide-mpp",
-        help="Level-0 pixel size (µm/px) filled in for "
-        "slides whose metadata lacks it; a slide's own pixel size wins.",
-    ),
-    force_slide_mpp: float | None = typer.Option(
-        None,
-        "--force-slide-mpp",
-        help="Level-0 pixel size (µm/px) imposed on every slide, overriding its metadata.",
-    ),
-    backend: str | None = typer.Option(None, help="auto, openslide or tiffslide (default: auto)."),
-    stain: str | None = typer.Option(None, help="Stain normalisation: macenko or reinhard (default: none)."),
-    dtype: str | None = typer.Option(
-        None, help="Stored embedding dtype: float16 or float32 (default: float16)."
-    ),
-    precision: str | None = typer.Option(
-        None, help="fp32, fp16 or bf16 (default: the model's on GPU, fp32 on CPU)."
-    ),
-    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:1... (default: auto)."),
-    batch_size: str | None = typer.Option(
-        None, "--batch-size", help="Tiles per batch or 'auto' (default: auto)."
-    ),
-    num_workers: int | None = typer.Option(
-        None, "--num-workers", help="Reader processes per slide (default: one per core on CPU)."
-    ),
-    zero_shot_level: str | None = typer.Option(
-        None, "--zero-shot-level", help="slide, or tile: MI-Zero top-k pooling (default: slide)."
-    ),
-    prompt_ensemble: str | None = typer.Option(
-        None, "--prompt-ensemble", help="mean-embedding or sum-probability (default: mean-embedding)."
-    ),
-    heatmaps: bool | None = typer.Option(
-        None, "--heatmaps/--no-heatmaps", help="Heatmap PNG + GeoJSON per slide (default: on)."
-    ),
-    heatmap_size: int | None = typer.Option(
-        None, "--heatmap-size", help="Heatmap thumbnail px (default: 1024)."
-    ),
-    cmap: str | None = typer.Option(None, help="inferno, viridis, magma or jet (default: inferno)."),
-    normalize: str | None = typer.Option(None, help="Heatmap scores: rank or minmax (default: rank)."),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
     dask_workers: int | None = DASK_WORKERS,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (slides/s, tiles/s)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bar."),
+    **options: Any,
 ) -> None:
     """Score slides end to end: open, tissue, tiles, embeddings (cached), MIL and/or zero-shot, heatmaps.
 
@@ -132,43 +75,8 @@ def run_cmd(
     _logging(verbose, quiet)
     config = local(config, "--config of run")
     runner = chosen_executor(executor, scheduler, dask_workers, config=config)
-    bs: int | str | None = batch_size
-    if batch_size is not None and batch_size != "auto":
-        try:
-            bs = int(batch_size)
-        except ValueError:
-            raise typer.BadParameter(
-                f"--batch-size must be a whole number or 'auto', got {batch_size!r}"
-            ) from None
-    options = dict(
-        encoder=encoder,
-        model=model or None,
-        prompts=prompts,
-        slide_text_model=slide_text_model,
-        out=out,
-        weights=weights,
-        stores=stores,
-        mpp=mpp,
-        tile_size=tile_size,
-        overlap=overlap,
-        min_tissue=min_tissue,
-        pen=pen,
-        slide_mpp=slide_mpp,
-        force_slide_mpp=force_slide_mpp,
-        backend=backend,
-        stain=stain,
-        dtype=dtype,
-        precision=precision,
-        device=device,
-        batch_size=bs,
-        num_workers=num_workers,
-        zero_shot_level=zero_shot_level,
-        prompt_ensemble=prompt_ensemble,
-        heatmaps=heatmaps,
-        heatmap_size=heatmap_size,
-        cmap=cmap,
-        normalize=normalize,
-    )
+    options["batch_size"] = batch_size_option(options["batch_size"])
+    options["model"] = options["model"] or None
     try:
         res = run(
             slides or None,

@@ -193,7 +193,7 @@ def zero_shot(
     runner = chosen_executor(executor, scheduler, dask_workers)
     if runner is not None:
         from .._location import expand_stores
-        from ..pipeline._dask import StoreCall, map_stores
+        from ..pipeline import StoreCall, map_stores
 
         call = StoreCall("slidescope.vlm.api:zero_shot", after=(prompts_file,), kwargs=options, device=device)
         rows = map_stores(runner, call, [str(p) for p in expand_stores(locations)])

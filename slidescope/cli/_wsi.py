@@ -5,35 +5,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Any
+
 import typer
 
-from ..wsi import DEFAULT_MIN_TISSUE
+from ..options import TilingOptions, option_info
 from . import app
 from ._locations import local
+from ._schema import help_text, schema_options
 
-PEN_HELP = (
-    "Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
-    "counterstain would be taken for ink), on or off."
-)
-SLIDE_MPP_HELP = (
-    "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)."
-)
-FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding the metadata."
+#: ``--slide-mpp`` of the commands that read slides without tiling them (import-h5)
+SLIDE_MPP_HELP = help_text(option_info(TilingOptions, "slide_mpp"), None, None)
+
+
+#: the options of the slide reader
+_READING = ("backend", "slide_mpp", "force_slide_mpp")
 
 
 @app.command()
+@schema_options(TilingOptions, _READING)
 def info(
     slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
-    backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
-    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
-    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    **reading: Any,
 ) -> None:
     """Describe a slide: format, size, levels, mpp (and where it came from), magnification, images."""
     from ..wsi import open_slide
     from ..errors import MissingMppError
 
-    with open_slide(slide, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp) as s:
+    with open_slide(slide, **reading) as s:
         try:
             mpp, mpp_source = list(s.mpp), s.mpp_source
         except MissingMppError as err:
@@ -76,20 +76,19 @@ def info(
 
 
 @app.command()
+@schema_options(
+    TilingOptions,
+    ("mpp", "tile_size", "overlap", "min_tissue", "pen", *_READING),
+    overrides={  # no encoder here to take the resolution from
+        "mpp": {"default": 0.5, "help": "Target µm per pixel of the tiles (0.5 ~ 20x)."},
+        "tile_size": {"default": 224, "help": "Tile side in pixels at --mpp."},
+    },
+)
 def tile(
     slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
-    mpp: float = typer.Option(0.5, help="Target µm per pixel of the tiles (0.5 ~ 20x)."),
-    tile_size: int = typer.Option(224, "--tile-size", help="Tile side in pixels at --mpp."),
-    overlap: int = typer.Option(0, help="Pixels shared by neighbouring tiles, at --mpp."),
-    min_tissue: float = typer.Option(
-        DEFAULT_MIN_TISSUE, "--min-tissue", help="Keep tiles with at least this tissue fraction."
-    ),
     out: str | None = typer.Option(None, help="Local output folder (default: ./<slide name>.tiles)."),
-    backend: str = typer.Option("auto", help="auto, openslide or tiffslide."),
-    slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
-    force_slide_mpp: float | None = typer.Option(None, "--force-slide-mpp", help=FORCE_SLIDE_MPP_HELP),
     mask_mpp: float = typer.Option(8.0, "--mask-mpp", help="µm/px at which tissue is detected."),
-    pen: str = typer.Option("auto", "--pen", help=PEN_HELP),
+    **options: Any,
 ) -> None:
     """Find the tissue and tile it at an exact physical resolution.
 
@@ -99,13 +98,17 @@ def tile(
     import numpy as np
     from PIL import Image
 
-    from ..wsi import detect_tissue, make_tile_grid, open_slide
-    from ..wsi._render import render_tiling
+    from ..wsi import detect_tissue, make_tile_grid, open_slide, render_tiling
 
-    with open_slide(slide, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp) as s:
-        mask = detect_tissue(s, mpp=mask_mpp, pen=pen)
+    t = TilingOptions(**options)
+    mpp, tile_size = (
+        float(options["mpp"]),
+        int(options["tile_size"]),
+    )  # given: their defaults are numbers here
+    with open_slide(slide, **{k: getattr(t, k) for k in _READING}) as s:
+        mask = detect_tissue(s, mpp=mask_mpp, pen=t.pen)
         grid = make_tile_grid(
-            s, tile_size=tile_size, mpp=mpp, overlap=overlap, min_tissue=min_tissue, mask=mask
+            s, tile_size=tile_size, mpp=mpp, overlap=t.overlap, min_tissue=t.min_tissue, mask=mask
         )
         folder = local(out, "--out of tile (the tiles folder)") or Path.cwd() / f"{s.path.name}.tiles"
         folder.mkdir(parents=True, exist_ok=True)

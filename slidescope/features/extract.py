@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from ..errors import InvalidParameterError
-from ..wsi import DEFAULT_MIN_TISSUE, Slide, TileDataset, TileGrid, open_slide
+from ..options import EmbeddingOptions, SlideOptions, TilingOptions, values_of
+from ..wsi import Slide, TileDataset, TileGrid, open_slide
 from .encoders import Encoder, create_encoder
 from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_fingerprint, store_path
 
@@ -208,18 +209,51 @@ def _auto_batch_size(device: torch.device, encoder: Encoder) -> int:
     return 256 if encoder.config.embed_dim <= 1024 else 128
 
 
+def _ready_encoder(encoder: Encoder | str, device: str | torch.device) -> tuple[Encoder, torch.device]:
+    """The encoder (built on ``device`` when given by name) and the device it is on; convolutional
+    encoders on a GPU in channels-last memory format (faster convolutions on tensor cores)."""
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder, device=device)
+    dev = next((p.device for p in encoder.parameters()), None) or next(
+        (b.device for b in encoder.buffers()), torch.device("cpu")
+    )
+    if dev.type == "cuda" and _has_conv(encoder):
+        encoder = encoder.to(memory_format=torch.channels_last)
+    return encoder, dev
+
+
+def _batch_and_workers(
+    encoder: Encoder, dev: torch.device, batch_size: int | str, num_workers: int | None, name: str
+) -> tuple[int, int]:
+    """The batch size (``"auto"`` resolved) and the reader processes (none in a daemonic process)."""
+    if batch_size == "auto":
+        batch_size = _auto_batch_size(dev, encoder)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidParameterError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    workers = default_num_workers(dev) if num_workers is None else int(num_workers)
+    if workers > 0 and in_daemonic_process():
+        # a Dask worker (or a multiprocessing.Pool worker) may not start reader processes
+        (log.info if num_workers is None else log.warning)(
+            "%s: reading tiles in this process (num_workers=0): a daemonic process such as a Dask worker "
+            "cannot start reader processes",
+            name,
+        )
+        workers = 0
+    return batch_size, workers
+
+
 def extract_features(
     slide: Slide | str | os.PathLike[str],
     grid: TileGrid,
     encoder: Encoder | str,
     *,
     store: str | os.PathLike[str],
-    batch_size: int | str = "auto",
-    num_workers: int | None = None,
-    device: str | torch.device = "auto",
-    dtype: str = "float16",
+    batch_size: int | str = EmbeddingOptions.batch_size,
+    num_workers: int | None = EmbeddingOptions.num_workers,
+    device: str | torch.device = EmbeddingOptions.device,
+    dtype: str = EmbeddingOptions.dtype,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    stain: str | None = None,
+    stain: str | None = EmbeddingOptions.stain,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -311,26 +345,8 @@ def extract_features(
         raise InvalidParameterError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     if not isinstance(slide, Slide):
         slide = open_slide(slide)
-    if isinstance(encoder, str):
-        encoder = create_encoder(encoder, device=device)
-    dev = next((p.device for p in encoder.parameters()), None) or next(
-        (b.device for b in encoder.buffers()), torch.device("cpu")
-    )
-    if dev.type == "cuda" and _has_conv(encoder):
-        encoder = encoder.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
-    if batch_size == "auto":
-        batch_size = _auto_batch_size(dev, encoder)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidParameterError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
-    workers = default_num_workers(dev) if num_workers is None else int(num_workers)
-    if workers > 0 and in_daemonic_process():
-        # a Dask worker (or a multiprocessing.Pool worker) may not start reader processes
-        (log.info if num_workers is None else log.warning)(
-            "%s: reading tiles in this process (num_workers=0): a daemonic process such as a Dask worker "
-            "cannot start reader processes",
-            slide.path.name,
-        )
-        workers = 0
+    encoder, dev = _ready_encoder(encoder, device)
+    batch_size, workers = _batch_and_workers(encoder, dev, batch_size, num_workers, slide.path.name)
     normalizer = None
     if stain:
         from .stain import make_normalizer
@@ -492,16 +508,16 @@ def extract_slides(
     encoder: Encoder | str,
     *,
     store: str | os.PathLike[str],
-    mpp: float | None = None,
-    tile_size: int | None = None,
-    overlap: int = 0,
-    min_tissue: float = DEFAULT_MIN_TISSUE,
-    pen: str = "auto",
-    slide_mpp: float | None = None,
-    force_slide_mpp: float | None = None,
-    backend: str = "auto",
-    weights: str | None = None,
-    device: str = "auto",
+    mpp: float | None = TilingOptions.mpp,
+    tile_size: int | None = TilingOptions.tile_size,
+    overlap: int = TilingOptions.overlap,
+    min_tissue: float = TilingOptions.min_tissue,
+    pen: str = TilingOptions.pen,
+    slide_mpp: float | None = TilingOptions.slide_mpp,
+    force_slide_mpp: float | None = TilingOptions.force_slide_mpp,
+    backend: str = TilingOptions.backend,
+    weights: str | None = EmbeddingOptions.weights,
+    device: str = EmbeddingOptions.device,
     devices: list[str] | None = None,
     progress: bool = True,
     **kwargs: Any,
@@ -517,8 +533,7 @@ def extract_slides(
     """
     from tqdm.auto import tqdm
 
-    from ..wsi import detect_tissue, make_tile_grid
-    from ..wsi._tissue import pen_hint
+    from ..wsi import detect_tissue, make_tile_grid, pen_hint
 
     slides = list(slides)
     if devices is not None and len(devices) > 1:
@@ -627,29 +642,14 @@ def _extract_on_devices(
 # -- one slide as a task for an executor (``slidescope extract --executor dask``) -----------------------
 
 
-@dataclass(frozen=True)
-class ExtractJob:
+@dataclass(frozen=True, kw_only=True)
+class ExtractJob(SlideOptions):
     """The options of ``slidescope extract`` for one slide task; frozen and picklable (it goes to workers).
 
-    ``out`` is the store folder (or an fsspec URL); ``device`` decides whether a task asks for a GPU."""
+    The tiling and embedding options of :mod:`slidescope.options` (defaults defined there) and ``out``, the
+    store folder (or an fsspec URL); ``device`` decides whether a task asks for a GPU."""
 
     out: str
-    encoder: str
-    weights: str | None = None
-    device: str = "auto"
-    precision: str | None = None
-    mpp: float | None = None
-    tile_size: int | None = None
-    overlap: int = 0
-    min_tissue: float = DEFAULT_MIN_TISSUE
-    pen: str = "auto"
-    slide_mpp: float | None = None
-    force_slide_mpp: float | None = None
-    backend: str = "auto"
-    batch_size: int | str = "auto"
-    num_workers: int | None = None
-    dtype: str = "float16"
-    stain: str | None = None
 
     @property
     def attempts_dir(self) -> Path | None:
@@ -672,14 +672,7 @@ def extract_job(slide: str, job: ExtractJob) -> ExtractionResult:
         [slide],
         encoder,
         store=job.out,
-        mpp=job.mpp,
-        tile_size=job.tile_size,
-        overlap=job.overlap,
-        min_tissue=job.min_tissue,
-        pen=job.pen,
-        slide_mpp=job.slide_mpp,
-        force_slide_mpp=job.force_slide_mpp,
-        backend=job.backend,
+        **values_of(job, TilingOptions),
         batch_size=job.batch_size,
         num_workers=job.num_workers,
         dtype=job.dtype,

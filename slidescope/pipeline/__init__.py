@@ -4,6 +4,8 @@
   slides to an executor, rewrite the report and the predictions after each slide;
 * :func:`process_slide` - one slide, start to finish: a module-level function of ``(slide, config)``
   returning a :class:`SlideOutcome`, so any executor can run it in other processes;
+* :func:`embed_slide` - one slide's tissue -> tile grid -> stored embeddings, shared with the viewer's
+  analysis (:class:`EmbeddedSlide`);
 * :class:`RunConfig` - the frozen configuration (from options and/or a YAML/TOML file);
 * :class:`Executor` - the seam: ``executor.map(process_slide, slides, config)`` yields outcomes;
   :class:`LocalExecutor` (this process, in order) is the default; :class:`DaskExecutor` runs one Dask
@@ -23,7 +25,8 @@ from ._config import (
     resolve_config,
     result_signature,
 )
-from ._dask import DaskExecutor
+from ._dask import DaskExecutor, StoreCall, map_stores
+from ._embed import EmbeddedSlide, embed_slide
 from ._run import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -42,15 +45,19 @@ __all__ = [
     "EXECUTION_KEYS",
     "EXIT_OK",
     "EXIT_SOME_FAILED",
+    "EmbeddedSlide",
     "Executor",
     "LocalExecutor",
     "PlannedSlide",
     "RunConfig",
     "RunResult",
     "SlideOutcome",
+    "StoreCall",
+    "embed_slide",
     "execution_options",
     "load_config_file",
     "make_executor",
+    "map_stores",
     "plan_slide",
     "process_slide",
     "record_path",

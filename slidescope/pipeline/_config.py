@@ -15,14 +15,14 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._location import as_location
 from ..errors import InvalidParameterError
-from ..wsi import DEFAULT_MIN_TISSUE
+from ..options import SlideOptions, one_of, option, option_info, options_of
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,20 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RunConfig:
+#: zero-shot prompt ensembling (:func:`slidescope.vlm.zero_shot`)
+_ENSEMBLES = ("mean-embedding", "sum-probability")
+#: heatmap colour maps and score normalisations (:func:`slidescope.mil.heatmap`)
+_CMAPS = ("inferno", "viridis", "magma", "jet")
+_NORMALIZE = ("rank", "minmax")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(SlideOptions):
     """Everything one slide's processing needs; frozen and picklable (it travels to worker processes).
+
+    The tiling and embedding options are those of :class:`~slidescope.options.TilingOptions` and
+    :class:`~slidescope.options.EmbeddingOptions` (defaults, choices and help defined there, once); the
+    fields below are the run's own. Every field is a keyword (``RunConfig(out=..., encoder=...)``).
 
     Attributes
     ----------
@@ -74,33 +85,41 @@ class RunConfig:
     progress : show a per-slide tile progress bar (execution only, not part of the results' signature).
     """
 
-    out: str
-    encoder: str
-    model: tuple[str, ...] = ()
-    slide_text_model: str | None = None
-    prompts: str | None = None
-    weights: str | None = None
-    stores: str | None = None
-    mpp: float | None = None
-    tile_size: int | None = None
-    overlap: int = 0
-    min_tissue: float = DEFAULT_MIN_TISSUE
-    pen: str = "auto"
-    slide_mpp: float | None = None
-    force_slide_mpp: float | None = None
-    backend: str = "auto"
-    stain: str | None = None
-    dtype: str = "float16"
-    precision: str | None = None
-    device: str = "auto"
-    batch_size: int | str = "auto"
-    num_workers: int | None = None
-    zero_shot_level: str = "slide"
-    prompt_ensemble: str = "mean-embedding"
-    heatmaps: bool = True
-    heatmap_size: int = 1024
-    cmap: str = "inferno"
-    normalize: str = "rank"
+    out: str = option(kind="path", help="Results folder (local; required, here or in --config)")
+    model: tuple[str, ...] = option(
+        (), kind="paths", help="MIL checkpoint (best.ckpt) or training run folder; repeat for an ensemble"
+    )
+    slide_text_model: str | None = option(
+        None, kind="path", help="Saved slide-text model folder for zero-shot (pretrain's OUT/model)"
+    )
+    prompts: str | None = option(None, kind="path", help="Zero-shot prompts YAML (needs --slide-text-model)")
+    stores: str | None = option(
+        None,
+        kind="path",
+        help="Embedding-store folder; a local path or an fsspec URL (s3://bucket/stores)",
+        default_text="OUT/stores",
+    )
+    zero_shot_level: str = option(
+        "slide", kind="str", choices=("slide", "tile"), help="slide, or tile: MI-Zero top-k pooling"
+    )
+    prompt_ensemble: str = option("mean-embedding", kind="str", choices=_ENSEMBLES, help=one_of(_ENSEMBLES))
+    heatmaps: bool = option(
+        True,
+        kind="bool",
+        help="Heatmap PNG + GeoJSON per slide",
+        default_text="on",
+        flag="--heatmaps/--no-heatmaps",
+    )
+    heatmap_size: int = option(1024, kind="int", help="Heatmap thumbnail px")
+    cmap: str = option(
+        "inferno",
+        kind="str",
+        choices=("inferno", "viridis", "magma", "jet"),
+        help="inferno, viridis, magma or jet",
+    )
+    normalize: str = option(
+        "rank", kind="str", choices=_NORMALIZE, help=f"Heatmap scores: {one_of(_NORMALIZE)}"
+    )
     progress: bool = field(default=False, compare=False)
 
     @property
@@ -131,36 +150,14 @@ class RunConfig:
 #: the path keys that may be fsspec URLs; every other path (results folder, models, prompts) must be local
 _URL_KEYS = frozenset({"slides", "stores"})
 
-#: key -> (type, allowed values or None); "path"/"paths" are resolved against the config file's folder
-_SPEC: dict[str, tuple[str, tuple[Any, ...] | None]] = {
-    "slides": ("paths", None),
-    "out": ("path", None),
-    "encoder": ("str", None),
-    "model": ("paths", None),
-    "slide_text_model": ("path", None),
-    "prompts": ("path", None),
-    "weights": ("path", None),
-    "stores": ("path", None),
-    "mpp": ("float", None),
-    "tile_size": ("int", None),
-    "overlap": ("int", None),
-    "min_tissue": ("float", None),
-    "pen": ("str", ("auto", "on", "off")),
-    "slide_mpp": ("float", None),
-    "force_slide_mpp": ("float", None),
-    "backend": ("str", ("auto", "openslide", "tiffslide")),
-    "stain": ("str", ("macenko", "reinhard")),
-    "dtype": ("str", ("float16", "float32")),
-    "precision": ("str", ("fp32", "fp16", "bf16")),
-    "device": ("str", None),
-    "batch_size": ("batch", None),
-    "num_workers": ("int", None),
-    "zero_shot_level": ("str", ("slide", "tile")),
-    "prompt_ensemble": ("str", ("mean-embedding", "sum-probability")),
-    "heatmaps": ("bool", None),
-    "heatmap_size": ("int", None),
-    "cmap": ("str", ("inferno", "viridis", "magma", "jet")),
-    "normalize": ("str", ("rank", "minmax")),
+#: key -> (kind, allowed values or None), derived from the option schema (:mod:`slidescope.options`);
+#: "path"/"paths" are resolved against the config file's folder
+_SPEC: dict[str, tuple[str, Callable[[], tuple[str, ...] | None]]] = {
+    "slides": ("paths", lambda: None),
+    **{
+        f.name: (option_info(RunConfig, f.name).kind, option_info(RunConfig, f.name).allowed)
+        for f in options_of(RunConfig)
+    },
 }
 
 #: where the slides run (not part of the results' signature): ``executor`` local or dask, the address
@@ -185,7 +182,7 @@ def _unknown_key(key: str, where: str) -> InvalidParameterError:
 
 def _coerce(key: str, value: Any, where: str, base: Path | None) -> Any:
     """One config value, checked against its type and allowed values (``None`` stays ``None``)."""
-    kind, choices = _SPEC[key]
+    kind, allowed = _SPEC[key]
     name = key.replace("_", "-")
     if value is None:
         return None
@@ -233,6 +230,7 @@ def _coerce(key: str, value: Any, where: str, base: Path | None) -> Any:
         return int(value)
     if not isinstance(value, str):
         raise bad("text")
+    choices = allowed()
     if choices is not None and value not in choices:
         raise InvalidParameterError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
     return value

@@ -201,7 +201,9 @@ class DaskExecutor:
             threads_per_worker=threads,
             processes=True,
             resources={"GPU": 1} if n_gpus else None,
-            dashboard_address=None,
+            # a free port, never the default 8787: two runs (or a user's own cluster) on one machine must not
+            # collide over the dashboard port
+            dashboard_address=":0",
         )
         client = distributed.Client(cluster)
         if n_gpus:

@@ -238,35 +238,23 @@ def run(
     paths, cfg = resolve_config(slides, config=config, progress=progress and sys.stderr.isatty(), **options)
     _duplicate_keys(paths)
     signature = result_signature(cfg)
-    plan: list[PlannedSlide] = []
-    records: dict[str, dict[str, Any]] = {}
-    for p in paths:
-        action, reason, rec = plan_slide(p, cfg)
-        plan.append(PlannedSlide(slide=str(p), key=slide_key(p), action=action, reason=reason))
-        if action == "skip" and rec is not None:
-            records[str(p)] = rec
+    plan, records = _plan(paths, cfg)
     result = RunResult(out=cfg.out_dir, config=cfg, plan=plan, dry_run=dry_run)
     if dry_run:
         return result
 
     todo = [p.slide for p in plan if p.action != "skip"]
-    if executor is None or isinstance(executor, str):
-        executor = make_executor(execution_options(config, executor=executor))
-    if todo:  # a missing or gated weight fails the run here, not once per slide
-        if isinstance(executor, LocalExecutor):
-            get_encoder(cfg)  # built once; process_slide reuses it in this process
-        else:
-            _check_weights(cfg)  # the workers build their own: only find the file here
+    executor = _ready_executor(executor, config, cfg, todo)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     for stem in ("report", "predictions"):  # left by a run killed while rewriting them
         remove_stale_partials(out, stem)
-    outcomes: dict[str, SlideOutcome] = {}
-    for p in plan:
-        if p.action == "skip":
-            outcomes[p.slide] = skipped_outcome(p.slide, records[p.slide])
-        else:
-            outcomes[p.slide] = SlideOutcome(slide=p.slide, key=p.key, status="pending")
+    outcomes = {
+        p.slide: skipped_outcome(p.slide, records[p.slide])
+        if p.action == "skip"
+        else SlideOutcome(slide=p.slide, key=p.key, status="pending")
+        for p in plan
+    }
 
     pace = {"next": 0.0}
 
@@ -278,28 +266,7 @@ def run(
         if not force and now < pace["next"]:
             return
         ordered = [outcomes[p.slide] for p in plan]
-        code = (EXIT_SOME_FAILED if any(not o.ok for o in ordered) else EXIT_OK) if finished else None
-        try:
-            result.report = write_report(
-                out,
-                report_dict(
-                    ordered,
-                    cfg,
-                    started=started,
-                    seconds=now - t0,
-                    finished=finished,
-                    signature=signature,
-                    exit_code=code,
-                ),
-            )
-            result.predictions = write_predictions(out, ordered, signature)
-        except (
-            OSError
-        ) as err:  # a full disk: stop with what to do (the slides' records are what a rerun trusts)
-            clear = output_error(err, out)
-            if clear is err:
-                raise
-            raise clear from err
+        _write_outputs(result, ordered, signature, started=started, seconds=now - t0, finished=finished)
         pace["next"] = time.perf_counter() + 10 * (time.perf_counter() - now)
 
     if not cfg.model and cfg.prompts is None:
@@ -329,9 +296,70 @@ def run(
     return result
 
 
+def _write_outputs(
+    result: RunResult,
+    ordered: list[SlideOutcome],
+    signature: dict[str, Any],
+    *,
+    started: str,
+    seconds: float,
+    finished: bool,
+) -> None:
+    """Rewrite ``report.json``/``report.md`` and ``predictions.csv`` (their paths go into ``result``); a full
+    disk stops the run with what to do (the slides' records are what a rerun trusts)."""
+    out, cfg = result.out, result.config
+    code = (EXIT_SOME_FAILED if any(not o.ok for o in ordered) else EXIT_OK) if finished else None
+    try:
+        result.report = write_report(
+            out,
+            report_dict(
+                ordered,
+                cfg,
+                started=started,
+                seconds=seconds,
+                finished=finished,
+                signature=signature,
+                exit_code=code,
+            ),
+        )
+        result.predictions = write_predictions(out, ordered, signature)
+    except OSError as err:
+        clear = output_error(err, out)
+        if clear is err:
+            raise
+        raise clear from err
+
+
+def _plan(paths: Sequence[Path], cfg: RunConfig) -> tuple[list[PlannedSlide], dict[str, dict[str, Any]]]:
+    """What to do with each slide, and the records of the slides finished before (to skip)."""
+    plan: list[PlannedSlide] = []
+    records: dict[str, dict[str, Any]] = {}
+    for p in paths:
+        action, reason, rec = plan_slide(p, cfg)
+        plan.append(PlannedSlide(slide=str(p), key=slide_key(p), action=action, reason=reason))
+        if action == "skip" and rec is not None:
+            records[str(p)] = rec
+    return plan, records
+
+
+def _ready_executor(
+    executor: Executor | str | None, config: str | os.PathLike[str] | None, cfg: RunConfig, todo: list[str]
+) -> Executor:
+    """The executor (built from its name or the config file), after checking the encoder's weights once:
+    a missing or gated weight fails the run here, not once per slide."""
+    if executor is None or isinstance(executor, str):
+        executor = make_executor(execution_options(config, executor=executor))
+    if todo:
+        if isinstance(executor, LocalExecutor):
+            get_encoder(cfg)  # built once; process_slide reuses it in this process
+        else:
+            _check_weights(cfg)  # the workers build their own: only find the file here
+    return executor
+
+
 def _check_weights(cfg: RunConfig) -> None:
     from ..features.encoders import get_encoder_config
-    from ..features.encoders._weights import resolve_weights
+    from ..features.encoders import resolve_weights
 
     config = get_encoder_config(cfg.encoder)
     if not config.weight_free:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .._location import is_url
-from ..errors import EmptyTissueError, SlidescopeError
+from ..errors import SlidescopeError
 from ._config import RunConfig, result_signature, signature_changes
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,13 @@ def output_error(err: OSError, what: Path | str) -> SlidescopeError | OSError:
 def remove_stale_partials(folder: Path, stem: str) -> None:
     """Partial files ``.<stem>.*partial-<pid>*`` in ``folder`` left by a killed process (those of a live process
     other than this one are left alone)."""
-    from ..features.store import _pid_alive
+    from ..features.store import pid_alive
 
     if not folder.is_dir():
         return
     for p in folder.glob(f".{glob_escape(stem)}.*partial-*"):
         m = _PARTIAL.search(p.name)
-        if m and (int(m.group(1)) == os.getpid() or not _pid_alive(int(m.group(1)))):
+        if m and (int(m.group(1)) == os.getpid() or not pid_alive(int(m.group(1)))):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 
@@ -216,7 +216,7 @@ def _abs(path: str, out: Path) -> Path | str:
 
 
 def _exists(loc: Path | str) -> bool:
-    from ..features.store import _exists as exists
+    from .._location import exists
 
     return exists(loc)
 
@@ -245,7 +245,7 @@ def get_encoder(cfg: RunConfig):
 
 
 def _device(cfg: RunConfig) -> str:
-    from ..features.encoders._registry import resolve_device
+    from ..features.encoders import resolve_device
 
     return str(resolve_device(cfg.device))
 
@@ -267,7 +267,7 @@ MPP_FORCED = "forced (--force-slide-mpp)"
 
 
 def _mpp_source(slide_obj: Any) -> str:
-    from ..wsi._slide import MPP_FILLED_IN
+    from ..wsi import MPP_FILLED_IN
 
     source = slide_obj.mpp_source
     if source == "user":
@@ -510,17 +510,25 @@ def process_slide(slide: str | os.PathLike[str], config: RunConfig) -> SlideOutc
 
 
 def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
-    from ..features.extract import extract_features
     from ..features.store import store_path
-    from ..wsi import detect_tissue, make_tile_grid, open_slide
-    from ..wsi._tissue import pen_hint
+    from ..wsi import open_slide
+    from ._embed import embed_slide
 
     out = cfg.out_dir
     timed = _Timer(o.timings)
     encoder = get_encoder(cfg)
-    mpp = cfg.mpp if cfg.mpp is not None else encoder.config.mpp
-    tile_size = cfg.tile_size if cfg.tile_size is not None else encoder.config.tile_size
     store = store_path(cfg.stores_dir, slide)
+
+    def on_step(step: str, value: Any) -> None:
+        if step == "tissue":  # written before the tiling, which may fail
+            o.tissue_mm2 = round(value.area_um2 / 1e6, 4)
+            tissue = out / "tissue" / f"{o.key}.geojson"
+            with atomic_path(tissue) as tmp:
+                tmp.write_text(json.dumps(value.to_geojson()))
+            o.outputs["tissue"] = _rel(tissue, out)
+        elif step == "grid":
+            o.effective_mpp = [round(float(v), 6) for v in value.effective_mpp]
+
     with timed("open"):
         # --slide-mpp only fills in a missing pixel size; --force-slide-mpp overrides the file's
         slide_obj = open_slide(
@@ -533,42 +541,20 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
         o.mpp_source = _mpp_source(slide_obj)
         if not o.mpp_source.startswith(MPP_FROM_FILE):
             log.warning("%s: pixel size %s µm/px %s", Path(slide).name, o.slide_mpp[0], o.mpp_source)
-        with timed("tissue"):
-            mask = detect_tissue(slide_obj, pen=cfg.pen)
-        o.tissue_mm2 = round(mask.area_um2 / 1e6, 4)
-        tissue = out / "tissue" / f"{o.key}.geojson"
-        with atomic_path(tissue) as tmp:
-            tmp.write_text(json.dumps(mask.to_geojson()))
-        o.outputs["tissue"] = _rel(tissue, out)
-        with timed("tiles"):
-            grid = make_tile_grid(
-                slide_obj,
-                tile_size=tile_size,
-                mpp=mpp,
-                overlap=cfg.overlap,
-                min_tissue=cfg.min_tissue,
-                mask=mask,
-                allow_empty=True,
-            )
-        o.effective_mpp = [round(float(v), 6) for v in grid.effective_mpp]
-        if len(grid) == 0:
-            raise EmptyTissueError(
-                f"{Path(slide).name}: no tile of {tile_size} px at {mpp:g} µm/px has at least {cfg.min_tissue:g} "
-                f"tissue ({o.tissue_mm2:g} mm² of tissue found). Check the slide, or lower --min-tissue / "
-                f"--tile-size." + pen_hint(mask)
-            )
-        with timed("extract"):
-            res = extract_features(
-                slide_obj,
-                grid,
-                encoder,
-                store=cfg.stores_dir,
-                batch_size=cfg.batch_size,
-                num_workers=cfg.num_workers,
-                dtype=cfg.dtype,
-                stain=cfg.stain,
-                progress=cfg.progress,
-            )
+        res = embed_slide(
+            slide_obj,
+            encoder,
+            stores=cfg.stores_dir,
+            tiling=cfg,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            dtype=cfg.dtype,
+            stain=cfg.stain,
+            progress=cfg.progress,
+            on_step=on_step,
+            timer=timed,
+            name=Path(slide).name,
+        ).result
     o.n_tiles, o.computed_tiles = int(res.n_tiles), int(res.computed)
     o.tiles_per_s = round(float(res.tiles_per_s), 2)
     o.outputs["store"] = _rel(store, out)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .._compat import renamed_attribute, renamed_kwargs
 from ..errors import InvalidParameterError
+from ..options import DEFAULT_OFFLINE_ENCODER, EmbeddingOptions, TilingOptions
 from ._paths import viewer_cache_dir
 
 __all__ = [
@@ -55,10 +56,12 @@ class AnalysisRequest:
     num_workers : reader processes for extraction (0: in the worker thread; safest inside a GUI).
     pen : pen-mark removal in tissue detection: ``"auto"`` (off on IHC slides), ``"on"`` or ``"off"``
         (see :func:`~slidescope.wsi.detect_tissue`).
+    min_tissue, overlap : a tile's minimum tissue fraction and the pixels neighbouring tiles share (the
+        schema's defaults, as for a batch run; see :class:`~slidescope.options.TilingOptions`).
     """
 
     slide: Path
-    encoder: str = "he-descriptor"
+    encoder: str = DEFAULT_OFFLINE_ENCODER
     store: Path | None = None
     checkpoint: Path | None = None
     prompts: Path | Mapping[str, Any] | str | None = None
@@ -66,9 +69,11 @@ class AnalysisRequest:
     weights: str | None = None
     slide_mpp: float | None = None
     device: str = "cpu"
-    num_workers: int = 0
-    batch_size: int | str = "auto"
-    pen: str = "auto"
+    num_workers: int = 0  # unlike a batch run: reading in the worker thread is safest inside a GUI
+    batch_size: int | str = EmbeddingOptions.batch_size
+    pen: str = TilingOptions.pen
+    min_tissue: float = TilingOptions.min_tissue
+    overlap: int = TilingOptions.overlap
 
     @property
     def mode(self) -> str:
@@ -229,31 +234,39 @@ def _check_device(device: str) -> None:
 
 
 def _extract(
-    slide: Any, grid: Any, request: AnalysisRequest, root: Path, cancel: threading.Event
+    slide: Any, tissue: Any, request: AnalysisRequest, root: Path, cancel: threading.Event
 ) -> Generator[Progress, None, Any]:
-    """extract_features in a helper thread, reporting its progress every :data:`POLL_SECONDS`."""
-    from ..features import create_encoder, extract_features
+    """Tile and embed the slide (:func:`~slidescope.pipeline.embed_slide`) in a helper thread, reporting its
+    progress every :data:`POLL_SECONDS`; returns the extraction's result."""
+    from ..features import create_encoder
+    from ..pipeline import embed_slide
 
     encoder = create_encoder(request.encoder, weights=request.weights, device=request.device)
-    done = [0, len(grid)]
+    done = [0, 0]
     outcome: dict[str, Any] = {}
 
     def report(tiles_done: int, tiles_total: int) -> None:
         done[0], done[1] = tiles_done, tiles_total
 
+    def on_step(step: str, value: Any) -> None:
+        if step == "grid":
+            done[1] = len(value)
+
     def work() -> None:
         try:
-            outcome["result"] = extract_features(
+            outcome["result"] = embed_slide(
                 slide,
-                grid,
                 encoder,
-                store=root,
+                stores=root,
+                tiling=TilingOptions(pen=request.pen, min_tissue=request.min_tissue, overlap=request.overlap),
+                mask=tissue,
                 batch_size=request.batch_size,
                 num_workers=request.num_workers,
                 progress=False,
                 on_progress=report,
                 should_stop=cancel.is_set,
-            )
+                on_step=on_step,
+            ).result
         except BaseException as err:  # noqa: BLE001 - re-raised in the generator's thread below
             outcome["error"] = err
 
@@ -289,7 +302,7 @@ def run_analysis(
         Any input that cannot work, with a message that says what to do.
     """
     from ..features import get_encoder_config
-    from ..wsi import detect_tissue, make_tile_grid, open_slide
+    from ..wsi import detect_tissue, open_slide
 
     cancel = cancel or threading.Event()
     t0 = time.perf_counter()
@@ -319,8 +332,7 @@ def run_analysis(
             result.reused_embeddings = True
         else:
             yield Progress("tiling")
-            grid = make_tile_grid(slide, tile_size=config.tile_size, mpp=config.mpp, mask=tissue)
-            extraction = yield from _extract(slide, grid, request, root, cancel)
+            extraction = yield from _extract(slide, tissue, request, root, cancel)
             if extraction.status == "cancelled":
                 result.cancelled = True
                 result.seconds = time.perf_counter() - t0

@@ -26,12 +26,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._location import Location, expand_stores, location_name, require_local
+from .._location import Location, location_name
 from ..errors import InvalidParameterError
-from ..features.encoders.clip import ClipTextTower, create_clip_text_tower, list_clip_text_towers
+from ..features.encoders.clip import ClipTextTower
 from ..features.store import SlideStore, open_store
+from ._embeddings import (
+    ModelLike,
+    SlideModel,
+    StoreLike,
+    default_encoder,
+    load_model,
+    load_slide_model,
+    resolve_model,
+    slide_embeddings,
+    slide_name,
+    store_locations,
+    stored_slide_embeddings,
+    tile_embeddings,
+)
+from ._prompts import Prompts, load_prompts
 from .fewshot import (
     BootstrapCI,
+    FewShotClassifier,
     bootstrap_ci,
     gda,
     knn,
@@ -41,12 +57,11 @@ from .fewshot import (
     tip_adapter,
 )
 from .model import SlideTextModel
-from .published import PrismModel, PublishedSlideTextModel, is_published_model, load_published_model
+from .published import PrismModel, PublishedSlideTextModel
 from .zeroshot import (
     DEFAULT_TEMPLATES,
     Ensemble,
     MiZeroPooling,
-    build_prompts,
     class_text_embeddings,
     mi_zero,
     zero_shot_logits,
@@ -71,334 +86,13 @@ __all__ = [
     "DEFAULT_TEMPLATES",
 ]
 
+#: the examples of the names defined in the helper modules and documented here, run by doctest with this module's
+__test__ = {"Prompts": Prompts, "load_prompts": load_prompts}
+
 #: per-tile similarity maps are written as ``scores/zero-shot/<class>``
 SCORES_PREFIX = "zero-shot"
 FEW_SHOT_METHODS = ("linear", "simpleshot", "simpleshot-cosine", "knn", "gda", "tip-adapter")
 Level = Literal["slide", "tile"]
-StoreLike = str | os.PathLike[str] | SlideStore
-SlideModel = SlideTextModel | PublishedSlideTextModel
-ModelLike = str | os.PathLike[str] | SlideTextModel | PublishedSlideTextModel | ClipTextTower
-
-
-@dataclass(frozen=True)
-class Prompts:
-    """Class phrasings and the templates they go into.
-
-    Attributes
-    ----------
-    classes : dict of str to list of str
-        Class name -> its phrasings (synonyms); the order of the classes is the column order of every score.
-    templates : list of str or None
-        Each holds ``{}`` (or ``CLASSNAME``) where a phrasing goes; ``None``: phrasings as they are.
-
-    Examples
-    --------
-    >>> p = Prompts({"LUAD": ["lung adenocarcinoma"], "LUSC": ["squamous cell carcinoma"]}, ["an image of {}."])
-    >>> p.build()[0]
-    ['an image of lung adenocarcinoma.', 'an image of squamous cell carcinoma.']
-    """
-
-    classes: dict[str, list[str]]
-    templates: list[str] | None = None
-
-    def build(self) -> tuple[list[str], Tensor]:
-        """``(prompts (P,), prompt_class (P,))`` as :func:`~slidescope.vlm.zeroshot.build_prompts`."""
-        return build_prompts(self.classes, self.templates)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.classes)
-
-
-def _check_classes(classes: Any, where: str) -> dict[str, list[str]]:
-    if not isinstance(classes, Mapping) or not classes:
-        raise InvalidParameterError(
-            f"{where}: the prompt set is empty; give classes as "
-            "{class: [phrasing, ...]} with at least two classes"
-        )
-    out: dict[str, list[str]] = {}
-    for name, phrasings in classes.items():
-        if isinstance(phrasings, str):
-            phrasings = [phrasings]
-        if not isinstance(phrasings, Sequence):
-            raise InvalidParameterError(f"{where}: class {name!r} must map to a list of phrasings")
-        kept = [str(p).strip() for p in phrasings if p is not None and str(p).strip()]
-        if not kept:
-            raise InvalidParameterError(
-                f"{where}: class {name!r} has no phrasings; give at least one description"
-            )
-        out[str(name)] = kept
-    if len(out) < 2:
-        raise InvalidParameterError(
-            f"{where}: zero-shot classification needs at least two classes, got {list(out)}"
-        )
-    return out
-
-
-def load_prompts(
-    source: str | os.PathLike[str] | Mapping[str, Any] | Prompts, templates: Sequence[str] | None = None
-) -> Prompts:
-    """Read and check class prompts.
-
-    Parameters
-    ----------
-    source : path, mapping or Prompts
-        A YAML file (``classes: {name: [phrasing, ...]}`` and optional ``templates: ["a slide of {}.", ...]``),
-        a ``{class: [phrasings]}`` mapping, or a ``{"classes": ..., "templates": ...}`` mapping.
-    templates : list of str, optional
-        Replaces the source's templates; ``[]`` means the phrasings as they are.
-
-    Returns
-    -------
-    Prompts
-        Checked: at least two classes, each with at least one non-blank phrasing; every template has a
-        placeholder. Anything else raises :class:`~slidescope.errors.InvalidParameterError` naming the problem.
-
-    Examples
-    --------
-    >>> p = load_prompts({"tumour": ["carcinoma", "malignant cells"], "normal": ["benign tissue"]},
-    ...                  templates=["an H&E image of {}."])
-    >>> p.names, len(p.build()[0])
-    (['tumour', 'normal'], 3)
-    >>> load_prompts({"tumour": ["carcinoma"], "normal": []})
-    Traceback (most recent call last):
-    ...
-    slidescope.errors.InvalidParameterError: classes: class 'normal' has no phrasings; give at least one description
-    """
-    if isinstance(source, Prompts):
-        data: Any = {"classes": source.classes, "templates": source.templates}
-        where = "prompts"
-    elif isinstance(source, Mapping):
-        data = dict(source) if "classes" in source else {"classes": dict(source)}
-        where = "classes"
-    else:
-        import yaml
-
-        path = require_local(source, "the prompts file")
-        if not path.is_file():
-            raise InvalidParameterError(f"prompts file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InvalidParameterError(f"{path} is not valid YAML: {err}") from err
-        where = path.name
-        if not isinstance(data, Mapping) or "classes" not in data:
-            raise InvalidParameterError(
-                f"{where}: expected a mapping with 'classes: {{name: [phrasing, ...]}}' "
-                "and optional 'templates: [...]'"
-            )
-    classes = _check_classes(data.get("classes"), where)
-    tmpl = templates if templates is not None else data.get("templates")
-    if tmpl is not None:
-        if isinstance(tmpl, str) or not isinstance(tmpl, Sequence):
-            raise InvalidParameterError(f"{where}: templates must be a list of strings with '{{}}'")
-        tmpl = [str(t) for t in tmpl] or None
-    prompts = Prompts(classes=classes, templates=tmpl)
-    prompts.build()  # validates the templates
-    return prompts
-
-
-def _resolve_model(
-    model: ModelLike | None, *, weights: str | os.PathLike[str] | None, trust_remote_code: bool, device: str
-) -> SlideTextModel | PublishedSlideTextModel | ClipTextTower | None:
-    """``model`` as a loaded object: a registered name (published slide model or patch-level CLIP text tower), a
-    saved :class:`SlideTextModel` folder, or an already loaded model (moved to ``device``, eval mode)."""
-    if model is None:
-        return None
-    if isinstance(model, (SlideTextModel, PublishedSlideTextModel, ClipTextTower)):
-        return model.to(device).eval()
-    if is_published_model(model):
-        return load_published_model(str(model), weights, trust_remote_code=trust_remote_code, device=device)
-    if isinstance(model, str) and model in list_clip_text_towers():
-        return create_clip_text_tower(model, weights=weights, device=device)
-    if weights is not None:
-        raise InvalidParameterError(
-            f"weights= is for named models ({', '.join(_model_names())}); a saved "
-            f"SlideTextModel folder ({model}) carries its own weights"
-        )
-    return SlideTextModel.load(model, map_location=device)
-
-
-def _model_names() -> list[str]:
-    from .published import list_published_models
-
-    return list_published_models() + list_clip_text_towers()
-
-
-def _load_model(
-    model: ModelLike,
-    device: str,
-    *,
-    weights: str | os.PathLike[str] | None = None,
-    trust_remote_code: bool = False,
-) -> SlideModel:
-    net = _resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
-    if isinstance(net, ClipTextTower) or net is None:
-        raise InvalidParameterError(
-            f"{getattr(net, 'name', model)!r} is a patch-level CLIP model: it has no slide "
-            "encoder. Use zero_shot(..., level='tile') (MI-Zero) with it"
-        )
-    return net
-
-
-def load_slide_model(
-    model: ModelLike,
-    *,
-    weights: str | os.PathLike[str] | None = None,
-    trust_remote_code: bool = False,
-    device: str = "cpu",
-) -> SlideModel:
-    """A slide-level text-aligned model, loaded: a :class:`SlideTextModel` (object or saved folder) or a published
-    one by name (``"prism"``, ``"titan"``; ``weights`` and ``trust_remote_code`` as in
-    :func:`~slidescope.vlm.published.load_published_model`).
-
-    Returns
-    -------
-    SlideTextModel or PublishedSlideTextModel
-        In eval mode on ``device``; both have ``encode_slide``, ``encode_text``, ``similarity`` and ``scale``.
-    """
-    return _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
-
-
-def _default_encoder(net: object, encoder: str | None) -> str:
-    if encoder is not None:
-        return encoder
-    if isinstance(net, PublishedSlideTextModel):
-        return net.config.tile_encoders[0]
-    if isinstance(net, ClipTextTower):
-        return net.name
-    raise InvalidParameterError(
-        "give encoder=: the name of the tile embeddings in the stores that the model was "
-        "pretrained on (e.g. encoder='he-descriptor')"
-    )
-
-
-def _stores(stores_or_paths: StoreLike | Sequence[StoreLike]) -> list[Location]:
-    """Store locations (local paths or fsspec URL strings, folders expanded) of stores, paths or URLs."""
-    items = (
-        [stores_or_paths]
-        if isinstance(stores_or_paths, (str, os.PathLike, SlideStore))
-        else list(stores_or_paths)
-    )
-    if not items:
-        raise InvalidParameterError("no stores given")
-    return expand_stores([s.path if isinstance(s, SlideStore) else s for s in items])
-
-
-def _slide_name(path: Location) -> str:
-    name = location_name(path)
-    return name[: -len(".zarr")] if name.endswith(".zarr") else name
-
-
-def _tiles(store: SlideStore, encoder: str, context_dim: int) -> np.ndarray:
-    emb = store.embeddings(encoder).astype(np.float32)
-    if emb.ndim != 2 or emb.shape[1] != context_dim:
-        raise InvalidParameterError(
-            f"{store.name}: {encoder!r} embeddings have {emb.shape[-1]} dimensions but "
-            f"the model expects {context_dim}; use the encoder the model was pretrained on"
-        )
-    if len(emb) == 0:
-        raise InvalidParameterError(f"{store.name} has no tiles for {encoder!r}")
-    return emb
-
-
-def slide_embeddings(
-    stores_or_paths: StoreLike | Sequence[StoreLike],
-    *,
-    model: ModelLike,
-    encoder: str | None = None,
-    weights: str | os.PathLike[str] | None = None,
-    trust_remote_code: bool = False,
-    device: str = "cpu",
-    write: bool = True,
-    name: str | None = None,
-) -> tuple[list[Location], Tensor]:
-    """Joint-space slide embeddings of every store.
-
-    Parameters
-    ----------
-    stores_or_paths : store, path or list of them
-        Slide stores (``<slide>.zarr``) or folders of stores.
-    model : SlideTextModel, saved folder, or a published name (``"prism"``, ``"titan"``)
-        The slide model; ``weights`` and ``trust_remote_code`` go to
-        :func:`~slidescope.vlm.published.load_published_model` for a name.
-    encoder : str, optional
-        The stores' tile embeddings to use (default for a published model: the one it was trained on).
-    write : bool
-        Write each slide embedding into its store as ``slide_embeddings/<name>``: a SlideTextModel's joint-space
-        embedding (default name ``slidetext-<encoder>``), a published model's own (raw) slide embedding (default
-        name: the model's, e.g. ``prism``: 1280-d, the vector TRIDENT exports and linear probes use).
-
-    Returns
-    -------
-    paths : list of Path or str
-        The stores, folders expanded, in order.
-    embeddings : Tensor (B, dim_latents)
-        L2-normalised joint-space embeddings (what zero-shot compares with text).
-    """
-    net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
-    encoder = _default_encoder(net, encoder)
-    paths = _stores(stores_or_paths)
-    joint, raw = [], []
-    tiling_keys: list[str | None] = []  # the tiling of each store read (written back into the same one)
-    with torch.inference_mode():
-        for p in paths:
-            store = open_store(p, encoder=encoder)
-            tiling_keys.append(store.tiling_key)
-            if isinstance(net, PublishedSlideTextModel):
-                raw.append(net.embed_store(store, encoder))
-            else:
-                tiles = torch.from_numpy(_tiles(store, encoder, net.slide_encoder.config.context_dim)).to(
-                    device
-                )
-                joint.append(net.encode_slide(tiles[None]).squeeze(0).float().cpu())
-        if isinstance(net, PublishedSlideTextModel):
-            stacked = torch.stack(raw)
-            emb = net.project(stacked).float().cpu()
-        else:
-            stacked = emb = torch.stack(joint)
-    if write:
-        if isinstance(net, PublishedSlideTextModel):
-            key = name or net.name
-            attrs = {"encoder": encoder, "model": net.name, "hub_id": net.config.hub_id, "space": "slide"}
-        else:
-            key = name or f"slidetext-{encoder}"
-            attrs = {"encoder": encoder, "model": "SlideTextModel", "space": "joint"}
-        for p, v, tkey in zip(paths, stacked, tiling_keys, strict=True):
-            SlideStore.open(p, mode="r+", tiling=tkey).write_slide_embedding(
-                key, v.numpy(), attrs={**attrs, "dim": int(v.shape[0])}
-            )
-    return paths, emb
-
-
-def stored_slide_embeddings(
-    stores_or_paths: StoreLike | Sequence[StoreLike], name: str, *, model: SlideModel | None = None
-) -> tuple[list[Location], Tensor]:
-    """The slide embeddings ``slide_embeddings/<name>`` already in the stores, stacked: (B, D).
-
-    With a published ``model`` the stored (raw) embeddings are projected into its joint space; a SlideTextModel's
-    are stored in the joint space already. Re-scoring with new prompts then costs no slide encoding.
-    """
-    paths = _stores(stores_or_paths)
-    emb = torch.from_numpy(
-        np.stack([open_store(p, slide_embedding=name).slide_embedding(name) for p in paths]).astype(
-            np.float32
-        )
-    )
-    if isinstance(model, PublishedSlideTextModel):
-        if emb.shape[1] != model.slide_dim:
-            raise InvalidParameterError(
-                f"slide embeddings {name!r} have {emb.shape[1]} dimensions but "
-                f"{model.config.title} makes {model.slide_dim}"
-            )
-        with torch.inference_mode():
-            emb = model.project(emb).float().cpu()
-    elif isinstance(model, SlideTextModel) and emb.shape[1] != model.dim_latents:
-        raise InvalidParameterError(
-            f"slide embeddings {name!r} have {emb.shape[1]} dimensions but the model's joint "
-            f"space has {model.dim_latents}; embed the slides with this model"
-        )
-    return paths, emb
 
 
 @dataclass(frozen=True)
@@ -430,7 +124,7 @@ def _text_classifier(
         elif isinstance(net, ClipTextTower):
             t = net.encode(prompts)
         else:
-            t = net.encode_text(prompts)  # type: ignore[union-attr]
+            t = net.encode_text(prompts)  # type: ignore[attr-defined]
     return torch.as_tensor(t).float().cpu()
 
 
@@ -529,7 +223,61 @@ def zero_shot(
     """
     prompts_obj = load_prompts(classes, templates)
     prompts, prompt_class = prompts_obj.build()
-    names = prompts_obj.names
+    _check_zero_shot_options(model, level, pooling, text_encoder)
+    net = resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
+    level = _zero_shot_level(net, level)
+    enc = ""  # not read when the slide embeddings are stored already
+    if not (level == "slide" and slide_embedding is not None):  # reading tiles: which embeddings?
+        found = default_encoder(net, encoder) if net is not None else encoder
+        if found is None:
+            raise InvalidParameterError("give encoder=: the tile embeddings to score")
+        enc = found
+    if ensemble is None:
+        ensemble = net.ensemble if isinstance(net, PublishedSlideTextModel) else "mean-embedding"
+    scale = _logit_scale(net, logit_scale)
+    text = _text_classifier(net, prompts, text_encoder)
+    paths = store_locations(stores_or_paths)
+    if level == "slide":
+        if not isinstance(net, (SlideTextModel, PublishedSlideTextModel)):  # pragma: no cover - guarded above
+            raise InvalidParameterError("slide-level zero-shot needs a slide model")
+        if slide_embedding is not None:
+            paths, emb = stored_slide_embeddings(paths, slide_embedding, model=net)
+        else:
+            paths, emb = slide_embeddings(
+                paths,
+                model=net,
+                encoder=enc,
+                device=device,
+                write=write,
+            )
+        if emb.shape[1] != text.shape[1]:
+            raise InvalidParameterError(
+                f"slide embeddings have {emb.shape[1]} dimensions but the text embeddings "
+                f"{text.shape[1]}; both must come from one model"
+            )
+        probs = zero_shot_logits(emb, text, prompt_class, ensemble=ensemble, logit_scale=scale)
+        return [
+            ZeroShotRow(
+                slide=slide_name(p), store=p, probs=dict(zip(prompts_obj.names, map(float, row), strict=True))
+            )
+            for p, row in zip(paths, probs, strict=True)
+        ]
+    w = class_text_embeddings(text, prompt_class)  # (C, d)
+    return [
+        _zero_shot_tiles(
+            p, net, enc, w, prompts_obj, k=k, scale=scale, pooling=pooling, write=write, device=device
+        )
+        for p in paths
+    ]
+
+
+def _check_zero_shot_options(
+    model: ModelLike | None,
+    level: Level | None,
+    pooling: MiZeroPooling,
+    text_encoder: Callable[[list[str]], Tensor] | None,
+) -> None:
+    """The option errors of :func:`zero_shot` that need no model."""
     if level is not None and level not in ("slide", "tile"):
         raise InvalidParameterError(f"level must be 'slide' or 'tile', got {level!r}")
     if pooling not in ("mean", "sum"):
@@ -542,7 +290,10 @@ def zero_shot(
             "'quiltnet'); only level='tile' with text_encoder= works on tile embeddings "
             "already in the text space"
         )
-    net = _resolve_model(model, weights=weights, trust_remote_code=trust_remote_code, device=device)
+
+
+def _zero_shot_level(net: object, level: Level | None) -> Level:
+    """The level :func:`zero_shot` works at: the one asked for, checked against the model, else the model's."""
     level = level or ("tile" if isinstance(net, ClipTextTower) or net is None else "slide")
     if isinstance(net, ClipTextTower) and level == "slide":
         raise InvalidParameterError(
@@ -554,110 +305,66 @@ def zero_shot(
             f"{net.config.title} scores whole slides; per-tile maps need a patch-level CLIP "
             "model ('plip', 'quiltnet') or a SlideTextModel"
         )
-    enc = encoder
-    if not (level == "slide" and slide_embedding is not None):  # reading tiles: which embeddings?
-        enc = _default_encoder(net, encoder) if net is not None else encoder
-        if enc is None:
-            raise InvalidParameterError("give encoder=: the tile embeddings to score")
-    if ensemble is None:
-        ensemble = net.ensemble if isinstance(net, PublishedSlideTextModel) else "mean-embedding"
+    return level
+
+
+def _logit_scale(net: object, logit_scale: float | None) -> float:
+    """The multiplier of the cosines: the one given, else the model's (SlideTextModel, PRISM, CLIP), else 100."""
     if logit_scale is not None:
-        scale = float(logit_scale)
-    elif isinstance(net, (SlideTextModel, PublishedSlideTextModel)):
-        scale = float(net.scale().detach())
-    elif isinstance(net, ClipTextTower):
-        scale = float(net.logit_scale)
-    else:
-        scale = 100.0
-    text = _text_classifier(net, prompts, text_encoder)
-    paths = _stores(stores_or_paths)
-    if level == "slide":
-        if not isinstance(net, (SlideTextModel, PublishedSlideTextModel)):  # pragma: no cover - guarded above
-            raise InvalidParameterError("slide-level zero-shot needs a slide model")
-        if slide_embedding is not None:
-            paths, emb = stored_slide_embeddings(paths, slide_embedding, model=net)
-        else:
-            paths, emb = slide_embeddings(
-                paths,
-                model=net,
-                encoder=enc,  # type: ignore[arg-type]
-                device=device,
-                write=write,
-            )
-        if emb.shape[1] != text.shape[1]:
-            raise InvalidParameterError(
-                f"slide embeddings have {emb.shape[1]} dimensions but the text embeddings "
-                f"{text.shape[1]}; both must come from one model"
-            )
-        probs = zero_shot_logits(emb, text, prompt_class, ensemble=ensemble, logit_scale=scale)
-        return [
-            ZeroShotRow(slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, row), strict=True)))
-            for p, row in zip(paths, probs, strict=True)
-        ]
-
-    w = class_text_embeddings(text, prompt_class)  # (C, d)
-    rows = []
-    for p in paths:
-        store = open_store(p, encoder=enc)
-        if isinstance(net, SlideTextModel):
-            z = tile_embeddings(store, model=net, encoder=enc, device=device)
-        else:
-            if isinstance(net, ClipTextTower):
-                _check_same_weights(net, store, enc)
-            z = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
-        if z.shape[1] != w.shape[1]:
-            raise InvalidParameterError(
-                f"{location_name(p)}: tile embeddings have {z.shape[1]} dimensions but the text "
-                f"embeddings {w.shape[1]}; tile-level zero-shot needs both in one space"
-            )
-        res = mi_zero(z, w, k=k, logit_scale=scale, pooling=pooling)
-        if write:
-            writable = SlideStore.open(p, mode="r+", tiling=store.tiling_key)
-            for c, name in enumerate(names):
-                writable.write_scores(
-                    f"{SCORES_PREFIX}/{name}",
-                    res.similarity[:, c].numpy().astype(np.float32),
-                    attrs={
-                        "encoder": enc,
-                        "kind": "cosine",
-                        "model": getattr(net, "name", type(net).__name__ if net else "external"),
-                        "phrasings": prompts_obj.classes[name],
-                        "templates": prompts_obj.templates or [],
-                    },
-                )
-        rows.append(
-            ZeroShotRow(
-                slide=_slide_name(p), store=p, probs=dict(zip(names, map(float, res.probs), strict=True))
-            )
-        )
-    return rows
+        return float(logit_scale)
+    if isinstance(net, (SlideTextModel, PublishedSlideTextModel)):
+        return float(net.scale().detach())
+    if isinstance(net, ClipTextTower):
+        return float(net.logit_scale)
+    return 100.0
 
 
-def tile_embeddings(
-    store: SlideStore | StoreLike,
+def _zero_shot_tiles(
+    p: Location,
+    net: object,
+    enc: str,
+    w: Tensor,
+    prompts_obj: Prompts,
     *,
-    model: str | os.PathLike[str] | SlideTextModel,
-    encoder: str,
-    batch_size: int = 256,
-    device: str = "cpu",
-) -> Tensor:
-    """Each tile encoded alone (a one-tile bag) by a SlideTextModel's slide encoder, into the joint space.
-
-    Returns
-    -------
-    Tensor (N, dim_latents)
-        L2-normalised, one row per tile in store order.
-    """
-    net = _load_model(model, device)
-    if not isinstance(net, SlideTextModel):
-        raise InvalidParameterError("tile_embeddings needs a SlideTextModel")
-    st = store if isinstance(store, SlideStore) else open_store(store, encoder=encoder)
-    tiles = torch.from_numpy(_tiles(st, encoder, net.slide_encoder.config.context_dim))
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(tiles), batch_size):
-            out.append(net.encode_slide(tiles[i : i + batch_size, None].to(device)).float().cpu())
-    return torch.cat(out)
+    k: int,
+    scale: float,
+    pooling: MiZeroPooling,
+    write: bool,
+    device: str,
+) -> ZeroShotRow:
+    """Tile-level zero-shot of one store: per-tile cosines with the class embeddings ``w`` (C, d), written as
+    ``scores/zero-shot/<class>`` when ``write``, pooled to the slide by MI-Zero top-``k`` pooling."""
+    names = prompts_obj.names
+    store = open_store(p, encoder=enc)
+    if isinstance(net, SlideTextModel):
+        z = tile_embeddings(store, model=net, encoder=enc, device=device)
+    else:
+        if isinstance(net, ClipTextTower):
+            _check_same_weights(net, store, enc)
+        z = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
+    if z.shape[1] != w.shape[1]:
+        raise InvalidParameterError(
+            f"{location_name(p)}: tile embeddings have {z.shape[1]} dimensions but the text "
+            f"embeddings {w.shape[1]}; tile-level zero-shot needs both in one space"
+        )
+    res = mi_zero(z, w, k=k, logit_scale=scale, pooling=pooling)
+    if write:
+        writable = SlideStore.open(p, mode="r+", tiling=store.tiling_key)
+        for c, name in enumerate(names):
+            writable.write_scores(
+                f"{SCORES_PREFIX}/{name}",
+                res.similarity[:, c].numpy().astype(np.float32),
+                attrs={
+                    "encoder": enc,
+                    "kind": "cosine",
+                    "model": getattr(net, "name", type(net).__name__ if net else "external"),
+                    "phrasings": prompts_obj.classes[name],
+                    "templates": prompts_obj.templates or [],
+                },
+            )
+    return ZeroShotRow(
+        slide=slide_name(p), store=p, probs=dict(zip(names, map(float, res.probs), strict=True))
+    )
 
 
 def generate_reports(
@@ -692,20 +399,20 @@ def generate_reports(
     >>> generate_reports("stores/", weights="Prism/", trust_remote_code=True)   # doctest: +SKIP
     [{'slide': 'TCGA-...', 'report': 'Diagnosis: Invasive ductal carcinoma ...'}]
     """
-    net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
+    net = load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
     if not isinstance(net, PrismModel):
         raise InvalidParameterError(
             "report generation needs PRISM (model='prism'): the other models ship no "
             "report decoder (TITAN's was removed from its release)"
         )
-    enc = _default_encoder(net, encoder)
+    enc = default_encoder(net, encoder)
     rows = []
-    for p in _stores(stores_or_paths):
+    for p in store_locations(stores_or_paths):
         store = open_store(p, encoder=enc)
         net.check_store(store, enc)
         tiles = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
         report = net.generate_reports(tiles[None], num_beams=num_beams, max_length=max_length)[0]
-        rows.append({"slide": _slide_name(p), "report": report})
+        rows.append({"slide": slide_name(p), "report": report})
     return rows
 
 
@@ -751,7 +458,7 @@ def _embed(
             )
         return [str(i) for i in range(len(x))], x
     paths, emb = slide_embeddings(stores, model=net, encoder=encoder, device=device, write=write)
-    return [_slide_name(p) for p in paths], emb
+    return [slide_name(p) for p in paths], emb
 
 
 def few_shot(
@@ -828,8 +535,8 @@ def few_shot(
         raise InvalidParameterError(
             f"unknown few-shot method {method!r}; use one of {', '.join(FEW_SHOT_METHODS)}"
         )
-    net = _load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
-    encoder = _default_encoder(net, encoder)
+    net = load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
+    encoder = default_encoder(net, encoder)
     prompts_obj = load_prompts(classes, templates) if classes is not None else None
     _, x_train = _embed(train_stores, net, encoder, device, write)
     test_names, x_test = _embed(test_stores, net, encoder, device, write)
@@ -848,13 +555,7 @@ def few_shot(
         )
     if val_stores is not None:
         _, x_val = _embed(val_stores, net, encoder, device, write)
-        vl = [str(v) for v in val_labels]  # type: ignore[union-attr]
-        if len(vl) != len(x_val):
-            raise InvalidParameterError(f"{len(vl)} validation labels for {len(x_val)} validation slides")
-        bad_val = sorted(set(vl) - set(names))
-        if bad_val:
-            raise InvalidParameterError(f"validation labels {bad_val} are not among the classes {names}")
-        y_val = torch.tensor([names.index(v) for v in vl])
+        y_val = torch.tensor(_class_indices(val_labels, len(x_val), names, "validation"))  # type: ignore[arg-type]
     x_base = _embed(base_stores, net, encoder, device, write)[1] if base_stores is not None else None
     zs_train = zs_test = zs_val = None
     if prompts_obj is not None and method in ("gda", "tip-adapter"):
@@ -870,27 +571,9 @@ def few_shot(
 
         zs_train, zs_test = prior(x_train), prior(x_test)
         zs_val = prior(x_val) if x_val is not None else None
-    c = len(names)
-    if method == "linear":
-        clf = linear_probe(x_train, y, X_val=x_val, y_val=y_val, n_classes=c, seed=seed)
-    elif method == "simpleshot":
-        clf = simpleshot(x_train, y, X_base=x_base, n_classes=c)
-    elif method == "simpleshot-cosine":
-        clf = simpleshot_cosine(x_train, y, n_classes=c)
-    elif method == "knn":
-        clf = knn(x_train, y, k=min(k, len(x_train)), n_classes=c)
-    elif method == "gda":
-        clf = gda(
-            x_train,
-            y,
-            zs=zs_train,
-            X_val=x_val if zs_val is not None else None,
-            y_val=y_val if zs_val is not None else None,
-            zs_val=zs_val,
-            n_classes=c,
-        )
-    else:
-        clf = tip_adapter(x_train, y, zs=zs_train, X_val=x_val, y_val=y_val, zs_val=zs_val, n_classes=c)
+    clf = _fit_few_shot(
+        method, x_train, y, len(names), x_val, y_val, zs_train, zs_val, x_base, k=k, seed=seed
+    )
     probs = clf.predict_proba(x_test, zs_test if getattr(clf, "uses_zero_shot", False) else None).float()
     result = FewShotResult(
         slides=test_names,
@@ -906,13 +589,7 @@ def few_shot(
             "few_shot: %s has nothing to tune on the validation slides here (tuning=%s)", method, clf.tuning
         )
     if test_labels is not None:
-        tl = [str(v) for v in test_labels]
-        if len(tl) != len(x_test):
-            raise InvalidParameterError(f"{len(tl)} test labels for {len(x_test)} test slides")
-        bad = sorted(set(tl) - set(names))
-        if bad:
-            raise InvalidParameterError(f"test labels {bad} are not among the classes {names}")
-        yt = np.array([names.index(v) for v in tl])
+        yt = np.array(_class_indices(test_labels, len(x_test), names, "test"))
         for metric in ("auroc", "accuracy", "balanced_accuracy"):
             ci = bootstrap_ci(yt, probs.numpy(), metric, n=n_bootstrap, seed=seed)
             if np.isnan(ci.estimate):  # undefined, e.g. AUROC with one class among the test slides
@@ -920,3 +597,50 @@ def few_shot(
             else:
                 result.metrics[metric] = ci
     return result
+
+
+def _class_indices(labels: Sequence[str], n: int, names: list[str], what: str) -> list[int]:
+    """Indices into ``names`` of the ``n`` ``what`` slides' class labels (validation or test)."""
+    given = [str(v) for v in labels]
+    if len(given) != n:
+        raise InvalidParameterError(f"{len(given)} {what} labels for {n} {what} slides")
+    bad = sorted(set(given) - set(names))
+    if bad:
+        raise InvalidParameterError(f"{what} labels {bad} are not among the classes {names}")
+    return [names.index(v) for v in given]
+
+
+def _fit_few_shot(
+    method: str,
+    x_train: Tensor,
+    y: Tensor,
+    c: int,
+    x_val: Tensor | None,
+    y_val: Tensor | None,
+    zs_train: Tensor | None,
+    zs_val: Tensor | None,
+    x_base: Tensor | None,
+    *,
+    k: int,
+    seed: int,
+) -> FewShotClassifier:
+    """The :mod:`slidescope.vlm.fewshot` classifier of ``method`` fitted on the support (and validation) slides."""
+    if method == "linear":
+        return linear_probe(x_train, y, X_val=x_val, y_val=y_val, n_classes=c, seed=seed)
+    if method == "simpleshot":
+        return simpleshot(x_train, y, X_base=x_base, n_classes=c)
+    if method == "simpleshot-cosine":
+        return simpleshot_cosine(x_train, y, n_classes=c)
+    if method == "knn":
+        return knn(x_train, y, k=min(k, len(x_train)), n_classes=c)
+    if method == "gda":
+        return gda(
+            x_train,
+            y,
+            zs=zs_train,
+            X_val=x_val if zs_val is not None else None,
+            y_val=y_val if zs_val is not None else None,
+            zs_val=zs_val,
+            n_classes=c,
+        )
+    return tip_adapter(x_train, y, zs=zs_train, X_val=x_val, y_val=y_val, zs_val=zs_val, n_classes=c)

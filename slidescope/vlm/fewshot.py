@@ -26,7 +26,8 @@ its hyperparameters were chosen in ``tuning`` and the values in ``hyperparameter
 
 Zero-shot logits are any (B, C) logits, e.g. ``torch.log(zero_shot_logits(...))`` or ``100 * x @ T``.
 :func:`bootstrap_ci` gives percentile confidence intervals of any metric (1000 resamples, as TITAN).
-Computation is in float64 on CPU; results are float32-free ``torch`` tensors.
+Computation is in float64 on CPU; results are float32-free ``torch`` tensors. The grids, the input checks, the
+selection rule of the tuning and the two solvers live in :mod:`slidescope.vlm._fewshot_core`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,29 @@ from torch import Tensor
 
 from .. import metrics as _metrics
 from ..errors import InvalidParameterError
+from ._fewshot_core import (
+    DEFAULT_LAMBDAS as DEFAULT_LAMBDAS,
+    GDA_ALPHAS as GDA_ALPHAS,
+    GDA_DEFAULT_ALPHA as GDA_DEFAULT_ALPHA,
+    TIP_INIT_ALPHA as TIP_INIT_ALPHA,
+    TIP_INIT_BETA as TIP_INIT_BETA,
+    TIP_SEARCH_SCALE as TIP_SEARCH_SCALE,
+    TIP_SEARCH_STEP as TIP_SEARCH_STEP,
+    ArrayLike,
+    FewShotClassifier as FewShotClassifier,
+    Tuning,
+    _check_all_classes,
+    _fit_logreg,
+    _gda_fit,
+    _min_shots,
+    _nll,
+    _select,
+    _stratified_split,
+    tip_adapter_grid as tip_adapter_grid,
+    _x,
+    _y,
+    _zs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,151 +91,6 @@ __all__ = [
     "TIP_INIT_BETA",
     "tip_adapter_grid",
 ]
-
-ArrayLike = Tensor | np.ndarray | Sequence[float]
-DEFAULT_LAMBDAS = tuple(float(v) for v in np.logspace(-5, 6, 45))  # TITAN's linear-probe grid (C = 1/lambda)
-# mrflogs/ICLR24 @560fe21, main_few_shots.py `run`: the alpha grid, and 0.1 the value it keeps when no grid
-# value beats accuracy 0 (our default when there is nothing to tune on).
-GDA_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
-GDA_DEFAULT_ALPHA = 0.1
-# gaopengcuhk/Tip-Adapter @d0e2d6f, configs/imagenet.yaml: search_scale [beta, alpha], search_step, init values
-# (other datasets' configs use wider scales, e.g. [12, 5] for Caltech101; pass search_scale= to match one).
-TIP_SEARCH_SCALE = (7.0, 3.0)
-TIP_SEARCH_STEP = (200, 20)
-TIP_INIT_BETA = 1.0
-TIP_INIT_ALPHA = 1.17
-Tuning = Literal["validation", "leave-one-out", "holdout", "default", "fixed", "none"]
-
-
-def tip_adapter_grid(
-    search_scale: Sequence[float] = TIP_SEARCH_SCALE,
-    search_step: Sequence[int] = TIP_SEARCH_STEP,
-) -> tuple[list[float], list[float]]:
-    """Tip-Adapter's search grid ``(betas, alphas)``: ``0.1 + i (scale - 0.1) / step`` for ``i < step``.
-
-    As ``search_hp`` in gaopengcuhk/Tip-Adapter's ``utils.py`` (``search_scale``/``search_step`` are
-    ``[beta, alpha]``; ImageNet's config by default: betas 0.1..6.97 in 200 steps, alphas 0.1..2.86 in 20).
-    """
-    if len(search_scale) != 2 or len(search_step) != 2 or min(search_step) < 1:
-        raise InvalidParameterError(
-            "search_scale and search_step are [beta, alpha] pairs; steps must be >= 1"
-        )
-    return [
-        [i * (float(sc) - 0.1) / int(st) + 0.1 for i in range(int(st))]  # type: ignore[return-value]
-        for sc, st in zip(search_scale, search_step, strict=True)
-    ]
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def _x(X: ArrayLike, name: str = "X", dim: int | None = None) -> Tensor:
-    t = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X.detach().cpu()).to(torch.float64)
-    if t.ndim != 2 or t.shape[0] == 0:
-        raise InvalidParameterError(f"{name} must be a non-empty (n, d) array, got shape {tuple(t.shape)}")
-    if dim is not None and t.shape[1] != dim:
-        raise InvalidParameterError(f"{name} has d={t.shape[1]}, the model was fitted on d={dim}")
-    if not torch.isfinite(t).all():
-        raise InvalidParameterError(f"{name} holds NaN or inf values")
-    return t
-
-
-def _y(y: ArrayLike, n: int, n_classes: int | None, name: str = "y") -> tuple[Tensor, int]:
-    t = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, Tensor) else y)).to(torch.long).ravel()
-    if t.numel() != n:
-        raise InvalidParameterError(f"{name} has {t.numel()} labels for {n} embeddings")
-    if int(t.min()) < 0:
-        raise InvalidParameterError(f"{name} must hold class indices 0..C-1, got {int(t.min())}")
-    c = n_classes if n_classes is not None else int(t.max()) + 1
-    if int(t.max()) >= c:
-        raise InvalidParameterError(f"{name} holds class {int(t.max())} but n_classes={c}")
-    return t, c
-
-
-def _check_all_classes(y: Tensor, n_classes: int) -> None:
-    missing = sorted(set(range(n_classes)) - set(y.tolist()))
-    if missing:
-        raise InvalidParameterError(
-            f"classes {missing} have no training example; give at least one per class"
-        )
-
-
-def _zs(zs: ArrayLike | None, n: int, n_classes: int, name: str) -> Tensor | None:
-    if zs is None:
-        return None
-    t = _x(zs, name)
-    if t.shape != (n, n_classes):
-        raise InvalidParameterError(f"{name} must have shape ({n}, {n_classes}), got {tuple(t.shape)}")
-    return t
-
-
-def _nll(logits: Tensor, y: Tensor) -> float:
-    return float(F.cross_entropy(logits, y))
-
-
-def _acc(logits: Tensor, y: Tensor) -> float:
-    return float((logits.argmax(1) == y).double().mean())
-
-
-def _select(candidates: list[tuple[object, Tensor]], y_val: Tensor, *, loss_ties: bool = False) -> object:
-    """The first candidate (in grid order) with the best accuracy, as the references' strict ``acc > best``.
-
-    ``loss_ties`` breaks accuracy ties by the lower log-loss instead (used for leave-one-out, where a few
-    support slides give coarse, often tied accuracies; the references only tune on a validation set).
-    """
-    if loss_ties:
-        return max(candidates, key=lambda c: (_acc(c[1], y_val), -_nll(c[1], y_val)))[0]
-    accs = [_acc(logits, y_val) for _, logits in candidates]
-    return candidates[int(np.argmax(accs))][0]
-
-
-def _min_shots(y: Tensor, n_classes: int) -> int:
-    return int(torch.bincount(y, minlength=n_classes).min())
-
-
-def _stratified_split(y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Indices (train, val); every class keeps at least one training example."""
-    gen = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for c in torch.unique(y).tolist():
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val = min(int(round(fraction * len(idx))), len(idx) - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
-
-
-class FewShotClassifier:
-    """A fitted few-shot classifier: ``predict_proba(X) -> (B, C)``, ``predict(X) -> (B,)``.
-
-    Subclasses implement :meth:`logits`. ``zero_shot_logits`` is required by models fitted with a
-    zero-shot prior and ignored by the others.
-    """
-
-    n_classes: int
-    dim: int
-    uses_zero_shot: bool = False
-    tuning: Tuning = "none"
-    hyperparameters: dict[str, float]  # the chosen values (empty when there are none)
-
-    def logits(self, X: ArrayLike, zero_shot_logits: ArrayLike | None = None) -> Tensor:
-        raise NotImplementedError
-
-    def predict_proba(self, X: ArrayLike, zero_shot_logits: ArrayLike | None = None) -> Tensor:
-        """Class probabilities (B, C) of embeddings ``X`` (B, d)."""
-        return torch.softmax(self.logits(X, zero_shot_logits), dim=1)
-
-    def predict(self, X: ArrayLike, zero_shot_logits: ArrayLike | None = None) -> Tensor:
-        """Predicted class indices (B,)."""
-        return self.logits(X, zero_shot_logits).argmax(1)
-
-    def _prior(self, zs: ArrayLike | None, n: int) -> Tensor | None:
-        if self.uses_zero_shot and zs is None:
-            raise InvalidParameterError(
-                f"this {type(self).__name__} was fitted with a zero-shot prior: pass zero_shot_logits= for X too"
-            )
-        return _zs(zs, n, self.n_classes, "zero_shot_logits") if self.uses_zero_shot else None
 
 
 # -------------------------------------------------------------------------------------- linear probe
@@ -242,53 +121,6 @@ class LinearProbe(FewShotClassifier):
 
     def logits(self, X: ArrayLike, zero_shot_logits: ArrayLike | None = None) -> Tensor:
         return _x(X, dim=self.dim) @ self.weight + self.bias
-
-
-def _fit_logreg(
-    X: Tensor,
-    y: Tensor,
-    n_classes: int,
-    lam: float,
-    *,
-    max_iter: int,
-    init: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Minimise scikit-learn's ``LogisticRegression(C=1/lam)`` objective by L-BFGS; returns (d, C), (C,).
-
-    ``sum_i CE_i + lam/2 ||W||^2`` (summed over samples, intercept unpenalised). Binary: one logit
-    ``x w + b`` (column 0 fixed at 0), so the penalty is on ``w`` alone; a two-column softmax would split ``w``
-    into ``+-w/2`` and halve the penalty. Multiclass: the full multinomial ``W`` (C columns), as scikit-learn.
-    """
-    cols = 1 if n_classes == 2 else n_classes
-    W = torch.zeros(X.shape[1], cols, dtype=X.dtype) if init is None else init[0][:, -cols:].clone()
-    b = torch.zeros(cols, dtype=X.dtype) if init is None else init[1][-cols:].clone()
-    W.requires_grad_(True)
-    b.requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [W, b],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def full(W: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        if cols == n_classes:
-            return W, b
-        return torch.cat([torch.zeros_like(W), W], 1), torch.cat([torch.zeros_like(b), b])
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        Wf, bf = full(W, b)
-        loss = F.cross_entropy(X @ Wf + bf, y, reduction="sum") + 0.5 * lam * (W * W).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    Wf, bf = full(W.detach(), b.detach())
-    return Wf, bf
 
 
 def linear_probe(
@@ -552,39 +384,6 @@ class GDA(FewShotClassifier):
         return g if zs is None else zs + float(self.alpha) * g  # type: ignore[arg-type]
 
 
-def _precision(Xc: Tensor, shrinkage: Literal["ks", "ledoit-wolf"] | float) -> Tensor:
-    n, d = Xc.shape
-    if shrinkage == "ks":  # GDA repo: P = D * pinv((n-1) S + tr(S) I), S the unbiased covariance
-        S = Xc.T @ Xc / max(n - 1, 1)
-        return d * torch.linalg.pinv((n - 1) * S + torch.trace(S) * torch.eye(d, dtype=Xc.dtype))
-    S = Xc.T @ Xc / n
-    mu = torch.trace(S) / d
-    eye = torch.eye(d, dtype=Xc.dtype)
-    if shrinkage == "ledoit-wolf":
-        d2 = ((S - mu * eye) ** 2).sum()
-        b2 = ((Xc**2).sum(1) ** 2).sum() / n**2 - (S**2).sum() / n
-        delta = float(torch.clamp(b2 / d2, 0.0, 1.0)) if d2 > 0 else 1.0
-    elif isinstance(shrinkage, (int, float)) and 0.0 <= float(shrinkage) <= 1.0:
-        delta = float(shrinkage)
-    else:
-        raise InvalidParameterError(
-            f"shrinkage must be 'ks', 'ledoit-wolf' or a float in [0, 1], got {shrinkage!r}"
-        )
-    return torch.linalg.pinv((1 - delta) * S + delta * mu * eye)
-
-
-def _gda_fit(
-    Z: Tensor, y: Tensor, c: int, shrinkage: Literal["ks", "ledoit-wolf"] | float
-) -> tuple[Tensor, Tensor]:
-    """(W (d, C), b (C,)) of GDA on (already normalised) embeddings ``Z``."""
-    counts = torch.bincount(y, minlength=c).to(Z.dtype)
-    mu = torch.zeros(c, Z.shape[1], dtype=Z.dtype).index_add_(0, y, Z) / counts[:, None]
-    P = _precision(Z - mu[y], shrinkage)
-    W = P @ mu.T
-    b = torch.full((c,), float(np.log(1.0 / c)), dtype=Z.dtype) - 0.5 * ((mu @ P) * mu).sum(1)
-    return W, b
-
-
 def gda(
     X: ArrayLike,
     y: ArrayLike,
@@ -650,6 +449,14 @@ def gda(
     W, b = _gda_fit(Z, yt, c, shrinkage)
     model = GDA(weight=W, bias=b, normalize=normalize, alpha=None)
     zt = _zs(zs, Xt.shape[0], c, "zs")
+    if zt is None and zs_val is None and _min_shots(yt, c) < 2 and int(yt.bincount(minlength=c).max()) < 2:
+        # one slide per class: the class-centred covariance is 0, so W = 0 and every slide would get the same
+        # prediction (the reference has 10 augmented views per image; slide embeddings have one)
+        raise InvalidParameterError(
+            "GDA needs at least 2 support slides in some class to estimate its covariance (with one slide per "
+            "class every prediction would be the same): give more shots, a zero-shot prior (zs=), or use "
+            "simpleshot / linear_probe"
+        )
     if zs_val is None and zt is None:
         if X_val is not None or y_val is not None:
             raise InvalidParameterError(

@@ -57,7 +57,6 @@ What is shared and what is not:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -66,31 +65,29 @@ import os
 import re
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import InvalidParameterError, SlidescopeError
-from ..features.store import StoreError, open_store, slide_key, store_path
-from ..mil.data import StoreBags, collate_bags
-from ..training import (
-    ddp_strategy,
-    end_processes,
-    launched_processes,
-    lightning_quiet,
-    resolve_world,
-    write_atomic,
+from ..features.store import open_store, store_path
+from ..training import ddp_strategy, resolve_world
+from ._pretrain_data import (
+    ReportDataModule,
+    ReportDataset,
+    ReportRow,
+    collate_pairs as collate_pairs,  # public here: tests and callers import it from this module
+    read_report_manifest,
+    split_patients,
 )
+from ._pretrain_steps import _text_tower, _trainer, _write_splits, fit_and_write
 from .model import SlideTextModel, clip_loss
 from .slide_encoder import PerceiverSlideEncoderConfig
-from .text import HFTextTower, SmallTextTower, TextTower
+from .text import SmallTextTower, TextTower
 
 log = logging.getLogger(__name__)
 
@@ -108,246 +105,6 @@ __all__ = [
 ]
 
 FreezeText = Literal["none", "all", "partial"]
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-@dataclass(frozen=True)
-class ReportRow:
-    """One (slide, report) pair; ``slide`` is absolute (resolved against the manifest's folder)."""
-
-    slide: str
-    patient: str
-    report: str
-    label: str | None = None
-
-    @property
-    def key(self) -> str:
-        return slide_key(self.slide)
-
-
-def read_report_manifest(
-    path: str | os.PathLike[str],
-    *,
-    store: str | os.PathLike[str] | None = None,
-    encoder: str | None = None,
-    report_column: str = "report",
-    label_column: str | None = "label",
-) -> list[ReportRow]:
-    """Read a pretraining manifest: columns ``slide``, ``patient`` and ``report_column`` (free text).
-
-    With ``store`` and ``encoder`` every slide must have complete embeddings (all missing ones are listed in
-    one message). ``label_column`` is kept when present (for stratified splits and evaluation), never required.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidParameterError(f"manifest {path} does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("slide", "patient", report_column) if c not in columns]
-        if missing:
-            raise InvalidParameterError(
-                f"{path.name} lacks the column(s) {', '.join(missing)}; a pretraining "
-                f"manifest needs slide, patient and {report_column} (free-text report)"
-            )
-        raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    if not raw:
-        raise InvalidParameterError(f"{path.name} has no rows")
-    empty = [r["slide"] for r in raw if not r[report_column]]
-    if empty:
-        raise InvalidParameterError(
-            f"{path.name}: {len(empty)} slide(s) have an empty {report_column!r}: "
-            f"{', '.join(empty[:5])}; drop them or write their reports"
-        )
-    has_label = label_column is not None and label_column in columns
-    rows = [
-        ReportRow(
-            slide=str((path.parent / r["slide"]).resolve()),
-            patient=r["patient"] or r["slide"],
-            report=r[report_column],
-            label=r[label_column] if has_label else None,
-        )
-        for r in raw
-    ]
-    if store is not None and encoder is not None:
-        bad = []
-        for r in rows:
-            try:
-                if encoder not in open_store(store_path(store, r.slide), encoder=encoder).encoders():
-                    bad.append(f"{r.key} (no complete {encoder!r} embeddings)")
-            except StoreError:
-                bad.append(f"{r.key} (no store)")
-        if bad:
-            raise InvalidParameterError(
-                f"{len(bad)} slide(s) of {path.name} cannot be used: {', '.join(bad[:10])}; "
-                f"run `slidescope extract --encoder {encoder}` on them first"
-            )
-    return rows
-
-
-def split_patients(
-    rows: list[ReportRow],
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-) -> tuple[list[ReportRow], list[ReportRow]]:
-    """(train, val) rows split by patient, stratified by label when every row has one; >= 2 val slides."""
-    if not 0.0 < val_fraction < 1.0:
-        raise InvalidParameterError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    patients = sorted({r.patient for r in rows})
-    if len(patients) < 4:
-        raise InvalidParameterError(
-            f"pretraining needs at least 4 patients (train and validation), got {len(patients)}"
-        )
-    plabel = {r.patient: (r.label or "") for r in rows}
-    rng = np.random.default_rng(seed)
-    val: set[str] = set()
-    for label in sorted(set(plabel.values())):
-        group = sorted(p for p, lab in plabel.items() if lab == label)
-        n = int(round(val_fraction * len(group)))
-        val.update(group[i] for i in rng.permutation(len(group))[:n])
-    rest = [p for p in patients if p not in val]
-    while sum(r.patient in val for r in rows) < 2 and len(rest) > 2:  # retrieval needs >= 2 candidates
-        val.add(rest.pop(int(rng.integers(len(rest)))))
-    train = [r for r in rows if r.patient not in val]
-    if len(train) < 2:
-        raise InvalidParameterError("val_fraction leaves fewer than 2 training slides")
-    return train, [r for r in rows if r.patient in val]
-
-
-def _sentences(report: str) -> list[str]:
-    return [s for s in _SENTENCE.split(report.strip()) if s]
-
-
-class ReportDataset(StoreBags):
-    """One item per slide: ``features (N, D)``, ``text`` and ``index``.
-
-    Training items subsample ``max_instances`` tiles and, with ``sentence_dropout``, keep a random non-empty
-    subset of the report's sentences in random order (a report says several independent things; the text tower
-    should learn each). Evaluation items (``train=False``) keep every tile and the whole report.
-    """
-
-    def __init__(
-        self,
-        rows: list[ReportRow],
-        *,
-        store: str | os.PathLike[str],
-        encoder: str,
-        max_instances: int | None = 512,
-        train: bool = False,
-        sentence_dropout: float = 0.3,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            rows, store=store, encoder=encoder, max_instances=max_instances if train else None, seed=seed
-        )
-        self.train = train
-        self.sentence_dropout = sentence_dropout
-
-    def text(self, i: int) -> str:
-        report = self.rows[i].report
-        if not self.train or self.sentence_dropout <= 0:
-            return report
-        parts = _sentences(report)
-        keep = [p for p in parts if self._rng.random() >= self.sentence_dropout]
-        keep = keep or [parts[self._rng.integers(len(parts))]]
-        return " ".join(keep[j] for j in self._rng.permutation(len(keep)))
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        emb = self.sample(self.embeddings(i))
-        return {
-            "features": torch.from_numpy(np.ascontiguousarray(emb)),
-            "label": -1,
-            "index": i,
-            "text": self.text(i),
-        }
-
-
-def collate_pairs(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """``features (B, N, D)``, ``mask (B, N)`` (True = real tile), ``index (B,)`` and ``texts`` (list of B str)."""
-    out: dict[str, Any] = collate_bags(batch)
-    out["texts"] = [b["text"] for b in batch]
-    return out
-
-
-class ReportDataModule(L.LightningDataModule):
-    """Training and validation (slide, report) pairs; the validation set is one batch (for retrieval)."""
-
-    def __init__(
-        self,
-        train_rows: list[ReportRow],
-        val_rows: list[ReportRow],
-        *,
-        store: str | os.PathLike[str],
-        encoder: str,
-        batch_size: int = 32,
-        max_instances: int | None = 512,
-        sentence_dropout: float = 0.3,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["train_rows", "val_rows"], logger=False)
-        self.train_rows, self.val_rows = list(train_rows), list(val_rows)
-        self.train_set: ReportDataset | None = None
-        self.val_set: ReportDataset | None = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            h = self.hparams
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            # each DDP rank its own stream of tile subsamples and sentence drops (rank 0: that of one device)
-            self.train_set = ReportDataset(
-                self.train_rows,
-                store=h.store,
-                encoder=h.encoder,
-                max_instances=h.max_instances,
-                train=True,
-                sentence_dropout=h.sentence_dropout,
-                seed=h.seed + rank,
-            )
-            self.val_set = ReportDataset(self.val_rows, store=h.store, encoder=h.encoder, max_instances=None)
-
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        trainer = self.trainer
-        world = trainer.world_size if trainer is not None else 1
-        if world > 1:
-            # this rank's shard of the pairs, reshuffled every epoch (Lightning calls set_epoch); the remainder
-            # is dropped, not padded with repeats: a repeated pair in a contrastive batch is its own negative
-            sampler = DistributedSampler(
-                self.train_set,
-                num_replicas=world,
-                rank=trainer.global_rank,
-                shuffle=True,
-                seed=h.seed,
-                drop_last=True,
-            )
-            n = len(sampler)
-        else:
-            sampler, n = None, len(self.train_set)
-        bs = min(h.batch_size, n)
-        # drop_last: a last batch of one pair has a trivial contrastive loss. Under DDP the ranks' embeddings are
-        # gathered, so the last batch of the step holds world x (shard % bs) pairs: only one device can get one
-        drop_last = world * (n % bs) == 1
-        if sampler is not None:
-            return DataLoader(
-                self.train_set, batch_size=bs, sampler=sampler, collate_fn=collate_pairs, drop_last=drop_last
-            )
-        return DataLoader(
-            self.train_set,
-            batch_size=bs,
-            shuffle=True,
-            collate_fn=collate_pairs,
-            drop_last=drop_last,
-            generator=torch.Generator().manual_seed(h.seed),
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        # every rank the whole set: pretrain() turns Lightning's sampler replacement off
-        return DataLoader(self.val_set, batch_size=len(self.val_set), collate_fn=collate_pairs)
 
 
 # ------------------------------------------------------------------------------------------ task
@@ -575,31 +332,6 @@ class PretrainResult:
         return f"best epoch {self.best_epoch} of {self.epochs} ({self.seconds:.0f} s): {m}"
 
 
-def _text_tower(
-    text: str | os.PathLike[str] | TextTower, reports: list[str], *, text_width: int, text_depth: int
-) -> TextTower:
-    if isinstance(text, TextTower):
-        return text
-    if str(text) == "small":
-        return SmallTextTower.from_texts(
-            reports,
-            vocab_size=8000,
-            width=text_width,
-            depth=text_depth,
-            heads=4,
-            max_length=128,
-            pooling="mean",
-            dropout=0.1,
-        )
-    path = Path(text)
-    if not path.is_dir():
-        raise InvalidParameterError(
-            f"text={text!r}: use 'small' (trained from scratch on the reports), a folder "
-            "with a Hugging Face encoder, or a TextTower"
-        )
-    return HFTextTower.from_pretrained(path)
-
-
 def _strategy(strategy: str, world_size: int) -> Any:
     """``"auto"`` on several processes: DDP that finds unused parameters. The contrastive loss does not reach
     every parameter: the slide encoder's image-latent norm (kept for PRISM's layout), a BERT pooler, the layers
@@ -620,107 +352,6 @@ def _slide_encoder_config(
             f"have {in_dim} dimensions; set context_dim={in_dim}"
         )
     return cfg
-
-
-def _write_splits(out: Path, train_rows: list[ReportRow], val_rows: list[ReportRow]) -> None:
-    """Rank 0: ``out/splits.json`` (atomically), the training and validation patients and slides."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(
-        out / "splits.json",
-        json.dumps(
-            {
-                "train_patients": sorted({r.patient for r in train_rows}),
-                "val_patients": sorted({r.patient for r in val_rows}),
-                "train_slides": [r.key for r in train_rows],
-                "val_slides": [r.key for r in val_rows],
-            },
-            indent=2,
-        ),
-    )
-
-
-def _trainer(
-    out: Path,
-    saver: _SaveBest,
-    *,
-    epochs: int,
-    early_stopping_patience: int | None,
-    accelerator: str,
-    devices: int | str,
-    num_nodes: int,
-    strategy: Any,
-    precision: str | None,
-    progress: bool,
-) -> L.Trainer:
-    """The Trainer of :func:`pretrain`: ``saver`` (and early stopping on ``val/loss``), no Lightning logger
-    or checkpoints (the artefact is the saved model)."""
-    callbacks: list[L.Callback] = [saver]
-    if early_stopping_patience is not None:
-        from lightning.pytorch.callbacks import EarlyStopping
-
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=early_stopping_patience))
-    with lightning_quiet(progress):
-        return L.Trainer(
-            max_epochs=epochs,
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            precision=precision,
-            logger=False,
-            callbacks=callbacks,
-            enable_checkpointing=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            deterministic=True,
-            default_root_dir=str(out),
-            # ReportDataModule shards the training pairs itself; every rank validates on all
-            use_distributed_sampler=False,
-        )
-
-
-def _fit(trainer: L.Trainer, task: SlideTextTask, dm: ReportDataModule, *, progress: bool) -> None:
-    with lightning_quiet(progress):
-        # one optimisation step per epoch on small cohorts is expected
-        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-        # Lightning's all_gather (DDP) still calls it; torch >= 2.10 deprecates it
-        warnings.filterwarnings(
-            "ignore",
-            message=r".*distributed\.nn\.functional\.all_gather is deprecated.*",
-            category=FutureWarning,
-        )
-        trainer.fit(task, datamodule=dm)
-
-
-def _write_metrics(
-    path: Path,
-    saver: _SaveBest,
-    trainer: L.Trainer,
-    *,
-    metrics: dict[str, float],
-    seconds: float,
-    world_size: int,
-    config: dict[str, Any],
-) -> None:
-    """Rank 0: ``metrics.json`` (atomically), the best validation metrics, epochs, time and configuration."""
-    from .. import __version__
-
-    write_atomic(
-        path,
-        json.dumps(
-            {
-                "metrics": metrics,
-                "best_epoch": saver.best_epoch,
-                "epochs": int(trainer.current_epoch),
-                "seconds": seconds,
-                "world_size": world_size,
-                "config": config,
-                "slidescope_version": __version__,
-            },
-            indent=2,
-        ),
-    )
 
 
 def pretrain(
@@ -800,22 +431,15 @@ def pretrain(
         progress=progress,
     )
     rank0 = global_rank == 0
-    if len(train_rows) < world_size:
-        raise InvalidParameterError(
-            f"{len(train_rows)} training slides cannot give each of {world_size} DDP "
-            f"processes a pair; use fewer devices"
-        )
-
-    L.seed_everything(seed, workers=True, verbose=False)  # every rank: the same tower and initial weights
-    tower = _text_tower(text, [r.report for r in train_rows], text_width=text_width, text_depth=text_depth)
-    if isinstance(tower, SmallTextTower) and freeze_text != "none" and not isinstance(text, TextTower):
-        log.warning(
-            "freeze_text=%r freezes a text tower with random weights (text='small'); only the slide "
-            "side will learn",
-            freeze_text,
-        )
-    task = SlideTextTask(
-        SlideTextModel(cfg, tower, dim_latents=dim_latents),
+    _check_shards(len(train_rows), world_size)
+    task = _slide_text_task(
+        text,
+        train_rows,
+        cfg,
+        seed=seed,
+        text_width=text_width,
+        text_depth=text_depth,
+        dim_latents=dim_latents,
         lr=lr,
         text_lr=text_lr,
         weight_decay=weight_decay,
@@ -847,44 +471,83 @@ def pretrain(
         precision=precision,
         progress=progress,
     )
-    try:
-        _fit(trainer, task, dm, progress=progress)
-        if trainer.interrupted:
-            raise KeyboardInterrupt("pretraining was interrupted")
-        seconds = time.perf_counter() - t0
-        metrics = {k: float(v) for k, v in saver.best_metrics.items()}
-        if rank0:
-            config = {
-                "encoder": encoder,
-                "seed": seed,
-                "lr": lr,
-                "batch_size": batch_size,
-                "epochs": epochs,
-                "early_stopping_patience": early_stopping_patience,
-                "max_instances": max_instances,
-                "freeze_text": freeze_text,
-                "val_fraction": val_fraction,
-                "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
-                "slide_encoder": cfg.to_dict(),
-                "dim_latents": dim_latents,
-            }
-            _write_metrics(
-                out / "metrics.json",
-                saver,
-                trainer,
-                metrics=metrics,
-                seconds=seconds,
-                world_size=world_size,
-                config=config,
-            )
-        # the other ranks return once rank 0 has written (a no-op on one device)
-        trainer.strategy.barrier("slidescope.vlm.pretrain: written")
-    except BaseException:
-        # the other ranks would wait in the next collective until its timeout: end the ones this process started
-        end_processes(launched_processes(trainer))
-        raise
+    config = {  # metrics.json's "config" (rank 0 writes it once fitted)
+        "encoder": encoder,
+        "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "early_stopping_patience": early_stopping_patience,
+        "max_instances": max_instances,
+        "freeze_text": freeze_text,
+        "val_fraction": val_fraction,
+        "text": str(text) if not isinstance(text, TextTower) else type(text).__name__,
+        "slide_encoder": cfg.to_dict(),
+        "dim_latents": dim_latents,
+    }
+    metrics, seconds = fit_and_write(
+        trainer,
+        task,
+        dm,
+        saver,
+        out=out,
+        rank0=rank0,
+        world_size=world_size,
+        config=config,
+        t0=t0,
+        progress=progress,
+    )
     if not rank0:
         return None  # type: ignore[return-value]  # as mil.train(): single-process callers need no None check
+    return _result(out, saver, trainer, metrics, seconds, train_rows, val_rows)
+
+
+def _check_shards(n_train: int, world_size: int) -> None:
+    """Every DDP process needs at least one training pair."""
+    if n_train < world_size:
+        raise InvalidParameterError(
+            f"{n_train} training slides cannot give each of {world_size} DDP "
+            f"processes a pair; use fewer devices"
+        )
+
+
+def _slide_text_task(
+    text: str | os.PathLike[str] | TextTower,
+    train_rows: list[ReportRow],
+    cfg: PerceiverSlideEncoderConfig,
+    *,
+    seed: int,
+    text_width: int,
+    text_depth: int,
+    dim_latents: int,
+    freeze_text: FreezeText,
+    **optim: Any,
+) -> SlideTextTask:
+    """The seeded text tower (a small one learns its tokenizer from the training reports), the model and its
+    :class:`SlideTextTask` (``optim``: ``lr``, ``text_lr``, ``weight_decay``, ``epochs``)."""
+    L.seed_everything(seed, workers=True, verbose=False)  # every rank: the same tower and initial weights
+    tower = _text_tower(text, [r.report for r in train_rows], text_width=text_width, text_depth=text_depth)
+    if isinstance(tower, SmallTextTower) and freeze_text != "none" and not isinstance(text, TextTower):
+        log.warning(
+            "freeze_text=%r freezes a text tower with random weights (text='small'); only the slide "
+            "side will learn",
+            freeze_text,
+        )
+    return SlideTextTask(
+        SlideTextModel(cfg, tower, dim_latents=dim_latents), freeze_text=freeze_text, **optim
+    )
+
+
+def _result(
+    out: Path,
+    saver: _SaveBest,
+    trainer: L.Trainer,
+    metrics: dict[str, float],
+    seconds: float,
+    train_rows: list[ReportRow],
+    val_rows: list[ReportRow],
+) -> PretrainResult:
+    """Rank 0: the :class:`PretrainResult` (and the log line) of a finished run."""
     log.info("pretraining done in %.0f s; best epoch %d: %s", seconds, saver.best_epoch, metrics)
     return PretrainResult(
         model_dir=out / "model",

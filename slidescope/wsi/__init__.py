@@ -17,14 +17,19 @@ _EXPORTS = {
     "DEFAULT_MIN_TISSUE": "._defaults",
     "Slide": "._slide",
     "open_slide": "._slide",
+    "MPP_FILLED_IN": "._slide",
     "TissueMask": "._tissue",
     "detect_tissue": "._tissue",
+    "PEN_MODES": "._pen",
+    "pen_hint": "._pen",
+    "render_tiling": "._render",
     "TileGrid": "._grid",
     "make_tile_grid": "._grid",
     "iter_tiles": "._stream",
     "read_tile": "._stream",
     "TileDataset": "._dataset",
     "expand_slides": "._inputs",
+    "dicom_series_name": "._inputs",
 }
 
 #: names that moved to slidescope.synthetic (deprecated here; removed in the next release)
@@ -35,8 +40,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from ._dataset import TileDataset as TileDataset
     from ._grid import TileGrid as TileGrid, make_tile_grid as make_tile_grid
-    from ._inputs import expand_slides as expand_slides
-    from ._slide import Slide as Slide, open_slide as open_slide
+    from ._inputs import dicom_series_name as dicom_series_name, expand_slides as expand_slides
+    from ._pen import PEN_MODES as PEN_MODES, pen_hint as pen_hint
+    from ._render import render_tiling as render_tiling
+    from ._slide import MPP_FILLED_IN as MPP_FILLED_IN, Slide as Slide, open_slide as open_slide
     from ._stream import iter_tiles as iter_tiles, read_tile as read_tile
     from ._tissue import TissueMask as TissueMask, detect_tissue as detect_tissue
 

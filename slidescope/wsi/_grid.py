@@ -181,22 +181,7 @@ def make_tile_grid(
     >>> coarse.extent, coarse.read_size, coarse.effective_mpp
     ((512, 512), (512, 512), (1.0, 1.0))
     """
-    tile_size = _positive_int("tile_size", tile_size)
-    if isinstance(overlap, bool) or not isinstance(overlap, int | np.integer) or not 0 <= overlap < tile_size:
-        raise InvalidParameterError(
-            f"overlap must be a whole number with 0 <= overlap < tile_size, got {overlap!r}"
-        )
-    try:
-        target = float(mpp)
-    except (TypeError, ValueError) as err:
-        raise InvalidParameterError(f"mpp must be a number of µm per pixel, got {mpp!r}") from err
-    if not np.isfinite(target) or target <= 0:
-        raise InvalidParameterError(
-            f"mpp must be a positive number of µm per pixel (0.5 is '20x'), got {mpp!r}"
-        )
-    if not 0.0 <= float(min_tissue) <= 1.0:
-        raise InvalidParameterError(f"min_tissue is a fraction between 0 and 1, got {min_tissue!r}")
-
+    tile_size, target = _check_grid_options(tile_size, mpp, overlap, min_tissue)
     smx, smy = slide.mpp
     if target * MAX_UPSAMPLE < min(smx, smy) and not allow_upsample:
         raise InvalidParameterError(
@@ -211,16 +196,7 @@ def make_tile_grid(
     stride_y = max(1, round(step * target / smy))
 
     w0, h0 = slide.dimensions
-    if roi is None:
-        rx, ry, rw, rh = 0, 0, w0, h0
-    else:
-        if len(roi) != 4:
-            raise InvalidParameterError(f"roi is (x, y, w, h) in level-0 pixels, got {roi!r}")
-        rx, ry, rw, rh = (int(v) for v in roi)
-        rx, ry = max(rx, 0), max(ry, 0)
-        rw, rh = min(rw, w0 - rx), min(rh, h0 - ry)
-        if rw <= 0 or rh <= 0:
-            raise InvalidParameterError(f"roi {roi} does not overlap the slide ({w0}x{h0} level-0 px)")
+    rx, ry, rw, rh = _roi_box(roi, (w0, h0))
     if ext_x > rw or ext_y > rh:
         raise InvalidParameterError(
             f"one tile of {tile_size} px at {target:g} µm/px covers {ext_x * smx:.0f} x {ext_y * smy:.0f} µm, "
@@ -270,7 +246,7 @@ def make_tile_grid(
     )
     if len(grid) == 0 and not allow_empty:
         what = "no tissue was found" if mask.is_empty else f"no tile has >= {min_tissue:.0%} tissue"
-        from ._tissue import pen_hint
+        from ._pen import pen_hint
 
         raise EmptyTissueError(
             f"{slide.path.name}: {what}. If the slide really has tissue, it may be pale: lower the detection "
@@ -288,6 +264,41 @@ def make_tile_grid(
         read_size,
     )
     return grid
+
+
+def _check_grid_options(tile_size: Any, mpp: Any, overlap: Any, min_tissue: Any) -> tuple[int, float]:
+    """``(tile_size, mpp)`` of :func:`make_tile_grid`, checked with ``overlap`` and ``min_tissue``."""
+    tile_size = _positive_int("tile_size", tile_size)
+    if isinstance(overlap, bool) or not isinstance(overlap, int | np.integer) or not 0 <= overlap < tile_size:
+        raise InvalidParameterError(
+            f"overlap must be a whole number with 0 <= overlap < tile_size, got {overlap!r}"
+        )
+    try:
+        target = float(mpp)
+    except (TypeError, ValueError) as err:
+        raise InvalidParameterError(f"mpp must be a number of µm per pixel, got {mpp!r}") from err
+    if not np.isfinite(target) or target <= 0:
+        raise InvalidParameterError(
+            f"mpp must be a positive number of µm per pixel (0.5 is '20x'), got {mpp!r}"
+        )
+    if not 0.0 <= float(min_tissue) <= 1.0:
+        raise InvalidParameterError(f"min_tissue is a fraction between 0 and 1, got {min_tissue!r}")
+    return tile_size, target
+
+
+def _roi_box(roi: tuple[int, int, int, int] | None, dims: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The ``(x, y, w, h)`` region to tile, in level-0 px: ``roi`` clipped to the slide, or the whole slide."""
+    w0, h0 = dims
+    if roi is None:
+        return 0, 0, w0, h0
+    if len(roi) != 4:
+        raise InvalidParameterError(f"roi is (x, y, w, h) in level-0 pixels, got {roi!r}")
+    rx, ry, rw, rh = (int(v) for v in roi)
+    rx, ry = max(rx, 0), max(ry, 0)
+    rw, rh = min(rw, w0 - rx), min(rh, h0 - ry)
+    if rw <= 0 or rh <= 0:
+        raise InvalidParameterError(f"roi {roi} does not overlap the slide ({w0}x{h0} level-0 px)")
+    return rx, ry, rw, rh
 
 
 def _tissue_fraction(

@@ -42,6 +42,9 @@ Algorithm (:func:`tissue_mask_from_rgb`)
 5. Clean up: closing with a disk of ~10 µm, holes filled (``fill_holes``), pen removed, and
    connected pieces smaller than ``min_area_um2`` dropped. No opening: thin strands of tissue
    one or two mask pixels wide are kept.
+
+The pen and ink rules and the IHC test (steps 4, 4a) are in :mod:`slidescope.wsi._pen`; the contours and
+GeoJSON rings of :class:`TissueMask` in :mod:`slidescope.wsi._polygons`.
 """
 
 from __future__ import annotations
@@ -60,6 +63,19 @@ from .._compat import renamed_kwargs
 from ..errors import InvalidParameterError
 
 from ._downsample import read_downsampled as _read_downsampled
+from ._pen import (
+    DAB_BLUE_GREEN_RATIO as DAB_BLUE_GREEN_RATIO,
+    DAB_GREEN_RED_MIN as DAB_GREEN_RED_MIN,
+    DAB_IHC_FRACTION as DAB_IHC_FRACTION,
+    DAB_MIN_OD as DAB_MIN_OD,
+    PEN_HINT_FRACTION as PEN_HINT_FRACTION,
+    PEN_MODES as PEN_MODES,
+    check_pen_mode,
+    dab_brown,
+    pen_hint as pen_hint,
+    pen_mask,
+)
+from ._polygons import iter_polygons, mask_contours, ring_area_um2, ring_to_list
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._slide import Slide
@@ -96,24 +112,6 @@ SCORE_CEILING = 0.08
 MAX_MASK_PIXELS = 120_000_000
 #: Radius of the closing disk, µm.
 MORPH_RADIUS_UM = 10.0
-#: Values of the ``pen`` option: remove ink, keep everything, or remove it unless the slide looks like IHC.
-PEN_MODES = ("on", "off", "auto")
-#: DAB concentration (log10 OD units of the deconvolution) above which a pixel can count as DAB-stained:
-#: a weak but clear brown; glass noise and the faint tails of other stains stay below ~0.05.
-DAB_MIN_OD = 0.15
-#: Brown hue gate: OD_blue >= this x OD_green. DAB alone gives 1.37 (0.27, 0.57, 0.78 per unit), DAB under as
-#: much blue counterstain 0.96; the magenta of H&E (eosin absorbs green) stays <= 0.8 on the real scans.
-DAB_BLUE_GREEN_RATIO = 0.9
-#: Brown hue gate: OD_green - OD_red above this. Excludes neutral black ink (equal ODs), which the
-#: deconvolution reads as DAB + haematoxylin, and blue/green ink (green absorbed least or less than red).
-DAB_GREEN_RED_MIN = 0.05
-#: ``pen="auto"`` takes a slide as IHC when this fraction of the tissue candidate is DAB-brown. Measured
-#: at 8 µm/px: real and synthetic H&E <= 0.0001 (also with blue, green and black pen strokes), synthetic
-#: IHC 0.11-0.40; 1 % leaves a margin of 100x on the H&E side and ~10x on the IHC side.
-DAB_IHC_FRACTION = 0.01
-#: Pen removal that takes more than this fraction of the tissue candidate is suspicious (a blue
-#: counterstain?): the empty-tissue errors then suggest ``--pen off`` (:func:`pen_hint`).
-PEN_HINT_FRACTION = 0.5
 #: Colour of the "Tissue" class in the GeoJSON (QuPath shows it).
 TISSUE_COLOR = [0, 160, 60]
 
@@ -181,8 +179,8 @@ class TissueMask:
         features = []
         for i, outer in enumerate(self.contours):
             holes = self.holes[i] if i < len(self.holes) else ()
-            area = _ring_area_um2(outer, self.mpp, self.downsample) - sum(
-                _ring_area_um2(h, self.mpp, self.downsample) for h in holes
+            area = ring_area_um2(outer, self.mpp, self.downsample) - sum(
+                ring_area_um2(h, self.mpp, self.downsample) for h in holes
             )
             features.append(
                 {
@@ -190,7 +188,7 @@ class TissueMask:
                     "id": f"tissue-{i}",
                     "geometry": {
                         "type": "Polygon",
-                        "coordinates": [_ring_to_list(r) for r in (outer, *holes)],
+                        "coordinates": [ring_to_list(r) for r in (outer, *holes)],
                     },
                     "properties": {
                         "objectType": "annotation",
@@ -250,7 +248,7 @@ class TissueMask:
         (mw, mh), ds, mpp = _mask_geometry((w0, h0), slide_mpp, mask_mpp)
         mask = np.zeros((mh, mw), bool)
         n = 0
-        for rings in _iter_polygons(data):
+        for rings in iter_polygons(data):
             for k, ring in enumerate(rings):
                 xy = np.asarray(ring, float).reshape(-1, 2)
                 if len(xy) < 3:
@@ -263,7 +261,7 @@ class TissueMask:
             n += 1
         if n == 0:
             log.warning("from_geojson: no Polygon or MultiPolygon found; the mask is empty")
-        contours, holes = _mask_contours(mask, ds)
+        contours, holes = mask_contours(mask, ds)
         params = {
             "source": "geojson",
             "mask_mpp_requested": float(mask_mpp),
@@ -349,7 +347,7 @@ def detect_tissue(
     _check_nonneg(min_area_um2, "min_area_um2")
     if threshold is not None:
         _check_positive(threshold, "threshold")
-    pen = _pen_mode(pen, remove_pen)
+    pen = check_pen_mode(pen, remove_pen)
     slide_mpp = slide.mpp  # MissingMppError propagates, its message says to pass slide_mpp=
     w0, h0 = slide.dimensions
     eff_mpp = max(float(mpp), float(slide_mpp[0]), float(slide_mpp[1]))
@@ -378,7 +376,7 @@ def detect_tissue(
         fill_holes=fill_holes,
         threshold=threshold,
     )
-    contours, holes = _mask_contours(mask, ds)
+    contours, holes = mask_contours(mask, ds)
     params = {
         "mpp": float(mpp),
         "mask_mpp": [float(mask_mpp[0]), float(mask_mpp[1])],
@@ -426,7 +424,7 @@ def tissue_mask_from_rgb(
     _check_nonneg(min_area_um2, "min_area_um2")
     if threshold is not None:
         _check_positive(threshold, "threshold")
-    pen = _pen_mode(pen, remove_pen)
+    pen = check_pen_mode(pen, remove_pen)
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InvalidParameterError(f"rgb must be an (h, w, 3) image, got shape {arr.shape}")
@@ -480,56 +478,6 @@ def _otsu(values: np.ndarray, nbins: int = 256) -> float | None:
     return float(centres[int(np.argmax(between[:-1]))])
 
 
-def _dab_brown(od: list[np.ndarray]) -> np.ndarray:
-    """Pixels stained DAB-brown (step 4a): deconvolved DAB above :data:`DAB_MIN_OD` and a brown hue."""
-    from skimage.color import hed_from_rgb
-
-    # colour deconvolution of the log10 optical densities: column 2 of hed_from_rgb gives DAB
-    m = hed_from_rgb.astype(np.float32)
-    dab = od[0] * m[0, 2] + od[1] * m[1, 2] + od[2] * m[2, 2]
-    return (
-        (dab > DAB_MIN_OD)
-        & (od[2] >= np.float32(DAB_BLUE_GREEN_RATIO) * od[1])
-        & (od[1] - od[0] > np.float32(DAB_GREEN_RED_MIN))
-    )
-
-
-def _pen_mode(pen: Any, remove_pen: bool | None) -> str:
-    """The checked ``pen`` value; ``remove_pen`` (the older bool spelling), when given, decides."""
-    if remove_pen is not None:
-        return "on" if remove_pen else "off"
-    if pen not in PEN_MODES:
-        raise InvalidParameterError(f"pen must be one of {', '.join(PEN_MODES)}, got {pen!r}")
-    return str(pen)
-
-
-def pen_hint(mask: Any) -> str:
-    """Advice to add to an empty-tissue error when pen removal took most of the tissue candidate.
-
-    Parameters
-    ----------
-    mask : a :class:`TissueMask` from :func:`detect_tissue` (or its ``params``); anything without detection
-        parameters (None, a mask made from GeoJSON) gives "".
-
-    Returns
-    -------
-    str
-        ``""``, or a sentence (with a leading space) suggesting ``--pen off`` when pen removal was on
-        and excluded more than :data:`PEN_HINT_FRACTION` of what scored as tissue (e.g. the blue
-        counterstain of an IHC slide with too little DAB for ``pen="auto"`` to notice).
-    """
-    params = getattr(mask, "params", mask)
-    if not isinstance(params, dict):  # None, or a mask-like object without detection parameters
-        return ""
-    removed = float(params.get("pen_removed_fraction") or 0.0)
-    if params.get("pen_used") != "on" or removed <= PEN_HINT_FRACTION:
-        return ""
-    return (
-        f" Pen removal excluded {removed:.0%} of what looked like tissue: if the slide is IHC or has a "
-        f"blue counterstain, run again with --pen off (pen='off')."
-    )
-
-
 def _disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return xx * xx + yy * yy <= radius * radius + radius * 0.5
@@ -556,30 +504,10 @@ def _segment(
     # step 4a: does the slide look like IHC? (DAB-brown share of the tissue candidate)
     candidate = score > (SCORE_FLOOR if threshold is None else float(threshold))
     n_candidate = int(candidate.sum())
-    dab_fraction = float((_dab_brown(od) & candidate).sum() / n_candidate) if n_candidate else 0.0
+    dab_fraction = float((dab_brown(od) & candidate).sum() / n_candidate) if n_candidate else 0.0
     pen_used = pen_mode if pen_mode != "auto" else ("off" if dab_fraction >= DAB_IHC_FRACTION else "on")
     remove_pen = pen_used == "on"
-    if remove_pen:
-        # white-balanced intensities (glass -> ~255)
-        gain = [np.float32(255.0 / max(float(glass[c]), 1.0)) for c in range(3)]
-        r, g, b = (np.minimum(rgb[..., c] * gain[c], np.float32(255.0)) for c in range(3))
-        vmax = np.maximum(np.maximum(r, g), b)
-        vmin = np.minimum(np.minimum(r, g), b)
-        # blue / green / cyan ink: red clearly below green (H&E and DAB never do this)
-        coloured_ink = (g - r > 15.0) & (np.maximum(g, b) - r > 30.0)
-        # black ink: nearly neutral and dark, or darker than any stained tissue at this scale
-        # (dense haematoxylin / keratin stay purple: HSV saturation > 0.5, max channel > 45)
-        sat = (vmax - vmin) / np.maximum(vmax, 1.0)
-        black_ink = (vmax < 40.0) | ((vmax < 90.0) & (sat < 0.25))
-        # blue ink over tissue turns dark blue-violet like dense haematoxylin, but absorbs far
-        # less blue relative to red: OD_B / OD_R ~0.2 against >= 0.4 for haematoxylin, more for
-        # eosin and DAB
-        blue_over_tissue = (od[0] > 0.5) & (od[2] < 0.3 * od[0])
-        pen = coloured_ink | black_ink | blue_over_tissue
-        if pen.any():
-            pen = ndimage.binary_dilation(pen, structure=np.ones((3, 3), bool))
-    else:
-        pen = np.zeros((h, w), bool)
+    pen = pen_mask(rgb, od, glass) if remove_pen else np.zeros((h, w), bool)
 
     if threshold is None:
         auto = _otsu(score[~pen]) if (~pen).any() else None
@@ -647,111 +575,6 @@ def _mask_geometry(
     mh = max(1, int(round(h0 * slide_mpp[1] / mask_mpp)))
     ds = (w0 / mw, h0 / mh)
     return (mw, mh), ds, (slide_mpp[0] * ds[0], slide_mpp[1] * ds[1])
-
-
-# -------------------------------------------------------------------------------------------------
-# polygons
-# -------------------------------------------------------------------------------------------------
-def _signed_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
-
-
-def _ring_area_um2(ring: np.ndarray, mpp: tuple[float, float], ds: tuple[float, float]) -> float:
-    # ring is in level-0 px; level-0 µm/px = mask mpp / downsample
-    return abs(_signed_area(ring)) * (mpp[0] / ds[0]) * (mpp[1] / ds[1])
-
-
-def _ring_to_list(ring: np.ndarray) -> list[list[float]]:
-    return [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
-
-
-def _drop_collinear(rc: np.ndarray) -> np.ndarray:
-    """Remove the middle points of straight runs of a closed contour (exact, cheap)."""
-    if len(rc) < 4:
-        return rc
-    pts = rc[:-1] if np.array_equal(rc[0], rc[-1]) else rc
-    prev = pts - np.roll(pts, 1, axis=0)
-    nxt = np.roll(pts, -1, axis=0) - pts
-    cross = prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]
-    keep = np.abs(cross) > 1e-9
-    if keep.sum() < 3:
-        return rc
-    out = pts[keep]
-    return np.vstack([out, out[:1]])
-
-
-def _mask_contours(
-    mask: np.ndarray, ds: tuple[float, float]
-) -> tuple[tuple[np.ndarray, ...], tuple[tuple[np.ndarray, ...], ...]]:
-    """Outer ring and holes of every 8-connected component, level-0 (x, y), closed, simplified."""
-    from scipy import ndimage
-    from skimage.measure import approximate_polygon, find_contours
-
-    if not mask.any():
-        return (), ()
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    objects = ndimage.find_objects(labels)
-    outers: list[np.ndarray] = []
-    holes_all: list[tuple[np.ndarray, ...]] = []
-    order: list[tuple[int, int]] = []
-    for i, sl in enumerate(objects):
-        if sl is None:
-            continue
-        comp = labels[sl] == i + 1
-        padded = np.pad(comp, 1).astype(np.float32)
-        rings = []
-        for rc in find_contours(padded, 0.5, fully_connected="high"):
-            if len(rc) < 3:
-                continue
-            rc = approximate_polygon(_drop_collinear(rc), tolerance=0.5)
-            if not np.array_equal(rc[0], rc[-1]):
-                rc = np.vstack([rc, rc[:1]])
-            # padded (row, col) index -> mask edge coordinates -> level-0 (x, y)
-            x = (rc[:, 1] - 1.0 + 0.5 + sl[1].start) * ds[0]
-            y = (rc[:, 0] - 1.0 + 0.5 + sl[0].start) * ds[1]
-            ring = np.column_stack([x, y]).astype(np.float64)
-            if len(ring) >= 4:
-                rings.append(ring)
-        if not rings:
-            continue
-        areas = [abs(_signed_area(r)) for r in rings]
-        k = int(np.argmax(areas))
-        outer = rings[k]
-        if _signed_area(outer) < 0:  # outer counter-clockwise in (x, y) numbers, holes clockwise
-            outer = outer[::-1].copy()
-        holes = []
-        for j, r in enumerate(rings):
-            if j != k:
-                holes.append(r[::-1].copy() if _signed_area(r) > 0 else r)
-        outers.append(outer)
-        holes_all.append(tuple(holes))
-        order.append((sl[0].start, sl[1].start))
-    idx = sorted(range(len(outers)), key=lambda j: order[j])
-    return tuple(outers[j] for j in idx), tuple(holes_all[j] for j in idx)
-
-
-def _iter_polygons(data: Any):
-    """Yield the rings (list of (x, y) lists) of every Polygon in a GeoJSON-like object."""
-    if isinstance(data, list):
-        for item in data:
-            yield from _iter_polygons(item)
-        return
-    if not isinstance(data, dict):
-        return
-    kind = data.get("type")
-    if kind == "FeatureCollection":
-        yield from _iter_polygons(data.get("features", []))
-    elif kind == "Feature":
-        yield from _iter_polygons(data.get("geometry"))
-    elif kind == "GeometryCollection":
-        yield from _iter_polygons(data.get("geometries", []))
-    elif kind == "Polygon":
-        yield data.get("coordinates", [])
-    elif kind == "MultiPolygon":
-        yield from data.get("coordinates", [])
-    else:
-        log.debug("from_geojson: ignoring a %s", kind)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -11,8 +11,11 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +342,51 @@ def test_full_disk_at_claim_time_fails_clearly_and_leaves_no_claim(
         [slide_file], tiny_encoder(), store=stores, tile_size=64, num_workers=0, progress=False
     )
     assert again.status == "done"
+
+
+@pytest.mark.parametrize("where", ["local", "fsspec"])
+def test_claim_is_one_protocol_on_local_folders_and_fsspec(where, tmp_path) -> None:
+    """The same lock content, errors and staleness rule in a local folder and on an fsspec file system (only
+    the atomic create differs); an empty claim is taken over only where it has an age (a local file)."""
+    import fsspec
+
+    bucket = f"claims-{uuid.uuid4().hex}"
+    if where == "local":
+        root: str | Path = tmp_path / "stores"
+        fs, inner = fsspec.filesystem("file"), str(tmp_path / "stores" / "s.zarr.lock")
+    else:
+        root = f"memory://{bucket}/stores"
+        fs, inner = fsspec.core.url_to_fs(f"{root}/s.zarr.lock")
+    path = store_path(root, "s.svs")
+    try:
+        with claim(path):
+            assert sorted(json.loads(fs.cat_file(inner))) == ["host", "pid", "since"]
+            with pytest.raises(
+                SlideClaimedError, match=f"delete {re.escape(f'{path}.lock')} if that run is dead"
+            ):
+                with claim(path):
+                    pass
+        assert not fs.exists(inner)
+        fs.pipe_file(inner, json.dumps({"host": socket.gethostname(), "pid": 2**22 + 3}).encode())
+        with claim(path):  # its process is gone: taken over
+            assert json.loads(fs.cat_file(inner))["pid"] == os.getpid()
+        fs.pipe_file(inner, json.dumps({"host": "elsewhere", "pid": 1}).encode())
+        with pytest.raises(SlideClaimedError, match="host elsewhere, pid 1"):
+            with claim(path):
+                pass
+        fs.pipe_file(inner, b"")
+        if where == "local":
+            old = time.time() - CLAIM_GRACE_S - 5
+            os.utime(inner, (old, old))
+            with claim(path):  # empty and older than the grace period: its writer failed
+                pass
+        else:
+            with pytest.raises(SlideClaimedError):  # an object is written whole: an empty one is someone's
+                with claim(path):
+                    pass
+    finally:
+        if where == "fsspec":
+            fs.rm(f"/{bucket}", recursive=True)
 
 
 # -- 11: stores are checked against their slide ---------------------------------------------------------------

@@ -169,3 +169,21 @@ def test_bootstrap_ci_brackets_the_estimate() -> None:
     assert 0 <= acc.low <= acc.estimate <= acc.high <= 1
     with pytest.raises(InvalidParameterError, match="metric"):
         bootstrap_ci(y, s, "no-such-metric")
+
+
+def test_gda_one_shot_without_prior_is_refused_not_constant() -> None:
+    """One slide per class gives a zero class-centred covariance: W = 0, the same prediction for every slide."""
+    import torch
+
+    from slidescope.errors import InvalidParameterError
+    from slidescope.vlm.fewshot import gda
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 8, generator=g)
+    with pytest.raises(InvalidParameterError, match="at least 2 support slides"):
+        gda(X, [0, 1])
+    # with a zero-shot prior it is defined (prior + alpha * constant)
+    clf = gda(X, [0, 1], zs=torch.randn(2, 2, generator=g))
+    assert clf.tuning == "default"
+    # two slides in one class are enough for a covariance
+    gda(torch.randn(3, 8, generator=g), [0, 0, 1])

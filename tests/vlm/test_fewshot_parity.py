@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn import linear_model
+from slidescope.errors import InvalidParameterError
 
 from slidescope.vlm.fewshot import (
     GDA_DEFAULT_ALPHA,
@@ -175,4 +176,5 @@ def test_one_shot_uses_the_reference_defaults() -> None:
     assert tip.tuning == "default" and (tip.alpha, tip.beta) == (TIP_INIT_ALPHA, TIP_INIT_BETA)
     g = gda(X, y, zs=zs)
     assert g.tuning == "default" and g.alpha == GDA_DEFAULT_ALPHA
-    assert gda(X, y).tuning == "none"  # no prior: nothing to tune
+    with pytest.raises(InvalidParameterError, match="at least 2 support slides"):
+        gda(X, y)  # no prior and one slide per class: a zero covariance, the same prediction for every slide

@@ -2,7 +2,7 @@
 
 from ._base import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
 from ._registry import create_encoder, get_encoder_config, list_encoders, register_encoder, resolve_device
-from ._weights import WeightsError, read_state_dict
+from ._weights import WeightsError, read_state_dict, resolve_weights
 
 __all__ = [
     "Encoder",
@@ -16,4 +16,5 @@ __all__ = [
     "read_state_dict",
     "register_encoder",
     "resolve_device",
+    "resolve_weights",
 ]

@@ -1,0 +1,127 @@
+"""Writing one encoder's embeddings chunk by chunk: :class:`EmbeddingWriter`.
+
+Each chunk of ``chunk_rows`` tiles is written whole, then its ``done`` marker (in that order: a run killed
+at any moment resumes from the last chunk whose marker was written); the ``complete`` attribute comes last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..._location import exists
+from ..._location import join as _join
+from ._errors import StoreCorruptError, StoreError
+from ._fastread import _EVERY_CHUNK, _read
+from ._keys import _jsonify, _now
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._store import SlideStore
+
+log = logging.getLogger("slidescope.features.store")
+
+
+class EmbeddingWriter:
+    """Chunk-wise writer for one encoder's embeddings; tiles may arrive in any order."""
+
+    def __init__(self, store: SlideStore, group) -> None:
+        self.store = store
+        self._group = group
+        self.array = group["embeddings"].with_config(_EVERY_CHUNK)
+        self.done_array = group["done"].with_config(_EVERY_CHUNK)
+        self.chunk_rows = int(group.attrs["chunk_rows"])
+        self.n = int(group.attrs["n_tiles"])
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._group.attrs.get("complete"))
+
+    def done_chunks(self, *, verify: bool = True) -> np.ndarray:
+        """Boolean (n_chunks,): chunks whose marker is written (a corrupt marker counts as not done).
+
+        With ``verify``, a chunk counts as done only if its embeddings chunk file also exists and passes its
+        checksum (a partial copy of a half-done store is resumed correctly, not read as zeros)."""
+        # a marker chunk not written yet reads as 0 (not done): exactly its meaning, so zarr reads them
+        try:
+            out = _read(self.done_array, slice(0, None)).astype(bool)
+        except StoreCorruptError:
+            out = np.zeros(self.done_array.shape[0], bool)
+            for i in range(len(out)):
+                with contextlib.suppress(StoreCorruptError):
+                    out[i] = bool(_read(self.done_array, slice(i, i + 1))[0])
+        if verify and self.n:
+            for c in np.flatnonzero(out):
+                key = f"{self.array.path}/{self.array.metadata.encode_chunk_key((int(c), 0))}"
+                try:
+                    ok = exists(_join(self.store.path, key))
+                    if ok:
+                        _read(self.array, slice(int(c) * self.chunk_rows, int(c) * self.chunk_rows + 1))
+                except StoreCorruptError:
+                    ok = False
+                if not ok:
+                    log.warning(
+                        "%s: embeddings chunk %s is missing or damaged; recomputing it",
+                        self.store.name,
+                        int(c),
+                    )
+                    out[c] = False
+        return out
+
+    def pending_indices(self) -> np.ndarray:
+        """Tile indices whose chunk is not done yet."""
+        done = self.done_chunks()
+        idx = np.arange(self.n)
+        return idx[~done[idx // self.chunk_rows]] if self.n else idx
+
+    def _chunk_len(self, chunk: int) -> int:
+        return min(self.chunk_rows, self.n - chunk * self.chunk_rows)
+
+    def add(self, indices: np.ndarray, values: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Buffer embeddings; return the chunks that became full as (chunk index, rows)."""
+        width = int(self.array.shape[1])
+        if values.ndim != 2 or values.shape[0] != len(indices) or values.shape[1] != width:
+            # zarr would silently keep the first `width` columns of a wider row: refuse instead
+            raise StoreError(
+                f"{self.store.name}: embeddings of shape {tuple(values.shape)} for {len(indices)} tiles do "
+                f"not fit this store's ({self.n}, {width}) array; the encoder's output size differs "
+                "from its config's embed_dim: fix the encoder config"
+            )
+        full = []
+        chunks = indices // self.chunk_rows
+        for chunk in np.unique(chunks):
+            sel = chunks == chunk
+            c = int(chunk)
+            if c not in self._buffers:
+                size = self._chunk_len(c)
+                self._buffers[c] = (np.zeros((size, values.shape[1]), self.array.dtype), np.zeros(size, bool))
+            buf, seen = self._buffers[c]
+            rows = indices[sel] - c * self.chunk_rows
+            buf[rows] = values[sel]
+            seen[rows] = True
+            if seen.all():
+                full.append((c, buf))
+                del self._buffers[c]
+        return full
+
+    def write_chunk(self, chunk: int, rows: np.ndarray) -> None:
+        """Write one chunk, then its marker (in that order: see the module docstring)."""
+        start = chunk * self.chunk_rows
+        if rows.shape != (self._chunk_len(chunk), int(self.array.shape[1])):
+            raise StoreError(
+                f"{self.store.name}: chunk {chunk} has shape {tuple(rows.shape)}, expected "
+                f"({self._chunk_len(chunk)}, {int(self.array.shape[1])}); nothing was written"
+            )
+        self.array[start : start + len(rows)] = rows
+        self.done_array[chunk : chunk + 1] = np.ones(1, np.uint8)
+
+    def finish(self, **attrs: Any) -> None:
+        if self._buffers:
+            raise StoreError(f"{self.store.name}: {len(self._buffers)} chunks are still partly filled")
+        if not self.done_chunks(verify=False).all() and self.n:
+            raise StoreError(f"{self.store.name}: not every chunk was written; run the extraction again")
+        self._group.attrs.update({**_jsonify(attrs), "complete": True, "finished": _now()})
+        self.store._touch()

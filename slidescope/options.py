@@ -1,0 +1,196 @@
+"""The option schema shared by the batch run, extraction, tiling and the viewer: each option once.
+
+Frozen dataclasses group the options by concern: :class:`TilingOptions` (where the tiles are),
+:class:`EmbeddingOptions` (how they are encoded and stored). Each field carries its default, its kind (how
+a config-file value is checked), its choices (from the owner where the owner publishes them) and its help
+text in ``field.metadata`` (see :func:`option`). From them are derived:
+
+- :class:`~slidescope.pipeline.RunConfig` (it extends both) and its config-file keys and checks;
+- the command-line options of ``slidescope run``, ``extract``, ``tile`` and ``info`` and their ``--help``;
+- :class:`~slidescope.features.extract.ExtractJob` (extends both) and the defaults of
+  :func:`~slidescope.features.extract.extract_slides`, :func:`~slidescope.features.extract_features`
+  and the viewer's :class:`~slidescope.viewer.AnalysisRequest`.
+
+Kept light: importing it loads no numpy, torch or slide library (choices are looked up when asked for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .wsi import DEFAULT_MIN_TISSUE
+
+__all__ = [
+    "TilingOptions",
+    "EmbeddingOptions",
+    "SlideOptions",
+    "OptionInfo",
+    "option",
+    "option_info",
+    "options_of",
+    "values_of",
+    "DEFAULT_OFFLINE_ENCODER",
+    "parse_batch_size",
+    "one_of",
+]
+
+#: the encoder the tools use when none is named: it needs no weights and runs offline
+DEFAULT_OFFLINE_ENCODER = "he-descriptor"
+
+#: how a config-file value is checked: "str", "int", "float", "bool", "path" (relative to the file),
+#: "paths" (one or a list), "batch" (a positive whole number or "auto")
+KINDS = ("str", "int", "float", "bool", "path", "paths", "batch")
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """What the schema says about one option (``field.metadata["option"]``).
+
+    Attributes
+    ----------
+    kind : how a value is checked (one of :data:`KINDS`).
+    help : help text, without the default and without a final full stop.
+    choices : the allowed values, or a callable that returns them (asked when a value is checked, so the
+        owner's registry is imported only then), or None (any value of the kind).
+    default_text : how ``--help`` names the default when the option's own default is None or is resolved
+        later (``"the encoder's"``); None: the default's value.
+    flag : the command-line spelling when it is not ``--name-with-dashes`` (``"--heatmaps/--no-heatmaps"``).
+    """
+
+    kind: str
+    help: str
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    default_text: str | None = None
+    flag: str | None = None
+
+    def allowed(self) -> tuple[str, ...] | None:
+        """The allowed values (the owner's registry asked now), or None."""
+        return self.choices() if callable(self.choices) else self.choices
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    kind: str,
+    help: str,  # noqa: A002 - the name every CLI library uses
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+    default_text: str | None = None,
+    flag: str | None = None,
+    compare: bool = True,
+) -> Any:
+    """A dataclass field of the schema: its default and its :class:`OptionInfo`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown option kind {kind!r}; one of {KINDS}")
+    info = OptionInfo(kind=kind, help=help, choices=choices, default_text=default_text, flag=flag)
+    return dataclasses.field(default=default, compare=compare, metadata={"option": info})
+
+
+def option_info(cls: type, name: str) -> OptionInfo:
+    """The :class:`OptionInfo` of field ``name`` of the schema dataclass ``cls``."""
+    return cls.__dataclass_fields__[name].metadata["option"]  # type: ignore[attr-defined]
+
+
+def options_of(cls: type) -> Iterator[dataclasses.Field[Any]]:
+    """The fields of ``cls`` that are options of the schema (those with an :class:`OptionInfo`), in order."""
+    return (f for f in dataclasses.fields(cls) if "option" in f.metadata)
+
+
+def values_of(obj: Any, cls: type) -> dict[str, Any]:
+    """The values of ``cls``'s fields held by ``obj`` (e.g. the tiling options of a run configuration)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(cls)}
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """``"a, b or c"``: the choices as help text says them."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def parse_batch_size(value: str | int | None) -> int | str | None:
+    """``"auto"``, a whole number given as text, or None; anything else raises ``ValueError``."""
+    if value is None or value == "auto" or isinstance(value, int):
+        return value
+    return int(value)
+
+
+# -- choices owned elsewhere, looked up when a value is checked ----------------------------------------------
+
+
+def _pen_modes() -> tuple[str, ...]:
+    from .wsi import PEN_MODES
+
+    return ("auto", *(m for m in PEN_MODES if m != "auto"))  # "auto" first: the default
+
+
+#: the slide readers (``slidescope.wsi`` registers "openslide" and "tiffslide"; "auto" picks one)
+_BACKENDS = ("auto", "openslide", "tiffslide")
+#: stain normalisation methods (:func:`slidescope.features.stain.make_normalizer`)
+_STAINS = ("macenko", "reinhard")
+#: encoder precisions (:func:`slidescope.features.create_encoder`)
+_PRECISIONS = ("fp32", "fp16", "bf16")
+#: stored embedding dtypes (:class:`slidescope.features.store.SlideStore`)
+_DTYPES = ("float16", "float32")
+
+PEN_HELP = (
+    "Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
+    "counterstain would be taken for ink), on or off"
+)
+SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)"
+FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding their metadata"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TilingOptions:
+    """Where the tiles are: resolution, size, overlap, tissue, and how the slides are read.
+
+    ``mpp`` and ``tile_size`` default (None) to what the encoder was trained on.
+    """
+
+    mpp: float | None = option(None, kind="float", help="Tile µm/px", default_text="the encoder's")
+    tile_size: int | None = option(None, kind="int", help="Tile px", default_text="the encoder's")
+    overlap: int = option(0, kind="int", help="Pixels shared by neighbouring tiles")
+    min_tissue: float = option(DEFAULT_MIN_TISSUE, kind="float", help="Minimum tissue fraction of a tile")
+    pen: str = option("auto", kind="str", choices=_pen_modes, help=PEN_HELP)
+    slide_mpp: float | None = option(None, kind="float", help=SLIDE_MPP_HELP)
+    force_slide_mpp: float | None = option(None, kind="float", help=FORCE_SLIDE_MPP_HELP)
+    backend: str = option("auto", kind="str", choices=_BACKENDS, help=one_of(_BACKENDS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingOptions:
+    """How the tiles are encoded and stored: encoder, weights, device, precision, batches, dtype, stain."""
+
+    encoder: str = option(kind="str", help="Patch encoder (see `slidescope encoders`) or timm:<name>")
+    weights: str | None = option(None, kind="path", help="Local encoder weights file or folder (offline use)")
+    stain: str | None = option(
+        None,
+        kind="str",
+        choices=_STAINS,
+        help=f"Stain normalisation: {one_of(_STAINS)}",
+        default_text="none",
+    )
+    dtype: str = option(
+        "float16", kind="str", choices=_DTYPES, help=f"Stored embedding dtype: {one_of(_DTYPES)}"
+    )
+    precision: str | None = option(
+        None,
+        kind="str",
+        choices=_PRECISIONS,
+        help=one_of(_PRECISIONS),
+        default_text="the model's on GPU, fp32 on CPU",
+    )
+    device: str = option("auto", kind="str", help="auto, cpu, cuda, cuda:1...")
+    batch_size: int | str = option("auto", kind="batch", help="Tiles per batch or 'auto'")
+    num_workers: int | None = option(
+        None, kind="int", help="Reader processes per slide", default_text="one per core on CPU"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlideOptions(TilingOptions, EmbeddingOptions):
+    """Everything that turns one slide into stored embeddings: the tiling and the embedding options.
+
+    Extended by :class:`~slidescope.pipeline.RunConfig` (a batch run) and
+    :class:`~slidescope.features.extract.ExtractJob` (one ``slidescope extract`` task)."""
