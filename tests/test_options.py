@@ -110,3 +110,22 @@ def test_importing_the_schema_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]"]
+
+
+def test_literal_choice_lists_equal_their_owners() -> None:
+    """The schema spells backend, stain and precision choices out (so `import slidescope.options` and the CLI's
+    help stay light); each must equal what its owner accepts."""
+    import typing
+
+    from slidescope import options
+    from slidescope.features import stain
+    from slidescope.features.encoders._base import Precision
+    from slidescope.wsi._backends import BACKENDS
+
+    assert set(options._BACKENDS) == {"auto", *BACKENDS}
+    assert set(options._STAINS) == set(stain._METHODS)
+    assert options._PRECISIONS == typing.get_args(Precision)
+    # the store's dtypes: every listed one is a numpy float type the writer accepts
+    import numpy as np
+
+    assert all(np.dtype(d).kind == "f" for d in options._DTYPES)
