@@ -52,7 +52,8 @@ class OptionInfo:
     Attributes
     ----------
     kind : how a value is checked (one of :data:`KINDS`).
-    help : help text, without the default and without a final full stop.
+    help : help text, without the default and without a final full stop; ``{choices}`` in it stands for
+        the allowed values (see :meth:`text`).
     choices : the allowed values, or a callable that returns them (asked when a value is checked, so the
         owner's registry is imported only then), or None (any value of the kind).
     default_text : how ``--help`` names the default when the option's own default is None or is resolved
@@ -69,6 +70,13 @@ class OptionInfo:
     def allowed(self) -> tuple[str, ...] | None:
         """The allowed values (the owner's registry asked now), or None."""
         return self.choices() if callable(self.choices) else self.choices
+
+    def text(self) -> str:
+        """The help text with ``{choices}`` replaced by the allowed values (``"a, b or c"``), so a help text
+        can name the choices of a registry that is only asked when the help is shown."""
+        if "{choices}" not in self.help:
+            return self.help
+        return self.help.replace("{choices}", one_of(self.allowed() or ()))
 
 
 def option(
@@ -105,6 +113,8 @@ def values_of(obj: Any, cls: type) -> dict[str, Any]:
 
 def one_of(choices: tuple[str, ...]) -> str:
     """``"a, b or c"``: the choices as help text says them."""
+    if not choices:
+        return "none"
     return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
 
 
@@ -124,8 +134,30 @@ def _pen_modes() -> tuple[str, ...]:
     return ("auto", *(m for m in PEN_MODES if m != "auto"))  # "auto" first: the default
 
 
-#: the slide readers (``slidescope.wsi`` registers "openslide" and "tiffslide"; "auto" picks one)
-_BACKENDS = ("auto", "openslide", "tiffslide")
+def _edge_policies() -> tuple[str, ...]:
+    from .wsi import EDGE_POLICIES
+
+    return tuple(EDGE_POLICIES)  # "drop" first: the default
+
+
+def _qc_policies() -> tuple[str, ...]:
+    from .wsi import QC_POLICIES
+
+    return tuple(QC_POLICIES)  # "off" first: the default
+
+
+def _BACKENDS() -> tuple[str, ...]:  # noqa: N802 - named like the other choice lists
+    """The slide readers: "auto" (picks one per file) and every registered backend (built-in: openslide,
+    tiffslide, pil, ome-zarr; plugins: the ``slidescope.readers`` entry points), asked from the registry."""
+    from .wsi import backend_names
+
+    return ("auto", *backend_names())
+
+
+#: ``--backend``'s help: ``{choices}`` is the registry's names, asked when the help is built
+BACKEND_HELP = "Slide reader: {choices} (auto: by file type, then by content; pil: PNG/JPEG/flat TIFF)"
+# The next three are fixed enumerations, not registries; their owners import torch, which this module
+# must not, so they are written here and tests/test_options.py checks they equal the owners'.
 #: stain normalisation methods (:func:`slidescope.features.stain.make_normalizer`)
 _STAINS = ("macenko", "reinhard")
 #: encoder precisions (:func:`slidescope.features.create_encoder`)
@@ -136,6 +168,14 @@ _DTYPES = ("float16", "float32")
 PEN_HELP = (
     "Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
     "counterstain would be taken for ink), on or off"
+)
+EDGE_HELP = (
+    "The strips at the right and bottom edges narrower than a tile: drop (not tiled) or pad (tiled; the part "
+    "of a tile outside the slide is white and its fraction recorded per tile)"
+)
+QC_HELP = (
+    "Classic tile QC (blur, folds, dark spots, pen, bubbles): off, flag (measured and stored with the tiles) "
+    "or exclude (flagged tiles are not embedded)"
 )
 SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)"
 FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding their metadata"
@@ -152,10 +192,12 @@ class TilingOptions:
     tile_size: int | None = option(None, kind="int", help="Tile px", default_text="the encoder's")
     overlap: int = option(0, kind="int", help="Pixels shared by neighbouring tiles")
     min_tissue: float = option(DEFAULT_MIN_TISSUE, kind="float", help="Minimum tissue fraction of a tile")
+    edge: str = option("drop", kind="str", choices=_edge_policies, help=EDGE_HELP)
     pen: str = option("auto", kind="str", choices=_pen_modes, help=PEN_HELP)
+    qc: str = option("off", kind="str", choices=_qc_policies, help=QC_HELP)
     slide_mpp: float | None = option(None, kind="float", help=SLIDE_MPP_HELP)
     force_slide_mpp: float | None = option(None, kind="float", help=FORCE_SLIDE_MPP_HELP)
-    backend: str = option("auto", kind="str", choices=_BACKENDS, help=one_of(_BACKENDS))
+    backend: str = option("auto", kind="str", choices=_BACKENDS, help=BACKEND_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -141,7 +141,12 @@ def _md_file(cited: str, source: str) -> str:
 def _resolve(dotted: str) -> str | None:
     """Why a dotted name is not a module or an attribute chain of the longest module prefix (None: it is).
 
-    A deprecated alias still resolves (docstrings name old spellings to say they are deprecated)."""
+    A deprecated alias still resolves (docstrings name old spellings to say they are deprecated), and so does
+    an entry point group of the plugin registries (``slidescope.encoders``: a name, not a module)."""
+    from slidescope._plugins import GROUPS
+
+    if dotted.rstrip(".") in GROUPS.values():
+        return None
     parts = dotted.rstrip(".").split(".")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

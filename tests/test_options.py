@@ -55,7 +55,7 @@ def test_run_command_offers_every_option_with_the_schema_help() -> None:
         p = params[f.name]
         info = option_info(RunConfig, f.name)
         assert p.default is None, f.name  # unset flags leave the config file's value, else the default
-        assert p.help.startswith(info.help), (f.name, p.help)
+        assert p.help.startswith(info.text()), (f.name, p.help)  # {choices} filled in from the registry
         assert p.opts == [(info.flag or f"--{f.name.replace('_', '-')}").split("/")[0]], f.name
     assert "(default: 0.25)" in params["min_tissue"].help and "(default: OUT/stores)" in params["stores"].help
     assert params["heatmaps"].secondary_opts == ["--no-heatmaps"]
@@ -120,9 +120,9 @@ def test_literal_choice_lists_equal_their_owners() -> None:
     from slidescope import options
     from slidescope.features import stain
     from slidescope.features.encoders._base import Precision
-    from slidescope.wsi._backends import BACKENDS
+    from slidescope.wsi import registered_backends
 
-    assert set(options._BACKENDS) == {"auto", *BACKENDS}
+    assert set(options._BACKENDS()) == {"auto", *registered_backends()}  # asked from the registry
     assert set(options._STAINS) == set(stain._METHODS)
     assert options._PRECISIONS == typing.get_args(Precision)
     # the store's dtypes: every listed one is a numpy float type the writer accepts

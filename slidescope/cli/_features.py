@@ -15,7 +15,8 @@ from .._location import Location, join, location_name, write_text
 from ..options import DEFAULT_OFFLINE_ENCODER, SlideOptions, TilingOptions, option_info, options_of
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
-from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
+from ._common import StoreOpt, StoresArg, StoresOpt
+from ._locations import local, location, renamed, store_list
 from ._schema import batch_size_option, schema_options
 from ._wsi import SLIDE_MPP_HELP
 
@@ -58,6 +59,12 @@ def extract(
     ),
     out_old: str | None = typer.Option(None, "--out", hidden=True, help="Deprecated name of --stores."),
     devices: str | None = typer.Option(None, help="Several devices, one process each: 'cuda:0,cuda:1'."),
+    coords: str | None = typer.Option(
+        None,
+        "--coords",
+        help="Embed the tiles another tool chose instead of the tissue: a TRIDENT/CLAM h5 or a CSV (x, y level-0 "
+        "[, size_level0]) for one slide, or a folder with <slide>.h5 / <slide>_patches.h5 / <slide>.csv.",
+    ),
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
     dask_workers: int | None = DASK_WORKERS,
@@ -67,15 +74,25 @@ def extract(
     from ..errors import InvalidParameterError
     from ..wsi import expand_slides
 
-    modes = option_info(TilingOptions, "pen").allowed() or ()
-    if options["pen"] not in modes:  # a usage error, not one failure per slide
-        raise InvalidParameterError(f"--pen must be one of {', '.join(modes)}, got {options['pen']!r}")
+    for name in ("pen", "qc"):  # a usage error, not one failure per slide
+        modes = option_info(TilingOptions, name).allowed() or ()
+        if options[name] not in modes:
+            raise InvalidParameterError(f"--{name} must be one of {', '.join(modes)}, got {options[name]!r}")
     out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
     assert out is not None  # the location of a name
     paths = expand_slides(slides)
     device_list = [d.strip() for d in devices.split(",")] if devices else None
     options["batch_size"] = batch_size_option(options["batch_size"])
     runner = chosen_executor(executor, scheduler, dask_workers)
+    if coords is not None:
+        if runner is not None:
+            raise typer.BadParameter("--coords is for the local executor (not --executor dask)")
+        coords_path = local(coords, "--coords of extract (a coordinates file or folder)")
+        if coords_path is not None and coords_path.is_file() and len(paths) > 1:
+            raise typer.BadParameter(
+                f"--coords {coords} is one file for {len(paths)} slides; give a folder of <slide>.h5 / .csv files"
+            )
+        options["coords"] = coords_path
     if runner is not None:
         if device_list:
             raise typer.BadParameter(
@@ -142,15 +159,16 @@ def _finish_extract(out: Location, encoder: str, results: list, *, digest: str |
 
 @app.command("export-h5")
 def export_h5_cmd(
-    stores: list[str] = typer.Argument(
-        None,
-        help="Slide stores (<slide>.zarr) or store folders; local paths or "
-        "fsspec URLs (or give --stores / --store).",
-    ),
-    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
-    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
+    stores: StoresArg = None,
+    stores_opt: StoresOpt = None,
+    store: StoreOpt = None,
     encoder: str = typer.Option(..., help="Which embeddings to export."),
     out: str = typer.Option("h5", help="Local output folder for <slide>.h5 files."),
+    flavor: str = typer.Option(
+        "trident",
+        help="Attributes for whose reader: 'trident' (patch_size at target_magnification; CLAM's patch_level "
+        "too where a pyramid level matches) or 'clam' (patch_size level-0 px at patch_level 0).",
+    ),
 ) -> None:
     """Export embeddings as TRIDENT/CLAM h5 files (features, coords + patch_size_level0...)."""
     from .._location import expand_stores
@@ -159,7 +177,7 @@ def export_h5_cmd(
     folder = local(out, "--out of export-h5 (the h5 folder)")
     for p in expand_stores(store_list(stores, stores_opt, store)):
         name = location_name(p)
-        target = export_h5(p, encoder, folder / (name[: -len(".zarr")] + ".h5"))
+        target = export_h5(p, encoder, folder / (name[: -len(".zarr")] + ".h5"), flavor=flavor)
         typer.echo(f"{name} -> {target}")
 
 
@@ -175,20 +193,48 @@ def import_h5_cmd(
         None, help="Local folder with the slides (matched by name) for provenance."
     ),
     slide_mpp: float | None = typer.Option(None, "--slide-mpp", help=SLIDE_MPP_HELP),
+    patch_size_level0: int | None = typer.Option(
+        None, help="Level-0 px per tile, for files that do not say it (CLAM feature files)."
+    ),
+    patch_size: int | None = typer.Option(
+        None, help="Px per tile handed to the encoder; with --patch-mpp, the footprint for files without one."
+    ),
+    patch_mpp: float | None = typer.Option(None, help="µm/px of --patch-size (e.g. 0.5 for 20x)."),
 ) -> None:
-    """Import TRIDENT/CLAM h5 features into slidescope stores."""
+    """Import TRIDENT/CLAM h5 features into slidescope stores (a file without tiles gives an empty store;
+    a file that cannot be imported is reported and the others go on; exit status 1 then)."""
+    from ..errors import SlidescopeError
+    from .._location import require_local
     from ..features import import_h5
 
     out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
     slide_folder = local(slides, "--slides of import-h5 (the slides folder)")
+    failed = 0
     for name in files:
-        f = local(name, "an h5 file of import-h5")
+        f = require_local(name, "an h5 file of import-h5")
         slide = None
         if slide_folder is not None:
             matches = [p for p in slide_folder.iterdir() if p.is_file() and p.name.split(".")[0] == f.stem]
             slide = matches[0] if matches else None
-        target = import_h5(f, encoder=encoder, store=out, slide=slide, slide_mpp=slide_mpp)
+        try:
+            target = import_h5(
+                f,
+                encoder=encoder,
+                store=out,
+                slide=slide,
+                slide_mpp=slide_mpp,
+                patch_size_level0=patch_size_level0,
+                patch_size=patch_size,
+                patch_mpp=patch_mpp,
+            )
+        except SlidescopeError as err:
+            failed += 1
+            typer.echo(f"{f.name}: failed ({type(err).__name__}: {err})", err=True)
+            continue
         typer.echo(f"{f.name} -> {target}")
+    if failed:
+        typer.echo(f"{len(files) - failed} of {len(files)} files imported", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 @app.command()
@@ -200,3 +246,7 @@ def encoders() -> None:
         c = get_encoder_config(name)
         gated = " (gated)" if c.gated else ""
         typer.echo(f"{name:<18} {c.embed_dim:>5}-d  {c.tile_size} px @ {c.mpp:g} µm/px  {c.license}{gated}")
+    from .._plugins import plugin_failures
+
+    for plugin, why in plugin_failures("encoders").items():
+        typer.secho(f"plugin {plugin!r} failed to load: {why}", fg=typer.colors.YELLOW, err=True)

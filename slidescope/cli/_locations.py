@@ -55,6 +55,20 @@ def renamed(new: str | None, old: str | None, *, new_name: str, old_name: str) -
     return old
 
 
+def stores_folder(new: str | None, old: str | None, what: str = "the slides' stores") -> Location:
+    """The required ``--stores`` folder of a manifest-driven command (``--store`` is its old name).
+
+    Raises
+    ------
+    InvalidParameterError
+        Neither spelling given.
+    """
+    store = location(renamed(new, old, new_name="--stores", old_name="--store"))
+    if store is None:
+        raise InvalidParameterError(f"give --stores: the folder with {what}")
+    return store
+
+
 def store_list(
     positional: list[str] | None, stores: list[str] | None, store: list[str] | None
 ) -> list[Location]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
-from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
+from ._common import Accelerator, Device, Devices, NumNodes, StoreOpt, StoresArg, StoresOpt, Strategy
+from ._locations import stores_folder, local, location, store_list
 
 
 @app.command()
@@ -54,22 +56,10 @@ def train(
         "weight the cross-entropy by inverse class frequency in each fold's "
         "training set.",
     ),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
-    devices: int = typer.Option(
-        1,
-        help="Devices per node; more than 1 (or --num-nodes > 1) trains with DDP, one "
-        "process per device (the effective batch is --batch-size x devices x nodes).",
-    ),
-    num_nodes: int = typer.Option(
-        1,
-        "--num-nodes",
-        help="Nodes (DDP). Under SLURM: srun slidescope train ... "
-        "--devices 4 --num-nodes 2 (Lightning detects the cluster).",
-    ),
-    strategy: str = typer.Option(
-        "auto",
-        help="Lightning strategy: auto (DDP on several devices) or e.g. ddp_find_unused_parameters_true.",
-    ),
+    accelerator: Accelerator = "auto",
+    devices: Devices = 1,
+    num_nodes: NumNodes = 1,
+    strategy: Strategy = "auto",
     precision: str | None = typer.Option(None, help="Lightning precision, e.g. bf16-mixed or 16-mixed."),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
     resume: bool = typer.Option(
@@ -114,9 +104,7 @@ def train(
         raise InvalidParameterError(f"--model-kwargs is not valid JSON: {err}") from err
     if max_instances < 0:
         raise InvalidParameterError(f"--max-instances must be >= 0 (0 = every tile), got {max_instances}")
-    store = location(renamed(stores, store_old, new_name="--stores", old_name="--store"))
-    if store is None:
-        raise InvalidParameterError("give --stores: the folder with the slides' stores")
+    store = stores_folder(stores, store_old)
     res = run_train(
         local(manifest, "--manifest of train"),
         store=store,
@@ -164,20 +152,16 @@ def train(
 
 @app.command()
 def score(
-    stores: list[str] = typer.Argument(
-        None,
-        help="Slide stores (<slide>.zarr) or store folders; local paths or "
-        "fsspec URLs (or give --stores / --store).",
-    ),
-    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
-    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
+    stores: StoresArg = None,
+    stores_opt: StoresOpt = None,
+    store: StoreOpt = None,
     model: list[str] = typer.Option(..., "--model", help="Checkpoint (best.ckpt); repeat for an ensemble."),
     out: str | None = typer.Option(None, help="Predictions CSV (local)."),
     name: str | None = typer.Option(None, help="Scores name in the stores (default: the run folder's name)."),
     write_scores: bool = typer.Option(
         True, "--write-scores/--no-write-scores", help="Write the attention into each store."
     ),
-    device: str = typer.Option("cpu", help="cpu, cuda..."),
+    device: Device = "cpu",
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
     dask_workers: int | None = DASK_WORKERS,
@@ -199,17 +183,30 @@ def score(
             "slidescope.mil.score:score",
             before=([str(m) for m in models],),
             device=device,
-            kwargs={"write_scores": write_scores, "name": name or run_name(models[0]), "device": device},
+            kwargs={
+                "write_scores": write_scores,
+                "name": name or run_name(models[0]),
+                "device": device,
+                "errors": "report",
+            },
         )
         results = map_stores(runner, call, [str(p) for p in expand_stores(locations)])
         if out_csv is not None:
             write_predictions(out_csv, results)
     else:
         results = run_score(
-            models, locations, out_csv=out_csv, write_scores=write_scores, name=name, device=device
+            models,
+            locations,
+            out_csv=out_csv,
+            write_scores=write_scores,
+            name=name,
+            device=device,
+            errors="report",
         )
     for r in results:
-        if r.risk is not None:
+        if r.status != "scored":
+            typer.echo(f"{r.slide}: not scored, {r.status} ({r.error})", err=True)
+        elif r.risk is not None:
             typer.echo(f"{r.slide}: risk {r.risk:.4f}")
         elif r.prediction is not None:
             typer.echo(f"{r.slide}: {r.prediction:.4g}")
@@ -220,6 +217,19 @@ def score(
         typer.echo(f"tile scores written as '{name or run_name(models[0])}/attention'")
     if out_csv is not None:
         typer.echo(f"predictions: {out_csv}")
+    exit_if_not_all_scored([(r.slide, r.status, r.error or "") for r in results], len(results), out_csv)
+
+
+def exit_if_not_all_scored(skipped: list[tuple[str, str, str]], total: int, out_csv: Path | None) -> None:
+    """The end of a batch scoring command (score, zero-shot): exit status 1 when a store failed (damaged,
+    unfinished, other embeddings) or nothing was scored; stores without tiles alone are no failure."""
+    skipped = [s for s in skipped if s[1] != "scored"]
+    if not skipped:
+        return
+    where = f"; listed in {out_csv.with_name(out_csv.stem + '.skipped.csv')}" if out_csv is not None else ""
+    typer.echo(f"{total - len(skipped)} of {total} slides scored{where}", err=True)
+    if any(s[1] == "failed" for s in skipped) or len(skipped) == total:
+        raise typer.Exit(1)
 
 
 @app.command()

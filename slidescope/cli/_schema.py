@@ -39,7 +39,7 @@ def _shown(value: Any) -> str | None:
 def help_text(info: OptionInfo, schema_default: Any, cli_default: Any) -> str:
     """The option's help: the schema's text, and its default when ``--help`` would not show it (the
     command-line default is None: resolved later, or taken from a config file)."""
-    text = info.help
+    text = info.text()
     if cli_default is None:
         shown = info.default_text if info.default_text is not None else _shown(schema_default)
         if shown is not None:

@@ -11,7 +11,20 @@ import typer
 from .._location import Location, location_name
 from . import app
 from ._executor import DASK_WORKERS, EXECUTOR, SCHEDULER, chosen_executor
-from ._locations import STORE_HELP, STORES_HELP, local, location, renamed, store_list
+from ._common import (
+    ModelEncoder,
+    ModelWeights,
+    TrustRemoteCode,
+    Accelerator,
+    Device,
+    Devices,
+    NumNodes,
+    StoreOpt,
+    StoresArg,
+    StoresOpt,
+    Strategy,
+)
+from ._locations import stores_folder, STORE_HELP, STORES_HELP, local, location, renamed, store_list
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -72,31 +85,15 @@ def pretrain(
     seed: int = typer.Option(0, help="Seed of the split, sampling and initialisation."),
     max_instances: int = typer.Option(512, "--max-instances", help="Tiles per training bag (subsampled)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Fraction of patients for validation."),
-    accelerator: str = typer.Option("auto", help="Lightning accelerator: auto, cpu, gpu..."),
-    devices: int = typer.Option(
-        1,
-        help="Devices per node; more than 1 (or --num-nodes > 1) pretrains with DDP, one "
-        "process per device; the contrastive batch is --batch-size x devices x nodes.",
-    ),
-    num_nodes: int = typer.Option(
-        1,
-        "--num-nodes",
-        help="Nodes (DDP). Under SLURM: srun slidescope pretrain ... "
-        "--devices 4 --num-nodes 2 (Lightning detects the cluster).",
-    ),
-    strategy: str = typer.Option(
-        "auto",
-        help="Lightning strategy: auto (DDP finding unused parameters, on several "
-        "devices) or another Lightning strategy name.",
-    ),
+    accelerator: Accelerator = "auto",
+    devices: Devices = 1,
+    num_nodes: NumNodes = 1,
+    strategy: Strategy = "auto",
 ) -> None:
     """Pretrain a slide-text model (CLIP loss on slide tile embeddings and their reports)."""
-    from ..errors import InvalidParameterError
     from ..vlm.pretrain import pretrain as run_pretrain
 
-    store = location(renamed(stores, store_old, new_name="--stores", old_name="--store"))
-    if store is None:
-        raise InvalidParameterError("give --stores: the folder with the slides' stores")
+    store = stores_folder(stores, store_old)
     res = run_pretrain(
         local(manifest, "--manifest of pretrain"),
         store=store,
@@ -123,17 +120,13 @@ def pretrain(
 
 @app.command("zero-shot")
 def zero_shot(
-    stores: list[str] = typer.Argument(
-        None,
-        help="Slide stores (<slide>.zarr) or store folders; local paths or "
-        "fsspec URLs (or give --stores / --store).",
-    ),
-    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
-    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
+    stores: StoresArg = None,
+    stores_opt: StoresOpt = None,
+    store: StoreOpt = None,
     model: str = typer.Option(
         ...,
         help="A saved slide-text model folder (pretrain's OUT/model), a published slide "
-        "model (prism, titan) or a patch-level CLIP model (plip, quiltnet: tile level).",
+        "model (prism, titan) or a patch-level CLIP model (plip, quiltnet, conch-v1: tile level).",
     ),
     prompts: str = typer.Option(
         ..., help="YAML: 'classes: {name: [phrasing, ...]}', optional 'templates: [...]'."
@@ -168,15 +161,22 @@ def zero_shot(
         help="Tile-level top-k pooling: mean (CONCH's run_mizero) or sum "
         "(MI-Zero's topj_pooling: same prediction, k times sharper probabilities).",
     ),
-    device: str = typer.Option("cpu", help="cpu, cuda..."),
+    device: Device = "cpu",
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
     dask_workers: int | None = DASK_WORKERS,
 ) -> None:
-    """Zero-shot class probabilities of slides from prompts; level=tile also writes scores/zero-shot/<class>."""
-    from ..vlm.api import zero_shot as run_zero_shot
+    """Zero-shot class probabilities of slides from prompts; level=tile also writes scores/zero-shot/<class>.
 
-    locations = store_list(stores, stores_opt, store)
+    Stores without tiles or that cannot be opened are reported and listed in <out>.skipped.csv; the others
+    are scored (exit status 1 when a store failed or none was scored)."""
+    from ..mil.score import check_stores, write_skipped
+    from ..vlm.api import zero_shot as run_zero_shot
+    from ._mil import exit_if_not_all_scored
+
+    locations, skipped = check_stores(store_list(stores, stores_opt, store), encoder)
+    for slide, status, error in skipped:
+        typer.echo(f"{slide}: not scored, {status} ({error})", err=True)
     prompts_file = local(prompts, "--prompts of zero-shot")
     out_csv = local(out, "--out of zero-shot (the probabilities CSV)")
     options = dict(
@@ -191,33 +191,37 @@ def zero_shot(
         device=device,
     )
     runner = chosen_executor(executor, scheduler, dask_workers)
-    if runner is not None:
-        from .._location import expand_stores
+    if not locations:
+        rows = []
+    elif runner is not None:
         from ..pipeline import StoreCall, map_stores
 
         call = StoreCall("slidescope.vlm.api:zero_shot", after=(prompts_file,), kwargs=options, device=device)
-        rows = map_stores(runner, call, [str(p) for p in expand_stores(locations)])
+        rows = map_stores(runner, call, [str(p) for p in locations])
     else:
         rows = run_zero_shot(locations, prompts_file, **options)  # type: ignore[arg-type]
     for r in rows:
         probs = ", ".join(f"{c}={p:.3f}" for c, p in r.probs.items())
         typer.echo(f"{r.slide}: {r.predicted} ({probs})")
-    if level == "tile" or (level is None and model in ("plip", "quiltnet")):
+    from ..features.encoders.clip import list_clip_text_towers
+
+    if level == "tile" or (level is None and model in list_clip_text_towers()):
         typer.echo("tile similarity maps written as 'zero-shot/<class>'")
     if out_csv is not None:
-        _write_csv(out_csv, [r.as_dict() for r in rows])
+        if rows:
+            _write_csv(out_csv, [r.as_dict() for r in rows])
+        else:  # nothing scored: no stale results left under this name
+            out_csv.unlink(missing_ok=True)
+        write_skipped(out_csv, skipped)
         typer.echo(f"probabilities: {out_csv}")
+    exit_if_not_all_scored(skipped, len(rows) + len(skipped), out_csv)
 
 
 @app.command("report")
 def report(
-    stores: list[str] = typer.Argument(
-        None,
-        help="Slide stores (<slide>.zarr) or store folders; local paths or "
-        "fsspec URLs (or give --stores / --store).",
-    ),
-    stores_opt: list[str] = typer.Option(None, "--stores", help=STORES_HELP),
-    store: list[str] = typer.Option(None, "--store", help=STORE_HELP),
+    stores: StoresArg = None,
+    stores_opt: StoresOpt = None,
+    store: StoreOpt = None,
     model: str = typer.Option("prism", help="The report-generating model (prism)."),
     weights: str | None = typer.Option(None, help="A downloaded copy of paige-ai/Prism (default: the hub)."),
     trust_remote_code: bool = typer.Option(
@@ -227,7 +231,7 @@ def report(
     num_beams: int = typer.Option(5, "--num-beams", help="Beam search width (1: greedy)."),
     max_length: int = typer.Option(100, "--max-length", help="Longest report in tokens."),
     out: str | None = typer.Option(None, help="CSV with slide and report (local)."),
-    device: str = typer.Option("cpu", help="cpu, cuda..."),
+    device: Device = "cpu",
 ) -> None:
     """Generate a report per slide with PRISM's decoder (from Virchow tile embeddings)."""
     from ..vlm.api import generate_reports
@@ -268,17 +272,9 @@ def prompt_spread(
         ..., help="A saved slide-text model folder, or a published slide model (prism, titan)."
     ),
     prompts: str = typer.Option(..., help="Prompts YAML."),
-    encoder: str | None = typer.Option(
-        None,
-        help="The tile embeddings the model was pretrained on (default for "
-        "published models: the one they need).",
-    ),
-    weights: str | None = typer.Option(
-        None, help="A published model's downloaded repository (default: hub)."
-    ),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model code to run; required for them."
-    ),
+    encoder: ModelEncoder = None,
+    weights: ModelWeights = None,
+    trust_remote_code: TrustRemoteCode = False,
     manifest: str | None = typer.Option(
         None, help="CSV with slide and a label column: report AUROC per subset."
     ),
@@ -392,17 +388,9 @@ def few_shot(
         help="Store folder of the manifests' slides (required); a local path or an fsspec URL.",
     ),
     store_old: str | None = typer.Option(None, "--store", hidden=True, help="Deprecated name of --stores."),
-    encoder: str | None = typer.Option(
-        None,
-        help="The tile embeddings the model was pretrained on (default for "
-        "published models: the one they need).",
-    ),
-    weights: str | None = typer.Option(
-        None, help="A published model's downloaded repository (default: hub)."
-    ),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model code to run; required for them."
-    ),
+    encoder: ModelEncoder = None,
+    weights: ModelWeights = None,
+    trust_remote_code: TrustRemoteCode = False,
     method: str = typer.Option("gda", help="linear, simpleshot, simpleshot-cosine, knn, gda or tip-adapter."),
     shots: int | None = typer.Option(None, help="Slides per class drawn from --train (default: all)."),
     val: str | None = typer.Option(
@@ -427,9 +415,7 @@ def few_shot(
     from ..errors import InvalidParameterError
     from ..vlm.api import few_shot as run_few_shot
 
-    store = location(renamed(stores, store_old, new_name="--stores", old_name="--store"))
-    if store is None:
-        raise InvalidParameterError("give --stores: the folder of the manifests' slides' stores")
+    store = stores_folder(stores, store_old, "the manifests' slides' stores")
     train_csv, test_csv = local(train, "--train of few-shot"), local(test, "--test of few-shot")
     val_csv, base_csv = local(val, "--val of few-shot"), local(base, "--base of few-shot")
     out_csv = local(out, "--out of few-shot (the probabilities CSV)")

@@ -27,6 +27,9 @@ _READING = ("backend", "slide_mpp", "force_slide_mpp")
 def info(
     slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    qc: bool = typer.Option(
+        False, "--qc", help="Also the tile QC summary (224 px tiles at 0.5 µm/px: tissue, flags, focus)."
+    ),
     **reading: Any,
 ) -> None:
     """Describe a slide: format, size, levels, mpp (and where it came from), magnification, images."""
@@ -56,6 +59,9 @@ def info(
             "associated_images": {k: list(v.shape[1::-1]) for k, v in s.associated_images.items()},
             "properties": len(props),
         }
+        q = _qc_summary(s) if qc else None
+        if q is not None:
+            report["qc"] = q
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -73,12 +79,28 @@ def info(
     assoc = ", ".join(f"{k} ({v[0]}x{v[1]})" for k, v in report["associated_images"].items()) or "none"
     typer.echo(f"  associated    {assoc}")
     typer.echo(f"  properties    {report['properties']} metadata keys")
+    if q is not None:
+        flags = ", ".join(f"{k} {v:.1%}" for k, v in (q.get("flagged_fraction") or {}).items())
+        fq = q.get("focus_quantiles") or {}
+        tiles = f"{q.get('n_tiles', 0)} tiles of 224 px at 0.5 µm/px"
+        typer.echo(f"  tissue        {q['tissue_mm2']} mm², {tiles}")
+        typer.echo(f"  QC flagged    {flags or '-'} (any {q.get('flagged_any', 0):.1%})")
+        typer.echo(f"  focus         {', '.join(f'{k} {v:g}' for k, v in fq.items()) or '-'}")
+
+
+def _qc_summary(s: Any) -> dict[str, Any]:
+    """The tile QC summary of an open slide (:func:`~slidescope.wsi.qc_summary`; 224 px at 0.5 µm/px)."""
+    from ..wsi import detect_tissue, make_tile_grid, qc_tiles
+
+    mask = detect_tissue(s)
+    grid = make_tile_grid(s, tile_size=224, mpp=0.5, mask=mask, allow_empty=True)
+    return qc_tiles(s, grid, "flag", mask=mask).qc_summary  # type: ignore[attr-defined]
 
 
 @app.command()
 @schema_options(
     TilingOptions,
-    ("mpp", "tile_size", "overlap", "min_tissue", "pen", *_READING),
+    ("mpp", "tile_size", "overlap", "min_tissue", "edge", "pen", *_READING),
     overrides={  # no encoder here to take the resolution from
         "mpp": {"default": 0.5, "help": "Target µm per pixel of the tiles (0.5 ~ 20x)."},
         "tile_size": {"default": 224, "help": "Tile side in pixels at --mpp."},
@@ -88,18 +110,33 @@ def tile(
     slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
     out: str | None = typer.Option(None, help="Local output folder (default: ./<slide name>.tiles)."),
     mask_mpp: float = typer.Option(8.0, "--mask-mpp", help="µm/px at which tissue is detected."),
+    save_patches: str | None = typer.Option(
+        None,
+        "--save-patches",
+        help="Also write every tile, as the encoder sees it, to this local folder, with an index "
+        "<slide>.patches.csv (file, x, y, size_level0, mpp, tissue_fraction).",
+    ),
+    patch_format: str = typer.Option("png", help="png, jpeg, or tar (one tar of PNG files)."),
+    jpeg_quality: int = typer.Option(90, help="JPEG quality of --patch-format jpeg."),
     **options: Any,
 ) -> None:
     """Find the tissue and tile it at an exact physical resolution.
 
     Writes grid.json (parameters), tiles.csv (index, x, y, tissue fraction; level-0 px, top-left),
-    tissue.geojson (QuPath) and thumbnail.png (tissue and tiles drawn on the slide).
+    tissue.geojson (QuPath) and thumbnail.png (tissue and tiles drawn on the slide); with
+    --save-patches, the tiles themselves.
     """
     import numpy as np
     from PIL import Image
 
     from ..wsi import detect_tissue, make_tile_grid, open_slide, render_tiling
 
+    from ..wsi.patches import PATCH_FORMATS
+
+    if save_patches is not None and patch_format not in PATCH_FORMATS:
+        raise typer.BadParameter(
+            f"--patch-format must be one of {', '.join(PATCH_FORMATS)}, got {patch_format!r}"
+        )
     t = TilingOptions(**options)
     mpp, tile_size = (
         float(options["mpp"]),
@@ -108,7 +145,13 @@ def tile(
     with open_slide(slide, **{k: getattr(t, k) for k in _READING}) as s:
         mask = detect_tissue(s, mpp=mask_mpp, pen=t.pen)
         grid = make_tile_grid(
-            s, tile_size=tile_size, mpp=mpp, overlap=t.overlap, min_tissue=t.min_tissue, mask=mask
+            s,
+            tile_size=tile_size,
+            mpp=mpp,
+            overlap=t.overlap,
+            min_tissue=t.min_tissue,
+            mask=mask,
+            edge=t.edge,
         )
         folder = local(out, "--out of tile (the tiles folder)") or Path.cwd() / f"{s.path.name}.tiles"
         folder.mkdir(parents=True, exist_ok=True)
@@ -132,6 +175,12 @@ def tile(
         )
         mask.save_geojson(folder / "tissue.geojson")
         Image.fromarray(render_tiling(s, grid, mask)).save(folder / "thumbnail.png")
+        if save_patches is not None:
+            from .._location import require_local
+            from ..wsi.patches import save_patches as write_patches
+
+            patches = require_local(save_patches, "--save-patches of tile (the patches folder)")
+            index = write_patches(s, grid, patches, format=patch_format, quality=jpeg_quality)
     ex, ey = grid.extent
     typer.echo(
         f"{s.path.name}: {len(grid)} tiles of {tile_size} px at {grid.effective_mpp[0]:.4f} µm/px "
@@ -139,3 +188,5 @@ def tile(
         f"{grid.read_size[0]} px), tissue {mask.area_um2 / 1e6:.2f} mm²"
     )
     typer.echo(f"wrote {folder}/grid.json, tiles.csv, tissue.geojson, thumbnail.png")
+    if save_patches is not None:
+        typer.echo(f"wrote {len(grid)} patches ({patch_format}), index {index}")

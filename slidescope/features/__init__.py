@@ -1,4 +1,4 @@
-"""Patch encoders, the extraction engine and the Zarr embedding store.
+"""Patch encoders, learned tissue / artefact segmenters, the extraction engine and the Zarr embedding store.
 
 Public names load on first use (torch is imported only then).
 """
@@ -27,6 +27,10 @@ _EXPORTS = {
     "IncompleteStoreError": ".store",
     "export_h5": ".h5",
     "import_h5": ".h5",
+    "segment_tissue": ".segmenters",
+    "segment_artefacts": ".segmenters",
+    "create_segmenter": ".segmenters",
+    "list_segmenters": ".segmenters",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,6 +51,12 @@ if TYPE_CHECKING:  # pragma: no cover
         extract_slides as extract_slides,
     )
     from .h5 import export_h5 as export_h5, import_h5 as import_h5
+    from .segmenters import (
+        create_segmenter as create_segmenter,
+        list_segmenters as list_segmenters,
+        segment_artefacts as segment_artefacts,
+        segment_tissue as segment_tissue,
+    )
     from .store import (
         IncompleteStoreError as IncompleteStoreError,
         SlideStore as SlideStore,

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import InvalidParameterError
 from ..options import EmbeddingOptions, SlideOptions, TilingOptions, values_of
-from ..wsi import Slide, TileDataset, TileGrid, open_slide
+from ..wsi import Slide, TileDataset, TileGrid, open_slide, qc_tiles
 from .encoders import Encoder, create_encoder
 from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_fingerprint, store_path
 
@@ -254,6 +254,7 @@ def extract_features(
     dtype: str = EmbeddingOptions.dtype,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     stain: str | None = EmbeddingOptions.stain,
+    qc: str = TilingOptions.qc,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -290,6 +291,8 @@ def extract_features(
         Tiles per store chunk (the unit of resuming and of checksums).
     stain : {None, "macenko", "reinhard"}
         Stain normalisation before the encoder (part of the cache key).
+    qc : {"off", "flag", "exclude"}, default "off"
+        Tile QC (:func:`~slidescope.wsi.qc_tiles`; measures stored with the tiles; "exclude" drops the flagged).
     progress : bool, default True
         A tile progress bar on stderr.
     on_progress : callable, optional
@@ -353,15 +356,11 @@ def extract_features(
 
         normalizer = make_normalizer(stain)
 
+    grid = qc_tiles(slide, grid, qc)
     path = store_path(store, slide.path)
     t0 = time.perf_counter()
-    result = ExtractionResult(
-        slide=str(slide.path),
-        status="done",
-        store=str(path),
-        n_tiles=len(grid),
-        effective_mpp=list(grid.effective_mpp),
-    )
+    result = ExtractionResult(slide=str(slide.path), status="done", store=str(path), n_tiles=len(grid))
+    result.effective_mpp = list(grid.effective_mpp)
     with claim(path):
         st = SlideStore.create_or_open(
             path,
@@ -369,6 +368,8 @@ def extract_features(
             tiling=grid.to_dict(),
             coords=grid.coords,
             tissue_fraction=grid.tissue_fraction,
+            pad_fraction=grid.pad_fraction,
+            qc=getattr(grid, "qc", None),
         )
         key = CacheKey(
             encoder={**encoder.config.to_dict(), "stain": stain},
@@ -512,6 +513,7 @@ def extract_slides(
     tile_size: int | None = TilingOptions.tile_size,
     overlap: int = TilingOptions.overlap,
     min_tissue: float = TilingOptions.min_tissue,
+    edge: str = TilingOptions.edge,
     pen: str = TilingOptions.pen,
     slide_mpp: float | None = TilingOptions.slide_mpp,
     force_slide_mpp: float | None = TilingOptions.force_slide_mpp,
@@ -519,21 +521,26 @@ def extract_slides(
     weights: str | None = EmbeddingOptions.weights,
     device: str = EmbeddingOptions.device,
     devices: list[str] | None = None,
+    coords: str | os.PathLike[str] | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> list[ExtractionResult]:
     """Extract a batch of slides; one bad slide never stops the batch (its failure is recorded).
 
     ``mpp`` and ``tile_size`` default to what the encoder was trained on; ``pen`` is the pen-mark
-    removal of :func:`~slidescope.wsi.detect_tissue` (``"auto"``: off on IHC slides). ``slide_mpp`` is the level-0
+    removal of :func:`~slidescope.wsi.detect_tissue` (``"auto"``: off on IHC slides); ``qc`` (in ``kwargs``)
+    the tile QC of :func:`extract_features`; ``edge`` the edge policy
+    of :func:`~slidescope.wsi.make_tile_grid`. ``slide_mpp`` is the level-0
     µm/px filled in for slides without one (a file's own wins); ``force_slide_mpp`` overrides every
     slide's (``slide_mpp`` and ``force_slide_mpp`` of :func:`~slidescope.wsi.open_slide`). ``devices`` (e.g.
     ``["cuda:0", "cuda:1"]``) runs one process per device, each with its own encoder and reader
-    workers, dealing the slides out in turn; the per-slide claims keep them from colliding.
+    workers, dealing the slides out in turn; the per-slide claims keep them from colliding. ``coords`` (a file,
+    or a folder of per-slide files) gives the tiles instead of the tissue (:mod:`slidescope.features.coords`).
     """
     from tqdm.auto import tqdm
 
     from ..wsi import detect_tissue, make_tile_grid, pen_hint
+    from .coords import coords_file_for, coords_grid
 
     slides = list(slides)
     if devices is not None and len(devices) > 1:
@@ -546,11 +553,13 @@ def extract_slides(
             tile_size=tile_size,
             overlap=overlap,
             min_tissue=min_tissue,
+            edge=edge,
             pen=pen,
             slide_mpp=slide_mpp,
             backend=backend,
             force_slide_mpp=force_slide_mpp,
             weights=weights,
+            coords=coords,
             progress=progress,
             **kwargs,
         )
@@ -568,21 +577,29 @@ def extract_slides(
                 path, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp
             ) as slide:
                 mask = detect_tissue(slide, pen=pen)
-                grid = make_tile_grid(
-                    slide,
-                    tile_size=tile_size,
-                    mpp=mpp,
-                    overlap=overlap,
-                    min_tissue=min_tissue,
-                    mask=mask,
-                    allow_empty=True,
-                )
+                if coords is not None:  # the tiles another tool chose
+                    grid = coords_grid(
+                        coords_file_for(coords, path), slide, tile_size=tile_size, mpp=mpp, mask=mask
+                    )
+                else:
+                    grid = make_tile_grid(
+                        slide,
+                        tile_size=tile_size,
+                        mpp=mpp,
+                        overlap=overlap,
+                        min_tissue=min_tissue,
+                        mask=mask,
+                        allow_empty=True,
+                        edge=edge,
+                    )
+                grid = qc_tiles(slide, grid, kwargs.get("qc", "off"), mask=mask)
                 if len(grid) == 0:
                     log.warning(
                         "%s: no tissue tiles; writing an empty store.%s", Path(path).name, pen_hint(mask)
                     )
                 res = extract_features(slide, grid, encoder, store=store, progress=progress, **kwargs)
                 res.extra["tissue_mm2"] = round(mask.area_um2 / 1e6, 4)
+                res.extra["qc"] = getattr(grid, "qc_summary", None)
         except Exception as err:  # noqa: BLE001 - any failure of one slide is that slide's, never the batch's
             status = "claimed" if type(err).__name__ == "SlideClaimedError" else "failed"
             message = _worker_message(err)

@@ -12,7 +12,6 @@ are padded to the longest one; ``mask`` (``True`` = real tile) says which rows a
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import json
 import logging
@@ -28,8 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import InvalidParameterError
-from .._location import as_location, exists, join, location_name
-from ..features.store import StoreError, open_store, store_path
+from .._location import as_location
+from ..features.store import open_store, store_path
+from ..manifests import check_stores, read_rows, resolve_slide, short_list
 
 log = logging.getLogger(__name__)
 
@@ -110,37 +110,23 @@ def read_manifest(
     """
     if task not in TASKS:
         raise InvalidParameterError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidParameterError(f"manifest {path} does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        needed = {
-            "classification": ("slide", label_column, "patient"),
-            "regression": ("slide", label_column, "patient"),
-            "survival": ("slide", "patient", time_column, event_column),
-        }[task]
-        missing = [c for c in needed if c not in columns]
-        if missing:
-            raise InvalidParameterError(
-                f"{path.name} lacks the column(s) {', '.join(missing)}; a {task} manifest needs "
-                f"{', '.join(needed)} (optional: site, split). Columns found: {', '.join(columns) or 'none'}"
-            )
-        raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    if not raw:
-        raise InvalidParameterError(f"{path.name} has no rows")
+    needed = {
+        "classification": ("slide", label_column, "patient"),
+        "regression": ("slide", label_column, "patient"),
+        "survival": ("slide", "patient", time_column, event_column),
+    }[task]
+    path, _, raw = read_rows(
+        path, needed, needs=f"a {task} manifest needs {', '.join(needed)} (optional: site, split)"
+    )
     rows: list[SlideRow] = []
     blanks = []
     for i, r in enumerate(raw, start=2):
         if not r["slide"] or not r["patient"] or any(not r[c] for c in needed):
             blanks.append(i)
             continue
-        slide = Path(r["slide"])
-        slide = slide if slide.is_absolute() else (path.parent / slide)
         rows.append(
             SlideRow(
-                slide=str(slide),
+                slide=resolve_slide(path, r["slide"]),
                 label=r.get(label_column, "") or "",
                 patient=r["patient"],
                 site=r.get("site") or None,
@@ -148,7 +134,7 @@ def read_manifest(
             )
         )
     if blanks:
-        raise InvalidParameterError(f"{path.name}: empty {', '.join(needed)} on line(s) {_short(blanks)}")
+        raise InvalidParameterError(f"{path.name}: empty {', '.join(needed)} on line(s) {short_list(blanks)}")
     if task == "regression":
         rows = _regression_rows(path, rows, label_column)
     elif task == "survival":
@@ -158,40 +144,22 @@ def read_manifest(
     keys = collections.Counter(r.key for r in rows)
     dup = sorted(k for k, n in keys.items() if n > 1)
     if dup:
-        raise InvalidParameterError(f"{path.name}: several rows map to the same store name: {_short(dup)}")
+        raise InvalidParameterError(
+            f"{path.name}: several rows map to the same store name: {short_list(dup)}"
+        )
     found = sorted({r.label for r in rows})
     if task == "classification" and labels is not None:
         unknown = sorted(set(found) - set(labels))
         if unknown:
             raise InvalidParameterError(
-                f"{path.name}: unknown label(s) {_short(unknown)}; expected one of {', '.join(labels)}"
+                f"{path.name}: unknown label(s) {short_list(unknown)}; expected one of {', '.join(labels)}"
             )
     if task == "classification" and len(found) < 2:
         raise InvalidParameterError(
             f"{path.name}: every slide has label {found[0]!r}; a classifier needs at least two classes"
         )
     if store is not None:
-        problems = []
-        for r in rows:
-            sp = store_path(store, r.slide)
-            if not exists(join(sp, "zarr.json")):
-                problems.append(f"{r.key} (no store {location_name(sp)})")
-                continue
-            if encoder is not None:
-                try:
-                    s = open_store(sp, encoder=encoder)
-                    if encoder not in s.encoders(complete_only=True):
-                        problems.append(f"{r.key} (no complete {encoder!r} embeddings)")
-                    elif s.n_tiles == 0:
-                        problems.append(f"{r.key} (no tissue tiles)")
-                except StoreError as err:
-                    problems.append(f"{r.key} ({err})")
-        if problems:
-            raise InvalidParameterError(
-                f"{len(problems)} of {len(rows)} slides in {path.name} cannot be used from {store}: "
-                f"{'; '.join(problems)}. Run `slidescope extract --encoder {encoder or 'NAME'} --stores {store}` on them "
-                f"or drop them from the manifest."
-            )
+        check_stores(path, [r.slide for r in rows], store, encoder)
     return rows
 
 
@@ -208,7 +176,7 @@ def _regression_rows(path: Path, rows: list[SlideRow], column: str) -> list[Slid
     if bad:
         raise InvalidParameterError(
             f"{path.name}: the regression target column {column!r} must hold finite numbers; "
-            f"got {_short(bad)}. Pick a numeric column with --label-column"
+            f"got {short_list(bad)}. Pick a numeric column with --label-column"
         )
     if len({r.target for r in out}) < 2:
         raise InvalidParameterError(
@@ -238,12 +206,12 @@ def _survival_rows(
     if bad_time:
         raise InvalidParameterError(
             f"{path.name}: the time column {time_column!r} must hold numbers >= 0 (time to "
-            f"event or censoring); got {_short(bad_time)}"
+            f"event or censoring); got {short_list(bad_time)}"
         )
     if bad_event:
         raise InvalidParameterError(
             f"{path.name}: the event column {event_column!r} must be 1 (event) or 0 "
-            f"(censored); got {_short(bad_event)}"
+            f"(censored); got {short_list(bad_event)}"
         )
     if not any(r.event for r in out):
         raise InvalidParameterError(
@@ -251,11 +219,6 @@ def _survival_rows(
             f"survival models need observed events"
         )
     return out
-
-
-def _short(items: list, n: int = 10) -> str:
-    text = ", ".join(str(i) for i in items[:n])
-    return text + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
 
 # -- splits -----------------------------------------------------------------------------------------
@@ -319,7 +282,7 @@ def _patient_labels(rows: list[SlideRow]) -> dict[str, str]:
     mixed = sorted(p for p, labs in by_patient.items() if len(set(labs)) > 1)
     if mixed:
         warnings.warn(
-            f"patient(s) {_short(mixed)} have slides with different labels; they are stratified by "
+            f"patient(s) {short_list(mixed)} have slides with different labels; they are stratified by "
             f"their most common label",
             UserWarning,
             stacklevel=3,
@@ -362,7 +325,7 @@ def make_splits(
         multi = sorted(p for p, s in by_patient.items() if len(set(s)) > 1)
         if multi:
             warnings.warn(
-                f"patient(s) {_short(multi)} have slides from several sites; each is held out with its "
+                f"patient(s) {short_list(multi)} have slides from several sites; each is held out with its "
                 f"most common site so that no patient is in two folds",
                 UserWarning,
                 stacklevel=2,

@@ -12,12 +12,24 @@ import numpy as np
 
 from .._location import expand_stores  # re-exported here for compatibility; lives in slidescope._location
 from .._location import require_local
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, SlidescopeError
 from ..features.store import IncompleteStoreError, SlideStore, StoreCorruptError, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["score", "SlideScore", "expand_stores", "run_name"]
+__all__ = [
+    "score",
+    "SlideScore",
+    "expand_stores",
+    "run_name",
+    "check_stores",
+    "write_skipped",
+    "EmptyStoreError",
+]
+
+
+class EmptyStoreError(InvalidParameterError):
+    """A slide store without tiles (a slide without tissue): nothing to score."""
 
 
 @dataclass
@@ -26,6 +38,8 @@ class SlideScore:
 
     Classification fills ``probs`` and ``predicted`` (a class); regression ``prediction`` (original
     units; ``probs`` empty, ``predicted`` its text); survival ``risk`` (higher = earlier event).
+    ``status`` is ``"scored"``, or (``score(..., errors="report")``) ``"empty"`` for a store without tiles and
+    ``"failed"`` for one that cannot be scored, ``error`` then saying why (nothing else is filled in).
     """
 
     slide: str
@@ -35,6 +49,22 @@ class SlideScore:
     attention: np.ndarray
     prediction: float | None = None
     risk: float | None = None
+    status: str = "scored"
+    error: str | None = None
+
+    @classmethod
+    def skipped(cls, store: Path | str, err: BaseException) -> SlideScore:
+        """The row of a store that was not scored: ``"empty"`` (no tiles) or ``"failed"``."""
+        name = str(store).rstrip("/").rsplit("/", 1)[-1]
+        return cls(
+            slide=name[: -len(".zarr")] if name.endswith(".zarr") else name,
+            store=store,
+            probs={},
+            predicted="",
+            attention=np.zeros(0, np.float32),
+            status="empty" if isinstance(err, EmptyStoreError) else "failed",
+            error=f"{type(err).__name__}: {err}",
+        )
 
 
 def run_name(checkpoint: str | os.PathLike[str]) -> str:
@@ -53,6 +83,7 @@ def score(
     write_scores: bool = True,
     name: str | None = None,
     device: str = "cpu",
+    errors: str = "raise",
 ) -> list[SlideScore]:
     """Score slides with an ensemble of MIL checkpoints (e.g. the folds of one run).
 
@@ -77,6 +108,11 @@ def score(
         Name of the scores in the stores; default the run folder of the first checkpoint
         (:func:`run_name`: ``runs/abmil/fold0/best.ckpt`` -> ``"abmil"``).
     device : str, default "cpu"
+    errors : {"raise", "report"}, default "raise"
+        What a store that cannot be scored does (no tiles, damaged, unfinished, other embeddings): stop
+        the batch (raise its error), or give a row with ``status`` ``"empty"`` / ``"failed"`` and the
+        ``error``, the other stores scored (``slidescope score`` reports; the CSV then has the scored
+        slides and ``<out>.skipped.csv`` lists the others).
 
     Returns
     -------
@@ -94,7 +130,7 @@ def score(
         A store's chunk is missing or corrupt, its metadata is inconsistent, or its extraction did not
         finish (the message says to run ``slidescope extract`` again, which rebuilds it).
     InvalidParameterError
-        No checkpoint, checkpoints that disagree, or a store with no tiles.
+        No checkpoint, checkpoints that disagree, or a store with no tiles (:class:`EmptyStoreError`).
 
     Examples
     --------
@@ -108,6 +144,8 @@ def score(
 
     from .task import EncoderMismatchError, load_task
 
+    if errors not in ("raise", "report"):
+        raise InvalidParameterError(f"errors must be 'raise' or 'report', got {errors!r}")
     if not checkpoints:
         raise InvalidParameterError("give at least one checkpoint")
     tasks = [load_task(c, map_location=device) for c in checkpoints]
@@ -128,8 +166,15 @@ def score(
     name = name or run_name(checkpoints[0])
     results: list[SlideScore] = []
     for sp in expand_stores(stores):
-        store = open_store(sp, encoder=encoder)
-        emb = _embeddings(store, encoder, dim, checkpoints[0], load_task_error=EncoderMismatchError)
+        try:
+            store = open_store(sp, encoder=encoder)
+            emb = _embeddings(store, encoder, dim, checkpoints[0], load_task_error=EncoderMismatchError)
+        except SlidescopeError as err:
+            if errors == "raise":
+                raise
+            log.warning("%s not scored: %s", sp, err)
+            results.append(SlideScore.skipped(sp, err))
+            continue
         probs, att = [], []
         with torch.no_grad():
             for t in tasks:
@@ -156,7 +201,8 @@ def score(
                 probs={},
                 predicted=f"{value:.6g}",
                 attention=attention,
-                **{_VALUE[kind]: value},
+                prediction=value if kind == "regression" else None,
+                risk=value if kind == "survival" else None,
             )
             attrs = {_VALUE[kind]: value}
         results.append(res)
@@ -181,11 +227,14 @@ def score(
 
 def write_predictions(out_csv: str | os.PathLike[str], results: list[SlideScore]) -> Path:
     """The predictions CSV of :func:`score`: ``slide, prob_<class>..., predicted`` (classification),
-    ``slide, prediction`` (regression) or ``slide, risk`` (survival)."""
+    ``slide, prediction`` (regression) or ``slide, risk`` (survival); one row per scored slide. Slides not
+    scored go to ``<out>.skipped.csv`` (:func:`write_skipped`; a stale one is removed)."""
     out_csv = require_local(
         out_csv, "out_csv (the predictions CSV)"
     )  # stores may be URLs; results stay local
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    write_skipped(out_csv, [(r.slide, r.status, r.error or "") for r in results if r.status != "scored"])
+    results = [r for r in results if r.status == "scored"]
     with open(out_csv, "w", newline="") as fh:
         w = csv.writer(fh)
         value = next((v for v in _VALUE.values() if results and getattr(results[0], v) is not None), None)
@@ -203,6 +252,41 @@ def write_predictions(out_csv: str | os.PathLike[str], results: list[SlideScore]
 
 #: the SlideScore field (and CSV column) of each non-classification task
 _VALUE = {"regression": "prediction", "survival": "risk"}
+
+
+def write_skipped(out_csv: str | os.PathLike[str], rows: list[tuple[str, str, str]]) -> Path | None:
+    """``<out>.skipped.csv`` next to a results CSV: ``slide, status, error`` of the slides not scored (None
+    and no file, a stale one removed, when every slide was scored)."""
+    out_csv = Path(out_csv)
+    path = out_csv.with_name(f"{out_csv.stem}.skipped.csv")
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slide", "status", "error"])
+        w.writerows(rows)
+    return path
+
+
+def check_stores(stores: list, encoder: str | None = None) -> tuple[list, list[tuple[str, str, str]]]:
+    """Split stores (folders expanded) into those that open and have tiles (and, with ``encoder``, whose
+    embeddings read back whole), and ``(slide, status, error)`` for the others (status ``"empty"`` or
+    ``"failed"``), for commands that score a whole batch at once."""
+    good, skipped = [], []
+    for sp in expand_stores(stores):
+        try:
+            store = open_store(sp, encoder=encoder) if encoder else open_store(sp)
+            if store.n_tiles == 0:
+                raise EmptyStoreError(f"{store.name} has no tiles to score")
+            if encoder:
+                store.embeddings(encoder)  # read whole: every chunk present, checksums valid
+        except SlidescopeError as err:
+            row = SlideScore.skipped(sp, err)
+            skipped.append((row.slide, row.status, row.error or ""))
+            continue
+        good.append(sp)
+    return good, skipped
 
 
 def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_error) -> np.ndarray:
@@ -226,5 +310,5 @@ def _embeddings(store: SlideStore, encoder: str, dim: int, ckpt, *, load_task_er
             f"has {encoder!r} {emb.shape[-1]}-d: extract again with --encoder {encoder}"
         )
     if len(emb) == 0:
-        raise InvalidParameterError(f"{store.name} has no tiles to score")
+        raise EmptyStoreError(f"{store.name} has no tiles to score")
     return emb

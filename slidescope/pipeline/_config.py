@@ -10,6 +10,7 @@ folder) are not part of it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -65,13 +66,15 @@ class RunConfig(SlideOptions):
     stores : embedding-store folder; default ``OUT/stores``.
     mpp, tile_size : tile resolution (µm/px) and side (px); default: what the encoder was trained on.
     overlap, min_tissue : tile overlap (px) and minimum tissue fraction of a tile.
+    edge : the strips at the right and bottom edges narrower than a tile: ``drop`` (not tiled) or ``pad``
+        (tiled, white outside the slide; :func:`~slidescope.wsi.make_tile_grid`).
     pen : pen-mark removal in tissue detection: ``auto`` (on, but off on slides that look like IHC, whose
         blue counterstain would be taken for ink), ``on`` or ``off`` (:func:`~slidescope.wsi.detect_tissue`).
     slide_mpp : level-0 pixel size (µm/px) filled in for slides whose metadata lacks a plausible one; a
         slide's own pixel size always wins (``--slide-mpp``).
     force_slide_mpp : level-0 pixel size imposed on every slide, overriding the metadata
         (``--force-slide-mpp``). Each slide's record says which pixel size was used and where it came from.
-    backend : ``auto``, ``openslide`` or ``tiffslide``.
+    backend : ``auto`` or a registered reader (``openslide``, ``tiffslide``, ``pil``, a plugin's).
     stain : ``None``, ``macenko`` or ``reinhard`` stain normalisation.
     dtype : stored embedding dtype, ``float16`` or ``float32``.
     precision : encoder precision (``fp32``, ``fp16``, ``bf16``); default the model's on GPU.
@@ -83,6 +86,10 @@ class RunConfig(SlideOptions):
     heatmaps : write heatmap PNG + GeoJSON per slide (MIL attention, zero-shot tile similarity).
     heatmap_size, cmap, normalize : heatmap thumbnail size (px), colour map, score normalisation.
     progress : show a per-slide tile progress bar (execution only, not part of the results' signature).
+    slide_mpps : per-slide ``slide_mpp`` from the manifests' ``slide_mpp`` (or ``mpp``) column, keyed by the
+        slide path as given to the run (:func:`~slidescope.wsi.manifest_slide_mpp`); for its slide it takes
+        the place of ``slide_mpp`` and is recorded as mpp source ``manifest``. Filled in by
+        :func:`resolve_config`, not a config-file key.
     """
 
     out: str = option(kind="path", help="Results folder (local; required, here or in --config)")
@@ -121,6 +128,7 @@ class RunConfig(SlideOptions):
         "rank", kind="str", choices=_NORMALIZE, help=f"Heatmap scores: {one_of(_NORMALIZE)}"
     )
     progress: bool = field(default=False, compare=False)
+    slide_mpps: Mapping[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def out_dir(self) -> Path:
@@ -142,6 +150,7 @@ class RunConfig(SlideOptions):
         d = asdict(self)
         d["model"] = list(self.model)
         d.pop("progress")
+        d.pop("slide_mpps")
         return {k.replace("_", "-"): v for k, v in d.items()} if kebab else d
 
 
@@ -354,7 +363,7 @@ def resolve_config(
         slides), a missing model or prompts file, prompts without a slide-text model (or the reverse), or
         checkpoints trained on another encoder.
     """
-    from ..wsi import expand_slides
+    from ..wsi import expand_slides, manifest_slide_mpp
 
     values: dict[str, Any] = load_config_file(config) if config is not None else {}
     for key, value in options.items():
@@ -392,6 +401,9 @@ def resolve_config(
     if validate:
         _validate(cfg)
     paths = expand_slides(slide_inputs)
+    per_slide = manifest_slide_mpp(slide_inputs)
+    if per_slide:
+        cfg = dataclasses.replace(cfg, slide_mpps=per_slide)
     return paths, cfg
 
 
@@ -492,7 +504,9 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
             "tile_size": cfg.tile_size if cfg.tile_size is not None else enc.tile_size,
             "overlap": cfg.overlap,
             "min_tissue": cfg.min_tissue,
+            **({"edge": cfg.edge} if cfg.edge != "drop" else {}),  # absent for drop: older records stay valid
             "pen": cfg.pen,
+            **({"qc": cfg.qc} if cfg.qc != "off" else {}),  # absent for off: older records stay valid
             # --slide-mpp only matters to the slides without a pixel size: each record says which
             # pixel size it used (see plan_slide), so it is not in the signature of every slide
             "force_slide_mpp": cfg.force_slide_mpp,

@@ -61,8 +61,9 @@ def embed_slide(
     slide_obj : an open :class:`~slidescope.wsi.Slide`.
     encoder : a patch encoder (:func:`~slidescope.features.create_encoder`).
     stores : the folder of stores (the slide's store is ``<stores>/<slide>.zarr``; cached and resumable).
-    tiling : ``mpp`` and ``tile_size`` (None: the encoder's), ``overlap``, ``min_tissue`` and ``pen``
-        (tissue detection); None: the schema's defaults.
+    tiling : ``mpp`` and ``tile_size`` (None: the encoder's), ``overlap``, ``min_tissue``, ``edge``, ``pen``
+        (tissue detection) and ``qc`` (the tile QC, :func:`~slidescope.wsi.qc_tiles`: with it the grid is a
+        ``QCGrid``, without the flagged tiles for ``"exclude"``); None: the schema's defaults.
     mask : a tissue mask already found (its detection is skipped then); None: detect it with ``tiling.pen``.
     batch_size, num_workers, dtype, stain : as for :func:`~slidescope.features.extract_features`.
     progress : show a progress bar while extracting.
@@ -71,7 +72,7 @@ def embed_slide(
     on_step : called with ``("tissue", mask)`` once the mask is known and ``("grid", grid)`` once the
         grid is (before the checks that may fail), e.g. to write the tissue outline.
     name : the slide's name in error messages; None: its file name.
-    timer : ``timer(stage)`` gives a context manager around each stage (``"tissue"``, ``"tiles"``,
+    timer : ``timer(stage)`` gives a context manager around each stage (``"tissue"``, ``"tiles"``, ``"qc"``,
         ``"extract"``); e.g. to record timings.
 
     Returns
@@ -85,7 +86,7 @@ def embed_slide(
         removal took most of the tissue).
     """
     from ..features.extract import extract_features
-    from ..wsi import detect_tissue, make_tile_grid, pen_hint
+    from ..wsi import detect_tissue, make_tile_grid, pen_hint, qc_tiles
 
     tiling = tiling if tiling is not None else TilingOptions()
     timed = timer if timer is not None else _untimed
@@ -105,7 +106,11 @@ def embed_slide(
             min_tissue=tiling.min_tissue,
             mask=mask,
             allow_empty=True,
+            edge=tiling.edge,
         )
+    if tiling.qc != "off":
+        with timed("qc"):
+            grid = qc_tiles(slide_obj, grid, tiling.qc, mask=mask)
     step("grid", grid)
     if len(grid) == 0:
         raise EmptyTissueError(

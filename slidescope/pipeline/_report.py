@@ -120,7 +120,35 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"| {s['key']} | {s['status']} | {s['n_tiles']} | {mpp} | {slide_mpp} | {s['seconds']:.1f} "
             f"| {pred} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _qc_markdown(report["slides"])) + "\n"
+
+
+def _qc_markdown(slides: Sequence[dict[str, Any]]) -> list[str]:
+    """The "Quality control" section: one row per slide with a tile QC summary (``--qc flag/exclude``)."""
+    rows = [s for s in slides if s.get("qc")]
+    if not rows:
+        return []
+    checks = sorted({c for s in rows for c in (s["qc"].get("flagged_fraction") or {})})
+    lines = [
+        "",
+        "## Quality control",
+        "",
+        "Fraction of the tiles each check flags (before exclusion), and the focus median (q05-q95).",
+        "",
+        f"| slide | policy | tissue mm² | tiles | {' | '.join(checks)} | excluded | focus median (q05-q95) |",
+        f"|---|---|---:|---:|{'---:|' * len(checks)}---:|---|",
+    ]
+    for s in rows:
+        q = s["qc"]
+        flagged = q.get("flagged_fraction") or {}
+        fq = q.get("focus_quantiles") or {}
+        focus = f"{fq['q50']:.0f} ({fq['q05']:.0f}-{fq['q95']:.0f})" if fq else "-"
+        lines.append(
+            f"| {s['key']} | {q.get('policy')} | {q.get('tissue_mm2') if q.get('tissue_mm2') is not None else '-'} "
+            f"| {q.get('n_tiles', '-')} | {' | '.join(f'{flagged.get(c, 0):.1%}' for c in checks)} "
+            f"| {q.get('excluded', 0)} | {focus} |"
+        )
+    return lines
 
 
 def write_report(out: Path, report: dict[str, Any]) -> Path:

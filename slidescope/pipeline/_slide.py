@@ -68,6 +68,8 @@ class SlideOutcome:
     effective_mpp : (x, y) µm/px of the tiles as cut (see :class:`~slidescope.wsi.TileGrid`).
     slide_mpp, mpp_source : the level-0 (x, y) µm/px used and where it came from: ``"file metadata: <which
         tags>"``, ``"filled in (--slide-mpp)"`` (the file has none) or ``"forced (--force-slide-mpp)"``.
+    qc : the tile QC summary with ``--qc flag`` or ``exclude`` (:func:`~slidescope.wsi.qc_summary`: policy,
+        tissue_mm2, n_tiles, flagged_fraction per check, focus_quantiles...; before any tile was excluded).
     error_class, error_message : for failures: the exception's class name and its message.
     outputs : name -> path of each output (relative to the results folder when inside it).
     attempts : how many times the slide was started in this run (more than 1 when a Dask worker died).
@@ -87,6 +89,7 @@ class SlideOutcome:
     slide_mpp: list[float] | None = None
     mpp_source: str | None = None
     tissue_mm2: float | None = None
+    qc: dict[str, Any] | None = None
     error_class: str | None = None
     error_message: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
@@ -264,31 +267,49 @@ def _slide_text_model(cfg: RunConfig):
 MPP_FROM_FILE = "file metadata"
 MPP_FILLED = "filled in (--slide-mpp)"
 MPP_FORCED = "forced (--force-slide-mpp)"
+MPP_MANIFEST = "manifest (slide_mpp column)"
+
+
+def _fill_in(slide: str | os.PathLike[str], cfg: RunConfig) -> tuple[float | None, str]:
+    """The pixel size filled in for ``slide`` if its file has none, and what says so: the manifest's
+    ``slide_mpp`` column for this slide, else ``--slide-mpp`` (the name is ``open_slide``'s
+    ``slide_mpp_source``)."""
+    from ..wsi import MPP_FILLED_IN, MPP_FROM_MANIFEST
+
+    value = cfg.slide_mpps.get(str(slide))
+    return (value, MPP_FROM_MANIFEST) if value is not None else (cfg.slide_mpp, MPP_FILLED_IN)
 
 
 def _mpp_source(slide_obj: Any) -> str:
-    from ..wsi import MPP_FILLED_IN
+    from ..wsi import MPP_FILLED_IN, MPP_FROM_MANIFEST
 
     source = slide_obj.mpp_source
     if source == "user":
         return MPP_FORCED
     if source == MPP_FILLED_IN:
         return MPP_FILLED
+    if source == MPP_FROM_MANIFEST:
+        return MPP_MANIFEST
     return f"{MPP_FROM_FILE}: {source}"
 
 
-def _mpp_change(rec: dict[str, Any], cfg: RunConfig) -> str | None:
+def _mpp_change(rec: dict[str, Any], cfg: RunConfig, slide: str | os.PathLike[str] = "") -> str | None:
     """Why a finished slide's pixel size would differ under ``cfg`` (None: it would not).
 
-    ``--force-slide-mpp`` is in the result signature; ``--slide-mpp`` only matters to the slides whose record
-    says their pixel size was filled in (a slide whose file gives one is not redone because it was given)."""
+    ``--force-slide-mpp`` is in the result signature; ``--slide-mpp`` and the manifest's ``slide_mpp`` column
+    only matter to the slides whose record says their pixel size was filled in (a slide whose file gives
+    one is not redone because it was given)."""
+    from ..wsi import MPP_FROM_MANIFEST
+
     source = rec.get("mpp_source")
     if cfg.force_slide_mpp is not None or not isinstance(source, str) or source.startswith(MPP_FORCED):
         return None  # the signature decides (and records of an older slidescope had their signature change)
-    if source.startswith(MPP_FILLED):
+    if source.startswith((MPP_FILLED, MPP_MANIFEST)):
         used = rec.get("slide_mpp") or [None]
-        if cfg.slide_mpp is None or used[0] is None or abs(float(used[0]) - cfg.slide_mpp) > 1e-12:
-            return f"its pixel size was filled in as {used[0]} µm/px, now --slide-mpp is {cfg.slide_mpp}"
+        now, where = _fill_in(slide, cfg)
+        if now is None or used[0] is None or abs(float(used[0]) - now) > 1e-12:
+            name = "the manifest's slide_mpp" if where == MPP_FROM_MANIFEST else "--slide-mpp"
+            return f"its pixel size was filled in as {used[0]} µm/px, now {name} is {now}"
     return None
 
 
@@ -324,7 +345,7 @@ def plan_slide(slide: str | os.PathLike[str], cfg: RunConfig) -> tuple[str, str,
     changes = signature_changes(rec.get("signature"), result_signature(cfg))
     if changes:
         return "do", f"configuration changed ({', '.join(changes)})", rec
-    mpp_change = _mpp_change(rec, cfg)
+    mpp_change = _mpp_change(rec, cfg, slide)
     if mpp_change:
         return "do", mpp_change, rec
     stat = file_stat(slide)
@@ -528,11 +549,18 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
             o.outputs["tissue"] = _rel(tissue, out)
         elif step == "grid":
             o.effective_mpp = [round(float(v), 6) for v in value.effective_mpp]
+            o.qc = getattr(value, "qc_summary", None)
 
     with timed("open"):
-        # --slide-mpp only fills in a missing pixel size; --force-slide-mpp overrides the file's
+        # --slide-mpp (or the manifest's slide_mpp) only fills in a missing pixel size; --force-slide-mpp
+        # overrides the file's
+        fill, fill_source = _fill_in(slide, cfg)
         slide_obj = open_slide(
-            slide, backend=cfg.backend, force_slide_mpp=cfg.force_slide_mpp, slide_mpp=cfg.slide_mpp
+            slide,
+            backend=cfg.backend,
+            force_slide_mpp=cfg.force_slide_mpp,
+            slide_mpp=fill,
+            slide_mpp_source=fill_source,
         )
     with slide_obj:
         o.slide_mpp = [

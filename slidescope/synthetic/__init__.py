@@ -8,6 +8,8 @@ demo, the napari sample, the tests and the benchmarks run on; it is not part of 
   4:2:0) that OpenSlide (vendor ``aperio``) and tiffslide both open, reporting the same dimensions,
   levels and microns per pixel, and returns a :class:`SyntheticSlide` with its tissue and tumour masks.
 * :func:`make_synthetic_ihc_slide` writes a small IHC-like slide (blue counterstain, brown DAB patches).
+* :func:`make_artefact_slide` writes an H&E-like slide with blur, pen, folds and bubbles injected at
+  known tile-aligned cells (the ground truth of the tile QC).
 * :func:`make_synthetic_cohort` writes a labelled cohort of synthetic slides with masks, patients,
   sites and short free-text reports (:func:`synthetic_report`) in a ``manifest.csv``.
 
@@ -34,14 +36,18 @@ work and emit a ``DeprecationWarning`` that names the new place.
 
 from __future__ import annotations
 
+from ._artefacts import ARTEFACT_KINDS, ArtefactSlide, make_artefact_slide
 from ._cohort import make_synthetic_cohort, synthetic_report
 from ._ihc import IHC_OD_COUNTERSTAIN, SyntheticIHCSlide, make_synthetic_ihc_slide
 from ._slide import SyntheticSlide, make_synthetic_slide
 
 __all__ = [
+    "ARTEFACT_KINDS",
+    "ArtefactSlide",
     "IHC_OD_COUNTERSTAIN",
     "SyntheticIHCSlide",
     "SyntheticSlide",
+    "make_artefact_slide",
     "make_synthetic_cohort",
     "make_synthetic_ihc_slide",
     "make_synthetic_slide",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -35,7 +36,14 @@ from .._compat import renamed_attribute
 from ..errors import SlidescopeError
 from ._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
 from ._compat import keep_triton_out
-from ._layers import level0_to_world, show_tile_grid, top_tiles
+from ._layers import (
+    class_legend_html,
+    keep_read_only,
+    level0_to_world,
+    show_one_heatmap,
+    show_tile_grid,
+    top_tiles,
+)
 from ._widgets import add_layer_tuples, layers_of_kind, notify_error, slide_layers, slidescope_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,38 +136,53 @@ class AnalyseWidget(Container):
             choices=self._slide_choices,
             tooltip="A slide opened with the slidescope reader (File > Open) or the sample.",
         )
+        # choice lists are callables over the widget's own state: napari resets every choice widget of a
+        # dock widget on each layer insert/remove/rename/move (``reset_choices``), and a fixed list given
+        # here would come back (the encoder list would drop to he-descriptor, top tiles would empty)
+        self._encoder_names = [DEFAULT_ENCODER]
+        self._top: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]] = {}
+        self._top_choices: list[tuple[str, tuple[str, int]]] = []
         self.encoder = ComboBox(
             label="Encoder",
-            choices=[DEFAULT_ENCODER],
+            choices=self._encoder_choices,
             value=DEFAULT_ENCODER,
             tooltip="Patch encoder; he-descriptor needs no weights. Cached embeddings are reused.",
         )
         self.weights = FileEdit(
             label="Encoder weights",
-            mode="r",
+            mode=FileDialogMode.EXISTING_FILE,
             nullable=True,
             tooltip="Weights file for encoders that need one (empty: their hub id / cache).",
         )
         self.mode = RadioButtons(label="Model", choices=[MIL, ZERO_SHOT], value=MIL, orientation="horizontal")
+        self.run_folder = FileEdit(
+            label="MIL run folder",
+            mode=FileDialogMode.EXISTING_DIRECTORY,
+            nullable=True,
+            tooltip="A training run folder (`slidescope train --out RUN`): all its folds are averaged, "
+            "as `slidescope run --model RUN` does. Takes precedence over a single checkpoint.",
+        )
         self.checkpoint = FileEdit(
-            label="Checkpoint",
-            mode="r",
+            label="or one checkpoint",
+            mode=FileDialogMode.EXISTING_FILE,
             filter="*.ckpt",
             nullable=True,
-            tooltip="A trained MIL checkpoint (best.ckpt from `slidescope train`).",
+            tooltip="One trained MIL checkpoint (a fold's best.ckpt from `slidescope train`).",
         )
         self.slide_text_model = FileEdit(
             label="Slide-text model",
-            mode="d",
+            mode=FileDialogMode.EXISTING_DIRECTORY,
             nullable=True,
             tooltip="Folder written by `slidescope pretrain` (its `model` folder).",
         )
-        self.prompts_file = FileEdit(label="Prompts file", mode="r", filter="*.yaml *.yml", nullable=True)
+        self.prompts_file = FileEdit(
+            label="Prompts file", mode=FileDialogMode.EXISTING_FILE, filter="*.yaml *.yml", nullable=True
+        )
         self.prompts_text = TextEdit(label="or type prompts", value="")
         self.prompts_text.native.setPlaceholderText(PROMPTS_HINT)
         self.store = FileEdit(
             label="Store folder",
-            mode="d",
+            mode=FileDialogMode.EXISTING_DIRECTORY,
             nullable=True,
             tooltip="Folder of embedding stores (empty: slidescope's cache folder).",
         )
@@ -175,8 +198,9 @@ class AnalyseWidget(Container):
         self.status = Label(label="Status", value="Open a slide, choose a model, press Analyse.")
         self.summary = Label(label="Slide", value="")
         self.tile_grid = CheckBox(text="Show tile grid", value=False)
-        self.top_by = ComboBox(label="Top tiles by", choices=[])
-        self.top_tiles = Select(label="Top tiles", choices=[])
+        self.legend = Label(label="Legend", value="")
+        self.top_by = ComboBox(label="Top tiles by", choices=self._top_by_choices)
+        self.top_tiles = Select(label="Top tiles", choices=self._top_tile_choices)
         self.associated = ComboBox(label="Label / macro", choices=self._associated_choices)
         self.show_associated = PushButton(text="Show")
         self.extend(
@@ -185,6 +209,7 @@ class AnalyseWidget(Container):
                 self.encoder,
                 self.weights,
                 self.mode,
+                self.run_folder,
                 self.checkpoint,
                 self.slide_text_model,
                 self.prompts_file,
@@ -196,6 +221,7 @@ class AnalyseWidget(Container):
                 self.progress,
                 self.status,
                 self.summary,
+                self.legend,
                 self.tile_grid,
                 self.top_by,
                 self.top_tiles,
@@ -210,8 +236,14 @@ class AnalyseWidget(Container):
         self.busy = False  # an analysis runs (from start() until its worker has finished)
         self._cancel = threading.Event()
         self._started = 0.0
-        self._top: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]] = {}
 
+        self._connect(viewer)
+        self._on_mode(self.mode.value)
+        self._on_layers_changed()
+        self.encoders_worker = self._load_encoder_names()
+
+    def _connect(self, viewer: napari.viewer.Viewer) -> None:
+        """Wire the buttons, choices and the viewer's layer events to the widget."""
         self.mode.changed.connect(self._on_mode)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -222,8 +254,6 @@ class AnalyseWidget(Container):
         self.show_associated.changed.connect(self.add_associated_image)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
-        self._on_mode(self.mode.value)
-        self.encoders_worker = self._load_encoder_names()
 
     #: the old name of ``slide_text_model``, for one release (docs/GLOSSARY.md)
     slidetext_model = renamed_attribute("slidetext_model", "slide_text_model")
@@ -232,6 +262,15 @@ class AnalyseWidget(Container):
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in slide_layers(self._viewer)]
 
+    def _encoder_choices(self, _widget: Any = None) -> list[str]:
+        return list(self._encoder_names)
+
+    def _top_by_choices(self, _widget: Any = None) -> list[str]:
+        return list(self._top)
+
+    def _top_tile_choices(self, _widget: Any = None) -> list[tuple[str, tuple[str, int]]]:
+        return list(self._top_choices)
+
     def _associated_choices(self, _widget: Any = None) -> list[str]:
         layer = self.slide.value if hasattr(self, "slide") else None
         return list(slidescope_meta(layer).get("associated_images", [])) if layer is not None else []
@@ -239,6 +278,8 @@ class AnalyseWidget(Container):
     def _on_layers_changed(self, _event: Any = None) -> None:
         self.slide.reset_choices()
         self.associated.reset_choices()
+        for layer in layers_of_kind(self._viewer, "tiles"):
+            keep_read_only(layer)
 
     def _load_encoder_names(self) -> Any:
         """Fill the encoder list off the UI thread (the registry imports torch and timm)."""
@@ -252,7 +293,8 @@ class AnalyseWidget(Container):
     @_while_alive
     def _fill_encoders(self, names: list[str]) -> None:
         current = self.encoder.value
-        self.encoder.choices = names
+        self._encoder_names = list(names)
+        self.encoder.reset_choices()
         self.encoder.value = current if current in names else DEFAULT_ENCODER
 
     def _encoders_done(self) -> None:
@@ -261,6 +303,7 @@ class AnalyseWidget(Container):
     def _on_mode(self, value: str) -> None:
         mil = value == MIL
         self.checkpoint.visible = mil
+        self.run_folder.visible = mil
         for widget in (self.slide_text_model, self.prompts_file, self.prompts_text):
             widget.visible = not mil
 
@@ -288,12 +331,14 @@ class AnalyseWidget(Container):
             "device": self.device.value,
         }
         if self.mode.value == MIL:
-            if self.checkpoint.value is None:
+            model = self.run_folder.value or self.checkpoint.value
+            if model is None:
                 notify_error(
-                    "choose a MIL checkpoint (best.ckpt from `slidescope train`, or from `slidescope demo`)"
+                    "choose a MIL run folder (`slidescope train --out RUN`: its folds are averaged) or one "
+                    "checkpoint (a fold's best.ckpt), e.g. from `slidescope demo`"
                 )
                 return None
-            return AnalysisRequest(**common, checkpoint=Path(self.checkpoint.value))
+            return AnalysisRequest(**common, checkpoint=Path(model))
         prompts: Any = Path(self.prompts_file.value) if self.prompts_file.value else self.prompts_text.value
         return AnalysisRequest(**common, prompts=prompts, slide_text_model=self.slide_text_model.value)
 
@@ -383,6 +428,8 @@ class AnalyseWidget(Container):
             tissue=result.tissue,
         )
         added = add_layer_tuples(self._viewer, tuples)
+        show_one_heatmap(self._viewer, added)
+        self.legend.value = class_legend_html(added)
         tiles = added[-1]
         show_tile_grid(tiles, self.tile_grid.value)
         self._viewer.layers.selection.active = tiles  # its status line shows the hovered tile's scores
@@ -391,7 +438,7 @@ class AnalyseWidget(Container):
             name: (values, coords, lattice.extent, result.mpp)
             for name, values in read_scores(store, result.scores).items()
         }
-        self.top_by.choices = list(self._top)
+        self.top_by.reset_choices()
         if self._top:
             self.top_by.value = next(iter(self._top))
         self._fill_top_tiles()
@@ -405,15 +452,14 @@ class AnalyseWidget(Container):
 
     def _fill_top_tiles(self, _value: Any = None) -> None:
         name = self.top_by.value
-        if name not in self._top:
-            self.top_tiles.choices = []
-            return
-        values, coords, _, _ = self._top[name]
         choices = []
-        for rank, i in enumerate(top_tiles(values, TOP_K), start=1):
-            x, y = coords[i]
-            choices.append((f"{rank}. {values[i]:.3g}  tile {i} at x={x}, y={y}", (name, int(i))))
-        self.top_tiles.choices = choices
+        if name in self._top:
+            values, coords, _, _ = self._top[name]
+            for rank, i in enumerate(top_tiles(values, TOP_K), start=1):
+                x, y = coords[i]
+                choices.append((f"{rank}. {values[i]:.3g}  tile {i} at x={x}, y={y}", (name, int(i))))
+        self._top_choices = choices
+        self.top_tiles.reset_choices()
 
     def _on_top_tile(self, selected: list[tuple[str, int]]) -> None:
         if selected:

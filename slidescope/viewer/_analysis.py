@@ -29,6 +29,7 @@ __all__ = [
     "parse_prompts",
     "resolve_store",
     "cached_embeddings",
+    "checkpoints_of",
     "run_analysis",
 ]
 
@@ -46,7 +47,9 @@ class AnalysisRequest:
     encoder : patch encoder registry name (``he-descriptor`` runs offline, without weights).
     store : a folder of stores (the slide's store is ``<folder>/<slide>.zarr``) or one slide store;
         ``None``: the viewer's cache folder (:func:`~slidescope.viewer._paths.viewer_cache_dir`).
-    checkpoint : a trained MIL checkpoint (``best.ckpt``): supervised scores and attention.
+    checkpoint : a trained MIL checkpoint (``best.ckpt``) or a training run folder (``RUN/fold*/best.ckpt``,
+        all folds averaged): supervised scores and attention, exactly as ``slidescope run --model`` gives
+        them (same checkpoint resolution, :func:`slidescope.pipeline.expand_models`, same ensemble).
     prompts : for zero-shot instead: a prompts YAML (a ``Path``), a ``{class: [phrasings]}`` mapping,
         or text typed in the widget (a ``str``, see :func:`parse_prompts`).
     slide_text_model : the saved slide-text model directory zero-shot needs (formerly ``slidetext_model``,
@@ -206,7 +209,11 @@ def _check_model(request: AnalysisRequest, embed_dim: int) -> Any:
     if request.mode == "mil":
         from ..mil import load_task
 
-        return load_task(request.checkpoint, encoder=request.encoder, embed_dim=embed_dim)
+        # every fold: a fold trained on another encoder must fail here too, as in a batch run
+        return [
+            load_task(path, encoder=request.encoder, embed_dim=embed_dim)
+            for path in checkpoints_of(request.checkpoint)
+        ]
     if request.slide_text_model is None:
         raise InvalidParameterError(
             "zero-shot needs a slide-text model: choose its folder (the `model` folder "
@@ -222,6 +229,14 @@ def _check_model(request: AnalysisRequest, embed_dim: int) -> Any:
             f"{request.encoder!r} gives {embed_dim}-d: choose the encoder it was pretrained on"
         )
     return model
+
+
+def checkpoints_of(model: Path | str | None) -> list[str]:
+    """The checkpoints a MIL model path stands for, resolved as ``slidescope run --model`` resolves them:
+    a ``best.ckpt`` file, or a training run folder's ``fold*/best.ckpt`` (else its ``best.ckpt``)."""
+    from ..pipeline import expand_models
+
+    return list(expand_models([str(model)])) if model is not None else []
 
 
 def _check_device(device: str) -> None:
@@ -347,8 +362,9 @@ def run_analysis(
         # from the module itself: once imported, `slidescope.mil.score` the module shadows the lazy export
         from ..mil.score import run_name, score
 
-        name = run_name(request.checkpoint)
-        (row,) = score([request.checkpoint], [store], name=name, device=request.device)
+        checkpoints = checkpoints_of(request.checkpoint)
+        name = run_name(checkpoints[0])  # the name `slidescope run` writes the ensemble's scores under
+        (row,) = score(list(checkpoints), [store], name=name, device=request.device)
         result.scores = [f"{name}/attention"]
         result.probabilities = dict(row.probs)
         result.summary = _summary(f"{name}: predicted {row.predicted}", row.probs)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from ._layers import TileLattice, world_to_level0
+from ._layers import CLASS_COLOURS, TileLattice, world_to_level0
 from ._reader import METADATA_KEY
 
 __all__ = [
@@ -24,6 +24,8 @@ __all__ = [
     "write_heatmap_tiff",
     "tiles_feature_collection",
     "shapes_feature_collection",
+    "nest_rings",
+    "unique_path",
     "shapes_to_level0",
     "write_shapes_geojson",
     "write_geojson",
@@ -31,19 +33,6 @@ __all__ = [
 
 #: longest side of an automatically sized heatmap TIFF (its level 0)
 MAX_TIFF_SIDE = 16384
-#: QuPath colours of the classes of exported tiles
-CLASS_COLOURS = [
-    [230, 25, 75],
-    [60, 180, 75],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [128, 128, 0],
-    [0, 0, 128],
-]
 LEVEL_COLOURS = {"high": [220, 40, 30], "medium": [240, 160, 40], "low": [60, 90, 200]}
 
 
@@ -222,9 +211,55 @@ def tiles_feature_collection(
     return collection
 
 
-def _ring_area(ring: np.ndarray) -> float:
+def _signed_area(ring: np.ndarray) -> float:
     x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _ring_area(ring: np.ndarray) -> float:
+    return abs(_signed_area(ring))
+
+
+def _inside(points: np.ndarray, ring: np.ndarray) -> np.ndarray:
+    """Even-odd rule: which ``points (M, 2)`` lie strictly inside the closed ``ring (K, 2)``."""
+    x, y = points[:, :1], points[:, 1:]
+    x0, y0 = ring[None, :-1, 0], ring[None, :-1, 1]
+    x1, y1 = ring[None, 1:, 0], ring[None, 1:, 1]
+    crosses = (y0 > y) != (y1 > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+    return np.count_nonzero(crosses & (x < at), axis=1) % 2 == 1
+
+
+def nest_rings(rings: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """Closed rings that do not cross (tissue outlines and their holes, in any order) -> polygons
+    ``[outer, *holes]``, by nesting depth: a ring inside an even number of others is an outer ring, one
+    inside an odd number is a hole of the smallest ring around it (an island in a hole is an outer ring
+    again). Outer rings get a positive shoelace area in ``(x, y)`` numbers, holes a negative one.
+
+    A ring counts as inside another when most of its vertices are (vertices shared by touching
+    rings then do not decide).
+    """
+    rings = [np.asarray(r, dtype=np.float64) for r in rings]
+    areas = [_ring_area(r) for r in rings]
+    parents: list[list[int]] = []
+    for i, ring in enumerate(rings):
+        around = [
+            j
+            for j, other in enumerate(rings)
+            if j != i and areas[j] > areas[i] and _inside(ring[:-1], other).mean() > 0.5
+        ]
+        parents.append(around)
+    polygons: dict[int, list[np.ndarray]] = {}
+    for i in sorted(range(len(rings)), key=lambda k: len(parents[k])):
+        depth = len(parents[i])
+        ring = rings[i] if _signed_area(rings[i]) >= 0 else rings[i][::-1].copy()
+        if depth % 2 == 0:
+            polygons[i] = [ring]
+            continue
+        owner = min((j for j in parents[i] if len(parents[j]) == depth - 1), key=lambda j: areas[j])
+        polygons[owner].append(ring[::-1].copy())
+    return [polygons[i] for i in sorted(polygons)]
 
 
 def shapes_feature_collection(
@@ -234,28 +269,46 @@ def shapes_feature_collection(
     classification: str | None = None,
     color: Sequence[int] = (0, 160, 60),
     names: Sequence[str] | None = None,
+    nest: bool = False,
 ) -> dict[str, Any]:
     """QuPath GeoJSON annotations from polygons in level-0 pixel-edge ``(x, y)`` coordinates.
 
-    Each ring is closed; with ``mpp`` every feature gets ``measurements.area_um2``, as
-    :meth:`slidescope.wsi.TissueMask.to_geojson` writes them.
+    Each ring is closed; with ``mpp`` every feature gets ``measurements.area_um2`` (outer ring less
+    its holes), as :meth:`slidescope.wsi.TissueMask.to_geojson` writes them. With ``nest``, rings
+    inside others are holes (:func:`nest_rings`): one ``Polygon [outer, *holes]`` per tissue piece, as
+    the tissue outline layer holds outer rings and holes as separate shapes; without, one polygon
+    per ring (shapes drawn by hand).
     """
-    features = []
-    for i, poly in enumerate(polygons):
+    rings = []
+    for poly in polygons:
         ring = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         if len(ring) < 3:
             continue
-        if not np.array_equal(ring[0], ring[-1]):
-            ring = np.vstack([ring, ring[:1]])
+        rings.append(ring if np.array_equal(ring[0], ring[-1]) else np.vstack([ring, ring[:1]]))
+    grouped = nest_rings(rings) if nest else [[r] for r in rings]
+    features = []
+    for i, group in enumerate(grouped):
         name = names[i] if names else f"{classification or 'shape'} {i + 1}"
         props: dict[str, Any] = {"objectType": "annotation", "name": name, "isLocked": False}
         if classification:
             props["classification"] = {"name": classification, "color": list(map(int, color))}
         if mpp is not None:
-            props["measurements"] = {"area_um2": round(_ring_area(ring) * mpp[0] * mpp[1], 2)}
-        geometry = {"type": "Polygon", "coordinates": [np.round(ring, 3).tolist()]}
+            area = _ring_area(group[0]) - sum(_ring_area(h) for h in group[1:])
+            props["measurements"] = {"area_um2": round(area * mpp[0] * mpp[1], 2)}
+        geometry = {"type": "Polygon", "coordinates": [np.round(r, 3).tolist() for r in group]}
         features.append({"type": "Feature", "geometry": geometry, "properties": props})
     return {"type": "FeatureCollection", "features": features}
+
+
+def unique_path(path: str | os.PathLike[str]) -> Path:
+    """``path``, or when it exists the first free ``<name>-2<suffix>``, ``-3``...: exports never overwrite."""
+    path = Path(path)
+    k = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+        k += 1
+    return candidate
 
 
 def write_geojson(path: str | os.PathLike[str], collection: Mapping[str, Any]) -> Path:
@@ -311,6 +364,8 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     mpp = _slide_mpp(attributes)
     polygons = shapes_to_level0(data, attributes, mpp=mpp)
     kind = (attributes.get("metadata") or {}).get(METADATA_KEY, {}).get("kind")
-    classification = "Tissue" if kind == "tissue" else None
-    collection = shapes_feature_collection(polygons, mpp=mpp, classification=classification)
+    tissue = kind == "tissue"
+    collection = shapes_feature_collection(
+        polygons, mpp=mpp, classification="Tissue" if tissue else None, nest=tissue
+    )
     return [str(write_geojson(path, collection))]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 
 from ..errors import SlidescopeError
@@ -19,6 +20,7 @@ from ._export import (
     shapes_feature_collection,
     shapes_to_level0,
     tiles_feature_collection,
+    unique_path,
     write_geojson,
     write_heatmap_tiff,
 )
@@ -41,7 +43,9 @@ class ExportWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer
         self.heatmap = ComboBox(label="Heatmap", choices=self._heatmap_choices)
-        self.folder = FileEdit(label="Folder", mode="d", value=Path.cwd() / "slidescope-export")
+        self.folder = FileEdit(
+            label="Folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=Path.cwd() / "slidescope-export"
+        )
         self.downsample = SpinBox(
             label="TIFF downsample",
             value=0,
@@ -51,7 +55,7 @@ class ExportWidget(Container):
         )
         self.tiff_button = PushButton(text="Heatmap as pyramidal TIFF")
         self.geojson_button = PushButton(text="Tiles and tissue as QuPath GeoJSON")
-        self.png_button = PushButton(text="PNG snapshot of the view")
+        self.png_button = PushButton(text="Heatmap as PNG (over the thumbnail, with a colour bar)")
         self.status = Label(label="Wrote", value="")
         self.extend(
             [
@@ -103,6 +107,10 @@ class ExportWidget(Container):
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
+    def _out(self, meta: dict[str, Any], what: str) -> Path:
+        """``<folder>/<slide>.<score>.<what>``, made unique (``-2``, ``-3``...): an export never overwrites."""
+        return unique_path(self._folder() / f"{Path(meta['slide']).stem}.{_slug(meta['score'])}.{what}")
+
     def export_tiff(self) -> list[Path]:
         """The chosen heatmap's scores as ``<slide>.<score>.tif`` (pyramidal float32, aligned to the slide)."""
         from ..features import open_store
@@ -112,7 +120,7 @@ class ExportWidget(Container):
         store = open_store(meta["store"])
         coords, lattice = store_lattice(store)
         values = np.asarray(store.scores(meta["score"]), dtype=np.float32)
-        out = self._folder() / f"{Path(meta['slide']).stem}.{_slug(meta['score'])}.tif"
+        out = self._out(meta, "tif")
         path = write_heatmap_tiff(
             out,
             values,
@@ -128,7 +136,8 @@ class ExportWidget(Container):
         return [path]
 
     def export_geojson(self) -> list[Path]:
-        """``<slide>.tiles.geojson`` (every score as a measurement) and ``<slide>.tissue.geojson``."""
+        """``<slide>.<score>.tiles.geojson`` (every score of the run as a measurement, named by its run)
+        and ``<slide>.<score>.tissue.geojson`` (one polygon with holes per tissue piece)."""
         from ..features import open_store
 
         layer, meta = self._chosen()
@@ -143,11 +152,9 @@ class ExportWidget(Container):
         classes = None
         for labels in self._siblings("classes", meta["store"]):
             classes = slidescope_meta(labels).get("classes")
-        stem = Path(meta["slide"]).stem
-        folder = self._folder()
         written = [
             write_geojson(
-                folder / f"{stem}.tiles.geojson",
+                self._out(meta, "tiles.geojson"),
                 tiles_feature_collection(
                     store.coords, store.tile_extent, scores, main=meta["score"], classes=classes
                 ),
@@ -164,15 +171,21 @@ class ExportWidget(Container):
             )
             written.append(
                 write_geojson(
-                    folder / f"{stem}.tissue.geojson",
-                    shapes_feature_collection(polygons, mpp=meta["mpp"], classification="Tissue"),
+                    self._out(meta, "tissue.geojson"),
+                    shapes_feature_collection(polygons, mpp=meta["mpp"], classification="Tissue", nest=True),
                 )
             )
         return written
 
     def export_png(self) -> list[Path]:
-        """A PNG of the canvas as it is now (slide, heatmaps, outlines)."""
+        """``<slide>.<score>.png``: the chosen heatmap rendered from its scores over the slide's thumbnail, whole
+        slide, with a colour bar (:func:`slidescope.mil.heatmap.heatmap`, as ``slidescope heatmap`` draws it;
+        colours scaled min-max), whatever the canvas shows."""
+        from ..mil.heatmap import heatmap
+
         layer, meta = self._chosen()
-        out = self._folder() / f"{Path(meta['slide']).stem}.{_slug(meta['score'])}.png"
-        self._viewer.screenshot(str(out), canvas_only=True, flash=False)
+        out = self._out(meta, "png")
+        heatmap(
+            meta["slide"], meta["store"], scores=meta["score"], out_png=out, normalize="minmax", size=1024
+        )
         return [out]

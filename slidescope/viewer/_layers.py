@@ -14,6 +14,7 @@ A heatmap has one cell per tile on the tiles' lattice (origin, stride): cell ``(
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ __all__ = [
     "class_labels_layer",
     "tile_labels_layer",
     "show_tile_grid",
+    "show_one_heatmap",
+    "keep_read_only",
+    "class_legend_html",
     "tissue_layer",
     "top_tiles",
 ]
@@ -43,6 +47,20 @@ HEATMAP_OPACITY = 0.6
 #: opacity and colour of the tile grid when shown
 GRID_OPACITY = 0.6
 GRID_COLOR = "#1a1a1a"
+#: colours of the classes (best-class labels layer, its legend and the QuPath export), with their names
+CLASS_COLOURS = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [128, 128, 0],
+    [0, 0, 128],
+]
+CLASS_COLOUR_NAMES = ["red", "green", "blue", "orange", "purple", "cyan", "magenta", "lime", "olive", "navy"]
 #: the tile-grid layer holds at most this many pixels (each tile drawn as k x k pixels, k <= 8)
 TILE_GRID_MAX_PIXELS = 4_000_000
 
@@ -231,11 +249,17 @@ def class_labels_layer(
         raise InvalidParameterError(f"{len(classes)} classes for {len(lattice)} tiles")
     if len(classes) and (classes.min() < 0 or classes.max() >= len(names)):
         raise InvalidParameterError(f"class indices must lie in 0..{len(names) - 1}")
+    from napari.utils.colormaps import DirectLabelColormap
+
     data = lattice.grid(classes + 1, fill=0, dtype=np.int32)
     kwargs = _base_kwargs(name, lattice, mpp, units)
+    colours: dict[int | None, Any] = {0: "transparent", None: "transparent"}
+    for k in range(len(names)):
+        colours[k + 1] = np.array([*CLASS_COLOURS[k % len(CLASS_COLOURS)], 255]) / 255.0
     kwargs.update(
         {
             "opacity": 0.35,
+            "colormap": DirectLabelColormap(color_dict=colours),
             "features": pd.DataFrame(
                 {"index": np.arange(len(names) + 1), "class": ["(no tile)", *map(str, names)]}
             ),
@@ -311,6 +335,54 @@ def show_tile_grid(layer: Any, show: bool = True) -> None:
     k = int(layer.metadata.get(METADATA_KEY, {}).get("subpixels", 1))
     layer.contour = 1 if (show and k > 1) else 0
     layer.opacity = GRID_OPACITY if show else 0.0
+
+
+_READ_ONLY: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def keep_read_only(layer: Any) -> None:
+    """Make a layer (the tile grid, invisible but hovered for its scores) not editable, and keep it so:
+    napari makes a labels layer editable again whenever its data change, and one stray paint click
+    would change which tile the status bar names."""
+
+    def relock(_event: Any = None) -> None:
+        if layer.editable:
+            layer.editable = False
+
+    relock()
+    if layer not in _READ_ONLY:
+        _READ_ONLY.add(layer)
+        layer.events.editable.connect(relock)
+
+
+def show_one_heatmap(viewer: Any, added: Sequence[Any]) -> Any:
+    """After a run: show its first heatmap with a colour bar, hide every other heatmap; returns the shown one.
+
+    The run's other heatmaps (zero-shot: one per class) get a colour bar too, shown when made visible.
+    """
+    new = [layer for layer in added if layer.metadata.get(METADATA_KEY, {}).get("kind") == "heatmap"]
+    for layer in new:
+        if hasattr(layer, "colorbar"):  # napari >= 0.5.5
+            layer.colorbar.visible = True
+    shown = new[0] if new else None
+    for layer in viewer.layers:
+        if layer.metadata.get(METADATA_KEY, {}).get("kind") == "heatmap":
+            layer.visible = layer is shown
+    return shown
+
+
+def class_legend_html(layers: Sequence[Any]) -> str:
+    """Rich-text legend of the best-class layer among ``layers``: a coloured square and the class name
+    per class (empty without one)."""
+    for layer in layers:
+        meta = layer.metadata.get(METADATA_KEY, {})
+        if meta.get("kind") == "classes":
+            items = []
+            for k, name in enumerate(meta.get("classes", [])):
+                r, g, b = CLASS_COLOURS[k % len(CLASS_COLOURS)]
+                items.append(f'<span style="color:rgb({r},{g},{b})">&#9632;</span> {name}')
+            return "best class: " + " &nbsp; ".join(items)
+    return ""
 
 
 def tissue_layer(

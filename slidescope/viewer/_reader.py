@@ -78,7 +78,8 @@ class SlideLevel:
         self._lock = lock
         source = slide.tile_source()
         self._direct = source if source is not None and source.has_level(level) else None
-        self._parallel = self._direct is None and slide.backend == "openslide"
+        # parallel reads where the backend declares them safe (OpenSlide); one lock per slide otherwise
+        self._parallel = self._direct is None and bool(getattr(slide, "thread_safe", False))
 
     @property
     def tile_shape(self) -> tuple[int, int]:
@@ -86,13 +87,11 @@ class SlideLevel:
         if self._direct is not None:
             tw, th = self._direct.tile_shape(self.level)
             return int(th), int(tw)
-        props = self.slide.properties
-        tw = props.get(f"openslide.level[{self.level}].tile-width")
-        th = props.get(f"openslide.level[{self.level}].tile-height")
-        try:
-            return int(th), int(tw)
-        except (TypeError, ValueError):
+        shape = self.slide.tile_shape(self.level)  # the backend's own tiles; None: strips, plain images
+        if shape is None:
             return DEFAULT_CHUNK, DEFAULT_CHUNK
+        tw, th = shape
+        return int(th), int(tw)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -278,6 +277,16 @@ def read_slide(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return layers or [(None,)]
 
 
+def _claimed(path: Path) -> bool:
+    """A registered whole-slide backend reads this file by its name (plugins included), or opens this folder
+    as one slide (a DICOM-WSI series). Plain images (PNG/JPEG) are left to napari's own reader."""
+    from ..wsi import claims_by_name, registered_backends
+
+    if path.is_dir():
+        return any(cls.directory_entry(path) is not None for cls in registered_backends().values())
+    return claims_by_name(path)
+
+
 def get_reader(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> Callable[..., Any] | None:
     """npe2 ``get_reader``: :func:`read_slide` for slide file names, else None (another reader may try)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
@@ -285,6 +294,6 @@ def get_reader(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
         return None
     for p in paths:
         name = str(p).lower()
-        if not name.endswith(SLIDE_PATTERNS) and not (Path(p).is_dir() and any(Path(p).glob("*.dcm"))):
+        if not name.endswith(SLIDE_PATTERNS) and not _claimed(Path(p)):
             return None
     return read_slide

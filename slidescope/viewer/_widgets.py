@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from ._reader import METADATA_KEY
+
+log = logging.getLogger("slidescope.viewer")
 
 __all__ = ["slidescope_meta", "slide_layers", "layers_of_kind", "add_layer_tuples", "notify_error"]
 
@@ -76,10 +79,15 @@ def _same_data(old: Any, new: Any) -> bool:
 
 
 def notify_error(message: str) -> None:
-    """A napari error notification (no traceback dialog) starting with ``slidescope:``."""
+    """A napari error notification (no traceback dialog) starting with ``slidescope:``.
+
+    napari's toast shows the first lines only; the whole message also goes to the ``slidescope.viewer``
+    log (napari's console and the terminal napari was started from)."""
     from napari.utils.notifications import show_error
 
-    show_error(message if message.startswith("slidescope") else f"slidescope: {message}")
+    text = message if message.startswith("slidescope") else f"slidescope: {message}"
+    log.error("%s", text)
+    show_error(text)
 
 
 def short_path(path: str | Path) -> str:

@@ -6,11 +6,9 @@ Public through :mod:`slidescope.vlm.pretrain` (``from slidescope.vlm.pretrain im
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import InvalidParameterError
-from ..features.store import StoreError, open_store, slide_key, store_path
+from ..features.store import slide_key
+from ..manifests import check_stores, read_rows, resolve_slide
 from ..mil.data import StoreBags, collate_bags
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -52,21 +51,11 @@ def read_report_manifest(
     With ``store`` and ``encoder`` every slide must have complete embeddings (all missing ones are listed in
     one message). ``label_column`` is kept when present (for stratified splits and evaluation), never required.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidParameterError(f"manifest {path} does not exist")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("slide", "patient", report_column) if c not in columns]
-        if missing:
-            raise InvalidParameterError(
-                f"{path.name} lacks the column(s) {', '.join(missing)}; a pretraining "
-                f"manifest needs slide, patient and {report_column} (free-text report)"
-            )
-        raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    if not raw:
-        raise InvalidParameterError(f"{path.name} has no rows")
+    path, columns, raw = read_rows(
+        path,
+        ("slide", "patient", report_column),
+        needs=f"a pretraining manifest needs slide, patient and {report_column} (free-text report)",
+    )
     empty = [r["slide"] for r in raw if not r[report_column]]
     if empty:
         raise InvalidParameterError(
@@ -76,26 +65,15 @@ def read_report_manifest(
     has_label = label_column is not None and label_column in columns
     rows = [
         ReportRow(
-            slide=str((path.parent / r["slide"]).resolve()),
+            slide=resolve_slide(path, r["slide"]),
             patient=r["patient"] or r["slide"],
             report=r[report_column],
-            label=r[label_column] if has_label else None,
+            label=r[label_column] if has_label and label_column is not None else None,
         )
         for r in raw
     ]
     if store is not None and encoder is not None:
-        bad = []
-        for r in rows:
-            try:
-                if encoder not in open_store(store_path(store, r.slide), encoder=encoder).encoders():
-                    bad.append(f"{r.key} (no complete {encoder!r} embeddings)")
-            except StoreError:
-                bad.append(f"{r.key} (no store)")
-        if bad:
-            raise InvalidParameterError(
-                f"{len(bad)} slide(s) of {path.name} cannot be used: {', '.join(bad[:10])}; "
-                f"run `slidescope extract --encoder {encoder}` on them first"
-            )
+        check_stores(path, [r.slide for r in rows], store, encoder)
     return rows
 
 

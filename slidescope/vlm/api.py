@@ -5,8 +5,8 @@
   (prompt-ensembled text classifier, ``docs/REFERENCE-models.md`` §1.4, §2.3, §3.2), or per tile with
   ``level="tile"``: similarity maps written into the stores and MI-Zero top-k pooling to the slide
   (``docs/REFERENCE-models.md`` §3.3), from a SlideTextModel or a
-  patch-level CLIP model whose tile embeddings are already in its text space (``model="plip"`` /
-  ``"quiltnet"``);
+  patch-level CLIP model whose text tower shares its image tower's space (``model="plip"`` /
+  ``"quiltnet"`` / ``"conch-v1"``);
 * :func:`generate_reports` writes PRISM's report for each slide;
 * :func:`few_shot` fits a training-free or linear adapter (:mod:`slidescope.vlm.fewshot`) on a few labelled
   slides' embeddings and predicts others, with bootstrap CIs when their labels are known;
@@ -169,7 +169,8 @@ def zero_shot(
     model : model, folder or name
         A :class:`SlideTextModel` or its saved folder; a published slide model ``"prism"`` / ``"titan"``
         (:func:`~slidescope.vlm.published.load_published_model`); or a patch-level CLIP model ``"plip"`` /
-        ``"quiltnet"`` (tile level only: its text tower scores the tiles its image tower embedded).
+        ``"quiltnet"`` / ``"conch-v1"`` (tile level only: its text tower scores the tiles its image tower
+        embedded; CONCH v1's stored features are projected with its ``proj_contrast`` first).
     encoder : str, optional
         The tile embeddings to read. Default for a named model: the one it needs (``virchow`` for PRISM,
         ``conch-v1.5`` for TITAN, the CLIP model's own name); required for a SlideTextModel. A store without them,
@@ -286,8 +287,8 @@ def _check_zero_shot_options(
         )
     if model is None and (level != "tile" or text_encoder is None):
         raise InvalidParameterError(
-            "zero_shot needs model= (a saved SlideTextModel, 'prism', 'titan', 'plip' or "
-            "'quiltnet'); only level='tile' with text_encoder= works on tile embeddings "
+            "zero_shot needs model= (a saved SlideTextModel, 'prism', 'titan', 'plip', "
+            "'quiltnet' or 'conch-v1'); only level='tile' with text_encoder= works on tile embeddings "
             "already in the text space"
         )
 
@@ -303,7 +304,7 @@ def _zero_shot_level(net: object, level: Level | None) -> Level:
     if isinstance(net, PublishedSlideTextModel) and level == "tile":
         raise InvalidParameterError(
             f"{net.config.title} scores whole slides; per-tile maps need a patch-level CLIP "
-            "model ('plip', 'quiltnet') or a SlideTextModel"
+            "model ('plip', 'quiltnet', 'conch-v1') or a SlideTextModel"
         )
     return level
 
@@ -339,9 +340,11 @@ def _zero_shot_tiles(
     if isinstance(net, SlideTextModel):
         z = tile_embeddings(store, model=net, encoder=enc, device=device)
     else:
+        z = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
         if isinstance(net, ClipTextTower):
             _check_same_weights(net, store, enc)
-        z = torch.from_numpy(np.asarray(store.embeddings(enc), dtype=np.float32))
+            with torch.inference_mode():  # identity, except CONCH v1 (features stored before proj_contrast)
+                z = net.image_to_joint(z).float().cpu()
     if z.shape[1] != w.shape[1]:
         raise InvalidParameterError(
             f"{location_name(p)}: tile embeddings have {z.shape[1]} dimensions but the text "

@@ -2,12 +2,12 @@
 
 Both publishers ship their model code inside the Hugging Face repository (``trust_remote_code``): slidescope
 loads the repository (hub id with the user's token and cache, or a local directory) with
-``transformers.AutoModel.from_pretrained(..., trust_remote_code=True, local_files_only=True)`` and wraps it in an
-adapter that speaks :class:`~slidescope.vlm.model.SlideTextModel`'s language (``encode_slide``,
-``encode_text``, ``similarity``, ``scale``), so :func:`~slidescope.vlm.api.zero_shot` and
-:func:`~slidescope.vlm.api.few_shot` work on them unchanged. Running downloaded code needs an explicit
-``trust_remote_code=True`` (CLI ``--trust-remote-code``); without it the loader stops before touching the
-network or the files.
+``transformers.AutoModel.from_pretrained(..., trust_remote_code=True, local_files_only=True)`` and wraps it in
+an adapter that speaks :class:`~slidescope.vlm.model.SlideTextModel`'s language, so
+:func:`~slidescope.vlm.api.zero_shot` and :func:`~slidescope.vlm.api.few_shot` work on them unchanged.
+Running downloaded code needs an explicit ``trust_remote_code=True`` (CLI ``--trust-remote-code``); without
+it the loader stops before touching the network or the files. Plugins add models through the
+``slidescope.slide_models`` entry points (docs/PLUGINS.md).
 
 Only the publishers' public methods are called, exactly as their model cards do (``docs/REFERENCE-models.md``
 §1.3, §2.3):
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._plugins import load_plugins
 from ..errors import InvalidParameterError, MissingDependencyError, SlidescopeError
 from ..features.encoders import WeightsError
 
@@ -183,26 +184,27 @@ def register_published_model(config: PublishedModelConfig, adapter: type[Publish
     _REGISTRY[config.name] = (config, adapter)
 
 
+def _models() -> dict[str, tuple[PublishedModelConfig, type[PublishedSlideTextModel]]]:
+    """The registry, after the ``slidescope.slide_models`` entry points (plugins) have registered theirs."""
+    load_plugins("slide_models")
+    return _REGISTRY
+
+
 def list_published_models() -> list[str]:
-    """Names of the registered published slide models, sorted."""
-    return sorted(_REGISTRY)
+    """Names of the registered published slide models (built-in and plugins'), sorted."""
+    return sorted(_models())
 
 
 def is_published_model(name: object) -> bool:
     """True when ``name`` is a registered published slide-model name."""
-    return isinstance(name, str) and name in _REGISTRY
+    return isinstance(name, str) and name in _models()
 
 
 def get_published_config(name: str) -> PublishedModelConfig:
     """The :class:`PublishedModelConfig` of ``name``."""
-    if name not in _REGISTRY:
-        raise InvalidParameterError(
-            f"unknown published slide model {name!r}; known: {list_published_models()}"
-        )
+    if name not in _models():
+        raise InvalidParameterError(f"unknown published slide model {name!r}; known: {sorted(_REGISTRY)}")
     return _REGISTRY[name][0]
-
-
-# ------------------------------------------------------------------------------------------- adapters
 
 
 class PublishedSlideTextModel(nn.Module):

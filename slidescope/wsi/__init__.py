@@ -1,4 +1,5 @@
-"""Slides: reading (OpenSlide, tiffslide), tissue detection, tile grids at exact mpp, tile streaming.
+"""Slides: reading (OpenSlide, tiffslide, Pillow, plugins: see ``_backends``), tissue detection, tile grids at
+exact mpp, tile streaming.
 
 Public names are loaded on first use so ``import slidescope.wsi`` stays cheap. The synthetic data
 generator moved to :mod:`slidescope.synthetic`; its old names here still work until the next release,
@@ -18,18 +19,35 @@ _EXPORTS = {
     "Slide": "._slide",
     "open_slide": "._slide",
     "MPP_FILLED_IN": "._slide",
+    "MPP_FROM_MANIFEST": "._slide",
+    "manifest_slide_mpp": "._inputs",
     "TissueMask": "._tissue",
     "detect_tissue": "._tissue",
+    "tissue_mask_from_array": "._masks",
     "PEN_MODES": "._pen",
     "pen_hint": "._pen",
     "render_tiling": "._render",
     "TileGrid": "._grid",
     "make_tile_grid": "._grid",
+    "EDGE_POLICIES": "._grid",
     "iter_tiles": "._stream",
     "read_tile": "._stream",
     "TileDataset": "._dataset",
+    "QC_POLICIES": "._qc",
+    "QC_MEASURES": "._qc",
+    "QC_CHECKS": "._qc",
+    "QCGrid": "._qc",
+    "tile_qc": "._qc",
+    "qc_flags": "._qc",
+    "qc_tiles": "._qc",
+    "qc_summary": "._qc",
     "expand_slides": "._inputs",
     "dicom_series_name": "._inputs",
+    "Backend": "._backends",
+    "register_backend": "._backends",
+    "registered_backends": "._backends",
+    "backend_names": "._backends",
+    "claims_by_name": "._backends",
 }
 
 #: names that moved to slidescope.synthetic (deprecated here; removed in the next release)
@@ -38,12 +56,39 @@ _MOVED = ("make_synthetic_slide", "make_synthetic_cohort", "SyntheticSlide")
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._backends import (
+        Backend as Backend,
+        backend_names as backend_names,
+        claims_by_name as claims_by_name,
+        register_backend as register_backend,
+        registered_backends as registered_backends,
+    )
     from ._dataset import TileDataset as TileDataset
-    from ._grid import TileGrid as TileGrid, make_tile_grid as make_tile_grid
-    from ._inputs import dicom_series_name as dicom_series_name, expand_slides as expand_slides
+    from ._grid import EDGE_POLICIES as EDGE_POLICIES, TileGrid as TileGrid, make_tile_grid as make_tile_grid
+    from ._inputs import (
+        dicom_series_name as dicom_series_name,
+        expand_slides as expand_slides,
+        manifest_slide_mpp as manifest_slide_mpp,
+    )
+    from ._masks import tissue_mask_from_array as tissue_mask_from_array
     from ._pen import PEN_MODES as PEN_MODES, pen_hint as pen_hint
+    from ._qc import (
+        QC_CHECKS as QC_CHECKS,
+        QC_MEASURES as QC_MEASURES,
+        QC_POLICIES as QC_POLICIES,
+        QCGrid as QCGrid,
+        qc_flags as qc_flags,
+        qc_summary as qc_summary,
+        qc_tiles as qc_tiles,
+        tile_qc as tile_qc,
+    )
     from ._render import render_tiling as render_tiling
-    from ._slide import MPP_FILLED_IN as MPP_FILLED_IN, Slide as Slide, open_slide as open_slide
+    from ._slide import (
+        MPP_FILLED_IN as MPP_FILLED_IN,
+        MPP_FROM_MANIFEST as MPP_FROM_MANIFEST,
+        Slide as Slide,
+        open_slide as open_slide,
+    )
     from ._stream import iter_tiles as iter_tiles, read_tile as read_tile
     from ._tissue import TissueMask as TissueMask, detect_tissue as detect_tissue
 

@@ -10,10 +10,23 @@ so 224 px at 0.5 µm/px on a 0.25 µm/px scan covers 448 level-0 px, and on a 0.
 at 0.5 µm/px covers 483 level-0 px (not the 512 of "20x on a 40x slide"). Rounding to whole
 level-0 pixels changes the physical extent by less than half a level-0 pixel per tile; the exact
 ``effective_mpp`` that results is recorded with the grid. Tiles are read from the coarsest pyramid
-level at least as fine as ``mpp`` (1% tolerance) and resized once, anti-aliased, to ``tile_size``.
+level at least as fine as ``mpp`` (1% tolerance) and resized once to ``tile_size`` (true area
+averaging when shrinking, see :mod:`._stream`).
 
-Only tiles that lie wholly inside the slide (or the ROI) are kept; a partial strip narrower than
-one tile at the right and bottom edges is not tiled.
+Tiles start at the slide's (or the ROI's) top-left corner and step by ``stride``. At the right and
+bottom edges the *edge policy* decides what happens to the strip narrower than one tile:
+
+* ``edge="drop"`` (default): only tiles wholly inside the slide (or the ROI) exist; the strip is not
+  tiled, and the tissue in it is not embedded. Start positions are ``0, stride, ...`` up to
+  ``width - extent`` (TRIDENT's and CLAM's positions, less those that cross the edge).
+* ``edge="pad"``: the grid goes on until the tiles cover the whole slide (or ROI): one more column
+  and row whose tiles cross the edge (the fewest tiles that cover it; with ``overlap=0`` these are
+  exactly TRIDENT's positions, every start ``< width``). The part of a tile outside the slide is read
+  as white; inside an ROI that is not at the slide's edge the tile reads the slide beyond the ROI.
+  ``pad_fraction`` records, per tile, the fraction of its area outside the slide (0 for the others).
+
+``tissue_fraction`` is always the tissue in a tile divided by the *whole* tile's area (the padding
+counts as background, as in TRIDENT), so ``min_tissue`` means the same for edge and inner tiles.
 """
 
 from __future__ import annotations
@@ -30,10 +43,12 @@ from ._slide import Slide
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TileGrid", "make_tile_grid", "DEFAULT_MIN_TISSUE", "MAX_UPSAMPLE"]
+__all__ = ["TileGrid", "make_tile_grid", "DEFAULT_MIN_TISSUE", "MAX_UPSAMPLE", "EDGE_POLICIES"]
 
 #: a target mpp finer than the scan by more than this factor is refused unless allow_upsample=True
 MAX_UPSAMPLE = 1.1
+#: what happens at the right and bottom edges (see the module docstring); the first is the default
+EDGE_POLICIES = ("drop", "pad")
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +63,9 @@ class TileGrid:
     mpp : the requested µm/px; ``effective_mpp`` is what the rounding gives (x, y).
     extent : (w, h) level-0 pixels covered by one tile; ``stride`` the level-0 step between tiles.
     level, read_size : pyramid level read and the (w, h) pixels read there for one tile.
+    edge : the edge policy, "drop" or "pad" (see the module docstring).
+    pad_fraction : (N,) float32, fraction of each tile's area outside the slide, read as white (all 0
+        with ``edge="drop"``; None given: zeros).
     """
 
     coords: np.ndarray
@@ -66,6 +84,12 @@ class TileGrid:
     min_tissue: float
     roi: tuple[int, int, int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    edge: str = "drop"
+    pad_fraction: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.pad_fraction is None:
+            object.__setattr__(self, "pad_fraction", np.zeros(len(self.coords), np.float32))
 
     def __len__(self) -> int:
         return int(self.coords.shape[0])
@@ -81,7 +105,16 @@ class TileGrid:
         return self.extent[0] * self.slide_mpp[0], self.extent[1] * self.slide_mpp[1]
 
     def to_dict(self) -> dict[str, Any]:
-        """The grid's parameters (not the coordinates) as JSON-ready values, for provenance."""
+        """The grid's parameters (not the coordinates) as JSON-ready values, for provenance.
+
+        They are also the store's cache key of the tiling. Keys that did not exist before are written only
+        where they change the pixels, so stores made before them stay valid: ``edge`` only for
+        ``"pad"``, ``resize = "area"`` only where tiles are shrunk at a non-integer ratio (where the
+        earlier PIL ``BOX`` resize gave other pixels)."""
+        new: dict[str, Any] = {"edge": self.edge} if self.edge != "drop" else {}
+        (rw, rh), size = self.read_size, self.tile_size
+        if (rw > size or rh > size) and (rw % size or rh % size):
+            new["resize"] = "area"
         return {
             "tile_size": self.tile_size,
             "mpp": self.mpp,
@@ -97,6 +130,7 @@ class TileGrid:
             "min_tissue": self.min_tissue,
             "roi": list(self.roi) if self.roi else None,
             "n_tiles": len(self),
+            **new,
             **self.extra,
         }
 
@@ -104,7 +138,13 @@ class TileGrid:
         """A grid with only the given tiles (boolean mask or integer indices)."""
         from dataclasses import replace
 
-        return replace(self, coords=self.coords[index], tissue_fraction=self.tissue_fraction[index])
+        pad = self.pad_fraction if self.pad_fraction is not None else np.zeros(len(self), np.float32)
+        return replace(
+            self,
+            coords=self.coords[index],
+            tissue_fraction=self.tissue_fraction[index],
+            pad_fraction=pad[index],
+        )
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -124,12 +164,14 @@ def make_tile_grid(
     roi: tuple[int, int, int, int] | None = None,
     allow_upsample: bool = False,
     allow_empty: bool = False,
+    edge: str = "drop",
 ) -> TileGrid:
     """Cut a slide into tiles of ``tile_size`` px at ``mpp`` µm/px.
 
     A tile covers ``extent = round(tile_size * mpp / slide_mpp)`` level-0 px per axis; it is read from the
-    coarsest pyramid level at least as fine as ``mpp`` and resized once. Only tiles wholly inside the
-    slide (or ``roi``) with at least ``min_tissue`` tissue are kept.
+    coarsest pyramid level at least as fine as ``mpp`` and resized once. Tiles with at least ``min_tissue``
+    tissue are kept: only those wholly inside the slide (or ``roi``) with ``edge="drop"``, also those
+    crossing its right and bottom edges with ``edge="pad"`` (see the module docstring).
 
     Parameters
     ----------
@@ -151,18 +193,24 @@ def make_tile_grid(
         Permit a target mpp more than 10% finer than the scan (tiles are then upsampled).
     allow_empty : bool, default False
         Return an empty grid instead of raising :class:`EmptyTissueError`.
+    edge : {"drop", "pad"}, default "drop"
+        The strips at the right and bottom edges narrower than a tile: not tiled ("drop"), or tiled with
+        tiles that cross the edge, the part outside the slide read as white ("pad"; a slide or ROI smaller
+        than one tile is then one padded tile instead of an error).
 
     Returns
     -------
     TileGrid
         ``coords`` (N, 2) int64, level-0 top-left (x, y), row-major order; ``tissue_fraction`` (N,) float32;
         ``extent`` (level-0 px per tile), ``effective_mpp`` (x, y), ``level`` and ``read_size`` (where and
-        how much is read); ``len(grid)`` = N.
+        how much is read), ``pad_fraction`` (N,) float32 (the part of each tile outside the slide);
+        ``len(grid)`` = N.
 
     Raises
     ------
     InvalidParameterError
-        A tile larger than the slide, a bad ``tile_size`` / ``mpp`` / ``overlap``, or upsampling not allowed.
+        A tile larger than the slide (with ``edge="drop"``), a bad ``tile_size`` / ``mpp`` / ``overlap`` /
+        ``edge``, or upsampling not allowed.
     EmptyTissueError
         No tile has enough tissue (unless ``allow_empty``).
     MissingMppError
@@ -182,6 +230,8 @@ def make_tile_grid(
     ((512, 512), (512, 512), (1.0, 1.0))
     """
     tile_size, target = _check_grid_options(tile_size, mpp, overlap, min_tissue)
+    if edge not in EDGE_POLICIES:
+        raise InvalidParameterError(f"edge must be one of {EDGE_POLICIES} (the edge policy), got {edge!r}")
     smx, smy = slide.mpp
     if target * MAX_UPSAMPLE < min(smx, smy) and not allow_upsample:
         raise InvalidParameterError(
@@ -197,14 +247,14 @@ def make_tile_grid(
 
     w0, h0 = slide.dimensions
     rx, ry, rw, rh = _roi_box(roi, (w0, h0))
-    if ext_x > rw or ext_y > rh:
+    if (ext_x > rw or ext_y > rh) and edge == "drop":
         raise InvalidParameterError(
             f"one tile of {tile_size} px at {target:g} µm/px covers {ext_x * smx:.0f} x {ext_y * smy:.0f} µm, "
             f"larger than the {'ROI' if roi else 'slide'} ({rw * smx:.0f} x {rh * smy:.0f} µm). Use a smaller "
-            f"tile_size or mpp."
+            f"tile_size or mpp, or edge='pad'."
         )
-    xs = rx + np.arange(0, rw - ext_x + 1, stride_x, dtype=np.int64)
-    ys = ry + np.arange(0, rh - ext_y + 1, stride_y, dtype=np.int64)
+    xs = rx + _starts(rw, ext_x, stride_x, edge)
+    ys = ry + _starts(rh, ext_y, stride_y, edge)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     coords = np.stack([gx.ravel(), gy.ravel()], axis=1)
 
@@ -217,7 +267,9 @@ def make_tile_grid(
             f"the tissue mask was made for a {mask.slide_dimensions[0]}x{mask.slide_dimensions[1]} slide, "
             f"not this {w0}x{h0} one ({slide.path.name}); detect tissue on this slide."
         )
-    fraction = _tissue_fraction(mask.mask, mask.downsample, coords, (ext_x, ext_y))
+    pad = _pad_fraction(coords, (ext_x, ext_y), (w0, h0))
+    inside = _tissue_fraction(mask.mask, mask.downsample, coords, (ext_x, ext_y))  # of the part inside
+    fraction = (inside * (1 - pad)).astype(np.float32)  # of the whole tile (unchanged where pad is 0)
     keep = fraction >= float(min_tissue) if min_tissue > 0 else np.ones(len(coords), bool)
     if mask.is_empty and min_tissue > 0:
         keep[:] = False
@@ -243,6 +295,8 @@ def make_tile_grid(
         slide_dimensions=(w0, h0),
         min_tissue=float(min_tissue),
         roi=None if roi is None else (rx, ry, rw, rh),
+        edge=edge,
+        pad_fraction=pad[keep].astype(np.float32),
     )
     if len(grid) == 0 and not allow_empty:
         what = "no tissue was found" if mask.is_empty else f"no tile has >= {min_tissue:.0%} tissue"
@@ -286,6 +340,26 @@ def _check_grid_options(tile_size: Any, mpp: Any, overlap: Any, min_tissue: Any)
     return tile_size, target
 
 
+def _starts(length: int, extent: int, stride: int, edge: str) -> np.ndarray:
+    """Tile starts along one axis of ``length`` px, relative to its origin (int64).
+
+    "drop": ``0, stride, ...`` while the tile fits (``start + extent <= length``). "pad": continued until
+    a tile reaches the end (the fewest starts whose tiles cover ``[0, length)``)."""
+    if edge == "drop":
+        return np.arange(0, length - extent + 1, stride, dtype=np.int64)
+    n = -(-max(length - extent, 0) // stride) + 1  # ceil((length - extent) / stride) + 1
+    return np.arange(n, dtype=np.int64) * stride
+
+
+def _pad_fraction(coords: np.ndarray, extent: tuple[int, int], dims: tuple[int, int]) -> np.ndarray:
+    """Fraction of each tile's area outside the slide (level-0 px), float64 (0 for tiles inside)."""
+    if len(coords) == 0:
+        return np.zeros(0)
+    inside_w = np.clip(dims[0] - coords[:, 0], 0, extent[0])
+    inside_h = np.clip(dims[1] - coords[:, 1], 0, extent[1])
+    return 1.0 - (inside_w * inside_h) / float(extent[0] * extent[1])
+
+
 def _roi_box(roi: tuple[int, int, int, int] | None, dims: tuple[int, int]) -> tuple[int, int, int, int]:
     """The ``(x, y, w, h)`` region to tile, in level-0 px: ``roi`` clipped to the slide, or the whole slide."""
     w0, h0 = dims
@@ -308,12 +382,31 @@ def _tissue_fraction(
     if len(coords) == 0:
         return np.zeros(0, np.float32)
     h, w = mask.shape
-    sat = np.zeros((h + 1, w + 1), np.int64)
-    sat[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.int64), axis=0), axis=1)
     dx, dy = downsample
     x0 = np.clip(np.round(coords[:, 0] / dx).astype(np.int64), 0, w - 1)
     y0 = np.clip(np.round(coords[:, 1] / dy).astype(np.int64), 0, h - 1)
     x1 = np.clip(np.round((coords[:, 0] + extent[0]) / dx).astype(np.int64), x0 + 1, w)
     y1 = np.clip(np.round((coords[:, 1] + extent[1]) / dy).astype(np.int64), y0 + 1, h)
-    inside = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
+    ys, xs = np.unique(np.concatenate([y0, y1])), np.unique(np.concatenate([x0, x1]))
+    sat = _sat_at(mask, ys, xs)
+    iy0, iy1, ix0, ix1 = (np.searchsorted(a, v) for a, v in ((ys, y0), (ys, y1), (xs, x0), (xs, x1)))
+    inside = sat[iy1, ix1] - sat[iy0, ix1] - sat[iy1, ix0] + sat[iy0, ix0]
     return (inside / ((x1 - x0) * (y1 - y0))).astype(np.float32)
+
+
+def _sat_at(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The summed-area table ``sum(mask[:y, :x])`` at the sorted unique ``ys`` x ``xs`` only (int64), from
+    one pass over the mask (sums of the bands between the wanted rows, then columns) instead of the whole
+    table's two cumulative sums."""
+    out = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    for axis, at in ((0, ys), (1, xs)):
+        ends = at[at > 0]
+        starts = np.concatenate([[0], ends[ends < out.shape[axis]]]).astype(np.intp)
+        # int32 band sums of the uint8 mask (half the time of int64); the prefix sums in int64
+        bands = np.add.reduceat(out, starts, axis=axis, dtype=np.int32 if axis == 0 else np.int64)
+        part = np.cumsum(bands, axis=axis, dtype=np.int64)
+        part = np.take(part, np.arange(len(ends)), axis=axis)
+        shape = list(part.shape)
+        shape[axis] = len(at) - len(ends)  # y = 0 or x = 0: nothing above or left
+        out = np.concatenate([np.zeros(shape, np.int64), part], axis=axis)
+    return out

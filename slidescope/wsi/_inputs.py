@@ -24,7 +24,14 @@ from ._remote import is_url
 
 log = logging.getLogger(__name__)
 
-__all__ = ["expand_slides", "SLIDE_SUFFIXES", "dicom_series_name", "broken_link_message"]
+__all__ = [
+    "expand_slides",
+    "manifest_slide_mpp",
+    "MPP_COLUMNS",
+    "SLIDE_SUFFIXES",
+    "dicom_series_name",
+    "broken_link_message",
+]
 
 #: file endings treated as slides when a folder is given (lower case)
 SLIDE_SUFFIXES = (
@@ -45,7 +52,11 @@ SLIDE_SUFFIXES = (
 
 
 def _is_slide_name(path: Path) -> bool:
-    return path.name.lower().endswith(SLIDE_SUFFIXES)
+    """A whole-slide file name: one of :data:`SLIDE_SUFFIXES` or an extension a registered whole-slide backend
+    claims (plugins included; plain PNG/JPEG images are not collected from folders)."""
+    from ._backends import claims_by_name
+
+    return path.name.lower().endswith(SLIDE_SUFFIXES) or claims_by_name(path)
 
 
 def _is_dcm(path: Path | str) -> bool:
@@ -91,8 +102,12 @@ def _folder_slides(path: Path) -> list[Path]:
 
     Dangling symbolic links and link loops with slide names are listed: the batch reports them as failed
     slides instead of dropping them silently."""
+    from ._backends import registered_backends
+
     entries = sorted(path.iterdir())
     dcm = [p for p in entries if _is_dcm(p.name) and (p.is_file() or _is_broken_link(p))]
+    if not dcm and any(cls.directory_entry(path) is not None for cls in registered_backends().values()):
+        return [path]  # a folder that a reader opens as one slide (an OME-Zarr image)
     files = [
         p
         for p in entries
@@ -111,7 +126,28 @@ def _folder_slides(path: Path) -> list[Path]:
     return files + series
 
 
-def _from_csv(path: Path) -> list[Path | str]:
+#: manifest columns naming the slide's level-0 µm/px (``mpp`` is TRIDENT's name for it), first found wins
+MPP_COLUMNS = ("slide_mpp", "mpp")
+
+
+def _manifest_mpp(path: Path, line: int, column: str, raw: str | None) -> float | None:
+    text = (raw or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidParameterError(
+            f"{path}, line {line}: the {column} column must be a positive number of µm per pixel (or empty), "
+            f"got {text!r}"
+        )
+    return value
+
+
+def _from_csv(path: Path) -> list[tuple[Path | str, float | None]]:
+    """The manifest's slides and each one's ``slide_mpp`` (None: no column, or an empty cell)."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
@@ -121,20 +157,46 @@ def _from_csv(path: Path) -> list[Path | str]:
         raise InvalidParameterError(
             f"{path}: a manifest needs a 'slide' (or 'path') column with slide file paths; found {list(rows[0])}"
         )
-    out: list[Path | str] = []
-    for row in rows:
+    mpp_column = next((c for c in MPP_COLUMNS if c in rows[0]), None)
+    out: list[tuple[Path | str, float | None]] = []
+    for line, row in enumerate(rows, start=2):
         value = (row[column] or "").strip()
+        mpp = _manifest_mpp(path, line, mpp_column, row[mpp_column]) if mpp_column else None
         if value and is_url(value):
-            out.append(value)
+            out.append((value, mpp))
         elif value:
             p = Path(value).expanduser()
-            out.append(p if p.is_absolute() else path.parent / p)
+            out.append((p if p.is_absolute() else path.parent / p, mpp))
+    return out
+
+
+def _is_manifest(text: str) -> bool:
+    path = Path(text).expanduser()
+    return not is_url(text) and path.suffix.lower() == ".csv" and path.is_file()
+
+
+def manifest_slide_mpp(inputs: Iterable[str | os.PathLike[str]]) -> dict[str, float]:
+    """Per-slide level-0 µm/px from the ``slide_mpp`` (or ``mpp``) column of the CSV manifests among ``inputs``.
+
+    Keys are ``str()`` of the slide paths as :func:`expand_slides` returns them; slides with an empty cell,
+    and slides not from a manifest, are absent. The value is used like ``--slide-mpp`` for that slide alone
+    (filled in when the file has no plausible pixel size; the file's own wins; ``--force-slide-mpp``
+    overrides both), and recorded as mpp source ``"manifest"``.
+    """
+    out: dict[str, float] = {}
+    for item in inputs:
+        text = str(item)
+        if _is_manifest(text):
+            for slide, mpp in _from_csv(Path(text).expanduser()):
+                if mpp is not None:
+                    out[str(slide)] = mpp
     return out
 
 
 def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
     """Slide paths from files, folders (their slide files, not recursive), glob patterns and CSV
-    manifests (column ``slide`` or ``path``, relative to the CSV). Order is kept, duplicates dropped
+    manifests (column ``slide`` or ``path``, relative to the CSV; an optional ``slide_mpp`` column is read by
+    :func:`manifest_slide_mpp`). Order is kept, duplicates dropped
     (the ``.dcm`` files of one folder are one DICOM series: the first stands for it).
 
     A folder whose only slide files are ``.dcm`` files is one DICOM-WSI slide; a folder of slides also
@@ -153,8 +215,8 @@ def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
             out.append(text)
             continue
         path = Path(text).expanduser()
-        if path.suffix.lower() == ".csv" and path.is_file():
-            out.extend(_from_csv(path))
+        if _is_manifest(text):
+            out.extend(slide for slide, _ in _from_csv(path))
         elif path.is_dir():
             found = _folder_slides(path)
             if not found:

@@ -70,7 +70,7 @@ def dab_brown(od: list[np.ndarray]) -> np.ndarray:
     )
 
 
-def pen_mask(rgb: np.ndarray, od: list[np.ndarray], glass: np.ndarray) -> np.ndarray:
+def pen_mask(rgb: np.ndarray, od: list[np.ndarray], glass: np.ndarray, *, margin: bool = True) -> np.ndarray:
     """Pen and ink pixels of a low-resolution RGB image (step 4), with a one-pixel margin.
 
     Parameters
@@ -78,6 +78,8 @@ def pen_mask(rgb: np.ndarray, od: list[np.ndarray], glass: np.ndarray) -> np.nda
     rgb : uint8 ndarray, shape (h, w, 3)
     od : the optical densities relative to the glass, one (h, w) float32 array per channel.
     glass : RGB of the empty glass (it white-balances the image).
+    margin : add the one-pixel margin (a 3 x 3 dilation); False gives the per-pixel rule alone, so ``rgb``
+        may then be any array of pixels (..., 3).
 
     Returns
     -------
@@ -101,7 +103,7 @@ def pen_mask(rgb: np.ndarray, od: list[np.ndarray], glass: np.ndarray) -> np.nda
     # eosin and DAB
     blue_over_tissue = (od[0] > 0.5) & (od[2] < 0.3 * od[0])
     pen = coloured_ink | black_ink | blue_over_tissue
-    if pen.any():
+    if margin and pen.any():
         pen = ndimage.binary_dilation(pen, structure=np.ones((3, 3), bool))
     return pen
 

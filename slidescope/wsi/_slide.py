@@ -21,11 +21,19 @@ from ..errors import (
     SlideReadError,
     UnsupportedSlideError,
 )
-from ._backends import BACKENDS, Backend, _definitive, auto_order, max_decode_bytes, max_image_pixels
+from ._backends import (
+    Backend,
+    _definitive,
+    auto_order,
+    backend_names,
+    max_decode_bytes,
+    max_image_pixels,
+    registered_backends,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Slide", "open_slide", "MPP_PLAUSIBLE", "MPP_FILLED_IN"]
+__all__ = ["Slide", "open_slide", "MPP_PLAUSIBLE", "MPP_FILLED_IN", "MPP_FROM_MANIFEST"]
 
 #: Level-0 pixel sizes outside this range (µm/px) are not a microscope scan: a TIFF written by
 #: ordinary software carries 72 or 96 dpi (353 or 265 µm/px), which must not pass for a real mpp.
@@ -39,6 +47,9 @@ LEVEL_MPP_TOLERANCE = 0.01
 #: ``Slide.mpp_source`` when the pixel size came from ``slide_mpp`` (the file has none)
 MPP_FILLED_IN = "filled in"
 
+#: ``Slide.mpp_source`` when the pixel size came from a manifest's ``slide_mpp`` column (the file has none)
+MPP_FROM_MANIFEST = "manifest"
+
 
 @dataclass(frozen=True)
 class _OpenArgs:
@@ -46,6 +57,7 @@ class _OpenArgs:
     backend: str
     force_slide_mpp: tuple[float, float] | None
     slide_mpp: tuple[float, float] | None = None
+    slide_mpp_source: str = MPP_FILLED_IN
 
 
 class _AssociatedImages(Mapping[str, np.ndarray]):
@@ -110,11 +122,13 @@ class Slide:
         *,
         force_slide_mpp: tuple[float, float] | None = None,
         slide_mpp: tuple[float, float] | None = None,
+        slide_mpp_source: str = MPP_FILLED_IN,
     ) -> None:
         self.path = path
         self._backend = backend
         self._mpp_override = force_slide_mpp
         self._mpp_default = slide_mpp
+        self._mpp_default_source = slide_mpp_source
         self._tiff = None  # fast tile source, made on first use (see tile_source)
         self._tiff_tried = False
         self._backend_closed = False
@@ -122,8 +136,19 @@ class Slide:
     # -- openslide-shaped interface ---------------------------------------------------------------
     @property
     def backend(self) -> str:
-        """Name of the backend that reads this slide (``"openslide"`` or ``"tiffslide"``)."""
+        """Name of the backend that reads this slide (``"openslide"``, ``"tiffslide"``, ``"pil"``...)."""
         return self._backend.name
+
+    @property
+    def thread_safe(self) -> bool:
+        """Whether several threads may read this slide at once (the backend's declaration)."""
+        return bool(type(self._backend).thread_safe)
+
+    def tile_shape(self, level: int) -> tuple[int, int] | None:
+        """(width, height) of the file's own tiles at ``level``, or None when it has none (strips, plain
+        images): the natural read unit, e.g. the viewer's chunk shape."""
+        shape = self._backend.tile_shape(level)
+        return None if shape is None else (int(shape[0]), int(shape[1]))
 
     @property
     def reader(self) -> str:
@@ -175,7 +200,8 @@ class Slide:
     @property
     def mpp_source(self) -> str:
         """Where :attr:`mpp` came from: ``"user"`` (``force_slide_mpp=``, overriding the file), ``"filled in"``
-        (``slide_mpp=``, the file has no plausible pixel size) or the metadata that gave it
+        (``slide_mpp=``, the file has no plausible pixel size; ``"manifest"`` when a batch took it from the
+        manifest's ``slide_mpp`` column: ``slide_mpp_source=``) or the metadata that gave it
         (``"Aperio ImageDescription (MPP)"``...)."""
         _, source = self._resolve_mpp()
         return source
@@ -186,7 +212,7 @@ class Slide:
         found, source = self._backend.mpp()
         lo, hi = MPP_PLAUSIBLE
         if self._mpp_default is not None and (found is None or not all(lo <= v <= hi for v in found)):
-            return self._mpp_default, MPP_FILLED_IN
+            return self._mpp_default, self._mpp_default_source
         if found is None:
             raise MissingMppError(
                 f"{self.path.name} carries no pixel size (µm/px) in its metadata. Pass it yourself: "
@@ -329,7 +355,10 @@ class Slide:
         return read_downsampled(self, level, (tw, th))
 
     def tile_source(self):  # -> _tiff.TiffTileSource | None
-        """The direct TIFF tile decoder for this file, or None where it does not apply."""
+        """The direct TIFF tile decoder for this file, or None where it does not apply (the file is not a
+        tiled TIFF, or the backend does not allow it: ``direct_tiff`` of its class)."""
+        if not self._tiff_tried and not type(self._backend).direct_tiff:
+            self._tiff_tried = True
         if not self._tiff_tried:
             from ._tiff import TiffTileSource
 
@@ -387,7 +416,10 @@ class Slide:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (_OpenArgs(self.path, self.backend, self._mpp_override, self._mpp_default),))
+        args = _OpenArgs(
+            self.path, self.backend, self._mpp_override, self._mpp_default, self._mpp_default_source
+        )
+        return (_reopen, (args,))
 
     def __repr__(self) -> str:
         w, h = self.dimensions
@@ -411,7 +443,11 @@ def _check_size(path: Path, backend: Backend) -> None:
 
 def _reopen(args: _OpenArgs) -> Slide:
     return open_slide(
-        args.path, backend=args.backend, force_slide_mpp=args.force_slide_mpp, slide_mpp=args.slide_mpp
+        args.path,
+        backend=args.backend,
+        force_slide_mpp=args.force_slide_mpp,
+        slide_mpp=args.slide_mpp,
+        slide_mpp_source=args.slide_mpp_source,
     )
 
 
@@ -433,6 +469,7 @@ def open_slide(
     backend: str = "auto",
     slide_mpp: float | tuple[float, float] | None = None,
     force_slide_mpp: float | tuple[float, float] | None = None,
+    slide_mpp_source: str = MPP_FILLED_IN,
 ) -> Slide:
     """Open a whole-slide image.
 
@@ -440,11 +477,13 @@ def open_slide(
     ----------
     path : str or os.PathLike
         The slide file (SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF, generic tiled
-        TIFF...), a DICOM-WSI folder, or an fsspec URL of a single-file slide (``s3://...``), read through
-        a local copy in the slide cache.
-    backend : {"auto", "openslide", "tiffslide"}, default "auto"
-        ``auto`` tries OpenSlide first (tiffslide first for OME-TIFF/QPTIFF names) and falls back to the
-        other.
+        TIFF..., or a plain PNG/JPEG/flat TIFF with ``slide_mpp``), a DICOM-WSI or OME-Zarr folder, or an
+        fsspec URL of a single-file slide (``s3://...``), read through a local copy in the slide cache.
+    backend : str, default "auto"
+        A registered reader (``"openslide"``, ``"tiffslide"``, ``"pil"`` and any plugin's; see
+        :func:`slidescope.wsi.backend_names`) or ``"auto"``: the readers that claim the file by its
+        extension, then by its first bytes, in their priority order (OpenSlide first, tiffslide first for
+        OME-TIFF/QPTIFF names, Pillow for PNG/JPEG and for a flat TIFF the others refuse).
     slide_mpp : float or (float, float), optional
         Level-0 µm per pixel used only when the file has no plausible one (``mpp_source`` is
         ``"filled in"``); a file's own pixel size wins. The command line's ``--slide-mpp``. Formerly
@@ -453,6 +492,9 @@ def open_slide(
         Level-0 µm per pixel, overriding the file's metadata (one number, or (x, y)); ``mpp_source`` is
         ``"user"``. The command line's ``--force-slide-mpp``. Formerly ``mpp`` (still accepted for one
         release, with a DeprecationWarning): ``mpp`` now only ever means a target resolution.
+    slide_mpp_source : str, default "filled in"
+        What ``mpp_source`` says when ``slide_mpp`` is used: the batch commands pass ``"manifest"`` for a
+        value from a manifest's ``slide_mpp`` column.
 
     Returns
     -------
@@ -498,41 +540,38 @@ def open_slide(
         raise SlideNotFoundError(
             broken or f"no such slide: {p}. Check the path (relative paths are from {Path.cwd()})."
         )
-    if p.is_dir():
-        # DICOM-WSI series are folders of .dcm files; OpenSlide opens one file of the series.
-        dcm = sorted(p.glob("*.dcm"))
-        if dcm:
-            p = dcm[0]
-        else:
-            raise SlideNotFoundError(
-                f"{p} is a directory, not a slide. Pass a slide file (for a batch, use `slidescope` batch "
-                f"commands on the folder)."
-            )
-    from ._tiff import pixel_format_problem
-
-    problem = pixel_format_problem(p)  # before any backend: a backend would read it as RGB anyway
-    if problem is not None:
-        raise UnsupportedSlideError(
-            f"{p.name} {problem}. slidescope reads 8-bit RGB brightfield scans (H&E, IHC): SVS, NDPI, MRXS, "
-            f"SCN, BIF, DICOM, Philips TIFF, RGB OME-TIFF/QPTIFF, tiled TIFF. Fluorescence/multiplex images "
-            f"are not brightfield H&E; for a brightfield scan stored otherwise, convert it to 8-bit RGB first "
-            f"(e.g. `vips colourspace in.tif out.tif srgb` then `vips tiffsave out.tif rgb.tif --tile "
-            f"--pyramid --compression jpeg`, or QuPath's export as 8-bit RGB)."
-        )
     override = _check_mpp(force_slide_mpp)
     fill = _check_mpp(slide_mpp)
+    regs = registered_backends()
     if backend == "auto":
         names = auto_order(p)
-    elif backend in BACKENDS:
+    elif backend in regs:
         names = [backend]
     else:
         raise InvalidParameterError(
-            f"unknown backend {backend!r}; choose 'auto' or one of {sorted(BACKENDS)}"
+            f"unknown backend {backend!r}; choose 'auto' or one of {', '.join(backend_names())}"
         )
+    targets = {name: p for name in names}
+    if p.is_dir():
+        # a folder slide (a DICOM-WSI series, an OME-Zarr image): each backend names what it opens, or declines
+        found = {name: regs[name].directory_entry(p) for name in names}
+        targets = {name: entry for name, entry in found.items() if entry is not None}
+        if not targets:
+            raise SlideNotFoundError(
+                f"{p} is a directory, not a slide (no slide reader opens it as one: a DICOM-WSI series folder "
+                f"holds .dcm files, an OME-Zarr image its multiscales metadata). Pass a slide file (for a "
+                f"batch, use `slidescope` batch commands on the folder)."
+            )
+    from ._tiff import pixel_format_problem
+
+    for target in dict.fromkeys(targets.values()):
+        problem = pixel_format_problem(target)  # before any backend: a backend would read it as RGB anyway
+        if problem is not None:
+            raise _definitive(UnsupportedSlideError(f"{target.name} {problem}"))
     errors: list[str] = []
-    for name in names:
+    for name, p in targets.items():
         try:
-            opened = BACKENDS[name](p)
+            opened = regs[name](p)
         except UnsupportedSlideError as err:
             if getattr(err, "definitive", False):
                 raise
@@ -546,9 +585,10 @@ def open_slide(
             log.debug("backend %s failed on %s", name, p, exc_info=True)
             continue
         _check_size(p, opened)
-        return Slide(p, opened, force_slide_mpp=override, slide_mpp=fill)
+        return Slide(p, opened, force_slide_mpp=override, slide_mpp=fill, slide_mpp_source=slide_mpp_source)
     raise UnsupportedSlideError(
         f"cannot open {p.name} as a slide ({'; '.join(errors)}). Is it a whole-slide image? Supported: "
-        f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF and tiled TIFF. A truncated or "
-        f"corrupt file gives this error too: check its size and checksum."
+        f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF, tiled TIFF, OME-Zarr, and "
+        f"PNG/JPEG/flat TIFF with --slide-mpp (readers: {', '.join(backend_names())}). A truncated or corrupt file gives "
+        f"this error too: check its size and checksum."
     )

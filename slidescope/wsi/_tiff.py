@@ -88,14 +88,78 @@ def jpeg_damage(data: bytes) -> str | None:
     return None
 
 
-def pixel_format_problem(path: Path) -> str | None:
-    """Why a TIFF is not 8-bit RGB brightfield (for the error message), or None (also for non-TIFFs).
+#: what follows a refusal of a non-RGB image that may be a brightfield scan stored otherwise
+_CONVERT_HINT = (
+    "slidescope reads 8-bit RGB brightfield scans (H&E, IHC): SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, "
+    "RGB OME-TIFF/QPTIFF, tiled TIFF. For a brightfield scan stored otherwise, convert it to 8-bit RGB first "
+    "(e.g. `vips colourspace in.tif out.tif srgb` then `vips tiffsave out.tif rgb.tif --tile --pyramid "
+    "--compression jpeg`, or QuPath's export as 8-bit RGB)."
+)
 
-    Read from the main image's first page (tifffile's first series), before any backend decodes it:
-    OpenSlide converts 16-bit and grey pages to 8-bit RGB without a word, and tiffslide shows the first
-    three channels of a multiplex image as RGB. Refused: samples that are not 8-bit unsigned integers,
-    and single-sample pages (greyscale, or one channel per page as fluorescence and multiplex
-    images are stored). Palette (indexed colour) pages pass: both readers expand them to RGB.
+#: the root element of a PerkinElmer (Akoya) Vectra/Polaris QPTIFF ImageDescription
+_QPI_ROOT = "<PerkinElmer-QPI-ImageDescription"
+
+
+def _xml_texts(xml: str, tag: str) -> list[str]:
+    return [m.strip() for m in re.findall(rf"<{tag}>([^<]*)</{tag}>", xml)]
+
+
+def _qpi_channels(tif) -> tuple[int, list[str]] | None:  # tif: tifffile.TiffFile
+    """(channels, names) of a PerkinElmer QPTIFF stored one grey channel per page, else None.
+
+    The channels are the leading pages of the first page's size, as tifffile's own QPI series reads them;
+    their XML names the filter (``<Name>``, e.g. DAPI) or, in older files, ``<FilterColors>``/``<ScanProfile>``
+    say the image is multispectral. An RGB (brightfield) QPTIFF has 3 samples per page: not refused."""
+    first = tif.pages.first
+    description = str(first.description or "")
+    if _QPI_ROOT not in description or int(first.samplesperpixel) != 1:
+        return None
+    names: list[str] = []
+    count = 0
+    for page in tif.pages:
+        if page.shape != first.shape:
+            break
+        count += 1
+        names.extend(_xml_texts(str(page.description or ""), "Name")[:1])
+    return count, names
+
+
+def _ome_channels(tif) -> tuple[int, list[str]] | None:
+    """(channels, names) of an OME-TIFF whose first image has several channels that are not one RGB channel."""
+    if not getattr(tif, "is_ome", False):
+        return None
+    xml = str(tif.pages.first.description or "")
+    image = re.search(r"<(?:\w+:)?Image[ >].*?</(?:\w+:)?Image>", xml, re.S)
+    block = image.group(0) if image else xml
+    channels = re.findall(r"<(?:\w+:)?Channel\b[^>]*>", block)
+    spp = [int(v) for c in channels for v in re.findall(r'SamplesPerPixel="(\d+)"', c)]
+    if len(channels) <= 1 or (len(channels) == 1 and spp == [3]):
+        return None
+    names = [n for c in channels for n in re.findall(r'Name="([^"]*)"', c)]
+    return len(channels), names
+
+
+def fluorescence_refusal(count: int, names: list[str], dtype: object) -> str:
+    """The refusal of a multiplex/fluorescence image, after its name: one line, no conversion hint."""
+    shown = f": {', '.join(names[:6])}{'...' if len(names) > 6 else ''}" if names else ""
+    return (
+        f"is a multiplex/fluorescence image ({count} channels{shown}; {dtype} samples): slidescope's encoders "
+        f"are for brightfield H&E/IHC scans (8-bit RGB) and fluorescence/multiplex images are not read; analyse "
+        f"it with a fluorescence pipeline, or scan the section in brightfield"
+    )
+
+
+def pixel_format_problem(path: Path) -> str | None:
+    """Why a TIFF is not 8-bit RGB brightfield (the refusal, after the file name), or None (also for non-TIFFs).
+
+    Read from the main image's first page (tifffile's first series) and its metadata, before any backend
+    decodes it: OpenSlide converts 16-bit and grey pages to 8-bit RGB without a word, and tiffslide shows
+    the first three channels of a multiplex image as RGB. Refused as **fluorescence/multiplex** (one line,
+    no conversion hint): a PerkinElmer QPTIFF with one grey channel per page, an OME-TIFF whose image has
+    several channels that are not one RGB channel, any image with more than one grey plane (channels or
+    unnamed planes besides Y, X and samples), and contiguous samples beyond RGB plus alpha. Refused as
+    not RGB: other samples than 8-bit unsigned integers, and single-sample (greyscale) pages. Palette
+    (indexed colour) pages pass: both readers expand them to RGB.
     """
     try:
         import tifffile
@@ -106,28 +170,32 @@ def pixel_format_problem(path: Path) -> str | None:
             dtype = np.dtype(page.dtype) if page.dtype is not None else None
             spp = int(page.samplesperpixel)
             photometric = int(page.photometric)
+            extra = tuple(int(v) for v in (page.extrasamples or ()))
             axes, shape = str(series.axes), tuple(series.shape)
+            tagged = _qpi_channels(tif) or _ome_channels(tif)
     except Exception as err:  # noqa: BLE001 - not a TIFF (MRXS, DICOM...) or unreadable: the backends decide
         log.debug("no TIFF pixel format for %s: %s", path, err)
         return None
+    if tagged is not None:
+        return fluorescence_refusal(tagged[0], tagged[1], dtype)
     # planes besides the image's own (Y, X, S) axes: channels, or unnamed (Q) planes of a shaped TIFF
     channels = int(np.prod([n for a, n in zip(axes, shape, strict=False) if a not in "YXS"], dtype=np.int64))
     if photometric in (0, 1) and (spp <= 2 or channels > 1):  # MINISWHITE, MINISBLACK
         if channels > 1:
-            return (
-                f"is a {channels}-channel image ({dtype} samples, axes {axes}, one grey channel per plane): "
-                f"a fluorescence/multiplex image, not an RGB brightfield scan"
-            )
+            return fluorescence_refusal(channels, [], dtype)
         return (
-            f"is a greyscale image ({dtype} samples, {spp} sample(s) per pixel), not an RGB brightfield scan"
+            f"is a greyscale image ({dtype} samples, {spp} sample(s) per pixel), not an RGB brightfield scan. "
+            + _CONVERT_HINT
         )
+    if spp > 3 + sum(1 for v in extra if v in (1, 2)):  # samples beyond RGB and its alpha
+        return fluorescence_refusal(spp, [], dtype)
     if dtype is not None and dtype != np.uint8:
         kind = {"f": "floating-point", "u": "unsigned integer", "i": "signed integer"}.get(
             dtype.kind, dtype.kind
         )
         return (
             f"stores {dtype.itemsize * 8}-bit {kind} samples ({dtype}), not 8-bit RGB brightfield "
-            f"pixels (it is not corrupt, but not a format slidescope reads)"
+            f"pixels (it is not corrupt, but not a format slidescope reads). " + _CONVERT_HINT
         )
     return None
 

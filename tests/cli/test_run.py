@@ -241,7 +241,7 @@ def test_config_file_flags_override_and_bad_keys(assets: Assets, tmp_path: Path)
 
     assert {k.replace("-", "_") for k in CONFIG_KEYS} - {"slides"} - set(EXECUTION_KEYS) == set(
         RunConfig.__dataclass_fields__
-    ) - {"progress"}
+    ) - {"progress", "slide_mpps"}  # slide_mpps: from the manifests' slide_mpp column, not a config key
 
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text(f"encoder: {ENCODER}\nout: r\ntile_sise: 224\n")

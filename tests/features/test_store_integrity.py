@@ -48,11 +48,13 @@ def slide_file(tmp_path) -> Path:
 
 
 def _extract(slide_path, encoder, stores, *, tile_size=64, **kw):
-    slide = open_slide(slide_path)
-    grid = make_tile_grid(slide, tile_size=tile_size, mpp=0.5)
-    return extract_features(
-        slide, grid, encoder, store=stores, num_workers=0, chunk_rows=8, progress=False, **kw
-    )
+    # closed here: a slide left to the garbage collector inside an exception's reference cycle may have its
+    # file handle finalised before the slide closes it (an unraisable ResourceWarning)
+    with open_slide(slide_path) as slide:
+        grid = make_tile_grid(slide, tile_size=tile_size, mpp=0.5)
+        return extract_features(
+            slide, grid, encoder, store=stores, num_workers=0, chunk_rows=8, progress=False, **kw
+        )
 
 
 @pytest.fixture

@@ -82,6 +82,12 @@ def _save_abmil(path: Path, *, encoder: str, in_dim: int, seed: int = 0) -> Path
 
 
 @pytest.fixture(scope="session")
+def save_abmil():
+    """``save_abmil(path, *, encoder, in_dim, seed=0)``: an untrained ABMIL checkpoint at ``path``."""
+    return _save_abmil
+
+
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ABMIL checkpoint on he-descriptor embeddings (98-d), as ``runs/abmil/fold0/best.ckpt``."""
     return _save_abmil(

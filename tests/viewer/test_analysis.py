@@ -118,3 +118,43 @@ def test_cancel_stops_extraction_between_batches_and_the_next_run_finishes(
     _, again = drive(request)
     assert not again.cancelled and not again.reused_embeddings and again.scores == ["abmil/attention"]
     assert "he-descriptor" in open_store(stores / "sample_slide.zarr").encoders()
+
+
+def test_a_run_folder_scores_exactly_as_slidescope_run(
+    sample, private_store: Path, tmp_path: Path, save_abmil
+) -> None:
+    """All folds averaged, as ``slidescope run --model RUN`` does (was: one fold's checkpoint)."""
+    import pandas as pd
+
+    from slidescope.pipeline import run
+
+    folder = tmp_path / "runs" / "abmil2"
+    for k in range(3):  # three different folds: their average differs from any one of them
+        save_abmil(folder / f"fold{k}" / "best.ckpt", encoder="he-descriptor", in_dim=98, seed=k)
+    store = open_store(private_store / "sample_slide.zarr")
+    _, result = drive(AnalysisRequest(slide=sample.slide, checkpoint=folder, store=private_store))
+    assert result.scores == ["abmil2/attention"]
+    viewer_attention = np.asarray(store.scores("abmil2/attention")).copy()
+    _, one = drive(
+        AnalysisRequest(slide=sample.slide, checkpoint=folder / "fold0" / "best.ckpt", store=private_store)
+    )
+    fold0 = np.asarray(open_store(private_store / "sample_slide.zarr").scores("abmil2/attention")).copy()
+    assert not np.allclose(fold0, viewer_attention, atol=1e-6)  # the ensemble is not one fold
+
+    out = tmp_path / "out"
+    done = run(
+        [sample.slide],
+        out=out,
+        encoder="he-descriptor",
+        model=[str(folder)],
+        stores=str(private_store),
+        heatmaps=False,
+        progress=False,
+    )
+    assert done.exit_code == 0
+    batch_attention = np.asarray(open_store(private_store / "sample_slide.zarr").scores("abmil2/attention"))
+    np.testing.assert_allclose(viewer_attention, batch_attention, rtol=1e-6, atol=1e-9)
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    for name, p in result.probabilities.items():
+        assert row[f"mil_prob_{name}"] == pytest.approx(p, abs=1e-6)
+    assert one.probabilities != result.probabilities

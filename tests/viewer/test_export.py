@@ -162,3 +162,68 @@ def test_shapes_drawn_on_a_slide_export_in_level0_pixels() -> None:
     np.testing.assert_allclose(polygons[0][0], [100.0 / 0.5 + 0.5, 50.0 / 0.5 + 0.5])
     gj = shapes_feature_collection(polygons, mpp=MPP)
     assert gj["features"][0]["properties"]["measurements"]["area_um2"] == pytest.approx(200.0 * 100.0)
+
+
+def _piece_with_holes() -> np.ndarray:
+    """A tissue mask (8 µm/px on a 0.5 µm/px slide): one piece with 4 holes, one island in a hole, one
+    separate piece (the layout that came out as 5+ separate "Tissue" annotations)."""
+    mask = np.zeros((120, 160), bool)
+    mask[10:110, 10:110] = True
+    for r, c in [(20, 20), (20, 65), (65, 20), (65, 65)]:
+        mask[r : r + 25, c : c + 25] = False
+    mask[70:80, 70:80] = True  # an island in the last hole
+    mask[30:90, 125:150] = True
+    return mask
+
+
+def test_tissue_export_is_one_polygon_with_holes_per_piece(tmp_path: Path) -> None:
+    from napari.components import ViewerModel
+    from skimage.draw import polygon as fill_polygon
+
+    from slidescope.wsi._polygons import mask_contours
+
+    mask, ds = _piece_with_holes(), (16.0, 16.0)  # level-0 px per mask px
+    contours, holes = mask_contours(mask, ds)
+    data, kwargs, _ = tissue_layer(contours, MPP, holes=holes)
+    layer = ViewerModel().add_shapes(data, **kwargs)
+    assert layer.nshapes == 3 + 4  # the layer draws outer rings and holes as separate outlines
+    out = write_shapes_geojson(str(tmp_path / "tissue.geojson"), layer.data, layer._get_state())
+    gj = json.loads(Path(out[0]).read_text())
+    assert gj["type"] == "FeatureCollection"
+    features = gj["features"]
+    assert sorted(len(f["geometry"]["coordinates"]) for f in features) == [1, 1, 5]  # island, piece, 4 holes
+    raster = np.zeros(mask.shape, np.int32)
+    for f in features:
+        assert f["type"] == "Feature" and f["geometry"]["type"] == "Polygon"
+        props = f["properties"]
+        assert props["objectType"] == "annotation" and props["classification"]["name"] == "Tissue"
+        outer, *inner = (np.asarray(r) for r in f["geometry"]["coordinates"])
+        assert all(np.array_equal(r[0], r[-1]) for r in (outer, *inner))  # closed rings
+        # GeoJSON winding in (x, y) numbers: outer positive shoelace area, holes negative
+        shoelace = [0.5 * np.sum(r[:-1, 0] * r[1:, 1] - r[1:, 0] * r[:-1, 1]) for r in (outer, *inner)]
+        assert shoelace[0] > 0 and all(a < 0 for a in shoelace[1:])
+        # rasterise (scikit-image, pixel centres) back on the mask grid: outer fills, holes cut out
+        for sign, ring in [(1, outer)] + [(-1, h) for h in inner]:
+            rr, cc = fill_polygon(ring[:, 1] / ds[1] - 0.5, ring[:, 0] / ds[0] - 0.5, mask.shape)
+            raster[rr, cc] += sign
+        area_px = abs(shoelace[0]) - sum(abs(a) for a in shoelace[1:])
+        assert props["measurements"]["area_um2"] == pytest.approx(area_px * MPP[0] * MPP[1], abs=0.01)
+    np.testing.assert_array_equal(raster == 1, mask)  # every tissue pixel once, every hole pixel none
+    total = sum(f["properties"]["measurements"]["area_um2"] for f in features)
+    tissue_um2 = mask.sum() * ds[0] * ds[1] * MPP[0] * MPP[1]
+    # the tracing tolerance: rings within half a mask pixel of the mask's edges (corners are cut), so the
+    # area within half a mask pixel times the rings' length; holes counted as tissue would be 160000 µm² more
+    length = sum(np.abs(np.diff(r, axis=0)).sum() for f in features for r in f["geometry"]["coordinates"])
+    assert abs(total - tissue_um2) <= 0.5 * length * ds[0] * MPP[0] * MPP[1] < 0.25 * 4 * 25 * 25 * 256
+
+
+def test_exports_never_overwrite(tmp_path: Path) -> None:
+    from slidescope.viewer._export import unique_path
+
+    first = unique_path(tmp_path / "slide.abmil-attention.tiles.geojson")
+    assert first.name == "slide.abmil-attention.tiles.geojson"
+    first.write_text("{}")
+    second = unique_path(first)
+    assert second.name == "slide.abmil-attention.tiles-2.geojson"
+    second.write_text("{}")
+    assert unique_path(first).name == "slide.abmil-attention.tiles-3.geojson"

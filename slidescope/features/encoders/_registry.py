@@ -28,7 +28,10 @@ def register_encoder(config: EncoderConfig, builder: Builder) -> None:
 
 
 def _ensure_loaded() -> None:
+    from ..._plugins import load_plugins
     from . import presets  # noqa: F401  (registers the built-in encoders)
+
+    load_plugins("encoders")  # then the `slidescope.encoders` entry points (a plugin may override a name)
 
 
 def list_encoders(*, weight_free: bool | None = None) -> list[str]:

@@ -294,6 +294,11 @@ class ClipTextTower(nn.Module):
         """Projected text features ``(P, embed_dim)`` (not L2-normalised)."""
         raise NotImplementedError  # pragma: no cover
 
+    def image_to_joint(self, features: torch.Tensor) -> torch.Tensor:
+        """Stored tile embeddings of the image encoder -> the space of :meth:`encode` (identity: PLIP and
+        QuiltNet store projected features; CONCH v1 stores them before its ``proj_contrast``)."""
+        return features
+
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         return self.encode(texts)
 
@@ -423,9 +428,23 @@ QUILTNET_TEXT = {
     "quick_gelu": False,
 }
 
+#: CONCH v1's text tower (``conch_ViT-B-16.json``'s ``text_cfg``; layout: ``tests/golden/conch_v1_layout.json``)
+CONCH_V1_TEXT = {
+    "embed_dim": 512,
+    "text_cfg": {"context_length": 128, "vocab_size": 32007, "width": 768, "heads": 12, "layers": 12},
+}
+
+
+def _conch_v1_text_tower(config: EncoderConfig, kwargs: dict[str, Any]) -> ClipTextTower:
+    from .conch_v1 import ConchV1TextTower  # conch_v1 imports this module
+
+    return ConchV1TextTower(config, kwargs)
+
+
 _TEXT_REGISTRY: dict[str, tuple[str, dict[str, Any], TextBuilder]] = {
     "plip": ("plip", PLIP_TEXT, HFClipTextTower),
     "quiltnet": ("quiltnet", QUILTNET_TEXT, OpenClipTextTower),
+    "conch-v1": ("conch-v1", CONCH_V1_TEXT, _conch_v1_text_tower),
 }
 
 
@@ -446,12 +465,13 @@ def create_clip_text_tower(
 
     Parameters
     ----------
-    name : {"plip", "quiltnet"}
+    name : {"plip", "quiltnet", "conch-v1"}
         A name from :func:`list_clip_text_towers`; the image encoder of the same name embeds the tiles.
     weights : path, optional
         The weights file or folder (as for ``create_encoder(name, weights=...)``); ``None`` uses the hub.
     tokenizer : path, optional
-        Where PLIP's tokenizer files are; default: the weights folder (or the hub repository).
+        Where PLIP's tokenizer files (or CONCH v1's ``conch_byte_level_bpe_uncased.json``) are; default: the
+        weights folder (or the hub repository; for CONCH v1 an installed ``conch`` package).
     device : str or torch.device
         Where the tower runs.
     pretrained : bool

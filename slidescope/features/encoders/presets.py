@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from . import clip, conch, he_descriptor, phikon, timm_models  # noqa: F401
+from . import clip, conch, conch_v1, he_descriptor, phikon, timm_models  # noqa: F401

@@ -11,6 +11,10 @@ Layout of ``<root>/<slide key>.zarr`` (schema 2)::
                             ``<tile size>px_<mpp>mpp_<8 hex digits of the tiling's SHA-256>``.
         coords              (N, 2) int64   level-0 top-left (x, y) of every tile
         tissue_fraction     (N,)   float32
+        pad_fraction        (N,)   float32 part of each tile outside the slide (edge="pad"; read as zeros
+                                   from stores made before it)
+        qc/<measure>        (N,)   float32 per-tile QC measures (focus, brightness...; only with --qc flag
+                                   or exclude, see slidescope.wsi.qc_tiles)
         features/<encoder>/ attrs: encoder config, weights_digest, precision, dtype, chunk_rows, complete,
                                    n_tiles, embed_dim, timings
             embeddings      (N, D) float16 (float32 on request), chunks of ``chunk_rows`` tiles

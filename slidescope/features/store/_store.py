@@ -27,6 +27,7 @@ from ._errors import (
 from ._fastread import _EVERY_CHUNK, _checksummed, _read, _read_rows
 from ._keys import CacheKey, _jsonify, _now, _package_version, slide_fingerprint, tiling_key
 from ._layout import SCHEMA_VERSION, STORE_FORMAT, _Layout, _ownership, _has_content, _remove_tree, _zarr
+from ._qc import read_qc, write_qc
 from ._writer import EmbeddingWriter
 
 log = logging.getLogger("slidescope.features.store")
@@ -145,6 +146,8 @@ class SlideStore(_Layout):
         self._expect(coords, (n, 2), "int64", f"{n} tiles")
         tissue = self._node(self._group, "tissue_fraction")
         self._expect(tissue, (n,), "float32", f"{n} tiles")
+        if "pad_fraction" in self._group:  # absent from stores made before the edge policy
+            self._expect(self._node(self._group, "pad_fraction"), (n,), "float32", f"{n} tiles")
 
     @classmethod
     def create_or_open(
@@ -155,8 +158,13 @@ class SlideStore(_Layout):
         tiling: dict[str, Any],
         coords: np.ndarray,
         tissue_fraction: np.ndarray,
+        pad_fraction: np.ndarray | None = None,
+        qc: dict[str, np.ndarray] | None = None,
     ) -> SlideStore:
         """Open the store's sub-group of this tiling for writing, creating what is missing.
+
+        ``pad_fraction`` (N,): the part of each tile outside the slide (``TileGrid.pad_fraction``); None: 0.
+        ``qc``: per-tile QC measures (name -> (N,)), written into ``qc/`` (replacing those there); None: kept.
 
         Other tilings in the store are kept. The whole store starts afresh only when it was made from
         another slide file (fingerprint) or is a schema-1 store; a tiling whose coordinates differ or whose
@@ -175,14 +183,19 @@ class SlideStore(_Layout):
         """
         path = as_location(path)
         try:
-            return cls._create_or_open(path, slide_attrs, tiling, coords, tissue_fraction)
+            arrays = {"coords": coords, "tissue_fraction": tissue_fraction, "pad_fraction": pad_fraction}
+            store = cls._create_or_open(path, slide_attrs, tiling, arrays)
+            if qc:
+                write_qc(store, qc)
+            return store
         except OSError as err:
             if _no_space(err):
                 raise _disk_full(path, err) from err
             raise
 
     @classmethod
-    def _create_or_open(cls, path: Location, slide_attrs, tiling, coords, tissue_fraction) -> SlideStore:
+    def _create_or_open(cls, path: Location, slide_attrs, tiling, arrays: dict[str, Any]) -> SlideStore:
+        coords = arrays["coords"]
         slide_attrs = _jsonify(slide_attrs)
         root = cls._root_for_writing(path, slide_attrs)
         tiling_slide = {k: slide_attrs.get(k) for k in _TILING_SLIDE_KEYS}
@@ -203,7 +216,7 @@ class SlideStore(_Layout):
                 reason = str(err)
             log.warning("%s: rebuilding tiling %s (%s)", location_name(path), key, reason)
             _remove_tree(where)  # inside a store marked ours
-        group = cls._new_tiling(tilings, key, _jsonify(tiling), tiling_slide, coords, tissue_fraction)
+        group = cls._new_tiling(tilings, key, _jsonify(tiling), tiling_slide, arrays)
         store = cls(path, group, root=root, key=key)
         store._touch()
         return store
@@ -266,11 +279,11 @@ class SlideStore(_Layout):
         return root
 
     @staticmethod
-    def _new_tiling(
-        tilings, key: str, tiling: dict[str, Any], tiling_slide: dict[str, Any], coords, tissue_fraction
-    ):
-        """Create the sub-group ``key`` of ``tilings`` holding the tile coordinates and tissue fractions."""
-        n = len(coords)
+    def _new_tiling(tilings, key: str, tiling: dict[str, Any], tiling_slide: dict[str, Any], arrays):
+        """Create the sub-group ``key`` of ``tilings`` holding the tile coordinates, tissue and pad fractions."""
+        n = len(arrays["coords"])
+        if arrays.get("pad_fraction") is None:
+            arrays = {**arrays, "pad_fraction": np.zeros(n, np.float32)}
         group = tilings.create_group(
             key,
             attributes={
@@ -281,27 +294,22 @@ class SlideStore(_Layout):
                 "updated": _now(),
             },
         )
-        c = group.create_array(
-            "coords",
-            shape=(n, 2),
-            chunks=(max(n, 1), 2),
-            dtype="int64",
-            compressors=_checksummed(),
-            fill_value=0,
-            config=_EVERY_CHUNK,
-        )
-        t = group.create_array(
-            "tissue_fraction",
-            shape=(n,),
-            chunks=(max(n, 1),),
-            dtype="float32",
-            compressors=_checksummed(),
-            fill_value=0,
-            config=_EVERY_CHUNK,
-        )
-        if n:
-            c[:] = coords
-            t[:] = tissue_fraction
+        for name, width, dtype in (
+            ("coords", (2,), "int64"),
+            ("tissue_fraction", (), "float32"),
+            ("pad_fraction", (), "float32"),
+        ):
+            array = group.create_array(
+                name,
+                shape=(n, *width),
+                chunks=(max(n, 1), *width),
+                dtype=dtype,
+                compressors=_checksummed(),
+                fill_value=0,
+                config=_EVERY_CHUNK,
+            )
+            if n:
+                array[:] = arrays[name]
         group.require_group("features")
         return group
 
@@ -338,6 +346,17 @@ class SlideStore(_Layout):
     @property
     def tissue_fraction(self) -> np.ndarray:
         return _read(self._node(self._group, "tissue_fraction"))
+
+    @property
+    def pad_fraction(self) -> np.ndarray:
+        """(N,) float32 part of each tile outside the slide (``edge="pad"``); zeros where the store has none."""
+        if self.tiling_key is None or "pad_fraction" not in self._group:  # made before the edge policy
+            return np.zeros(self.n_tiles, np.float32)
+        return _read(self._node(self._group, "pad_fraction"))
+
+    def qc(self) -> dict[str, np.ndarray]:
+        """The per-tile QC measures (name -> (N,) float32; :func:`slidescope.wsi.tile_qc`); {} when none."""
+        return read_qc(self)
 
     @property
     def n_tiles(self) -> int:

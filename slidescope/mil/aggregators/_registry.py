@@ -55,8 +55,11 @@ def register_aggregator(name: str) -> Callable[[A], A]:
 
 
 def _ensure_loaded() -> None:
+    from ..._plugins import load_plugins
+
     for module in _BUILTIN_MODULES:
         importlib.import_module(f"{__package__}.{module}")
+    load_plugins("aggregators")  # then the `slidescope.aggregators` entry points
 
 
 def list_aggregators() -> list[str]:

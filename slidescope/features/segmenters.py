@@ -1,0 +1,413 @@
+"""Learned tissue and artefact segmenters: HEST's and GrandQC's published networks, beside the classic detector.
+
+The classic detector (:func:`slidescope.wsi.detect_tissue`) needs no weights and is the default. These models
+need their published weights (fetched from the Hugging Face hub like the encoders', or a local file with
+``weights=``) and torch; they return the same :class:`~slidescope.wsi.TissueMask`.
+
+=====================  ======================================  ==========  =====================================
+name                   network                                 runs at     output
+=====================  ======================================  ==========  =====================================
+``hest``               torchvision DeepLabV3-ResNet50, 2       1 µm/px     tissue where softmax(tissue) > 0.5
+                       classes (HEST, Jaume et al. 2024)
+``grandqc``            smp U-Net++ on EfficientNet-B0, 2       10 µm/px    tissue where class 0 wins with
+                       classes (GrandQC tissue, Weng et al.                p >= 0.5; input JPEG-compressed at
+                       2024)                                               quality 80 first, as trained
+``grandqc-artefacts``  smp U-Net on EfficientNet-B0, 8         1 µm/px    one class per pixel: normal tissue,
+                       classes (GrandQC artefacts)                         fold, dark spot & foreign object, pen
+                                                                           marking, edge & air bubble, out of
+                                                                           focus, background
+=====================  ======================================  ==========  =====================================
+
+Settings, classes and checkpoint conversions follow TRIDENT's loaders (mahmoodlab/TRIDENT @ a91fa84,
+``trident/segmentation_models/load.py``), which run these checkpoints: the slide is read at the model's
+µm/px, cut into non-overlapping 512 px tiles (white beyond the slide's edge), each tile ImageNet-normalised,
+and the predictions stitched. The state-dict layouts are checked against the networks TRIDENT's own code
+builds (``tests/golden/make_trident_segmenters.py``). Deviation: TRIDENT maps "10x" to 1 µm/px whatever the
+scanner; slidescope reads at exactly the stated µm/px from the slide's own pixel size.
+
+The weights are all in the hub repository ``MahmoodLab/hest-tissue-seg``; their terms are on its model card
+(non-commercial research use); GrandQC's also on https://github.com/cpath-ukk/grandqc. U-Net and U-Net++
+come from ``segmentation_models_pytorch`` (``pip install "slidescope[qc]"``).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidParameterError, MissingDependencyError
+from .encoders import WeightsError
+from .encoders._registry import resolve_device
+from .encoders._weights import file_digest, load_into, read_state_dict, resolve_weights
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SegmenterConfig",
+    "Segmenter",
+    "register_segmenter",
+    "list_segmenters",
+    "get_segmenter_config",
+    "create_segmenter",
+    "segment_tissue",
+    "segment_artefacts",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HUB_ID = "MahmoodLab/hest-tissue-seg"
+HUB_TERMS = "non-commercial research use, see the model card"
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """A segmentation network as data: where its weights are, the µm/px it runs at, its classes.
+
+    Attributes
+    ----------
+    name : registry name.
+    architecture : how it is built (for provenance).
+    hub_id, weights_file : Hugging Face repository and file of the published weights.
+    license, license_url, gated : terms of the weights.
+    mpp : µm/px the network was trained on; the slide is read at it.
+    input_size : tile side in px at ``mpp``.
+    classes : class names, by output channel.
+    tissue_classes : the channels that count as tissue in a tissue mask.
+    threshold : minimum softmax probability of the winning tissue class (None: the arg-max alone).
+    jpeg_quality : the input is JPEG-compressed at this quality first (as the model was trained), or None.
+    precision : compute precision on a GPU (CPU runs fp32).
+    """
+
+    name: str
+    architecture: str
+    hub_id: str
+    weights_file: str
+    mpp: float
+    classes: tuple[str, ...]
+    tissue_classes: tuple[int, ...]
+    input_size: int = 512
+    threshold: float | None = 0.5
+    jpeg_quality: int | None = None
+    precision: str = "fp32"
+    license: str = HUB_TERMS
+    license_url: str | None = f"https://huggingface.co/{HUB_ID}"
+    gated: bool = False
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    description: str = ""
+    #: checkpoint key conversion (e.g. HEST's Lightning prefix), applied before the strict load
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = field(
+        default=None, repr=False
+    )
+
+
+Builder = Callable[[SegmenterConfig], nn.Module]
+_REGISTRY: dict[str, tuple[SegmenterConfig, Builder]] = {}
+
+
+def register_segmenter(config: SegmenterConfig, builder: Builder) -> None:
+    """Add a segmenter; ``builder(config)`` returns the network with random weights, outputs (B, C, H, W)."""
+    if config.name in _REGISTRY:
+        log.warning("segmenter %r registered twice; the later one wins", config.name)
+    _REGISTRY[config.name] = (config, builder)
+
+
+def list_segmenters() -> list[str]:
+    """Registered segmenter names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> tuple[SegmenterConfig, Builder]:
+    if name not in _REGISTRY:
+        raise InvalidParameterError(
+            f"unknown segmenter {name!r}; choose one of {', '.join(list_segmenters())}, or the classic "
+            "detector (slidescope.wsi.detect_tissue), which needs no weights"
+        )
+    return _REGISTRY[name]
+
+
+def get_segmenter_config(name: str) -> SegmenterConfig:
+    """The :class:`SegmenterConfig` of a registered segmenter."""
+    return _entry(name)[0]
+
+
+# -- the published networks ------------------------------------------------------------------------------
+
+
+def _hest_network(config: SegmenterConfig) -> nn.Module:
+    from torchvision.models.segmentation import deeplabv3_resnet50  # type: ignore[import-untyped]
+    from torchvision.models.segmentation.deeplabv3 import DeepLabV3  # type: ignore[import-untyped]
+
+    class _DeepLab(DeepLabV3):  # torchvision's network, returning the logits instead of {"out": logits}
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x)["out"]
+
+    # no ImageNet backbone download: the checkpoint holds every weight; no auxiliary head (HEST drops it)
+    net = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=len(config.classes))
+    return _DeepLab(net.backbone, net.classifier, None)
+
+
+def _hest_convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HEST's Lightning checkpoint: keys ``model.<key>``; the auxiliary head (``aux_classifier``) is dropped."""
+    return {k.removeprefix("model."): v for k, v in state.items() if "aux" not in k}
+
+
+def _smp(kind: str, classes: int) -> nn.Module:
+    try:
+        import segmentation_models_pytorch as smp  # type: ignore[import-untyped]
+    except ImportError as err:
+        raise MissingDependencyError(
+            "GrandQC's segmenters are built by segmentation_models_pytorch: pip install 'slidescope[qc]'"
+        ) from err
+    cls = {"unet": smp.Unet, "unet++": smp.UnetPlusPlus}[kind]
+    # smp deprecates its own "timm-" encoders for timm's ("tu-"), whose parameter names differ: GrandQC's
+    # checkpoints hold the "timm-efficientnet-b0" names, so that encoder it must be
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*`timm-` encoders are deprecated", category=DeprecationWarning
+        )
+        return cls(
+            encoder_name="timm-efficientnet-b0", encoder_weights=None, classes=classes, activation=None
+        )
+
+
+HEST = SegmenterConfig(
+    name="hest",
+    architecture="torchvision:deeplabv3_resnet50, classifier[4] = Conv2d(256, 2, 1)",
+    hub_id=HUB_ID,
+    weights_file="deeplabv3_seg_v4.ckpt",
+    mpp=1.0,
+    classes=("background", "tissue"),
+    tissue_classes=(1,),
+    precision="fp16",
+    convert=_hest_convert,
+    description="HEST tissue segmenter (Jaume et al., NeurIPS 2024): DeepLabV3-ResNet50 at 1 µm/px.",
+)
+GRANDQC = SegmenterConfig(
+    name="grandqc",
+    architecture="segmentation_models_pytorch:UnetPlusPlus(timm-efficientnet-b0, classes=2)",
+    hub_id=HUB_ID,
+    weights_file="Tissue_Detection_MPP10.pth",
+    mpp=10.0,
+    classes=("tissue", "background"),
+    tissue_classes=(0,),
+    jpeg_quality=80,
+    precision="fp16",
+    description="GrandQC tissue detection (Weng et al., Nat Commun 2024): U-Net++ at 10 µm/px.",
+)
+GRANDQC_ARTEFACTS = SegmenterConfig(
+    name="grandqc-artefacts",
+    architecture="segmentation_models_pytorch:Unet(timm-efficientnet-b0, classes=8)",
+    hub_id=HUB_ID,
+    weights_file="GrandQC_MPP1_state_dict.pth",
+    mpp=1.0,
+    classes=(
+        "unused",
+        "normal tissue",
+        "fold",
+        "dark spot & foreign object",
+        "pen marking",
+        "edge & air bubble",
+        "out of focus",
+        "background",
+    ),
+    tissue_classes=(0, 1),  # TRIDENT's tissue rule: classes 0 and 1 are clean tissue, the rest is not
+    threshold=None,
+    description="GrandQC artefact segmentation (Weng et al., Nat Commun 2024): U-Net at 1 µm/px, 8 classes.",
+)
+
+register_segmenter(HEST, _hest_network)
+register_segmenter(GRANDQC, lambda c: _smp("unet++", len(c.classes)))
+register_segmenter(GRANDQC_ARTEFACTS, lambda c: _smp("unet", len(c.classes)))
+
+
+# -- loading and running ---------------------------------------------------------------------------------
+
+
+class Segmenter(nn.Module):
+    """A loaded segmenter: ``probabilities(tiles)`` (B, C, H, W) and ``classes_of(tiles)`` (B, H, W)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self, config: SegmenterConfig, network: nn.Module, weights_sha256: str | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.network = network
+        self.weights_sha256 = weights_sha256
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def _prepare(self, tiles: np.ndarray) -> torch.Tensor:
+        if self.config.jpeg_quality is not None:
+            tiles = np.stack([_jpeg_round_trip(t, self.config.jpeg_quality) for t in tiles])
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def probabilities(self, tiles: np.ndarray) -> torch.Tensor:
+        """Softmax over the classes of uint8 RGB tiles (B, H, W, 3): float32 (B, C, H, W)."""
+        x = self._prepare(tiles)
+        half = self.device.type == "cuda" and self.config.precision == "fp16"
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=half):
+            logits = self.network(x)
+        return torch.softmax(logits.float(), dim=1)
+
+    def tissue(self, tiles: np.ndarray) -> np.ndarray:
+        """bool (B, H, W): the winning class is a tissue class (with probability >= ``threshold``)."""
+        p = self.probabilities(tiles)
+        best, cls = p.max(dim=1)
+        keep = torch.isin(cls, torch.tensor(self.config.tissue_classes, device=cls.device))
+        if self.config.threshold is not None:
+            keep &= best >= self.config.threshold
+        return keep.cpu().numpy()
+
+    def classes_of(self, tiles: np.ndarray) -> np.ndarray:
+        """int64 (B, H, W): the arg-max class per pixel."""
+        return self.probabilities(tiles).argmax(dim=1).cpu().numpy()
+
+
+def _jpeg_round_trip(tile: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(tile).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def create_segmenter(
+    name: str, *, weights: str | os.PathLike[str] | None = None, device: str = "auto"
+) -> Segmenter:
+    """Build a registered segmenter and load its published weights (strict: every key, every shape).
+
+    Parameters
+    ----------
+    name : one of :func:`list_segmenters`.
+    weights : a local weights file, or a folder holding ``config.weights_file``; None: the Hugging Face hub.
+    device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...
+
+    Raises
+    ------
+    WeightsError
+        Weights missing or unreachable (the message names the hub repository, the file and the licence), or
+        a file that does not fit the architecture.
+    MissingDependencyError
+        segmentation_models_pytorch is missing for a GrandQC model.
+    """
+    config, builder = _entry(name)
+    network = builder(config)
+    path = resolve_weights(config, weights)  # type: ignore[arg-type]  # the same fields as an EncoderConfig
+    state = read_state_dict(path)
+    if config.convert is not None:
+        state = config.convert(state)
+    load_into(network, state, name=name)
+    seg = Segmenter(config, network.eval(), file_digest(path))
+    return seg.to(resolve_device(device))
+
+
+def _read_at(slide: Any, mpp: float) -> tuple[np.ndarray, tuple[float, float]]:
+    """The whole slide at ``mpp`` µm/px (area-averaged from the pyramid); (rgb, its µm/px (x, y))."""
+    sx, sy = slide.mpp
+    w0, h0 = slide.dimensions
+    w, h = max(1, round(w0 * sx / mpp)), max(1, round(h0 * sy / mpp))
+    if w * h > 40_000**2:
+        raise InvalidParameterError(
+            f"{slide.path.name} at {mpp} µm/px would be {w}x{h} px; too large for one segmentation pass"
+        )
+    rgb = slide.get_thumbnail((w, h))
+    return rgb, (sx * w0 / rgb.shape[1], sy * h0 / rgb.shape[0])
+
+
+def _tiles_of(rgb: np.ndarray, size: int) -> tuple[np.ndarray, int, int]:
+    """Non-overlapping ``size`` px tiles of ``rgb`` (white beyond its edges), row-major; and the grid."""
+    h, w = rgb.shape[:2]
+    rows, cols = math.ceil(h / size), math.ceil(w / size)
+    padded = np.full((rows * size, cols * size, 3), 255, np.uint8)
+    padded[:h, :w] = rgb[..., :3]
+    tiles = padded.reshape(rows, size, cols, size, 3).swapaxes(1, 2).reshape(-1, size, size, 3)
+    return tiles, rows, cols
+
+
+def _run(
+    seg: Segmenter, rgb: np.ndarray, batch_size: int, what: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    size = seg.config.input_size
+    tiles, rows, cols = _tiles_of(rgb, size)
+    out = np.concatenate([what(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)])
+    full = out.reshape(rows, cols, size, size).swapaxes(1, 2).reshape(rows * size, cols * size)
+    return full[: rgb.shape[0], : rgb.shape[1]]
+
+
+def _segmenter(model: str | Segmenter, weights: Any, device: str) -> Segmenter:
+    return model if isinstance(model, Segmenter) else create_segmenter(model, weights=weights, device=device)
+
+
+def segment_tissue(
+    slide: Any,
+    model: str | Segmenter = "hest",
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+):
+    """Tissue of an open slide by a learned segmenter, as a :class:`~slidescope.wsi.TissueMask`.
+
+    The slide is read at the model's µm/px, cut into its input tiles, and the per-pixel predictions are
+    stitched into one mask at that resolution (``params`` record the model, its weights' sha256 and the
+    µm/px). Holes are kept as the model predicts them (TRIDENT's default, ``holes_are_tissue``, fills them).
+
+    Parameters
+    ----------
+    slide : an open :class:`~slidescope.wsi.Slide` with a known pixel size.
+    model : a name from :func:`list_segmenters` or a :class:`Segmenter` already loaded.
+    weights, device : as in :func:`create_segmenter` (used with a name).
+    batch_size : tiles per forward pass.
+    """
+    from ..wsi import tissue_mask_from_array
+
+    seg = _segmenter(model, weights, device)
+    rgb, mpp = _read_at(slide, seg.config.mpp)
+    mask = _run(seg, rgb, batch_size, seg.tissue)
+    params = {
+        "method": seg.config.name,
+        "model_mpp": seg.config.mpp,
+        "mask_mpp": [float(mpp[0]), float(mpp[1])],
+        "weights_sha256": seg.weights_sha256,
+        "hub_id": seg.config.hub_id,
+        "slide": slide.path.name,
+    }
+    return tissue_mask_from_array(mask, slide_dimensions=slide.dimensions, slide_mpp=slide.mpp, params=params)
+
+
+def segment_artefacts(
+    slide: Any,
+    model: str | Segmenter = "grandqc-artefacts",
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+) -> tuple[np.ndarray, tuple[str, ...], tuple[float, float]]:
+    """Per-pixel artefact classes of a slide: ``(class map int64 (h, w), class names, µm/px (x, y))``."""
+    seg = _segmenter(model, weights, device)
+    rgb, mpp = _read_at(slide, seg.config.mpp)
+    return _run(seg, rgb, batch_size, seg.classes_of), seg.config.classes, mpp
+
+
+__all__ += ["WeightsError"]
