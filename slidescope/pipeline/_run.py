@@ -219,7 +219,7 @@ def run(
     >>> res = ss.run("sample_data/sample_slide.tiff", encoder="he-descriptor", out=out, num_workers=0,
     ...              progress=False)                              # embeddings only: no model, no prompts
     >>> res.exit_code, res.counts, res.outcomes[0].n_tiles, res.outcomes[0].effective_mpp
-    (0, {'done': 1}, 94, [0.5, 0.5])
+    (0, {'done': 1}, 93, [0.5, 0.5])
     >>> again = ss.run("sample_data/sample_slide.tiff", encoder="he-descriptor", out=out, dry_run=True)
     >>> [(p.key, p.action) for p in again.plan]
     [('sample_slide', 'skip')]

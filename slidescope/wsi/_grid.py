@@ -222,7 +222,7 @@ def make_tile_grid(
     >>> slide = ss.open_slide("sample_data/sample_slide.tiff")          # 0.5 µm/px
     >>> grid = ss.make_tile_grid(slide, tile_size=224, mpp=0.5)
     >>> len(grid), grid.coords.shape, grid.coords.dtype
-    (94, (94, 2), dtype('int64'))
+    (93, (93, 2), dtype('int64'))
     >>> grid.extent, grid.effective_mpp                                # level-0 px per tile, µm/px as cut
     ((224, 224), (0.5, 0.5))
     >>> coarse = ss.make_tile_grid(slide, tile_size=256, mpp=1.0)      # 512 level-0 px, resized to 256

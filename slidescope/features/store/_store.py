@@ -685,9 +685,9 @@ def open_store(
     ...                           store=tempfile.mkdtemp(), num_workers=0, progress=False)
     >>> store = ss.open_store(res.store)
     >>> store.encoders(), store.n_tiles, store.tile_extent
-    (['he-descriptor'], 94, (224, 224))
+    (['he-descriptor'], 93, (224, 224))
     >>> store.embeddings("he-descriptor").shape, store.coords.shape          # (N, D), (N, 2)
-    ((94, 98), (94, 2))
+    ((93, 98), (93, 2))
     """
     return SlideStore.open(
         path, encoder=encoder, scores=scores, tiling=tiling, slide_embedding=slide_embedding
