@@ -208,12 +208,10 @@ def zero_shot(
     if level == "tile" or (level is None and model in list_clip_text_towers()):
         typer.echo("tile similarity maps written as 'zero-shot/<class>'")
     if out_csv is not None:
-        if rows:
+        if rows:  # nothing scored: --out is left as it was (never deleted: it may not be ours); exit 1 below
             _write_csv(out_csv, [r.as_dict() for r in rows])
-        else:  # nothing scored: no stale results left under this name
-            out_csv.unlink(missing_ok=True)
+            typer.echo(f"probabilities: {out_csv}")
         write_skipped(out_csv, skipped)
-        typer.echo(f"probabilities: {out_csv}")
     exit_if_not_all_scored(skipped, len(rows) + len(skipped), out_csv)
 
 

@@ -135,5 +135,7 @@ def test_zero_shot_skips_empty_stores(assets, tmp_path) -> None:
     code, _, stderr = cli("zero-shot", stores, *args, "--encoder", ENCODER, "--out", out)
     assert code == 1 and len(_read(out)) == len(list(assets["stores"].glob("*.zarr"))) - 1
     assert {r["status"] for r in _read(tmp_path / "zs.skipped.csv")} == {"empty", "failed"}
+    before = out.read_bytes()
     code, _, stderr = cli("zero-shot", stores / "blank.zarr", *args, "--encoder", ENCODER, "--out", out)
-    assert code == 1 and "0 of 1 slides scored" in stderr and not out.exists()
+    # nothing scored: exit 1, and the --out file is neither deleted nor replaced (it may not be ours)
+    assert code == 1 and "0 of 1 slides scored" in stderr and out.read_bytes() == before
