@@ -474,10 +474,15 @@ def test_score_and_zero_shot_on_dask_equal_local(assets: Assets, tmp_path: Path)
             {p.name: open_store(p).scores("abmil/attention") for p in sorted(stores.glob("*.zarr"))},
         )
     (mil_l, zs_l, att_l), (mil_d, zs_d, att_d) = results["local"], results["dask"]
-    assert mil_l == mil_d and len(mil_l) == len(assets.slides)
-    # zero-shot: one slide per matrix product on the workers vs all at once here: equal up to float rounding
-    assert [(r["slide"], r["predicted"]) for r in zs_l] == [(r["slide"], r["predicted"]) for r in zs_d]
-    for a, b in zip(zs_l, zs_d, strict=True):
-        for col in (c for c in a if c.startswith("prob_")):
-            assert abs(float(a[col]) - float(b[col])) < 1e-6, (a, b)
-    assert att_l.keys() == att_d.keys() and all(np.array_equal(att_l[k], att_d[k]) for k in att_l)
+    # A worker process runs torch with its own intra-op thread count, so reductions may round differently from
+    # this process (CI saw attention differ in the last float bits): labels equal, numbers equal up to rounding.
+    # zero-shot also does one slide per matrix product on the workers vs all at once here.
+    assert len(mil_l) == len(assets.slides)
+    for rows_l, rows_d in ((mil_l, mil_d), (zs_l, zs_d)):
+        assert [(r["slide"], r["predicted"]) for r in rows_l] == [(r["slide"], r["predicted"]) for r in rows_d]
+        for a, b in zip(rows_l, rows_d, strict=True):
+            for col in (c for c in a if c.startswith("prob_")):
+                assert abs(float(a[col]) - float(b[col])) <= 2e-6, (a, b)
+    assert att_l.keys() == att_d.keys()
+    for k in att_l:
+        np.testing.assert_allclose(att_d[k], att_l[k], rtol=1e-5, atol=1e-7, err_msg=k)
