@@ -60,7 +60,7 @@ def overhead(n: int) -> dict[str, float]:
 
 
 def _warm() -> None:
-    import slidescope.features.encoders  # noqa: F401  (torch, timm: the imports a worker pays once)
+    import slidescope.features.encoders.timm_models  # noqa: F401  (torch, timm: the imports a worker pays once)
     import slidescope.pipeline._slide  # noqa: F401
 
 

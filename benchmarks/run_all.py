@@ -16,6 +16,10 @@ Stages (each from its own script, which still runs alone with its own, longer re
 * ``zero-shot`` (bench_zero_shot.py, when present): cached, batched prompt scoring vs encoding the prompts per
   slide, slide level and MI-Zero tile level.
 
+Not run here: ``gpu_check.py``, the GPU check (ViT-L/16 bf16 alone, ``extract_features`` end to end with 0/4/8
+readers, GPU vs CPU JPEG decode, peak GPU memory); on a GPU machine run ``OUT=dir bash benchmarks/gpu_check.sh``
+(its CPU fallback, ``gpu_check.py --quick``, runs in the test suite).
+
 ``ratio`` is always "how many times better ours is": ours / baseline for rates (tiles/s, GB/s, slides/s),
 baseline / ours for times and memory (s, ms, MB). Below 1 means the baseline wins (e.g. tissue detection
 does more work than a bare Otsu threshold).

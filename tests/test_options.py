@@ -28,9 +28,10 @@ def _defaults(cls: type) -> dict[str, object]:
 
 def _command(name: str):
     from slidescope.cli import app
+    from slidescope.cli._schema import fill_choices
 
     group: Any = typer.main.get_command(app)  # a click group
-    return group.commands[name]
+    return fill_choices(group.commands[name])  # registry choices filled in, as `<name> --help` does
 
 
 def test_run_config_and_extract_job_extend_the_schema() -> None:

@@ -8,8 +8,10 @@ import sys
 import typer
 
 from ..errors import SlidescopeError
+from ._schema import SchemaGroup
 
 app = typer.Typer(
+    cls=SchemaGroup,  # a command's --help gets the registries' choices (--backend) filled in
     name="slidescope",
     help="Whole-slide pathology: slides, tissue, exact-mpp tiles, embeddings, MIL and zero-shot.",
     no_args_is_help=True,

@@ -144,9 +144,11 @@ def _extract_on_executor(executor, paths: list, out: Location, **options) -> lis
 
 def _finish_extract(out: Location, encoder: str, results: list, *, digest: str | None) -> None:
     report = write_report(out, "extract", results, {"encoder": encoder, "weights_digest": digest})
+    from ..wsi import dicom_series_name
+
     failed = [r for r in results if r.status in ("failed", "claimed")]
     for r in results:
-        line = f"{Path(r.slide).name}: {r.status}"
+        line = f"{dicom_series_name(r.slide) or Path(r.slide).name}: {r.status}"  # a DICOM series: its folder
         if r.status in ("done", "reused", "empty"):
             line += f", {r.n_tiles} tiles" + (f", {r.tiles_per_s:.0f} tiles/s" if r.computed else "")
         else:

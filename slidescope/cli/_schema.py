@@ -9,12 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import typer
+import typer.core
 
-from ..options import OptionInfo, option_info, parse_batch_size
+from ..options import OptionInfo, one_of, option_info, parse_batch_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["schema_options", "help_text", "batch_size_option"]
+__all__ = ["schema_options", "help_text", "fill_choices", "SchemaGroup", "batch_size_option"]
 
 #: the Python type typer parses each kind of option into
 _TYPES: dict[str, Any] = {
@@ -36,10 +37,45 @@ def _shown(value: Any) -> str | None:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+#: the raw help texts whose ``{choices}`` a registry fills in when a help is shown -> their schema info
+_PENDING: dict[str, OptionInfo] = {}
+
+
 def help_text(info: OptionInfo, schema_default: Any, cli_default: Any) -> str:
     """The option's help: the schema's text, and its default when ``--help`` would not show it (the
-    command-line default is None: resolved later, or taken from a config file)."""
-    text = info.text()
+    command-line default is None: resolved later, or taken from a config file).
+
+    Choices held by a registry (``--backend``: the slide readers, plugins included) stay ``{choices}`` here
+    and are filled in by :func:`fill_choices` when a command's ``--help`` is asked for, so building the
+    commands (every ``slidescope`` start) imports no reader and no numpy."""
+    if "{choices}" in info.help and callable(info.choices):
+        raw = _help_text(info, schema_default, cli_default, fill=False)
+        _PENDING[raw] = info
+        return raw
+    return _help_text(info, schema_default, cli_default)
+
+
+def fill_choices(command: Any) -> Any:
+    """Write the registry's choices into the ``{choices}`` of a click ``command``'s option help texts."""
+    for param in command.params:
+        info = _PENDING.get(getattr(param, "help", None) or "")
+        if info is not None:
+            param.help = param.help.replace("{choices}", one_of(info.allowed() or ()))
+    return command
+
+
+class SchemaGroup(typer.core.TyperGroup):
+    """The ``slidescope`` group: a command's ``--help`` gets its registry choices filled in first."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and any(a in ctx.help_option_names for a in rest):
+            fill_choices(command)
+        return name, command, rest
+
+
+def _help_text(info: OptionInfo, schema_default: Any, cli_default: Any, *, fill: bool = True) -> str:
+    text = info.text() if fill else info.help
     if cli_default is None:
         shown = info.default_text if info.default_text is not None else _shown(schema_default)
         if shown is not None:

@@ -30,6 +30,8 @@ _EXPORTS = {
     "result_layers": "._results",
     "write_heatmap_tiff": "._export",
     "tiles_feature_collection": "._export",
+    "tile_similarity": "._similarity",
+    "similar_tiles": "._similarity",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,5 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from ._results import result_layers as result_layers
     from ._sample import make_sample_data as make_sample_data, prepare_sample as prepare_sample
+    from ._similarity import similar_tiles as similar_tiles, tile_similarity as tile_similarity
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

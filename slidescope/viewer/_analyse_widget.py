@@ -13,6 +13,7 @@ import functools
 import importlib
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -38,12 +40,13 @@ from ._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
 from ._compat import keep_triton_out
 from ._layers import (
     class_legend_html,
-    keep_read_only,
     level0_to_world,
+    qc_legend_html,
     show_one_heatmap,
     show_tile_grid,
     top_tiles,
 )
+from ._readout import watch_viewer
 from ._widgets import add_layer_tuples, layers_of_kind, notify_error, slide_layers, slidescope_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +120,14 @@ def _while_alive(method):
     return wrapper
 
 
+def set_pixel_size(layer: Any, mpp: float) -> None:
+    """Show a slide opened without a pixel size in µm at ``mpp`` µm/px, and remember it was entered."""
+    meta = {**slidescope_meta(layer), "mpp": [mpp, mpp], "units": "um", "mpp_source": "entered"}
+    layer.scale = (mpp, mpp)
+    layer.units = ("um", "um")
+    layer.metadata = {**layer.metadata, "slidescope": meta}
+
+
 class AnalyseWidget(Container):
     """Pick a slide, an encoder and a MIL checkpoint or zero-shot prompts; run; see the heatmaps.
 
@@ -142,6 +153,15 @@ class AnalyseWidget(Container):
         self._encoder_names = [DEFAULT_ENCODER]
         self._top: dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]] = {}
         self._top_choices: list[tuple[str, tuple[str, int]]] = []
+        self.pixel_size = FloatSpinBox(
+            label="Pixel size (µm/px)",
+            value=0.0,
+            min=0.0,
+            max=100.0,
+            step=0.0001,
+            tooltip="Level-0 µm per pixel, for a slide whose file carries none (0: from the file). "
+            "Analyse then shows that slide in µm.",
+        )
         self.encoder = ComboBox(
             label="Encoder",
             choices=self._encoder_choices,
@@ -194,18 +214,11 @@ class AnalyseWidget(Container):
         )
         self.run_button = PushButton(text="Analyse")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self.status = Label(label="Status", value="Open a slide, choose a model, press Analyse.")
-        self.summary = Label(label="Slide", value="")
-        self.tile_grid = CheckBox(text="Show tile grid", value=False)
-        self.legend = Label(label="Legend", value="")
-        self.top_by = ComboBox(label="Top tiles by", choices=self._top_by_choices)
-        self.top_tiles = Select(label="Top tiles", choices=self._top_tile_choices)
-        self.associated = ComboBox(label="Label / macro", choices=self._associated_choices)
-        self.show_associated = PushButton(text="Show")
+        self._make_result_widgets()
         self.extend(
             [
                 self.slide,
+                self.pixel_size,
                 self.encoder,
                 self.weights,
                 self.mode,
@@ -223,6 +236,8 @@ class AnalyseWidget(Container):
                 self.summary,
                 self.legend,
                 self.tile_grid,
+                self.region_button,
+                self.similar,
                 self.top_by,
                 self.top_tiles,
                 self.associated,
@@ -238,15 +253,44 @@ class AnalyseWidget(Container):
         self._started = 0.0
 
         self._connect(viewer)
+        watch_viewer(viewer)  # tile hover text in words, a read-only tile layer, thin outlines
         self._on_mode(self.mode.value)
         self._on_layers_changed()
         self.encoders_worker = self._load_encoder_names()
+
+    def _make_result_widgets(self) -> None:
+        """The widgets below the run: progress, status, summary, legend, tile grid, similarity clicks, top
+        tiles, label and macro."""
+        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self.status = Label(label="Status", value="Open a slide, choose a model, press Analyse.")
+        self.status.native.setWordWrap(True)  # error messages are long: whole, on several lines
+        self.summary = Label(label="Slide", value="")
+        self.tile_grid = CheckBox(text="Show tile grid", value=False)
+        self.region_button = PushButton(
+            text="Analyse inside the drawn shapes",
+            tooltip="The MIL model on the tiles whose centre lies inside each shape of the selected shapes "
+            "layer (draw one, or open QuPath GeoJSON annotations): each region's prediction in the Slide "
+            "line, the attention within each region as a heatmap.",
+        )
+        self.similar = CheckBox(
+            text="Click a tile: similar tiles",
+            value=False,
+            tooltip="Click a tile (pan/zoom mode): a heatmap of every tile's cosine similarity to it, from the "
+            "cached embeddings of the chosen encoder; the most similar tiles of this slide are listed under "
+            "Top tiles, those of the other slides of the store folder in the Slide line.",
+        )
+        self.legend = Label(label="Legend", value="")
+        self.top_by = ComboBox(label="Top tiles by", choices=self._top_by_choices)
+        self.top_tiles = Select(label="Top tiles", choices=self._top_tile_choices)
+        self.associated = ComboBox(label="Label / macro", choices=self._associated_choices)
+        self.show_associated = PushButton(text="Show")
 
     def _connect(self, viewer: napari.viewer.Viewer) -> None:
         """Wire the buttons, choices and the viewer's layer events to the widget."""
         self.mode.changed.connect(self._on_mode)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
+        self.region_button.changed.connect(self.analyse_regions)
         self.tile_grid.changed.connect(self._on_tile_grid)
         self.top_by.changed.connect(self._fill_top_tiles)
         self.top_tiles.changed.connect(self._on_top_tile)
@@ -254,6 +298,14 @@ class AnalyseWidget(Container):
         self.show_associated.changed.connect(self.add_associated_image)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
+        ref = weakref.ref(self)
+
+        def on_click(_viewer: Any, event: Any) -> None:  # the viewer keeps it: no strong reference to us
+            widget = ref()
+            if widget is not None and widget.similar.value and event.button == 1:
+                widget.similar_at(tuple(event.position))
+
+        viewer.mouse_drag_callbacks.append(on_click)
 
     #: the old name of ``slide_text_model``, for one release (docs/GLOSSARY.md)
     slidetext_model = renamed_attribute("slidetext_model", "slide_text_model")
@@ -278,8 +330,6 @@ class AnalyseWidget(Container):
     def _on_layers_changed(self, _event: Any = None) -> None:
         self.slide.reset_choices()
         self.associated.reset_choices()
-        for layer in layers_of_kind(self._viewer, "tiles"):
-            keep_read_only(layer)
 
     def _load_encoder_names(self) -> Any:
         """Fill the encoder list off the UI thread (the registry imports torch and timm)."""
@@ -317,18 +367,26 @@ class AnalyseWidget(Container):
             )
             return None
         meta = slidescope_meta(layer)
+        slide_mpp = None
         if meta.get("units") != "um":
-            notify_error(
-                f"{layer.name} has no pixel size, so tiles cannot be cut at the encoder's resolution: open "
-                "it from Python with open_slide(path, slide_mpp=...) and analyse it there"
-            )
-            return None
+            if not self.pixel_size.value:
+                notify_error(
+                    f"{layer.name} has no pixel size, so tiles cannot be cut at the encoder's resolution: "
+                    "enter its µm per pixel in the Pixel size field (from the scanner's report or a "
+                    "calibration slide) and press Analyse again"
+                )
+                return None
+            slide_mpp = float(self.pixel_size.value)
+            set_pixel_size(layer, slide_mpp)
+        elif meta.get("mpp_source") == "entered":
+            slide_mpp = float(meta["mpp"][0])
         common = {
             "slide": Path(meta["path"]),
             "encoder": self.encoder.value,
             "store": self.store.value,
             "weights": str(self.weights.value) if self.weights.value else None,
             "device": self.device.value,
+            "slide_mpp": slide_mpp,
         }
         if self.mode.value == MIL:
             model = self.run_folder.value or self.checkpoint.value
@@ -394,18 +452,18 @@ class AnalyseWidget(Container):
     @_while_alive
     def _on_returned(self, outcome: AnalysisResult | Failed) -> None:
         if isinstance(outcome, Failed):
-            self.status.value = "failed (see the notification)"
+            self.status.value = f"failed: {outcome.message}"  # whole, wrapped: the toast shows one line
             self.progress.value = 0
             notify_error(outcome.message)
             return
         if outcome.cancelled:
-            self.status.value = "cancelled: the embeddings computed so far are kept; Analyse again to resume"
+            self.status.value = outcome.cancel_message()
             return
         try:
             self.show_result(outcome)
         except SlidescopeError as err:
             notify_error(str(err))
-            self.status.value = "failed (see the notification)"
+            self.status.value = f"failed: {err}"
             return
         self.last_seconds = time.perf_counter() - self._started
         self.progress.value = 100
@@ -429,7 +487,7 @@ class AnalyseWidget(Container):
         )
         added = add_layer_tuples(self._viewer, tuples)
         show_one_heatmap(self._viewer, added)
-        self.legend.value = class_legend_html(added)
+        self.legend.value = "<br>".join(t for t in (class_legend_html(added), qc_legend_html(added)) if t)
         tiles = added[-1]
         show_tile_grid(tiles, self.tile_grid.value)
         self._viewer.layers.selection.active = tiles  # its status line shows the hovered tile's scores
@@ -473,6 +531,120 @@ class AnalyseWidget(Container):
         camera.center = tuple(float(v) for v in centre)
         tile_um = max(extent[0] * mpp[0], extent[1] * mpp[1])
         camera.zoom = float(min(self._viewer.canvas.size)) / (3.0 * tile_um)
+
+    # -- regions ----------------------------------------------------------------------------------
+    def _region_inputs(self) -> tuple[Any, Any, Any] | None:
+        """(shapes layer, tile layer, MIL model) for a region analysis, or None with a notification."""
+
+        def user_shapes(layers: Any) -> list[Any]:
+            return [lay for lay in layers if type(lay).__name__ == "Shapes" and not slidescope_meta(lay)]
+
+        shapes = (user_shapes(self._viewer.layers.selection) or user_shapes(self._viewer.layers) or [None])[
+            -1
+        ]
+        tiles = layers_of_kind(self._viewer, "tiles")
+        slide = self.slide.value
+        path = slidescope_meta(slide).get("path") if slide is not None else None
+        mine = [
+            t
+            for t in tiles
+            if Path(slidescope_meta(t).get("slide", "")).resolve() == Path(path or "").resolve()
+        ]
+        model = self.run_folder.value or self.checkpoint.value
+        if shapes is None or not len(shapes.data):
+            notify_error(
+                "draw a region first: add a Shapes layer (or open QuPath GeoJSON) and draw on the slide"
+            )
+        elif not (mine or tiles):
+            notify_error("press Analyse on the slide first: a region is scored from its tiles' embeddings")
+        elif model is None or self.mode.value != MIL:
+            notify_error(
+                "region analysis runs a MIL model: choose MIL checkpoint and a run folder or checkpoint"
+            )
+        else:
+            return shapes, (mine or tiles)[-1], model
+        return None
+
+    def analyse_regions(self, _value: Any = None) -> list[Any] | None:
+        """Run the chosen MIL model on the tiles inside each shape of the selected (else the last) shapes
+        layer, as :func:`~slidescope.viewer._region.score_region`; show the attention within the regions
+        and each region's prediction in the Slide line; returns the :class:`RegionScore` list."""
+        from ._region import region_layer, region_summary
+
+        inputs = self._region_inputs()
+        if inputs is None:
+            return None
+        shapes, tiles, model = inputs
+        try:
+            results, layer_tuple = region_layer(
+                shapes, slidescope_meta(tiles), model, device=self.device.value
+            )
+        except SlidescopeError as err:
+            notify_error(f"region analysis: {err}")
+            return None
+        (layer,) = add_layer_tuples(self._viewer, [layer_tuple])
+        show_one_heatmap(self._viewer, [layer])
+        self.summary.value = region_summary(results)
+        return [r for _, r in results]
+
+    # -- similarity search ------------------------------------------------------------------------
+    @_while_alive
+    def similar_at(self, position: tuple[float, ...]) -> Any:
+        """Similarity search from the tile at world ``position`` (the click): see :meth:`find_similar`."""
+        for layer in reversed(layers_of_kind(self._viewer, "tiles")):
+            label = layer.get_value(position, world=True)
+            label = label[1] if isinstance(label, tuple) else label
+            if label is not None and int(label) > 0:
+                return self.find_similar(layer, int(label) - 1)
+        return None
+
+    def find_similar(self, tiles: Any, index: int) -> Any:
+        """Show every tile's cosine similarity to tile ``index`` of the slide behind the tile layer ``tiles``
+        (a heatmap, 1.0 at that tile), list its most similar tiles under Top tiles and the most similar
+        tiles of the other slides of its store folder in the Slide line; returns the heatmap layer."""
+        from ..features import open_store
+        from ._layers import heatmap_layer
+        from ._results import store_lattice
+        from ._similarity import similar_tiles, tile_similarity
+
+        meta = slidescope_meta(tiles)
+        encoder = self.encoder.value
+        try:
+            store = open_store(meta["store"])
+            sims = tile_similarity(store, encoder, index)
+            elsewhere = [
+                t
+                for t in similar_tiles(Path(meta["store"]).parent, encoder, (store, index), k=TOP_K)
+                if Path(t.store).resolve() != Path(meta["store"]).resolve()
+            ]
+        except SlidescopeError as err:
+            notify_error(
+                f"no similarity search: {err}. Run Analyse with the {encoder} encoder on this slide first "
+                "(its embeddings are what is compared)."
+            )
+            return None
+        coords, lattice = store_lattice(store)
+        mpp = tuple(meta["mpp"])
+        name = f"similarity to tile {index} ({encoder})"
+        layer_tuple = heatmap_layer(
+            sims,
+            lattice,
+            mpp,
+            name=f"{Path(meta['slide']).stem}: {name}",
+            kind="similarity",
+            metadata={**{k: meta[k] for k in ("slide", "store", "mpp")}, "query_tile": index},
+        )
+        layer_tuple[1]["contrast_limits"] = (float(np.nanmin(sims)), 1.0)
+        (layer,) = add_layer_tuples(self._viewer, [layer_tuple])
+        show_one_heatmap(self._viewer, [layer])
+        self._viewer.layers.selection.active = tiles  # the hover text stays on
+        self._top[name] = (sims, coords, lattice.extent, mpp)
+        self.top_by.reset_choices()
+        self.top_by.value = name
+        self._fill_top_tiles()
+        others = ", ".join(f"{t.slide} tile {t.index} ({t.similarity:.2f})" for t in elsewhere[:3])
+        self.summary.value = f"tiles like tile {index}" + (f"; elsewhere: {others}" if others else "")
+        return layer
 
     # -- associated images -----------------------------------------------------------------------
     def add_associated_image(self, _value: Any = None) -> Any:

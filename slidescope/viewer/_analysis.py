@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._compat import renamed_attribute, renamed_kwargs
 from ..errors import InvalidParameterError
 from ..options import DEFAULT_OFFLINE_ENCODER, EmbeddingOptions, TilingOptions
@@ -118,6 +120,26 @@ class AnalysisResult:
     reused_embeddings: bool = False
     cancelled: bool = False
     seconds: float = 0.0
+    #: after a cancel: tiles whose embeddings were saved (whole chunks only), of how many; None: unknown
+    kept_tiles: tuple[int, int] | None = None
+    #: tiles saved at a time (a chunk): a cancel keeps only the chunks finished before it
+    chunk_tiles: int | None = None
+
+    def cancel_message(self) -> str:
+        """What a cancel kept, truthfully: embeddings are saved a whole chunk at a time."""
+        if self.kept_tiles is None:
+            return (
+                "cancelled: the embeddings of every chunk of tiles finished before the cancel are kept; "
+                "Analyse again resumes after them"
+            )
+        kept, total = self.kept_tiles
+        chunk = f" (they are saved {self.chunk_tiles} tiles at a time)" if self.chunk_tiles else ""
+        if kept == 0:
+            return (
+                f"cancelled before the first chunk of tiles was saved{chunk}: nothing is kept, "
+                f"Analyse again starts from tile 0 of {total}"
+            )
+        return f"cancelled: the embeddings of {kept} of {total} tiles are kept{chunk}; Analyse again resumes there"
 
 
 def parse_prompts(text: str) -> dict[str, list[str]]:
@@ -350,6 +372,7 @@ def run_analysis(
             extraction = yield from _extract(slide, tissue, request, root, cancel)
             if extraction.status == "cancelled":
                 result.cancelled = True
+                result.kept_tiles, result.chunk_tiles = kept_embeddings(store, request.encoder)
                 result.seconds = time.perf_counter() - t0
                 return result
     if cancel.is_set():
@@ -381,6 +404,30 @@ def run_analysis(
         result.summary = _summary(f"zero-shot: best match {row.predicted}", row.probs)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def kept_embeddings(store: Path, encoder: str) -> tuple[tuple[int, int] | None, int | None]:
+    """``((tiles whose embeddings are saved, tiles), tiles per chunk)`` of an interrupted extraction, read from
+    the chunk markers of the store's tiling that holds ``encoder`` (``tilings/<key>/features/<encoder>/done``);
+    ``(None, None)`` where they cannot be read."""
+    import zarr
+
+    try:
+        root: Any = zarr.open_group(str(store), mode="r")
+        tilings = [g for _, g in sorted(root["tilings"].groups())] if "tilings" in root else [root]
+        for tiling in tilings:
+            if "features" in tiling and encoder in tiling["features"]:
+                features: Any = tiling["features"][encoder]
+                n = int(tiling.attrs.get("n_tiles", 0))
+                rows = int(features.attrs["chunk_rows"])
+                done = np.asarray(features["done"][:]).astype(bool)
+                break
+        else:
+            return None, None
+    except Exception:  # noqa: BLE001 - a damaged store: say so vaguely, never fail the cancel
+        return None, None
+    sizes = np.minimum(rows, n - np.arange(len(done)) * rows).clip(min=0)
+    return (int(sizes[done].sum()), n), rows
 
 
 def _summary(head: str, probs: Mapping[str, float]) -> str:

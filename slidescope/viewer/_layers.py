@@ -33,6 +33,8 @@ __all__ = [
     "heatmap_colormap",
     "heatmap_layer",
     "class_labels_layer",
+    "qc_layer",
+    "qc_legend_html",
     "tile_labels_layer",
     "show_tile_grid",
     "show_one_heatmap",
@@ -61,8 +63,22 @@ CLASS_COLOURS = [
     [0, 0, 128],
 ]
 CLASS_COLOUR_NAMES = ["red", "green", "blue", "orange", "purple", "cyan", "magenta", "lime", "olive", "navy"]
-#: the tile-grid layer holds at most this many pixels (each tile drawn as k x k pixels, k <= 8)
+#: colours of the tile QC flags (:data:`slidescope.wsi.QC_CHECKS`) in the QC layer and its legend
+QC_COLOURS = {
+    "blur": [0, 200, 255],
+    "fold": [255, 140, 0],
+    "dark": [90, 90, 90],
+    "pen": [0, 230, 90],
+    "bubble": [255, 0, 200],
+}
+#: opacity of the QC layer: flagged tiles stand out, the tissue under them stays visible
+QC_OPACITY = 0.5
+#: the tile-grid layer holds at most this many pixels (each tile drawn as k x k pixels, k <= 32)
 TILE_GRID_MAX_PIXELS = 4_000_000
+#: most pixels per tile side in the tile-grid layer: its outline (one pixel) is 1/k of a tile wide
+TILE_GRID_MAX_SUBPIXELS = 32
+#: longest side of the tile-grid layer (OpenGL's usual texture limit; napari would downsample it)
+TILE_GRID_MAX_SIDE = 16384
 
 
 def level0_to_world(xy: np.ndarray, mpp: Sequence[float]) -> np.ndarray:
@@ -271,6 +287,67 @@ def class_labels_layer(
     return data, kwargs, "labels"
 
 
+def qc_layer(
+    flags: Mapping[str, np.ndarray],
+    lattice: TileLattice,
+    mpp: Sequence[float],
+    *,
+    name: str,
+    units: str = "um",
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any], str]:
+    """The tile QC flags (``{check: (N,) bool}``, :func:`slidescope.wsi.qc_flags`) as a labels layer.
+
+    Label ``k + 1`` is the k-th check of ``flags`` (a tile with several flags shows the first of them; the
+    tile layer's hover text lists all), 0 an unflagged tile; colours from :data:`QC_COLOURS`.
+    """
+    import pandas as pd
+    from napari.utils.colormaps import DirectLabelColormap
+
+    checks = list(flags)
+    n = len(lattice)
+    label = np.zeros(n, np.int32)
+    for k in reversed(range(len(checks))):  # the first check wins
+        hit = np.asarray(flags[checks[k]], dtype=bool).reshape(-1)
+        if len(hit) != n:
+            raise InvalidParameterError(f"{len(hit)} {checks[k]} flags for {n} tiles")
+        label[hit] = k + 1
+    colours: dict[int | None, Any] = {0: "transparent", None: "transparent"}
+    for k, check in enumerate(checks):
+        colours[k + 1] = np.array([*QC_COLOURS.get(check, [255, 255, 255]), 255]) / 255.0
+    kwargs = _base_kwargs(name, lattice, mpp, units)
+    kwargs.update(
+        {
+            "opacity": QC_OPACITY,
+            "colormap": DirectLabelColormap(color_dict=colours),
+            "features": pd.DataFrame({"index": np.arange(len(checks) + 1), "QC flag": ["none", *checks]}),
+            "metadata": {
+                METADATA_KEY: {
+                    "kind": "qc",
+                    "checks": checks,
+                    "flagged": {c: int(np.count_nonzero(flags[c])) for c in checks},
+                    **(metadata or {}),
+                }
+            },
+        }
+    )
+    return lattice.grid(label, fill=0, dtype=np.int32), kwargs, "labels"
+
+
+def qc_legend_html(layers: Sequence[Any]) -> str:
+    """Rich-text legend of the QC layer among ``layers``: colour, check and number of tiles flagged."""
+    for layer in layers:
+        meta = layer.metadata.get(METADATA_KEY, {})
+        if meta.get("kind") == "qc":
+            items = []
+            for check in meta.get("checks", []):
+                r, g, b = QC_COLOURS.get(check, [255, 255, 255])
+                count = meta.get("flagged", {}).get(check, 0)
+                items.append(f'<span style="color:rgb({r},{g},{b})">&#9632;</span> {check} ({count})')
+            return "QC flags: " + " &nbsp; ".join(items)
+    return ""
+
+
 def tile_labels_layer(
     lattice: TileLattice,
     coords: np.ndarray,
@@ -281,20 +358,24 @@ def tile_labels_layer(
     units: str = "um",
     visible_grid: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    qc: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], str]:
     """The tile grid as a labels layer (label = tile index + 1) whose features hold every score.
 
     With this layer selected, napari's status bar shows the hovered tile's index, level-0 position
-    and scores. Each tile is drawn as k x k pixels (k <= 8, bounded by :data:`TILE_GRID_MAX_PIXELS`)
-    so that, outlined (:func:`show_tile_grid`), it draws the grid; it starts transparent unless
-    ``visible_grid``.
+    and scores (in words once :func:`~slidescope.viewer._readout.attach_tile_readout` is applied).
+    Each tile is drawn as k x k pixels (k <= :data:`TILE_GRID_MAX_SUBPIXELS`, bounded by
+    :data:`TILE_GRID_MAX_PIXELS` and :data:`TILE_GRID_MAX_SIDE`) so that, outlined
+    (:func:`show_tile_grid`), it draws the grid with lines 1/k of a tile wide; it starts transparent
+    unless ``visible_grid``.
     """
     import pandas as pd
     from napari.utils.colormaps import DirectLabelColormap
 
     n = len(lattice)
     rows, cols = lattice.shape
-    k = int(max(1, min(8, np.floor(np.sqrt(TILE_GRID_MAX_PIXELS / max(1, (rows + 2) * (cols + 2)))))))
+    by_pixels = np.floor(np.sqrt(TILE_GRID_MAX_PIXELS / max(1, (rows + 2) * (cols + 2))))
+    k = int(max(1, min(TILE_GRID_MAX_SUBPIXELS, by_pixels, TILE_GRID_MAX_SIDE // (max(rows, cols) + 2))))
     # one empty cell around the lattice, so the outline of a tile on its border is closed too
     index = np.pad(lattice.grid(np.arange(1, n + 1), fill=0, dtype=np.int32), 1)
     data = np.kron(index, np.ones((k, k), np.int32)) if k > 1 else index
@@ -307,6 +388,10 @@ def tile_labels_layer(
     }
     for key, values in scores.items():
         table[key] = np.concatenate([[np.nan], np.asarray(values, dtype=np.float64).reshape(-1)])
+    if qc:  # the QC flags of each tile, in words ("" when none)
+        hits = [np.asarray(v, dtype=bool).reshape(-1) for v in qc.values()]
+        words = [", ".join(c for c, hit in zip(qc, hits, strict=True) if hit[i]) for i in range(n)]
+        table["qc"] = ["", *words]
     scale = lattice.scale(mpp)
     cell = (scale[0] / k, scale[1] / k)
     centre = lattice.translate(mpp)  # of lattice cell (0, 0), which is padded cell (1, 1)
@@ -322,7 +407,15 @@ def tile_labels_layer(
         "colormap": DirectLabelColormap(color_dict={0: "transparent", None: GRID_COLOR}),
         "opacity": GRID_OPACITY if visible_grid else 0.0,
         "features": pd.DataFrame(table),
-        "metadata": {METADATA_KEY: {"kind": "tiles", "subpixels": k, **(metadata or {})}},
+        "metadata": {
+            METADATA_KEY: {
+                "kind": "tiles",
+                "subpixels": k,
+                "mpp": [float(mpp[0]), float(mpp[1])],
+                "units": units,
+                **(metadata or {}),
+            }
+        },
     }
     return data, kwargs, "labels"
 
@@ -397,15 +490,17 @@ def tissue_layer(
     """Tissue outlines (level-0 (x, y) pixel-edge polygons, e.g. ``TissueMask.contours``) as a shapes layer.
 
     The shapes' data are level-0 pixel-edge coordinates (row, col) = (y, x), the QuPath convention;
-    ``scale`` and a half-pixel ``translate`` put them on the slide in µm. Holes are drawn as their
-    own outlines, ``edge_width_um`` wide (napari draws shape edges in data units: about one screen
-    pixel when a whole section fills the window, and as coarse as the mask they come from).
+    ``scale`` and a half-pixel ``translate`` put them on the slide in µm. Each outline and each hole is
+    a closed ring drawn as a path (a polygon's face is triangulated by napari even when transparent:
+    about 5 s for one 5,000-vertex outline, 0.02 s as a path), ``edge_width_um`` wide until
+    :func:`~slidescope.viewer._readout.watch_viewer` keeps it a screen pixel or two at every zoom.
     """
-    polygons = [np.asarray(c, dtype=np.float64)[:, ::-1] for c in contours if len(c) >= 3]
-    polygons += [np.asarray(h, dtype=np.float64)[:, ::-1] for hs in holes for h in hs if len(h) >= 3]
+    rings = [np.asarray(c, dtype=np.float64) for c in contours if len(c) >= 3]
+    rings += [np.asarray(h, dtype=np.float64) for hs in holes for h in hs if len(h) >= 3]
+    polygons = [(r if np.array_equal(r[0], r[-1]) else np.vstack([r, r[:1]]))[:, ::-1].copy() for r in rings]
     kwargs = {
         "name": name,
-        "shape_type": "polygon",
+        "shape_type": "path",
         "scale": (mpp[1], mpp[0]),
         "translate": (-0.5 * mpp[1], -0.5 * mpp[0]),
         "units": (units, units),

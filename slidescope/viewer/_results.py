@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ._layers import TileLattice, class_labels_layer, heatmap_layer, tile_labels_layer, tissue_layer
+from ._layers import TileLattice, class_labels_layer, heatmap_layer, qc_layer, tile_labels_layer, tissue_layer
 
-__all__ = ["score_kind", "store_lattice", "read_scores", "result_layers"]
+__all__ = ["score_kind", "store_lattice", "read_scores", "store_qc_flags", "result_layers"]
 
 
 def score_kind(name: str) -> str:
@@ -52,6 +52,17 @@ def read_scores(store: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def store_qc_flags(store: Any) -> dict[str, np.ndarray]:
+    """``{check: (N,) bool}`` from the QC measures the store keeps (``--qc flag|exclude``), with the default
+    thresholds of :func:`slidescope.wsi.qc_flags`; ``{}`` for a store made without QC."""
+    values = store.qc()
+    if not values:
+        return {}
+    from ..wsi import qc_flags
+
+    return {k: np.asarray(v, dtype=bool) for k, v in qc_flags(values).items()}
+
+
 def result_layers(
     store: Any,
     names: Sequence[str],
@@ -75,8 +86,9 @@ def result_layers(
     Returns
     -------
     list of (data, kwargs, layer type)
-        Tissue outlines (if given), one heatmap per score, the class labels (if ``classes``), and
-        the tile grid whose features carry every score (last, so selecting it shows them on hover).
+        Tissue outlines (if given), one heatmap per score, the class labels (if ``classes``), the tile
+        QC flags (if the store has QC measures: ``--qc flag``), and the tile grid whose features carry
+        every score and flag (last, so selecting it shows them on hover).
     """
     stem = Path(slide_path).stem
     common = {"slide": str(slide_path), "store": str(store.path), "mpp": [float(mpp[0]), float(mpp[1])]}
@@ -116,6 +128,9 @@ def result_layers(
                     metadata={**common, "scores": [f"zero-shot/{c}" for c in classes]},
                 )
             )
+    flags = store_qc_flags(store)
+    if flags:
+        layers.append(qc_layer(flags, lattice, mpp, name=f"{stem}: QC flags", units=units, metadata=common))
     layers.append(
         tile_labels_layer(
             lattice,
@@ -125,6 +140,7 @@ def result_layers(
             name=f"{stem}: tiles",
             units=units,
             metadata={**common, "scores": list(scores)},
+            qc=flags,
         )
     )
     return layers

@@ -78,16 +78,41 @@ def _same_data(old: Any, new: Any) -> bool:
     )
 
 
+#: the button on an error toast that opens the whole message
+WHOLE_MESSAGE = "Whole message"
+
+
 def notify_error(message: str) -> None:
     """A napari error notification (no traceback dialog) starting with ``slidescope:``.
 
-    napari's toast shows the first lines only; the whole message also goes to the ``slidescope.viewer``
+    napari's toast shows one elided line; its :data:`WHOLE_MESSAGE` button opens the whole message in a
+    dialog (selectable text, stays until closed), and the message also goes to the ``slidescope.viewer``
     log (napari's console and the terminal napari was started from)."""
-    from napari.utils.notifications import show_error
+    from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
 
     text = message if message.startswith("slidescope") else f"slidescope: {message}"
     log.error("%s", text)
-    show_error(text)
+    notification_manager.dispatch(
+        Notification(
+            text,
+            severity=NotificationSeverity.ERROR,
+            actions=[(WHOLE_MESSAGE, lambda toast: show_message_dialog(text, toast))],
+        )
+    )
+
+
+def show_message_dialog(text: str, toast: Any = None) -> Any:
+    """Open ``text`` in a non-modal message box (over the toast's window); returns the box."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QMessageBox
+
+    parent = toast.window() if toast is not None and hasattr(toast, "window") else None
+    box = QMessageBox(QMessageBox.Icon.Critical, "slidescope", text, QMessageBox.StandardButton.Close, parent)
+    box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.setModal(False)
+    box.show()
+    return box
 
 
 def short_path(path: str | Path) -> str:

@@ -187,7 +187,8 @@ class Backend:
 
 
 #: name -> backend class, filled by :func:`register_backend`. Read it through :func:`registered_backends`,
-#: which first loads the built-in OME-Zarr and plain-image readers and the ``slidescope.readers`` entry points.
+#: which first loads the built-in DICOM, OME-Zarr and plain-image readers and the ``slidescope.readers``
+#: entry points.
 BACKENDS: dict[str, type[Backend]] = {}
 
 _loaded = False
@@ -208,13 +209,13 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 
 
 def registered_backends() -> dict[str, type[Backend]]:
-    """The registry (name -> class), after loading the built-in OME-Zarr and plain-image readers and, once,
-    the plugins."""
+    """The registry (name -> class), after loading the built-in DICOM, OME-Zarr and plain-image readers and,
+    once, the plugins."""
     global _loaded
     if not _loaded:
         _loaded = True
         from .._plugins import load_plugins
-        from . import _omezarr, _pil  # noqa: F401 - register the OME-Zarr and plain-image backends
+        from . import _dicom, _omezarr, _pil  # noqa: F401 - register the DICOM, OME-Zarr, plain-image backends
 
         load_plugins("readers")  # then the `slidescope.readers` entry points (a plugin may override a name)
     return BACKENDS

@@ -12,7 +12,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["signed_area", "ring_area_um2", "ring_to_list", "drop_collinear", "mask_contours", "iter_polygons"]
+__all__ = [
+    "signed_area",
+    "ring_area_um2",
+    "ring_to_list",
+    "drop_collinear",
+    "simplify_chain",
+    "mask_contours",
+    "iter_polygons",
+]
 
 
 def signed_area(ring: np.ndarray) -> float:
@@ -44,12 +52,56 @@ def drop_collinear(rc: np.ndarray) -> np.ndarray:
     return np.vstack([out, out[:1]])
 
 
+def simplify_chain(rc: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker: the points of the chain ``rc`` (K, 2) kept so that every dropped point lies within
+    ``tolerance`` of the simplified chain; the first and last points are always kept.
+
+    A point's distance to a segment is the perpendicular one when it projects strictly inside the segment,
+    else the distance to the nearer end (so a closed ring, whose ends coincide, splits at its farthest
+    point). The same rule as :func:`skimage.measure.approximate_polygon` (tests/wsi/test_polygons_simplify.py
+    compares the two), without importing it: its module loads ``scipy.signal``, which costs more than
+    tracing the contours of a slide.
+    """
+    n = len(rc)
+    if tolerance <= 0 or n < 3:
+        return rc
+    pts = np.asarray(rc, dtype=np.float64)
+    keep = np.zeros(n, dtype=bool)
+    keep[0] = keep[-1] = True
+    stack = [(0, n - 1)]
+    while stack:
+        start, end = stack.pop()
+        if end - start < 2:
+            continue
+        a, b = pts[start], pts[end]
+        seg = b - a
+        inner = pts[start + 1 : end]
+        to_a, to_b = inner - a, inner - b
+        # projects strictly inside the segment: perpendicular distance, else to the nearer end
+        along_a = to_a[:, 0] * seg[0] + to_a[:, 1] * seg[1]
+        along_b = to_b[:, 0] * seg[0] + to_b[:, 1] * seg[1]
+        perp = (along_a > 0) & (along_b < 0)
+        dist = np.sqrt(np.minimum(to_a[:, 0] ** 2 + to_a[:, 1] ** 2, to_b[:, 0] ** 2 + to_b[:, 1] ** 2))
+        # the line in Hesse normal form, r cos(t) + c sin(t) = d, its unit normal at angle t
+        t = -np.arctan2(seg[0], seg[1])
+        cos, sin = np.cos(t), np.sin(t)
+        d = a[0] * cos + a[1] * sin
+        dist[perp] = np.abs(inner[perp, 0] * cos + inner[perp, 1] * sin - d)
+        k = int(np.argmax(dist))
+        if dist[k] > tolerance:
+            mid = start + 1 + k
+            keep[mid] = True
+            stack.append((start, mid))
+            stack.append((mid, end))
+    return rc[keep]
+
+
 def mask_contours(
     mask: np.ndarray, ds: tuple[float, float]
 ) -> tuple[tuple[np.ndarray, ...], tuple[tuple[np.ndarray, ...], ...]]:
     """Outer ring and holes of every 8-connected component, level-0 (x, y), closed, simplified."""
     from scipy import ndimage
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     if not mask.any():
         return (), ()
@@ -67,7 +119,7 @@ def mask_contours(
         for rc in find_contours(padded, 0.5, fully_connected="high"):
             if len(rc) < 3:
                 continue
-            rc = approximate_polygon(drop_collinear(rc), tolerance=0.5)
+            rc = simplify_chain(drop_collinear(rc), 0.5)
             if not np.array_equal(rc[0], rc[-1]):
                 rc = np.vstack([rc, rc[:1]])
             # padded (row, col) index -> mask edge coordinates -> level-0 (x, y)

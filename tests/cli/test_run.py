@@ -479,7 +479,9 @@ def test_score_and_zero_shot_on_dask_equal_local(assets: Assets, tmp_path: Path)
     # zero-shot also does one slide per matrix product on the workers vs all at once here.
     assert len(mil_l) == len(assets.slides)
     for rows_l, rows_d in ((mil_l, mil_d), (zs_l, zs_d)):
-        assert [(r["slide"], r["predicted"]) for r in rows_l] == [(r["slide"], r["predicted"]) for r in rows_d]
+        assert [(r["slide"], r["predicted"]) for r in rows_l] == [
+            (r["slide"], r["predicted"]) for r in rows_d
+        ]
         for a, b in zip(rows_l, rows_d, strict=True):
             for col in (c for c in a if c.startswith("prob_")):
                 assert abs(float(a[col]) - float(b[col])) <= 2e-6, (a, b)

@@ -114,6 +114,9 @@ def test_cancel_stops_extraction_between_batches_and_the_next_run_finishes(
     store = open_store(stores / "sample_slide.zarr")
     assert "he-descriptor" not in store.encoders()  # incomplete: never mistaken for cached
     assert store.encoders(complete_only=False) == ["he-descriptor"]
+    # the sample's 93 tiles are one chunk of 1024: nothing is kept, and the message says so
+    assert result.kept_tiles == (0, total) and result.chunk_tiles == 1024
+    assert "nothing is kept" in result.cancel_message() and "from tile 0" in result.cancel_message()
     # the next run finishes the embeddings (resuming from the last whole chunk) and scores
     _, again = drive(request)
     assert not again.cancelled and not again.reused_embeddings and again.scores == ["abmil/attention"]
@@ -158,3 +161,35 @@ def test_a_run_folder_scores_exactly_as_slidescope_run(
     for name, p in result.probabilities.items():
         assert row[f"mil_prob_{name}"] == pytest.approx(p, abs=1e-6)
     assert one.probabilities != result.probabilities
+
+
+def test_a_cancel_reports_exactly_the_tiles_the_next_run_does_not_recompute(
+    sample_copy: Path, tmp_path: Path
+) -> None:
+    from slidescope.features import extract_features
+    from slidescope.viewer._analysis import kept_embeddings
+    from slidescope.wsi import make_tile_grid, open_slide
+
+    slide = open_slide(sample_copy)
+    grid = make_tile_grid(slide, tile_size=224, mpp=0.5)
+    batches = iter(range(100))
+
+    def after_ten_batches() -> bool:
+        return next(batches) >= 10
+
+    common = {"store": tmp_path, "num_workers": 0, "progress": False, "chunk_rows": 16, "batch_size": 8}
+    first = extract_features(slide, grid, "he-descriptor", should_stop=after_ten_batches, **common)
+    assert first.status == "cancelled"
+    (kept, total), chunk = kept_embeddings(Path(first.store), "he-descriptor")
+    assert chunk == 16 and total == len(grid) and 0 < kept < total and kept % 16 == 0
+    message = AnalysisResult(
+        slide=sample_copy,
+        store=Path(first.store),
+        mpp=(0.5, 0.5),
+        tissue=None,
+        kept_tiles=(kept, total),
+        chunk_tiles=16,
+    ).cancel_message()
+    assert f"{kept} of {total} tiles are kept" in message
+    again = extract_features(slide, grid, "he-descriptor", **common)
+    assert again.status == "done" and again.computed == total - kept  # the extractor's own resume agrees

@@ -92,8 +92,10 @@ def test_heatmap_colormap_is_transparent_at_zero() -> None:
     assert rgba[3, 0] > 0.9 and rgba[3, 1] > 0.9  # hot end: bright yellow
 
 
-def test_tile_grid_layer_shows_the_hovered_tiles_scores() -> None:
+def test_tile_grid_layer_names_the_hovered_tile_in_words_and_nothing_outside() -> None:
     from napari.components import ViewerModel
+
+    from slidescope.viewer._readout import watch_viewer
 
     coords, extent, stride = _grid(overlap=64)
     lattice = TileLattice.from_coords(coords, extent, stride)
@@ -103,6 +105,7 @@ def test_tile_grid_layer_shows_the_hovered_tiles_scores() -> None:
     }
     data, kwargs, kind = tile_labels_layer(lattice, coords, scores, MPP)
     viewer = ViewerModel()
+    watch_viewer(viewer)  # what the sample and the widgets do
     layer = viewer.add_labels(data, **kwargs)
     assert kind == "labels" and layer.opacity == 0.0  # hidden grid, but hovering still works
     viewer.mouse_over_canvas = True
@@ -112,11 +115,29 @@ def test_tile_grid_layer_shows_the_hovered_tiles_scores() -> None:
     centre = level0_to_world(np.array([x + extent[0] / 2, y + extent[1] / 2]), MPP)
     assert layer.get_value(centre, world=True) == i + 1
     viewer.cursor.position = tuple(centre)
-    status = viewer.status["value"]
-    assert f"tile: {i}" in status and f"x: {x}" in status and "abmil/attention: 0.07" in status
-    # sub-pixels of neighbouring tiles never mix: each tile is a k x k block
+    expected = (
+        f"tile {i} (x {x * MPP[0]:.0f}, y {y * MPP[1]:.0f} µm) · abmil attention 0.07"
+        f" · zero-shot tumour {scores['zero-shot/tumour'][i]:.3g}"
+    )
+    assert viewer.status["value"] == expected
+    assert viewer.status["coordinates"].endswith(": " + expected)  # what the status bar shows
+    assert layer._get_tooltip_text(np.asarray(centre), world=True) == expected
+    # between tiles (a hole of the lattice) and outside the lattice: nothing but the position
+    hole = lattice.translate(MPP)  # the centre of lattice cell (0, 0): (rows + cols) % 3 == 0, no tile
+    assert layer.get_value(hole, world=True) == 0
+    for where in (hole, (-500.0, -500.0)):
+        viewer.cursor.position = tuple(float(v) for v in where)
+        assert viewer.status["value"] == "" and "tile" not in viewer.status["coordinates"]
+        assert ": " not in viewer.status["coordinates"]
+    # sub-pixels of neighbouring tiles never mix: each tile is a k x k block (k: 1/k-tile-wide grid lines)
     k = kwargs["metadata"]["slidescope"]["subpixels"]
-    assert k == 8 and data.shape == ((lattice.shape[0] + 2) * k, (lattice.shape[1] + 2) * k)
+    assert k == 32 and data.shape == ((lattice.shape[0] + 2) * k, (lattice.shape[1] + 2) * k)
+
+
+def test_tile_grid_subpixels_stay_within_the_texture_limit() -> None:
+    coords = np.stack([np.arange(700) * 224, np.zeros(700, np.int64)], axis=1)  # one long row of tiles
+    data, kwargs, _ = tile_labels_layer(TileLattice.from_coords(coords, (224, 224)), coords, {}, MPP)
+    assert max(data.shape) <= 16384 and kwargs["metadata"]["slidescope"]["subpixels"] >= 1
 
 
 def test_tissue_outline_is_in_level0_edges() -> None:

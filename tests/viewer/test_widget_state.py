@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6 backend:UserWarning")
 
 WAIT_MS = 120_000
 SHOTS = Path("/tmp/q_shots")
@@ -84,6 +83,26 @@ def test_error_notifications_keep_the_whole_message_in_the_log(notifications, ca
         notify_error(message)
     assert notifications == [("error", f"slidescope: {message}")]
     assert caplog.records[-1].getMessage() == f"slidescope: {message}"
+
+
+def test_an_error_toast_opens_its_whole_message(make_napari_viewer, qtbot) -> None:
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QMessageBox, QPushButton
+
+    from slidescope.viewer._widgets import WHOLE_MESSAGE, notify_error
+
+    viewer = make_napari_viewer(show=True)  # napari shows toasts on a visible window only
+    message = "the store x.zarr was made from another slide; " + "choose this slide's store " * 20 + "END"
+    notify_error(message)
+    qtbot.waitUntil(lambda: bool(NapariQtNotification._instances), timeout=5000)
+    toast = NapariQtNotification._instances[-1]
+    assert toast.message.text() == f"slidescope: {message}"  # the toast itself elides it to one line
+    (button,) = [b for b in toast.findChildren(QPushButton) if b.text() == WHOLE_MESSAGE]
+    button.click()
+    boxes = viewer.window._qt_window.findChildren(QMessageBox)
+    assert [box.text() for box in boxes] == [f"slidescope: {message}"] and boxes[0].isVisible()
+    boxes[0].close()
+    toast.close()
 
 
 def test_slides_open_with_slidescope_without_naming_the_plugin(

@@ -13,7 +13,6 @@ from slidescope.viewer._layers import level0_to_world
 
 # napari 0.9 warns on every Qt viewer made with PyQt5 (the binding the `viewer` extra installs) that it
 # cannot detect the system theme; that is napari's concern, not something these tests can fix
-pytestmark = pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6 backend:UserWarning")
 
 WAIT_MS = 120_000  # generous: the first analysis imports torch and lightning on a loaded 2-core machine
 
@@ -149,7 +148,10 @@ def test_analyse_with_a_checkpoint_on_cached_embeddings(
     viewer.mouse_over_canvas = True
     viewer.cursor.position = tuple(centre)
     status = viewer._calc_status_from_cursor()[0]["value"]
-    assert f"tile: {best}" in status and f"abmil/attention: {attention[best]:.3g}"[:24] in status
+    x, y = coords[best]
+    assert (
+        status == f"tile {best} (x {x * 0.5:.0f}, y {y * 0.5:.0f} µm) · abmil attention {attention[best]:.3g}"
+    )
     # top tiles: highest first; choosing one centres the view on it
     first = widget.top_tiles.choices[0]
     assert first == ("abmil/attention", best) and len(widget.top_tiles.choices) == 10
@@ -221,6 +223,7 @@ def test_analyse_bad_input_is_a_notification(
     errors = [m for s, m in notifications if s == "error"]
     assert len(errors) == 1 and errors[0].startswith("slidescope: ") and expected in errors[0], notifications
     assert widget.last_result is None and widget.run_button.enabled and "failed" in widget.status.value
+    assert expected in widget.status.value and widget.status.native.wordWrap()  # the whole message, wrapped
 
 
 def test_cancel_stops_the_extraction(

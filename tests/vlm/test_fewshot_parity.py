@@ -59,10 +59,39 @@ def test_linear_probe_matches_sklearn_logistic_regression(n_classes: int, lam: f
 def test_linear_probe_says_how_lambda_was_chosen() -> None:
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(12, 4)), np.resize([0, 1], 12)
-    assert linear_probe(X, y, lambdas=[0.1, 1.0]).tuning == "holdout"
+    assert linear_probe(X, y, lambdas=[0.1, 1.0]).tuning == "cross-validation"
     assert linear_probe(X, y, X_val=X[:4], y_val=y[:4], lambdas=[0.1, 1.0]).tuning == "validation"
     one_shot = linear_probe(X[:2], y[:2], lambdas=[0.1, 1.0])  # nothing to hold out: scikit-learn's C=1
     assert one_shot.tuning == "default" and one_shot.hyperparameters == {"lambda": 1.0}
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_probe_cross_validation_chooses_as_scikit_learn(n_classes: int) -> None:
+    """Without a validation set, lambda is scikit-learn's ``LogisticRegressionCV`` choice (same folds, scoring by
+    log-loss, C = 1/lambda) and the refitted probe equals its ``refit=True`` model."""
+    from slidescope.vlm._fewshot_core import _stratified_folds
+
+    rng = np.random.default_rng(n_classes)
+    shots, d = 8, 6
+    y = np.repeat(np.arange(n_classes), shots)
+    X = rng.normal(size=(n_classes, d))[y] * 0.8 + rng.normal(size=(len(y), d))
+    lambdas = [0.03, 0.3, 3.0, 30.0, 300.0]
+    probe = linear_probe(X, y, lambdas=lambdas, folds=4, seed=3)
+    assert probe.tuning == "cross-validation"
+    fold = _stratified_folds(torch.from_numpy(y), 4, 3).numpy()
+    assert sorted(np.bincount(fold)) == [2 * n_classes] * 4  # equal folds: a mean over folds = our sum
+    cv = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(4)]
+    ref = linear_model.LogisticRegressionCV(
+        Cs=[1 / lam for lam in lambdas],
+        cv=cv,
+        scoring="neg_log_loss",
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
+        tol=1e-10,
+        max_iter=10_000,
+    ).fit(X, y)
+    assert probe.lam == pytest.approx(1 / float(np.ravel(ref.C_)[0]))
+    np.testing.assert_allclose(probe.predict_proba(X).numpy(), ref.predict_proba(X), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- reference goldens
@@ -159,15 +188,18 @@ def test_gda_leave_one_out_equals_refitting_without_each_slide() -> None:
     X, y, zs = _problem(2)
     model = gda(X, y, zs=zs)
     assert model.tuning == "leave-one-out"
-    scores = []
-    for a in (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0):
+    grid = list(np.logspace(-4, 2, 61))  # the default: 10 per decade over the reference grid's span
+    assert model.alpha in grid
+    losses = []
+    for a in grid:  # brute force: each slide scored by GDA fitted without it
         logits = []
         for i in range(len(y)):
             keep = np.arange(len(y)) != i
             m = gda(X[keep], y[keep], zs=zs[keep], alpha=a, n_classes=3)
             logits.append(m.logits(X[i : i + 1], zero_shot_logits=zs[i : i + 1]))
-        scores.append(_acc_and_loss(torch.cat(logits), y) + (a,))
-    assert model.alpha == max(scores, key=lambda t: (t[0], -t[1]))[2]
+        losses.append(_acc_and_loss(torch.cat(logits), y)[1])
+    assert model.alpha == pytest.approx(grid[int(np.argmin(losses))])  # the lowest leave-one-out log-loss
+    assert gda(X, y, zs=zs, loo_alphas=[0.5]).alpha == 0.5
 
 
 def test_one_shot_uses_the_reference_defaults() -> None:

@@ -27,7 +27,7 @@ from slidescope.errors import MissingMppError, UnsupportedSlideError
 from slidescope.wsi import Backend, backend_names, open_slide, registered_backends
 from slidescope.wsi import _backends
 
-from realdata import REPO, real_file
+from realdata import REPO, in_ci, real_file
 
 #: the repository's synthetic sample slide
 SAMPLE = REPO / "sample_data" / "sample_slide.tiff"
@@ -138,8 +138,43 @@ def _ome_zarr(path: Path, zarr_format: int, channels: int = 3) -> list[np.ndarra
     return levels
 
 
+def _dicom(root: Path, svs: Path) -> Case | None:
+    """The synthetic SVS as a DICOM-WSI series written by wsidicomizer (tiffslide source: JPEG frames), with
+    OpenSlide's decode of that series as the reference; None when wsidicom/wsidicomizer are not installed."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the converter's import and run: it only writes the test file
+            from wsidicomizer import WsiDicomizer
+            from wsidicomizer.wsidicomizer import SourceIdentifier
+
+            out = root / "series-dicom"
+            WsiDicomizer.convert(
+                svs, out, preferred_source=SourceIdentifier.TIFFSLIDE, workers=1, tile_size=256
+            )
+    except ImportError:
+        return None
+    import openslide
+
+    with openslide.OpenSlide(str(sorted(out.glob("*.dcm"))[0])) as reference:
+        levels = [
+            np.asarray(reference.read_region((0, 0), i, d)) for i, d in enumerate(reference.level_dimensions)
+        ]
+    return Case(
+        "wsidicom",
+        out,
+        levels,
+        (0.5, 0.5),
+        "DICOM PixelSpacing (Pixel Measures)",
+        auto=False,
+        tiles=[(256, 256)] * len(levels),
+    )
+
+
 def _cases(root: Path) -> dict[str, Case]:
     svs = _synthetic_svs(root)
+    dicom = _dicom(root, svs)
     svs_levels, svs_tiles = _tifffile_levels(svs)
     ome = _ome_pyramid(root)
     ome_levels, ome_tiles = _tifffile_levels(ome)
@@ -186,6 +221,7 @@ def _cases(root: Path) -> dict[str, Case]:
             "OME-NGFF multiscales (scale transformation)",
             tiles=[(128, 128)] * 2,
         ),
+        **({"wsidicom-dicom": dicom} if dicom is not None else {}),
     }
 
 
@@ -204,6 +240,7 @@ CASE_NAMES = [
     "pil-jpeg",
     "ome-zarr-0.4",
     "ome-zarr-0.5",
+    "wsidicom-dicom",
 ]
 
 
@@ -261,6 +298,10 @@ def check_contract(slide: Any, levels: list[np.ndarray], tiles: list[tuple[int, 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_backend_contract_on_synthetic_files(cases: dict[str, Case], name: str) -> None:
+    if name not in cases:  # wsidicom-dicom: the converter is a development dependency
+        if in_ci():
+            pytest.fail(f"{name}: wsidicom/wsidicomizer are not installed (development dependencies)")
+        pytest.skip(f"{name}: wsidicom and wsidicomizer are not installed")
     case = cases[name]
     with open_slide(case.path, backend=case.backend, **case.open_kwargs) as slide:
         assert slide.backend == case.backend

@@ -1,4 +1,5 @@
-"""What every patch encoder is: a frozen config (the contract the pipeline reads) and a module.
+"""What every patch encoder is: a frozen config (the contract the pipeline reads; in ``_config``, torch-free)
+and a module.
 
 The pipeline never hard-codes preprocessing: tile size and mpp to tile at, input size, mean/std,
 interpolation, precision and pooling all travel with the :class:`EncoderConfig`.
@@ -6,82 +7,14 @@ interpolation, precision and pooling all travel with the :class:`EncoderConfig`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ...errors import InvalidParameterError
+from ._config import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, Pooling as Pooling, Precision as Precision
 
 __all__ = ["EncoderConfig", "Encoder", "IMAGENET_MEAN", "IMAGENET_STD"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Pooling = Literal["cls", "cls+mean", "mean", "pooler", "none"]
-Precision = Literal["fp32", "fp16", "bf16"]
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Everything the pipeline needs to know about a patch encoder, as data.
-
-    Attributes
-    ----------
-    name : registry name (``"uni"``, ``"virchow2"``...).
-    architecture : how it is built, e.g. ``"timm:vit_large_patch16_224"``.
-    kwargs : the exact constructor kwargs that match the published checkpoint.
-    hub_id : Hugging Face hub repository of the weights (None for weight-free models).
-    weights_file : file inside ``hub_id`` holding the weights.
-    embed_dim : length of one tile embedding.
-    input_size : side in px of the model input (tiles are resized / cropped to it on the device).
-    resize_size : side the tile is resized to before the centre crop (== input_size: no crop).
-    mean, std : normalisation of RGB in [0, 1].
-    interpolation : ``"bilinear"`` or ``"bicubic"`` for the on-device resize.
-    tile_size, mpp : what the model was trained on: tile side in px at mpp µm/px.
-    precision : recommended compute precision on a GPU.
-    pooling : how the token sequence becomes one vector (documented per model).
-    license, license_url, gated : terms of the weights (not of slidescope).
-    weight_free : True when the encoder needs no weights at all.
-    """
-
-    name: str
-    architecture: str
-    embed_dim: int
-    input_size: int = 224
-    resize_size: int | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    hub_id: str | None = None
-    weights_file: str | None = None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
-    tile_size: int = 224
-    mpp: float = 0.5
-    precision: Precision = "fp32"
-    pooling: Pooling = "cls"
-    num_register_tokens: int = 0
-    license: str = "unknown"
-    license_url: str | None = None
-    gated: bool = False
-    weight_free: bool = False
-    description: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, for provenance in stores and checkpoints."""
-        out = asdict(self)
-        out["kwargs"] = {k: _jsonable(v) for k, v in self.kwargs.items()}
-        return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, int | float | str | bool) or value is None:
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return getattr(value, "__qualname__", None) or repr(value)
 
 
 class Encoder(nn.Module):

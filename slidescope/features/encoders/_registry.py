@@ -1,36 +1,86 @@
-"""The encoder registry: names -> (config, builder). Registering never downloads or imports heavy code."""
+"""The encoder registry: names -> (config, builder). Registering never downloads or imports heavy code.
+
+Importing this module, listing the encoders and reading their configs load no torch (the built-in configs
+are data in ``_catalog``, their builders :class:`LazyBuilder` references); :func:`create_encoder` imports
+torch and the model's family module.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from ...errors import InvalidParameterError
-from ._base import Encoder, EncoderConfig
-from ._weights import file_digest, load_into, read_state_dict, resolve_weights
+from ._config import EncoderConfig, ImportRef
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ._base import Encoder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register_encoder", "list_encoders", "get_encoder_config", "create_encoder", "resolve_device"]
+__all__ = [
+    "register_encoder",
+    "list_encoders",
+    "get_encoder_config",
+    "create_encoder",
+    "resolve_device",
+    "LazyBuilder",
+]
 
-Builder = Callable[[EncoderConfig], Encoder]
+Builder = Callable[[EncoderConfig], "Encoder"]
 _REGISTRY: dict[str, tuple[EncoderConfig, Builder]] = {}
 
 
-def register_encoder(config: EncoderConfig, builder: Builder) -> None:
-    """Add an encoder. ``builder(config)`` returns the architecture with random weights."""
+class LazyBuilder:
+    """A builder named by where it lives (``"package.module:function"``), imported on the first call.
+
+    What :func:`register_encoder` makes of a builder given as a string: the config is registered now, the
+    module (and torch with it) is imported only when the model is built.
+    """
+
+    def __init__(self, ref: ImportRef | str) -> None:
+        self.ref = ref if isinstance(ref, ImportRef) else ImportRef(ref)
+
+    def __call__(self, config: EncoderConfig) -> Encoder:
+        builder: Builder = self.ref.load()
+        return builder(config)
+
+    def __repr__(self) -> str:
+        return f"LazyBuilder({self.ref.path!r})"
+
+
+def register_encoder(config: EncoderConfig, builder: Builder | ImportRef | str) -> None:
+    """Add an encoder. ``builder(config)`` returns the architecture with random weights.
+
+    ``builder`` may be a callable, or where one lives (``"my_lab.models:build"`` or an :class:`ImportRef`),
+    imported when the encoder is first built: a plugin that registers this way keeps ``slidescope --help``,
+    ``run --dry-run`` and config checks free of its model code.
+    """
     if config.name in _REGISTRY:
         log.warning("encoder %r registered twice; the later one wins", config.name)
-    _REGISTRY[config.name] = (config, builder)
+    _REGISTRY[config.name] = (
+        config,
+        LazyBuilder(builder) if isinstance(builder, ImportRef | str) else builder,
+    )
+
+
+_builtins_registered = False
 
 
 def _ensure_loaded() -> None:
+    global _builtins_registered
     from ..._plugins import load_plugins
-    from . import presets  # noqa: F401  (registers the built-in encoders)
 
+    if not _builtins_registered:
+        _builtins_registered = True
+        from ._catalog import BUILTINS
+
+        for config, builder in BUILTINS:
+            register_encoder(config, builder)
     load_plugins("encoders")  # then the `slidescope.encoders` entry points (a plugin may override a name)
 
 
@@ -63,12 +113,15 @@ def get_encoder_config(name: str) -> EncoderConfig:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    import torch
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: the compute precisions and their torch dtypes (names of ``torch`` attributes: torch loads when used)
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def create_encoder(
@@ -125,6 +178,10 @@ def create_encoder(
     torch.Size([2, 98])
     >>> uni = ss.create_encoder("uni", weights="/models/uni/pytorch_model.bin")   # doctest: +SKIP
     """
+    import torch
+
+    from ._weights import file_digest, load_into, read_state_dict, resolve_weights
+
     config, builder = _entry(name)
     dev = resolve_device(device)
     if precision is None:
@@ -144,5 +201,5 @@ def create_encoder(
         digest = file_digest(path)
     encoder.weights_digest = digest
     encoder.precision = precision
-    encoder.autocast_dtype = _DTYPES[precision]
+    encoder.autocast_dtype = getattr(torch, _DTYPES[precision])
     return encoder.eval().to(dev)

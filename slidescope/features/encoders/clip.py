@@ -30,7 +30,7 @@ from torch import nn
 
 from ...errors import InvalidParameterError
 from ._base import Encoder, EncoderConfig
-from ._registry import register_encoder
+from ._catalog import CLIP_MEAN, CLIP_STD, PLIP, QUILTNET
 from ._weights import WeightsError, _gated_hint, file_digest, load_into, read_state_dict, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ __all__ = [
     "list_clip_text_towers",
 ]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _HF_IMAGE_PREFIXES = ("vision_model.", "visual_projection.")
 
@@ -161,80 +159,6 @@ def build_hf_clip_image(config: EncoderConfig) -> HFClipImageEncoder:
 def build_open_clip_image(config: EncoderConfig) -> OpenClipImageEncoder:
     """Random-init open_clip image tower (no download)."""
     return OpenClipImageEncoder(config)
-
-
-PLIP = EncoderConfig(
-    name="plip",
-    architecture="transformers:CLIPVisionModelWithProjection (CLIP ViT-B/32 image tower of CLIPModel)",
-    embed_dim=512,
-    input_size=224,
-    resize_size=224,
-    kwargs={
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "projection_dim": 512,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "num_channels": 3,
-        "image_size": 224,
-        "patch_size": 32,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-        "attention_dropout": 0.0,
-    },
-    hub_id="vinid/plip",
-    weights_file="pytorch_model.bin",
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
-    interpolation="bicubic",
-    tile_size=224,
-    mpp=0.5,
-    precision="fp32",
-    pooling="pooler",
-    license="research use only (no licence file; model card: CLIP terms, deployed use out of scope)",
-    license_url="https://huggingface.co/vinid/plip",
-    gated=False,
-    description=(
-        "PLIP (Huang et al., Nat Med 2023): OpenAI CLIP ViT-B/32 fine-tuned on OpenPath (208k pathology "
-        "image-text pairs from medical Twitter, mixed magnifications); 512-d projected image embedding "
-        "(get_image_features, not L2-normalised). No native mpp: 224 px at 0.5 µm/px chosen; CLIP "
-        "preprocessing (bicubic 224 + centre crop, OpenAI mean/std)."
-    ),
-)
-
-QUILTNET = EncoderConfig(
-    name="quiltnet",
-    architecture="open_clip:ViT-B-32 image tower",
-    embed_dim=512,
-    input_size=224,
-    resize_size=224,
-    kwargs={
-        "embed_dim": 512,
-        "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
-        "quick_gelu": False,
-    },
-    hub_id="wisdomik/QuiltNet-B-32",
-    weights_file="open_clip_pytorch_model.bin",
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
-    interpolation="bicubic",
-    tile_size=224,
-    mpp=0.5,
-    precision="fp32",
-    pooling="pooler",
-    license="MIT",
-    license_url="https://huggingface.co/wisdomik/QuiltNet-B-32",
-    gated=False,
-    description=(
-        "QuiltNet-B-32 (Ikezogwo et al., NeurIPS 2023): open_clip ViT-B/32 trained on Quilt-1M "
-        "(histopathology frames from YouTube plus other sources, mixed magnifications); 512-d projected "
-        "image embedding (encode_image, not L2-normalised). Architecture from the published "
-        "open_clip_config.json (GELU). No native mpp: 224 px at 0.5 µm/px chosen; CLIP preprocessing."
-    ),
-)
-
-register_encoder(PLIP, build_hf_clip_image)
-register_encoder(QUILTNET, build_open_clip_image)
 
 
 # --------------------------------------------------------------------------------------------- text towers

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._base import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
-from ._registry import register_encoder
+from ._base import Encoder, EncoderConfig
+from ._catalog import CONCH_V15
 
 __all__ = ["AttentionalPooler", "ConchV15Encoder", "CONCH_V15"]
 
@@ -144,45 +144,3 @@ class ConchV15Encoder(Encoder):
 def build_conch_v15(config: EncoderConfig) -> ConchV15Encoder:
     """Random-init CONCH v1.5 image tower for ``config`` (no download)."""
     return ConchV15Encoder(config)
-
-
-CONCH_V15 = EncoderConfig(
-    name="conch-v1.5",
-    architecture="conch-v1.5: ViT-L/16 trunk (timm VisionTransformer) + CoCa AttentionalPooler(768) + LN",
-    embed_dim=768,
-    input_size=448,
-    resize_size=448,
-    kwargs={
-        "img_size": 224,
-        "patch_size": 16,
-        "embed_dim": 1024,
-        "depth": 24,
-        "num_heads": 16,
-        "mlp_ratio": 4.0,
-        "qkv_bias": True,
-        "init_values": 1e-6,
-        "pooler_dim": 768,
-        "pooler_heads": 8,
-        "pooler_queries": 1,
-    },
-    hub_id="MahmoodLab/conchv1_5",
-    weights_file="pytorch_model_vision.bin",
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    interpolation="bilinear",
-    tile_size=512,
-    mpp=0.5,
-    precision="fp16",
-    pooling="pooler",
-    license="CC-BY-NC-ND-4.0",
-    license_url="https://huggingface.co/MahmoodLab/conchv1_5",
-    gated=True,
-    description=(
-        "CONCH v1.5 (Mahmood Lab; the patch encoder of TITAN): ViT-L/16 image tower of a CoCa "
-        "vision-language model, 768-d attentional-pooled contrastive embedding (LayerNormed, not "
-        "projected further, not L2-normalised). Tiles 512 px at 0.5 µm/px (20x), resized to 448 "
-        "(bilinear) + centre crop 448, ImageNet normalisation, fp16."
-    ),
-)
-
-register_encoder(CONCH_V15, build_conch_v15)

@@ -36,9 +36,9 @@ from torch.nn import functional as F
 
 from ...errors import InvalidParameterError
 from ._base import Encoder, EncoderConfig
-from ._registry import register_encoder
+from ._catalog import CONCH_V1
 from ._weights import WeightsError
-from .clip import CLIP_MEAN, CLIP_STD, ClipTextTower
+from .clip import ClipTextTower
 
 __all__ = [
     "CONCH_V1",
@@ -192,49 +192,6 @@ class ConchV1Encoder(Encoder):
 def build_conch_v1(config: EncoderConfig) -> ConchV1Encoder:
     """Random-init CONCH v1 image tower for ``config`` (no download)."""
     return ConchV1Encoder(config)
-
-
-CONCH_V1 = EncoderConfig(
-    name="conch-v1",
-    architecture=(
-        "conch-v1: CoCa image tower: timm VisionTransformer ViT-B/16 at 448 + attentional pooler "
-        "(512, 1 query, nn.MultiheadAttention) + LN"
-    ),
-    embed_dim=512,
-    input_size=448,
-    resize_size=448,
-    kwargs={
-        "embed_dim": 512,
-        "image_size": 448,
-        "patch_size": 16,
-        "width": 768,
-        "layers": 12,
-        "num_heads": 12,
-        "mlp_ratio": 4.0,
-        "attn_pooler_heads": 8,
-        "n_queries_contrast": 1,
-    },
-    hub_id="MahmoodLab/conch",
-    weights_file="pytorch_model.bin",
-    mean=CLIP_MEAN,
-    std=CLIP_STD,
-    interpolation="bicubic",
-    tile_size=512,
-    mpp=0.5,
-    precision="fp32",
-    pooling="pooler",
-    license="CC-BY-NC-ND-4.0",
-    license_url="https://huggingface.co/MahmoodLab/conch",
-    gated=True,
-    description=(
-        "CONCH v1 (Lu et al., Nat Med 2024; Mahmood Lab): image tower of a CoCa vision-language model, ViT-B/16 "
-        "at 448 px; 512-d attentional-pooled feature before the contrastive projection (encode_image with "
-        "proj_contrast=False, normalize=False; as TRIDENT's conch_v1). Tiles 512 px at 0.5 µm/px (20x), bicubic "
-        "resize 448 + centre crop 448, OpenAI CLIP mean/std, fp32. Text tower: create_clip_text_tower('conch-v1')."
-    ),
-)
-
-register_encoder(CONCH_V1, build_conch_v1)
 
 
 # --------------------------------------------------------------------------------------------- text tower

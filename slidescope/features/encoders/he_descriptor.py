@@ -113,7 +113,6 @@ from torch.nn import functional as F
 
 from ...errors import InvalidParameterError
 from ._base import Encoder, EncoderConfig
-from ._registry import register_encoder
 
 __all__ = ["FEATURE_NAMES", "RGB_FROM_HED", "HEDescriptor", "describe_he"]
 
@@ -662,26 +661,3 @@ class HEDescriptor(Encoder):
                 )
                 out.append(_describe_half(half.permute(0, 3, 1, 2)))
             return self._standardise(torch.cat(out))
-
-
-CONFIG = EncoderConfig(
-    name="he-descriptor",
-    architecture="slidescope:he_descriptor",
-    embed_dim=EMBED_DIM,
-    input_size=INPUT_SIZE,
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-    interpolation="bilinear",
-    tile_size=INPUT_SIZE,
-    mpp=0.5,
-    precision="fp32",
-    pooling="none",
-    license="Apache-2.0 (slidescope; no weights)",
-    weight_free=True,
-    description=(
-        "Weight-free H&E descriptor (not a foundation model): colour deconvolution, nuclear blob counts "
-        "and texture energies, 98 standardised features. Runs anywhere, offline."
-    ),
-)
-
-register_encoder(CONFIG, HEDescriptor)

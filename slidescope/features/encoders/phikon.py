@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._base import IMAGENET_MEAN, IMAGENET_STD, Encoder, EncoderConfig
-from ._registry import register_encoder
+from ._base import Encoder, EncoderConfig
+from ._catalog import PHIKON_V2
 
 __all__ = ["DinoV2Encoder", "PHIKON_V2"]
 
@@ -75,48 +75,3 @@ class DinoV2Encoder(Encoder):
 def build_dinov2(config: EncoderConfig) -> DinoV2Encoder:
     """Random-init ``Dinov2Model`` for ``config`` (no download)."""
     return DinoV2Encoder(config)
-
-
-PHIKON_V2 = EncoderConfig(
-    name="phikon-v2",
-    architecture="transformers:Dinov2Model (ViT-L/16)",
-    embed_dim=1024,
-    input_size=224,
-    resize_size=224,
-    kwargs={
-        "hidden_size": 1024,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "mlp_ratio": 4,
-        "patch_size": 16,
-        "image_size": 224,
-        "num_channels": 3,
-        "qkv_bias": True,
-        "layer_norm_eps": 1e-6,
-        "layerscale_value": 1.0,
-        "use_swiglu_ffn": False,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "drop_path_rate": 0.0,
-    },
-    hub_id="owkin/phikon-v2",
-    weights_file="model.safetensors",
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    interpolation="bilinear",
-    tile_size=224,
-    mpp=0.5,
-    precision="fp32",
-    pooling="cls",
-    license="Owkin non-commercial licence",
-    license_url="https://huggingface.co/owkin/phikon-v2/blob/main/LICENSE.pdf",
-    gated=False,
-    description=(
-        "Phikon-v2 (Owkin): DINOv2 ViT-L/16 (no registers) pretrained on PANCAN-XL (456M tiles from "
-        "TCGA, CPTAC, GTEx and other public cohorts: beware of contamination on TCGA benchmarks); "
-        "1024-d CLS of last_hidden_state. Tiles 224 px at 0.5 µm/px (20x), ImageNet normalisation."
-    ),
-)
-
-register_encoder(PHIKON_V2, build_dinov2)

@@ -5,6 +5,8 @@ published checkpoint was trained with (TRIDENT's loaders and the model cards), s
 (``blocks.0.attn.qkv.weight``...) load into :meth:`TimmEncoder.checkpoint_module` unchanged. Pooling is
 explicit:
 :meth:`TimmEncoder.embed` takes the final-norm token sequence from ``forward_features`` and indexes it itself.
+The presets' configs are written in ``_catalog`` (data, no torch; ``PRESETS`` here is that tuple); the
+registry builds them with :func:`build_preset`.
 
 =================  ====================================  ==========  =================================
 name               architecture                          embed_dim   pooling
@@ -32,26 +34,14 @@ from typing import Any
 
 import timm
 import torch
-from timm.layers import SwiGLUPacked
 from torch import nn
 
 from ...errors import InvalidParameterError
 from ._base import Encoder, EncoderConfig
-from ._registry import register_encoder
+from ._catalog import TIMM_PRESETS as PRESETS
+from ._config import resolve_kwargs
 
-__all__ = ["PRESETS", "TimmEncoder", "timm_entry", "tiny_config"]
-
-#: H-optimus-0 / H-optimus-1 / H0-mini normalisation (model cards; timm ``pretrained_cfg`` of the hub files)
-HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
-HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
-#: Lunit's DINO normalisation (lunit-io/benchmark-ssl-pathology README; the hub config.json of the timm port)
-LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
-LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
-KAIKO_MEAN = (0.5, 0.5, 0.5)
-KAIKO_STD = (0.5, 0.5, 0.5)
-
-_NON_COMMERCIAL = "CC-BY-NC-ND-4.0"
-_KAIKO_HUB = "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms"
+__all__ = ["PRESETS", "TimmEncoder", "build_preset", "timm_entry", "tiny_config"]
 
 
 class TimmEncoder(Encoder):
@@ -78,7 +68,7 @@ class TimmEncoder(Encoder):
     def __init__(self, config: EncoderConfig, *, drop_prefixes: Iterable[str] = ()) -> None:
         super().__init__(config)
         arch = config.architecture.removeprefix("timm:")
-        self.model = timm.create_model(arch, pretrained=False, **config.kwargs)
+        self.model = timm.create_model(arch, pretrained=False, **resolve_kwargs(config.kwargs))
         self.drop_prefixes = tuple(drop_prefixes)
         n_prefix = getattr(self.model, "num_prefix_tokens", None)
         if config.pooling in ("cls", "cls+mean") and n_prefix != 1 + config.num_register_tokens:
@@ -141,282 +131,6 @@ class TimmEncoder(Encoder):
         )
 
 
-# --------------------------------------------------------------------------------------------------
-# The presets. Kwargs are the published ones (docs/REFERENCE-models.md §4: TRIDENT's loaders, the model cards).
-# --------------------------------------------------------------------------------------------------
-
-_SWIGLU = {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
-
-_H_OPTIMUS_0 = EncoderConfig(
-    name="h-optimus-0",
-    architecture="timm:vit_giant_patch14_reg4_dinov2",
-    kwargs={
-        "img_size": 224,
-        "init_values": 1e-5,
-        "num_classes": 0,
-        "global_pool": "token",
-        "dynamic_img_size": True,
-    },
-    embed_dim=1536,
-    hub_id="bioptimus/H-optimus-0",
-    weights_file="pytorch_model.bin",
-    input_size=224,
-    mean=HOPTIMUS_MEAN,
-    std=HOPTIMUS_STD,
-    tile_size=224,
-    mpp=0.5,
-    precision="fp16",
-    pooling="cls",
-    num_register_tokens=4,
-    license="Apache-2.0",
-    license_url="https://huggingface.co/bioptimus/H-optimus-0",
-    gated=True,
-    description="H-optimus-0 (Bioptimus): ViT-g/14 DINOv2 with 4 registers (1.1B parameters), CLS token.",
-)
-
-PRESETS: tuple[EncoderConfig, ...] = (
-    EncoderConfig(
-        name="uni",
-        architecture="timm:vit_large_patch16_224",
-        kwargs={
-            "img_size": 224,
-            "patch_size": 16,
-            "init_values": 1e-5,
-            "num_classes": 0,
-            "dynamic_img_size": True,
-        },
-        embed_dim=1024,
-        hub_id="MahmoodLab/uni",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        resize_size=224,
-        tile_size=256,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls",
-        license=_NON_COMMERCIAL,
-        license_url="https://huggingface.co/MahmoodLab/UNI",
-        gated=True,
-        description="UNI (Chen et al., Nat Med 2024): ViT-L/16 DINOv2-pretrained on 100k WSIs; 256 px @ 20x "
-        "tiles "
-        "resized to 224 (Resize(224) + CenterCrop(224)), CLS token.",
-    ),
-    EncoderConfig(
-        name="uni2-h",
-        architecture="timm:vit_giant_patch14_224",
-        kwargs={
-            "img_size": 224,
-            "patch_size": 14,
-            "depth": 24,
-            "num_heads": 24,
-            "init_values": 1e-5,
-            "embed_dim": 1536,
-            "mlp_ratio": 2.66667 * 2,
-            "num_classes": 0,
-            "no_embed_class": True,
-            **_SWIGLU,
-            "reg_tokens": 8,
-            "dynamic_img_size": True,
-        },
-        embed_dim=1536,
-        hub_id="MahmoodLab/UNI2-h",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        resize_size=224,
-        tile_size=256,
-        mpp=0.5,
-        precision="bf16",
-        pooling="cls",
-        num_register_tokens=8,
-        license=_NON_COMMERCIAL,
-        license_url="https://huggingface.co/MahmoodLab/UNI2-h",
-        gated=True,
-        description="UNI2-h: ViT-H/14 with SwiGLU and 8 registers (681M parameters), CLS token.",
-    ),
-    EncoderConfig(
-        name="virchow",
-        architecture="timm:vit_huge_patch14_224",
-        kwargs={
-            "img_size": 224,
-            "init_values": 1e-5,
-            "num_classes": 0,
-            "mlp_ratio": 5.3375,
-            "global_pool": "",
-            "dynamic_img_size": True,
-            **_SWIGLU,
-        },
-        embed_dim=2560,
-        hub_id="paige-ai/Virchow",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        interpolation="bicubic",
-        tile_size=224,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls+mean",
-        license="Apache-2.0",
-        license_url="https://huggingface.co/paige-ai/Virchow",
-        gated=True,
-        description="Virchow (Paige): ViT-H/14 with SwiGLU; concat(CLS, mean of patch tokens) = 2560, the "
-        "tile "
-        "embedding PRISM consumes.",
-    ),
-    EncoderConfig(
-        name="virchow2",
-        architecture="timm:vit_huge_patch14_224",
-        kwargs={
-            "img_size": 224,
-            "init_values": 1e-5,
-            "num_classes": 0,
-            "reg_tokens": 4,
-            "mlp_ratio": 5.3375,
-            "global_pool": "",
-            "dynamic_img_size": True,
-            **_SWIGLU,
-        },
-        embed_dim=2560,
-        hub_id="paige-ai/Virchow2",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        interpolation="bicubic",
-        tile_size=224,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls+mean",
-        num_register_tokens=4,
-        license=_NON_COMMERCIAL,
-        license_url="https://huggingface.co/paige-ai/Virchow2",
-        gated=True,
-        description="Virchow2 (Paige): ViT-H/14 with SwiGLU and 4 registers; concat(CLS, mean of the patch "
-        "tokens "
-        "after the 4 registers) = 2560.",
-    ),
-    _H_OPTIMUS_0,
-    replace(
-        _H_OPTIMUS_0,
-        name="h-optimus-1",
-        hub_id="bioptimus/H-optimus-1",
-        license="other (H-optimus-1 access terms, see the model card)",
-        license_url="https://huggingface.co/bioptimus/H-optimus-1",
-        description="H-optimus-1 (Bioptimus): H-optimus-0's architecture, access on request; CLS token.",
-    ),
-    EncoderConfig(
-        name="h0-mini",
-        architecture="timm:vit_base_patch14_reg4_dinov2",
-        kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True, **_SWIGLU},
-        embed_dim=768,
-        hub_id="bioptimus/H0-mini",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-        tile_size=224,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls",
-        num_register_tokens=4,
-        license="CC-BY-NC-ND-4.0 (see the model card)",
-        license_url="https://huggingface.co/bioptimus/H0-mini",
-        gated=True,
-        description="H0-mini (Bioptimus): ViT-B/14 with 4 registers and SwiGLU, distilled from H-optimus-0. "
-        "CLS token (768), TRIDENT's and eva's default; the card's example also shows concat(CLS, mean patch) "
-        "= 1536.",
-    ),
-    EncoderConfig(
-        name="gigapath",
-        architecture="timm:vit_giant_patch14_dinov2",
-        kwargs={
-            "img_size": 224,
-            "in_chans": 3,
-            "patch_size": 16,
-            "embed_dim": 1536,
-            "depth": 40,
-            "num_heads": 24,
-            "init_values": 1e-5,
-            "mlp_ratio": 5.33334,
-            "num_classes": 0,
-            "dynamic_img_size": True,
-        },
-        embed_dim=1536,
-        hub_id="prov-gigapath/prov-gigapath",
-        weights_file="pytorch_model.bin",
-        input_size=224,
-        resize_size=256,
-        interpolation="bicubic",
-        tile_size=256,
-        mpp=0.5,
-        precision="fp16",
-        pooling="cls",
-        license="Apache-2.0",
-        license_url="https://huggingface.co/prov-gigapath/prov-gigapath",
-        gated=True,
-        description="Prov-GigaPath tile encoder: ViT-g DINOv2 at patch 16 (1.1B parameters); 256 px @ 20x -> "
-        "Resize(256, bicubic) + CenterCrop(224); CLS token (input of the GigaPath slide encoder).",
-    ),
-    EncoderConfig(
-        name="lunit-dino-vits8",
-        architecture="timm:vit_small_patch8_224",
-        kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
-        embed_dim=384,
-        hub_id="1aurent/vit_small_patch8_224.lunit_dino",
-        weights_file="model.safetensors",
-        input_size=224,
-        mean=LUNIT_MEAN,
-        std=LUNIT_STD,
-        interpolation="bicubic",
-        tile_size=224,
-        mpp=0.5,
-        precision="fp32",
-        pooling="cls",
-        license="lunit-non-commercial",
-        license_url="https://huggingface.co/1aurent/vit_small_patch8_224.lunit_dino",
-        gated=False,
-        description="Lunit DINO ViT-S/8 (Kang et al., CVPR 2023), timm port of the official weights; CLS.",
-    ),
-    EncoderConfig(
-        name="kaiko-vitb16",
-        architecture="timm:vit_base_patch16_224",
-        kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
-        embed_dim=768,
-        hub_id=_KAIKO_HUB,
-        weights_file="model.safetensors",
-        input_size=224,
-        resize_size=224,
-        mean=KAIKO_MEAN,
-        std=KAIKO_STD,
-        tile_size=224,
-        mpp=0.5,
-        precision="fp32",
-        pooling="cls",
-        license="kaiko-non-commercial",
-        license_url=f"https://huggingface.co/{_KAIKO_HUB}",
-        gated=False,
-        description="kaiko.ai ViT-B/16 (Towards Large-Scale Training of Pathology FMs, 2024), timm port; CLS "
-        "token as in kaiko's torch.hub model, eva and TRIDENT (CLS+mean is Midnight's recommendation, not "
-        "this model's).",
-    ),
-    EncoderConfig(
-        name="resnet50-trunc",
-        architecture="timm:resnet50",
-        kwargs={"features_only": True, "out_indices": (3,)},
-        embed_dim=1024,
-        hub_id="timm/resnet50.tv_in1k",
-        weights_file="model.safetensors",
-        input_size=224,
-        resize_size=224,
-        tile_size=256,
-        mpp=0.5,
-        precision="fp32",
-        pooling="mean",
-        license="BSD-3-Clause (torchvision weights)",
-        license_url="https://huggingface.co/timm/resnet50.tv_in1k",
-        gated=False,
-        description="CLAM's baseline: ImageNet ResNet-50 (torchvision weights) truncated after layer3, "
-        "global "
-        "average pool -> 1024.",
-    ),
-)
-
 #: published keys each preset's architecture does not have
 _DROP_PREFIXES: dict[str, tuple[str, ...]] = {"resnet50-trunc": ("layer4.", "fc.")}
 
@@ -426,8 +140,9 @@ def _builder(name: str) -> Callable[[EncoderConfig], Encoder]:
     return partial(TimmEncoder, drop_prefixes=drop) if drop else TimmEncoder
 
 
-for _config in PRESETS:
-    register_encoder(_config, _builder(_config.name))
+def build_preset(config: EncoderConfig) -> TimmEncoder:
+    """The registry's builder of the presets (``_catalog.TIMM_PRESETS``, where their configs are written)."""
+    return TimmEncoder(config, drop_prefixes=_DROP_PREFIXES.get(config.name, ()))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,7 +48,10 @@ Trust rules:
   schema-1 store). Any other path where a store should go (an OME-Zarr, a file, a non-empty folder) is
   refused with :class:`ForeignPathError`; a store of a newer schema with :class:`NewerStoreError`.
 * A run killed at any moment resumes from the last chunk whose marker was written: a marker is
-  written only after its chunk, so a half-written chunk is simply redone.
+  written only after its chunk, so a half-written chunk is simply redone. In a local store chunk files
+  are written as zarr writes them (a temporary file renamed into place, byte for byte zarr's format, so
+  plain zarr reads and verifies them) without going through zarr's codec pipeline; nothing is fsync'ed
+  (as with zarr and h5py): after a power cut the checksums and markers tell what to redo.
 * Two runs on the same folder: a slide is claimed with an exclusive lock file
   (``<key>.zarr.lock``); its content is written to a temporary file first and then hard-linked into
   place, so the lock never exists empty (a full disk fails the claim with :class:`DiskFullError` and
@@ -64,9 +67,9 @@ left by a dead process on another host has to be deleted by hand (the error name
 
 The package's modules: ``_store`` (:class:`SlideStore`, :func:`open_store`), ``_layout`` (the schema, the
 ownership marker and checked access to groups and arrays), ``_writer`` (:class:`EmbeddingWriter`, the
-write order above), ``_fastread`` (checked reads: chunk files and their CRC32C), ``_claim`` (the claim:
-one protocol for local folders and fsspec file systems), ``_keys`` (slide, tiling and cache keys, where a
-store lives) and ``_errors``.
+write order above), ``_fastread`` (checked reads and fast writes of chunk files with their CRC32C),
+``_claim`` (the claim: one protocol for local folders and fsspec file systems), ``_keys`` (slide, tiling
+and cache keys, where a store lives) and ``_errors``.
 """
 
 from __future__ import annotations

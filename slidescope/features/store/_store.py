@@ -24,7 +24,7 @@ from ._errors import (
     _disk_full,
     _no_space,
 )
-from ._fastread import _EVERY_CHUNK, _checksummed, _read, _read_rows
+from ._fastread import _EVERY_CHUNK, _checksummed, _read
 from ._keys import CacheKey, _jsonify, _now, _package_version, slide_fingerprint, tiling_key
 from ._layout import SCHEMA_VERSION, STORE_FORMAT, _Layout, _ownership, _has_content, _remove_tree, _zarr
 from ._qc import read_qc, write_qc
@@ -79,10 +79,10 @@ class SlideStore(_Layout):
             if kind == "legacy":
                 store = cls(p, root)
             else:
-                key = cls._pick(
+                key, group = cls._pick(
                     p, root, encoder=encoder, scores=scores, tiling=tiling, slide_embedding=slide_embedding
                 )
-                store = cls(p, root["tilings"][key], root=root, key=key)
+                store = cls(p, group, root=root, key=key)
             store._check_tiling()
         return store
 
@@ -96,17 +96,19 @@ class SlideStore(_Layout):
         scores: str | None,
         tiling: str | None,
         slide_embedding: str | None,
-    ) -> str:
+    ) -> tuple[str, Any]:
+        """The key and group of the tiling to read (see :meth:`open`)."""
         probe = cls(p, root)
         tilings = probe._node(root, "tilings", kind="group") if "tilings" in root else None
-        keys = []
+        groups: dict[str, Any] = {}
         if tilings is not None:
             try:
-                keys = sorted(k for k, _ in tilings.groups())
+                groups = dict(tilings.groups())
             except Exception as err:  # a tiling's zarr.json cannot be parsed
                 raise probe._damaged(
                     f"a tiling's metadata cannot be read ({type(err).__name__}: {err})"
                 ) from err
+        keys = sorted(groups)
         if tilings is None or not keys:
             raise StoreError(
                 f"{p} holds no tiles yet (an extraction stopped at its start). Run `slidescope "
@@ -115,10 +117,12 @@ class SlideStore(_Layout):
         if tiling is not None:
             if tiling not in keys:
                 raise StoreError(f"{p} has no tiling {tiling!r} (has: {', '.join(keys)})")
-            return tiling
+            return tiling, groups[tiling]
+        if len(keys) == 1:  # the only one (ranking it would read its groups for nothing)
+            return keys[0], groups[keys[0]]
 
         def rank(key: str) -> tuple[int, str]:
-            g = tilings[key]
+            g = groups[key]
             holds, complete = True, True
             if encoder is not None:
                 feats = g.get("features")
@@ -135,7 +139,7 @@ class SlideStore(_Layout):
         best = max(keys, key=rank)
         if len(keys) > 1:
             log.debug("%s: reading tiling %s of %s", location_name(p), best, keys)
-        return best
+        return best, groups[best]
 
     def _check_tiling(self) -> None:
         """Validate the tiling's arrays against its attributes (tile count, dtypes, checksum codec)."""
@@ -452,9 +456,7 @@ class SlideStore(_Layout):
             )
         if lazy:
             return array
-        data = _read_rows(array)
-        if data is None:
-            data = _read(array)
+        data = _read(array)  # the chunk files read directly where the layout allows
         if as_ == "torch":
             import torch
 
@@ -550,7 +552,7 @@ class SlideStore(_Layout):
             )
             n = self.n_tiles
             n_chunks = max(1, -(-n // chunk_rows))
-            group.create_array(
+            emb = group.create_array(
                 "embeddings",
                 shape=(n, embed_dim),
                 chunks=(chunk_rows, embed_dim),
@@ -559,7 +561,7 @@ class SlideStore(_Layout):
                 fill_value=0,
                 config=_EVERY_CHUNK,
             )
-            group.create_array(
+            done = group.create_array(
                 "done",
                 shape=(n_chunks,),
                 chunks=(1,),
@@ -568,6 +570,7 @@ class SlideStore(_Layout):
                 fill_value=0,
                 config=_EVERY_CHUNK,
             )
+            return EmbeddingWriter(self, group, (emb, done))  # no second read of what was just made
         return EmbeddingWriter(self, feats[name])
 
     # -- scores and slide embeddings -----------------------------------------------------------------

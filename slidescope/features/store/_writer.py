@@ -2,6 +2,9 @@
 
 Each chunk of ``chunk_rows`` tiles is written whole, then its ``done`` marker (in that order: a run killed
 at any moment resumes from the last chunk whose marker was written); the ``complete`` attribute comes last.
+In a local store both are written as chunk files directly (:func:`._fastread._write_rows`, byte for byte
+what zarr writes; an encoder's embeddings are written 2-2.5x faster than through zarr's codec pipeline);
+elsewhere through zarr.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from ..._location import exists
 from ..._location import join as _join
 from ._errors import StoreCorruptError, StoreError
-from ._fastread import _EVERY_CHUNK, _read
+from ._fastread import _EVERY_CHUNK, _chunk_files, _read, _read_chunk, _read_rows, _write_rows
 from ._keys import _jsonify, _now
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,13 +30,18 @@ log = logging.getLogger("slidescope.features.store")
 class EmbeddingWriter:
     """Chunk-wise writer for one encoder's embeddings; tiles may arrive in any order."""
 
-    def __init__(self, store: SlideStore, group) -> None:
+    def __init__(self, store: SlideStore, group, arrays: tuple[Any, Any] | None = None) -> None:
+        """``arrays``: the group's ``(embeddings, done)`` arrays when the caller has them (else read)."""
         self.store = store
         self._group = group
-        self.array = group["embeddings"].with_config(_EVERY_CHUNK)
-        self.done_array = group["done"].with_config(_EVERY_CHUNK)
+        embeddings, done = arrays if arrays is not None else (group["embeddings"], group["done"])
+        self.array = embeddings.with_config(_EVERY_CHUNK)
+        self.done_array = done.with_config(_EVERY_CHUNK)
         self.chunk_rows = int(group.attrs["chunk_rows"])
         self.n = int(group.attrs["n_tiles"])
+        # the chunk files of a local store, written and checked without zarr's codec pipeline (None: zarr)
+        self._files = _chunk_files(self.array)
+        self._done_files = _chunk_files(self.done_array)
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
@@ -47,7 +55,8 @@ class EmbeddingWriter:
         checksum (a partial copy of a half-done store is resumed correctly, not read as zeros)."""
         # a marker chunk not written yet reads as 0 (not done): exactly its meaning, so zarr reads them
         try:
-            out = _read(self.done_array, slice(0, None)).astype(bool)
+            fast = _read_rows(self.done_array, missing_ok=True)
+            out = (_read(self.done_array, slice(0, None)) if fast is None else fast).astype(bool)
         except StoreCorruptError:
             out = np.zeros(self.done_array.shape[0], bool)
             for i in range(len(out)):
@@ -57,9 +66,14 @@ class EmbeddingWriter:
             for c in np.flatnonzero(out):
                 key = f"{self.array.path}/{self.array.metadata.encode_chunk_key((int(c), 0))}"
                 try:
-                    ok = exists(_join(self.store.path, key))
-                    if ok:
-                        _read(self.array, slice(int(c) * self.chunk_rows, int(c) * self.chunk_rows + 1))
+                    if self._files is not None:
+                        start, stop = self._files.span(int(c))
+                        into = np.empty(((stop - start) * self._files.row_bytes,), np.uint8)
+                        ok = _read_chunk(self._files, int(c), into, missing_ok=True)
+                    else:
+                        ok = exists(_join(self.store.path, key))
+                        if ok:
+                            _read(self.array, slice(int(c) * self.chunk_rows, int(c) * self.chunk_rows + 1))
                 except StoreCorruptError:
                     ok = False
                 if not ok:
@@ -115,8 +129,14 @@ class EmbeddingWriter:
                 f"{self.store.name}: chunk {chunk} has shape {tuple(rows.shape)}, expected "
                 f"({self._chunk_len(chunk)}, {int(self.array.shape[1])}); nothing was written"
             )
-        self.array[start : start + len(rows)] = rows
-        self.done_array[chunk : chunk + 1] = np.ones(1, np.uint8)
+        if self._files is not None:
+            _write_rows(self._files, chunk, rows)
+        else:
+            self.array[start : start + len(rows)] = rows
+        if self._done_files is not None:
+            _write_rows(self._done_files, chunk, np.ones(1, np.uint8))
+        else:
+            self.done_array[chunk : chunk + 1] = np.ones(1, np.uint8)
 
     def finish(self, **attrs: Any) -> None:
         if self._buffers:
