@@ -6,7 +6,7 @@ joint-space slide embeddings are; an imperfect zero-shot prior from noisy text d
 accuracy of
 
 * ``auto``: ``slidescope.vlm.fewshot`` choosing on its own (leave-one-out on the support for GDA/Tip-Adapter,
-  a held-out part of the support for the probe, the papers' defaults at 1 shot), and
+  repeated stratified cross-validation on the support for the probe, the papers' defaults at 1 shot), and
 * ``val``: the same method tuned on a separate labelled validation set (``--val-per-class`` slides per class),
 
 averaged over ``--seeds`` draws per method and shot count, and whether ``auto >= val - 1 point``.

@@ -67,8 +67,8 @@ def test_linear_probe_says_how_lambda_was_chosen() -> None:
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_linear_probe_cross_validation_chooses_as_scikit_learn(n_classes: int) -> None:
-    """Without a validation set, lambda is scikit-learn's ``LogisticRegressionCV`` choice (same folds, scoring by
-    log-loss, C = 1/lambda) and the refitted probe equals its ``refit=True`` model."""
+    """Without a validation set, lambda is scikit-learn's ``LogisticRegressionCV`` choice (same folds of every
+    repeat, scoring by log-loss, C = 1/lambda) and the refitted probe equals its ``refit=True`` model."""
     from slidescope.vlm._fewshot_core import _stratified_folds
 
     rng = np.random.default_rng(n_classes)
@@ -78,9 +78,11 @@ def test_linear_probe_cross_validation_chooses_as_scikit_learn(n_classes: int) -
     lambdas = [0.03, 0.3, 3.0, 30.0, 300.0]
     probe = linear_probe(X, y, lambdas=lambdas, folds=4, seed=3)
     assert probe.tuning == "cross-validation"
-    fold = _stratified_folds(torch.from_numpy(y), 4, 3).numpy()
-    assert sorted(np.bincount(fold)) == [2 * n_classes] * 4  # equal folds: a mean over folds = our sum
-    cv = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(4)]
+    cv = []  # 3 repeats (the default) of 4 folds, repeat r dealt with seed 1000 * 3 + r
+    for r in range(3):
+        fold = _stratified_folds(torch.from_numpy(y), 4, 3000 + r).numpy()
+        assert sorted(np.bincount(fold)) == [2 * n_classes] * 4  # equal folds: a mean over folds = our sum
+        cv += [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(4)]
     ref = linear_model.LogisticRegressionCV(
         Cs=[1 / lam for lam in lambdas],
         cv=cv,
