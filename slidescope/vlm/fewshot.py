@@ -59,8 +59,9 @@ from ._fewshot_core import (
     FewShotClassifier as FewShotClassifier,
     Tuning,
     _check_all_classes,
+    _cv_path,
     _fit_logreg,
-    _fit_logreg_folds,
+    _probe_path,
     _gda_fit,
     _min_shots,
     _nll,
@@ -77,8 +78,6 @@ from ._fewshot_core import (
 )
 
 log = logging.getLogger(__name__)
-PATH_MAX_ITER = 100  # L-BFGS iterations of the fits that only rank lambdas (see _probe_path)
-PATH_TOLERANCE_GRAD = 1e-6  # and their gradient tolerance
 
 __all__ = [
     "FewShotClassifier",
@@ -206,54 +205,6 @@ def linear_probe(
     return LinearProbe(
         weight=W, bias=b, lam=best, val_losses=losses, tuning=tuning, hyperparameters={"lambda": best}
     )
-
-
-def _cv_path(
-    X: Tensor, y: Tensor, held_out: Tensor, c: int, lambdas: Sequence[float], max_iter: int
-) -> dict[float, float]:
-    """Mean held-out log-loss at each lambda over the folds ``held_out`` (F, n) (every slide held out once per
-    repeat), fitted strong to weak, warm-started, all folds in one run (as :func:`_probe_path`)."""
-    losses, init = {}, None
-    for lam in sorted(lambdas, reverse=True):
-        init = _fit_logreg_folds(
-            X,
-            y,
-            c,
-            lam,
-            ~held_out,
-            max_iter=min(max_iter, PATH_MAX_ITER),
-            init=init,
-            tolerance_grad=PATH_TOLERANCE_GRAD,
-        )
-        logits = torch.einsum("nd,fdc->fnc", X, init[0]) + init[1][:, None, :]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(len(held_out)), reduction="none")
-        losses[float(lam)] = float((ce * held_out.reshape(-1).to(ce.dtype)).sum() / held_out.sum())
-    return losses
-
-
-def _probe_path(
-    Xtr: Tensor, ytr: Tensor, Xva: Tensor, yva: Tensor, c: int, lambdas: Sequence[float], max_iter: int
-) -> dict[float, float]:
-    """Mean validation log-loss of the probe at each lambda, fitted strong to weak, warm-started.
-
-    These fits only rank lambdas, so they stop after ``min(max_iter, PATH_MAX_ITER)`` L-BFGS iterations or
-    at a gradient of ``PATH_TOLERANCE_GRAD`` (the weakly regularised, near-separable fits are the slow ones;
-    on the hard cohort's 128-d embeddings the held-out losses agree to 4 decimals and a path is ~30x faster);
-    the chosen probe is refitted to ``max_iter`` and a gradient of 1e-10.
-    """
-    losses, init = {}, None
-    for lam in sorted(lambdas, reverse=True):
-        init = _fit_logreg(
-            Xtr,
-            ytr,
-            c,
-            lam,
-            max_iter=min(max_iter, PATH_MAX_ITER),
-            init=init,
-            tolerance_grad=PATH_TOLERANCE_GRAD,
-        )
-        losses[float(lam)] = _nll(Xva @ init[0] + init[1], yva)
-    return losses
 
 
 # ---------------------------------------------------------------------------------- SimpleShot / KNN
