@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ._config import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, ImportRef
+from ._zoo_other import ZOO_OTHER
+from ._zoo_vit import ZOO_VIT
 
 __all__ = [
     "BUILTINS",
@@ -554,4 +556,6 @@ BUILTINS: tuple[tuple[EncoderConfig, ImportRef], ...] = (
     (CONCH_V15, _ref("conch", "build_conch_v15")),
     (CONCH_V1, _ref("conch_v1", "build_conch_v1")),
     (PHIKON_V2, _ref("phikon", "build_dinov2")),
+    *ZOO_VIT,
+    *ZOO_OTHER,
 )

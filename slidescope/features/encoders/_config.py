@@ -71,6 +71,10 @@ class EncoderConfig:
     pooling : how the token sequence becomes one vector (documented per model).
     license, license_url, gated : terms of the weights (not of slidescope).
     weight_free : True when the encoder needs no weights at all.
+    layout_source : where the state-dict layout (keys and shapes) this config builds was checked, e.g.
+        ``"TRIDENT a91fa84 strict load"`` (tests/golden); ``"read: <file>"`` when it was read from the
+        published checkpoint itself; ``""`` when it is derived from the model card and code only. Shown by
+        ``slidescope encoders``; not part of the cache key (it says how we know, not what is computed).
     """
 
     name: str
@@ -94,10 +98,12 @@ class EncoderConfig:
     gated: bool = False
     weight_free: bool = False
     description: str = ""
+    layout_source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, for provenance in stores and checkpoints."""
+        """JSON-ready, for provenance in stores and checkpoints (and the stores' cache key)."""
         out = asdict(self)
+        out.pop("layout_source")  # how the layout was checked changes no embedding: keep cache keys as they were
         out["kwargs"] = {k: _jsonable(v) for k, v in self.kwargs.items()}
         return out
 
