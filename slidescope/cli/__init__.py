@@ -51,7 +51,10 @@ def main() -> None:
     except Exception as err:  # click usage errors carry their own exit code
         import click
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+        # typer >= 0.25 raises the usage errors of its vendored click (typer._click), which are not
+        # click.ClickException: recognise those by their public base class and their interface
+        vendored = isinstance(err, getattr(typer, "TyperException", ())) and hasattr(err, "show")
+        if isinstance(err, click.ClickException) or vendored:
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(int(getattr(err, "exit_code", 2)))
         raise

@@ -201,3 +201,33 @@ def test_plugin_aggregator_is_created_through_the_registry(site: Path, tmp_path:
     res = _run(site, "-c", code, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["labplug", "LabMaxPool"]
+
+
+def test_train_cli_trains_the_plugin_aggregator_on_plugin_embeddings(site: Path, tmp_path: Path) -> None:
+    """`slidescope extract` with the plugin's encoder, then `slidescope train --model lab-maxpool`, in fresh
+    processes that import nothing of the plugin themselves."""
+    from slidescope.synthetic import make_synthetic_slide
+
+    slides = []
+    for i in range(6):
+        path = tmp_path / "slides" / f"s{i}.svs"
+        make_synthetic_slide(path, width=1024, height=768, mpp=0.5, seed=i, n_levels=1)
+        slides.append(path)
+    args = ["-m", "slidescope", "extract", *map(str, slides), "--encoder", "lab-meancolour"]
+    res = _run(site, *args, "--stores", "stores", "--num-workers", "0", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = ["slide,patient,label"] + [f"s{i},p{i},{'ab'[i % 2]}" for i in range(6)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    args = ["-m", "slidescope", "train", "--manifest", "labels.csv", "--stores", "stores"]
+    args += ["--encoder", "lab-meancolour", "--model", "lab-maxpool", "--folds", "2", "--epochs", "1"]
+    res = _run(site, *args, "--accelerator", "cpu", "--out", "run", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ckpts = sorted((tmp_path / "run").rglob("*.ckpt")) or sorted((tmp_path / "run").rglob("*.pt"))
+    assert ckpts, sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    # the checkpoint names the plugin's aggregator and holds its head (in_dim 6 -> 2 classes)
+    import torch
+
+    ckpt = torch.load(ckpts[0], map_location="cpu", weights_only=True)
+    assert "lab-maxpool" in repr(ckpt.get("hyper_parameters", ckpt))[:100_000]
+    state = ckpt.get("state_dict", ckpt.get("model", ckpt))
+    assert any(tuple(v.shape) == (2, 6) for v in state.values() if hasattr(v, "shape"))

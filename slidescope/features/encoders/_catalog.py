@@ -39,6 +39,10 @@ KAIKO_STD = (0.5, 0.5, 0.5)
 _NON_COMMERCIAL = "CC-BY-NC-ND-4.0"
 _KAIKO_HUB = "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms"
 
+#: where the layouts of the timm presets TRIDENT builds were checked: its own encoder_factory, run outside
+#: slidescope, recorded the model each strict load accepts (tests/golden/make_trident_layouts.py)
+_TRIDENT_RUN = "TRIDENT a91fa84: encoder_factory run, strict load (tests/golden/trident_layouts.json)"
+
 #: OpenAI CLIP normalisation (PLIP, QuiltNet, CONCH v1)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -53,6 +57,7 @@ _SWIGLU = {"mlp_layer": ImportRef("timm.layers:SwiGLUPacked"), "act_layer": Impo
 
 _H_OPTIMUS_0 = EncoderConfig(
     name="h-optimus-0",
+    layout_source=_TRIDENT_RUN,
     architecture="timm:vit_giant_patch14_reg4_dinov2",
     kwargs={
         "img_size": 224,
@@ -81,6 +86,7 @@ _H_OPTIMUS_0 = EncoderConfig(
 TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     EncoderConfig(
         name="uni",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_large_patch16_224",
         kwargs={
             "img_size": 224,
@@ -107,6 +113,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="uni2-h",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_giant_patch14_224",
         kwargs={
             "img_size": 224,
@@ -139,6 +146,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="virchow",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_huge_patch14_224",
         kwargs={
             "img_size": 224,
@@ -167,6 +175,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="virchow2",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_huge_patch14_224",
         kwargs={
             "img_size": 224,
@@ -199,6 +208,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     replace(
         _H_OPTIMUS_0,
         name="h-optimus-1",
+        layout_source=_TRIDENT_RUN,
         hub_id="bioptimus/H-optimus-1",
         license="other (H-optimus-1 access terms, see the model card)",
         license_url="https://huggingface.co/bioptimus/H-optimus-1",
@@ -228,6 +238,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="gigapath",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_giant_patch14_dinov2",
         kwargs={
             "img_size": 224,
@@ -259,6 +270,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="lunit-dino-vits8",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_small_patch8_224",
         kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
         embed_dim=384,
@@ -279,6 +291,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="kaiko-vitb16",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:vit_base_patch16_224",
         kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
         embed_dim=768,
@@ -301,6 +314,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     ),
     EncoderConfig(
         name="resnet50-trunc",
+        layout_source=_TRIDENT_RUN,
         architecture="timm:resnet50",
         kwargs={"features_only": True, "out_indices": (3,)},
         embed_dim=1024,
@@ -367,6 +381,7 @@ PLIP = EncoderConfig(
 
 QUILTNET = EncoderConfig(
     name="quiltnet",
+    layout_source="derived: open_clip_config.json of the hub commit 88c3e9f (tests/features/layouts/quiltnet.json)",
     architecture="open_clip:ViT-B-32 image tower",
     embed_dim=512,
     input_size=224,
@@ -399,6 +414,7 @@ QUILTNET = EncoderConfig(
 
 CONCH_V15 = EncoderConfig(
     name="conch-v1.5",
+    layout_source="derived: TRIDENT conchv1_5.py read, not run (tests/features/layouts/conch-v1.5.json)",
     architecture="conch-v1.5: ViT-L/16 trunk (timm VisionTransformer) + CoCa AttentionalPooler(768) + LN",
     embed_dim=768,
     input_size=448,
@@ -439,6 +455,7 @@ CONCH_V15 = EncoderConfig(
 
 CONCH_V1 = EncoderConfig(
     name="conch-v1",
+    layout_source="mahmoodlab/CONCH 141cc09: factory.create_model run (tests/golden/conch_v1_layout.json)",
     architecture=(
         "conch-v1: CoCa image tower: timm VisionTransformer ViT-B/16 at 448 + attentional pooler "
         "(512, 1 query, nn.MultiheadAttention) + LN"
