@@ -20,6 +20,15 @@ Cases:
   * analyse: the Analyse widget on the sample slide with its cached he-descriptor embeddings and an
     ABMIL checkpoint, from pressing Analyse to the heatmap layers in the viewer; the first run pays
     the imports (torch, lightning), the second is what every later run costs.
+
+``--steps`` times instead a pathologist's work in the widget, step by step, each slide in its own process
+with an empty store folder: open the slide (to the first rendered frame), Analyse with an ABMIL checkpoint
+(split by the widget's own progress steps: tissue, tiles, he-descriptor embeddings, MIL heatmap), zero-shot
+on the cached embeddings (a slide-text model on he-descriptor: the demo's, else a tiny untrained one; the
+timing does not depend on its training), a similarity click on the tile of highest attention, a region
+analysis (MIL and zero-shot) on a rectangle over the middle of the tissue. Slides: the sample (File > Open
+Sample), CMU-1-Small-Region.svs (/work/shared/data/slides or $SLIDESCOPE_CMU_SMALL) and a synthetic slide of
+CMU-1's size (46,000 x 32,914 px at 0.499 µm/px; the real CMU-1 is not available offline).
 """
 
 from __future__ import annotations
@@ -223,6 +232,166 @@ def case_analyse() -> dict:
     }
 
 
+# -- a pathologist's steps ---------------------------------------------------------------------------------
+
+CMU1 = (46_000, 32_914, 0.499)
+
+
+def _slide_text_model() -> Path:
+    """A slide-text model on 98-d he-descriptor tiles: the demo's if it ran, else a tiny untrained one."""
+    demo = REPO / "slidescope-demo" / "runs" / "slidetext" / "model"
+    if demo.is_dir():
+        return demo
+    path = CACHE / "viewer-bench" / "slidetext" / "model"
+    if not path.is_dir():
+        import torch
+
+        from slidescope.vlm.model import SlideTextModel
+        from slidescope.vlm.slide_encoder import PerceiverSlideEncoderConfig
+        from slidescope.vlm.text import SmallTextTower
+
+        torch.manual_seed(0)
+        tower = SmallTextTower.from_texts(
+            ["invasive carcinoma sheets of atypical cells", "benign stroma collagen"],
+            width=32,
+            depth=1,
+            heads=2,
+        )
+        SlideTextModel(PerceiverSlideEncoderConfig.tiny(context_dim=98), tower, dim_latents=16).save(path)
+    return path
+
+
+def _timed(viewer, fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    viewer.screenshot(canvas_only=True, flash=False)  # until the frame that shows it is rendered
+    return time.perf_counter() - t, out
+
+
+def _press_analyse(viewer, widget) -> dict[str, float]:
+    """Press Analyse and wait; the seconds from the press to each progress step the widget shows, and to done."""
+    seen: dict[str, float] = {}
+    shown = widget._on_progress
+    t0 = time.perf_counter()
+
+    def record(progress) -> None:
+        now = time.perf_counter() - t0
+        seen.setdefault(progress.step, now)
+        if progress.step == "extracting embeddings" and progress.total:
+            seen.setdefault("tiles cut", now)  # the grid is made: extraction starts reporting counts
+        shown(progress)
+
+    widget._on_progress = record
+    widget.start()
+    while widget.busy:
+        _app_wait(viewer, 0.01)
+    widget._on_progress = shown
+    if widget.last_result is None:
+        raise RuntimeError(f"analysis failed: {widget.status.value}")
+    viewer.screenshot(canvas_only=True, flash=False)
+    seen["done"] = time.perf_counter() - t0
+    return seen
+
+
+def case_steps(which: str) -> dict:
+    import napari
+    import numpy as np
+
+    from slidescope.features import open_store
+    from slidescope.viewer._analyse_widget import ZERO_SHOT, AnalyseWidget
+    from slidescope.viewer._layers import level0_to_world
+
+    import shutil
+    import tempfile
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="viewer-steps-", dir=CACHE))  # removed at the end
+    os.environ["SLIDESCOPE_CACHE"] = str(work)
+    model, prompts = (
+        _checkpoint(),
+        "tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma",
+    )
+    slide_text = _slide_text_model()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    out: dict = {"slide": which}
+    if which == "sample":
+        out["open_s"], _ = _timed(viewer, lambda: viewer.open_sample("slidescope", "sample_slide"))
+    else:
+        path = synthetic(*CMU1) if which == "cmu1-size" else Path(which)
+        out["open_s"], _ = _timed(viewer, lambda: viewer.open(str(path), plugin="slidescope"))
+    widget = AnalyseWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Analyse")
+    while not widget.encoders_listed:
+        _app_wait(viewer, 0.05)
+    widget.store.value = work / "stores"  # empty: tissue, tiles and embeddings are computed here
+    widget.checkpoint.value = model
+    steps = _press_analyse(viewer, widget)
+    out["analyse_steps_s"] = steps
+    result = widget.last_result
+    store = open_store(result.store)
+    out["tiles"] = int(store.n_tiles)
+    out["dimensions"] = list(store.attrs["slide"]["dimensions"])
+    widget.mode.value = ZERO_SHOT
+    widget.slide_text_model.value = slide_text
+    widget.prompts_text.value = prompts
+    out["zero_shot_s"] = _press_analyse(viewer, widget)["done"]
+    attention = np.asarray(store.scores(f"{result.scores[0]}"), dtype=np.float64)
+    i = int(np.nanargmax(attention))
+    centre = level0_to_world(store.coords[i] + np.asarray(store.tile_extent) / 2, result.mpp)
+    widget.similar.value = True
+    out["similarity_click_s"], _ = _timed(viewer, lambda: widget.similar_at(tuple(centre)))
+    lo, hi = store.coords.min(axis=0), store.coords.max(axis=0) + np.asarray(store.tile_extent)
+    mid, half = (lo + hi) / 2, (hi - lo) / 4
+    box = np.array(
+        [mid - half, [mid[0] + half[0], mid[1] - half[1]], mid + half, [mid[0] - half[0], mid[1] + half[1]]]
+    )
+    shapes = viewer.add_shapes(
+        [level0_to_world(box, result.mpp)], shape_type="polygon", name="region", units="um"
+    )
+    viewer.layers.selection.active = shapes
+    out["region_zero_shot_s"], regions = _timed(viewer, widget.analyse_regions)
+    widget.mode.value = "MIL checkpoint"
+    out["region_mil_s"], regions = _timed(viewer, widget.analyse_regions)
+    out["region_tiles"] = int(regions[0].n_tiles) if regions else 0
+    viewer.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def steps_table(rows: list[dict]) -> None:
+    names = [
+        ("open (to the first frame)", lambda r: r["open_s"]),
+        ("Analyse: inputs + tissue", lambda r: r["analyse_steps_s"].get("tiling", float("nan"))),
+        (
+            "  tiles cut",
+            lambda r: (
+                r["analyse_steps_s"].get("tiles cut", float("nan")) - r["analyse_steps_s"].get("tiling", 0)
+            ),
+        ),
+        (
+            "  he-descriptor embeddings",
+            lambda r: r["analyse_steps_s"]["scoring"] - r["analyse_steps_s"].get("tiles cut", 0),
+        ),
+        (
+            "  MIL heatmap (scoring + layers)",
+            lambda r: r["analyse_steps_s"]["done"] - r["analyse_steps_s"]["scoring"],
+        ),
+        ("  Analyse in all", lambda r: r["analyse_steps_s"]["done"]),
+        ("zero-shot (cached embeddings)", lambda r: r["zero_shot_s"]),
+        ("similarity click", lambda r: r["similarity_click_s"]),
+        ("region, zero-shot", lambda r: r["region_zero_shot_s"]),
+        ("region, MIL", lambda r: r["region_mil_s"]),
+    ]
+    print(f"{'step (seconds)':36}" + "".join(f"{Path(r['slide']).name[:22]:>24}" for r in rows))
+    print(
+        f"{'slide size (px), tiles':36}"
+        + "".join(f"{'%dx%d, %d' % (*r['dimensions'], r['tiles']):>24}" for r in rows)
+    )
+    for name, get in names:
+        print(f"{name:36}" + "".join(f"{get(r):>24.2f}" for r in rows))
+
+
 # -- orchestration -------------------------------------------------------------------------------------
 
 
@@ -238,7 +407,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--case", choices=["make", "open", "baseline", "analyse"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--case", choices=["make", "open", "baseline", "analyse", "steps"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--slide", default="sample", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--steps",
+        nargs="*",
+        metavar="SLIDE",
+        help="time a pathologist's steps instead, on these slides (default: sample, CMU-1-Small-Region, "
+        "a synthetic slide of CMU-1's size; 'sample' and 'cmu1-size' name those two)",
+    )
     parser.add_argument(
         "--passes", type=int, default=4, help="horizontal sweeps across the slide at full resolution"
     )
@@ -265,6 +444,20 @@ def main() -> None:
         return
     if args.case == "analyse":
         print(json.dumps(case_analyse()))
+        return
+    if args.case == "steps":
+        print(json.dumps(case_steps(args.slide)))
+        return
+    if args.steps is not None:
+        cmu = os.environ.get("SLIDESCOPE_CMU_SMALL", "/work/shared/data/slides/CMU-1-Small-Region.svs")
+        measured = []
+        for which in args.steps or ["sample", cmu, "cmu1-size"]:
+            t = time.perf_counter()
+            measured.append(child("steps", "--slide", which))
+            print(
+                json.dumps(measured[-1]), f"({time.perf_counter() - t:.0f} s with start-up)", file=sys.stderr
+            )
+        steps_table(measured)
         return
 
     # generated in a child: Linux carries a process's peak RSS (ru_maxrss) into the children it starts, so

@@ -20,6 +20,16 @@ the file tiles that the grid touches, no slide library, expressed per grid tile;
 Peak memory of the streaming process is reported too, and ``detect_tissue`` time against a plain
 Otsu on an OpenSlide thumbnail at 1/16 and 1/64 scale.
 
+Backends (``--backends``, also in ``run``): every reader's ``Slide.read_region`` loop over the same 224 px
+tissue tiles, beside a plain OpenSlide loop on the SVS they come from. The synthetic slide and
+CMU-1-Small-Region are read as SVS by OpenSlide, tiffslide and fastslide; CMU-1-Small-Region's level 0
+(OpenSlide's decode) is also converted, losslessly, to the new backends' formats: CZI (pylibCZIrw's
+writer, zstd, its <= 1800 px subblocks), OME-Zarr (NGFF 0.4, 256 px chunks, zarr's default codec), PNG,
+and DICOM-WSI (wsidicomizer, which keeps the SVS's JPEG tiles). Each row gives the time to open the slide,
+the first pass over the tiles (each read once, as a grid is read: compared with OpenSlide's one pass), the
+best of 2 more passes (the reader's caches warm: Pillow has decoded the whole PNG, wsidicom and fastslide
+cache tiles) and the largest pixel difference of its tiles from OpenSlide's.
+
 ``run(quick)`` returns the rows that ``benchmarks/run_all.py`` prints.
 """
 
@@ -165,6 +175,144 @@ def tissue_times(path: Path) -> tuple[float, float, float, int]:
     return ours, base[0], base[1], int(mask.mask.sum())
 
 
+def _cmu_conversions(cmu: Path) -> list[tuple[str, Path, str]]:
+    """CMU-1-Small-Region's level 0 written as CZI, OME-Zarr, PNG and DICOM-WSI (once, into the cache)."""
+    import openslide
+    from PIL import Image
+
+    out = CACHE / "formats"
+    out.mkdir(parents=True, exist_ok=True)
+    with openslide.OpenSlide(str(cmu)) as o:
+        rgb = np.asarray(o.read_region((0, 0), 0, o.dimensions).convert("RGB"))
+        mpp = float(o.properties["openslide.mpp-x"])
+    made: list[tuple[str, Path, str]] = []
+    czi = out / "cmu.czi"
+    try:
+        from pylibCZIrw import czi as czi_io
+
+        if not czi.exists():
+            with czi_io.create_czi(str(czi), exist_ok=True, compression_options="zstd0:ExplicitLevel=1") as w:
+                w.write(np.ascontiguousarray(rgb[..., ::-1]))  # libCZI's Bgr24
+                w.write_metadata(document_name="cmu", scale_x=mpp * 1e-6, scale_y=mpp * 1e-6)
+        made.append(("CZI (zstd)", czi, "czi"))
+    except ImportError:
+        print("  pylibCZIrw not installed: no CZI row", file=sys.stderr)
+    zarr_path = out / "cmu.ome.zarr"
+    if not zarr_path.exists():
+        import zarr
+
+        group = zarr.open_group(str(zarr_path), mode="w", zarr_format=2)
+        group.create_array("0", data=np.moveaxis(rgb, 2, 0).copy(), chunks=(3, 256, 256))
+        axes = [{"name": "c", "type": "channel"}] + [
+            {"name": a, "type": "space", "unit": "micrometer"} for a in ("y", "x")
+        ]
+        scale = [{"type": "scale", "scale": [1, mpp, mpp]}]
+        group.attrs["multiscales"] = [
+            {"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}
+        ]
+    made.append(("OME-Zarr (NGFF 0.4)", zarr_path, "ome-zarr"))
+    png = out / "cmu.png"
+    if not png.exists():
+        Image.fromarray(rgb).save(png)
+    made.append(("PNG", png, "pil"))
+    dicom = out / "cmu-dicom"
+    try:
+        if not dicom.exists():
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from wsidicomizer import WsiDicomizer
+
+                WsiDicomizer.convert(cmu, dicom, workers=1)
+        made.append(("DICOM-WSI (wsidicomizer, JPEG kept)", dicom, "wsidicom"))
+    except ImportError:
+        print("  wsidicomizer not installed: no DICOM row", file=sys.stderr)
+    return made
+
+
+def _backend_loop(
+    path: Path, backend: str, coords: np.ndarray, size: int, **kw
+) -> tuple[float, float, float, list]:
+    """``Slide.read_region`` through one backend: seconds to open the slide, tiles/s of the first pass
+    (each tile read once, as a grid is read) and of the best of 2 more (the reader's caches warm), and
+    the tiles of the last pass."""
+    from slidescope.wsi import open_slide
+
+    rates, tiles = [], []
+    t = time.perf_counter()
+    with open_slide(path, backend=backend, **kw) as slide:
+        opened = time.perf_counter() - t
+        for _ in range(3):
+            t = time.perf_counter()
+            tiles = [slide.read_region((int(x), int(y)), 0, (size, size)) for x, y in coords]
+            rates.append(rate(len(coords), time.perf_counter() - t))
+    return opened, rates[0], max(rates[1:]), tiles
+
+
+def backend_rows(quick: bool = True, max_tiles: int = 300) -> list[dict]:
+    """Per-backend reading rows: ``{file, backend, tiles, open_s, ours, warm, openslide, max_diff}``: seconds
+    to open, tiles/s of the first pass (``ours``) and with warm caches, the plain OpenSlide loop's tiles/s."""
+    import openslide
+
+    from slidescope.wsi import detect_tissue, make_tile_grid, open_slide
+
+    w, h = (12000, 9000) if quick else (40000, 30000)
+    sources = [(f"synthetic SVS {w // 1000}k px", synthetic(w, h, 0.5))]
+    cmu = shared_slide()
+    if cmu:
+        sources.append(("CMU-1-Small-Region.svs", cmu))
+    rows = []
+    for name, svs in sources:
+        with open_slide(svs) as slide:
+            grid = make_tile_grid(slide, tile_size=224, mpp=slide.mpp[0], mask=detect_tissue(slide))
+        coords = grid.coords[: min(len(grid), max_tiles)]
+        with openslide.OpenSlide(str(svs)) as o:
+            t = time.perf_counter()
+            reference = [
+                np.asarray(o.read_region((int(x), int(y)), 0, (224, 224)).convert("RGB")) for x, y in coords
+            ]
+            plain = rate(len(coords), time.perf_counter() - t)
+        files = [(f"{name} (SVS)", svs, b) for b in ("openslide", "tiffslide", "fastslide")]
+        if svs == cmu:
+            files += [(f"CMU-1-Small-Region as {fmt}", p, b) for fmt, p, b in _cmu_conversions(cmu)]
+        for label, path, backend in files:
+            try:
+                opened, ours, warm, tiles = _backend_loop(path, backend, coords, 224, slide_mpp=0.499)
+            except Exception as err:  # noqa: BLE001 - an optional reader missing: say so, go on
+                print(f"  {label} / {backend}: {type(err).__name__}: {err}", file=sys.stderr)
+                continue
+            diff = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(tiles, reference))
+            rows.append(
+                {
+                    "file": label,
+                    "backend": backend,
+                    "tiles": len(coords),
+                    "open_s": opened,
+                    "ours": ours,
+                    "warm": warm,
+                    "openslide": plain,
+                    "max_diff": diff,
+                }
+            )
+    return rows
+
+
+def print_backend_rows(rows: list[dict]) -> None:
+    print()
+    print("Reading through each backend: Slide.read_region, 224 px tissue tiles, tiles/s")
+    print(
+        "| file | backend | tiles | open (s) | first pass | warm (best of 2 more) | plain OpenSlide loop "
+        "on the SVS | first pass / OpenSlide | max abs diff vs OpenSlide |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['file']} | {r['backend']} | {r['tiles']} | {r['open_s']:.2f} | {r['ours']:.0f} | "
+            f"{r['warm']:.0f} | {r['openslide']:.0f} | {r['ours'] / r['openslide']:.2f}x | {r['max_diff']} |"
+        )
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -176,7 +324,7 @@ def run(quick: bool = False, *, max_tiles: int | None = None) -> list[dict]:
     process), on the tissue tiles of the 20x synthetic slide (native 224 px), of the 40x one resized to
     256 px at 0.5 µm/px, and of CMU-1-Small-Region when present. Tissue: ``detect_tissue`` (an 8 µm/px
     mask, 1/16 of this slide) against Otsu on an OpenSlide thumbnail at 1/16 scale (which does much less:
-    no pen marks, holes or area filter).
+    no pen marks, holes or area filter). Then one row per backend and file of :func:`backend_rows`.
     Reading rates are the best of 2 interleaved runs of each.
     """
     from slidescope.wsi import detect_tissue, make_tile_grid, open_slide
@@ -209,6 +357,17 @@ def run(quick: bool = False, *, max_tiles: int | None = None) -> list[dict]:
                 "ratio": ours / plain,
             }
         )
+    for r in backend_rows(quick, 300):
+        rows.append(
+            {
+                "stage": f"read via --backend {r['backend']}: {r['file']}, {r['tiles']} tiles "
+                f"(max |diff| vs OpenSlide {r['max_diff']})",
+                "ours": r["ours"],
+                "baseline": r["openslide"],
+                "unit": "tiles/s",
+                "ratio": r["ours"] / r["openslide"],
+            }
+        )
     ours_t, b16, _, _ = tissue_times(s20)
     rows.append(
         {
@@ -227,7 +386,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="12k x 9k slides instead of 40k x 30k")
     ap.add_argument("--max-tiles", type=int, default=3000, help="tiles per case (first N of the tissue grid)")
+    ap.add_argument("--backends", action="store_true", help="only the per-backend reading table")
     args = ap.parse_args()
+    if args.backends:
+        print_backend_rows(backend_rows(args.quick, min(args.max_tiles, 300)))
+        return
 
     from slidescope.wsi import detect_tissue, make_tile_grid, open_slide
 

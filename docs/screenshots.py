@@ -13,7 +13,8 @@ File > Open Sample does, and drives the Analyse widget exactly as a user would:
   with its colour bar, the widget beside it;
 * ``napari-region.png``: *Analyse inside the drawn shapes* with a polygon drawn around one tumour focus:
   the region's prediction in the widget and the attention within the region only;
-* ``napari-zero-shot.png``: zero-shot with the demo's prompts, the best-class layer and its legend;
+* ``napari-zero-shot.png``: zero-shot with the demo's prompts, the best-class layer and its legend (the run's
+  default map);
 * ``napari-similarity.png``: *Click a tile: similar tiles* on the sample's most tumour-laden tile (its
   cosine-similarity map and the ranked list of the tiles most like it).
 
@@ -97,10 +98,7 @@ def main() -> None:
     viewer.window.add_dock_widget(widget, name="Analyse")
     _wait(app, lambda: widget.encoders_listed)
 
-    _analyse(viewer, app, widget, run_folder=result.abmil_run)
-    for layer in viewer.layers:  # the sample's ground truth: hidden, the model's map is what we show
-        if layer.name.endswith("tumour-fraction"):
-            layer.visible = False
+    _analyse(viewer, app, widget, run_folder=result.abmil_run)  # the run's map alone (ground truth hidden)
     viewer.reset_view()
     _wait(app, lambda: True)
     app.processEvents()
@@ -110,10 +108,8 @@ def main() -> None:
     _region_shot(viewer, app, widget)
 
     widget.mode.value = ZERO_SHOT
+    # a zero-shot run opens on its best-class map alone, with its legend
     _analyse(viewer, app, widget, slide_text_model=result.slide_text_model, prompts_file=result.prompts)
-    for layer in viewer.layers:  # the best-class map over the slide, the per-class similarities hidden
-        if "zero-shot/" in layer.name or layer.name.endswith("attention"):
-            layer.visible = False
     viewer.reset_view()
     app.processEvents()
     time.sleep(0.5)
@@ -154,10 +150,7 @@ def _similarity_shot(viewer, app, widget) -> None:
     from slidescope.features import open_store
     from slidescope.viewer._layers import level0_to_world
 
-    for layer in viewer.layers:
-        if layer.metadata.get("slidescope", {}).get("kind") == "classes":
-            layer.visible = False
-    store = open_store(widget.last_result.store)
+    store = open_store(widget.last_result.store)  # the click's run hides the best-class map and its legend
     i = int(np.argmax(store.scores("ground-truth/tumour-fraction")))
     extent = np.asarray(store.tile_extent, dtype=np.float64)
     widget.similar.value = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 
 from .errors import InvalidParameterError
@@ -119,7 +120,7 @@ def write_text(loc: str | os.PathLike[str], text: str) -> Location:
     return loc
 
 
-def expand_stores(stores: str | os.PathLike[str] | list[str | os.PathLike[str]]) -> list[Location]:
+def expand_stores(stores: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Location]:
     """Slide stores (``<slide>.zarr``) and folders of stores (every ``*.zarr`` inside, sorted) -> store locations.
 
     Local paths come back as :class:`~pathlib.Path`, URLs (``s3://bucket/stores``) as URL strings.

@@ -12,7 +12,8 @@ the plugins on first use) by declaring an entry point in one of :data:`GROUPS`, 
 The object an entry point names is loaded (a module is imported; a function is then called) the first
 time its registry is asked for a name or a list, once per process. The registration itself is the
 registry's own call (:func:`slidescope.features.register_encoder`, :func:`slidescope.mil.register_aggregator`,
-:func:`slidescope.vlm.published.register_published_model`, :func:`slidescope.wsi.register_backend`), so a
+:func:`slidescope.vlm.published.register_published_model`,
+:func:`slidescope.features.slide_encoders.register_slide_encoder`, :func:`slidescope.wsi.register_backend`), so a
 plugin registers exactly as the built-ins do. A plugin that fails to load does not stop slidescope: the
 failure is logged (a warning on the ``slidescope`` logger) and kept in :func:`plugin_failures`;
 ``slidescope encoders`` prints it. The entry point's own name is only a label (the registered name is what
@@ -25,16 +26,18 @@ import inspect
 import logging
 import threading
 import types
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GROUPS", "load_plugins", "plugin_failures"]
+__all__ = ["GROUPS", "Once", "load_plugins", "plugin_failures"]
 
 #: registry -> entry point group
 GROUPS = {
     "encoders": "slidescope.encoders",
     "aggregators": "slidescope.aggregators",
     "slide_models": "slidescope.slide_models",
+    "slide_encoders": "slidescope.slide_encoders",
     "readers": "slidescope.readers",
 }
 
@@ -64,6 +67,39 @@ def load_plugins(group: str) -> None:
                 log.warning(
                     "slidescope plugin %r (%s, group %s) failed to load: %s", ep.name, ep.value, full, err
                 )
+
+
+class Once:
+    """Runs a registry's loader (its built-ins) once per process, safely across threads.
+
+    Another thread that asks while the loader runs waits for it to finish (it would otherwise see a
+    half-filled registry: a Dask worker's threads once reported "unknown encoder 'he-descriptor'.
+    Registered: ;"); a call from inside the loader itself (a module that lists the registry while it
+    registers) returns at once; a loader that raises is run again on the next call instead of leaving the
+    registry empty for good."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._state = "new"  # "running" (in the thread holding the lock), "done"
+
+    def __call__(self, loader: Callable[[], object]) -> None:
+        if self._state == "done":
+            return
+        with self._lock:
+            if self._state != "new":  # done meanwhile, or re-entered by the loader in this thread
+                return
+            self._state = "running"
+            try:
+                loader()
+            except BaseException:
+                self._state = "new"
+                raise
+            self._state = "done"
+
+    def reset(self) -> None:
+        """Forget that the loader ran (tests)."""
+        with self._lock:
+            self._state = "new"
 
 
 def plugin_failures(group: str | None = None) -> dict[str, str]:

@@ -164,6 +164,11 @@ _STAINS = ("macenko", "reinhard")
 _PRECISIONS = ("fp32", "fp16", "bf16")
 #: stored embedding dtypes (:class:`slidescope.features.store.SlideStore`)
 _DTYPES = ("float16", "float32")
+#: tissue detectors: the classic one (:func:`slidescope.wsi.detect_tissue`) and the learned tissue segmenters
+#: (:mod:`slidescope.features.segmenters`, which imports torch)
+_TISSUE_METHODS = ("classic", "hest", "grandqc")
+#: learned artefact QC models (:data:`slidescope.features.segmenters.QC_MODELS`)
+_QC_MODELS = ("none", "grandqc")
 
 PEN_HELP = (
     "Pen-mark removal in tissue detection: auto (on, but off on slides that look like IHC, whose blue "
@@ -176,6 +181,18 @@ EDGE_HELP = (
 QC_HELP = (
     "Classic tile QC (blur, folds, dark spots, pen, bubbles): off, flag (measured and stored with the tiles) "
     "or exclude (flagged tiles are not embedded)"
+)
+TISSUE_HELP = (
+    "Tissue detection: classic (no weights), hest or grandqc (learned segmenters: their weights from the "
+    "Hugging Face hub or --segmenter-weights; --pen applies to classic only)"
+)
+SEGMENTER_WEIGHTS_HELP = (
+    "Local weights of the learned segmenters (offline use): a folder with the files of the hub repository "
+    "MahmoodLab/hest-tissue-seg, or one file"
+)
+QC_MODEL_HELP = (
+    "Learned artefact QC added to --qc flag/exclude: none or grandqc (GrandQC's artefact model: per-tile "
+    "fractions of fold, dark spot, pen, bubble and out-of-focus pixels, and checks on them)"
 )
 SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)"
 FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding their metadata"
@@ -194,7 +211,10 @@ class TilingOptions:
     min_tissue: float = option(DEFAULT_MIN_TISSUE, kind="float", help="Minimum tissue fraction of a tile")
     edge: str = option("drop", kind="str", choices=_edge_policies, help=EDGE_HELP)
     pen: str = option("auto", kind="str", choices=_pen_modes, help=PEN_HELP)
+    tissue: str = option("classic", kind="str", choices=_TISSUE_METHODS, help=TISSUE_HELP)
+    segmenter_weights: str | None = option(None, kind="path", help=SEGMENTER_WEIGHTS_HELP)
     qc: str = option("off", kind="str", choices=_qc_policies, help=QC_HELP)
+    qc_model: str = option("none", kind="str", choices=_QC_MODELS, help=QC_MODEL_HELP)
     slide_mpp: float | None = option(None, kind="float", help=SLIDE_MPP_HELP)
     force_slide_mpp: float | None = option(None, kind="float", help=FORCE_SLIDE_MPP_HELP)
     backend: str = option("auto", kind="str", choices=_BACKENDS, help=BACKEND_HELP)

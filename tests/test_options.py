@@ -41,7 +41,7 @@ def test_run_config_and_extract_job_extend_the_schema() -> None:
     slide = _defaults(SlideOptions)
     assert set(slide) == set(_defaults(TilingOptions)) | set(_defaults(EmbeddingOptions))
     assert {k: v for k, v in _defaults(RunConfig).items() if k in slide} == slide
-    assert _defaults(ExtractJob) == {**slide, "out": dataclasses.MISSING}
+    assert _defaults(ExtractJob) == {**slide, "out": dataclasses.MISSING, "slide_mpps": ()}
     # the config file's keys: the slides, every option of the run, the execution keys
     run_options = [f.name.replace("_", "-") for f in options_of(RunConfig)]
     assert CONFIG_KEYS == ("slides", *run_options, *(k.replace("_", "-") for k in EXECUTION_KEYS))

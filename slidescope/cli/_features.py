@@ -72,15 +72,18 @@ def extract(
 ) -> None:
     """Embed the tissue tiles of slides into Zarr stores (cached, resumable; bad slides are reported)."""
     from ..errors import InvalidParameterError
-    from ..wsi import expand_slides
+    from ..wsi import expand_slides, manifest_slide_mpp
 
-    for name in ("pen", "qc"):  # a usage error, not one failure per slide
+    for name in ("pen", "tissue", "qc", "qc_model"):  # a usage error, not one failure per slide
         modes = option_info(TilingOptions, name).allowed() or ()
         if options[name] not in modes:
             raise InvalidParameterError(f"--{name} must be one of {', '.join(modes)}, got {options[name]!r}")
     out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
     assert out is not None  # the location of a name
     paths = expand_slides(slides)
+    per_slide_mpp = manifest_slide_mpp(slides)  # a manifest's slide_mpp (or mpp) column
+    if per_slide_mpp:
+        options["slide_mpps"] = per_slide_mpp
     device_list = [d.strip() for d in devices.split(",")] if devices else None
     options["batch_size"] = batch_size_option(options["batch_size"])
     runner = chosen_executor(executor, scheduler, dask_workers)
@@ -132,6 +135,8 @@ def _extract_on_executor(executor, paths: list, out: Location, **options) -> lis
     """Each slide as one :func:`~slidescope.features.extract.extract_job` task; results in input order."""
     from ..features.extract import ExtractionResult, ExtractJob, extract_job
 
+    if "slide_mpps" in options:  # the job is frozen and hashable: (slide, µm/px) pairs
+        options["slide_mpps"] = tuple(sorted(options["slide_mpps"].items()))
     job = ExtractJob(out=str(out), **options)
     order = {str(p): i for i, p in enumerate(paths)}
 
@@ -181,6 +186,32 @@ def export_h5_cmd(
         name = location_name(p)
         target = export_h5(p, encoder, folder / (name[: -len(".zarr")] + ".h5"), flavor=flavor)
         typer.echo(f"{name} -> {target}")
+
+
+@app.command("export-qc")
+def export_qc_cmd(
+    stores: StoresArg = None,
+    stores_opt: StoresOpt = None,
+    store: StoreOpt = None,
+    out: str = typer.Option("qc", help="Local output folder for <slide>.qc.geojson files."),
+    all_tiles: bool = typer.Option(False, "--all-tiles", help="Every tile, not only the flagged ones."),
+) -> None:
+    """Export the tile QC of stores (extracted with --qc) as QuPath GeoJSON: one square per flagged tile,
+    classified by its first check, with its measures and flags as measurements."""
+    import json
+
+    from .._location import expand_stores
+    from ..features.store import open_qc_store, qc_geojson
+
+    folder = local(out, "--out of export-qc (the GeoJSON folder)")
+    assert folder is not None  # a local folder of a name
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in expand_stores(store_list(stores, stores_opt, store)):
+        name = location_name(p)
+        collection = qc_geojson(open_qc_store(p), flagged_only=not all_tiles)
+        target = folder / (name[: -len(".zarr")] + ".qc.geojson")
+        target.write_text(json.dumps(collection))
+        typer.echo(f"{name} -> {target} ({len(collection['features'])} tiles)")
 
 
 @app.command("import-h5")
@@ -241,14 +272,104 @@ def import_h5_cmd(
 
 @app.command()
 def encoders() -> None:
-    """List the registered encoders with dims, tile size, mpp and licence."""
+    """List the registered patch encoders (dims, tile size, mpp, licence) and slide encoders (the patch encoder
+    and tiling each needs, width, size, whether its layout was derived from the publisher's code, licence)."""
     from ..features import get_encoder_config, list_encoders
 
+    typer.echo(f"patch encoders ({len(list_encoders())}):")
+    typer.echo(f"{'name':<18} {'dim':>7}  {'tiling':<22} {'layout':<8} licence")
     for name in list_encoders():
         c = get_encoder_config(name)
         gated = " (gated)" if c.gated else ""
-        typer.echo(f"{name:<18} {c.embed_dim:>5}-d  {c.tile_size} px @ {c.mpp:g} µm/px  {c.license}{gated}")
+        tiling = f"{c.tile_size} px @ {c.mpp:g} µm/px"
+        typer.echo(f"{name:<18} {c.embed_dim:>5}-d  {tiling:<22} {_layout_word(c):<8} {c.license}{gated}")
+    from ..features.slide_encoders import describe, get_slide_encoder_config, list_slide_encoders
+
+    typer.echo("\nslide encoders (tile embeddings -> slide embedding; `slidescope embed-slides`):")
+    typer.echo(
+        f"{'name':<19} {'patch encoder':<17} {'tiling':<20} {'dim':>7} {'params':>7}  layout    licence"
+    )
+    for name in list_slide_encoders():
+        r = describe(get_slide_encoder_config(name))
+        typer.echo(
+            f"{r['name']:<19} {r['patch']:<17} {r['geometry']:<20} {r['dim']!s:>7} {r['params']:>7}  "
+            f"{r['layout']:<9} {r['licence']}"
+        )
+    typer.echo(
+        "\nlayout: ref-run = the state-dict keys and shapes equal what the publisher's or TRIDENT's own code "
+        "builds (run outside slidescope, tests/golden); derived = from the model card and code, not run; read = "
+        "read from the published checkpoint. `slidescope.features.get_encoder_config(name).layout_source` says "
+        "which source."
+    )
     from .._plugins import plugin_failures
 
-    for plugin, why in plugin_failures("encoders").items():
-        typer.secho(f"plugin {plugin!r} failed to load: {why}", fg=typer.colors.YELLOW, err=True)
+    for group in ("encoders", "slide_encoders"):
+        for plugin, why in plugin_failures(group).items():
+            typer.secho(f"plugin {plugin!r} failed to load: {why}", fg=typer.colors.YELLOW, err=True)
+
+
+def _layout_word(c: Any) -> str:
+    """How a patch encoder's layout is known, in one word (see the legend ``encoders`` prints)."""
+    if c.weight_free:
+        return "-"
+    source = str(c.layout_source)
+    if source.startswith("read"):
+        return "read"
+    return "ref-run" if source and not source.startswith("derived") else "derived"
+
+
+@app.command("embed-slides")
+def embed_slides_command(
+    slide_stores: StoresArg = None,
+    slide_encoder: str = typer.Option(
+        ..., "--slide-encoder", help="A slide encoder from `slidescope encoders` (feather-uni2, mean...)."
+    ),
+    encoder: str | None = typer.Option(
+        None,
+        help="The stores' tile embeddings (default: the one the slide encoder was trained on).",
+        show_default=False,
+    ),
+    weights: str | None = typer.Option(
+        None, help="The slide encoder's weights file or folder (default: the hub).", show_default=False
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow PRISM's / TITAN's own model code to run; required for them."
+    ),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1..."),
+    out: str | None = typer.Option(
+        None,
+        help="Also write the embeddings to this CSV (slide, then one column per dim).",
+        show_default=False,
+    ),
+    stores: StoresOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Slide embeddings from the stores' tile embeddings, written into each store (slide_embeddings/<name>)."""
+    import numpy as np
+
+    from ..features.slide_encoders import embed_slides
+
+    paths = store_list(slide_stores, stores, store)
+    res = embed_slides(
+        [str(p) for p in paths],
+        slide_encoder,
+        encoder=encoder,
+        weights=weights,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+    if out is not None:
+        names = [location_name(p).removesuffix(".zarr") for p in res.paths]
+        header = "slide," + ",".join(f"d{i}" for i in range(res.embeddings.shape[1]))
+        lines = [
+            f"{n}," + ",".join(np.format_float_positional(v, 7) for v in row)
+            for n, row in zip(names, res.embeddings, strict=True)
+        ]
+        write_text(out, "\n".join([header, *lines]) + "\n")
+    typer.echo(
+        f"{len(res.paths)} slide embeddings ({res.embeddings.shape[1]}-d) written as {res.name!r}", err=True
+    )
+    for path, why in res.failed.items():
+        typer.secho(f"{location_name(path)}: {why}", fg=typer.colors.YELLOW, err=True)
+    if res.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)

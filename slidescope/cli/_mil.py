@@ -13,6 +13,14 @@ from ._common import Accelerator, Device, Devices, NumNodes, StoreOpt, StoresArg
 from ._locations import stores_folder, local, location, store_list
 
 
+_N_BINS = typer.Option(4, "--n-bins", help="Discrete survival: time bins (quantiles of event times).")
+_BAG = typer.Option(
+    "slide",
+    "--bag",
+    help="slide: one bag per slide; patient: one per patient, the tiles of all its slides (score with --patients).",
+)
+
+
 @app.command()
 def train(
     manifest: str = typer.Option(
@@ -76,9 +84,8 @@ def train(
     survival_model: str = typer.Option("cox", "--survival-model", help="Survival head: cox or discrete."),
     time_column: str = typer.Option("time", "--time-column", help="Survival: time to event or censoring."),
     event_column: str = typer.Option("event", "--event-column", help="Survival: 1 = event, 0 = censored."),
-    n_bins: int = typer.Option(
-        4, "--n-bins", help="Discrete survival: time bins (quantiles of event times)."
-    ),
+    n_bins: int = _N_BINS,
+    bag: str = _BAG,
 ) -> None:
     """Train a MIL model (classification, regression or survival) with patient-level cross-validation;
     prints held-out metrics with 95% CIs.
@@ -135,6 +142,7 @@ def train(
         time_column=time_column,
         event_column=event_column,
         n_bins=n_bins,
+        bag=bag,
     )
     if res is None:  # another DDP rank than 0: rank 0 reports
         return
@@ -165,17 +173,32 @@ def score(
     executor: str | None = EXECUTOR,
     scheduler: str | None = SCHEDULER,
     dask_workers: int | None = DASK_WORKERS,
+    patients: str | None = typer.Option(
+        None,
+        "--patients",
+        help="CSV with slide and patient (e.g. the training manifest): score each patient's slides as one bag "
+        "(models trained with --bag patient).",
+        show_default=False,
+    ),
 ) -> None:
     """Predict slides with MIL checkpoints (probabilities, regression predictions or survival risks averaged)
     and store the tile attention."""
     from .._location import expand_stores
+    from ..mil import read_patients
     from ..mil.score import run_name, write_predictions
     from ..mil.score import score as run_score
 
     locations = store_list(stores, stores_opt, store)
     models = [local(m, "--model of score (a checkpoint)") for m in model]
     out_csv = local(out, "--out of score (the predictions CSV)")
+    patients_csv = local(patients, "--patients of score")
     runner = chosen_executor(executor, scheduler, dask_workers)
+    if patients is not None and runner is not None:
+        from ..errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            "--patients scores each patient's slides together here: leave out --executor"
+        )
     if runner is not None:
         from ..pipeline import StoreCall, map_stores
 
@@ -202,6 +225,7 @@ def score(
             name=name,
             device=device,
             errors="report",
+            patients=None if patients_csv is None else read_patients(patients_csv),
         )
     for r in results:
         if r.status != "scored":

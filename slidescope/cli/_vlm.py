@@ -54,6 +54,23 @@ def _manifest_rows(
     )
 
 
+def _patients_of(csvs: list[Path], store: Location) -> dict[str, str]:
+    """Slide name -> patient, from the ``patient`` column of the manifests (``few-shot --patient-level``)."""
+    from ..errors import InvalidParameterError
+    from ..features.store import store_path
+
+    out: dict[str, str] = {}
+    for path in csvs:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if any(not r.get("patient") for r in rows):
+            raise InvalidParameterError(f"{path.name}: --patient-level needs a patient on every row")
+        for r in rows:
+            name = location_name(store_path(store, path.parent / r["slide"])).removesuffix(".zarr")
+            out[name] = r["patient"]
+    return out
+
+
 @app.command()
 def pretrain(
     manifest: str = typer.Option(
@@ -375,8 +392,22 @@ def prompt_spread(
 
 @app.command("few-shot")
 def few_shot(
-    model: str = typer.Option(
-        ..., help="A saved slide-text model folder, or a published slide model (prism, titan)."
+    model: str | None = typer.Option(
+        None,
+        help="A saved slide-text model folder, or a published slide model (prism, titan); or --slide-encoder.",
+        show_default=False,
+    ),
+    slide_encoder: str | None = typer.Option(
+        None,
+        "--slide-encoder",
+        help="Instead of --model: a slide encoder from `slidescope encoders` (mean, feather-uni2...); no prompts.",
+        show_default=False,
+    ),
+    patient_level: bool = typer.Option(
+        False,
+        "--patient-level",
+        help="Classify patients (the CSVs' patient column): each the mean of its slides' embeddings; "
+        "--shots then counts patients.",
     ),
     train: str = typer.Option(..., help="CSV with slide and label: the labelled support slides."),
     test: str = typer.Option(..., help="CSV with slide (and optionally label): the slides to predict."),
@@ -420,6 +451,8 @@ def few_shot(
     train_paths, train_labels = _manifest_rows(train_csv, store, label_column)
     if any(lab is None for lab in train_labels):
         raise InvalidParameterError(f"{train_csv.name}: every support slide needs a {label_column!r}")
+    csvs = [c for c in (train_csv, test_csv, val_csv, base_csv) if c is not None]
+    patients = _patients_of(csvs, store) if patient_level else None
     if shots is not None:
         if shots < 1:
             raise InvalidParameterError(f"--shots must be >= 1, got {shots}")
@@ -427,7 +460,14 @@ def few_shot(
         keep: list[int] = []
         for lab in sorted(set(train_labels)):  # type: ignore[type-var]
             idx = [i for i, v in enumerate(train_labels) if v == lab]
-            keep.extend(sorted(rng.choice(idx, min(shots, len(idx)), replace=False).tolist()))
+            if patients is None:
+                keep.extend(sorted(rng.choice(idx, min(shots, len(idx)), replace=False).tolist()))
+                continue
+            # --patient-level: draw patients; each brings all its support slides
+            owner = {i: patients[location_name(train_paths[i]).removesuffix(".zarr")] for i in idx}
+            units = sorted(set(owner.values()))
+            drawn = set(rng.choice(units, min(shots, len(units)), replace=False).tolist())
+            keep.extend(i for i in idx if owner[i] in drawn)
         train_paths = [train_paths[i] for i in keep]
         train_labels = [train_labels[i] for i in keep]
     test_paths, test_labels = _manifest_rows(test_csv, store, label_column)
@@ -444,6 +484,8 @@ def few_shot(
         train_labels,
         test_paths,  # type: ignore[arg-type]
         model=model,
+        slide_encoder=slide_encoder,
+        patients=patients,
         encoder=encoder,
         method=method,
         classes=local(prompts, "--prompts of few-shot"),
@@ -456,6 +498,8 @@ def few_shot(
         trust_remote_code=trust_remote_code,
     )
     typer.echo(f"{method}: {len(train_paths)} support slides, {len(test_paths)} test slides")
+    if patients is not None:
+        typer.echo(f"patient level: {len(res.slides)} test patients (the mean of their slides' embeddings)")
     chosen = ", ".join(f"{k}={v:.4g}" for k, v in res.hyperparameters.items())
     typer.echo(f"hyperparameters: {res.tuning}" + (f" ({chosen})" if chosen else ""))
     for name, ci in res.metrics.items():

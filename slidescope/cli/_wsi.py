@@ -100,7 +100,7 @@ def _qc_summary(s: Any) -> dict[str, Any]:
 @app.command()
 @schema_options(
     TilingOptions,
-    ("mpp", "tile_size", "overlap", "min_tissue", "edge", "pen", *_READING),
+    ("mpp", "tile_size", "overlap", "min_tissue", "edge", "pen", "tissue", "segmenter_weights", *_READING),
     overrides={  # no encoder here to take the resolution from
         "mpp": {"default": 0.5, "help": "Target µm per pixel of the tiles (0.5 ~ 20x)."},
         "tile_size": {"default": 224, "help": "Tile side in pixels at --mpp."},
@@ -143,7 +143,12 @@ def tile(
         int(options["tile_size"]),
     )  # given: their defaults are numbers here
     with open_slide(slide, **{k: getattr(t, k) for k in _READING}) as s:
-        mask = detect_tissue(s, mpp=mask_mpp, pen=t.pen)
+        if t.tissue == "classic":
+            mask = detect_tissue(s, mpp=mask_mpp, pen=t.pen)
+        else:  # a learned segmenter (at its own µm/px; torch is imported only here)
+            from ..features.segmenters import find_tissue
+
+            mask = find_tissue(s, t.tissue, weights=t.segmenter_weights)
         grid = make_tile_grid(
             s,
             tile_size=tile_size,

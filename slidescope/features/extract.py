@@ -11,7 +11,6 @@ fight the readers for the cores). A run resumes from the last complete chunk.
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import os
 import queue
@@ -25,10 +24,10 @@ from typing import Any
 import torch
 
 from ..errors import InvalidParameterError
-from ..options import EmbeddingOptions, SlideOptions, TilingOptions, values_of
-from ..wsi import Slide, TileDataset, TileGrid, open_slide, qc_tiles
+from ..options import EmbeddingOptions, TilingOptions
+from ..wsi import MPP_FILLED_IN, MPP_FROM_MANIFEST, Slide, TileDataset, TileGrid, open_slide, qc_tiles
 from .encoders import Encoder, create_encoder
-from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, slide_fingerprint, store_path
+from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, settle_qc, slide_fingerprint, store_path
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +355,7 @@ def extract_features(
 
         normalizer = make_normalizer(stain)
 
-    grid = qc_tiles(slide, grid, qc)
+    grid = qc_tiles(slide, grid, qc, defer=True)  # "flag": measured on the tiles as the extraction reads them
     path = store_path(store, slide.path)
     t0 = time.perf_counter()
     result = ExtractionResult(slide=str(slide.path), status="done", store=str(path), n_tiles=len(grid))
@@ -380,6 +379,7 @@ def extract_features(
         )
         writer = st.prepare_embeddings(key, embed_dim=encoder.config.embed_dim, chunk_rows=chunk_rows)
         if writer.complete:
+            result.extra["qc"] = settle_qc(st, slide, grid)
             result.status = "reused" if len(grid) else "empty"
             result.seconds = time.perf_counter() - t0
             return result
@@ -417,6 +417,7 @@ def extract_features(
             batch_size=batch_size,
             num_workers=workers,
         )
+        result.extra["qc"] = settle_qc(st, slide, grid)
         if not len(grid):
             result.status = "empty"
     return result
@@ -443,7 +444,8 @@ class _EncodeInWorkers(torch.utils.data.IterableDataset):
             images = batch["image"]
             if self.normalizer is not None:
                 images = self.normalizer(images)
-            yield {"embedding": _encode(self.encoder, images, torch.device("cpu")), "index": batch["index"]}
+            emb = _encode(self.encoder, images, torch.device("cpu"))
+            yield {"embedding": emb, **{k: v for k, v in batch.items() if k != "image"}}
 
 
 def _run(
@@ -492,6 +494,8 @@ def _run(
                 if normalizer is not None:
                     images = normalizer(images)
                 emb = _encode_adaptive(encoder, images, dev, state).cpu().numpy()
+            if "qc" in batch:  # the deferred tile QC, measured by the readers
+                grid.record_batch(batch["index"], batch["qc"])
             for chunk in writer.add(batch["index"].numpy(), emb):
                 background.put(chunk)
             bar.update(len(emb))
@@ -515,8 +519,12 @@ def extract_slides(
     min_tissue: float = TilingOptions.min_tissue,
     edge: str = TilingOptions.edge,
     pen: str = TilingOptions.pen,
+    tissue: str = TilingOptions.tissue,
+    segmenter_weights: str | None = TilingOptions.segmenter_weights,
+    qc_model: str = TilingOptions.qc_model,
     slide_mpp: float | None = TilingOptions.slide_mpp,
     force_slide_mpp: float | None = TilingOptions.force_slide_mpp,
+    slide_mpps: dict[str, float] | None = None,
     backend: str = TilingOptions.backend,
     weights: str | None = EmbeddingOptions.weights,
     device: str = EmbeddingOptions.device,
@@ -528,23 +536,32 @@ def extract_slides(
     """Extract a batch of slides; one bad slide never stops the batch (its failure is recorded).
 
     ``mpp`` and ``tile_size`` default to what the encoder was trained on; ``pen`` is the pen-mark
-    removal of :func:`~slidescope.wsi.detect_tissue` (``"auto"``: off on IHC slides); ``qc`` (in ``kwargs``)
+    removal of :func:`~slidescope.wsi.detect_tissue` (``"auto"``: off on IHC slides); ``tissue`` the tissue
+    detector (``"classic"``, or a learned segmenter with ``segmenter_weights``, see
+    :func:`~slidescope.features.segmenters.find_tissue`); ``qc`` (in ``kwargs``) and ``qc_model`` (the learned
+    artefact QC, :func:`~slidescope.features.segmenters.artefact_measures`)
     the tile QC of :func:`extract_features`; ``edge`` the edge policy
     of :func:`~slidescope.wsi.make_tile_grid`. ``slide_mpp`` is the level-0
     µm/px filled in for slides without one (a file's own wins); ``force_slide_mpp`` overrides every
-    slide's (``slide_mpp`` and ``force_slide_mpp`` of :func:`~slidescope.wsi.open_slide`). ``devices`` (e.g.
+    slide's (``slide_mpp`` and ``force_slide_mpp`` of :func:`~slidescope.wsi.open_slide`); ``slide_mpps``
+    (slide path as given -> µm/px, from a manifest's ``slide_mpp``/``mpp`` column:
+    :func:`~slidescope.wsi.manifest_slide_mpp`) takes the place of ``slide_mpp`` for its slide, recorded as
+    mpp source ``"manifest"``. ``devices`` (e.g.
     ``["cuda:0", "cuda:1"]``) runs one process per device, each with its own encoder and reader
     workers, dealing the slides out in turn; the per-slide claims keep them from colliding. ``coords`` (a file,
     or a folder of per-slide files) gives the tiles instead of the tissue (:mod:`slidescope.features.coords`).
     """
     from tqdm.auto import tqdm
 
-    from ..wsi import detect_tissue, make_tile_grid, pen_hint
+    from ..wsi import make_tile_grid, pen_hint
     from .coords import coords_file_for, coords_grid
+    from .segmenters import device_of, find_tissue, run_tile_qc
 
     slides = list(slides)
     if devices is not None and len(devices) > 1:
-        return _extract_on_devices(
+        from ._extract_batch import extract_on_devices
+
+        return extract_on_devices(
             slides,
             encoder,
             devices,
@@ -555,9 +572,13 @@ def extract_slides(
             min_tissue=min_tissue,
             edge=edge,
             pen=pen,
+            tissue=tissue,
+            segmenter_weights=segmenter_weights,
+            qc_model=qc_model,
             slide_mpp=slide_mpp,
             backend=backend,
             force_slide_mpp=force_slide_mpp,
+            slide_mpps=slide_mpps,
             weights=weights,
             coords=coords,
             progress=progress,
@@ -570,13 +591,19 @@ def extract_slides(
     mpp = encoder.config.mpp if mpp is None else mpp
     tile_size = encoder.config.tile_size if tile_size is None else tile_size
     results = []
+    segmenting: dict[str, Any] = {"weights": segmenter_weights, "device": device_of(encoder)}
     for path in tqdm(slides, desc="slides", unit="slide", disable=not progress):
         t0 = time.perf_counter()
         try:
+            fill = (slide_mpps or {}).get(str(path))  # the manifest's value for this slide
             with open_slide(
-                path, backend=backend, force_slide_mpp=force_slide_mpp, slide_mpp=slide_mpp
+                path,
+                backend=backend,
+                force_slide_mpp=force_slide_mpp,
+                slide_mpp=slide_mpp if fill is None else fill,
+                slide_mpp_source=MPP_FILLED_IN if fill is None else MPP_FROM_MANIFEST,
             ) as slide:
-                mask = detect_tissue(slide, pen=pen)
+                mask = find_tissue(slide, tissue, pen=pen, **segmenting)
                 if coords is not None:  # the tiles another tool chose
                     grid = coords_grid(
                         coords_file_for(coords, path), slide, tile_size=tile_size, mpp=mpp, mask=mask
@@ -592,17 +619,20 @@ def extract_slides(
                         allow_empty=True,
                         edge=edge,
                     )
-                grid = qc_tiles(slide, grid, kwargs.get("qc", "off"), mask=mask)
+                grid = run_tile_qc(
+                    slide, grid, kwargs.get("qc", "off"), mask=mask, qc_model=qc_model, **segmenting
+                )
                 if len(grid) == 0:
                     log.warning(
                         "%s: no tissue tiles; writing an empty store.%s", Path(path).name, pen_hint(mask)
                     )
                 res = extract_features(slide, grid, encoder, store=store, progress=progress, **kwargs)
                 res.extra["tissue_mm2"] = round(mask.area_um2 / 1e6, 4)
-                res.extra["qc"] = getattr(grid, "qc_summary", None)
         except Exception as err:  # noqa: BLE001 - any failure of one slide is that slide's, never the batch's
             status = "claimed" if type(err).__name__ == "SlideClaimedError" else "failed"
-            message = _worker_message(err)
+            from ._extract_batch import worker_message
+
+            message = worker_message(err)
             log.error("%s: %s: %s", Path(path).name, type(err).__name__, message)
             res = ExtractionResult(
                 slide=str(path),
@@ -615,85 +645,5 @@ def extract_slides(
     return results
 
 
-def _worker_message(err: BaseException) -> str:
-    """The error's own message, without the worker traceback that torch's DataLoader wraps around
-    an exception raised in a reader process ("Caught X in DataLoader worker process 0. Original
-    Traceback ..."): the report gets one readable line."""
-    text = str(err)
-    if "Original Traceback" not in text:
-        return text
-    marker = f"{type(err).__module__}.{type(err).__qualname__}: "
-    return text.rsplit(marker, 1)[-1].strip() if marker in text else text.strip().splitlines()[-1]
-
-
-def _device_worker(args: tuple) -> list[dict[str, Any]]:
-    slides, encoder, device, kwargs = args
-    results = extract_slides(slides, encoder, device=device, **kwargs)
-    return [r.to_dict() for r in results]
-
-
-def _extract_on_devices(
-    slides: list, encoder: str, devices: list[str], **kwargs: Any
-) -> list[ExtractionResult]:
-    """One process per device (spawned, so CUDA initialises cleanly in each)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    if not isinstance(encoder, str):
-        raise InvalidParameterError(
-            "with several devices, pass the encoder by name: each process builds its own"
-        )
-    shares = [slides[i :: len(devices)] for i in range(len(devices))]
-    jobs = [
-        (share, encoder, dev, {**kwargs, "progress": False})
-        for share, dev in zip(shares, devices, strict=True)
-        if share
-    ]
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=mp.get_context("spawn")) as pool:
-        rows = [row for part in pool.map(_device_worker, jobs) for row in part]
-    order = {str(p): i for i, p in enumerate(slides)}
-    results = [ExtractionResult(**row) for row in rows]
-    return sorted(results, key=lambda r: order.get(r.slide, len(order)))
-
-
-# -- one slide as a task for an executor (``slidescope extract --executor dask``) -----------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExtractJob(SlideOptions):
-    """The options of ``slidescope extract`` for one slide task; frozen and picklable (it goes to workers).
-
-    The tiling and embedding options of :mod:`slidescope.options` (defaults defined there) and ``out``, the
-    store folder (or an fsspec URL); ``device`` decides whether a task asks for a GPU."""
-
-    out: str
-
-    @property
-    def attempts_dir(self) -> Path | None:
-        """Where a Dask run counts each slide's attempts (None for stores on a URL: not counted)."""
-        from .store import is_remote
-
-        return None if is_remote(self.out) else Path(self.out) / "reports" / ".attempts"
-
-
-@functools.lru_cache(maxsize=2)
-def _job_encoder(name: str, weights: str | None, device: str, precision: str | None) -> Encoder:
-    """One encoder per worker process, reused by its following slides."""
-    return create_encoder(name, weights=weights, device=device, precision=precision)
-
-
-def extract_job(slide: str, job: ExtractJob) -> ExtractionResult:
-    """Extract one slide with the options of ``job`` (a module-level function: executors pickle it)."""
-    encoder = _job_encoder(job.encoder, job.weights, job.device, job.precision)
-    return extract_slides(
-        [slide],
-        encoder,
-        store=job.out,
-        **values_of(job, TilingOptions),
-        batch_size=job.batch_size,
-        num_workers=job.num_workers,
-        dtype=job.dtype,
-        stain=job.stain,
-        weights=job.weights,
-        progress=False,
-    )[0]
+# the per-slide task of ``slidescope extract --executor dask`` lives in ._extract_batch (public here)
+from ._extract_batch import ExtractJob, extract_job  # noqa: E402 - after extract_slides, which it calls

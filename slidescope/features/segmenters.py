@@ -25,6 +25,11 @@ and the predictions stitched. The state-dict layouts are checked against the net
 builds (``tests/golden/make_trident_segmenters.py``). Deviation: TRIDENT maps "10x" to 1 µm/px whatever the
 scanner; slidescope reads at exactly the stated µm/px from the slide's own pixel size.
 
+In the pipeline: ``--tissue hest|grandqc`` (:func:`find_tissue`) tiles on a learned mask, its name and
+weights' sha256 in the tiling's cache key; ``--qc-model grandqc`` (:func:`artefact_measures`,
+:func:`run_tile_qc`) adds the per-tile fractions of GrandQC's artefact classes to the tile QC;
+``--segmenter-weights`` gives their local weights.
+
 The weights are all in the hub repository ``MahmoodLab/hest-tissue-seg``; their terms are on its model card
 (non-commercial research use); GrandQC's also on https://github.com/cpath-ukk/grandqc. U-Net and U-Net++
 come from ``segmentation_models_pytorch`` (``pip install "slidescope[qc]"``).
@@ -32,6 +37,7 @@ come from ``segmentation_models_pytorch`` (``pip install "slidescope[qc]"``).
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -39,6 +45,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +68,12 @@ __all__ = [
     "create_segmenter",
     "segment_tissue",
     "segment_artefacts",
+    "TISSUE_METHODS",
+    "find_tissue",
+    "device_of",
+    "QC_MODELS",
+    "artefact_measures",
+    "run_tile_qc",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,6 +99,8 @@ class SegmenterConfig:
     threshold : minimum softmax probability of the winning tissue class (None: the arg-max alone).
     jpeg_quality : the input is JPEG-compressed at this quality first (as the model was trained), or None.
     precision : compute precision on a GPU (CPU runs fp32).
+    artefacts : (channel, short name) of the artefact classes of an artefact model: the tile QC measures
+        the fraction of each (``grandqc_<name>``, see :func:`artefact_measures`).
     """
 
     name: str
@@ -105,6 +120,7 @@ class SegmenterConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""
+    artefacts: tuple[tuple[int, str], ...] = ()
     #: checkpoint key conversion (e.g. HEST's Lightning prefix), applied before the strict load
     convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = field(
         default=None, repr=False
@@ -223,6 +239,7 @@ GRANDQC_ARTEFACTS = SegmenterConfig(
     ),
     tissue_classes=(0, 1),  # TRIDENT's tissue rule: classes 0 and 1 are clean tissue, the rest is not
     threshold=None,
+    artefacts=((2, "fold"), (3, "dark_spot"), (4, "pen"), (5, "bubble"), (6, "out_of_focus")),
     description="GrandQC artefact segmentation (Weng et al., Nat Commun 2024): U-Net at 1 µm/px, 8 classes.",
 )
 
@@ -313,7 +330,14 @@ def create_segmenter(
     """
     config, builder = _entry(name)
     network = builder(config)
-    path = resolve_weights(config, weights)  # type: ignore[arg-type]  # the same fields as an EncoderConfig
+    try:
+        path = resolve_weights(config, weights)  # type: ignore[arg-type]  # the same fields as an EncoderConfig
+    except WeightsError as err:  # the advice at its end names the encoders' options: name the segmenter's
+        said = str(err).split(" Or download them once")[0]
+        raise WeightsError(
+            f"{said} Or download them once and pass the file or folder: create_segmenter({name!r}, "
+            "weights='PATH') / `--segmenter-weights PATH` (run, extract, tile)."
+        ) from err
     state = read_state_dict(path)
     if config.convert is not None:
         state = config.convert(state)
@@ -387,6 +411,8 @@ def segment_tissue(
     mask = _run(seg, rgb, batch_size, seg.tissue)
     params = {
         "method": seg.config.name,
+        # what a tile grid made on this mask records in its cache key (see make_tile_grid)
+        "segmenter": {"name": seg.config.name, "weights_sha256": seg.weights_sha256},
         "model_mpp": seg.config.mpp,
         "mask_mpp": [float(mpp[0]), float(mpp[1])],
         "weights_sha256": seg.weights_sha256,
@@ -408,6 +434,120 @@ def segment_artefacts(
     seg = _segmenter(model, weights, device)
     rgb, mpp = _read_at(slide, seg.config.mpp)
     return _run(seg, rgb, batch_size, seg.classes_of), seg.config.classes, mpp
+
+
+#: the values of the ``tissue`` option (``--tissue``): the classic detector and the learned tissue segmenters
+TISSUE_METHODS = ("classic", "hest", "grandqc")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_segmenter(name: str, weights: str | None, device: str) -> Segmenter:
+    """One loaded segmenter per (name, weights, device), reused by the following slides of a batch."""
+    return create_segmenter(name, weights=weights, device=device)
+
+
+def device_of(module: Any) -> str:
+    """The device of a torch module's first parameter or buffer (``"cpu"`` when it has none), as text."""
+    tensors = [*module.parameters(), *module.buffers()] if isinstance(module, nn.Module) else []
+    return str(tensors[0].device) if tensors else "cpu"
+
+
+def find_tissue(
+    slide: Any,
+    method: str = "classic",
+    *,
+    pen: str = "auto",
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+):
+    """The tissue of an open slide by the ``tissue`` option's method (``--tissue``): a ``TissueMask``.
+
+    Parameters
+    ----------
+    slide : an open :class:`~slidescope.wsi.Slide`.
+    method : ``"classic"`` (:func:`slidescope.wsi.detect_tissue`, no weights) or a learned tissue segmenter of
+        :data:`TISSUE_METHODS` (:func:`segment_tissue`; loaded once and reused for the next slides).
+    pen : pen removal of the classic detector (the learned segmenters decide alone).
+    weights : the segmenter's local weights file or folder; None: the Hugging Face hub (cache).
+    device : where the segmenter runs (``"auto"``: CUDA when present).
+
+    A grid made on a learned mask records the segmenter and its weights' sha256 in its cache key, so its
+    embeddings are stored beside, never mixed with, those of the classic tiling.
+    """
+    if method not in TISSUE_METHODS:
+        raise InvalidParameterError(f"tissue must be one of {', '.join(TISSUE_METHODS)}, got {method!r}")
+    if method == "classic":
+        from ..wsi import detect_tissue
+
+        return detect_tissue(slide, pen=pen)
+    path = None if weights is None else str(Path(weights).expanduser().resolve())
+    return segment_tissue(slide, _cached_segmenter(method, path, str(device)))
+
+
+#: the values of the ``qc_model`` option (``--qc-model``) and the segmenter each one runs
+QC_MODELS = {"none": None, "grandqc": "grandqc-artefacts"}
+
+
+def artefact_measures(
+    slide: Any,
+    grid: Any,
+    model: str = "grandqc",
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+    """The learned artefact QC of the tiles of ``grid``: per tile, the fraction of each artefact class.
+
+    The artefact model (:data:`QC_MODELS`; GrandQC's at 1 µm/px) segments the whole slide
+    (:func:`segment_artefacts`); each tile's footprint on its class map gives one fraction per artefact
+    class (:func:`slidescope.wsi.class_fractions`), named ``grandqc_fold``, ``grandqc_dark_spot``,
+    ``grandqc_pen``, ``grandqc_bubble``, ``grandqc_out_of_focus``. They go to
+    :func:`~slidescope.wsi.qc_tiles` (``measures=``), which stores, checks and summarises them with the
+    classic measures.
+
+    Returns
+    -------
+    (measures, model)
+        name -> float32 (N,), and the model's name and weights' sha256 (for the cache key); ``({}, None)``
+        for ``model="none"``.
+    """
+    from ..wsi import LEARNED_PREFIX, class_fractions
+
+    if model not in QC_MODELS:
+        raise InvalidParameterError(f"qc_model must be one of {', '.join(QC_MODELS)}, got {model!r}")
+    name = QC_MODELS[model]
+    if name is None:
+        return {}, None
+    path = None if weights is None else str(Path(weights).expanduser().resolve())
+    seg = _cached_segmenter(name, path, str(device))
+    class_map, _, mpp = segment_artefacts(slide, seg)
+    classes = {c: f"{LEARNED_PREFIX}{short}" for c, short in seg.config.artefacts}
+    provenance = {"name": seg.config.name, "weights_sha256": seg.weights_sha256}
+    return class_fractions(grid, class_map, mpp, classes), provenance
+
+
+def run_tile_qc(
+    slide: Any,
+    grid: Any,
+    policy: str,
+    *,
+    mask: Any = None,
+    qc_model: str = "none",
+    weights: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+) -> Any:
+    """The tile QC of the ``qc`` option with the learned artefact QC of ``qc_model``: the classic measures
+    (:func:`~slidescope.wsi.qc_tiles`) and, for ``qc_model="grandqc"``, :func:`artefact_measures` with them.
+    ``policy="off"``: ``grid`` itself, no model run. With ``"flag"`` the classic measures are deferred to the
+    extraction's read of the tiles (``defer=True``; the grid must go to
+    :func:`~slidescope.features.extract_features`, which completes them)."""
+    from ..wsi import qc_tiles
+
+    measures: dict[str, np.ndarray] = {}
+    model: dict[str, Any] | None = None
+    if policy != "off":
+        measures, model = artefact_measures(slide, grid, qc_model, weights=weights, device=device)
+    return qc_tiles(slide, grid, policy, mask=mask, measures=measures, model=model, defer=True)
 
 
 __all__ += ["WeightsError"]

@@ -18,6 +18,8 @@ _EXPORTS = {
     "register_aggregator": ".aggregators",
     "AggregatorOutput": ".aggregators",
     "read_manifest": ".data",
+    "patient_bags": "._patients",
+    "read_patients": "._patients",
     "make_splits": ".data",
     "BagDataModule": ".data",
     "MILTask": ".task",
@@ -27,6 +29,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._patients import patient_bags as patient_bags, read_patients as read_patients
     from .aggregators import (
         AggregatorOutput as AggregatorOutput,
         create_aggregator as create_aggregator,

@@ -64,13 +64,16 @@ class SlideRow:
     #: survival: follow-up time (>= 0, any unit) and event indicator (1 = event, 0 = censored)
     time: float | None = None
     event: int | None = None
+    #: a patient bag (:func:`~slidescope.mil._patients.patient_bags`): all its slides in manifest order
+    slides: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
-        """The slide's store name (its file name without the slide extension)."""
+        """The slide's store name (its file name without the slide extension); a patient bag's slides' joined
+        by ``;``."""
         from ..features.store import slide_key
 
-        return slide_key(self.slide)
+        return ";".join(slide_key(s) for s in self.slides) if self.slides else slide_key(self.slide)
 
 
 def read_manifest(
@@ -440,14 +443,14 @@ class StoreBags(Dataset):
         return len(self.rows)
 
     def embeddings(self, i: int) -> np.ndarray:
-        """(N, D) float32 embeddings of slide ``i``."""
+        """(N, D) float32 embeddings of slide ``i`` (a patient bag: its slides' tiles one after the other)."""
         if i in self._cache:
             return self._cache[i]
-        emb = (
-            open_store(store_path(self.store, self.rows[i].slide), encoder=self.encoder)
-            .embeddings(self.encoder)
-            .astype(np.float32)
-        )
+        parts = [
+            open_store(store_path(self.store, slide), encoder=self.encoder).embeddings(self.encoder)
+            for slide in (getattr(self.rows[i], "slides", ()) or (self.rows[i].slide,))
+        ]
+        emb = (parts[0] if len(parts) == 1 else np.concatenate(parts)).astype(np.float32)
         if self.cache:
             self._cache[i] = emb
         return emb

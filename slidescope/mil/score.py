@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +53,8 @@ class SlideScore:
     risk: float | None = None
     status: str = "scored"
     error: str | None = None
+    #: a patient's row (``score(..., patients=)``): ``slide`` is the patient, these its slides scored together
+    slides: tuple[str, ...] = ()
 
     @classmethod
     def skipped(cls, store: Path | str, err: BaseException) -> SlideScore:
@@ -84,6 +88,7 @@ def score(
     name: str | None = None,
     device: str = "cpu",
     errors: str = "raise",
+    patients: Mapping[str, str] | None = None,
 ) -> list[SlideScore]:
     """Score slides with an ensemble of MIL checkpoints (e.g. the folds of one run).
 
@@ -113,6 +118,12 @@ def score(
         the batch (raise its error), or give a row with ``status`` ``"empty"`` / ``"failed"`` and the
         ``error``, the other stores scored (``slidescope score`` reports; the CSV then has the scored
         slides and ``<out>.skipped.csv`` lists the others).
+    patients : mapping, optional
+        Slide (store) name -> patient, for checkpoints trained on patient bags (``train(..., bag="patient")``):
+        each patient's slides are scored as one bag, their tiles one after the other in store order, and the
+        patient gets one row (``slide`` the patient, ``slides`` its slides; the CSV's first columns are
+        ``patient, slides``). Each store gets its part of the attention and the patient's prediction. A slide
+        that cannot be scored is skipped (reported as above) and its patient scored from the others.
 
     Returns
     -------
@@ -165,69 +176,90 @@ def score(
     encoder, dim, classes = first.encoder_name, int(first.hparams.embed_dim), first.class_names
     name = name or run_name(checkpoints[0])
     results: list[SlideScore] = []
-    for sp in expand_stores(stores):
-        try:
-            store = open_store(sp, encoder=encoder)
-            emb = _embeddings(store, encoder, dim, checkpoints[0], load_task_error=EncoderMismatchError)
-        except SlidescopeError as err:
-            if errors == "raise":
-                raise
-            log.warning("%s not scored: %s", sp, err)
-            results.append(SlideScore.skipped(sp, err))
+    for patient, group in _bags(expand_stores(stores), patients):
+        read: list[tuple[str | Path, SlideStore, np.ndarray]] = []
+        for sp in group:
+            try:
+                store = open_store(sp, encoder=encoder)
+                emb = _embeddings(store, encoder, dim, checkpoints[0], load_task_error=EncoderMismatchError)
+            except SlidescopeError as err:
+                if errors == "raise":
+                    raise
+                log.warning("%s not scored: %s", sp, err)
+                results.append(SlideScore.skipped(sp, err))
+                continue
+            read.append((sp, store, emb))
+        if not read:
             continue
         probs, att = [], []
         with torch.no_grad():
             for t in tasks:
-                p, s = t.predict_bag(emb)
+                p, s = t.predict_bag(np.concatenate([e for _, _, e in read]) if len(read) > 1 else read[0][2])
                 probs.append(p.numpy())
                 att.append(s.numpy())
         prob = np.mean(probs, axis=0)
         attention = np.mean(att, axis=0).astype(np.float32)
-        slide = store.name[: -len(".zarr")]
+        names = tuple(store.name[: -len(".zarr")] for _, store, _ in read)
+        res = SlideScore(
+            slide=names[0] if patient is None else patient,
+            store=read[0][0],
+            probs={},
+            predicted="",
+            attention=attention,
+            slides=() if patient is None else names,
+        )
         if kind == "classification":
-            res = SlideScore(
-                slide=slide,
-                store=sp,
-                probs={c: float(v) for c, v in zip(classes, prob, strict=True)},
-                predicted=classes[int(prob.argmax())],
-                attention=attention,
-            )
-            attrs = {"probabilities": res.probs, "predicted": res.predicted}
+            res.probs = {c: float(v) for c, v in zip(classes, prob, strict=True)}
+            res.predicted = classes[int(prob.argmax())]
+            attrs: dict[str, Any] = {"probabilities": res.probs, "predicted": res.predicted}
         else:
             value = float(prob[0])
-            res = SlideScore(
-                slide=slide,
-                store=sp,
-                probs={},
-                predicted=f"{value:.6g}",
-                attention=attention,
-                prediction=value if kind == "regression" else None,
-                risk=value if kind == "survival" else None,
-            )
+            res.predicted = f"{value:.6g}"
+            res.prediction = value if kind == "regression" else None
+            res.risk = value if kind == "survival" else None
             attrs = {_VALUE[kind]: value}
         results.append(res)
         if write_scores:
-            writable = SlideStore.open(sp, mode="r+", tiling=store.tiling_key)  # the tiling scored
-            writable.write_scores(
-                f"{name}/attention",
-                attention,
-                attrs={
-                    "kind": "attention",
-                    "task": kind,
-                    **attrs,
-                    "encoder": encoder,
-                    "model": str(first.hparams.aggregator),
-                    "checkpoints": [str(Path(c).resolve()) for c in checkpoints],
-                },
+            attrs.update(
+                kind="attention",
+                task=kind,
+                encoder=encoder,
+                model=str(first.hparams.aggregator),
+                checkpoints=[str(Path(c).resolve()) for c in checkpoints],
             )
+            if patient is not None:
+                attrs.update(patient=patient, patient_slides=list(names))
+            start = 0
+            for sp, store, emb in read:  # each store gets the attention of its own tiles
+                writable = SlideStore.open(sp, mode="r+", tiling=store.tiling_key)  # the tiling scored
+                writable.write_scores(f"{name}/attention", attention[start : start + len(emb)], attrs=attrs)
+                start += len(emb)
     if out_csv is not None:
         write_predictions(out_csv, results)
     return results
 
 
+def _bags(stores: list, patients: Mapping[str, str] | None) -> list[tuple[str | None, list]]:
+    """``(None, [store])`` per store, or ``(patient, [its stores in order])`` per patient."""
+    if patients is None:
+        return [(None, [sp]) for sp in stores]
+    names = [str(sp).rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr") for sp in stores]
+    missing = [n for n in names if n not in patients]
+    if missing:
+        raise InvalidParameterError(
+            f"no patient for slide(s) {', '.join(missing[:10])}: give every scored slide's patient "
+            f"(the manifest's slide and patient columns)"
+        )
+    groups: dict[str, list] = {}
+    for sp, n in zip(stores, names, strict=True):
+        groups.setdefault(str(patients[n]), []).append(sp)
+    return list(groups.items())
+
+
 def write_predictions(out_csv: str | os.PathLike[str], results: list[SlideScore]) -> Path:
     """The predictions CSV of :func:`score`: ``slide, prob_<class>..., predicted`` (classification),
-    ``slide, prediction`` (regression) or ``slide, risk`` (survival); one row per scored slide. Slides not
+    ``slide, prediction`` (regression) or ``slide, risk`` (survival); one row per scored slide (per patient:
+    ``patient, slides, ...``, the slides joined by ``;``). Slides not
     scored go to ``<out>.skipped.csv`` (:func:`write_skipped`; a stale one is removed)."""
     out_csv = require_local(
         out_csv, "out_csv (the predictions CSV)"
@@ -235,18 +267,24 @@ def write_predictions(out_csv: str | os.PathLike[str], results: list[SlideScore]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_skipped(out_csv, [(r.slide, r.status, r.error or "") for r in results if r.status != "scored"])
     results = [r for r in results if r.status == "scored"]
+    by_patient = any(r.slides for r in results)
+    head = ["patient", "slides"] if by_patient else ["slide"]
+
+    def lead(r: SlideScore) -> list[str]:
+        return [r.slide, ";".join(r.slides)] if by_patient else [r.slide]
+
     with open(out_csv, "w", newline="") as fh:
         w = csv.writer(fh)
         value = next((v for v in _VALUE.values() if results and getattr(results[0], v) is not None), None)
         if value is None:
             classes = list(results[0].probs) if results else []
-            w.writerow(["slide", *[f"prob_{c}" for c in classes], "predicted"])
+            w.writerow([*head, *[f"prob_{c}" for c in classes], "predicted"])
             for r in results:
-                w.writerow([r.slide, *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
+                w.writerow([*lead(r), *[f"{r.probs[c]:.6f}" for c in classes], r.predicted])
         else:
-            w.writerow(["slide", value])
+            w.writerow([*head, value])
             for r in results:
-                w.writerow([r.slide, f"{getattr(r, value):.6f}"])
+                w.writerow([*lead(r), f"{getattr(r, value):.6f}"])
     return out_csv
 
 

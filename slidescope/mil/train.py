@@ -193,6 +193,7 @@ class TrainConfig:
     time_column: str = "time"
     event_column: str = "event"
     n_bins: int = 4
+    bag: str = "slide"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -205,8 +206,11 @@ class TrainConfig:
 
     def check(self) -> None:
         """Options that are wrong whatever the data (checked before the manifest is read)."""
+        from ._patients import BAGS
         from .task import SURVIVAL_MODELS
 
+        if self.bag not in BAGS:
+            raise InvalidParameterError(f"unknown bag {self.bag!r}; use one of {', '.join(BAGS)}")
         if self.task == "survival" and self.survival_model not in SURVIVAL_MODELS:
             raise InvalidParameterError(
                 f"unknown survival model {self.survival_model!r}; use one of {', '.join(SURVIVAL_MODELS)}"
@@ -273,6 +277,7 @@ def train(
     time_column: str = "time",
     event_column: str = "event",
     n_bins: int = 4,
+    bag: str = "slide",
 ) -> TrainResult:
     """Train one model per fold with patient-level cross-validation and report held-out metrics.
 
@@ -348,6 +353,11 @@ def train(
         Survival: time to event or censoring, and 1 = event / 0 = censored.
     n_bins : int, default 4
         Discrete survival: time bins.
+    bag : {"slide", "patient"}, default "slide"
+        What one bag is: one slide's tiles with its label, or all of a patient's slides' tiles one after the
+        other (manifest order) with the patient's label (:func:`~slidescope.mil._patients.patient_bags`; its
+        slides must agree on the label). With ``"patient"`` the rows of ``oof_predictions.csv`` are patients
+        (``slide``: their slides joined by ``;``) and :func:`score` needs ``patients=``.
 
     Returns
     -------
@@ -423,6 +433,7 @@ def train(
         time_column=time_column,
         event_column=event_column,
         n_bins=n_bins,
+        bag=bag,
     )
     return train_from_config(config)
 
@@ -463,6 +474,8 @@ def _run_config(
         "class_names": class_names,
         "in_dim": in_dim,
     }
+    if cfg.bag != "slide":  # slide-bag runs keep the configuration of earlier versions
+        config["bag"] = cfg.bag
     if cfg.task != "classification":  # classification runs keep the configuration of earlier versions
         config.update(task=cfg.task, label_column=cfg.label_column, class_weighting=False)
         if cfg.task == "survival":
@@ -488,6 +501,10 @@ def _plan(cfg: TrainConfig) -> _Plan:
         time_column=cfg.time_column,
         event_column=cfg.event_column,
     )
+    if cfg.bag == "patient":
+        from ._patients import patient_bags
+
+        rows = patient_bags(rows)
     class_names = sorted({r.label for r in rows}) if cfg.task == "classification" else []
     first = open_store(store_path(cfg.store, rows[0].slide), encoder=cfg.encoder)
     in_dim = int(first.encoder_attrs(cfg.encoder).get("embed_dim") or first.embeddings(cfg.encoder).shape[1])

@@ -85,6 +85,10 @@ class RunConfig(SlideOptions):
     prompt_ensemble : ``mean-embedding`` or ``sum-probability``.
     heatmaps : write heatmap PNG + GeoJSON per slide (MIL attention, zero-shot tile similarity).
     heatmap_size, cmap, normalize : heatmap thumbnail size (px), colour map, score normalisation.
+    slide_encoder : a registered slide encoder (:mod:`slidescope.features.slide_encoders`); after the slides,
+        each finished one's slide embedding is written into its store and ``OUT/slide_embeddings.csv`` (not
+        part of the results' signature: computed again from the stores at every run).
+    slide_encoder_weights : its weights file or folder (offline use; default: the Hugging Face hub).
     progress : show a per-slide tile progress bar (execution only, not part of the results' signature).
     slide_mpps : per-slide ``slide_mpp`` from the manifests' ``slide_mpp`` (or ``mpp``) column, keyed by the
         slide path as given to the run (:func:`~slidescope.wsi.manifest_slide_mpp`); for its slide it takes
@@ -126,6 +130,15 @@ class RunConfig(SlideOptions):
     )
     normalize: str = option(
         "rank", kind="str", choices=_NORMALIZE, help=f"Heatmap scores: {one_of(_NORMALIZE)}"
+    )
+    slide_encoder: str | None = option(
+        None,
+        kind="str",
+        help="Slide encoder (`slidescope encoders`): each finished slide's embedding into its store and "
+        "OUT/slide_embeddings.csv",
+    )
+    slide_encoder_weights: str | None = option(
+        None, kind="path", help="Local weights file or folder of --slide-encoder (default: the hub)"
     )
     progress: bool = field(default=False, compare=False)
     slide_mpps: Mapping[str, float] = field(default_factory=dict, compare=False)
@@ -506,7 +519,15 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
             "min_tissue": cfg.min_tissue,
             **({"edge": cfg.edge} if cfg.edge != "drop" else {}),  # absent for drop: older records stay valid
             "pen": cfg.pen,
+            # the learned models and their weights only where used: older records stay valid
+            **({"tissue": cfg.tissue} if cfg.tissue != "classic" else {}),
             **({"qc": cfg.qc} if cfg.qc != "off" else {}),  # absent for off: older records stay valid
+            **({"qc_model": cfg.qc_model} if cfg.qc != "off" and cfg.qc_model != "none" else {}),
+            **(
+                {"segmenter_weights": _file_digest(Path(cfg.segmenter_weights))}
+                if cfg.segmenter_weights
+                else {}
+            ),
             # --slide-mpp only matters to the slides without a pixel size: each record says which
             # pixel size it used (see plan_slide), so it is not in the signature of every slide
             "force_slide_mpp": cfg.force_slide_mpp,

@@ -86,7 +86,8 @@ def embed_slide(
         removal took most of the tissue).
     """
     from ..features.extract import extract_features
-    from ..wsi import detect_tissue, make_tile_grid, pen_hint, qc_tiles
+    from ..features.segmenters import device_of, find_tissue, run_tile_qc
+    from ..wsi import make_tile_grid, pen_hint
 
     tiling = tiling if tiling is not None else TilingOptions()
     timed = timer if timer is not None else _untimed
@@ -94,7 +95,13 @@ def embed_slide(
     tile_size = tiling.tile_size if tiling.tile_size is not None else encoder.config.tile_size
     if mask is None:
         with timed("tissue"):
-            mask = detect_tissue(slide_obj, pen=tiling.pen)
+            mask = find_tissue(
+                slide_obj,
+                tiling.tissue,
+                pen=tiling.pen,
+                weights=tiling.segmenter_weights,
+                device=device_of(encoder),
+            )
     step = on_step if on_step is not None else _no_step
     step("tissue", mask)
     with timed("tiles"):
@@ -110,7 +117,15 @@ def embed_slide(
         )
     if tiling.qc != "off":
         with timed("qc"):
-            grid = qc_tiles(slide_obj, grid, tiling.qc, mask=mask)
+            grid = run_tile_qc(
+                slide_obj,
+                grid,
+                tiling.qc,
+                mask=mask,
+                qc_model=tiling.qc_model,
+                weights=tiling.segmenter_weights,
+                device=device_of(encoder),
+            )
     step("grid", grid)
     if len(grid) == 0:
         raise EmptyTissueError(

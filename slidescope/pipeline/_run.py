@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from ..errors import InvalidParameterError
 from ._config import RunConfig, execution_options, resolve_config, result_signature
 from ._report import report_dict, write_predictions, write_report
+from ._slide_embeddings import check_slide_encoder, write_slide_embeddings
 from ._slide import (
     SlideOutcome,
     get_encoder,
@@ -176,7 +177,8 @@ def run(
         ``weights``, ``stores``, ``mpp``, ``tile_size``, ``overlap``, ``min_tissue``, ``slide_mpp`` (fills in a
         missing pixel size), ``force_slide_mpp`` (overrides every slide's),
         ``backend``, ``stain``, ``dtype``, ``precision``, ``device``, ``batch_size``, ``num_workers``,
-        ``zero_shot_level``, ``prompt_ensemble``, ``heatmaps``, ``heatmap_size``, ``cmap``, ``normalize``.
+        ``zero_shot_level``, ``prompt_ensemble``, ``heatmaps``, ``heatmap_size``, ``cmap``, ``normalize``,
+        ``slide_encoder`` (each finished slide's embedding from a registered slide encoder, see Notes).
 
     Returns
     -------
@@ -207,6 +209,8 @@ def run(
         heatmaps/<key>.zero-shot-<class>.png   zero-shot tile similarity per class (+ .geojson)
         tissue/<key>.geojson      the tissue contours
         stores/<key>.zarr         the embedding store (or ``stores=``)
+        slide_embeddings.csv      with ``slide_encoder``: slide, d0, d1... per finished slide (also in its store
+                                  as ``slide_embeddings/<name>``; the report's outputs say where, or why not)
 
     Running again skips finished slides whose configuration (encoder, weights, tiling, models, prompts,
     heatmap settings) and slide file are unchanged and whose outputs exist, and retries failed ones.
@@ -237,6 +241,7 @@ def run(
     # per-slide tile bars only on a terminal (in a log file they are noise); the slide bar always when asked
     paths, cfg = resolve_config(slides, config=config, progress=progress and sys.stderr.isatty(), **options)
     _duplicate_keys(paths)
+    check_slide_encoder(cfg)
     signature = result_signature(cfg)
     plan, records = _plan(paths, cfg)
     result = RunResult(out=cfg.out_dir, config=cfg, plan=plan, dry_run=dry_run)
@@ -245,6 +250,11 @@ def run(
 
     todo = [p.slide for p in plan if p.action != "skip"]
     executor = _ready_executor(executor, config, cfg, todo)
+    slide_model = None
+    if cfg.slide_encoder is not None:  # built (weights found) before any slide
+        from ..features.slide_encoders import create_slide_encoder
+
+        slide_model = create_slide_encoder(cfg.slide_encoder, weights=cfg.slide_encoder_weights)
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     for stem in ("report", "predictions"):  # left by a run killed while rewriting them
@@ -290,6 +300,8 @@ def run(
         if progress and todo:  # log lines go above the bar instead of through it
             stack.enter_context(logging_redirect_tqdm())
         _drive(executor, todo, cfg, outcomes, bar, flush, t0)
+    if slide_model is not None:
+        write_slide_embeddings(slide_model, cfg, [outcomes[p.slide] for p in plan])
     flush(True)
     result.outcomes = [outcomes[p.slide] for p in plan]
     result.seconds = time.perf_counter() - t0

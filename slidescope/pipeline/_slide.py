@@ -407,7 +407,7 @@ def _fingerprint(slide: str | os.PathLike[str]) -> str | None:
             slide
         ):  # a DICOM-WSI series folder: the file open_slide opens (what its store records)
             first = sorted(Path(slide).glob("*.dcm"))
-            return slide_fingerprint(first[0]) if first else None
+            return slide_fingerprint(first[0] if first else slide)  # or the folder itself (OME-Zarr)
         return slide_fingerprint(slide)
     except OSError:
         return None
@@ -584,6 +584,7 @@ def _pipeline(slide: str, cfg: RunConfig, o: SlideOutcome) -> None:
             name=Path(slide).name,
         ).result
     o.n_tiles, o.computed_tiles = int(res.n_tiles), int(res.computed)
+    o.qc = res.extra.get("qc") or o.qc  # --qc flag: measured during the extraction, summarised after it
     o.tiles_per_s = round(float(res.tiles_per_s), 2)
     o.outputs["store"] = _rel(store, out)
     device = _device(cfg) if (cfg.model or cfg.prompts) else "cpu"

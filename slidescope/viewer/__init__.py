@@ -32,12 +32,17 @@ _EXPORTS = {
     "tiles_feature_collection": "._export",
     "tile_similarity": "._similarity",
     "similar_tiles": "._similarity",
+    "tiles_in_region": "._region",
+    "score_region": "._region",
+    "zero_shot_region": "._region",
+    "read_qupath_geojson": "._annotations",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._analysis import AnalysisRequest as AnalysisRequest, run_analysis as run_analysis
+    from ._annotations import read_qupath_geojson as read_qupath_geojson
     from ._export import (
         tiles_feature_collection as tiles_feature_collection,
         write_heatmap_tiff as write_heatmap_tiff,
@@ -46,6 +51,11 @@ if TYPE_CHECKING:  # pragma: no cover
         read_slide as read_slide,
         slide_layer_data as slide_layer_data,
         slide_pyramid as slide_pyramid,
+    )
+    from ._region import (
+        score_region as score_region,
+        tiles_in_region as tiles_in_region,
+        zero_shot_region as zero_shot_region,
     )
     from ._results import result_layers as result_layers
     from ._sample import make_sample_data as make_sample_data, prepare_sample as prepare_sample

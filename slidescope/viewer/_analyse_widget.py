@@ -38,14 +38,9 @@ from .._compat import renamed_attribute
 from ..errors import SlidescopeError
 from ._analysis import AnalysisRequest, AnalysisResult, Progress, run_analysis
 from ._compat import keep_triton_out
-from ._layers import (
-    class_legend_html,
-    level0_to_world,
-    qc_legend_html,
-    show_one_heatmap,
-    show_tile_grid,
-    top_tiles,
-)
+from ._layers import level0_to_world, show_tile_grid, top_tiles
+from ._ask import TOP_K, AskMixin
+from ._display import DisplayControls, run_label
 from ._readout import watch_viewer
 from ._widgets import add_layer_tuples, layers_of_kind, notify_error, slide_layers, slidescope_meta
 
@@ -56,8 +51,8 @@ __all__ = ["AnalyseWidget"]
 
 MIL, ZERO_SHOT = "MIL checkpoint", "Zero-shot prompts"
 DEFAULT_ENCODER = "he-descriptor"
-#: tiles listed under "Top tiles"
-TOP_K = 10
+#: what the pixel-size field shows at 0 (the slide's own pixel size is used)
+FROM_SLIDE = "from slide"
 PROMPTS_HINT = "tumour: invasive carcinoma; sheets of atypical cells\nnormal: benign stroma"
 
 
@@ -128,7 +123,7 @@ def set_pixel_size(layer: Any, mpp: float) -> None:
     layer.metadata = {**layer.metadata, "slidescope": meta}
 
 
-class AnalyseWidget(Container):
+class AnalyseWidget(AskMixin, Container):
     """Pick a slide, an encoder and a MIL checkpoint or zero-shot prompts; run; see the heatmaps.
 
     Attributes
@@ -137,6 +132,9 @@ class AnalyseWidget(Container):
     last_seconds : seconds from pressing Analyse to the heatmap layers being in the viewer.
     busy : an analysis is running.
     encoders_listed : the encoder list is filled (it loads in the background, the registry imports torch).
+    display : the :class:`~slidescope.viewer._display.DisplayControls` (run, map, opacity, threshold, smoothing,
+        legend).
+    elsewhere : the last similarity search's most similar tiles in the other slides of the store folder.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -159,9 +157,10 @@ class AnalyseWidget(Container):
             min=0.0,
             max=100.0,
             step=0.0001,
-            tooltip="Level-0 µm per pixel, for a slide whose file carries none (0: from the file). "
+            tooltip="Level-0 µm per pixel, for a slide whose file carries none (empty: from the file). "
             "Analyse then shows that slide in µm.",
         )
+        self.pixel_size.native.setSpecialValueText(FROM_SLIDE)  # at 0: the field reads "from slide"
         self.encoder = ComboBox(
             label="Encoder",
             choices=self._encoder_choices,
@@ -234,7 +233,7 @@ class AnalyseWidget(Container):
                 self.progress,
                 self.status,
                 self.summary,
-                self.legend,
+                self.display,
                 self.tile_grid,
                 self.region_button,
                 self.similar,
@@ -279,7 +278,10 @@ class AnalyseWidget(Container):
             "cached embeddings of the chosen encoder; the most similar tiles of this slide are listed under "
             "Top tiles, those of the other slides of the store folder in the Slide line.",
         )
-        self.legend = Label(label="Legend", value="")
+        self.display = DisplayControls(self._viewer)  # run, map, opacity, threshold, smoothing, legend
+        self.legend = self.display.legend
+        self._runs = 0  # analysis runs so far (their layers' names count them)
+        self.elsewhere: list[Any] = []  # the last similarity search's top tiles in the folder's other slides
         self.top_by = ComboBox(label="Top tiles by", choices=self._top_by_choices)
         self.top_tiles = Select(label="Top tiles", choices=self._top_tile_choices)
         self.associated = ComboBox(label="Label / macro", choices=self._associated_choices)
@@ -330,6 +332,12 @@ class AnalyseWidget(Container):
     def _on_layers_changed(self, _event: Any = None) -> None:
         self.slide.reset_choices()
         self.associated.reset_choices()
+        self.display.refresh()
+
+    def next_run(self, what: str) -> str:
+        """The label of a new run of ``what`` (``run 3 · abmil · 16:40``), counted per widget."""
+        self._runs += 1
+        return run_label(self._runs, what)
 
     def _load_encoder_names(self) -> Any:
         """Fill the encoder list off the UI thread (the registry imports torch and timm)."""
@@ -472,11 +480,14 @@ class AnalyseWidget(Container):
 
     # -- results ----------------------------------------------------------------------------------
     def show_result(self, result: AnalysisResult) -> list[Any]:
-        """Add the layers of a finished analysis (heatmaps, classes, tissue, tiles); returns them."""
+        """Add the layers of a finished analysis as a new run (heatmaps, classes, tiles named
+        ``<slide>: run N · <model> · HH:MM · <score>``; the slide's tissue); show its first map alone (a
+        zero-shot run: the best-class map with its legend); returns the layers."""
         from ..features import open_store
         from ._results import read_scores, result_layers, store_lattice
 
         store = open_store(result.store)
+        run = self.next_run(result.what)
         tuples = result_layers(
             store,
             result.scores,
@@ -484,10 +495,21 @@ class AnalyseWidget(Container):
             slide_path=result.slide,
             classes=result.classes,
             tissue=result.tissue,
+            run=run,
         )
         added = add_layer_tuples(self._viewer, tuples)
-        show_one_heatmap(self._viewer, added)
-        self.legend.value = "<br>".join(t for t in (class_legend_html(added), qc_legend_html(added)) if t)
+        for layer in added:
+            if slidescope_meta(layer).get("kind") == "classes" and result.logit_scale is not None:
+                layer.metadata = {  # what a region's zero-shot pools with
+                    **layer.metadata,
+                    "slidescope": {
+                        **slidescope_meta(layer),
+                        "logit_scale": result.logit_scale,
+                        "label": result.what,
+                    },
+                }
+        self.display.forget(added)
+        self.display.show_run(run)
         tiles = added[-1]
         show_tile_grid(tiles, self.tile_grid.value)
         self._viewer.layers.selection.active = tiles  # its status line shows the hovered tile's scores
@@ -531,120 +553,6 @@ class AnalyseWidget(Container):
         camera.center = tuple(float(v) for v in centre)
         tile_um = max(extent[0] * mpp[0], extent[1] * mpp[1])
         camera.zoom = float(min(self._viewer.canvas.size)) / (3.0 * tile_um)
-
-    # -- regions ----------------------------------------------------------------------------------
-    def _region_inputs(self) -> tuple[Any, Any, Any] | None:
-        """(shapes layer, tile layer, MIL model) for a region analysis, or None with a notification."""
-
-        def user_shapes(layers: Any) -> list[Any]:
-            return [lay for lay in layers if type(lay).__name__ == "Shapes" and not slidescope_meta(lay)]
-
-        shapes = (user_shapes(self._viewer.layers.selection) or user_shapes(self._viewer.layers) or [None])[
-            -1
-        ]
-        tiles = layers_of_kind(self._viewer, "tiles")
-        slide = self.slide.value
-        path = slidescope_meta(slide).get("path") if slide is not None else None
-        mine = [
-            t
-            for t in tiles
-            if Path(slidescope_meta(t).get("slide", "")).resolve() == Path(path or "").resolve()
-        ]
-        model = self.run_folder.value or self.checkpoint.value
-        if shapes is None or not len(shapes.data):
-            notify_error(
-                "draw a region first: add a Shapes layer (or open QuPath GeoJSON) and draw on the slide"
-            )
-        elif not (mine or tiles):
-            notify_error("press Analyse on the slide first: a region is scored from its tiles' embeddings")
-        elif model is None or self.mode.value != MIL:
-            notify_error(
-                "region analysis runs a MIL model: choose MIL checkpoint and a run folder or checkpoint"
-            )
-        else:
-            return shapes, (mine or tiles)[-1], model
-        return None
-
-    def analyse_regions(self, _value: Any = None) -> list[Any] | None:
-        """Run the chosen MIL model on the tiles inside each shape of the selected (else the last) shapes
-        layer, as :func:`~slidescope.viewer._region.score_region`; show the attention within the regions
-        and each region's prediction in the Slide line; returns the :class:`RegionScore` list."""
-        from ._region import region_layer, region_summary
-
-        inputs = self._region_inputs()
-        if inputs is None:
-            return None
-        shapes, tiles, model = inputs
-        try:
-            results, layer_tuple = region_layer(
-                shapes, slidescope_meta(tiles), model, device=self.device.value
-            )
-        except SlidescopeError as err:
-            notify_error(f"region analysis: {err}")
-            return None
-        (layer,) = add_layer_tuples(self._viewer, [layer_tuple])
-        show_one_heatmap(self._viewer, [layer])
-        self.summary.value = region_summary(results)
-        return [r for _, r in results]
-
-    # -- similarity search ------------------------------------------------------------------------
-    @_while_alive
-    def similar_at(self, position: tuple[float, ...]) -> Any:
-        """Similarity search from the tile at world ``position`` (the click): see :meth:`find_similar`."""
-        for layer in reversed(layers_of_kind(self._viewer, "tiles")):
-            label = layer.get_value(position, world=True)
-            label = label[1] if isinstance(label, tuple) else label
-            if label is not None and int(label) > 0:
-                return self.find_similar(layer, int(label) - 1)
-        return None
-
-    def find_similar(self, tiles: Any, index: int) -> Any:
-        """Show every tile's cosine similarity to tile ``index`` of the slide behind the tile layer ``tiles``
-        (a heatmap, 1.0 at that tile), list its most similar tiles under Top tiles and the most similar
-        tiles of the other slides of its store folder in the Slide line; returns the heatmap layer."""
-        from ..features import open_store
-        from ._layers import heatmap_layer
-        from ._results import store_lattice
-        from ._similarity import similar_tiles, tile_similarity
-
-        meta = slidescope_meta(tiles)
-        encoder = self.encoder.value
-        try:
-            store = open_store(meta["store"])
-            sims = tile_similarity(store, encoder, index)
-            elsewhere = [
-                t
-                for t in similar_tiles(Path(meta["store"]).parent, encoder, (store, index), k=TOP_K)
-                if Path(t.store).resolve() != Path(meta["store"]).resolve()
-            ]
-        except SlidescopeError as err:
-            notify_error(
-                f"no similarity search: {err}. Run Analyse with the {encoder} encoder on this slide first "
-                "(its embeddings are what is compared)."
-            )
-            return None
-        coords, lattice = store_lattice(store)
-        mpp = tuple(meta["mpp"])
-        name = f"similarity to tile {index} ({encoder})"
-        layer_tuple = heatmap_layer(
-            sims,
-            lattice,
-            mpp,
-            name=f"{Path(meta['slide']).stem}: {name}",
-            kind="similarity",
-            metadata={**{k: meta[k] for k in ("slide", "store", "mpp")}, "query_tile": index},
-        )
-        layer_tuple[1]["contrast_limits"] = (float(np.nanmin(sims)), 1.0)
-        (layer,) = add_layer_tuples(self._viewer, [layer_tuple])
-        show_one_heatmap(self._viewer, [layer])
-        self._viewer.layers.selection.active = tiles  # the hover text stays on
-        self._top[name] = (sims, coords, lattice.extent, mpp)
-        self.top_by.reset_choices()
-        self.top_by.value = name
-        self._fill_top_tiles()
-        others = ", ".join(f"{t.slide} tile {t.index} ({t.similarity:.2f})" for t in elsewhere[:3])
-        self.summary.value = f"tiles like tile {index}" + (f"; elsewhere: {others}" if others else "")
-        return layer
 
     # -- associated images -----------------------------------------------------------------------
     def add_associated_image(self, _value: Any = None) -> Any:

@@ -124,6 +124,19 @@ class AnalysisResult:
     kept_tiles: tuple[int, int] | None = None
     #: tiles saved at a time (a chunk): a cancel keeps only the chunks finished before it
     chunk_tiles: int | None = None
+    #: what ran, for the run's layer names: the MIL run name, or ``zero-shot <prompts file stem>``
+    label: str = ""
+    #: zero-shot: the multiplier of the cosines before the softmax (the slide-text model's), for region scores
+    logit_scale: float | None = None
+
+    @property
+    def what(self) -> str:
+        """The model or prompt set of the run (``label``, else read from the score names)."""
+        if self.label:
+            return self.label
+        if self.classes:
+            return "zero-shot"
+        return self.scores[0].split("/")[0] if self.scores else "scores"
 
     def cancel_message(self) -> str:
         """What a cancel kept, truthfully: embeddings are saved a whole chunk at a time."""
@@ -389,6 +402,7 @@ def run_analysis(
         name = run_name(checkpoints[0])  # the name `slidescope run` writes the ensemble's scores under
         (row,) = score(list(checkpoints), [store], name=name, device=request.device)
         result.scores = [f"{name}/attention"]
+        result.label = name
         result.probabilities = dict(row.probs)
         result.summary = _summary(f"{name}: predicted {row.predicted}", row.probs)
     else:
@@ -400,6 +414,9 @@ def run_analysis(
         )
         result.classes = list(prompts.names)
         result.scores = [f"{SCORES_PREFIX}/{c}" for c in result.classes]
+        typed = request.prompts is None or isinstance(request.prompts, (str, Mapping))
+        result.label = "zero-shot " + ("typed prompts" if typed else Path(str(request.prompts)).stem)
+        result.logit_scale = float(model.scale().detach())
         result.probabilities = dict(row.probs)
         result.summary = _summary(f"zero-shot: best match {row.predicted}", row.probs)
     result.seconds = time.perf_counter() - t0

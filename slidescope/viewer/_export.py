@@ -29,6 +29,7 @@ __all__ = [
     "shapes_to_level0",
     "write_shapes_geojson",
     "write_geojson",
+    "render_heatmap_png",
 ]
 
 #: longest side of an automatically sized heatmap TIFF (its level 0)
@@ -369,3 +370,78 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
         polygons, mpp=mpp, classification="Tissue" if tissue else None, nest=tissue
     )
     return [str(write_geojson(path, collection))]
+
+
+def render_heatmap_png(
+    path: str | os.PathLike[str],
+    slide_path: str | os.PathLike[str],
+    values: np.ndarray,
+    coords: np.ndarray,
+    extent: Sequence[int],
+    *,
+    limits: Sequence[float],
+    name: str,
+    size: int = 1024,
+    alpha: float = 0.6,
+    slide_mpp: float | None = None,
+) -> Path:
+    """A heatmap drawn from per-tile scores over the slide's thumbnail (whole slide, longest side ``size`` px),
+    with a colour bar labelled in the scores' own units; not a screenshot of the canvas.
+
+    Tile ``i`` (level-0 top-left ``coords[i]``, ``extent`` (w, h)) is painted with the viewer's colours
+    (:func:`slidescope.mil.heatmap.colormap`) for ``values[i]`` scaled linearly from ``limits`` (lo, hi: the
+    layer's contrast limits) with the viewer's opacity ramp (:func:`~slidescope.viewer._layers.heatmap_colormap`:
+    transparent at ``lo``, ``alpha`` from a quarter of the range up); tiles with a NaN score (outside a
+    region) are not painted.
+    """
+    from PIL import Image, ImageDraw
+
+    from ..mil.heatmap import colormap
+    from ..wsi import open_slide
+
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if len(values) != len(coords):
+        raise InvalidParameterError(f"{len(values)} scores for {len(coords)} tiles")
+    lo, hi = float(limits[0]), float(limits[1])
+    scaled = np.clip((values - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+    with open_slide(slide_path, slide_mpp=slide_mpp) as slide:
+        w0, h0 = slide.dimensions
+        thumb = slide.get_thumbnail((size, size))
+    sx, sy = thumb.shape[1] / w0, thumb.shape[0] / h0
+    base = Image.fromarray(thumb).convert("RGBA")
+    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    finite = np.isfinite(values)
+    colours = colormap(np.where(finite, scaled, 0.0))
+    # the viewer's ramp (heatmap_colormap): transparent at the bottom, fully ``alpha`` from a quarter up
+    opacity = np.rint(255 * float(np.clip(alpha, 0.0, 1.0)) * np.clip(4.0 * scaled, 0.0, 1.0)).astype(int)
+    tw, th = (int(v) for v in extent)
+    for (x, y), c, a, ok in zip(
+        coords.tolist(), colours.tolist(), opacity.tolist(), finite.tolist(), strict=True
+    ):
+        if ok:
+            box = (round(x * sx), round(y * sy), round((x + tw) * sx) - 1, round((y + th) * sy) - 1)
+            draw.rectangle(box, fill=(*c, a))
+    painted = Image.alpha_composite(base, overlay).convert("RGB")
+    from PIL import ImageFont
+
+    bar_w, pad = max(14, painted.height // 25), 12
+    label_w = max(60, int(ImageFont.load_default().getlength(name)) - bar_w + 2 * pad)
+    canvas = Image.new(
+        "RGB", (painted.width + pad + bar_w + label_w, max(painted.height, 120)), (255, 255, 255)
+    )
+    canvas.paste(painted, (0, 0))
+    bar_h = canvas.height - 2 * pad - 16
+    ramp = colormap(np.linspace(1.0, 0.0, bar_h))
+    bx = painted.width + pad
+    canvas.paste(Image.fromarray(np.repeat(ramp[:, None, :], bar_w, axis=1)), (bx, pad + 16))
+    d = ImageDraw.Draw(canvas)
+    d.rectangle((bx - 1, pad + 15, bx + bar_w, pad + 16 + bar_h), outline=(0, 0, 0))
+    d.text((bx, 2), name, fill=(0, 0, 0))
+    d.text((bx + bar_w + 4, pad + 16), f"{hi:.3g}", fill=(0, 0, 0))
+    d.text((bx + bar_w + 4, pad + 4 + bar_h), f"{lo:.3g}", fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -239,8 +239,14 @@ def heatmap_layer(
             "opacity": HEATMAP_OPACITY,
             "blending": "translucent",
             "interpolation2d": "nearest",
-            "metadata": {
-                METADATA_KEY: {"kind": "heatmap", "score_kind": kind, "score": name, **(metadata or {})}
+            "metadata": {  # the tile scores themselves: exports use them, whatever the display does to the grid
+                METADATA_KEY: {
+                    "kind": "heatmap",
+                    "score_kind": kind,
+                    "score": name,
+                    **(metadata or {}),
+                    "values": values,
+                }
             },
         }
     )

@@ -72,6 +72,7 @@ def result_layers(
     classes: Sequence[str] | None = None,
     tissue: Any = None,
     units: str = "um",
+    run: str | None = None,
 ) -> list[tuple[Any, dict[str, Any], str]]:
     """Layer tuples for the scores ``names`` of ``store``, on a slide of level-0 pixel size ``mpp`` (x, y).
 
@@ -82,6 +83,9 @@ def result_layers(
     classes : zero-shot class names: their scores ``zero-shot/<class>`` also give a labels layer of
         the best-matching class per tile.
     tissue : a :class:`~slidescope.wsi.TissueMask` for the tissue-outline layer.
+    run : the analysis run the layers belong to (:func:`~slidescope.viewer._display.run_label`): the heatmaps,
+        the class labels and the tile grid are named ``<slide>: <run> · <score>`` and carry it in their
+        metadata; tissue and QC flags belong to the slide (``<slide>: tissue``), whatever the run.
 
     Returns
     -------
@@ -91,7 +95,13 @@ def result_layers(
         every score and flag (last, so selecting it shows them on hover).
     """
     stem = Path(slide_path).stem
-    common = {"slide": str(slide_path), "store": str(store.path), "mpp": [float(mpp[0]), float(mpp[1])]}
+    common: dict[str, Any] = {
+        "slide": str(slide_path),
+        "store": str(store.path),
+        "mpp": [float(mpp[0]), float(mpp[1])],
+    }
+    ran = {**common, "run": run} if run else common
+    prefix = f"{stem}: {run} · " if run else f"{stem}: "
     coords, lattice = store_lattice(store)
     scores = read_scores(store, names)
     layers: list[tuple[Any, dict[str, Any], str]] = []
@@ -107,10 +117,10 @@ def result_layers(
                 values,
                 lattice,
                 mpp,
-                name=f"{stem}: {name}",
+                name=f"{prefix}{name}",
                 kind=score_kind(name),
                 units=units,
-                metadata={**common, "score": name},
+                metadata={**ran, "score": name},
             )
         )
     if classes:
@@ -123,9 +133,9 @@ def result_layers(
                     classes,
                     lattice,
                     mpp,
-                    name=f"{stem}: best class",
+                    name=f"{prefix}best class",
                     units=units,
-                    metadata={**common, "scores": [f"zero-shot/{c}" for c in classes]},
+                    metadata={**ran, "scores": [f"zero-shot/{c}" for c in classes]},
                 )
             )
     flags = store_qc_flags(store)
@@ -137,9 +147,9 @@ def result_layers(
             coords,
             scores,
             mpp,
-            name=f"{stem}: tiles",
+            name=f"{prefix}tiles",
             units=units,
-            metadata={**common, "scores": list(scores)},
+            metadata={**ran, "scores": list(scores)},
             qc=flags,
         )
     )

@@ -20,7 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from ._embeddings import (
     stored_slide_embeddings,
     tile_embeddings,
 )
+from ._fewshot_inputs import model_embedder, pool_by_patient, slide_encoder_embedder
 from ._prompts import Prompts, load_prompts
 from .fewshot import (
     BootstrapCI,
@@ -66,6 +67,9 @@ from .zeroshot import (
     mi_zero,
     zero_shot_logits,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..features.slide_encoders import SlideEncoder
 
 log = logging.getLogger(__name__)
 
@@ -445,31 +449,14 @@ class FewShotResult:
         return out
 
 
-def _embed(
-    stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray,
-    net: SlideModel,
-    encoder: str,
-    device: str,
-    write: bool,
-) -> tuple[list[str], Tensor]:
-    if isinstance(stores, (Tensor, np.ndarray)):
-        x = torch.as_tensor(stores).float()
-        if x.ndim != 2 or x.shape[1] != net.dim_latents:
-            raise InvalidParameterError(
-                f"slide embeddings must have shape (B, {net.dim_latents}) to match the model, "
-                f"got {tuple(x.shape)}"
-            )
-        return [str(i) for i in range(len(x))], x
-    paths, emb = slide_embeddings(stores, model=net, encoder=encoder, device=device, write=write)
-    return [slide_name(p) for p in paths], emb
-
-
 def few_shot(
     train_stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray,
     train_labels: Sequence[str],
     test_stores: StoreLike | Sequence[StoreLike] | Tensor | np.ndarray,
     *,
-    model: ModelLike,
+    model: ModelLike | None = None,
+    slide_encoder: str | SlideEncoder | None = None,
+    patients: Mapping[str, str] | None = None,
     encoder: str | None = None,
     method: str = "gda",
     classes: Mapping[str, Sequence[str]] | str | os.PathLike[str] | Prompts | None = None,
@@ -497,8 +484,18 @@ def few_shot(
     model : model, folder or name
         A :class:`SlideTextModel` (or its folder) or a published slide model (``"prism"``, ``"titan"``; with
         ``weights`` / ``trust_remote_code`` as in :func:`zero_shot`).
+    slide_encoder : str or SlideEncoder, optional
+        Instead of ``model``: a registered slide encoder (``"mean"``, ``"feather-uni2"``...,
+        :func:`~slidescope.features.slide_encoders.embed_slides`; ``weights``, ``trust_remote_code``,
+        ``write`` as there). It has no text tower, so no ``classes`` prompts; every slide must embed.
+    patients : mapping, optional
+        Slide name -> patient: classify patients, each the mean of its slides' embeddings
+        (:func:`~slidescope.features.slide_encoders.pool_patients`; also for MOOZY, whose own case-level
+        model is :func:`~slidescope.features.slide_encoders.embed_patients`). All of a patient's slides need
+        the same label; a patient may not be both in the support and the test set. ``result.slides`` are
+        then the patients.
     encoder : str, optional
-        The tile embeddings to read (default for published models: the one they need).
+        The tile embeddings to read (default for published models and slide encoders: the one they need).
     method : {"gda", "linear", "simpleshot", "simpleshot-cosine", "knn", "tip-adapter"}
         ``"linear"``: logistic regression (scikit-learn's objective); ``"simpleshot"``: the reference's
         Euclidean nearest centroid after CL2N (``"simpleshot-cosine"``: our earlier cosine variant); ``"knn"``
@@ -538,12 +535,30 @@ def few_shot(
         raise InvalidParameterError(
             f"unknown few-shot method {method!r}; use one of {', '.join(FEW_SHOT_METHODS)}"
         )
-    net = load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)
-    encoder = default_encoder(net, encoder)
+    if (model is None) == (slide_encoder is None):
+        raise InvalidParameterError("give model= (--model) or slide_encoder= (--slide-encoder), one of them")
     prompts_obj = load_prompts(classes, templates) if classes is not None else None
-    _, x_train = _embed(train_stores, net, encoder, device, write)
-    test_names, x_test = _embed(test_stores, net, encoder, device, write)
-    labels = [str(v) for v in train_labels]
+    net: SlideModel | None = None
+    if slide_encoder is not None:
+        if prompts_obj is not None:
+            raise InvalidParameterError(
+                "a slide encoder has no text tower: prompts (classes=, --prompts) need a slide-text model"
+            )
+        embed = slide_encoder_embedder(slide_encoder, encoder, weights, trust_remote_code, device, write)
+    else:
+        net = load_model(model, device, weights=weights, trust_remote_code=trust_remote_code)  # type: ignore[arg-type]
+        enc = default_encoder(net, encoder)
+        embed = model_embedder(net, enc, device, write)
+    train_names, x_train = embed(train_stores)
+    test_names, x_test = embed(test_stores)
+    labels: list[str] = [str(v) for v in train_labels]
+    if patients is not None:
+        train_names, x_train, got = pool_by_patient(train_names, x_train, labels, patients, "support")
+        test_names, x_test, test_labels = pool_by_patient(test_names, x_test, test_labels, patients, "test")
+        labels = got or []
+        both = sorted(set(train_names) & set(test_names))
+        if both:
+            raise InvalidParameterError(f"patient(s) {both[:10]} are in both the support and the test slides")
     if len(labels) != len(x_train):
         raise InvalidParameterError(f"{len(labels)} training labels for {len(x_train)} training slides")
     names = prompts_obj.names if prompts_obj is not None else sorted(set(labels))
@@ -557,11 +572,17 @@ def few_shot(
             "give both val_stores and val_labels (validation slides and their classes)"
         )
     if val_stores is not None:
-        _, x_val = _embed(val_stores, net, encoder, device, write)
+        val_names, x_val = embed(val_stores)
+        if patients is not None:
+            _, x_val, val_labels = pool_by_patient(val_names, x_val, val_labels, patients, "validation")
         y_val = torch.tensor(_class_indices(val_labels, len(x_val), names, "validation"))  # type: ignore[arg-type]
-    x_base = _embed(base_stores, net, encoder, device, write)[1] if base_stores is not None else None
+    x_base = None
+    if base_stores is not None:
+        base_names, x_base = embed(base_stores)
+        if patients is not None:
+            x_base = pool_by_patient(base_names, x_base, None, patients, "base")[1]
     zs_train = zs_test = zs_val = None
-    if prompts_obj is not None and method in ("gda", "tip-adapter"):
+    if prompts_obj is not None and net is not None and method in ("gda", "tip-adapter"):
         prompts, prompt_class = prompts_obj.build()
         text = _text_classifier(net, prompts, None)
         scale = float(net.scale().detach())

@@ -41,6 +41,10 @@ _EXPORTS = {
     "qc_flags": "._qc",
     "qc_tiles": "._qc",
     "qc_summary": "._qc",
+    "class_fractions": "._qc",
+    "finish_qc": "._qc",
+    "ARTEFACT_MAX": "._qc",
+    "LEARNED_PREFIX": "._qc",
     "expand_slides": "._inputs",
     "dicom_series_name": "._inputs",
     "Backend": "._backends",
@@ -73,10 +77,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._masks import tissue_mask_from_array as tissue_mask_from_array
     from ._pen import PEN_MODES as PEN_MODES, pen_hint as pen_hint
     from ._qc import (
+        ARTEFACT_MAX as ARTEFACT_MAX,
+        LEARNED_PREFIX as LEARNED_PREFIX,
         QC_CHECKS as QC_CHECKS,
         QC_MEASURES as QC_MEASURES,
         QC_POLICIES as QC_POLICIES,
         QCGrid as QCGrid,
+        class_fractions as class_fractions,
+        finish_qc as finish_qc,
         qc_flags as qc_flags,
         qc_summary as qc_summary,
         qc_tiles as qc_tiles,

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._plugins import Once
 from ..errors import InvalidParameterError, MissingDependencyError, SlideReadError, UnsupportedSlideError
 
 log = logging.getLogger(__name__)
@@ -187,11 +188,12 @@ class Backend:
 
 
 #: name -> backend class, filled by :func:`register_backend`. Read it through :func:`registered_backends`,
-#: which first loads the built-in DICOM, OME-Zarr and plain-image readers and the ``slidescope.readers``
-#: entry points.
+#: which first loads the built-in CZI, DICOM, fastslide, OME-Zarr and plain-image readers and the
+#: ``slidescope.readers`` entry points.
 BACKENDS: dict[str, type[Backend]] = {}
 
-_loaded = False
+#: loads the built-in readers once per process (threads wait for it: see :class:`slidescope._plugins.Once`)
+_BUILTINS_ONCE = Once()
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
@@ -209,16 +211,18 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 
 
 def registered_backends() -> dict[str, type[Backend]]:
-    """The registry (name -> class), after loading the built-in DICOM, OME-Zarr and plain-image readers and,
-    once, the plugins."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from .._plugins import load_plugins
-        from . import _dicom, _omezarr, _pil  # noqa: F401 - register the DICOM, OME-Zarr, plain-image backends
+    """The registry (name -> class), after loading the built-in CZI, DICOM, fastslide, OME-Zarr and
+    plain-image readers and, once, the plugins."""
+    from .._plugins import load_plugins
 
-        load_plugins("readers")  # then the `slidescope.readers` entry points (a plugin may override a name)
+    _BUILTINS_ONCE(_import_builtin_readers)
+    load_plugins("readers")  # then the `slidescope.readers` entry points (a plugin may override a name)
     return BACKENDS
+
+
+def _import_builtin_readers() -> None:
+    """Register the built-in optional readers (their libraries are imported when a file is opened)."""
+    from . import _czi, _dicom, _fastslide, _omezarr, _pil  # noqa: F401
 
 
 def backend_names() -> tuple[str, ...]:

@@ -110,7 +110,10 @@ class TileDataset(IterableDataset):
         images = torch.from_numpy(buf[:n].copy())
         if self.transform is not None:
             images = torch.stack([torch.as_tensor(self.transform(t)) for t in buf[:n]])
-        return {"image": images, "index": torch.from_numpy(idx[:n].copy())}
+        batch = {"image": images, "index": torch.from_numpy(idx[:n].copy())}
+        # a grid whose tile QC is deferred (QCGrid, --qc flag) is measured here, on the tiles as read
+        qc = self.grid.measure_batch(buf[:n]) if hasattr(self.grid, "measure_batch") else None
+        return batch if qc is None else {**batch, "qc": qc}
 
     def loader(
         self, *, batch_size: int = 64, num_workers: int = 0, **kwargs: Any

@@ -297,6 +297,8 @@ def make_tile_grid(
         roi=None if roi is None else (rx, ry, rw, rh),
         edge=edge,
         pad_fraction=pad[keep].astype(np.float32),
+        # a learned segmenter's mask (slidescope.features.segmenters): its name and weights in the cache key
+        extra=_tissue_key(mask),
     )
     if len(grid) == 0 and not allow_empty:
         what = "no tissue was found" if mask.is_empty else f"no tile has >= {min_tissue:.0%} tissue"
@@ -318,6 +320,13 @@ def make_tile_grid(
         read_size,
     )
     return grid
+
+
+def _tissue_key(mask: Any) -> dict[str, Any]:
+    """``{"tissue": {name, weights_sha256}}`` for a learned segmenter's mask, ``{}`` for the classic one (so
+    the cache keys of classic tilings stay what they were)."""
+    params = getattr(mask, "params", None) or {}
+    return {"tissue": params["segmenter"]} if "segmenter" in params else {}
 
 
 def _check_grid_options(tile_size: Any, mpp: Any, overlap: Any, min_tissue: Any) -> tuple[int, float]:

@@ -28,35 +28,37 @@ __all__ = [
     "expand_slides",
     "manifest_slide_mpp",
     "MPP_COLUMNS",
-    "SLIDE_SUFFIXES",
+    "slide_suffixes",
     "dicom_series_name",
     "broken_link_message",
 ]
 
-#: file endings treated as slides when a folder is given (lower case)
-SLIDE_SUFFIXES = (
-    ".svs",
-    ".tif",
-    ".tiff",
-    ".ndpi",
-    ".vms",
-    ".vmu",
-    ".scn",
-    ".mrxs",
-    ".bif",
-    ".svslide",
-    ".qptiff",
-    ".btf",
-    ".dcm",
-)
+
+def slide_suffixes() -> tuple[str, ...]:
+    """File endings treated as slides when a folder is given (lower case): the ``extensions`` of every
+    registered whole-slide backend (plugins included; plain PNG/JPEG images are not collected from
+    folders), longest first."""
+    from ._backends import registered_backends
+
+    found = {
+        e.lower() for cls in registered_backends().values() if cls.whole_slide_format for e in cls.extensions
+    }
+    return tuple(sorted(found, key=lambda e: (-len(e), e)))
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``SLIDE_SUFFIXES``: :func:`slide_suffixes`, computed on use (the registry loads plugins when asked)."""
+    if name == "SLIDE_SUFFIXES":
+        return slide_suffixes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_slide_name(path: Path) -> bool:
-    """A whole-slide file name: one of :data:`SLIDE_SUFFIXES` or an extension a registered whole-slide backend
-    claims (plugins included; plain PNG/JPEG images are not collected from folders)."""
+    """A whole-slide file name: an extension that a registered whole-slide backend claims
+    (:func:`slide_suffixes`)."""
     from ._backends import claims_by_name
 
-    return path.name.lower().endswith(SLIDE_SUFFIXES) or claims_by_name(path)
+    return claims_by_name(path)
 
 
 def _is_dcm(path: Path | str) -> bool:
@@ -220,7 +222,9 @@ def expand_slides(inputs: Iterable[str | os.PathLike[str]]) -> list[Path | str]:
         elif path.is_dir():
             found = _folder_slides(path)
             if not found:
-                raise SlideNotFoundError(f"no slide files in {path} (looked for {', '.join(SLIDE_SUFFIXES)})")
+                raise SlideNotFoundError(
+                    f"no slide files in {path} (looked for {', '.join(slide_suffixes())})"
+                )
             out.extend(found)
         elif any(ch in text for ch in "*?["):
             found = sorted(Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True))

@@ -477,10 +477,11 @@ def open_slide(
     ----------
     path : str or os.PathLike
         The slide file (SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF, generic tiled
-        TIFF..., or a plain PNG/JPEG/flat TIFF with ``slide_mpp``), a DICOM-WSI or OME-Zarr folder, or an
-        fsspec URL of a single-file slide (``s3://...``), read through a local copy in the slide cache.
+        TIFF, Zeiss CZI..., or a plain PNG/JPEG/flat TIFF with ``slide_mpp``), a DICOM-WSI or OME-Zarr
+        folder, or an fsspec URL of a single-file slide (``s3://...``), read through a local copy in the slide cache.
     backend : str, default "auto"
-        A registered reader (``"openslide"``, ``"tiffslide"``, ``"pil"`` and any plugin's; see
+        A registered reader (``"openslide"``, ``"tiffslide"``, ``"czi"``, ``"wsidicom"``, ``"ome-zarr"``,
+        ``"pil"``, ``"fastslide"`` and any plugin's; see
         :func:`slidescope.wsi.backend_names`) or ``"auto"``: the readers that claim the file by its
         extension, then by its first bytes, in their priority order (OpenSlide first, tiffslide first for
         OME-TIFF/QPTIFF names, Pillow for PNG/JPEG and for a flat TIFF the others refuse).
@@ -588,7 +589,7 @@ def open_slide(
         return Slide(p, opened, force_slide_mpp=override, slide_mpp=fill, slide_mpp_source=slide_mpp_source)
     raise UnsupportedSlideError(
         f"cannot open {p.name} as a slide ({'; '.join(errors)}). Is it a whole-slide image? Supported: "
-        f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF, tiled TIFF, OME-Zarr, and "
+        f"SVS, NDPI, MRXS, SCN, BIF, DICOM, Philips TIFF, OME-TIFF, QPTIFF, tiled TIFF, CZI, OME-Zarr, and "
         f"PNG/JPEG/flat TIFF with --slide-mpp (readers: {', '.join(backend_names())}). A truncated or corrupt file gives "
         f"this error too: check its size and checksum."
     )

@@ -134,3 +134,84 @@ def test_segment_tissue_stitches_tiles_at_the_model_mpp(tmp_path: Path) -> None:
         assert mask.contours  # polygons like the classic detector's
     finally:
         sg._REGISTRY.pop("test-dark")
+
+
+def _all_tissue_grandqc(path: Path) -> None:
+    """GrandQC tissue weights (the real layout) whose answer is known: a zero head with a bias for class 0
+    (tissue), so every pixel is tissue with probability sigmoid(8) ~ 1 whatever the input."""
+    state = _random_state("grandqc")
+    state["segmentation_head.0.weight"].zero_()
+    state["segmentation_head.0.bias"].copy_(torch.tensor([4.0, -4.0]))
+    torch.save(state, path)
+
+
+def test_tissue_option_runs_a_learned_segmenter_end_to_end(tmp_path: Path) -> None:
+    """``--tissue grandqc --segmenter-weights`` on extract and tile: the real loader on same-architecture weights,
+    the grid made on its mask, its name and weights' sha256 in the tiling's cache key (beside the classic
+    tiling, not mixed with it)."""
+    from typer.testing import CliRunner
+
+    from slidescope.cli import app
+    from slidescope.features.store import open_store, store_path
+    from slidescope.synthetic import make_synthetic_slide
+
+    weights = tmp_path / sg.get_segmenter_config("grandqc").weights_file
+    _all_tissue_grandqc(weights)
+    slide = tmp_path / "s.svs"
+    make_synthetic_slide(slide, width=2400, height=1800, mpp=0.5, seed=1, n_levels=3)
+    common = ["--encoder", "he-descriptor", "--device", "cpu", "--num-workers", "0", "--stores"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", str(slide), *common, str(tmp_path / "st")])
+    assert res.exit_code == 0, res.output
+    classic = open_store(store_path(tmp_path / "st", slide))
+    args = ["--tissue", "grandqc", "--segmenter-weights", str(weights)]
+    res = runner.invoke(app, ["extract", str(slide), *args, *common, str(tmp_path / "st")])
+    assert res.exit_code == 0, res.output
+    store = open_store(store_path(tmp_path / "st", slide))  # the most recently written tiling
+    assert len(store.tilings()) == 2 and store.tiling_key != classic.tiling_key
+    key = store.attrs["tiling"]["tissue"]
+    assert key == {"name": "grandqc", "weights_sha256": sg.file_digest(weights)}
+    assert "tissue" not in classic.attrs["tiling"]
+    # every pixel is tissue: every whole tile of the slide is in the grid (the classic one keeps fewer)
+    tiles_x, tiles_y = 2400 // 224, 1800 // 224
+    assert store.n_tiles == tiles_x * tiles_y > classic.n_tiles
+    assert store.embeddings("he-descriptor").shape[0] == store.n_tiles
+    out = tmp_path / "tiles"
+    res = runner.invoke(app, ["tile", str(slide), *args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "grid.json").read_text())["tissue"]["name"] == "grandqc"
+
+
+def test_tissue_option_without_weights_names_the_hub_and_the_licence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+    from typer.testing import CliRunner
+
+    from slidescope.cli import app
+    from slidescope.synthetic import make_synthetic_slide
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    slide = tmp_path / "s.svs"
+    make_synthetic_slide(slide, width=1200, height=900, mpp=0.5, seed=1, n_levels=2)
+    res = CliRunner().invoke(app, ["tile", str(slide), "--tissue", "hest", "--out", str(tmp_path / "t")])
+    assert res.exit_code != 0
+    msg = " ".join(str(res.exception).split())
+    assert "MahmoodLab/hest-tissue-seg/deeplabv3_seg_v4.ckpt" in msg and "non-commercial" in msg
+    assert "--segmenter-weights PATH" in msg
+    bad = CliRunner().invoke(app, ["extract", str(slide), "--tissue", "otsu", "--stores", str(tmp_path)])
+    assert bad.exit_code != 0 and "tissue must be one of classic, hest, grandqc" in bad.output + str(
+        bad.exception
+    )
+
+
+def test_tissue_and_qc_model_choices_of_the_schema_are_the_segmenters() -> None:
+    from slidescope import options
+
+    assert options._TISSUE_METHODS == sg.TISSUE_METHODS and options._QC_MODELS == tuple(sg.QC_MODELS)
+    learned = [n for n in sg.TISSUE_METHODS if n != "classic"]
+    assert all(sg.get_segmenter_config(n).tissue_classes for n in learned)
+    assert set(learned) == {n for n in sg.list_segmenters() if "artefact" not in n}

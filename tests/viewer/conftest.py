@@ -168,3 +168,15 @@ def hot_pixels():
         return (r > 180) & (g > 150) & (b < g - 30)
 
     return hot
+
+
+@pytest.fixture
+def run_layer():
+    """``run_layer(viewer, score)``: the newest layer of an analysis run named ``<slide>: run N · ... · <score>``."""
+
+    def find(viewer: Any, score: str) -> Any:
+        found = [layer for layer in viewer.layers if layer.name.endswith(f" · {score}")]
+        assert found, [layer.name for layer in viewer.layers]
+        return found[-1]
+
+    return find

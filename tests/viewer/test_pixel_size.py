@@ -40,8 +40,11 @@ def test_a_slide_without_pixel_size_is_analysed_at_the_entered_one(
     widget.store.value = tmp_path / "stores"
     assert widget.request() is None  # no pixel size: the notification names the field
     assert any(s == "error" and "Pixel size field" in m for s, m in notifications)
+    # an empty field reads "from slide" (not 0.0000, which looked like a pixel size of zero)
+    assert widget.pixel_size.value == 0 and widget.pixel_size.native.text() == "from slide"
 
     widget.pixel_size.value = 0.5
+    assert widget.pixel_size.native.text() == "0.5000"
     widget.start()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: widget.encoders_listed, timeout=WAIT_MS)

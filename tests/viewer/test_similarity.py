@@ -64,16 +64,25 @@ def test_similar_tiles_across_a_store_folder(sample, tmp_path: Path) -> None:
         assert (tiles[0].x, tiles[0].y) == tuple(store.coords[i])
 
 
-def test_clicking_a_tile_shows_its_similarity_map(make_napari_viewer, qtbot, sample) -> None:
+def test_clicking_a_tile_shows_its_similarity_map(make_napari_viewer, qtbot, sample, tmp_path: Path) -> None:
     from slidescope.viewer._analyse_widget import AnalyseWidget
+    from slidescope.viewer._analysis import AnalysisResult
     from slidescope.viewer._layers import level0_to_world
 
+    # a store folder with the sample's store and a twin slide's (a copy: its tile i is the clicked tile's twin)
+    folder = tmp_path / "stores"
+    mine = Path(shutil.copytree(sample.store, folder / sample.store.name))
+    shutil.copytree(sample.store, folder / "twin_slide.zarr")
     viewer = make_napari_viewer()
-    *_, tiles = viewer.open_sample("slidescope", "sample_slide")
+    viewer.open_sample("slidescope", "sample_slide")
     widget = AnalyseWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Analyse")
     qtbot.waitUntil(lambda: widget.encoders_listed, timeout=WAIT_MS)
-    store = open_store(sample.store)
+    run = AnalysisResult(
+        sample.slide, mine, (0.5, 0.5), sample.tissue, scores=["ground-truth/tumour-fraction"]
+    )
+    widget.show_result(run)
+    store = open_store(mine)
     truth = np.asarray(store.scores("ground-truth/tumour-fraction"))
     i = int(np.argmax(truth))
     x, y = store.coords[i]
@@ -81,10 +90,15 @@ def test_clicking_a_tile_shows_its_similarity_map(make_napari_viewer, qtbot, sam
 
     widget.similar.value = True
     layer = widget.similar_at(centre)  # what a left click at that point does
-    assert layer is not None and layer.name == f"sample_slide: similarity to tile {i} ({ENCODER})"
+    assert layer is not None and layer.name.startswith("sample_slide: run 2 · similar to tile ")
+    assert layer.name.endswith(f" · similarity to tile {i} ({ENCODER})")
     assert layer.visible and layer.get_value(centre, world=True) == pytest.approx(1.0)
-    assert layer.colorbar.visible
+    assert layer.colorbar.visible and widget.display.map.value is layer
     # the top tiles list now ranks the tiles like the clicked one, the clicked tile first
     assert widget.top_by.value == f"similarity to tile {i} ({ENCODER})"
     assert widget.top_tiles.choices[0] == (widget.top_by.value, i)
+    # and the other slides of the store folder: their top tiles (similar_tiles), the twin tile first
+    assert len(widget.elsewhere) == 10 and {t.store.name for t in widget.elsewhere} == {"twin_slide.zarr"}
+    assert widget.elsewhere[0].index == i and widget.elsewhere[0].similarity == pytest.approx(1.0)
+    assert f"elsewhere: sample_slide.tiff tile {i} (1.00)" in widget.summary.value
     assert widget.similar_at((-100.0, -100.0)) is None  # outside the tiles: nothing

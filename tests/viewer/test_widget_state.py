@@ -145,8 +145,8 @@ def test_slides_open_with_slidescope_without_naming_the_plugin(
     assert type(slide.data[0]).__name__ == "Array"  # dask: lazy, not read whole
 
 
-def test_reruns_replace_their_layers_and_one_heatmap_shows_with_a_colour_bar(
-    make_napari_viewer, qtbot, sample, scored_store: Path, save_artefact
+def test_each_run_is_a_named_group_shown_one_map_at_a_time_with_its_colour_bar_and_legend(
+    make_napari_viewer, qtbot, sample, scored_store: Path, save_artefact, run_layer
 ) -> None:
     from PIL import Image
 
@@ -159,15 +159,24 @@ def test_reruns_replace_their_layers_and_one_heatmap_shows_with_a_colour_bar(
     dock = viewer.window.add_dock_widget(widget, name="Analyse")
     widget.show_result(_result(sample, scored_store, ["runA/attention"]))
     widget.show_result(_result(sample, scored_store, ["runB/attention"]))
-    widget.show_result(_result(sample, scored_store, ["runA/attention"]))  # a re-run of run A
+    widget.show_result(
+        _result(sample, scored_store, ["runA/attention"])
+    )  # a re-run of run A: a run of its own
+    runs = list(widget.display.run.choices)
+    assert [r.split(" · ")[:2] for r in runs] == [["run 1", "runA"], ["run 2", "runB"], ["run 3", "runA"]]
+    for run, score in zip(runs, ["runA/attention", "runB/attention", "runA/attention"], strict=True):
+        # every layer of a run carries its label: its heatmap and its tile grid
+        names = [layer.name for layer in viewer.layers if layer.metadata["slidescope"].get("run") == run]
+        assert names == [f"sample_slide: {run} · {score}", f"sample_slide: {run} · tiles"]
     heatmaps = [layer for layer in viewer.layers if layer.metadata["slidescope"].get("kind") == "heatmap"]
-    assert [layer.name for layer in heatmaps] == [
-        "sample_slide: ground-truth/tumour-fraction",
-        "sample_slide: runA/attention",
-        "sample_slide: runB/attention",
-    ]  # replaced in place, no pile
     shown = [layer for layer in heatmaps if layer.visible]
-    assert [layer.name for layer in shown] == ["sample_slide: runA/attention"] and shown[0].colorbar.visible
+    assert [layer.name for layer in shown] == [f"sample_slide: {runs[2]} · runA/attention"]
+    assert shown[0].colorbar.visible and widget.display.run.value == runs[2]
+    widget.display.run.value = runs[1]  # the Run switch: run 2's map alone
+    assert [layer.name for layer in heatmaps if layer.visible] == [
+        f"sample_slide: {runs[1]} · runB/attention"
+    ]
+    widget.display.run.value = runs[2]
     dock.hide()  # the whole window for the canvas
     viewer.reset_view()
     qtbot.wait(400)
@@ -190,21 +199,32 @@ def test_reruns_replace_their_layers_and_one_heatmap_shows_with_a_colour_bar(
     )
     from slidescope.viewer._layers import CLASS_COLOURS
 
-    classes = viewer.layers["sample_slide: best class"]
+    classes = run_layer(viewer, "best class")
     np.testing.assert_allclose(classes.colormap.map(np.array([1]))[0, :3], np.array(CLASS_COLOURS[0]) / 255)
     assert "tumour" in widget.legend.value and "rgb(230,25,75)" in widget.legend.value
-    visible = [layer.name for layer in viewer.layers if layer.visible and "zero-shot" in layer.name]
-    assert (
-        visible == ["sample_slide: zero-shot/tumour"]
-        and not viewer.layers["sample_slide: runA/attention"].visible
-    )
-    qtbot.wait(300)
-    Image.fromarray(viewer.screenshot(canvas_only=True, flash=False)).save(SHOTS / "zero_shot_classes.png")
+    # a zero-shot run shows its best-class map alone (legend on); the Map switch shows one class's map instead
+    visible = [
+        layer.name.split(" · ")[-1] for layer in viewer.layers if layer.visible and " · " in layer.name
+    ]
+    assert visible == ["best class", "tiles"]
+    widget.display.map.value = run_layer(viewer, "zero-shot/tumour")
+    visible = [
+        layer.name.split(" · ")[-1] for layer in viewer.layers if layer.visible and " · " in layer.name
+    ]
+    assert visible == ["zero-shot/tumour", "tiles"] and run_layer(viewer, "zero-shot/tumour").colorbar.visible
+    assert widget.legend.value == ""  # the legend goes with its layer (it stayed on in the similarity shot)
+    widget.display.map.value = classes
+    assert "tumour" in widget.legend.value
+    classes.visible = False  # hidden by hand: its legend goes too
+    assert widget.legend.value == ""
+    classes.visible = True
+    viewer.layers.remove(classes)
+    assert widget.legend.value == ""
     qtbot.waitUntil(lambda: widget.encoders_listed, timeout=WAIT_MS)  # no worker outlives the test
 
 
 def test_export_names_say_the_run_and_never_overwrite(
-    make_napari_viewer, qtbot, sample, scored_store: Path, tmp_path: Path
+    make_napari_viewer, qtbot, sample, scored_store: Path, tmp_path: Path, run_layer
 ) -> None:
     import json
 
@@ -219,23 +239,64 @@ def test_export_names_say_the_run_and_never_overwrite(
     analyse.show_result(_result(sample, scored_store, ["runA/attention"]))
     widget = ExportWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Export")
-    widget.heatmap.value = viewer.layers["sample_slide: runA/attention"]
+    widget.heatmap.value = run_layer(viewer, "runA/attention")
     widget.folder.value = tmp_path / "export"
     first = widget.export_geojson()
     second = widget.export_geojson()
     assert [p.name for p in first] == [
-        "sample_slide.runA-attention.tiles.geojson",
-        "sample_slide.runA-attention.tissue.geojson",
+        "sample_slide.run1-runA-attention.tiles.geojson",
+        "sample_slide.run1-runA-attention.tissue.geojson",
     ]
     assert [p.name for p in second] == [
-        "sample_slide.runA-attention.tiles-2.geojson",
-        "sample_slide.runA-attention.tissue-2.geojson",
+        "sample_slide.run1-runA-attention.tiles-2.geojson",
+        "sample_slide.run1-runA-attention.tissue-2.geojson",
     ]
     tiles = json.loads(first[0].read_text())["features"]
     assert "runA/attention" in tiles[0]["properties"]["measurements"]
     (png,) = widget.export_png()
-    assert png.name == "sample_slide.runA-attention.png" and widget.export_png()[0].name.endswith("-2.png")
+    assert png.name == "sample_slide.run1-runA-attention.png" and widget.export_png()[0].name.endswith(
+        "-2.png"
+    )
     qtbot.waitUntil(lambda: analyse.encoders_listed, timeout=WAIT_MS)
     image = np.asarray(Image.open(png).convert("RGB"))
     # rendered from the scores over the thumbnail (not a canvas screenshot): the slide's 4:3 aspect, a bar
     assert image.shape[1] >= 1024 * 0.95 and image.mean() > 50
+    from slidescope.features import SlideStore, open_store
+    from slidescope.mil.heatmap import colormap
+    from slidescope.wsi import open_slide
+
+    store = open_store(scored_store)
+    fraction = np.asarray(store.scores("ground-truth/tumour-fraction"), dtype=np.float64)
+    with open_slide(sample.slide) as slide:
+        thumb = slide.get_thumbnail((1024, 1024)).astype(np.float64)
+        scale = thumb.shape[1] / slide.dimensions[0]
+    for i in (int(np.argmax(fraction)), int(np.argmin(fraction))):  # the hottest and the coldest tile
+        cx, cy = ((store.coords[i] + 112) * scale).astype(int)
+        lo, hi = fraction.min(), fraction.max()
+        scaled = (fraction[i] - lo) / (hi - lo)
+        a = 0.6 * min(1.0, 4 * scaled)  # the viewer's ramp: transparent at the bottom of the range
+        expected = a * colormap(np.array([scaled]))[0] + (1 - a) * thumb[cy, cx, :3]
+        np.testing.assert_allclose(image[cy, cx], expected, atol=3)
+
+    # a later run writes other scores under the same name: run 1's exports keep run 1's own scores
+    SlideStore.open(scored_store, mode="r+").write_scores("runA/attention", (1 - fraction).astype(np.float32))
+    analyse.show_result(_result(sample, scored_store, ["runA/attention"]))
+    (tif,) = widget.export_tiff()
+    assert tif.name == "sample_slide.run1-runA-attention.tif"
+    tiles = json.loads(widget.export_geojson()[0].read_text())["features"]
+    got = [f["properties"]["measurements"]["runA/attention"] for f in tiles]
+    np.testing.assert_allclose(got, fraction, atol=1e-6)
+
+    # zero-shot: measurement names say the prompt set; the tiles are classified by the run's own best class
+    result = _result(sample, scored_store, ["zero-shot/tumour", "zero-shot/normal"], ["tumour", "normal"])
+    result.label = "zero-shot demo-prompts"
+    analyse.show_result(result)
+    widget.heatmap.value = run_layer(viewer, "zero-shot/tumour")
+    path, _ = widget.export_geojson()
+    assert path.name == "sample_slide.run3-zero-shot-tumour.tiles.geojson"
+    features = json.loads(path.read_text())["features"]
+    names = set(features[0]["properties"]["measurements"])
+    assert {"zero-shot demo-prompts: tumour", "zero-shot demo-prompts: normal"} <= names
+    assert not any(n.startswith("zero-shot/") for n in names)
+    best = ["tumour" if f >= 0.5 else "normal" for f in fraction]
+    assert [f["properties"]["classification"]["name"] for f in features] == best

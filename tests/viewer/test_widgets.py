@@ -123,7 +123,7 @@ def test_sample_data_shows_the_slide_with_its_heatmap(make_napari_viewer, sample
 
 
 def test_analyse_with_a_checkpoint_on_cached_embeddings(
-    make_napari_viewer, qtbot, sample, checkpoint: Path
+    make_napari_viewer, qtbot, sample, checkpoint: Path, run_layer
 ) -> None:
     from slidescope.features import open_store
 
@@ -135,7 +135,8 @@ def test_analyse_with_a_checkpoint_on_cached_embeddings(
     assert widget.last_result is not None, widget.status.value
     assert widget.last_result.reused_embeddings and "cached embeddings" in widget.status.value
     assert widget.run_button.enabled and widget.progress.value == 100
-    heat = viewer.layers["sample_slide: abmil/attention"]
+    heat = run_layer(viewer, "abmil/attention")
+    assert heat.name.startswith("sample_slide: run 1 · abmil · ")  # the run: its number, model and time
     attention = open_store(sample.store).scores("abmil/attention")
     coords = open_store(sample.store).coords
     best = int(np.argmax(attention))
@@ -143,7 +144,7 @@ def test_analyse_with_a_checkpoint_on_cached_embeddings(
     assert heat.get_value(centre, world=True) == pytest.approx(attention[best])
     assert heat.colormap.map(np.array([0.0]))[0, 3] == 0  # transparent at the bottom of the range
     # the tile grid is selected: hovering a tile shows its scores in the status bar
-    tiles = viewer.layers["sample_slide: tiles"]
+    tiles = run_layer(viewer, "tiles")
     assert viewer.layers.selection.active is tiles
     viewer.mouse_over_canvas = True
     viewer.cursor.position = tuple(centre)
@@ -167,7 +168,7 @@ def test_analyse_with_a_checkpoint_on_cached_embeddings(
 
 
 def test_analyse_zero_shot_with_typed_prompts(
-    make_napari_viewer, qtbot, sample, slide_text_model: Path
+    make_napari_viewer, qtbot, sample, slide_text_model: Path, run_layer
 ) -> None:
     viewer, widget = _analyse(make_napari_viewer, qtbot)
     widget.mode.value = "Zero-shot prompts"
@@ -178,14 +179,18 @@ def test_analyse_zero_shot_with_typed_prompts(
     widget.start()
     _finish(qtbot, widget)
     assert widget.last_result is not None, widget.status.value
-    names = [layer.name for layer in viewer.layers]
-    assert "sample_slide: zero-shot/tumour" in names and "sample_slide: zero-shot/normal" in names
-    classes = viewer.layers["sample_slide: best class"]
+    run = "sample_slide: run 1 · zero-shot typed prompts · "
+    assert run_layer(viewer, "zero-shot/tumour").name.startswith(run)
+    assert run_layer(viewer, "zero-shot/normal").name.startswith(run)
+    classes = run_layer(viewer, "best class")
+    # the best-class map shows alone, its legend with it
+    assert classes.visible and not run_layer(viewer, "zero-shot/tumour").visible
+    assert widget.display.map.value is classes and "best class:" in widget.legend.value
     assert set(np.unique(classes.data)) <= {0, 1, 2} and classes.features["class"].tolist()[1:] == [
         "tumour",
         "normal",
     ]
-    tumour = viewer.layers["sample_slide: zero-shot/tumour"]
+    tumour = run_layer(viewer, "zero-shot/tumour")
     assert tumour.colormap.name.startswith("slidescope") and tumour.blending == "translucent"
     assert widget.top_by.choices == ("zero-shot/tumour", "zero-shot/normal")
     assert "zero-shot: best match" in widget.summary.value

@@ -138,6 +138,26 @@ def _ome_zarr(path: Path, zarr_format: int, channels: int = 3) -> list[np.ndarra
     return levels
 
 
+def _tiled_pyramid(root: Path) -> tuple[Path, list[np.ndarray]]:
+    """A generic tiled TIFF pyramid, lossless (deflate), its reduced level a second page: 0.25 µm/px."""
+    path = root / "tiled-deflate.tif"
+    base = (np.random.default_rng(8).random((700, 900, 3)) * 255).astype(np.uint8)
+    opts: dict[str, Any] = {"tile": (128, 128), "compression": "zlib", "photometric": "rgb"}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(base, resolution=(40000, 40000), resolutionunit="CENTIMETER", **opts)
+        tw.write(base[::2, ::2], subfiletype=1, **opts)
+    return path, [base, base[::2, ::2]]
+
+
+def _czi(root: Path) -> tuple[Path, list[np.ndarray]]:
+    """A CZI written by pylibCZIrw with two pyramid layers (factors 2 and 4), 0.25 µm/px."""
+    from czi_files import write_czi
+
+    path = root / "pyramid.czi"
+    rgb = (np.random.default_rng(9).random((600, 800, 3)) * 255).astype(np.uint8)
+    return path, write_czi(path, rgb, 0.25, factors=(2, 4))
+
+
 def _dicom(root: Path, svs: Path) -> Case | None:
     """The synthetic SVS as a DICOM-WSI series written by wsidicomizer (tiffslide source: JPEG frames), with
     OpenSlide's decode of that series as the reference; None when wsidicom/wsidicomizer are not installed."""
@@ -184,6 +204,8 @@ def _cases(root: Path) -> dict[str, Case]:
     jpg, jpg_data = _jpeg(root)
     zarr2, zarr3 = root / "v04.ome.zarr", root / "v05.ome.zarr"
     zarr2_levels, zarr3_levels = _ome_zarr(zarr2, 2), _ome_zarr(zarr3, 3)
+    tiled, tiled_levels = _tiled_pyramid(root)
+    czi, czi_levels = _czi(root)
     aperio = "Aperio ImageDescription (MPP)"
     return {
         "openslide-svs": Case("openslide", svs, svs_levels, (0.5, 0.5), aperio, tiles=svs_tiles),
@@ -221,6 +243,22 @@ def _cases(root: Path) -> dict[str, Case]:
             "OME-NGFF multiscales (scale transformation)",
             tiles=[(128, 128)] * 2,
         ),
+        "czi-pyramid": Case(
+            "czi",
+            czi,
+            czi_levels,
+            (0.25, 0.25),
+            "CZI metadata (Scaling/Distance)",
+            tiles=[(800, 600), (400, 300), (200, 150)],
+        ),
+        "fastslide-tiff": Case(
+            "fastslide",
+            tiled,
+            tiled_levels,
+            (0.25, 0.25),
+            "fastslide Generic TIFF metadata",
+            auto=False,
+        ),
         **({"wsidicom-dicom": dicom} if dicom is not None else {}),
     }
 
@@ -241,6 +279,8 @@ CASE_NAMES = [
     "ome-zarr-0.4",
     "ome-zarr-0.5",
     "wsidicom-dicom",
+    "czi-pyramid",
+    "fastslide-tiff",
 ]
 
 
@@ -346,6 +386,21 @@ def test_info_opens_a_png_with_slide_mpp(cases: dict[str, Case]) -> None:
     assert bare.exit_code == 0 and "--slide-mpp" in bare.output  # says what to pass
     shown = CliRunner().invoke(app, ["info", "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
     assert "auto, openslide, tiffslide" in shown.output and "ome-zarr" in shown.output  # from the registry
+
+
+def test_info_opens_an_ome_zarr_folder(cases: dict[str, Case]) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from slidescope.cli import app
+
+    for name in ("ome-zarr-0.4", "ome-zarr-0.5"):
+        result = CliRunner().invoke(app, ["info", str(cases[name].path), "--json"])
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert report["backend"] == "ome-zarr" and report["level_dimensions"] == [[800, 600], [400, 300]]
+        assert report["mpp"] == [0.25, 0.25] and report["mpp_source"] == cases[name].mpp_source
 
 
 def test_plain_image_over_the_decode_budget_is_refused(cases: dict[str, Case], monkeypatch) -> None:

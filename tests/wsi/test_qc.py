@@ -143,3 +143,107 @@ def test_qc_in_the_run_report_and_info(artefacts, measured) -> None:
     assert q["focus_quantiles"]["q05"] <= q["focus_quantiles"]["q50"] <= q["focus_quantiles"]["q95"]
     text = CliRunner().invoke(app, ["info", str(artefacts.path), "--qc"]).output
     assert "QC flagged" in text and "focus" in text
+
+
+def test_qc_exported_as_qupath_geojson_at_the_flagged_tiles(artefacts, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from slidescope.cli import app
+    from slidescope.features import extract_slides
+    from slidescope.features.store import open_store
+
+    kw = dict(tile_size=artefacts.cell, mpp=artefacts.mpp, device="cpu", num_workers=0, progress=False)
+    (res,) = extract_slides([artefacts.path], "he-descriptor", store=tmp_path / "st", qc="flag", **kw)
+    store = open_store(res.store)
+    flags = qc_flags(store.qc())
+    bad = np.any(list(flags.values()), axis=0)
+    out = tmp_path / "qc"
+    run = CliRunner().invoke(app, ["export-qc", str(tmp_path / "st"), "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    (path,) = out.glob("*.qc.geojson")
+    collection = json.loads(path.read_text())
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == bad.sum() > 0
+    w, h = store.tile_extent
+    for feature in collection["features"]:
+        props = feature["properties"]
+        i = props["tile_index"]
+        assert bad[i] and props["objectType"] == "tile"
+        (ring,) = feature["geometry"]["coordinates"]
+        x, y = store.coords[i].tolist()
+        assert feature["geometry"]["type"] == "Polygon" and ring[0] == ring[-1]
+        assert {tuple(p) for p in ring} == {(x, y), (x + w, y), (x + w, y + h), (x, y + h)}
+        hits = [k for k, f in flags.items() if f[i]]
+        assert props["classification"]["name"] == hits[0] and props["name"] == ", ".join(hits)
+        m = props["measurements"]
+        assert all(isinstance(v, float) for v in m.values())
+        assert m["focus"] == pytest.approx(float(store.qc()["focus"][i])) and m[f"flag_{hits[0]}"] == 1.0
+    # the injected artefacts are among the exported squares (blur and pen: every injected tile)
+    exported = {tuple(f["geometry"]["coordinates"][0][0]) for f in collection["features"]}
+    for kind in ("blur", "pen"):
+        cells = store.coords[artefacts.labels(store.coords, kind)]
+        assert len(cells) and all(tuple(c) in exported for c in cells.tolist()), kind
+    every = CliRunner().invoke(app, ["export-qc", str(tmp_path / "st"), "--out", str(out), "--all-tiles"])
+    assert every.exit_code == 0 and len(json.loads(path.read_text())["features"]) == store.n_tiles
+    (plain,) = extract_slides([artefacts.path], "he-descriptor", store=tmp_path / "plain", **kw)
+    refused = CliRunner().invoke(app, ["export-qc", str(tmp_path / "plain"), "--out", str(out)])
+    assert refused.exit_code != 0 and "--qc flag" in str(refused.exception)
+
+
+def test_flag_measures_on_the_tiles_the_extraction_reads(artefacts, measured, tmp_path, monkeypatch) -> None:
+    """``qc="flag"`` reads no tile for the QC: the extraction's readers measure the tiles they read (in this
+    process and in a worker process), with the values of a separate pass; reused embeddings reuse the
+    stored measures, and a store made without QC is measured once when QC is asked of it."""
+    from slidescope.features import extract_slides
+    from slidescope.features.store import open_store
+    from slidescope.wsi import _qc
+
+    _, separate = measured
+    kw = dict(tile_size=artefacts.cell, mpp=artefacts.mpp, device="cpu", progress=False)
+    (plain,) = extract_slides([artefacts.path], "he-descriptor", store=tmp_path / "a", num_workers=0, **kw)
+    real_measure = _qc._measure_tiles
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the QC read the tiles itself")
+
+    monkeypatch.setattr(_qc, "_measure_tiles", no_read)
+    for workers in (0, 1):
+        store = tmp_path / f"w{workers}"
+        (res,) = extract_slides(
+            [artefacts.path], "he-descriptor", store=store, qc="flag", num_workers=workers, **kw
+        )
+        st = open_store(res.store)
+        assert res.status == "done" and st.tiling_key == open_store(plain.store).tiling_key
+        for name, value in separate.qc.items():
+            np.testing.assert_allclose(st.qc()[name], value, rtol=1e-6, err_msg=name)
+        assert res.extra["qc"] == separate.qc_summary
+    (again,) = extract_slides(
+        [artefacts.path], "he-descriptor", store=tmp_path / "w0", qc="flag", num_workers=0, **kw
+    )
+    assert again.status == "reused" and again.extra["qc"] == separate.qc_summary
+    # embeddings made without QC: reused, and their tiles measured by a read of their own
+    calls = []
+    monkeypatch.setattr(_qc, "_measure_tiles", lambda *a, **k: calls.append(1) or real_measure(*a, **k))
+    (late,) = extract_slides(
+        [artefacts.path], "he-descriptor", store=tmp_path / "a", qc="flag", num_workers=0, **kw
+    )
+    assert late.status == "reused" and calls == [1] and late.extra["qc"] == separate.qc_summary
+    assert set(open_store(late.store).qc()) == set(separate.qc)
+
+
+def test_the_pipelines_embed_step_summarises_the_flag_qc_after_extraction(
+    artefacts, measured, tmp_path
+) -> None:
+    from slidescope.features import create_encoder
+    from slidescope.options import TilingOptions
+    from slidescope.pipeline import embed_slide
+
+    _, separate = measured
+    steps = {}
+    tiling = TilingOptions(tile_size=artefacts.cell, mpp=artefacts.mpp, qc="flag")
+    with open_slide(artefacts.path) as slide:
+        enc = create_encoder("he-descriptor", device="cpu")
+        res = embed_slide(
+            slide, enc, stores=tmp_path, tiling=tiling, num_workers=0, on_step=steps.__setitem__
+        )
+    assert steps["grid"].qc_summary is None  # deferred: nothing read before the extraction
+    assert res.result.extra["qc"] == separate.qc_summary

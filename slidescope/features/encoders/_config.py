@@ -103,7 +103,8 @@ class EncoderConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, for provenance in stores and checkpoints (and the stores' cache key)."""
         out = asdict(self)
-        out.pop("layout_source")  # how the layout was checked changes no embedding: keep cache keys as they were
+        # how the layout was checked changes no embedding: the cache keys stay as they were
+        out.pop("layout_source")
         out["kwargs"] = {k: _jsonable(v) for k, v in self.kwargs.items()}
         return out
 

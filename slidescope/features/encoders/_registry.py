@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..._plugins import Once
 from ...errors import InvalidParameterError
 from ._config import EncoderConfig, ImportRef
 
@@ -68,19 +69,20 @@ def register_encoder(config: EncoderConfig, builder: Builder | ImportRef | str) 
     )
 
 
-_builtins_registered = False
+def _register_builtins() -> None:
+    from ._catalog import BUILTINS
+
+    for config, builder in BUILTINS:
+        register_encoder(config, builder)
+
+
+_BUILTINS_ONCE = Once()
 
 
 def _ensure_loaded() -> None:
-    global _builtins_registered
     from ..._plugins import load_plugins
 
-    if not _builtins_registered:
-        _builtins_registered = True
-        from ._catalog import BUILTINS
-
-        for config, builder in BUILTINS:
-            register_encoder(config, builder)
+    _BUILTINS_ONCE(_register_builtins)
     load_plugins("encoders")  # then the `slidescope.encoders` entry points (a plugin may override a name)
 
 

@@ -52,7 +52,9 @@ def resolve_weights(config: EncoderConfig, weights: str | os.PathLike[str] | Non
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_dir():
-            names = ([config.weights_file] if config.weights_file else []) + list(CANDIDATE_FILES)
+            # the hub path, its file name alone (a folder holding the downloaded file), then the usual names
+            hub_names = [config.weights_file, Path(config.weights_file).name] if config.weights_file else []
+            names = hub_names + list(CANDIDATE_FILES)
             for name in names:
                 if (path / name).is_file():
                     return path / name
@@ -69,8 +71,12 @@ def resolve_weights(config: EncoderConfig, weights: str | os.PathLike[str] | Non
     except ImportError as err:  # pragma: no cover - huggingface-hub is a core dependency
         raise WeightsError("huggingface-hub is not installed: `uv pip install huggingface-hub`") from err
     filename = config.weights_file or CANDIDATE_FILES[0]
+    # "datasets/<owner>/<name>": a file in a dataset repository (CHIEF-CTransPath in MahmoodLab/hest-bench)
+    repo, repo_type = config.hub_id, None
+    if repo.startswith("datasets/"):
+        repo, repo_type = repo[len("datasets/") :], "dataset"
     try:
-        return Path(hf_hub_download(config.hub_id, filename))
+        return Path(hf_hub_download(repo, filename, repo_type=repo_type))
     except Exception as err:  # network, auth (401/403 gated), offline mode, missing file: one message
         raise WeightsError(
             f"could not get the weights of {config.name!r} from the Hugging Face hub ({config.hub_id}/{filename}: "

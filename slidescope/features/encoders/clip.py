@@ -359,16 +359,48 @@ CONCH_V1_TEXT = {
 }
 
 
+#: BiomedCLIP's open_clip text_cfg (hf_proj_type mlp, CLS of the last hidden state, context 256) with the
+#: PubMedBERT-base architecture written out (open_clip reads it from the hub); see ``biomedclip``
+BIOMEDCLIP_TEXT: dict[str, Any] = {
+    "embed_dim": 512,
+    "proj_type": "mlp",
+    "pooler_type": "cls_last_hidden_state_pooler",
+    "context_length": 256,
+    "tokenizer": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+    "bert": {
+        "vocab_size": 30522,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "hidden_act": "gelu",
+        "max_position_embeddings": 512,
+        "type_vocab_size": 2,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+    },
+}
+
+
 def _conch_v1_text_tower(config: EncoderConfig, kwargs: dict[str, Any]) -> ClipTextTower:
     from .conch_v1 import ConchV1TextTower  # conch_v1 imports this module
 
     return ConchV1TextTower(config, kwargs)
 
 
+def _biomedclip_text_tower(config: EncoderConfig, kwargs: dict[str, Any]) -> ClipTextTower:
+    from .biomedclip import BertClipTextTower  # biomedclip imports this module
+
+    return BertClipTextTower(config, kwargs)
+
+
 _TEXT_REGISTRY: dict[str, tuple[str, dict[str, Any], TextBuilder]] = {
     "plip": ("plip", PLIP_TEXT, HFClipTextTower),
     "quiltnet": ("quiltnet", QUILTNET_TEXT, OpenClipTextTower),
     "conch-v1": ("conch-v1", CONCH_V1_TEXT, _conch_v1_text_tower),
+    # QuiltNet-B-16: open_clip ViT-B-16, whose text_cfg is ViT-B-32's (model_configs/ViT-B-16.json)
+    "quiltnet-b16": ("quiltnet-b16", QUILTNET_TEXT, OpenClipTextTower),
+    "biomedclip": ("biomedclip", BIOMEDCLIP_TEXT, _biomedclip_text_tower),
 }
 
 
@@ -389,7 +421,7 @@ def create_clip_text_tower(
 
     Parameters
     ----------
-    name : {"plip", "quiltnet", "conch-v1"}
+    name : {"plip", "quiltnet", "quiltnet-b16", "biomedclip", "conch-v1"}
         A name from :func:`list_clip_text_towers`; the image encoder of the same name embeds the tiles.
     weights : path, optional
         The weights file or folder (as for ``create_encoder(name, weights=...)``); ``None`` uses the hub.

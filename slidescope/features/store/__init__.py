@@ -96,6 +96,7 @@ from ._keys import (
     tiling_key,
 )
 from ._layout import SCHEMA_VERSION, STORE_FORMAT
+from ._qc import open_qc_store, qc_geojson, settle_qc
 from ._store import DEFAULT_CHUNK_ROWS as DEFAULT_CHUNK_ROWS, SlideStore, open_store
 from ._writer import EmbeddingWriter as EmbeddingWriter
 
@@ -112,6 +113,9 @@ __all__ = [
     "DiskFullError",
     "SlideStore",
     "open_store",
+    "qc_geojson",
+    "open_qc_store",
+    "settle_qc",
     "slide_fingerprint",
     "store_path",
     "tiling_key",
