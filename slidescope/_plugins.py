@@ -39,6 +39,7 @@ GROUPS = {
     "slide_models": "slidescope.slide_models",
     "slide_encoders": "slidescope.slide_encoders",
     "readers": "slidescope.readers",
+    "text_towers": "slidescope.text_towers",
 }
 
 _loaded: set[str] = set()

@@ -1,4 +1,5 @@
-"""The "Analyse" dock widget: slide + encoder + (MIL checkpoint | zero-shot prompts) -> heatmaps.
+"""The "Analyse" dock widget: slide + encoder + (MIL checkpoint | zero-shot prompts) -> heatmaps, or
+(slide encoder + few-shot support set) -> the slide's class probabilities.
 
 The widget only gathers inputs, runs :func:`~slidescope.viewer._analysis.run_analysis` in a napari
 ``thread_worker`` (progress bar, Cancel button; the UI stays responsive) and turns the scores it
@@ -41,7 +42,9 @@ from ._compat import keep_triton_out
 from ._layers import level0_to_world, show_tile_grid, top_tiles
 from ._ask import TOP_K, AskMixin
 from ._display import DisplayControls, run_label
+from ._fluorescence import analysis_refusal
 from ._readout import watch_viewer
+from ._slide_model_widget import FEW_SHOT, NO_TILE_MAP, SlideModelFields
 from ._widgets import add_layer_tuples, layers_of_kind, notify_error, slide_layers, slidescope_meta
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["AnalyseWidget"]
 
 MIL, ZERO_SHOT = "MIL checkpoint", "Zero-shot prompts"
+MODES = [MIL, ZERO_SHOT, FEW_SHOT]
 DEFAULT_ENCODER = "he-descriptor"
 #: what the pixel-size field shows at 0 (the slide's own pixel size is used)
 FROM_SLIDE = "from slide"
@@ -173,7 +177,7 @@ class AnalyseWidget(AskMixin, Container):
             nullable=True,
             tooltip="Weights file for encoders that need one (empty: their hub id / cache).",
         )
-        self.mode = RadioButtons(label="Model", choices=[MIL, ZERO_SHOT], value=MIL, orientation="horizontal")
+        self.mode = RadioButtons(label="Model", choices=MODES, value=MIL, orientation="horizontal")
         self.run_folder = FileEdit(
             label="MIL run folder",
             mode=FileDialogMode.EXISTING_DIRECTORY,
@@ -226,6 +230,7 @@ class AnalyseWidget(AskMixin, Container):
                 self.slide_text_model,
                 self.prompts_file,
                 self.prompts_text,
+                *self._few_shot_fields(),
                 self.store,
                 self.device,
                 self.run_button,
@@ -358,12 +363,27 @@ class AnalyseWidget(AskMixin, Container):
     def _encoders_done(self) -> None:
         self.encoders_listed = True
 
+    def _few_shot_fields(self) -> list[Any]:
+        """Make the fields of the slide encoder + few-shot model (``self.few_shot``); returns its widgets."""
+        self.few_shot = SlideModelFields(self._require_encoder)
+        return self.few_shot.widgets
+
+    def _require_encoder(self, name: str) -> None:
+        """Choose the patch encoder ``name`` (the one a slide encoder needs), listed even before the list loads."""
+        if name not in self._encoder_names:
+            self._encoder_names.append(name)
+            self.encoder.reset_choices()
+        self.encoder.value = name
+
     def _on_mode(self, value: str) -> None:
         mil = value == MIL
         self.checkpoint.visible = mil
         self.run_folder.visible = mil
         for widget in (self.slide_text_model, self.prompts_file, self.prompts_text):
-            widget.visible = not mil
+            widget.visible = value == ZERO_SHOT
+        self.few_shot.show(value == FEW_SHOT)
+        if value == FEW_SHOT:
+            self.few_shot.on_slide_encoder(self.few_shot.slide_encoder.value)
 
     # -- running ----------------------------------------------------------------------------------
     def request(self) -> AnalysisRequest | None:
@@ -371,7 +391,8 @@ class AnalyseWidget(AskMixin, Container):
         layer = self.slide.value
         if layer is None:
             notify_error(
-                "open a slide first: File > Open (any slide format), or File > Open Sample > slidescope"
+                analysis_refusal(self._viewer)
+                or "open a slide first: File > Open (any slide format), or File > Open Sample > slidescope"
             )
             return None
         meta = slidescope_meta(layer)
@@ -405,6 +426,8 @@ class AnalyseWidget(AskMixin, Container):
                 )
                 return None
             return AnalysisRequest(**common, checkpoint=Path(model))
+        if self.mode.value == FEW_SHOT:
+            return AnalysisRequest(**common, few_shot=self.few_shot.request())
         prompts: Any = Path(self.prompts_file.value) if self.prompts_file.value else self.prompts_text.value
         return AnalysisRequest(**common, prompts=prompts, slide_text_model=self.slide_text_model.value)
 
@@ -476,7 +499,8 @@ class AnalyseWidget(AskMixin, Container):
         self.last_seconds = time.perf_counter() - self._started
         self.progress.value = 100
         reused = "cached embeddings" if outcome.reused_embeddings else "new embeddings"
-        self.status.value = f"done in {self.last_seconds:.1f} s ({reused}); hover a tile to see its scores"
+        then = NO_TILE_MAP if not outcome.scores else "hover a tile to see its scores"
+        self.status.value = f"done in {self.last_seconds:.1f} s ({reused}); {then}"
 
     # -- results ----------------------------------------------------------------------------------
     def show_result(self, result: AnalysisResult) -> list[Any]:

@@ -23,6 +23,7 @@ from .._compat import renamed_attribute, renamed_kwargs
 from ..errors import InvalidParameterError
 from ..options import DEFAULT_OFFLINE_ENCODER, EmbeddingOptions, TilingOptions
 from ._paths import viewer_cache_dir
+from ._slide_model import FewShotRequest, classify, prepare_support, tile_geometry
 
 __all__ = [
     "AnalysisRequest",
@@ -56,6 +57,8 @@ class AnalysisRequest:
         or text typed in the widget (a ``str``, see :func:`parse_prompts`).
     slide_text_model : the saved slide-text model directory zero-shot needs (formerly ``slidetext_model``,
         still accepted for one release with a DeprecationWarning).
+    few_shot : instead: a slide encoder and a labelled support set
+        (:class:`~slidescope.viewer._slide_model.FewShotRequest`); the slide's class probabilities, no tile map.
     weights : encoder weights (file, directory or hub id) for encoders that need them.
     slide_mpp : level-0 µm/px when the file has none.
     num_workers : reader processes for extraction (0: in the worker thread; safest inside a GUI).
@@ -71,6 +74,7 @@ class AnalysisRequest:
     checkpoint: Path | None = None
     prompts: Path | Mapping[str, Any] | str | None = None
     slide_text_model: Path | None = None
+    few_shot: FewShotRequest | None = None
     weights: str | None = None
     slide_mpp: float | None = None
     device: str = "cpu"
@@ -82,8 +86,10 @@ class AnalysisRequest:
 
     @property
     def mode(self) -> str:
-        """``"mil"`` with a checkpoint, ``"zero-shot"`` with prompts."""
-        return "mil" if self.checkpoint is not None else "zero-shot"
+        """``"mil"`` with a checkpoint, ``"few-shot"`` with a slide encoder, ``"zero-shot"`` with prompts."""
+        if self.checkpoint is not None:
+            return "mil"
+        return "few-shot" if self.few_shot is not None else "zero-shot"
 
 
 # the old spelling, for one release (docs/GLOSSARY.md)
@@ -249,6 +255,8 @@ def _check_model(request: AnalysisRequest, embed_dim: int) -> Any:
             load_task(path, encoder=request.encoder, embed_dim=embed_dim)
             for path in checkpoints_of(request.checkpoint)
         ]
+    if request.few_shot is not None:
+        return prepare_support(request.few_shot, Path(request.slide), request.encoder, request.device)
     if request.slide_text_model is None:
         raise InvalidParameterError(
             "zero-shot needs a slide-text model: choose its folder (the `model` folder "
@@ -308,7 +316,12 @@ def _extract(
                 slide,
                 encoder,
                 stores=root,
-                tiling=TilingOptions(pen=request.pen, min_tissue=request.min_tissue, overlap=request.overlap),
+                tiling=TilingOptions(
+                    pen=request.pen,
+                    min_tissue=request.min_tissue,
+                    overlap=request.overlap,
+                    **tile_geometry(request.few_shot),  # a slide encoder's tiles (default: the encoder's)
+                ),
                 mask=tissue,
                 batch_size=request.batch_size,
                 num_workers=request.num_workers,
@@ -344,7 +357,9 @@ def run_analysis(
     an empty prompt set), find the tissue, reuse the store's embeddings when they are complete and
     from this slide (else tile and extract, cancellable between batches), then score with the MIL
     checkpoint (:func:`slidescope.mil.score`: ``<run>/attention``) or zero-shot at tile level
-    (:func:`slidescope.vlm.zero_shot`: ``zero-shot/<class>``), both written into the store.
+    (:func:`slidescope.vlm.zero_shot`: ``zero-shot/<class>``), both written into the store, or classify the
+    slide with a slide encoder and few-shot against a support set (:mod:`~slidescope.viewer._slide_model`: the
+    support set and the slide encoder's weights are checked first; class probabilities only, no tile scores).
 
     Raises
     ------
@@ -405,6 +420,14 @@ def run_analysis(
         result.label = name
         result.probabilities = dict(row.probs)
         result.summary = _summary(f"{name}: predicted {row.predicted}", row.probs)
+    elif request.few_shot is not None:
+        few = request.few_shot
+        probs, predicted = classify(model, store, request.encoder, few.method, request.device)
+        result.label = f"{few.slide_encoder} {few.method} few-shot"
+        result.probabilities = probs
+        result.summary = _summary(f"{result.label}: predicted {predicted}", probs)
+        if model.left_out:
+            result.summary += f"; its own {model.left_out} support row(s) left out"
     else:
         from ..vlm import zero_shot
         from ..vlm.api import SCORES_PREFIX

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,7 @@ def read_slide(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     (what is wrong and what to do) instead of a traceback, and no layer. A slide without a pixel
     size opens in pixel units with a warning notification.
     """
-    from napari.utils.notifications import show_error, show_warning
+    from napari.utils.notifications import show_error, show_info, show_warning
 
     from ..wsi import open_slide
 
@@ -265,8 +266,17 @@ def read_slide(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
         try:
             slide = open_slide(p)
             data = slide_layer_data(slide)
+            # the reader owns this slide: close its files when the layer's arrays go (a slide left to the
+            # garbage collector can have its file objects collected first, with a ResourceWarning)
+            level0 = data[0][0] if isinstance(data[0], list) else data[0]
+            weakref.finalize(level0, _close_quietly, slide)
         except SlidescopeError as err:
-            show_error(f"slidescope: {err}")
+            channels = _fluorescence_layer(p, err)
+            if channels is None:
+                show_error(f"slidescope: {err}")
+                continue
+            layers.append(channels)
+            show_info(f"slidescope: {channels[1]['metadata'][0][METADATA_KEY]['viewing']}")
             continue
         if data[1]["metadata"][METADATA_KEY]["units"] == "pixel":
             show_warning(
@@ -275,6 +285,22 @@ def read_slide(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
             )
         layers.append(data)
     return layers or [(None,)]
+
+
+def _close_quietly(slide: Any) -> None:
+    if not getattr(slide, "_backend_closed", True):
+        slide.close()
+
+
+def _fluorescence_layer(path: str | os.PathLike[str], err: SlidescopeError) -> tuple[Any, ...] | None:
+    """The channel layers (:mod:`slidescope.viewer._fluorescence`) of a TIFF that open_slide refused for its
+    pixel format (multiplex/fluorescence, grey, 16-bit); None for any other error or file."""
+    if not getattr(err, "definitive", False):
+        return None
+    from ._fluorescence import fluorescence_layer_data, open_fluorescence
+
+    image = open_fluorescence(path)
+    return None if image is None else fluorescence_layer_data(image, str(err))
 
 
 def _claimed(path: Path) -> bool:

@@ -63,8 +63,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._compat import renamed_kwargs
-from ..errors import InvalidParameterError
+from ..errors import InvalidParameterError, UnsupportedSlideError
 
+from ._darkfield import darkfield_allowed, darkfield_refusal, darkfield_stats, is_darkfield
 from ._downsample import read_downsampled as _read_downsampled
 from ._pen import (
     DAB_BLUE_GREEN_RATIO as DAB_BLUE_GREEN_RATIO,
@@ -326,6 +327,7 @@ def detect_tissue(
     threshold: float | None = None,
     remove_pen: bool | None = None,
     method: str = "fast",
+    allow_darkfield: bool = False,
 ) -> TissueMask:
     """Find the tissue on a slide.
 
@@ -357,6 +359,12 @@ def detect_tissue(
         band along the tissue's edges (:mod:`slidescope.wsi._refine`): about 10x faster on a large slide,
         its masks within IoU 0.98 of ``"full"`` on the test slides (the threshold and the IHC test then
         come from the coarse image). Masks of fewer than 64 x 64 pixels always use ``"full"``.
+    allow_darkfield : bool, default False
+        Analyse a slide even when its background is dark. By default a slide whose low-resolution image is
+        mostly near-black with hardly any light pixels (a fluorescence image stored as 8-bit RGB; rule and
+        margins in :mod:`slidescope.wsi._darkfield`) is refused with :class:`UnsupportedSlideError`, as
+        multiplex files are at open. ``SLIDESCOPE_ALLOW_DARKFIELD=1`` in the environment does the same as
+        True (for the command line).
 
     Returns
     -------
@@ -372,6 +380,8 @@ def detect_tissue(
         auto, on, off; ``method`` not fast or full.
     MissingMppError
         The slide has no pixel size: open it with ``open_slide(path, slide_mpp=...)``.
+    UnsupportedSlideError
+        The slide has a dark background (fluorescence stored as RGB) and ``allow_darkfield`` is False.
 
     Examples
     --------
@@ -411,6 +421,8 @@ def detect_tissue(
         )
     level = slide.best_level_for_mpp(eff_mpp)
     pixel_mpp = float(math.sqrt(mask_mpp[0] * mask_mpp[1]))
+    if not darkfield_allowed(allow_darkfield):
+        _refuse_darkfield(slide, (mw, mh), pixel_mpp)
     used = method if min(mw, mh) >= COARSE_FACTOR * MIN_COARSE_SIDE else "full"
     if used == "fast":
         mask, info = segment_coarse_to_fine(
@@ -459,6 +471,16 @@ def detect_tissue(
         used,
     )
     return result
+
+
+def _refuse_darkfield(slide: Slide, size: tuple[int, int], mpp: float) -> None:
+    """Raise :class:`UnsupportedSlideError` when the slide's image at the coarse detection resolution (the one
+    ``method="fast"`` reads next, so its tiles are then cached) has a dark background."""
+    coarse = (math.ceil(size[0] / COARSE_FACTOR), math.ceil(size[1] / COARSE_FACTOR))
+    rgb = _read_downsampled(slide, slide.best_level_for_mpp(mpp * COARSE_FACTOR), coarse)
+    stats = darkfield_stats(rgb)
+    if is_darkfield(stats):
+        raise UnsupportedSlideError(f"{slide.path.name} {darkfield_refusal(stats)}")
 
 
 def tissue_mask_from_rgb(

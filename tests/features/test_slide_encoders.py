@@ -45,6 +45,7 @@ def published_dirs(tmp_path_factory: pytest.TempPathFactory):
     import transformers.dynamic_module_utils as dmu
 
     cache = tmp_path_factory.mktemp("hf_modules")
+    vlmfx.forget_dynamic_modules()  # another module's remote-code cache must not shadow this one (and back)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dmu, "HF_MODULES_CACHE", str(cache))
         mp.setattr(sys, "path", list(sys.path))
@@ -74,6 +75,7 @@ def published_dirs(tmp_path_factory: pytest.TempPathFactory):
             root / "titan", "titan", vlmfx.titan_config(len(ttok)), root / "titan", ttok
         )
         yield {"prism": prism, "titan": titan}
+    vlmfx.forget_dynamic_modules()
 
 
 def build(name: str, dirs: dict[str, Path]):
@@ -111,7 +113,7 @@ def test_contract(name: str, published_dirs) -> None:
         feats = torch.randn(n, dim)
         a = model.embed(feats, coords, 512)
         b = model.embed(feats[perm], coords[perm.numpy()], 512)
-        if cfg.family != "published":
+        if cfg.family not in ("published", "gigapath"):  # GigaPath's LongNet dilates in the stored order
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     if cfg.patch_dim is not None:
         with pytest.raises(InvalidParameterError, match=f"{cfg.patch_dim}-d"):

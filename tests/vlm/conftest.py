@@ -113,10 +113,25 @@ def remote_code_cache(tmp_path_factory: pytest.TempPathFactory):
     import transformers.dynamic_module_utils as dmu
 
     cache = tmp_path_factory.mktemp("hf_modules")
+    forget_dynamic_modules()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dmu, "HF_MODULES_CACHE", str(cache))
         mp.setattr(sys, "path", list(sys.path))
         yield cache
+    forget_dynamic_modules()
+
+
+def forget_dynamic_modules() -> None:
+    """Drop ``transformers_modules`` (the package transformers imports remote code as) from ``sys.modules``.
+
+    Its ``__path__`` is the HF_MODULES_CACHE of whoever imported it first: a fixture that points the cache
+    elsewhere (another test module's) would otherwise find none of the code it copies there."""
+    import sys
+
+    for name in [
+        n for n in sys.modules if n == "transformers_modules" or n.startswith("transformers_modules.")
+    ]:
+        del sys.modules[name]
 
 
 def _word_tokenizer(specials: dict[str, str], template: str, extra: tuple[str, ...] = ()):

@@ -272,3 +272,20 @@ def test_mi_zero_over_store_tile_embeddings(name: str, published, tiny, tmp_path
     )
     with pytest.raises(InvalidParameterError, match="other weights"):
         zero_shot([other], classes, model=tower)
+
+
+def test_a_registered_text_tower_is_listed_and_built_through_the_registry(monkeypatch) -> None:
+    """register_clip_text_tower: the public call a plugin (entry point group slidescope.text_towers) makes."""
+    from slidescope import _plugins
+
+    assert _plugins.GROUPS["text_towers"] == "slidescope.text_towers"
+    monkeypatch.setattr(clip_mod, "_TEXT_REGISTRY", dict(clip_mod._TEXT_REGISTRY))
+    _, kwargs, builder = clip_mod._TEXT_REGISTRY["quiltnet"]
+    clip_mod.register_clip_text_tower("lab-quilt", builder, kwargs, image_encoder="quiltnet")
+    assert "lab-quilt" in list_clip_text_towers()
+    tower = create_clip_text_tower("lab-quilt", pretrained=False)
+    reference = create_clip_text_tower("quiltnet", pretrained=False)
+    assert type(tower) is type(reference)
+    assert {k: v.shape for k, v in tower.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }

@@ -677,7 +677,7 @@ def test_entry_point_plugins_load_lazily_and_a_broken_one_is_logged(
     monkeypatch.setattr(
         _backends, "BACKENDS", {k: v for k, v in _backends.BACKENDS.items() if k != "npy-test"}
     )
-    monkeypatch.setattr(_backends, "_loaded", False)
+    monkeypatch.setattr(_backends, "_BUILTINS_ONCE", _plugins.Once())
     _plugins._reset_for_tests()
     try:
         with caplog.at_level(logging.WARNING):

@@ -48,6 +48,7 @@ __all__ = [
     "HFClipTextTower",
     "OpenClipTextTower",
     "create_clip_text_tower",
+    "register_clip_text_tower",
     "list_clip_text_towers",
 ]
 
@@ -404,8 +405,30 @@ _TEXT_REGISTRY: dict[str, tuple[str, dict[str, Any], TextBuilder]] = {
 }
 
 
+def register_clip_text_tower(
+    name: str, builder: TextBuilder, kwargs: dict[str, Any] | None = None, *, image_encoder: str | None = None
+) -> None:
+    """Add a text tower: the text half of a patch-level CLIP model, for MI-Zero (``zero_shot(level="tile")``).
+
+    ``builder(config, kwargs)`` returns a :class:`ClipTextTower` (random weights) whose
+    ``checkpoint_module()`` / ``convert_state_dict()`` load the text half of the image encoder's weights file;
+    ``config`` is the registered patch encoder ``image_encoder`` (default: ``name``) whose tile embeddings
+    share the tower's joint space. A lab's package registers from a ``slidescope.text_towers`` entry point
+    (see docs/PLUGINS.md), like encoders."""
+    if name in _TEXT_REGISTRY:
+        log.warning("text tower %r registered twice; the later one wins", name)
+    _TEXT_REGISTRY[name] = (image_encoder or name, dict(kwargs or {}), builder)
+
+
+def _text_plugins() -> None:
+    from ..._plugins import load_plugins
+
+    load_plugins("text_towers")
+
+
 def list_clip_text_towers() -> list[str]:
-    """Patch-level CLIP models with a text tower (their names are the image encoders' names)."""
+    """Patch-level CLIP models with a text tower (their names are the image encoders' names), plugins included."""
+    _text_plugins()
     return sorted(_TEXT_REGISTRY)
 
 
@@ -446,6 +469,7 @@ def create_clip_text_tower(
     """
     from ._registry import _entry
 
+    _text_plugins()
     if name not in _TEXT_REGISTRY:
         raise InvalidParameterError(
             f"{name!r} has no text tower; patch-level CLIP models with one: "

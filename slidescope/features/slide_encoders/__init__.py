@@ -6,7 +6,7 @@ registry (:func:`register_slide_encoder`, :func:`list_slide_encoders`, :func:`ge
 points). Each :class:`SlideEncoderConfig` names the patch encoder and tile geometry the model was trained on,
 and :func:`embed_slides` refuses a store made another way; :func:`embed_patients` gives one embedding per patient. Built in: ``mean`` (any patch encoder), FEATHER
 (``feather-conch-v1.5``, ``feather-uni2``, ``feather-uni``), ``madeleine``, ``chief`` (modules in ``_models``),
-``moozy`` (slide and patient level, ``_moozy``) and the published slide-text models ``prism`` and ``titan`` (loaded by :mod:`slidescope.vlm.published`).
+``moozy`` (slide and patient level, ``_moozy``), ``gigapath-slide`` (Prov-GigaPath's LongNet, ``_gigapath``) and the published slide-text models ``prism`` and ``titan`` (loaded by :mod:`slidescope.vlm.published`).
 Listing and reading configs load no torch.
 
 Examples

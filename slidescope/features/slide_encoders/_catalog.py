@@ -9,6 +9,9 @@ sizes: the publishers' code, recorded in tests/golden/trident_slide_layouts.json
 * CHIEF: CHIEF-CTransPath at 10x, 256 px; weights on the authors' Google Drive (``CHIEF_pretraining.pth``).
 * MOOZY: Lunit ViT-S/8 (``lunit_vit_small_patch8_dino``) at 224 px and 20x (``moozy.encoding``); hub
   ``AtlasAnalyticsLab/MOOZY`` (``moozy.pt``), CC-BY-NC-SA-4.0 (its model card).
+* Prov-GigaPath (slide): its own tile encoder ``gigapath`` at 256 px and 20x (its README); hub
+  ``prov-gigapath/prov-gigapath`` (``slide_encoder.pth``), Apache-2.0, gated; sizes in
+  tests/golden/gigapath_slide.json.
 * PRISM, TITAN: the published slide-text models of :mod:`slidescope.vlm.published`, loaded by their
   publishers' code (their builder lives in :mod:`slidescope.vlm.published_slide`).
 """
@@ -21,6 +24,7 @@ __all__ = ["BUILTINS"]
 
 _MODELS = "slidescope.features.slide_encoders._models:build"
 _PUBLISHED = "slidescope.vlm.published_slide:build_published_slide_encoder"
+_GIGAPATH = "slidescope.features.slide_encoders._gigapath:build"
 _GOLDEN = "tests/golden/trident_slide_layouts.json"
 _FEATHER_LICENCE = "CC-BY-NC-ND-4.0"  # MIL-Lab LICENSE and README; the models' own terms on the hub
 
@@ -151,6 +155,41 @@ BUILTINS: list[tuple[SlideEncoderConfig, str]] = [
             "transformer over a patient's slides; 768-d slide (one-slide case) and patient embeddings.",
         ),
         _MODELS,
+    ),
+    (
+        SlideEncoderConfig(
+            name="gigapath-slide",
+            family="gigapath",
+            embed_dim=768,
+            patch_encoders=("gigapath",),
+            patch_dim=1536,
+            tile_size=256,
+            mpp=0.5,
+            needs_coords=True,
+            hub_id="prov-gigapath/prov-gigapath",
+            weights_file="slide_encoder.pth",
+            weights_url="https://huggingface.co/prov-gigapath/prov-gigapath",
+            license="Apache-2.0",
+            license_url="https://huggingface.co/prov-gigapath/prov-gigapath",
+            gated=True,
+            layout="derived: prov-gigapath create_model('gigapath_slide_enc12l768d') as TRIDENT builds it, "
+            "run on CPU with exact attention for flash-attn, tests/golden/gigapath_slide.json",
+            n_params=86_330_880,
+            kwargs=(
+                ("dim", 768),
+                ("depth", 12),
+                ("heads", 16),
+                ("ffn", 3072),
+                ("segment_length", (1024, 5792, 32768, 185363, 1048576)),
+                ("dilated_ratio", (1, 2, 4, 8, 16)),
+                ("grid", 1000),
+                ("layer", 11),
+            ),
+            description="Prov-GigaPath slide encoder (Xu et al. 2024): LongNet ViT (dilated attention) over "
+            "GigaPath tiles at 20x with 2-D sin-cos positions; TRIDENT's rule: layer 11 of 12, tile mean, "
+            "LayerNorm; 768-d.",
+        ),
+        _GIGAPATH,
     ),
     (
         SlideEncoderConfig(
