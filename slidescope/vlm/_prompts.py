@@ -74,6 +74,26 @@ def _check_classes(classes: Any, where: str) -> dict[str, list[str]]:
     return out
 
 
+def _from_conch_format(data: Any, where: str) -> Any:
+    """CONCH's own prompt files (mahmoodlab/CONCH ``prompts/*_prompts_all_per_class.json``: ``{"0": {"classnames":
+    {class: [phrasings]}, "templates": ["... CLASSNAME ..."]}}``) as ``{"classes", "templates"}``; anything
+    else unchanged. CONCH's zero-shot code reads entry ``"0"``; so does this."""
+    if not isinstance(data, Mapping) or "classes" in data:
+        return data
+    entries = {k: v for k, v in data.items() if isinstance(v, Mapping) and "classnames" in v}
+    if not entries:
+        return data
+    entry = entries.get("0", entries.get(0))
+    if entry is None:
+        if len(entries) > 1:
+            raise InvalidParameterError(
+                f"{where}: a CONCH prompt file with entries {sorted(map(str, entries))} and no entry '0'; "
+                "keep the one to use as entry '0'"
+            )
+        (entry,) = entries.values()
+    return {"classes": entry["classnames"], "templates": entry.get("templates")}
+
+
 def load_prompts(
     source: str | os.PathLike[str] | Mapping[str, Any] | Prompts, templates: Sequence[str] | None = None
 ) -> Prompts:
@@ -83,7 +103,8 @@ def load_prompts(
     ----------
     source : path, mapping or Prompts
         A YAML file (``classes: {name: [phrasing, ...]}`` and optional ``templates: ["a slide of {}.", ...]``),
-        a ``{class: [phrasings]}`` mapping, or a ``{"classes": ..., "templates": ...}`` mapping.
+        a CONCH prompt file as published with its zero-shot tasks (mahmoodlab/CONCH ``prompts/*.json``, read
+        as it is), a ``{class: [phrasings]}`` mapping, or a ``{"classes": ..., "templates": ...}`` mapping.
     templates : list of str, optional
         Replaces the source's templates; ``[]`` means the phrasings as they are.
 
@@ -121,6 +142,7 @@ def load_prompts(
         except yaml.YAMLError as err:
             raise InvalidParameterError(f"{path} is not valid YAML: {err}") from err
         where = path.name
+        data = _from_conch_format(data, where)
         if not isinstance(data, Mapping) or "classes" not in data:
             raise InvalidParameterError(
                 f"{where}: expected a mapping with 'classes: {{name: [phrasing, ...]}}' "

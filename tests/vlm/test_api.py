@@ -375,3 +375,28 @@ def test_cli_zero_shot_prompt_spread_and_few_shot(pretrained, vlm_cohort, tmp_pa
         ENCODER,
     )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_conch_prompt_files_load_as_published(tmp_path) -> None:
+    """A prompt file in CONCH's published format (mahmoodlab/CONCH prompts/*_prompts_all_per_class.json:
+    entry "0" with classnames and CLASSNAME templates) loads as it is; each class gets every template filled
+    with every phrasing, as CONCH's zero-shot code expands them (template.replace("CLASSNAME", name))."""
+    import json
+
+    from slidescope.vlm.api import load_prompts
+
+    classnames = {"tumour": ["carcinoma", "malignant cells"], "normal": ["benign mucosa"]}
+    templates = ["CLASSNAME.", "an H&E image of CLASSNAME.", "presence of CLASSNAME."]
+    path = tmp_path / "task_prompts_all_per_class.json"
+    path.write_text(json.dumps({"0": {"classnames": classnames, "templates": templates}}, indent=4))
+    prompts = load_prompts(path)
+    texts, owner = prompts.build()
+    assert prompts.names == ["tumour", "normal"]
+    for c, name in enumerate(prompts.names):
+        ours = sorted(t for t, k in zip(texts, owner.tolist(), strict=True) if k == c)
+        conch = sorted(t.replace("CLASSNAME", n) for t in templates for n in classnames[name])
+        assert ours == conch
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"1": {"classnames": classnames}, "2": {"classnames": classnames}}))
+    with pytest.raises(InvalidParameterError, match="no entry '0'"):
+        load_prompts(two)
