@@ -5,7 +5,7 @@ imported shapes) and similar tiles (click a tile). Each answer is a run of its o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,11 +44,11 @@ class AskMixin:
     elsewhere: list[Any]
     _top: dict[str, Any]
 
-    def next_run(self, what: str) -> str:  # pragma: no cover - AnalyseWidget's
-        raise NotImplementedError
+    if TYPE_CHECKING:  # AnalyseWidget's own methods, declared for the type checker only
 
-    def _fill_top_tiles(self, _value: Any = None) -> None:  # pragma: no cover - AnalyseWidget's
-        raise NotImplementedError
+        def next_run(self, what: str) -> str: ...
+
+        def _fill_top_tiles(self, _value: Any = None) -> None: ...
 
     # -- regions ----------------------------------------------------------------------------------
     def _region_tiles(self) -> list[Any]:

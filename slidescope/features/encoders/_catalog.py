@@ -12,7 +12,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ._config import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, ImportRef
+from ._config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KAIKO_MEAN,
+    KAIKO_STD,
+    LUNIT_MEAN,
+    LUNIT_STD,
+    SWIGLU,
+    EncoderConfig,
+    ImportRef,
+)
 from ._zoo_other import ZOO_OTHER
 from ._zoo_vit import ZOO_VIT
 
@@ -30,11 +42,6 @@ __all__ = [
 #: H-optimus-0 / H-optimus-1 / H0-mini normalisation (model cards; timm ``pretrained_cfg`` of the hub files)
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
-#: Lunit's DINO normalisation (lunit-io/benchmark-ssl-pathology README; the hub config.json of the timm port)
-LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
-LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
-KAIKO_MEAN = (0.5, 0.5, 0.5)
-KAIKO_STD = (0.5, 0.5, 0.5)
 
 _NON_COMMERCIAL = "CC-BY-NC-ND-4.0"
 _KAIKO_HUB = "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms"
@@ -43,17 +50,11 @@ _KAIKO_HUB = "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms"
 #: slidescope, recorded the model each strict load accepts (tests/golden/make_trident_layouts.py)
 _TRIDENT_RUN = "TRIDENT a91fa84: encoder_factory run, strict load (tests/golden/trident_layouts.json)"
 
-#: OpenAI CLIP normalisation (PLIP, QuiltNet, CONCH v1)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 # --------------------------------------------------------------------------------------------------
 # timm presets (timm_models.py). Kwargs are the published ones (docs/REFERENCE-models.md §4: TRIDENT's loaders, the model cards).
 # --------------------------------------------------------------------------------------------------
 
-#: timm's SwiGLU MLP and its activation, imported when a model is built
-_SWIGLU = {"mlp_layer": ImportRef("timm.layers:SwiGLUPacked"), "act_layer": ImportRef("torch.nn:SiLU")}
 
 _H_OPTIMUS_0 = EncoderConfig(
     name="h-optimus-0",
@@ -125,7 +126,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
             "mlp_ratio": 2.66667 * 2,
             "num_classes": 0,
             "no_embed_class": True,
-            **_SWIGLU,
+            **SWIGLU,
             "reg_tokens": 8,
             "dynamic_img_size": True,
         },
@@ -155,7 +156,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
             "mlp_ratio": 5.3375,
             "global_pool": "",
             "dynamic_img_size": True,
-            **_SWIGLU,
+            **SWIGLU,
         },
         embed_dim=2560,
         hub_id="paige-ai/Virchow",
@@ -185,7 +186,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
             "mlp_ratio": 5.3375,
             "global_pool": "",
             "dynamic_img_size": True,
-            **_SWIGLU,
+            **SWIGLU,
         },
         embed_dim=2560,
         hub_id="paige-ai/Virchow2",
@@ -217,7 +218,7 @@ TIMM_PRESETS: tuple[EncoderConfig, ...] = (
     EncoderConfig(
         name="h0-mini",
         architecture="timm:vit_base_patch14_reg4_dinov2",
-        kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True, **_SWIGLU},
+        kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True, **SWIGLU},
         embed_dim=768,
         hub_id="bioptimus/H0-mini",
         weights_file="pytorch_model.bin",

@@ -15,6 +15,15 @@ __all__ = ["EncoderConfig", "ImportRef", "IMAGENET_MEAN", "IMAGENET_STD", "resol
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: OpenAI CLIP normalisation (PLIP, QuiltNet, CONCH v1, BiomedCLIP)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Lunit's DINO normalisation (lunit-io/benchmark-ssl-pathology README; the hub config.json of the timm port)
+LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
+LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
+#: kaiko.ai's normalisation
+KAIKO_MEAN = (0.5, 0.5, 0.5)
+KAIKO_STD = (0.5, 0.5, 0.5)
 
 Pooling = Literal["cls", "cls+mean", "mean", "pooler", "none"]
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -47,6 +56,10 @@ class ImportRef:
 def resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` with every :class:`ImportRef` value replaced by the object it names."""
     return {k: v.load() if isinstance(v, ImportRef) else v for k, v in kwargs.items()}
+
+
+#: timm's SwiGLU MLP and its activation, imported when a model is built (Virchow, H-optimus, Hibou...)
+SWIGLU = {"mlp_layer": ImportRef("timm.layers:SwiGLUPacked"), "act_layer": ImportRef("torch.nn:SiLU")}
 
 
 @dataclass(frozen=True)

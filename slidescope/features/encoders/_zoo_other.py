@@ -25,13 +25,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ._config import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, ImportRef
+from ._config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, ImportRef
 
 __all__ = ["ZOO_OTHER", "ZOO_OTHER_CONFIGS", "BIOMEDCLIP_VISION"]
-
-#: OpenAI CLIP normalisation (open_clip's default preprocess_cfg; QuiltNet's and BiomedCLIP's)
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _CTRANSPATH = EncoderConfig(
     name="ctranspath",
@@ -94,8 +90,8 @@ _QUILTNET_B16 = EncoderConfig(
     },
     hub_id="wisdomik/QuiltNet-B-16",
     weights_file="open_clip_pytorch_model.bin",
-    mean=_CLIP_MEAN,
-    std=_CLIP_STD,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
     interpolation="bicubic",
     tile_size=224,
     mpp=0.5,
@@ -134,8 +130,8 @@ _BIOMEDCLIP = EncoderConfig(
     kwargs={"embed_dim": 512, "vision_cfg": BIOMEDCLIP_VISION, "quick_gelu": False},
     hub_id="microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
     weights_file="open_clip_pytorch_model.bin",
-    mean=_CLIP_MEAN,
-    std=_CLIP_STD,
+    mean=CLIP_MEAN,
+    std=CLIP_STD,
     interpolation="bicubic",
     tile_size=224,
     mpp=0.5,

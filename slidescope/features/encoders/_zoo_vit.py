@@ -29,7 +29,17 @@ genbio-pathfm      DINOv3-style ViT-g/16 per RGB channel    4608       CLS(R) ++
 
 from __future__ import annotations
 
-from ._config import IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, ImportRef
+from ._config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    KAIKO_MEAN,
+    KAIKO_STD,
+    LUNIT_MEAN,
+    LUNIT_STD,
+    SWIGLU,
+    EncoderConfig,
+    ImportRef,
+)
 
 __all__ = ["ZOO_VIT", "ZOO_VIT_CONFIGS", "HIBOU_MEAN", "HIBOU_STD"]
 
@@ -37,11 +47,6 @@ _TRIDENT = "TRIDENT a91fa84 strict load"
 #: Hibou normalisation (TRIDENT utils/constants.py; LazySlide hibou.py; the hub preprocessor config)
 HIBOU_MEAN = (0.7068, 0.5755, 0.722)
 HIBOU_STD = (0.195, 0.2316, 0.1816)
-_KAIKO_MEAN = (0.5, 0.5, 0.5)
-_KAIKO_STD = (0.5, 0.5, 0.5)
-_LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
-_LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
-_SWIGLU = {"mlp_layer": ImportRef("timm.layers:SwiGLUPacked"), "act_layer": ImportRef("torch.nn:SiLU")}
 
 _TIMM = ImportRef("slidescope.features.encoders.timm_models:build_preset")
 _CONVERTED = ImportRef("slidescope.features.encoders.hf_vit:build_converted")
@@ -62,8 +67,8 @@ def _kaiko(
         weights_file="model.safetensors",
         input_size=224,
         resize_size=224,
-        mean=_KAIKO_MEAN,
-        std=_KAIKO_STD,
+        mean=KAIKO_MEAN,
+        std=KAIKO_STD,
         interpolation="bilinear",
         tile_size=224,
         mpp=0.5,
@@ -89,7 +94,7 @@ _MIDNIGHT_KW = {
     "init_values": 1e-5,
     "mlp_ratio": 5.33334,
     "num_classes": 0,
-    **_SWIGLU,
+    **SWIGLU,
 }
 
 ZOO_VIT_CONFIGS: tuple[EncoderConfig, ...] = (
@@ -113,8 +118,8 @@ ZOO_VIT_CONFIGS: tuple[EncoderConfig, ...] = (
         hub_id="1aurent/vit_small_patch16_224.lunit_dino",
         weights_file="model.safetensors",
         input_size=224,
-        mean=_LUNIT_MEAN,
-        std=_LUNIT_STD,
+        mean=LUNIT_MEAN,
+        std=LUNIT_STD,
         interpolation="bicubic",
         tile_size=224,
         mpp=0.5,
@@ -187,8 +192,8 @@ ZOO_VIT_CONFIGS: tuple[EncoderConfig, ...] = (
         weights_file="model.safetensors",
         input_size=224,
         resize_size=224,
-        mean=_KAIKO_MEAN,
-        std=_KAIKO_STD,
+        mean=KAIKO_MEAN,
+        std=KAIKO_STD,
         interpolation="bilinear",
         tile_size=224,
         mpp=0.5,
@@ -208,7 +213,7 @@ ZOO_VIT_CONFIGS: tuple[EncoderConfig, ...] = (
     EncoderConfig(
         name="hibou-b",
         architecture="timm:vit_base_patch14_reg4_dinov2",
-        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3334, "num_classes": 0, **_SWIGLU},
+        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3334, "num_classes": 0, **SWIGLU},
         embed_dim=768,
         hub_id="histai/hibou-b",
         weights_file="model.safetensors",
@@ -235,7 +240,7 @@ ZOO_VIT_CONFIGS: tuple[EncoderConfig, ...] = (
     EncoderConfig(
         name="hibou-l",
         architecture="timm:vit_large_patch14_reg4_dinov2",
-        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.34375, "num_classes": 0, **_SWIGLU},
+        kwargs={"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.34375, "num_classes": 0, **SWIGLU},
         embed_dim=1024,
         hub_id="histai/hibou-L",
         weights_file="model.safetensors",
