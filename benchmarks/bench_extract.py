@@ -181,8 +181,11 @@ def run(quick: bool = False, *, device: str | None = None, tiles: int | None = N
 
 def _store_write(root: Path, data: np.ndarray) -> tuple[Path, float]:
     """Write ``data`` as one encoder's embeddings the way extraction does: ``prepare_embeddings``, then
-    every 1024-row chunk (``write_chunk``: the chunk file with its CRC32C, then its ``done`` marker), then
-    ``finish``. The tiling (coords) is made first and not timed (h5py's arm writes no coords either)."""
+    every 1024-row chunk through the extraction's ``BackgroundWriter`` (``write_chunk`` in its threads: the
+    chunk file with its CRC32C, then its ``done`` marker), then ``finish``. The tiling (coords) is made first
+    and not timed (h5py's arm writes no coords either). Before the background writer existed (older
+    checkouts): ``write_chunk`` in this thread."""
+    from slidescope.features import store as store_module
     from slidescope.features.store import CacheKey, SlideStore
 
     n = len(data)
@@ -196,8 +199,13 @@ def _store_write(root: Path, data: np.ndarray) -> tuple[Path, float]:
     key = CacheKey({"name": "bench"}, None, "fp32", str(data.dtype), "bench")
     t = time.perf_counter()
     writer = store.prepare_embeddings(key, embed_dim=data.shape[1])
+    background = getattr(store_module, "BackgroundWriter", None)
+    sink = background(writer) if background is not None else None
     for c in range(-(-n // writer.chunk_rows)):
-        writer.write_chunk(c, data[c * writer.chunk_rows : (c + 1) * writer.chunk_rows])
+        rows = data[c * writer.chunk_rows : (c + 1) * writer.chunk_rows]
+        sink.put((c, rows)) if sink is not None else writer.write_chunk(c, rows)
+    if sink is not None:
+        sink.close()
     writer.finish()
     return root / "slide.zarr", time.perf_counter() - t
 

@@ -8,6 +8,9 @@ Stages (each from its own script, which still runs alone with its own, longer re
 
 * ``wsi`` (bench_wsi.py): tile reading, ``iter_tiles`` vs a plain OpenSlide ``read_region`` loop; tissue,
   ``detect_tissue`` vs Otsu on a 1/64 OpenSlide thumbnail;
+* ``peers`` (bench_peers.py): tile reading, ``iter_tiles`` vs the fastest peer reader on the same tiles (cuCIM
+  with its cache, one loop and batched; fastslide with its cache; skipped with the reason where not installed:
+  ``uv run --with cucim python benchmarks/run_all.py`` adds cuCIM's CPU wheel for the run);
 * ``extract`` (bench_extract.py): ``extract_features`` vs a CLAM-style loop (OpenSlide + the same encoder,
   one process), he-descriptor on the CPU and, when a GPU is present, ViT-L/16 bf16 on it; store writes vs h5py;
 * ``mil`` (bench_mil.py): ABMIL inference vs the same products as raw torch ops; store reads vs h5py;
@@ -44,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 #: stage name -> (module, kwargs for its run() besides quick)
 STAGES: dict[str, str] = {
     "wsi": "bench_wsi",
+    "peers": "bench_peers",
     "extract": "bench_extract",
     "mil": "bench_mil",
     "slide-encoder": "bench_slide_encoder",

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,16 @@ from ..errors import InvalidParameterError
 from ..options import EmbeddingOptions, TilingOptions
 from ..wsi import MPP_FILLED_IN, MPP_FROM_MANIFEST, Slide, TileDataset, TileGrid, open_slide, qc_tiles
 from .encoders import Encoder, create_encoder
-from .store import DEFAULT_CHUNK_ROWS, CacheKey, SlideStore, claim, settle_qc, slide_fingerprint, store_path
+from .store import (
+    DEFAULT_CHUNK_ROWS,
+    BackgroundWriter,
+    CacheKey,
+    SlideStore,
+    claim,
+    settle_qc,
+    slide_fingerprint,
+    store_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,39 +133,6 @@ def _check_slide_unchanged(slide: Slide, store: SlideStore) -> None:
             f"now); its embeddings are not marked complete. Run `slidescope extract` (or `slidescope run`) again once "
             f"the file is in place: the slide is extracted afresh."
         )
-
-
-class _Writer(threading.Thread):
-    """Writes finished chunks in the background; the first error is re-raised by :meth:`close`."""
-
-    def __init__(self, writer) -> None:
-        super().__init__(daemon=True, name="slidescope-store-writer")
-        self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=16)
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is None:
-                try:
-                    self.writer.write_chunk(*item)
-                except BaseException as err:  # noqa: BLE001 - handed to the main thread in close()
-                    self.error = err
-
-    def put(self, item) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(item)
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.join()
-        if self.error is not None:
-            raise self.error
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -465,14 +440,16 @@ def _run(
     """Encode the pending tiles; False when ``should_stop`` asked to stop before the end."""
     from tqdm.auto import tqdm
 
-    dataset = TileDataset(slide, grid, indices=pending)
+    # a daemonic process (a Dask worker) already runs several tasks on its cores: one decode thread per task
+    threads = 1 if multiprocessing.current_process().daemon else None
+    dataset = TileDataset(slide, grid, indices=pending, read_threads=threads)
     workers = min(workers, max(1, -(-len(pending) // batch_size)))
     if dev.type == "cpu" and workers > 0:
         source = _EncodeInWorkers(dataset, encoder, normalizer, batch_size)
         loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=2)
     else:
         loader = dataset.loader(batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
-    background = _Writer(writer)
+    background = BackgroundWriter(writer)
     state: dict[str, int] = {}
     bar = tqdm(
         total=len(pending),

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ._grid import TileGrid
+from ._prefetch import default_read_threads
 from ._slide import Slide, open_slide
 from ._stream import DEFAULT_BLOCK_SIZE, block_order, iter_tiles
 
@@ -36,6 +37,8 @@ class TileDataset(IterableDataset):
     transform : optional callable applied to each uint8 (H, W, 3) numpy tile in the worker.
     block_size : read-level pixels per block side (see :func:`iter_tiles`).
     indices : stream only these tiles (e.g. the ones a resumed extraction still needs).
+    read_threads : decode threads per reading process on the direct TIFF path (see :func:`iter_tiles`);
+        default: the process's CPUs shared among the DataLoader workers, at most 4.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class TileDataset(IterableDataset):
         block_size: int = DEFAULT_BLOCK_SIZE,
         direct: bool = True,
         indices: np.ndarray | None = None,
+        read_threads: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(slide, Slide):
@@ -59,6 +63,7 @@ class TileDataset(IterableDataset):
         self.block_size = block_size
         self.direct = direct
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.read_threads = read_threads
         self.batch_size: int | None = None  # set on the copy that loader() makes
 
     def __len__(self) -> int:
@@ -82,38 +87,56 @@ class TileDataset(IterableDataset):
             return
         path, backend, mpp = self._open
         with open_slide(path, backend=backend, force_slide_mpp=mpp) as slide:
+            threads = default_read_threads(workers) if self.read_threads is None else self.read_threads
             tiles = iter_tiles(
-                slide, self.grid, indices=indices, block_size=self.block_size, direct=self.direct
+                slide,
+                self.grid,
+                indices=indices,
+                block_size=self.block_size,
+                direct=self.direct,
+                threads=threads,
             )
             if self.batch_size is None:
                 for index, tile in tiles:
                     image = self.transform(tile) if self.transform else torch.from_numpy(np.array(tile))
                     yield {"image": image, "index": index}
                 return
-            # batches are stacked here, in the worker: one shared-memory tensor per batch crosses to
-            # the main process instead of one per tile, and the main process does no collation
-            size = self.grid.tile_size
-            buf = np.empty((self.batch_size, size, size, 3), np.uint8)
-            idx = np.empty(self.batch_size, np.int64)
+            # batches are stacked here, in the worker, straight into a fresh tensor (in shared memory when
+            # in a worker process): it crosses to the main process without a copy, and the main process
+            # does no collation
+            size, rows = self.grid.tile_size, int(self.batch_size)
+            shared = info is not None
+
+            def fresh() -> torch.Tensor:
+                out = torch.empty((rows, size, size, 3), dtype=torch.uint8)
+                return out.share_memory_() if shared else out
+
+            batch = fresh()
+            buf = batch.numpy()
+            idx = np.empty(rows, np.int64)
             n = 0
             for index, tile in tiles:
                 buf[n] = tile
                 idx[n] = index
                 n += 1
-                if n == self.batch_size:
-                    yield self._batch(buf, idx, n)
+                if n == rows:
+                    yield self._batch(batch, idx, n)
+                    batch = fresh()
+                    buf = batch.numpy()
                     n = 0
             if n:
-                yield self._batch(buf, idx, n)
+                yield self._batch(batch, idx, n)
 
-    def _batch(self, buf: np.ndarray, idx: np.ndarray, n: int) -> dict[str, Any]:
-        images = torch.from_numpy(buf[:n].copy())
+    def _batch(self, batch: torch.Tensor, idx: np.ndarray, n: int) -> dict[str, Any]:
+        """The first ``n`` tiles of ``batch`` (a tensor the caller no longer writes to) as a batch."""
+        buf = batch.numpy()
+        images = batch[:n]
         if self.transform is not None:
             images = torch.stack([torch.as_tensor(self.transform(t)) for t in buf[:n]])
-        batch = {"image": images, "index": torch.from_numpy(idx[:n].copy())}
+        out = {"image": images, "index": torch.from_numpy(idx[:n].copy())}
         # a grid whose tile QC is deferred (QCGrid, --qc flag) is measured here, on the tiles as read
         qc = self.grid.measure_batch(buf[:n]) if hasattr(self.grid, "measure_batch") else None
-        return batch if qc is None else {**batch, "qc": qc}
+        return out if qc is None else {**out, "qc": qc}
 
     def loader(
         self, *, batch_size: int = 64, num_workers: int = 0, **kwargs: Any

@@ -3,9 +3,9 @@
 Two paths, one result:
 
 * **direct** - the slide is a tiled TIFF (SVS, generic TIFF, OME-TIFF...) and tifffile can reach
-  the read level: tiles are assembled from the file's own decoded tiles (:mod:`._tiff`), each file
-  tile decoded about once thanks to a small LRU cache and block ordering. When the grid lines up
-  with the file's tiles a tile is a view of one decoded file tile.
+  the read level: tiles are assembled from the file's own decoded tiles (:mod:`._tiff`), planned in
+  advance so that each file tile is decoded once, in a few threads (:mod:`._prefetch`). When the grid
+  lines up with the file's tiles a tile is a view of one decoded file tile.
 * **blocks** - any other format: tiles are grouped into blocks of about ``block_size`` px at the
   read level, read as regions of about ``READ_BLOCK`` px through the slide's backend, and the
   tiles are cut out of them. Small regions, because OpenSlide's cost per pixel grows with the
@@ -15,7 +15,8 @@ Tiles whose read size differs from ``tile_size`` are resized once (:func:`._resi
 area averaging when shrinking, at any ratio (each output pixel is the area-weighted mean of the input
 pixels its footprint covers, as OpenCV's ``INTER_AREA``; an exact block mean at whole ratios such as
 448 -> 224), bilinear when enlarging. Parts of a tile outside the slide (``edge="pad"`` grids) are read
-as white. Memory stays bounded by one block plus the decoded-tile cache, whatever the slide size.
+as white. Memory stays bounded by one block plus the decoded file tiles still awaited (at most the
+source's ``cache_limit``, 96 MiB), whatever the slide size.
 """
 
 from __future__ import annotations
@@ -103,12 +104,15 @@ def iter_tiles(
     indices: np.ndarray | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     direct: bool = True,
+    threads: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(index, tile)`` for the tiles of ``grid``, tile an RGB ``uint8 (tile_size, tile_size, 3)``.
 
     Tiles come in block order, not index order; ``index`` says which tile it is. ``indices``
     restricts the tiles read (e.g. one DataLoader worker's share). ``direct=False`` forces the
-    backend path (for comparison and tests).
+    backend path (for comparison and tests). ``threads``: decode threads on the direct TIFF path
+    (:mod:`._prefetch`; default :func:`default_read_threads`: this process's CPUs, at most 4); the
+    tiles and their order are the same for any number.
     """
     use_direct = (
         bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
@@ -122,13 +126,11 @@ def iter_tiles(
     rw, rh = grid.read_size
     size = grid.tile_size
     lxy_all = _level_xy(grid, grid.coords)
+    if use_direct:
+        yield from _direct(slide, grid, blocks, lxy_all, threads)
+        return
     for block in blocks:
         lxy = lxy_all[block]
-        if use_direct:
-            for i, (x, y) in zip(block, lxy, strict=True):
-                tile = _read_level(slide, grid.level, int(x), int(y), rw, rh, True)
-                yield int(i), _resize(tile, size)
-            continue
         # backend reads: OpenSlide's cost per pixel grows with the region size, so one block is read
         # as several regions of about READ_BLOCK px (measured best on SVS: 512)
         sub = (lxy - lxy.min(axis=0)) // READ_BLOCK
@@ -142,6 +144,52 @@ def iter_tiles(
             for i, (x, y) in zip(block[part], pxy, strict=True):
                 ox, oy = int(x - bx0), int(y - by0)
                 yield int(i), _resize(region[oy : oy + rh, ox : ox + rw], size)
+
+
+def _direct(
+    slide: Slide, grid: TileGrid, blocks: list[np.ndarray], lxy_all: np.ndarray, threads: int | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The direct TIFF path: every tile of the blocks, in order, through :func:`._prefetch.stream_tiles`."""
+    from ._prefetch import default_read_threads, stream_tiles
+
+    order = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+    xy = lxy_all[order]
+    rw, rh = grid.read_size
+    size = grid.tile_size
+    n = 0
+    tiles = stream_tiles(
+        slide.tile_source(),
+        grid.level,
+        xy,
+        (rw, rh),
+        None if (rw, rh) == (size, size) else (lambda tile: _resize(tile, size)),
+        threads=default_read_threads() if threads is None else int(threads),
+        # whole shrink factors are Pillow's reduce in _resize, which the file tiles can take before assembly
+        reduce=(rw // size, rh // size)
+        if rw > size and rh > size and rw % size == 0 and rh % size == 0
+        else None,
+    )
+    try:
+        for tile in tiles:
+            yield int(order[n]), tile
+            n += 1
+    except SlideReadError as err:
+        x, y = (int(v) for v in xy[min(n, len(xy) - 1)])
+        raise SlideReadError(
+            f"{slide.path.name}: cannot decode the region at level {grid.level} (x={x}, y={y}, {rw}x{rh} px): "
+            f"{err}. The file is corrupt there: re-export or re-scan it, or exclude that region."
+        ) from err
+    except SlidescopeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the reader's own failure on an odd file fails this slide only
+        x, y = (int(v) for v in xy[min(n, len(xy) - 1)])
+        raise SlideReadError(
+            f"{slide.path.name}: the direct TIFF reader failed on the region at level {grid.level} (x={x}, y={y}, "
+            f"{rw}x{rh} px) ({type(err).__name__}: {err}). The file's structure is unusual or damaged: "
+            f"re-export it as a tiled pyramidal TIFF (`vips tiffsave in out.tif --tile --pyramid`)."
+        ) from err
+    finally:
+        tiles.close()
 
 
 def read_tile(slide: Slide, grid: TileGrid, index: int, *, direct: bool = True) -> np.ndarray:

@@ -29,7 +29,10 @@ pixels through OpenSlide as here: the fast path never answers differently from t
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -44,8 +47,11 @@ log = logging.getLogger(__name__)
 #: bytes of decoded tiles kept per open slide (per worker process)
 DEFAULT_CACHE_BYTES = 96 * 2**20
 
-#: TIFF compression codes decoded by libjpeg (JPEG, Aperio JPEG YCbCr/RGB)
-_JPEG_CODES = (7, 33003, 33005)
+#: TIFF compression codes decoded by libjpeg (JPEG)
+_JPEG_CODES = (7,)
+#: Aperio's JPEG 2000 (YCbCr, RGB): left to the backend, which converts Aperio's YCbCr codestreams (the
+#: direct path took them for JPEG, found no JPEG markers and read every tile through the backend, one by one)
+_APERIO_JP2K = (33003, 33005)
 #: a marker inside entropy-coded data: 0xFF followed by anything but a stuffed 0x00, a restart
 #: marker (0xD0-0xD7) or a fill byte (0xFF)
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
@@ -214,6 +220,12 @@ class _Level:
         self.decode = page.decode
         self.jpegtables = page.jpegtables
         self.is_jpeg = int(page.compression) in _JPEG_CODES
+        if self.is_jpeg:  # the JPEG colour spaces tifffile's own decode uses for this page
+            from tifffile.tifffile import jpeg_decode_colorspace
+
+            self.colorspace = jpeg_decode_colorspace(
+                page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
+            )[0]
 
     def problem(self) -> str | None:
         """Why this level cannot be read directly (None when it can)."""
@@ -234,10 +246,16 @@ class TiffTileSource:
         self.fallback: Callable[[int, int, int, int, int], np.ndarray] | None = None
         self._tif = tif
         self._fh = tif.filehandle
+        self._lock = threading.Lock()
+        #: a descriptor of our own for positioned reads from decode threads (None where os.pread is missing)
+        self._fd: int | None = os.open(tif.filehandle.path, os.O_RDONLY) if hasattr(os, "pread") else None
+        self._close_fd = weakref.finalize(self, os.close, self._fd) if self._fd is not None else None
         self._levels = levels
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
+        #: bytes of decoded tiles one reader may hold (this LRU cache, or a planned stream's tiles)
+        self.cache_limit = cache_bytes
         self.path = Path(tif.filehandle.path)
 
     @classmethod
@@ -269,7 +287,8 @@ class TiffTileSource:
                     and page.planarconfig == 1  # contiguous
                     and int(page.imagedepth) == 1
                     and page.photometric in (2, 6)  # RGB, YCbCr (JPEG decodes to RGB)
-                    and (page.photometric == 2 or page.compression in (7, 33003, 33005))
+                    and (page.photometric == 2 or page.compression in _JPEG_CODES)
+                    and int(page.compression) not in _APERIO_JP2K
                     and len(page.dataoffsets) > 0
                 ):
                     level = _Level(page)
@@ -294,42 +313,71 @@ class TiffTileSource:
         lv = self._levels[level]
         return lv.tw, lv.th
 
+    def level_size(self, level: int) -> tuple[int, int]:
+        """(width, height) of the level in pixels."""
+        lv = self._levels[level]
+        return lv.width, lv.height
+
     def _tile(self, level: int, tx: int, ty: int) -> np.ndarray:
         key = (level, tx, ty)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        lv = self._levels[level]
-        index = ty * lv.ntx + tx
-        offset, count = int(lv.offsets[index]), int(lv.counts[index])
-        if count == 0:  # sparse file: a missing tile is empty glass
-            tile = np.full((lv.th, lv.tw, 3), 255, np.uint8)
-        else:
-            self._fh.seek(offset)
-            data = self._fh.read(count)
-            damage = jpeg_damage(data) if lv.is_jpeg else None
-            tile = None
-            if damage is None:
-                try:
-                    decoded = lv.decode(data, index, jpegtables=lv.jpegtables)[0]
-                except Exception as err:  # noqa: BLE001 - imagecodecs raises codec-specific error types
-                    damage = f"the decoder failed ({type(err).__name__}: {err})"
-                else:
-                    if decoded is None:
-                        damage = "no pixel data"
-                    else:
-                        tile = np.asarray(decoded).reshape(lv.th, lv.tw, -1)[..., :3]
-                        if lv.is_jpeg and bool((tile[-8:, -8:] == _JPEG_FILL).all()):
-                            damage = "its last block is the JPEG decoder's grey fill for missing data"
-            if damage is not None:
-                tile = self._from_backend(level, tx, ty, damage)
+        tile = self.decode(level, tx, ty)
         self._cache[key] = tile
         self._cache_bytes += tile.nbytes
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cache_bytes -= old.nbytes
         return tile
+
+    def _read_bytes(self, offset: int, count: int) -> bytes:
+        """``count`` bytes of the file at ``offset``; safe from several threads (one positioned read each)."""
+        if self._fd is not None:
+            return os.pread(self._fd, count, offset)
+        with self._lock:  # no pread (Windows): the shared handle, one thread at a time
+            self._fh.seek(offset)
+            return self._fh.read(count)
+
+    def decode(self, level: int, tx: int, ty: int, *, rgbx: bool = False) -> np.ndarray:
+        """File tile (tx, ty) of ``level`` decoded, ``(tile height, tile width, 3)`` uint8, uncached.
+
+        ``rgbx``: a JPEG tile comes as ``(h, w, 4)``, the same RGB plus a padding byte (libjpeg-turbo's
+        RGBX output, what Pillow holds an RGB image as: no conversion on the way to Pillow); other tiles
+        still come as RGB. Safe to call from several threads at once: the bytes are read with one
+        positioned read and the decoder (libjpeg-turbo through imagecodecs) releases the GIL; a damaged
+        tile's backend read is taken one thread at a time."""
+        lv = self._levels[level]
+        index = ty * lv.ntx + tx
+        offset, count = int(lv.offsets[index]), int(lv.counts[index])
+        if count == 0:  # sparse file: a missing tile is empty glass
+            return np.full((lv.th, lv.tw, 3), 255, np.uint8)
+        data = self._read_bytes(offset, count)
+        damage = jpeg_damage(data) if lv.is_jpeg else None
+        if damage is None:
+            try:
+                if rgbx and lv.is_jpeg:
+                    import imagecodecs
+
+                    decoded = imagecodecs.jpeg8_decode(
+                        data, tables=lv.jpegtables, colorspace=lv.colorspace, outcolorspace="RGBA"
+                    )
+                else:
+                    decoded = lv.decode(data, index, jpegtables=lv.jpegtables)[0]
+            except Exception as err:  # noqa: BLE001 - imagecodecs raises codec-specific error types
+                damage = f"the decoder failed ({type(err).__name__}: {err})"
+            else:
+                if decoded is None:
+                    damage = "no pixel data"
+                else:
+                    tile = np.asarray(decoded).reshape(lv.th, lv.tw, -1)
+                    tile = tile if rgbx and tile.shape[2] == 4 else tile[..., :3]
+                    if not (lv.is_jpeg and bool((tile[-8:, -8:, :3] == _JPEG_FILL).all())):
+                        return tile
+                    damage = "its last block is the JPEG decoder's grey fill for missing data"
+        with self._lock:
+            return self._from_backend(level, tx, ty, damage)
 
     def _from_backend(self, level: int, tx: int, ty: int, damage: str) -> np.ndarray:
         """File tile (tx, ty) read through the slide's backend, which decides whether it is corrupt."""
@@ -376,4 +424,7 @@ class TiffTileSource:
 
     def close(self) -> None:
         self._cache.clear()
+        if self._close_fd is not None:
+            self._close_fd()
+            self._fd = None
         self._tif.close()

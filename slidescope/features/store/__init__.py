@@ -98,7 +98,7 @@ from ._keys import (
 from ._layout import SCHEMA_VERSION, STORE_FORMAT
 from ._qc import open_qc_store, qc_geojson, settle_qc
 from ._store import DEFAULT_CHUNK_ROWS as DEFAULT_CHUNK_ROWS, SlideStore, open_store
-from ._writer import EmbeddingWriter as EmbeddingWriter
+from ._writer import BackgroundWriter as BackgroundWriter, EmbeddingWriter as EmbeddingWriter
 
 __all__ = [
     "SCHEMA_VERSION",

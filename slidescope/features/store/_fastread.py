@@ -217,6 +217,15 @@ def _read_rows(array, *, missing_ok: bool = False) -> np.ndarray | None:
     return out
 
 
+def _write_all(fh, view: memoryview, path: str) -> None:
+    done = 0
+    while done < len(view):
+        k = fh.write(view[done:])
+        if not k:
+            raise OSError(f"writing {path} made no progress")
+        done += k
+
+
 def _write_rows(files: _ChunkFiles, c: int, values: np.ndarray) -> None:
     """Write chunk ``c`` (``values``: its rows, cast to the array's dtype) as zarr writes it.
 
@@ -230,22 +239,23 @@ def _write_rows(files: _ChunkFiles, c: int, values: np.ndarray) -> None:
     if len(data) != stop - start or data.nbytes != (stop - start) * files.row_bytes:
         raise ValueError(f"chunk {c} takes {stop - start} rows, got an array of shape {values.shape}")
     raw = _readonly(data.reshape(-1).view(np.uint8))
-    crc = google_crc32c.value(raw)
     pad = b"\0" * ((files.rows - (stop - start)) * files.row_bytes)
-    if pad:
-        crc = google_crc32c.extend(crc, pad)
     path = files.path(c)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{uuid.uuid4().hex}.partial"
     try:
         with open(tmp, "wb", buffering=0) as fh:
-            for part in (raw.data, pad, np.uint32(crc).tobytes()):
-                view, done = memoryview(part), 0
-                while done < len(view):
-                    k = fh.write(view[done:])
-                    if not k:
-                        raise OSError(f"writing {path} made no progress")
-                    done += k
+            # in blocks, each checksummed then written while it is still in the CPU cache: the rows are
+            # read from memory once, not once for the checksum and again for the write
+            crc = 0
+            for at in range(0, raw.size, _BLOCK):
+                block = raw[at : at + _BLOCK]
+                crc = google_crc32c.extend(crc, block)
+                _write_all(fh, block.data, path)
+            if pad:
+                crc = google_crc32c.extend(crc, pad)
+                _write_all(fh, memoryview(pad), path)
+            _write_all(fh, memoryview(np.uint32(crc).tobytes()), path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

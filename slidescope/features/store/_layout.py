@@ -188,6 +188,6 @@ class _Layout:
         return group, attrs
 
     def _touch(self) -> None:
-        self._group.attrs.update({"updated": _now()})
+        self._group.update_attributes({"updated": _now()})
         if self._root is not self._group:
-            self._root.attrs.update({"updated": _now()})
+            self._root.update_attributes({"updated": _now()})

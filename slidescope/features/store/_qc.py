@@ -35,7 +35,7 @@ def write_qc(store: Any, values: dict[str, np.ndarray]) -> None:
         )
         if n:
             array[:] = value
-    group.attrs.update({"measures": sorted(values), "written": _now()})
+    group.update_attributes({"measures": sorted(values), "written": _now()})
 
 
 def read_qc(store: Any) -> dict[str, np.ndarray]:

@@ -592,7 +592,7 @@ class SlideStore(_Layout):
         )
         if scores.size:
             arr[...] = scores
-        arr.attrs.update({**(attrs or {}), "written": _now()})
+        arr.update_attributes({**(attrs or {}), "written": _now()})  # one metadata write, not one per key
 
     def scores(self, name: str | None = None):
         with self._guard("the scores"):
@@ -624,7 +624,7 @@ class SlideStore(_Layout):
             config=_EVERY_CHUNK,
         )
         arr[...] = vector
-        arr.attrs.update({**(attrs or {}), "written": _now()})
+        arr.update_attributes({**(attrs or {}), "written": _now()})  # one metadata write, not one per key
 
     def slide_embedding(self, name: str) -> np.ndarray:
         with self._guard("the slide embeddings"):

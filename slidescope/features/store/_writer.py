@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -143,5 +145,56 @@ class EmbeddingWriter:
             raise StoreError(f"{self.store.name}: {len(self._buffers)} chunks are still partly filled")
         if not self.done_chunks(verify=False).all() and self.n:
             raise StoreError(f"{self.store.name}: not every chunk was written; run the extraction again")
-        self._group.attrs.update({**_jsonify(attrs), "complete": True, "finished": _now()})
+        self._group.update_attributes(
+            {**_jsonify(attrs), "complete": True, "finished": _now()}
+        )  # one metadata write
         self.store._touch()
+
+
+class BackgroundWriter:
+    """Writes an :class:`EmbeddingWriter`'s chunks in background threads, so encoding never waits for disk.
+
+    ``put((chunk, rows))`` queues a full chunk (``rows`` must not change afterwards: extraction hands over
+    each chunk's own buffer); ``close()`` waits for every chunk and re-raises the first error (which a later
+    ``put`` raises too). In a local store ``threads`` chunks are written at once (default 2): the CRC32C and
+    the file write release the GIL, and two threads write a slide's embeddings about as fast as h5py writes
+    them without checksums (``benchmarks/bench_extract.py --store-only``); each chunk is still written before
+    its own ``done`` marker, and chunks are independent, so their order does not matter to a resumed run.
+    Elsewhere (through zarr) one thread.
+    """
+
+    def __init__(self, writer: EmbeddingWriter, threads: int = 2, queued: int = 16) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=queued)
+        self.error: BaseException | None = None
+        count = max(1, int(threads)) if writer._files is not None else 1
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True, name=f"slidescope-store-writer-{i}")
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write_chunk(*item)
+                except BaseException as err:  # noqa: BLE001 - handed to the caller by put() and close()
+                    self.error = err
+
+    def put(self, item: tuple[int, np.ndarray]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self.queue.put(None)
+        for thread in self._threads:
+            thread.join()
+        if self.error is not None:
+            raise self.error

@@ -1,0 +1,46 @@
+"""benchmarks/bench_peers.py on the real CMU-1-Small-Region: every arm installed here reads the same tiles,
+ours and fastslide's within their stated differences from OpenSlide, and the rows for run_all are formed.
+No timing is asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_peers
+
+        yield bench_peers
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_arms_read_the_same_tiles(bench, cmu_small, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "CACHE", tmp_path)
+    plan = bench.grid_file(cmu_small, 0.499)
+    tiles = dict(np.load(plan))
+    assert len(tiles["l0"]) > 0 and int(tiles["size"]) == 224
+    rows = {}
+    for arm in ("ours", "ours 1 thread", "openslide", "fastslide+cache", "cucim+cache"):
+        if bench.missing(arm):
+            continue
+        rows[arm] = bench.time_arm(arm, cmu_small, plan)
+        assert rows[arm]["n"] == len(tiles["l0"]) and rows[arm]["tiles_s"] > 0
+    assert rows["ours"]["diff"] == rows["ours 1 thread"]["diff"] == 0  # OpenSlide's pixels
+    if "fastslide+cache" in rows:
+        assert rows["fastslide+cache"]["diff"] <= 2  # its JPEG decoder (README, Formats)
+    if "cucim+cache" in rows:
+        assert rows["cucim+cache"]["diff"] == 0
+    result = {"cases": {"CMU small": rows}, "skipped": {}, "rounds": 1}
+    got = bench.rows_from(result)
+    if "fastslide+cache" in rows or "cucim+cache" in rows:
+        assert len(got) == 1 and got[0]["unit"] == "tiles/s" and got[0]["ours"] == rows["ours"]["tiles_s"]
