@@ -179,3 +179,29 @@ def test_write_casts_like_zarr_and_refuses_a_wrong_shape(tmp_path) -> None:
     assert writer._files is not None
     with pytest.raises(ValueError, match="takes 8 rows"):
         _fastread._write_rows(writer._files, 1, rows[:, :-1])
+
+
+@pytest.mark.parametrize(
+    ("shape", "rows", "dtype"),
+    [((2000, 1024), 1024, "float16"), ((2,), 1, "uint8"), ((0, 768), 1024, "float32")],
+)
+def test_array_metadata_made_without_a_store_is_zarrs_own(tmp_path, shape, rows, dtype) -> None:
+    """prepare_embeddings writes its group and arrays in one create_hierarchy from metadata built by hand;
+    the zarr.json must be byte for byte what zarr's create_array writes for the same array."""
+    import zarr
+
+    from slidescope.features.store._fastread import _EVERY_CHUNK, _checksummed, _row_chunked_metadata
+
+    by_zarr = zarr.open_group(str(tmp_path / "a"), mode="w")
+    by_zarr.create_array(
+        "x",
+        shape=shape,
+        chunks=(rows, *shape[1:]),
+        dtype=dtype,
+        compressors=_checksummed(),
+        fill_value=0,
+        config=_EVERY_CHUNK,
+    )
+    ours = zarr.open_group(str(tmp_path / "b"), mode="w")
+    dict(ours.create_hierarchy({"x": _row_chunked_metadata(shape, rows, dtype)}))
+    assert (tmp_path / "b/x/zarr.json").read_bytes() == (tmp_path / "a/x/zarr.json").read_bytes()

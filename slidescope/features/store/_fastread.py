@@ -36,6 +36,35 @@ def _checksummed() -> list[Any]:
 _EVERY_CHUNK = {"write_empty_chunks": True}
 
 
+def _row_chunked_metadata(shape: tuple[int, ...], chunk_rows: int, dtype: Any):
+    """zarr v3 metadata of a row-chunked, checksummed array as the store writes it: chunks of ``chunk_rows``
+    whole rows, the ``bytes`` (little-endian) and ``crc32c`` codecs, fill value 0, no attributes. The same
+    ``zarr.json`` as ``create_array(..., compressors=_checksummed(), fill_value=0)`` writes (tested), made
+    without a store so that several nodes can be written in one ``create_hierarchy``."""
+    from zarr.core.metadata import ArrayV3Metadata
+
+    return ArrayV3Metadata.from_dict(
+        {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": list(shape),
+            "data_type": np.dtype(dtype).name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [chunk_rows, *shape[1:]]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            "attributes": {},
+            "storage_transformers": [],
+        }
+    )
+
+
+def _group_metadata(attributes: dict[str, Any]):
+    from zarr.core.group import GroupMetadata
+
+    return GroupMetadata(attributes=attributes)
+
+
 def _corrupt(array, detail: str) -> StoreCorruptError:
     """The error for a damaged ``array``: names the store, the array and the fix."""
     full = str(array.store_path)

@@ -24,7 +24,7 @@ from ._errors import (
     _disk_full,
     _no_space,
 )
-from ._fastread import _EVERY_CHUNK, _checksummed, _read
+from ._fastread import _EVERY_CHUNK, _checksummed, _group_metadata, _read, _row_chunked_metadata
 from ._keys import CacheKey, _jsonify, _now, _package_version, slide_fingerprint, tiling_key
 from ._layout import SCHEMA_VERSION, STORE_FORMAT, _Layout, _ownership, _has_content, _remove_tree, _zarr
 from ._qc import read_qc, write_qc
@@ -538,38 +538,29 @@ class SlideStore(_Layout):
                 log.warning("%s: recomputing the %s embeddings: %s", self.name, name, reason)
                 _remove_tree(where)  # inside a store marked ours
         if not exists(where):
-            # the attributes come with the group's first metadata: "complete" is never missing
-            group = feats.create_group(
-                name,
-                attributes={
-                    **wanted,
-                    "embed_dim": int(embed_dim),
-                    "chunk_rows": int(chunk_rows),
-                    "n_tiles": int(self.n_tiles),
-                    "complete": False,
-                    "created": _now(),
-                },
-            )
+            # the group and its two arrays in one metadata write (zarr's create_hierarchy: 3 ms against 8 for
+            # three calls); the attributes come with the group's first metadata: "complete" is never missing.
+            # A run killed in between leaves arrays without their group: damaged, so recomputed (above).
             n = self.n_tiles
-            n_chunks = max(1, -(-n // chunk_rows))
-            emb = group.create_array(
-                "embeddings",
-                shape=(n, embed_dim),
-                chunks=(chunk_rows, embed_dim),
-                dtype=key.dtype,
-                compressors=_checksummed(),
-                fill_value=0,
-                config=_EVERY_CHUNK,
+            made = dict(
+                feats.create_hierarchy(
+                    {
+                        name: _group_metadata(
+                            {
+                                **wanted,
+                                "embed_dim": int(embed_dim),
+                                "chunk_rows": int(chunk_rows),
+                                "n_tiles": int(n),
+                                "complete": False,
+                                "created": _now(),
+                            }
+                        ),
+                        f"{name}/embeddings": _row_chunked_metadata((n, embed_dim), chunk_rows, key.dtype),
+                        f"{name}/done": _row_chunked_metadata((max(1, -(-n // chunk_rows)),), 1, "uint8"),
+                    }
+                )
             )
-            done = group.create_array(
-                "done",
-                shape=(n_chunks,),
-                chunks=(1,),
-                dtype="uint8",
-                compressors=_checksummed(),
-                fill_value=0,
-                config=_EVERY_CHUNK,
-            )
+            group, emb, done = made[name], made[f"{name}/embeddings"], made[f"{name}/done"]
             return EmbeddingWriter(self, group, (emb, done))  # no second read of what was just made
         return EmbeddingWriter(self, feats[name])
 
