@@ -152,3 +152,27 @@ def test_a_decoder_failure_surfaces_in_order(opened, cmu_small) -> None:
 def test_default_threads_share_the_cpus() -> None:
     assert 1 <= default_read_threads() <= 4
     assert default_read_threads(processes=10_000) == 1
+
+
+def test_rgbx_decode_is_the_same_rgb_on_an_aperio_file(opened, cmu_small) -> None:
+    """The halving path decodes JPEG tiles to RGBX itself (imagecodecs directly, with tifffile's colour spaces):
+    on CMU-1-Small-Region (Aperio: abbreviated JPEG streams with shared tables, RGB colour space) every file
+    tile's RGB equals tifffile's own decode."""
+    slide = opened(cmu_small)
+    source = slide.tile_source()
+    tw, th = source.tile_shape(0)
+    lw, lh = source.level_size(0)
+    for ty in range(-(-lh // th)):
+        for tx in range(-(-lw // tw)):
+            rgbx = source.decode(0, tx, ty, rgbx=True)
+            assert rgbx.shape == (th, tw, 4)
+            assert np.array_equal(rgbx[..., :3], source.decode(0, tx, ty))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_halved_tiles_of_a_real_svs_equal_one_read_per_tile(opened, cmu_small, threads) -> None:
+    """448 px read, 224 px tiles, on the real Aperio file: each file tile halved once, then assembled."""
+    slide = opened(cmu_small)
+    grid = make_tile_grid(slide, tile_size=224, mpp=0.998, mask=mask_of(slide), min_tissue=0)
+    assert grid.level == 0 and grid.read_size == (448, 448)
+    assert_same(dict(iter_tiles(slide, grid, threads=threads)), reference_tiles(slide, grid))
