@@ -75,7 +75,8 @@ def test_real_svs_equals_openslide_and_decodes_each_file_tile_once(opened, cmu_s
     ("target", "tile_size", "edge"), [(0.5, 224, "drop"), (0.4, 224, "pad"), (1.3, 200, "pad")]
 )
 def test_resampled_and_padded_grids_equal_one_read_per_tile(opened, pyramid, target, tile_size, edge) -> None:
-    """40x -> 20x (read 448, resize in the threads), a non-integer ratio, and tiles over the slide's edge."""
+    """The pyramid's own 0.5 µm/px level, non-integer ratios (resized in the threads) and tiles over the slide's edge
+    (the halving path is checked on the real file below)."""
     slide = opened(pyramid(3000, 2000, mpp=0.25, levels=3))
     grid = make_tile_grid(
         slide, tile_size=tile_size, mpp=target, mask=mask_of(slide), min_tissue=0, edge=edge
