@@ -2,10 +2,12 @@
 
 For TIFF-based slides (SVS, generic tiled TIFF, OME-TIFF, QPTIFF, Philips TIFF...) a region can be
 assembled from the file's tiles with tifffile's decoder (libjpeg-turbo through imagecodecs, the same
-decoder OpenSlide uses), skipping the slide library's per-call overhead. Decoded tiles are kept in a
-small LRU cache, so when a tile grid does not line up with the file's tiles each file tile is still
-decoded about once. On CMU-1-Small-Region the pixels are identical to OpenSlide's and tiffslide's
-(tests/wsi/test_stream.py checks equality there and on synthetic pyramids at several target mpp).
+decoder OpenSlide uses), skipping the slide library's per-call overhead. :meth:`TiffTileSource.read` (one
+region, e.g. ``read_tile``) keeps decoded tiles in a small LRU cache; a whole grid is read through
+:mod:`._prefetch`, which plans the decodes so that each file tile is decoded once, in threads
+(:meth:`TiffTileSource.decode` is thread-safe). Aperio's JPEG 2000 pages are left to the backend. On
+CMU-1-Small-Region the pixels are identical to OpenSlide's and tiffslide's (tests/wsi/test_stream.py and
+test_prefetch.py check equality there and on synthetic pyramids at several target mpp).
 
 A level is served only when tifffile finds a page with exactly that level's dimensions, tiled,
 contiguous 8-bit RGB, with one offset and byte count per tile and tiles within the decode budget.
