@@ -206,7 +206,7 @@ class _Plan:
         fx, fy = (self.kx, self.ky) if self.reduced[i] else (1, 1)
         x, y, rw, rh = int(self.xy[i, 0]) // fx, int(self.xy[i, 1]) // fy, self.w // fx, self.h // fy
         sw, sh = self.tw // fx, self.th // fy
-        bw, bh = self.lw // fx if fx > 1 else self.lw, self.lh // fy if fy > 1 else self.lh
+        bw, bh = self.lw // fx, self.lh // fy
         a, b, c, d = int(self.tx0[i]), int(self.ty0[i]), int(self.tx1[i]), int(self.ty1[i])
         if self.inside[i] and len(decoded) == 1:  # inside one file tile: a view of it
             ox, oy = x - a * sw, y - b * sh

@@ -50,6 +50,23 @@ def _resize(tile: np.ndarray, size: int) -> np.ndarray:
     return resize_tile(tile, size, size)
 
 
+def _direct_error(slide: Slide, level: int, x: int, y: int, w: int, h: int, err: Exception) -> SlideReadError:
+    """The error for a region the direct TIFF reader could not give: a damaged tile (SlideReadError) names the
+    region and says the file is corrupt there; any other failure is the reader's own on an odd file, which
+    fails this slide only. (Other slidescope errors are re-raised as they are by the callers.)"""
+    where = f"the region at level {level} (x={x}, y={y}, {w}x{h} px)"
+    if isinstance(err, SlideReadError):
+        return SlideReadError(
+            f"{slide.path.name}: cannot decode {where}: {err}. The file is corrupt there: re-export or re-scan "
+            f"it, or exclude that region."
+        )
+    return SlideReadError(
+        f"{slide.path.name}: the direct TIFF reader failed on {where} ({type(err).__name__}: {err}). The file's "
+        f"structure is unusual or damaged: re-export it as a tiled pyramidal TIFF "
+        f"(`vips tiffsave in out.tif --tile --pyramid`)."
+    )
+
+
 def _read_level(slide: Slide, level: int, x: int, y: int, w: int, h: int, direct: bool) -> np.ndarray:
     """(h, w, 3) at read-level pixel (x, y); white outside the slide."""
     lw, lh = slide.level_dimensions[level]
@@ -57,18 +74,11 @@ def _read_level(slide: Slide, level: int, x: int, y: int, w: int, h: int, direct
         try:
             return slide.tile_source().read(level, x, y, w, h)
         except SlideReadError as err:
-            raise SlideReadError(
-                f"{slide.path.name}: cannot decode the region at level {level} (x={x}, y={y}, {w}x{h} px): "
-                f"{err}. The file is corrupt there: re-export or re-scan it, or exclude that region."
-            ) from err
+            raise _direct_error(slide, level, x, y, w, h, err) from err
         except SlidescopeError:
             raise
         except Exception as err:  # noqa: BLE001 - the reader's own failure on an odd file fails this slide only
-            raise SlideReadError(
-                f"{slide.path.name}: the direct TIFF reader failed on the region at level {level} (x={x}, y={y}, "
-                f"{w}x{h} px) ({type(err).__name__}: {err}). The file's structure is unusual or damaged: "
-                f"re-export it as a tiled pyramidal TIFF (`vips tiffsave in out.tif --tile --pyramid`)."
-            ) from err
+            raise _direct_error(slide, level, x, y, w, h, err) from err
     if level == 0:
         loc = (x, y)
     else:
@@ -175,19 +185,12 @@ def _direct(
             n += 1
     except SlideReadError as err:
         x, y = (int(v) for v in xy[min(n, len(xy) - 1)])
-        raise SlideReadError(
-            f"{slide.path.name}: cannot decode the region at level {grid.level} (x={x}, y={y}, {rw}x{rh} px): "
-            f"{err}. The file is corrupt there: re-export or re-scan it, or exclude that region."
-        ) from err
+        raise _direct_error(slide, grid.level, x, y, rw, rh, err) from err
     except SlidescopeError:
         raise
     except Exception as err:  # noqa: BLE001 - the reader's own failure on an odd file fails this slide only
         x, y = (int(v) for v in xy[min(n, len(xy) - 1)])
-        raise SlideReadError(
-            f"{slide.path.name}: the direct TIFF reader failed on the region at level {grid.level} (x={x}, y={y}, "
-            f"{rw}x{rh} px) ({type(err).__name__}: {err}). The file's structure is unusual or damaged: "
-            f"re-export it as a tiled pyramidal TIFF (`vips tiffsave in out.tif --tile --pyramid`)."
-        ) from err
+        raise _direct_error(slide, grid.level, x, y, rw, rh, err) from err
     finally:
         tiles.close()
 

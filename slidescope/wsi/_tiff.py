@@ -255,7 +255,6 @@ class TiffTileSource:
         self._levels = levels
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
-        self._cache_limit = cache_bytes
         #: bytes of decoded tiles one reader may hold (this LRU cache, or a planned stream's tiles)
         self.cache_limit = cache_bytes
         self.path = Path(tif.filehandle.path)
@@ -329,7 +328,7 @@ class TiffTileSource:
         tile = self.decode(level, tx, ty)
         self._cache[key] = tile
         self._cache_bytes += tile.nbytes
-        while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+        while self._cache_bytes > self.cache_limit and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cache_bytes -= old.nbytes
         return tile
