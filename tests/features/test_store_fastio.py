@@ -205,3 +205,87 @@ def test_array_metadata_made_without_a_store_is_zarrs_own(tmp_path, shape, rows,
     ours = zarr.open_group(str(tmp_path / "b"), mode="w")
     dict(ours.create_hierarchy({"x": _row_chunked_metadata(shape, rows, dtype)}))
     assert (tmp_path / "b/x/zarr.json").read_bytes() == (tmp_path / "a/x/zarr.json").read_bytes()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threaded_read_equals_the_data_and_raises_the_first_bad_chunk(tmp_path, monkeypatch, threads) -> None:
+    """Whole-array reads split the chunks over threads (forced here on a small array): the same array as
+    plain zarr reads; with two damaged chunks in different threads' runs, the error names the first."""
+    monkeypatch.setattr(_fastread, "_THREADED_BYTES", 0)
+    monkeypatch.setattr(_fastread, "_read_threads", lambda n, nbytes: min(threads, n))
+    data = _data("float32")
+    _write(tmp_path, data)
+    (group,) = tmp_path.glob("s.zarr/**/features/enc")
+    assert np.array_equal(open_store(tmp_path / "s.zarr").embeddings("enc"), data)
+    assert np.array_equal(np.asarray(zarr.open_group(str(group), mode="r")["embeddings"][:]), data)
+    for c in (1, 5):  # 6 chunks: with 2 or 3 threads, chunks 1 and 5 are read by different threads
+        chunk = group / f"embeddings/c/{c}/0"
+        raw = bytearray(chunk.read_bytes())
+        raw[0] ^= 0x01
+        chunk.write_bytes(bytes(raw))
+    with pytest.raises(StoreCorruptError, match="chunk 1: stored and computed checksum do not match"):
+        open_store(tmp_path / "s.zarr").embeddings("enc")
+
+
+def test_the_real_read_threads(monkeypatch) -> None:
+    assert _fastread._read_threads(100, 1 << 10) == 1  # small: no threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert _fastread._read_threads(100, 1 << 30) == 4
+    assert _fastread._read_threads(3, 1 << 30) == 3
+
+
+def test_nodes_read_directly_are_zarrs_own(tmp_path) -> None:
+    """The store reads a local node's zarr.json itself (_layout._child): the node must be what zarr's own
+    ``group[name]`` returns: same class, metadata, path and data; KeyError for a missing child."""
+    from slidescope.features.store._layout import _child, _has
+
+    data = _data("float16")
+    _write(tmp_path, data)
+    (where,) = tmp_path.glob("s.zarr/**/features")
+    group = zarr.open_group(str(where), mode="r")
+    for name in ("enc", "enc/embeddings", "enc/done"):
+        ours, theirs = _child(group, name), group[name]
+        assert type(ours) is type(theirs)
+        assert ours.metadata == theirs.metadata and ours.path == theirs.path
+        assert ours.store is theirs.store
+    assert np.array_equal(np.asarray(_child(group, "enc/embeddings")[:]), data)
+    assert dict(_child(group, "enc").attrs) == dict(group["enc"].attrs)
+    with pytest.raises(KeyError):
+        _child(group, "other")
+    assert _has(group, "enc") and not _has(group, "other")
+    (where / "enc/zarr.json").write_text("{not json")
+    with pytest.raises(StoreCorruptError, match="cannot be read"):
+        open_store(tmp_path / "s.zarr").embeddings("enc")
+
+
+def test_metadata_written_directly_is_zarrs_own(tmp_path) -> None:
+    """In a local store the groups' and arrays' zarr.json are written by _layout itself (one file write, no
+    trip through zarr's event loop): byte for byte what zarr's create_hierarchy and update_attributes
+    write, and nothing left half-written."""
+    from slidescope.features.store._fastread import _group_metadata, _row_chunked_metadata
+    from slidescope.features.store._layout import _create_children, _update_attributes
+
+    def nodes():
+        return {
+            "g": _group_metadata({"complete": False, "n": 3}),
+            "g/embeddings": _row_chunked_metadata((3, 8), 2, "float16"),
+            "g/done": _row_chunked_metadata((2,), 1, "uint8"),
+        }
+
+    by_zarr = zarr.open_group(str(tmp_path / "a"), mode="w")
+    made_by_zarr = dict(by_zarr.create_hierarchy(nodes()))
+    ours = zarr.open_group(str(tmp_path / "b"), mode="w")
+    made = _create_children(ours, nodes())
+    made_by_zarr["g"].update_attributes({"complete": True, "finished": "now"})
+    _update_attributes(made["g"], {"complete": True, "finished": "now"})
+    assert dict(made["g"].attrs) == {"complete": False, "n": 3} | {"complete": True, "finished": "now"}
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "b") == files(tmp_path / "a") and "g/zarr.json" in files(tmp_path / "b")
+    for name, node in made.items():  # the nodes handed back are what zarr opens from those files
+        assert node.metadata == zarr.open_group(str(tmp_path / "a"), mode="r")[name].metadata
+    readonly = zarr.open_group(str(tmp_path / "b"), mode="r")
+    with pytest.raises(Exception, match="read.only|read-only"):  # zarr's own refusal, not a silent write
+        _update_attributes(readonly["g"], {"x": 1})

@@ -26,7 +26,17 @@ from ._errors import (
 )
 from ._fastread import _EVERY_CHUNK, _checksummed, _group_metadata, _read, _row_chunked_metadata
 from ._keys import CacheKey, _jsonify, _now, _package_version, slide_fingerprint, tiling_key
-from ._layout import SCHEMA_VERSION, STORE_FORMAT, _Layout, _ownership, _has_content, _remove_tree, _zarr
+from ._layout import (
+    SCHEMA_VERSION,
+    STORE_FORMAT,
+    _create_children,
+    _Layout,
+    _ownership,
+    _has,
+    _has_content,
+    _remove_tree,
+    _zarr,
+)
 from ._qc import read_qc, write_qc
 from ._writer import EmbeddingWriter
 
@@ -99,7 +109,7 @@ class SlideStore(_Layout):
     ) -> tuple[str, Any]:
         """The key and group of the tiling to read (see :meth:`open`)."""
         probe = cls(p, root)
-        tilings = probe._node(root, "tilings", kind="group") if "tilings" in root else None
+        tilings = probe._node(root, "tilings", kind="group") if _has(root, "tilings") else None
         groups: dict[str, Any] = {}
         if tilings is not None:
             try:
@@ -150,7 +160,7 @@ class SlideStore(_Layout):
         self._expect(coords, (n, 2), "int64", f"{n} tiles")
         tissue = self._node(self._group, "tissue_fraction")
         self._expect(tissue, (n,), "float32", f"{n} tiles")
-        if "pad_fraction" in self._group:  # absent from stores made before the edge policy
+        if _has(self._group, "pad_fraction"):  # absent from stores made before the edge policy
             self._expect(self._node(self._group, "pad_fraction"), (n,), "float32", f"{n} tiles")
 
     @classmethod
@@ -354,7 +364,7 @@ class SlideStore(_Layout):
     @property
     def pad_fraction(self) -> np.ndarray:
         """(N,) float32 part of each tile outside the slide (``edge="pad"``); zeros where the store has none."""
-        if self.tiling_key is None or "pad_fraction" not in self._group:  # made before the edge policy
+        if self.tiling_key is None or not _has(self._group, "pad_fraction"):  # made before the edge policy
             return np.zeros(self.n_tiles, np.float32)
         return _read(self._node(self._group, "pad_fraction"))
 
@@ -395,7 +405,7 @@ class SlideStore(_Layout):
     def _feature_group(self, encoder: str):
         feats = self._features()
         with self._guard(f"the {encoder!r} embeddings"):
-            present = encoder in feats
+            present = _has(feats, encoder)
         if not present:
             have = ", ".join(self.encoders(complete_only=False)) or "none"
             raise StoreError(
@@ -538,27 +548,26 @@ class SlideStore(_Layout):
                 log.warning("%s: recomputing the %s embeddings: %s", self.name, name, reason)
                 _remove_tree(where)  # inside a store marked ours
         if not exists(where):
-            # the group and its two arrays in one metadata write (zarr's create_hierarchy: 3 ms against 8 for
-            # three calls); the attributes come with the group's first metadata: "complete" is never missing.
+            # the group and its two arrays in one step (_create_children: the arrays first, the group last);
+            # the attributes come with the group's first metadata: "complete" is never missing.
             # A run killed in between leaves arrays without their group: damaged, so recomputed (above).
             n = self.n_tiles
-            made = dict(
-                feats.create_hierarchy(
-                    {
-                        name: _group_metadata(
-                            {
-                                **wanted,
-                                "embed_dim": int(embed_dim),
-                                "chunk_rows": int(chunk_rows),
-                                "n_tiles": int(n),
-                                "complete": False,
-                                "created": _now(),
-                            }
-                        ),
-                        f"{name}/embeddings": _row_chunked_metadata((n, embed_dim), chunk_rows, key.dtype),
-                        f"{name}/done": _row_chunked_metadata((max(1, -(-n // chunk_rows)),), 1, "uint8"),
-                    }
-                )
+            made = _create_children(
+                feats,
+                {
+                    name: _group_metadata(
+                        {
+                            **wanted,
+                            "embed_dim": int(embed_dim),
+                            "chunk_rows": int(chunk_rows),
+                            "n_tiles": int(n),
+                            "complete": False,
+                            "created": _now(),
+                        }
+                    ),
+                    f"{name}/embeddings": _row_chunked_metadata((n, embed_dim), chunk_rows, key.dtype),
+                    f"{name}/done": _row_chunked_metadata((max(1, -(-n // chunk_rows)),), 1, "uint8"),
+                },
             )
             group, emb, done = made[name], made[f"{name}/embeddings"], made[f"{name}/done"]
             return EmbeddingWriter(self, group, (emb, done))  # no second read of what was just made

@@ -22,6 +22,7 @@ from ..._location import join as _join
 from ._errors import StoreCorruptError, StoreError
 from ._fastread import _EVERY_CHUNK, _chunk_files, _read, _read_chunk, _read_rows, _write_rows
 from ._keys import _jsonify, _now
+from ._layout import _update_attributes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._store import SlideStore
@@ -145,9 +146,7 @@ class EmbeddingWriter:
             raise StoreError(f"{self.store.name}: {len(self._buffers)} chunks are still partly filled")
         if not self.done_chunks(verify=False).all() and self.n:
             raise StoreError(f"{self.store.name}: not every chunk was written; run the extraction again")
-        self._group.update_attributes(
-            {**_jsonify(attrs), "complete": True, "finished": _now()}
-        )  # one metadata write
+        _update_attributes(self._group, {**_jsonify(attrs), "complete": True, "finished": _now()})
         self.store._touch()
 
 
