@@ -61,8 +61,10 @@ def darkfield_stats(rgb: np.ndarray, max_samples: int = 250_000) -> dict[str, fl
     if len(flat) == 0:
         return {"dark_fraction": 0.0, "light_fraction": 1.0, "midtone_fraction": 1.0}
     sub = flat[:: max(1, len(flat) // max_samples)]
-    dark = float((sub.max(axis=1) < DARK_LEVEL).mean())
-    total = sub.astype(np.uint16).sum(axis=1)
+    # per channel, not reductions along the 3-wide axis (~10x slower in numpy)
+    r, g, b = sub[:, 0], sub[:, 1], sub[:, 2]
+    dark = float((np.maximum(np.maximum(r, g), b) < DARK_LEVEL).mean())
+    total = r.astype(np.uint16) + g + b
     light, midtone = float((total >= 3 * LIGHT_LEVEL).mean()), float((total >= 3 * MIDTONE_LEVEL).mean())
     return {
         "dark_fraction": round(dark, 5),
