@@ -11,6 +11,9 @@ Stages (each from its own script, which still runs alone with its own, longer re
 * ``peers`` (bench_peers.py): tile reading, ``iter_tiles`` vs the fastest peer reader on the same tiles (cuCIM
   with its cache, one loop and batched; fastslide with its cache; skipped with the reason where not installed:
   ``uv run --with cucim python benchmarks/run_all.py`` adds cuCIM's CPU wheel for the run);
+* ``tissue`` (bench_tissue.py): tissue detection + tile grid on a whole slide (40k x 30k; 12k x 9k with
+  ``--quick``) and on CMU-1-Small-Region, ``method="fast"`` vs ``"full"`` and vs a CLAM-style Otsu at 1/64,
+  wall time, median of 5 interleaved rounds;
 * ``extract`` (bench_extract.py): ``extract_features`` vs a CLAM-style loop (OpenSlide + the same encoder,
   one process), he-descriptor on the CPU and, when a GPU is present, ViT-L/16 bf16 on it; store writes vs h5py;
 * ``mil`` (bench_mil.py): ABMIL inference vs the same products as raw torch ops; store reads vs h5py;
@@ -48,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 STAGES: dict[str, str] = {
     "wsi": "bench_wsi",
     "peers": "bench_peers",
+    "tissue": "bench_tissue",
     "extract": "bench_extract",
     "mil": "bench_mil",
     "slide-encoder": "bench_slide_encoder",

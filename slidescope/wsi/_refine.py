@@ -37,6 +37,7 @@ import numpy as np
 
 from ._downsample import read_downsampled
 from ._pen import pen_mask
+from ._prefetch import default_read_threads
 from ._segment import (
     MORPH_RADIUS_UM,
     analyse,
@@ -136,12 +137,15 @@ def _read_fine(
 ) -> np.ndarray:
     """The mask-resolution image under the band's blocks, on the coarse grid's padded extent (h, w, 3).
 
-    Blocks without band pixels are left as the glass colour (they are never looked at)."""
+    Blocks without band pixels are left as the glass colour (they are never looked at). Where the direct
+    TIFF reader serves the level, the blocks are read in threads (:func:`._prefetch.default_read_threads`:
+    its JPEG decoder and the box filter release the GIL; each block is its own part of ``fine``)."""
     mw, mh = size
     ch, cw = band.shape
     fine = np.empty((ch * k, cw * k, 3), np.uint8)  # blocks off the band are never looked at
     fine[mh:] = fine[:, mw:] = np.asarray(np.round(glass), np.uint8)  # the padding past the slide
     step = FINE_BLOCK // k  # coarse pixels per block side
+    windows = []
     for br in range(0, ch, step):
         for bc in range(0, cw, step):
             if not band[br : br + step, bc : bc + step].any():
@@ -149,7 +153,22 @@ def _read_fine(
             r0, c0 = br * k, bc * k
             r1, c1 = min(mh, r0 + FINE_BLOCK), min(mw, c0 + FINE_BLOCK)
             if r1 > r0 and c1 > c0:
-                fine[r0:r1, c0:c1] = read_downsampled(slide, level, size, window=(c0, r0, c1, r1))
+                windows.append((c0, r0, c1, r1))
+
+    def read(window: tuple[int, int, int, int]) -> None:
+        c0, r0, c1, r1 = window
+        fine[r0:r1, c0:c1] = read_downsampled(slide, level, size, window=window)
+
+    source = slide.tile_source()
+    threads = default_read_threads() if source is not None and source.has_level(level) else 1
+    if threads > 1 and len(windows) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(windows)), thread_name_prefix="slidescope-tissue") as pool:
+            list(pool.map(read, windows))  # list(): re-raises the first error
+    else:
+        for window in windows:
+            read(window)
     return fine
 
 

@@ -195,6 +195,10 @@ def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.nda
     return out, int(n)
 
 
+#: up to this many holes, :func:`fill_holes` sets each hole's pixels by comparison instead of a lookup
+_FEW_HOLES = 8
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """The mask with every background piece that does not reach the image border set (4-connected
     background, as ``ndimage.binary_fill_holes``; one labelling instead of its repeated dilations)."""
@@ -206,6 +210,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
         outside[edge] = True
     if outside[1:].all():  # no holes
         return mask.copy()
+    holes = np.flatnonzero(~outside[1:]) + 1
+    if len(holes) <= _FEW_HOLES:  # a comparison per hole is ~8x cheaper than a lookup per pixel
+        out = mask.copy()
+        for hole in holes:
+            out |= labels == hole
+        return out
     outside[0] = False
     return ~outside[labels]
 

@@ -255,6 +255,7 @@ class TiffTileSource:
         self._levels = levels
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = 0
+        self._cache_lock = threading.Lock()  # the LRU is shared by threads reading regions at once
         #: bytes of decoded tiles one reader may hold (this LRU cache, or a planned stream's tiles)
         self.cache_limit = cache_bytes
         self.path = Path(tif.filehandle.path)
@@ -320,17 +321,23 @@ class TiffTileSource:
         return lv.width, lv.height
 
     def _tile(self, level: int, tx: int, ty: int) -> np.ndarray:
+        """File tile (tx, ty) through the LRU cache. Safe from several threads: the cache is changed under a
+        lock, the decode runs outside it (two threads missing the same tile at once both decode it, and
+        get the same pixels)."""
         key = (level, tx, ty)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         tile = self.decode(level, tx, ty)
-        self._cache[key] = tile
-        self._cache_bytes += tile.nbytes
-        while self._cache_bytes > self.cache_limit and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
+        with self._cache_lock:
+            if key not in self._cache:
+                self._cache[key] = tile
+                self._cache_bytes += tile.nbytes
+            while self._cache_bytes > self.cache_limit and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
         return tile
 
     def _read_bytes(self, offset: int, count: int) -> bytes:
@@ -424,7 +431,8 @@ class TiffTileSource:
         return out
 
     def close(self) -> None:
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
         if self._close_fd is not None:
             self._close_fd()
             self._fd = None

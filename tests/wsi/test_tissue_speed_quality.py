@@ -117,6 +117,18 @@ def random_masks(n: int = 60):
 def test_fill_holes_equals_scipy() -> None:
     for m in random_masks():
         assert np.array_equal(fill_holes(m), ndimage.binary_fill_holes(m))
+    # both ways of filling: a comparison per hole (up to _FEW_HOLES holes) and a lookup per pixel
+    from slidescope.wsi._segment import _FEW_HOLES
+
+    rng = np.random.default_rng(0)
+    holes_seen = set()
+    for _ in range(200):
+        m = rng.random((60, 70)) < rng.uniform(0.05, 0.6)
+        for mask in (m, ~m):
+            filled = fill_holes(mask)
+            assert np.array_equal(filled, ndimage.binary_fill_holes(mask))
+            holes_seen.add(int(ndimage.label(filled & ~mask)[1]))
+    assert min(holes_seen) == 0 and any(0 < h <= _FEW_HOLES for h in holes_seen) and max(holes_seen) > _FEW_HOLES
 
 
 def test_close_cross_equals_scipy_closing_of_the_padded_image() -> None:
@@ -174,3 +186,40 @@ def test_contours_are_traced_on_first_use(cmu_small: Path) -> None:
     assert len(tm.holes) == len(holes)
     given = TissueMask(tm.mask, tm.downsample, tm.mpp, tm.slide_dimensions, contours[:1])
     assert len(given.contours) == 1 and given.holes == ()  # given contours without holes: none, as before
+
+
+@pytest.mark.parametrize("name", ["he0.svs", "ihc.tiff"])
+def test_band_read_in_threads_is_the_sequential_read(synthetic_dir: Path, name: str, monkeypatch) -> None:
+    """The band's blocks are read in threads where the direct reader serves the level: the same mask and
+    the same image as one thread (and the cache of decoded tiles stays consistent under them)."""
+    from slidescope.wsi import _refine
+
+    masks = []
+    for threads in (1, 3):
+        monkeypatch.setattr(_refine, "default_read_threads", lambda threads=threads: threads)
+        slide = open_slide(synthetic_dir / name)
+        assert slide.tile_source() is not None
+        masks.append(detect_tissue(slide, mpp=2.0))
+    assert masks[0].params["band_fraction"] > 0
+    assert np.array_equal(masks[0].mask, masks[1].mask) and masks[0].params == masks[1].params
+
+
+def test_tile_cache_is_safe_from_threads(synthetic_dir: Path) -> None:
+    """TiffTileSource.read from 4 threads at once, with a cache of a few tiles (constant eviction): every
+    region equals the one read alone, and the cache's byte count matches what it holds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slide = open_slide(synthetic_dir / "he1.svs")
+    source = slide.tile_source()
+    tw, th = source.tile_shape(0)
+    source.cache_limit = 3 * tw * th * 3
+    rng = np.random.default_rng(0)
+    w0, h0 = source.level_size(0)
+    regions = [
+        (int(x), int(y)) for x, y in zip(rng.integers(0, w0 - 300, 200), rng.integers(0, h0 - 300, 200))
+    ]
+    alone = [source.read(0, x, y, 300, 300).copy() for x, y in regions]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda r: source.read(0, r[0], r[1], 300, 300).copy(), regions))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+    assert source._cache_bytes == sum(t.nbytes for t in source._cache.values()) <= source.cache_limit
