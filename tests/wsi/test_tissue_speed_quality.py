@@ -128,7 +128,9 @@ def test_fill_holes_equals_scipy() -> None:
             filled = fill_holes(mask)
             assert np.array_equal(filled, ndimage.binary_fill_holes(mask))
             holes_seen.add(int(ndimage.label(filled & ~mask)[1]))
-    assert min(holes_seen) == 0 and any(0 < h <= _FEW_HOLES for h in holes_seen) and max(holes_seen) > _FEW_HOLES
+    assert (
+        min(holes_seen) == 0 and any(0 < h <= _FEW_HOLES for h in holes_seen) and max(holes_seen) > _FEW_HOLES
+    )
 
 
 def test_close_cross_equals_scipy_closing_of_the_padded_image() -> None:
