@@ -81,10 +81,14 @@ def _hysteresis_in_band(
     the weak threshold / the threshold, (n, k, k) in the order of ``np.nonzero(band)``. Only the band and
     the coarse tissue next to it are set in the labelled image (the rest is decided).
     Returns the band's tissue, (n, k, k) bool."""
-    ch, cw = band.shape
     ring = certain & dilate_square(band)  # coarse tissue touching the band: clear tissue, joins big pieces
     bi, bj = np.nonzero(band)
     ri, rj = np.nonzero(ring)
+    # only the bounding box of the band and the ring is labelled: nothing else is set
+    top, left = min(bi.min(), ri.min(initial=bi.min())), min(bj.min(), rj.min(initial=bj.min()))
+    ch = max(bi.max(), ri.max(initial=bi.max())) + 1 - top
+    cw = max(bj.max(), rj.max(initial=bj.max())) + 1 - left
+    bi, bj, ri, rj = bi - top, bj - left, ri - top, rj - left
     region = np.zeros((ch * k, cw * k), bool)
     view = region.reshape(ch, k, cw, k)
     view[bi, :, bj] = weak
