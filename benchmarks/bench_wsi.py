@@ -361,7 +361,7 @@ def run(quick: bool = False, *, max_tiles: int | None = None) -> list[dict]:
         rows.append(
             {
                 "stage": f"read via --backend {r['backend']}: {r['file']}, {r['tiles']} tiles "
-                f"(max |diff| vs OpenSlide {r['max_diff']})",
+                f"(max abs diff vs OpenSlide {r['max_diff']})",
                 "ours": r["ours"],
                 "baseline": r["openslide"],
                 "unit": "tiles/s",

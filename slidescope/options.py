@@ -194,6 +194,11 @@ QC_MODEL_HELP = (
     "Learned artefact QC added to --qc flag/exclude: none or grandqc (GrandQC's artefact model: per-tile "
     "fractions of fold, dark spot, pen, bubble and out-of-focus pixels, and checks on them)"
 )
+QC_THRESHOLDS_HELP = (
+    "QC thresholds instead of the defaults, name=value pairs: focus_min, fold_ratio, dark_max, pen_max, "
+    "bright_max, artefact_max (e.g. focus_min=40,pen_max=0.05: another focus_min at another mpp or for a very "
+    "pale stain); recorded with the QC and, with --qc exclude, in the cache key"
+)
 SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)"
 FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding their metadata"
 
@@ -215,6 +220,7 @@ class TilingOptions:
     segmenter_weights: str | None = option(None, kind="path", help=SEGMENTER_WEIGHTS_HELP)
     qc: str = option("off", kind="str", choices=_qc_policies, help=QC_HELP)
     qc_model: str = option("none", kind="str", choices=_QC_MODELS, help=QC_MODEL_HELP)
+    qc_thresholds: str | None = option(None, kind="str", help=QC_THRESHOLDS_HELP, default_text="the defaults")
     slide_mpp: float | None = option(None, kind="float", help=SLIDE_MPP_HELP)
     force_slide_mpp: float | None = option(None, kind="float", help=FORCE_SLIDE_MPP_HELP)
     backend: str = option("auto", kind="str", choices=_BACKENDS, help=BACKEND_HELP)

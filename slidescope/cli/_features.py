@@ -78,6 +78,9 @@ def extract(
         modes = option_info(TilingOptions, name).allowed() or ()
         if options[name] not in modes:
             raise InvalidParameterError(f"--{name} must be one of {', '.join(modes)}, got {options[name]!r}")
+    from ..wsi import check_qc_thresholds
+
+    check_qc_thresholds(options["qc_thresholds"])
     out = location(renamed(stores, out_old, new_name="--stores", old_name="--out") or "stores")
     assert out is not None  # the location of a name
     paths = expand_slides(slides)

@@ -23,7 +23,7 @@ _READING = ("backend", "slide_mpp", "force_slide_mpp")
 
 
 @app.command()
-@schema_options(TilingOptions, _READING)
+@schema_options(TilingOptions, (*_READING, "qc_thresholds"))
 def info(
     slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -36,6 +36,7 @@ def info(
     from ..wsi import open_slide
     from ..errors import MissingMppError
 
+    thresholds = reading.pop("qc_thresholds")
     with open_slide(slide, **reading) as s:
         try:
             mpp, mpp_source = list(s.mpp), s.mpp_source
@@ -59,7 +60,7 @@ def info(
             "associated_images": {k: list(v.shape[1::-1]) for k, v in s.associated_images.items()},
             "properties": len(props),
         }
-        q = _qc_summary(s) if qc else None
+        q = _qc_summary(s, thresholds) if qc else None
         if q is not None:
             report["qc"] = q
     if as_json:
@@ -88,13 +89,14 @@ def info(
         typer.echo(f"  focus         {', '.join(f'{k} {v:g}' for k, v in fq.items()) or '-'}")
 
 
-def _qc_summary(s: Any) -> dict[str, Any]:
-    """The tile QC summary of an open slide (:func:`~slidescope.wsi.qc_summary`; 224 px at 0.5 µm/px)."""
+def _qc_summary(s: Any, thresholds: str | None = None) -> dict[str, Any]:
+    """The tile QC summary of an open slide (:func:`~slidescope.wsi.qc_summary`; 224 px at 0.5 µm/px), its
+    checks with ``thresholds`` (``--qc-thresholds``) instead of the defaults where given."""
     from ..wsi import detect_tissue, make_tile_grid, qc_tiles
 
     mask = detect_tissue(s)
     grid = make_tile_grid(s, tile_size=224, mpp=0.5, mask=mask, allow_empty=True)
-    return qc_tiles(s, grid, "flag", mask=mask).qc_summary  # type: ignore[attr-defined]
+    return qc_tiles(s, grid, "flag", mask=mask, thresholds=thresholds).qc_summary  # type: ignore[attr-defined]
 
 
 @app.command()

@@ -344,6 +344,7 @@ def extract_features(
             tissue_fraction=grid.tissue_fraction,
             pad_fraction=grid.pad_fraction,
             qc=getattr(grid, "qc", None),
+            qc_thresholds=getattr(grid, "qc_thresholds", None),
         )
         key = CacheKey(
             encoder={**encoder.config.to_dict(), "stain": stain},
@@ -499,6 +500,7 @@ def extract_slides(
     tissue: str = TilingOptions.tissue,
     segmenter_weights: str | None = TilingOptions.segmenter_weights,
     qc_model: str = TilingOptions.qc_model,
+    qc_thresholds: str | None = TilingOptions.qc_thresholds,
     slide_mpp: float | None = TilingOptions.slide_mpp,
     force_slide_mpp: float | None = TilingOptions.force_slide_mpp,
     slide_mpps: dict[str, float] | None = None,
@@ -552,6 +554,7 @@ def extract_slides(
             tissue=tissue,
             segmenter_weights=segmenter_weights,
             qc_model=qc_model,
+            qc_thresholds=qc_thresholds,
             slide_mpp=slide_mpp,
             backend=backend,
             force_slide_mpp=force_slide_mpp,
@@ -597,7 +600,13 @@ def extract_slides(
                         edge=edge,
                     )
                 grid = run_tile_qc(
-                    slide, grid, kwargs.get("qc", "off"), mask=mask, qc_model=qc_model, **segmenting
+                    slide,
+                    grid,
+                    kwargs.get("qc", "off"),
+                    mask=mask,
+                    qc_model=qc_model,
+                    thresholds=qc_thresholds,
+                    **segmenting,
                 )
                 if len(grid) == 0:
                     log.warning(

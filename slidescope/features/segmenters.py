@@ -535,19 +535,23 @@ def run_tile_qc(
     qc_model: str = "none",
     weights: str | os.PathLike[str] | None = None,
     device: str = "auto",
+    thresholds: Any = None,
 ) -> Any:
     """The tile QC of the ``qc`` option with the learned artefact QC of ``qc_model``: the classic measures
     (:func:`~slidescope.wsi.qc_tiles`) and, for ``qc_model="grandqc"``, :func:`artefact_measures` with them.
     ``policy="off"``: ``grid`` itself, no model run. With ``"flag"`` the classic measures are deferred to the
     extraction's read of the tiles (``defer=True``; the grid must go to
-    :func:`~slidescope.features.extract_features`, which completes them)."""
+    :func:`~slidescope.features.extract_features`, which completes them). ``thresholds``: the QC thresholds
+    set instead of the defaults (:func:`~slidescope.wsi.check_qc_thresholds`)."""
     from ..wsi import qc_tiles
 
     measures: dict[str, np.ndarray] = {}
     model: dict[str, Any] | None = None
     if policy != "off":
         measures, model = artefact_measures(slide, grid, qc_model, weights=weights, device=device)
-    return qc_tiles(slide, grid, policy, mask=mask, measures=measures, model=model, defer=True)
+    return qc_tiles(
+        slide, grid, policy, mask=mask, measures=measures, model=model, defer=True, thresholds=thresholds
+    )
 
 
 __all__ += ["WeightsError"]

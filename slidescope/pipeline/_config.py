@@ -420,10 +420,18 @@ def resolve_config(
     return paths, cfg
 
 
+def _qc_thresholds(cfg: RunConfig) -> dict[str, float]:
+    """The run's QC thresholds set instead of the defaults (checked; empty: none)."""
+    from ..wsi._qc import check_qc_thresholds
+
+    return check_qc_thresholds(cfg.qc_thresholds)
+
+
 def _validate(cfg: RunConfig) -> None:
     from ..features.encoders import get_encoder_config
 
     enc = get_encoder_config(cfg.encoder)  # unknown names raise with the list of encoders
+    _qc_thresholds(cfg)
     if cfg.tile_size is not None and cfg.tile_size < 1:
         raise InvalidParameterError(f"tile-size must be a positive number of px, got {cfg.tile_size}")
     if cfg.mpp is not None and cfg.mpp <= 0:
@@ -523,6 +531,7 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
             **({"tissue": cfg.tissue} if cfg.tissue != "classic" else {}),
             **({"qc": cfg.qc} if cfg.qc != "off" else {}),  # absent for off: older records stay valid
             **({"qc_model": cfg.qc_model} if cfg.qc != "off" and cfg.qc_model != "none" else {}),
+            **({"qc_thresholds": _qc_thresholds(cfg)} if cfg.qc != "off" and _qc_thresholds(cfg) else {}),
             **(
                 {"segmenter_weights": _file_digest(Path(cfg.segmenter_weights))}
                 if cfg.segmenter_weights

@@ -123,6 +123,7 @@ def embed_slide(
                 tiling.qc,
                 mask=mask,
                 qc_model=tiling.qc_model,
+                thresholds=tiling.qc_thresholds,
                 weights=tiling.segmenter_weights,
                 device=device_of(encoder),
             )

@@ -53,14 +53,15 @@ def read_scores(store: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def store_qc_flags(store: Any) -> dict[str, np.ndarray]:
-    """``{check: (N,) bool}`` from the QC measures the store keeps (``--qc flag|exclude``), with the default
-    thresholds of :func:`slidescope.wsi.qc_flags`; ``{}`` for a store made without QC."""
+    """``{check: (N,) bool}`` from the QC measures the store keeps (``--qc flag|exclude``), with the
+    thresholds stored with them (:func:`slidescope.wsi.qc_flags`); ``{}`` for a store made without QC."""
     values = store.qc()
     if not values:
         return {}
+    from ..features.store import read_qc_thresholds
     from ..wsi import qc_flags
 
-    return {k: np.asarray(v, dtype=bool) for k, v in qc_flags(values).items()}
+    return {k: np.asarray(v, dtype=bool) for k, v in qc_flags(values, read_qc_thresholds(store)).items()}
 
 
 def result_layers(

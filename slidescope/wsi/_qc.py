@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -60,6 +60,8 @@ from ._slide import Slide
 __all__ = [
     "QC_POLICIES",
     "QC_MEASURES",
+    "SETTABLE_THRESHOLDS",
+    "check_qc_thresholds",
     "QC_CHECKS",
     "FOCUS_MIN",
     "FOLD_RATIO",
@@ -138,6 +140,55 @@ THRESHOLDS = {
     "bright_margin": BRIGHT_MARGIN,
     "bright_max": BRIGHT_MAX,
 }
+
+#: the thresholds a user may set (``qc_tiles(thresholds=...)``, ``--qc-thresholds``): those applied to the
+#: measures; ``dark_luminance`` and ``bright_margin`` act while the tiles are measured and stay fixed
+SETTABLE_THRESHOLDS = ("focus_min", "fold_ratio", "dark_max", "pen_max", "bright_max", "artefact_max")
+
+
+def check_qc_thresholds(thresholds: Any) -> dict[str, float]:
+    """The checked threshold overrides: None or ``""`` (none), a dict, or ``"focus_min=40,pen_max=0.05"``.
+
+    Names must be among :data:`SETTABLE_THRESHOLDS`, values finite and >= 0 (``fold_ratio`` > 0).
+    Returns only what is set (an empty dict keeps every default, and every cache key as it was)."""
+    if thresholds is None or thresholds == "":
+        return {}
+    pairs: dict[str, Any]
+    if isinstance(thresholds, str):
+        pairs = {}
+        for part in thresholds.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise InvalidParameterError(
+                    f"QC thresholds are name=value pairs separated by commas (e.g. focus_min=40,pen_max=0.05), "
+                    f"got {part.strip()!r}"
+                )
+            pairs[name.strip()] = value.strip()
+    elif isinstance(thresholds, dict):
+        pairs = dict(thresholds)
+    else:
+        raise InvalidParameterError(f"QC thresholds must be a dict or 'name=value,...', got {thresholds!r}")
+    out: dict[str, float] = {}
+    for name, value in pairs.items():
+        if name not in SETTABLE_THRESHOLDS:
+            why = (
+                f"{name} acts while the tiles are measured and is fixed ({THRESHOLDS[name]:g})"
+                if name in THRESHOLDS
+                else f"unknown QC threshold {name!r}"
+            )
+            raise InvalidParameterError(
+                f"{why}; the thresholds that can be set: {', '.join(SETTABLE_THRESHOLDS)}"
+            )
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidParameterError(f"QC threshold {name} must be a number, got {value!r}") from None
+        if not math.isfinite(number) or number < 0 or (name == "fold_ratio" and number == 0):
+            raise InvalidParameterError(
+                f"QC threshold {name} must be a finite number >= 0 (fold_ratio > 0), got {value!r}"
+            )
+        out[name] = number
+    return out
 
 
 #: the closing of ink pixels, per tile of a batch (no reach along the batch axis)
@@ -378,6 +429,8 @@ class QCGrid(TileGrid):
     #: extraction reads them (:meth:`measure_batch` in its readers, :meth:`record_batch` as the batches
     #: arrive) and completed by :func:`finish_qc`; ``qc`` and ``qc_summary`` are None until then
     qc_deferred: dict[str, Any] | None = None
+    #: the thresholds set instead of the defaults (:func:`check_qc_thresholds`; empty: the defaults)
+    qc_thresholds: dict[str, float] = field(default_factory=dict)
 
     def measure_batch(self, images: Any) -> dict[str, np.ndarray] | None:
         """The classic measures of a batch of this grid's tiles (uint8 (B, H, W, 3)) while they are
@@ -418,6 +471,7 @@ def qc_tiles(
     measures: dict[str, np.ndarray] | None = None,
     model: dict[str, Any] | None = None,
     defer: bool = False,
+    thresholds: Any = None,
 ) -> TileGrid:
     """Measure every tile of ``grid`` (one read, in spatial blocks) and apply the QC ``policy``.
 
@@ -442,6 +496,9 @@ def qc_tiles(
         them (:meth:`QCGrid.measure_batch`; :func:`~slidescope.features.extract_features` does this, and
         :func:`finish_qc` completes it), instead of a read of its own (``"exclude"`` always reads first: it
         must know which tiles to drop before any is embedded).
+    thresholds : the checks' thresholds to use instead of the defaults (:func:`check_qc_thresholds`: a
+        dict or ``"focus_min=40,pen_max=0.05"``), e.g. another ``focus_min`` at another mpp or for a very
+        pale stain. Recorded in the summary, the stored QC and, for ``"exclude"``, the cache key.
 
     Returns
     -------
@@ -450,6 +507,7 @@ def qc_tiles(
     """
 
     policy = check_qc_policy(policy)
+    overrides = check_qc_thresholds(thresholds)
     if policy == "off" or isinstance(grid, QCGrid) and grid.qc_policy == policy:
         return grid
     params = getattr(mask, "params", None) or {}
@@ -461,6 +519,7 @@ def qc_tiles(
         "tissue_mm2": _mm2(mask),
         "measures": dict(measures or {}),
         "model": model,
+        "thresholds": overrides,
     }
     for name, value in state["measures"].items():
         if np.shape(value) != (n,):
@@ -471,7 +530,7 @@ def qc_tiles(
         state["values"] = {name: np.full(n, np.nan, np.float32) for name in QC_MEASURES}
         state["seen"] = np.zeros(n, bool)
         fields = {f: getattr(grid, f) for f in TileGrid.__dataclass_fields__}
-        return QCGrid(**fields, qc_policy=policy, qc_deferred=state)
+        return QCGrid(**fields, qc_policy=policy, qc_deferred=state, qc_thresholds=overrides)
     values = _measure_tiles(slide, grid, state["glass"], batch_size)
     return _qc_grid(grid, values, policy, state)
 
@@ -543,18 +602,26 @@ def _qc_grid(grid: TileGrid, values: dict[str, np.ndarray], policy: str, state: 
         values["pen_fraction"][:] = np.nan  # not measured: the pen check flags nothing
     for name, value in measures.items():
         values[name] = np.asarray(value, np.float32)
-    meta: dict[str, Any] = {"policy": policy, "thresholds": THRESHOLDS, "measures": list(QC_MEASURES)}
+    over = state.get("thresholds") or {}
+    classic = {k: v for k, v in over.items() if k in THRESHOLDS}
+    meta: dict[str, Any] = {
+        "policy": policy,
+        "thresholds": {**THRESHOLDS, **classic},
+        "measures": list(QC_MEASURES),
+    }
     if measures:  # absent without a model: the cache keys of classic QC stay what they were
         meta.update(
-            thresholds={**THRESHOLDS, "artefact_max": ARTEFACT_MAX}, measures=list(values), model=model
+            thresholds={**THRESHOLDS, "artefact_max": ARTEFACT_MAX, **over},
+            measures=list(values),
+            model=model,
         )
     extra = {**grid.extra, "qc": meta} if policy == "exclude" else dict(grid.extra)
     fields = {f: getattr(grid, f) for f in TileGrid.__dataclass_fields__ if f != "extra"}
-    summary = qc_summary(values, tissue_mm2=state["tissue_mm2"], policy=policy)
-    out = QCGrid(**fields, extra=extra, qc=values, qc_policy=policy, qc_summary=summary)
+    summary = qc_summary(values, tissue_mm2=state["tissue_mm2"], policy=policy, thresholds=over)
+    out = QCGrid(**fields, extra=extra, qc=values, qc_policy=policy, qc_summary=summary, qc_thresholds=over)
     if policy == "exclude":
         bad = np.zeros(len(grid), bool)
-        for f in qc_flags(values).values():
+        for f in qc_flags(values, over).values():
             bad |= f
         out = out.subset(~bad)
     return out
@@ -566,17 +633,24 @@ def _mm2(mask: Any) -> float | None:
 
 
 def qc_summary(
-    values: dict[str, np.ndarray] | None, *, tissue_mm2: float | None = None, policy: str | None = None
+    values: dict[str, np.ndarray] | None,
+    *,
+    tissue_mm2: float | None = None,
+    policy: str | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A slide's QC in a few numbers: tiles, the fraction flagged per check, focus quantiles.
 
     ``values`` are the measures of the tiles (:func:`tile_qc`, a store's ``qc()``); None or empty: only
-    ``tissue_mm2`` and ``policy``."""
+    ``tissue_mm2`` and ``policy``. ``thresholds``: those set instead of the defaults (listed in the summary
+    as ``thresholds``, only when some are)."""
     out: dict[str, Any] = {"policy": policy, "tissue_mm2": tissue_mm2}
+    if thresholds:
+        out["thresholds"] = dict(thresholds)
     if not values or "focus" not in values:
         return out
     n = len(values["focus"])
-    flags = qc_flags(values)
+    flags = qc_flags(values, thresholds)
     out["n_tiles"] = n
     out["flagged_fraction"] = {k: round(float(v.mean()), 4) if n else 0.0 for k, v in flags.items()}
     any_flag = np.zeros(n, bool)

@@ -96,7 +96,7 @@ from ._keys import (
     tiling_key,
 )
 from ._layout import SCHEMA_VERSION, STORE_FORMAT
-from ._qc import open_qc_store, qc_geojson, settle_qc
+from ._qc import open_qc_store, qc_geojson, read_qc_thresholds, settle_qc
 from ._store import DEFAULT_CHUNK_ROWS as DEFAULT_CHUNK_ROWS, SlideStore, open_store
 from ._writer import BackgroundWriter as BackgroundWriter, EmbeddingWriter as EmbeddingWriter
 
@@ -115,6 +115,7 @@ __all__ = [
     "open_store",
     "qc_geojson",
     "open_qc_store",
+    "read_qc_thresholds",
     "settle_qc",
     "slide_fingerprint",
     "store_path",

@@ -15,8 +15,11 @@ from ._fastread import _EVERY_CHUNK, _checksummed, _read
 from ._keys import _now
 
 
-def write_qc(store: Any, values: dict[str, np.ndarray]) -> None:
-    """Write (replace) the QC measures of ``store``'s tiling: one (N,) float32 array per measure."""
+def write_qc(store: Any, values: dict[str, np.ndarray], thresholds: dict[str, float] | None = None) -> None:
+    """Write (replace) the QC measures of ``store``'s tiling: one (N,) float32 array per measure, and in the
+    group's attrs the thresholds its flags use (the defaults, with ``thresholds`` set instead of them)."""
+    from ...wsi._qc import ARTEFACT_MAX, THRESHOLDS
+
     n = store.n_tiles
     group = store._container(store._group, "qc")
     for name, value in values.items():
@@ -35,7 +38,19 @@ def write_qc(store: Any, values: dict[str, np.ndarray]) -> None:
         )
         if n:
             array[:] = value
-    group.update_attributes({"measures": sorted(values), "written": _now()})
+    used = {**THRESHOLDS, "artefact_max": ARTEFACT_MAX, **(thresholds or {})}
+    group.update_attributes({"measures": sorted(values), "written": _now(), "thresholds": used})
+
+
+def read_qc_thresholds(store: Any) -> dict[str, float]:
+    """The thresholds the stored QC measures were flagged with (``write_qc``); empty (the defaults) for a
+    store written before they were recorded, or without QC."""
+    if store.tiling_key is None:
+        return {}
+    with store._guard("the QC measures"):
+        group = store._group.get("qc")
+        stored = group.attrs.get("thresholds") if group is not None else None
+    return {str(k): float(v) for k, v in stored.items()} if isinstance(stored, dict) else {}
 
 
 def read_qc(store: Any) -> dict[str, np.ndarray]:
@@ -69,7 +84,7 @@ def qc_geojson(store: Any, *, flagged_only: bool = True) -> dict[str, Any]:
 
     Each feature is the tile's square in level-0 px (top-left origin, as QuPath reads it), ``objectType``
     ``"tile"``; its ``measurements`` are the tile's QC measures and a 0/1 ``flag_<check>`` per check
-    (:func:`slidescope.wsi.qc_flags`, the default thresholds), its ``classification`` the first check that
+    (:func:`slidescope.wsi.qc_flags`, with the thresholds stored with the measures), its ``classification`` the first check that
     flags it (in the order blur, fold, dark, pen, bubble, then the learned ones; coloured per check) and its
     ``name`` every check that does.
 
@@ -93,7 +108,7 @@ def qc_geojson(store: Any, *, flagged_only: bool = True) -> dict[str, Any]:
             f"{store.path} (tiling {store.tiling_key}) has no QC measures: extract the slide with --qc flag "
             "(or exclude) first"
         )
-    flags = qc_flags(values)
+    flags = qc_flags(values, read_qc_thresholds(store))
     w, h = (int(v) for v in store.tile_extent)
     names = list(flags)
     table = np.column_stack([flags[k] for k in names]) if names else np.zeros((store.n_tiles, 0), bool)
@@ -153,5 +168,5 @@ def settle_qc(store: Any, slide: Any, grid: Any) -> dict[str, Any] | None:
     if getattr(grid, "qc_deferred", None) is None:
         return getattr(grid, "qc_summary", None)
     done = finish_qc(slide, grid, known=read_qc(store))
-    write_qc(store, done.qc)  # type: ignore[attr-defined]  # a QCGrid
+    write_qc(store, done.qc, done.qc_thresholds)  # type: ignore[attr-defined]  # a QCGrid
     return done.qc_summary  # type: ignore[attr-defined]

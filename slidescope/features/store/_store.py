@@ -26,17 +26,8 @@ from ._errors import (
 )
 from ._fastread import _EVERY_CHUNK, _checksummed, _group_metadata, _read, _row_chunked_metadata
 from ._keys import CacheKey, _jsonify, _now, _package_version, slide_fingerprint, tiling_key
-from ._layout import (
-    SCHEMA_VERSION,
-    STORE_FORMAT,
-    _create_children,
-    _Layout,
-    _ownership,
-    _has,
-    _has_content,
-    _remove_tree,
-    _zarr,
-)
+from . import _layout
+from ._layout import SCHEMA_VERSION, STORE_FORMAT, _Layout, _ownership, _has_content, _remove_tree, _zarr
 from ._qc import read_qc, write_qc
 from ._writer import EmbeddingWriter
 
@@ -109,7 +100,7 @@ class SlideStore(_Layout):
     ) -> tuple[str, Any]:
         """The key and group of the tiling to read (see :meth:`open`)."""
         probe = cls(p, root)
-        tilings = probe._node(root, "tilings", kind="group") if _has(root, "tilings") else None
+        tilings = probe._node(root, "tilings", kind="group") if _layout._has(root, "tilings") else None
         groups: dict[str, Any] = {}
         if tilings is not None:
             try:
@@ -160,7 +151,7 @@ class SlideStore(_Layout):
         self._expect(coords, (n, 2), "int64", f"{n} tiles")
         tissue = self._node(self._group, "tissue_fraction")
         self._expect(tissue, (n,), "float32", f"{n} tiles")
-        if _has(self._group, "pad_fraction"):  # absent from stores made before the edge policy
+        if _layout._has(self._group, "pad_fraction"):  # absent from stores made before the edge policy
             self._expect(self._node(self._group, "pad_fraction"), (n,), "float32", f"{n} tiles")
 
     @classmethod
@@ -174,11 +165,13 @@ class SlideStore(_Layout):
         tissue_fraction: np.ndarray,
         pad_fraction: np.ndarray | None = None,
         qc: dict[str, np.ndarray] | None = None,
+        qc_thresholds: dict[str, float] | None = None,
     ) -> SlideStore:
         """Open the store's sub-group of this tiling for writing, creating what is missing.
 
         ``pad_fraction`` (N,): the part of each tile outside the slide (``TileGrid.pad_fraction``); None: 0.
-        ``qc``: per-tile QC measures (name -> (N,)), written into ``qc/`` (replacing those there); None: kept.
+        ``qc``: per-tile QC measures (name -> (N,)), written into ``qc/`` (replacing those there); None: kept;
+        ``qc_thresholds``: the QC thresholds set instead of the defaults, recorded with them.
 
         Other tilings in the store are kept. The whole store starts afresh only when it was made from
         another slide file (fingerprint) or is a schema-1 store; a tiling whose coordinates differ or whose
@@ -200,7 +193,7 @@ class SlideStore(_Layout):
             arrays = {"coords": coords, "tissue_fraction": tissue_fraction, "pad_fraction": pad_fraction}
             store = cls._create_or_open(path, slide_attrs, tiling, arrays)
             if qc:
-                write_qc(store, qc)
+                write_qc(store, qc, qc_thresholds)
             return store
         except OSError as err:
             if _no_space(err):
@@ -364,7 +357,9 @@ class SlideStore(_Layout):
     @property
     def pad_fraction(self) -> np.ndarray:
         """(N,) float32 part of each tile outside the slide (``edge="pad"``); zeros where the store has none."""
-        if self.tiling_key is None or not _has(self._group, "pad_fraction"):  # made before the edge policy
+        if self.tiling_key is None or not _layout._has(
+            self._group, "pad_fraction"
+        ):  # made before the edge policy
             return np.zeros(self.n_tiles, np.float32)
         return _read(self._node(self._group, "pad_fraction"))
 
@@ -405,7 +400,7 @@ class SlideStore(_Layout):
     def _feature_group(self, encoder: str):
         feats = self._features()
         with self._guard(f"the {encoder!r} embeddings"):
-            present = _has(feats, encoder)
+            present = _layout._has(feats, encoder)
         if not present:
             have = ", ".join(self.encoders(complete_only=False)) or "none"
             raise StoreError(
@@ -552,7 +547,7 @@ class SlideStore(_Layout):
             # the attributes come with the group's first metadata: "complete" is never missing.
             # A run killed in between leaves arrays without their group: damaged, so recomputed (above).
             n = self.n_tiles
-            made = _create_children(
+            made = _layout._create_children(
                 feats,
                 {
                     name: _group_metadata(
