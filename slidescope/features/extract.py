@@ -11,6 +11,7 @@ fight the readers for the cores). A run resumes from the last complete chunk.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import multiprocessing
 import os
@@ -572,6 +573,7 @@ def extract_slides(
     tile_size = encoder.config.tile_size if tile_size is None else tile_size
     results = []
     segmenting: dict[str, Any] = {"weights": segmenter_weights, "device": device_of(encoder)}
+    tile_qc = functools.partial(run_tile_qc, qc_model=qc_model, thresholds=qc_thresholds, **segmenting)
     for path in tqdm(slides, desc="slides", unit="slide", disable=not progress):
         t0 = time.perf_counter()
         try:
@@ -599,15 +601,7 @@ def extract_slides(
                         allow_empty=True,
                         edge=edge,
                     )
-                grid = run_tile_qc(
-                    slide,
-                    grid,
-                    kwargs.get("qc", "off"),
-                    mask=mask,
-                    qc_model=qc_model,
-                    thresholds=qc_thresholds,
-                    **segmenting,
-                )
+                grid = tile_qc(slide=slide, grid=grid, policy=kwargs.get("qc", "off"), mask=mask)
                 if len(grid) == 0:
                     log.warning(
                         "%s: no tissue tiles; writing an empty store.%s", Path(path).name, pen_hint(mask)

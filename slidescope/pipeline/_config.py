@@ -422,7 +422,7 @@ def resolve_config(
 
 def _qc_thresholds(cfg: RunConfig) -> dict[str, float]:
     """The run's QC thresholds set instead of the defaults (checked; empty: none)."""
-    from ..wsi._qc import check_qc_thresholds
+    from ..wsi import check_qc_thresholds
 
     return check_qc_thresholds(cfg.qc_thresholds)
 

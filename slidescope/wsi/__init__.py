@@ -40,6 +40,7 @@ _EXPORTS = {
     "tile_qc": "._qc",
     "qc_flags": "._qc",
     "check_qc_thresholds": "._qc",
+    "qc_thresholds_used": "._qc",
     "SETTABLE_THRESHOLDS": "._qc",
     "qc_tiles": "._qc",
     "qc_summary": "._qc",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
         finish_qc as finish_qc,
         qc_flags as qc_flags,
         qc_summary as qc_summary,
+        qc_thresholds_used as qc_thresholds_used,
         qc_tiles as qc_tiles,
         tile_qc as tile_qc,
     )

@@ -62,6 +62,7 @@ __all__ = [
     "QC_MEASURES",
     "SETTABLE_THRESHOLDS",
     "check_qc_thresholds",
+    "qc_thresholds_used",
     "QC_CHECKS",
     "FOCUS_MIN",
     "FOLD_RATIO",
@@ -189,6 +190,12 @@ def check_qc_thresholds(thresholds: Any) -> dict[str, float]:
             )
         out[name] = number
     return out
+
+
+def qc_thresholds_used(overrides: dict[str, float] | None = None) -> dict[str, float]:
+    """Every threshold the checks use: the defaults (:data:`THRESHOLDS` and :data:`ARTEFACT_MAX`) with
+    ``overrides`` (:func:`check_qc_thresholds`) instead of them."""
+    return {**THRESHOLDS, "artefact_max": ARTEFACT_MAX, **(overrides or {})}
 
 
 #: the closing of ink pixels, per tile of a batch (no reach along the batch axis)
@@ -361,7 +368,7 @@ def qc_flags(
     median. ``thresholds`` overrides names of :data:`THRESHOLDS` (``focus_min``, ``fold_ratio``,
     ``dark_max``, ``pen_max``, ``bright_max``; ``dark_luminance`` and ``bright_margin`` act when
     measuring, not here)."""
-    t = {**THRESHOLDS, "artefact_max": ARTEFACT_MAX, **(thresholds or {})}
+    t = qc_thresholds_used(thresholds)
     density = values["density"]
     usual = float(np.median(density)) if len(density) else 0.0
     flags = {
@@ -611,7 +618,7 @@ def _qc_grid(grid: TileGrid, values: dict[str, np.ndarray], policy: str, state: 
     }
     if measures:  # absent without a model: the cache keys of classic QC stay what they were
         meta.update(
-            thresholds={**THRESHOLDS, "artefact_max": ARTEFACT_MAX, **over},
+            thresholds=qc_thresholds_used(over),
             measures=list(values),
             model=model,
         )

@@ -18,7 +18,7 @@ from ._keys import _now
 def write_qc(store: Any, values: dict[str, np.ndarray], thresholds: dict[str, float] | None = None) -> None:
     """Write (replace) the QC measures of ``store``'s tiling: one (N,) float32 array per measure, and in the
     group's attrs the thresholds its flags use (the defaults, with ``thresholds`` set instead of them)."""
-    from ...wsi._qc import ARTEFACT_MAX, THRESHOLDS
+    from ...wsi import qc_thresholds_used
 
     n = store.n_tiles
     group = store._container(store._group, "qc")
@@ -38,7 +38,7 @@ def write_qc(store: Any, values: dict[str, np.ndarray], thresholds: dict[str, fl
         )
         if n:
             array[:] = value
-    used = {**THRESHOLDS, "artefact_max": ARTEFACT_MAX, **(thresholds or {})}
+    used = qc_thresholds_used(thresholds)
     group.update_attributes({"measures": sorted(values), "written": _now(), "thresholds": used})
 
 
