@@ -206,37 +206,35 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Only the mask's bounding box grown by one pixel is labelled: every background pixel outside the box
     reaches the border in a straight line, so a piece is a hole exactly when it does not reach the grown
     box's edge (a slide's tissue often covers a small part of it)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
-        return mask.copy()
-    h, w = mask.shape
-    box = (
-        slice(max(0, int(rows[0]) - 1), min(h, int(rows[-1]) + 2)),
-        slice(max(0, int(cols[0]) - 1), min(w, int(cols[-1]) + 2)),
-    )
     out = mask.copy()
-    out[box] = _fill_holes_whole(mask[box])
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return out
+    h, w = mask.shape
+    r0, r1 = max(0, int(rows[0]) - 1), min(h, int(rows[-1]) + 2)
+    cols = np.flatnonzero(mask[r0:r1].any(axis=0))
+    c0, c1 = max(0, int(cols[0]) - 1), min(w, int(cols[-1]) + 2)
+    _fill_holes_into(out[r0:r1, c0:c1])
     return out
 
 
-def _fill_holes_whole(mask: np.ndarray) -> np.ndarray:
-    """:func:`fill_holes` labelling the whole image."""
+def _fill_holes_into(mask: np.ndarray) -> None:
+    """Fill the holes of ``mask`` in place, labelling all of it (see :func:`fill_holes`)."""
     labels, n = label(~mask)
     if n == 0:
-        return mask.copy()
+        return
     outside = np.zeros(n + 1, bool)
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         outside[edge] = True
     if outside[1:].all():  # no holes
-        return mask.copy()
+        return
     holes = np.flatnonzero(~outside[1:]) + 1
     if len(holes) <= _FEW_HOLES:  # a comparison per hole is ~8x cheaper than a lookup per pixel
-        out = mask.copy()
         for hole in holes:
-            out |= labels == hole
-        return out
+            mask |= labels == hole
+        return
     outside[0] = False
-    return ~outside[labels]
+    mask[...] = ~outside[labels]
 
 
 def clean(
