@@ -199,6 +199,10 @@ QC_THRESHOLDS_HELP = (
     "bright_max, artefact_max (e.g. focus_min=40,pen_max=0.05: another focus_min at another mpp or for a very "
     "pale stain); recorded with the QC and, with --qc exclude, in the cache key"
 )
+ALLOW_DARKFIELD_HELP = (
+    "Analyse slides whose background is dark, which are otherwise refused as fluorescence stored as 8-bit RGB "
+    "(for a brightfield scan that trips that rule; SLIDESCOPE_ALLOW_DARKFIELD=1 in the environment does the same)"
+)
 SLIDE_MPP_HELP = "Level-0 µm/px of the scan, filled in for slides whose metadata lacks it (a file's own wins)"
 FORCE_SLIDE_MPP_HELP = "Level-0 µm/px imposed on the slide(s), overriding their metadata"
 
@@ -221,6 +225,9 @@ class TilingOptions:
     qc: str = option("off", kind="str", choices=_qc_policies, help=QC_HELP)
     qc_model: str = option("none", kind="str", choices=_QC_MODELS, help=QC_MODEL_HELP)
     qc_thresholds: str | None = option(None, kind="str", help=QC_THRESHOLDS_HELP, default_text="the defaults")
+    allow_darkfield: bool = option(
+        False, kind="bool", help=ALLOW_DARKFIELD_HELP, default_text="off", flag="--allow-darkfield"
+    )
     slide_mpp: float | None = option(None, kind="float", help=SLIDE_MPP_HELP)
     force_slide_mpp: float | None = option(None, kind="float", help=FORCE_SLIDE_MPP_HELP)
     backend: str = option("auto", kind="str", choices=_BACKENDS, help=BACKEND_HELP)

@@ -23,7 +23,7 @@ _READING = ("backend", "slide_mpp", "force_slide_mpp")
 
 
 @app.command()
-@schema_options(TilingOptions, (*_READING, "qc_thresholds"))
+@schema_options(TilingOptions, (*_READING, "qc_thresholds", "allow_darkfield"))
 def info(
     slide: str = typer.Argument(..., help="Slide file (a local path or an fsspec URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -37,6 +37,7 @@ def info(
     from ..errors import MissingMppError
 
     thresholds = reading.pop("qc_thresholds")
+    allow_darkfield = reading.pop("allow_darkfield")
     with open_slide(slide, **reading) as s:
         try:
             mpp, mpp_source = list(s.mpp), s.mpp_source
@@ -60,7 +61,7 @@ def info(
             "associated_images": {k: list(v.shape[1::-1]) for k, v in s.associated_images.items()},
             "properties": len(props),
         }
-        q = _qc_summary(s, thresholds) if qc else None
+        q = _qc_summary(s, thresholds, allow_darkfield) if qc else None
         if q is not None:
             report["qc"] = q
     if as_json:
@@ -89,12 +90,12 @@ def info(
         typer.echo(f"  focus         {', '.join(f'{k} {v:g}' for k, v in fq.items()) or '-'}")
 
 
-def _qc_summary(s: Any, thresholds: str | None = None) -> dict[str, Any]:
+def _qc_summary(s: Any, thresholds: str | None = None, allow_darkfield: bool = False) -> dict[str, Any]:
     """The tile QC summary of an open slide (:func:`~slidescope.wsi.qc_summary`; 224 px at 0.5 µm/px), its
     checks with ``thresholds`` (``--qc-thresholds``) instead of the defaults where given."""
     from ..wsi import detect_tissue, make_tile_grid, qc_tiles
 
-    mask = detect_tissue(s)
+    mask = detect_tissue(s, allow_darkfield=allow_darkfield)
     grid = make_tile_grid(s, tile_size=224, mpp=0.5, mask=mask, allow_empty=True)
     return qc_tiles(s, grid, "flag", mask=mask, thresholds=thresholds).qc_summary  # type: ignore[attr-defined]
 
@@ -102,7 +103,18 @@ def _qc_summary(s: Any, thresholds: str | None = None) -> dict[str, Any]:
 @app.command()
 @schema_options(
     TilingOptions,
-    ("mpp", "tile_size", "overlap", "min_tissue", "edge", "pen", "tissue", "segmenter_weights", *_READING),
+    (
+        "mpp",
+        "tile_size",
+        "overlap",
+        "min_tissue",
+        "edge",
+        "pen",
+        "tissue",
+        "segmenter_weights",
+        "allow_darkfield",
+        *_READING,
+    ),
     overrides={  # no encoder here to take the resolution from
         "mpp": {"default": 0.5, "help": "Target µm per pixel of the tiles (0.5 ~ 20x)."},
         "tile_size": {"default": 224, "help": "Tile side in pixels at --mpp."},
@@ -146,7 +158,7 @@ def tile(
     )  # given: their defaults are numbers here
     with open_slide(slide, **{k: getattr(t, k) for k in _READING}) as s:
         if t.tissue == "classic":
-            mask = detect_tissue(s, mpp=mask_mpp, pen=t.pen)
+            mask = detect_tissue(s, mpp=mask_mpp, pen=t.pen, allow_darkfield=t.allow_darkfield)
         else:  # a learned segmenter (at its own µm/px; torch is imported only here)
             from ..features.segmenters import find_tissue
 

@@ -502,6 +502,7 @@ def extract_slides(
     segmenter_weights: str | None = TilingOptions.segmenter_weights,
     qc_model: str = TilingOptions.qc_model,
     qc_thresholds: str | None = TilingOptions.qc_thresholds,
+    allow_darkfield: bool = TilingOptions.allow_darkfield,
     slide_mpp: float | None = TilingOptions.slide_mpp,
     force_slide_mpp: float | None = TilingOptions.force_slide_mpp,
     slide_mpps: dict[str, float] | None = None,
@@ -556,6 +557,7 @@ def extract_slides(
             segmenter_weights=segmenter_weights,
             qc_model=qc_model,
             qc_thresholds=qc_thresholds,
+            allow_darkfield=allow_darkfield,
             slide_mpp=slide_mpp,
             backend=backend,
             force_slide_mpp=force_slide_mpp,
@@ -585,7 +587,7 @@ def extract_slides(
                 slide_mpp=slide_mpp if fill is None else fill,
                 slide_mpp_source=MPP_FILLED_IN if fill is None else MPP_FROM_MANIFEST,
             ) as slide:
-                mask = find_tissue(slide, tissue, pen=pen, **segmenting)
+                mask = find_tissue(slide, tissue, pen=pen, allow_darkfield=allow_darkfield, **segmenting)
                 if coords is not None:  # the tiles another tool chose
                     grid = coords_grid(
                         coords_file_for(coords, path), slide, tile_size=tile_size, mpp=mpp, mask=mask

@@ -459,6 +459,7 @@ def find_tissue(
     pen: str = "auto",
     weights: str | os.PathLike[str] | None = None,
     device: str = "auto",
+    allow_darkfield: bool = False,
 ):
     """The tissue of an open slide by the ``tissue`` option's method (``--tissue``): a ``TissueMask``.
 
@@ -470,6 +471,8 @@ def find_tissue(
     pen : pen removal of the classic detector (the learned segmenters decide alone).
     weights : the segmenter's local weights file or folder; None: the Hugging Face hub (cache).
     device : where the segmenter runs (``"auto"``: CUDA when present).
+    allow_darkfield : the classic detector analyses a slide with a dark background instead of refusing it
+        (``--allow-darkfield``; see :func:`slidescope.wsi.detect_tissue`).
 
     A grid made on a learned mask records the segmenter and its weights' sha256 in its cache key, so its
     embeddings are stored beside, never mixed with, those of the classic tiling.
@@ -479,7 +482,7 @@ def find_tissue(
     if method == "classic":
         from ..wsi import detect_tissue
 
-        return detect_tissue(slide, pen=pen)
+        return detect_tissue(slide, pen=pen, allow_darkfield=allow_darkfield)
     path = None if weights is None else str(Path(weights).expanduser().resolve())
     return segment_tissue(slide, _cached_segmenter(method, path, str(device)))
 

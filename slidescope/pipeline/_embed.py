@@ -101,6 +101,7 @@ def embed_slide(
                 pen=tiling.pen,
                 weights=tiling.segmenter_weights,
                 device=device_of(encoder),
+                allow_darkfield=tiling.allow_darkfield,
             )
     step = on_step if on_step is not None else _no_step
     step("tissue", mask)

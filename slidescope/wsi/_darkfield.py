@@ -91,6 +91,6 @@ def darkfield_refusal(stats: dict[str, float]) -> str:
         f"looks like a fluorescence image stored as 8-bit RGB (dark background: {stats['dark_fraction']:.0%} "
         f"of it near-black, {stats['midtone_fraction']:.1%} mid-tone or lighter): slidescope's encoders are for "
         f"brightfield H&E/IHC scans and fluorescence images are not analysed; analyse it with a fluorescence "
-        f"pipeline, or scan the section in brightfield. If it is a brightfield scan, pass allow_darkfield=True "
-        f"to detect_tissue (or set {ALLOW_ENV}=1)"
+        f"pipeline, or scan the section in brightfield. If it is a brightfield scan, pass --allow-darkfield "
+        f"(allow_darkfield=True to detect_tissue, or set {ALLOW_ENV}=1)"
     )

@@ -181,3 +181,28 @@ def test_a_batch_goes_on_past_a_darkfield_slide(darkfield_slide: Path, tmp_path:
     assert [r.status for r in results][0] == "failed" and results[1].status != "failed"
     error = results[0].error or ""
     assert "fluorescence image stored as 8-bit RGB" in error and "pale" not in error
+
+
+def test_the_way_out_on_the_command_line(darkfield_slide: Path, tmp_path: Path, monkeypatch) -> None:
+    """``--allow-darkfield`` on extract (and tile, info --qc): the option, not only the environment variable."""
+    from typer.testing import CliRunner
+
+    from slidescope.cli import app
+    from slidescope.features.store import open_store, store_path
+
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    common = ["extract", str(darkfield_slide), "--encoder", "he-descriptor", "--device", "cpu"]
+    common += ["--num-workers", "0", "--min-tissue", "0"]
+    refused = CliRunner().invoke(app, [*common, "--stores", str(tmp_path / "a")])
+    assert "fluorescence image stored as 8-bit RGB" in refused.output + str(refused.exception)
+    assert not store_path(tmp_path / "a", darkfield_slide).exists()
+    allowed = CliRunner().invoke(app, [*common, "--stores", str(tmp_path / "b"), "--allow-darkfield"])
+    assert allowed.exit_code == 0, allowed.output
+    assert open_store(store_path(tmp_path / "b", darkfield_slide)).n_tiles > 0
+    tile = ["tile", str(darkfield_slide), "--out", str(tmp_path / "t"), "--min-tissue", "0"]
+    refused = CliRunner().invoke(app, tile)
+    assert refused.exit_code != 0 and "fluorescence" in refused.output + str(refused.exception)
+    tiled = CliRunner().invoke(app, [*tile, "--allow-darkfield"])
+    assert tiled.exit_code == 0, tiled.output
+    info = CliRunner().invoke(app, ["info", str(darkfield_slide), "--qc", "--json", "--allow-darkfield"])
+    assert info.exit_code == 0, info.output
