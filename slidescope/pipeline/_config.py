@@ -531,7 +531,7 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
             **({"tissue": cfg.tissue} if cfg.tissue != "classic" else {}),
             **({"qc": cfg.qc} if cfg.qc != "off" else {}),  # absent for off: older records stay valid
             **({"qc_model": cfg.qc_model} if cfg.qc != "off" and cfg.qc_model != "none" else {}),
-            **({"qc_thresholds": _qc_thresholds(cfg)} if cfg.qc != "off" and _qc_thresholds(cfg) else {}),
+            **({"qc_thresholds": qc_set} if (qc_set := _qc_thresholds(cfg)) and cfg.qc != "off" else {}),
             **(
                 {"segmenter_weights": _file_digest(Path(cfg.segmenter_weights))}
                 if cfg.segmenter_weights

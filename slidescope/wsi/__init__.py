@@ -31,6 +31,7 @@ _EXPORTS = {
     "make_tile_grid": "._grid",
     "EDGE_POLICIES": "._grid",
     "iter_tiles": "._stream",
+    "default_read_threads": "._prefetch",
     "read_tile": "._stream",
     "TileDataset": "._dataset",
     "QC_POLICIES": "._qc",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover
         open_slide as open_slide,
     )
     from ._stream import iter_tiles as iter_tiles, read_tile as read_tile
+    from ._prefetch import default_read_threads as default_read_threads
     from ._tissue import TissueMask as TissueMask, detect_tissue as detect_tissue
 
 

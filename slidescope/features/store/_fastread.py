@@ -217,17 +217,16 @@ _THREADED_BYTES = 8 << 20
 
 
 def _read_threads(n_chunks: int, nbytes: int) -> int:
-    """Threads for one whole-array read: the process's CPUs, at most 4 and at most one per chunk; one for an
-    array under :data:`_THREADED_BYTES`. Both the ``readinto`` and the CRC32C (the ``crc32c`` package)
-    release the GIL, so chunks are read in parallel: 50,000 x 1,024 float16 in 25-28 ms with 2 threads
-    against 41-43 ms with one, on the project's 2-core machine."""
+    """Threads for one whole-array read: as many as the tile readers use (:func:`slidescope.wsi.
+    default_read_threads`: the process's CPUs, at most 4), at most one per chunk; one for an array under
+    :data:`_THREADED_BYTES`. Both the ``readinto`` and the CRC32C (the ``crc32c`` package) release the GIL,
+    so chunks are read in parallel: 50,000 x 1,024 float16 in 25-28 ms with 2 threads against 41-43 ms with
+    one, on the project's 2-core machine."""
     if nbytes < _THREADED_BYTES:
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus, n_chunks))
+    from ...wsi import default_read_threads
+
+    return max(1, min(default_read_threads(), n_chunks))
 
 
 def _read_rows(array, *, missing_ok: bool = False) -> np.ndarray | None:

@@ -357,9 +357,8 @@ class SlideStore(_Layout):
     @property
     def pad_fraction(self) -> np.ndarray:
         """(N,) float32 part of each tile outside the slide (``edge="pad"``); zeros where the store has none."""
-        if self.tiling_key is None or not _layout._has(
-            self._group, "pad_fraction"
-        ):  # made before the edge policy
+        made_before_edges = self.tiling_key is None or not _layout._has(self._group, "pad_fraction")
+        if made_before_edges:  # a store made before the edge policy
             return np.zeros(self.n_tiles, np.float32)
         return _read(self._node(self._group, "pad_fraction"))
 
