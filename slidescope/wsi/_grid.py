@@ -411,11 +411,39 @@ def _sat_at(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     for axis, at in ((0, ys), (1, xs)):
         ends = at[at > 0]
         starts = np.concatenate([[0], ends[ends < out.shape[axis]]]).astype(np.intp)
-        # int32 band sums of the uint8 mask (half the time of int64); the prefix sums in int64
-        bands = np.add.reduceat(out, starts, axis=axis, dtype=np.int32 if axis == 0 else np.int64)
+        # the mask's band sums eight columns at a time (_row_band_sums); the small table's in int64
+        bands = _row_band_sums(out, starts) if axis == 0 else np.add.reduceat(out, starts, axis=1)
         part = np.cumsum(bands, axis=axis, dtype=np.int64)
         part = np.take(part, np.arange(len(ends)), axis=axis)
         shape = list(part.shape)
         shape[axis] = len(at) - len(ends)  # y = 0 or x = 0: nothing above or left
         out = np.concatenate([np.zeros(shape, np.int64), part], axis=axis)
     return out
+
+
+#: rows of a 0/1 mask summed per byte before a byte could overflow
+_LANE_ROWS = 255
+
+
+def _row_band_sums(u: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``np.add.reduceat(u, starts, axis=0)`` of the 0/1 uint8 ``u`` (h, w), int32, 8x faster.
+
+    Eight columns are added at once as one uint64 word each: every byte of the word is one column's sum,
+    which cannot carry into the next byte while a band has at most :data:`_LANE_ROWS` rows, so taller bands
+    are summed in parts of that many rows, then the parts added."""
+    h, w = u.shape
+    stops = np.append(starts[1:], h)
+    if len(starts) and int((stops - starts).max()) > _LANE_ROWS:
+        pieces = [np.arange(a, b, _LANE_ROWS) for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+        parts = np.concatenate(pieces)
+        first = np.cumsum([0] + [len(p) for p in pieces[:-1]])
+    else:
+        parts, first = starts, None
+    w8 = w - w % 8
+    sums = np.empty((len(parts), w), np.int32)
+    if w8:
+        words = np.add.reduceat(u[:, :w8].view(np.uint64), parts, axis=0)
+        sums[:, :w8] = words.view(np.uint8).reshape(len(parts), w8)
+    if w8 < w:
+        sums[:, w8:] = np.add.reduceat(u[:, w8:], parts, axis=0, dtype=np.int32)
+    return sums if first is None else np.add.reduceat(sums, first, axis=0)

@@ -51,7 +51,7 @@ from ._segment import (
 )
 from ._slide import Slide
 
-__all__ = ["COARSE_FACTOR", "MIN_COARSE_SIDE", "segment_coarse_to_fine"]
+__all__ = ["COARSE_FACTOR", "MIN_COARSE_SIDE", "read_coarse", "segment_coarse_to_fine"]
 
 #: Mask pixels per coarse pixel, per side (the coarse image has 1/16 of the mask's pixels).
 COARSE_FACTOR = 4
@@ -93,7 +93,7 @@ def _hysteresis_in_band(
     view = region.reshape(ch, k, cw, k)
     view[bi, :, bj] = weak
     view[ri, :, rj] = True
-    labels, n = label(region, structure=np.ones((3, 3), bool))
+    labels, n = label(region, connectivity=8)
     lview = labels.reshape(ch, k, cw, k)
     band_labels, ring_labels = lview[bi, :, bj], lview[ri, :, rj]
     keep = np.zeros(n + 1, bool)
@@ -117,7 +117,7 @@ def _drop_small_near(tissue: np.ndarray, pen: np.ndarray, min_px: float) -> None
     margin = int(math.ceil(math.sqrt(min_px))) + 2
     r0, r1 = max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin)
     c0, c1 = max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin)
-    labels, n = label(tissue[r0:r1, c0:c1], structure=np.ones((3, 3), bool))
+    labels, n = label(tissue[r0:r1, c0:c1], connectivity=8)
     keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_px
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         keep[edge] = True
@@ -176,6 +176,18 @@ def _read_fine(
     return fine
 
 
+def read_coarse(slide: Slide, size: tuple[int, int], mpp: float) -> tuple[np.ndarray, int]:
+    """The coarse image of step 1, and the level it was read from: ``COARSE_FACTOR`` x ``mpp`` µm/px on a grid
+    whose pixels are exactly ``COARSE_FACTOR`` x ``COARSE_FACTOR`` pixels of the mask grid ``size``, so it may
+    reach past the slide (read as white) by less than one coarse pixel at the right and bottom."""
+    k = COARSE_FACTOR
+    mw, mh = size
+    w0, h0 = slide.dimensions
+    cw, ch = math.ceil(mw / k), math.ceil(mh / k)
+    level = slide.best_level_for_mpp(mpp * k)
+    return read_downsampled(slide, level, (cw, ch), extent=(cw * k * w0 / mw, ch * k * h0 / mh)), level
+
+
 def segment_coarse_to_fine(
     slide: Slide,
     *,
@@ -186,29 +198,30 @@ def segment_coarse_to_fine(
     pen_mode: str,
     fill_holes: bool,
     threshold: float | None,
+    coarse_image: tuple[np.ndarray, int] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The tissue mask of ``slide`` on the grid ``size`` = (mw, mh) at ``mpp`` µm/px, coarse to fine.
 
-    ``level`` is the pyramid level the mask resolution is read from. Returns (bool mask (mh, mw), info);
+    ``level`` is the pyramid level the mask resolution is read from; ``coarse_image``: what :func:`read_coarse`
+    gave for the same slide, size and mpp (read here when None). Returns (bool mask (mh, mw), info);
     info has the full detector's keys (from the coarse image) and ``coarse_level``, ``coarse_mpp``,
     ``band_fraction`` (share of the mask analysed at its own resolution).
     """
     k = COARSE_FACTOR
     mw, mh = size
-    w0, h0 = slide.dimensions
     cw, ch = math.ceil(mw / k), math.ceil(mh / k)
     coarse_mpp = mpp * k
-    coarse_level = slide.best_level_for_mpp(coarse_mpp)
-    # each coarse pixel is exactly k x k mask pixels: the grid may reach past the slide (read as white)
-    extent = (cw * k * w0 / mw, ch * k * h0 / mh)
-    rgb = read_downsampled(slide, coarse_level, (cw, ch), extent=extent)
+    rgb, coarse_level = read_coarse(slide, size, mpp) if coarse_image is None else coarse_image
     a = analyse(rgb, pen_mode=pen_mode, threshold=threshold, glass_samples=65_536)
     coarse = hysteresis(a.score, a.pen, a.t, a.t_low)
     coarse = clean(coarse, a.pen, mpp=coarse_mpp, min_area_um2=min_area_um2, fill=fill_holes, closing=False)
 
     band = _band(coarse) | ((a.score < DENSE * a.t) & (coarse | (a.score > FAINT * a.t_low)))
     if a.pen_used == "on":
-        band |= coarse & (rgb.max(axis=2) < DARK)
+        brightest = np.maximum(
+            np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]
+        )  # 20x rgb.max(axis=2)'s speed
+        band |= coarse & (brightest < DARK)
     bi, bj = np.nonzero(band)
     tissue = _upsample(coarse, k)
     pen = np.zeros_like(tissue)

@@ -9,6 +9,7 @@ and refines the boundary. Steps: :func:`analyse` (glass colour, OD-chroma score,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -139,14 +140,12 @@ def analyse(
 
 def hysteresis(score: np.ndarray, pen: np.ndarray, t: float, t_low: float) -> np.ndarray:
     """Pixels above ``t``, and those above ``t_low`` 8-connected to them; pen excluded."""
-    from scipy import ndimage
-
     strong = (score > t) & ~pen
     if not strong.any():
         return strong
     weak = (score > t_low) & ~pen
-    labels, _ = ndimage.label(weak, structure=np.ones((3, 3), bool))
-    keep = np.zeros(int(labels.max()) + 1, bool)
+    labels, n = label(weak, connectivity=8)
+    keep = np.zeros(n + 1, bool)
     keep[np.unique(labels[strong])] = True
     keep[0] = False
     return keep[labels]
@@ -183,20 +182,30 @@ def close_cross(mask: np.ndarray) -> np.ndarray:
     return e[1:-1, 1:-1]
 
 
-def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """``ndimage.label`` into int16 labels when they fit (a third less time on a large mask), else int32."""
-    from scipy import ndimage
+def label(mask: np.ndarray, connectivity: Literal[4, 8] = 4) -> tuple[np.ndarray, int]:
+    """The connected pieces of the bool ``mask``, numbered 1..n (0 off the mask): ``(labels, n)``.
 
-    try:
-        out = np.empty(mask.shape, np.int16)
-        n = ndimage.label(mask, structure=structure, output=out)
-    except RuntimeError:  # more pieces than int16 holds
-        out, n = ndimage.label(mask, structure=structure)
-    return out, int(n)
+    ``connectivity``: 4 (edge neighbours, ``ndimage.label``'s default) or 8 (corners too, its
+    ``structure=np.ones((3, 3))``). The labelling is cc3d's (``connected-components-3d``), 2.5x faster than
+    ``ndimage.label`` on a 2,500 x 1,875 mask (7-10 against 20 ms). The pieces are scipy's, numbered 1..n but
+    not always in scipy's order (``tests/wsi/test_tissue_speed_quality.py`` checks it against scipy).
+    """
+    import cc3d
+
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    if mask.size == 0:
+        return np.zeros(mask.shape, np.uint16), 0
+    # as 0/1 uint8, which cc3d labels in its multi-valued mode: its binary mode (bool input) labels some
+    # background pixels at connectivity 8 in cc3d 4.0-4.1.1 (not 3.24), found by the test against scipy
+    data = np.asarray(mask, bool).view(np.uint8)
+    labels, n = cc3d.connected_components(data, connectivity=connectivity, return_N=True)
+    return labels, int(n)
 
 
-#: up to this many holes, :func:`fill_holes` sets each hole's pixels by comparison instead of a lookup
-_FEW_HOLES = 8
+#: up to this many holes (or pieces of background reaching the edge), :func:`fill_holes` finds the pixels to
+#: fill by comparisons instead of a lookup per pixel
+_FEW = 8
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -220,7 +229,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 def _fill_holes_into(mask: np.ndarray) -> None:
     """Fill the holes of ``mask`` in place, labelling all of it (see :func:`fill_holes`)."""
-    labels, n = label(~mask)
+    labels, n = label(~mask)  # 4-connected background, as ndimage.binary_fill_holes
     if n == 0:
         return
     outside = np.zeros(n + 1, bool)
@@ -229,9 +238,16 @@ def _fill_holes_into(mask: np.ndarray) -> None:
     if outside[1:].all():  # no holes
         return
     holes = np.flatnonzero(~outside[1:]) + 1
-    if len(holes) <= _FEW_HOLES:  # a comparison per hole is ~8x cheaper than a lookup per pixel
+    if len(holes) <= _FEW:  # a comparison per hole is ~20x cheaper than a lookup per pixel
         for hole in holes:
             mask |= labels == hole
+        return
+    reach = np.flatnonzero(outside[1:]) + 1
+    if len(reach) <= _FEW:  # many holes but few pieces reaching the edge: everything else is filled
+        fill = labels != 0
+        for piece in reach:
+            fill &= labels != piece
+        mask |= fill
         return
     outside[0] = False
     mask[...] = ~outside[labels]
@@ -267,7 +283,7 @@ def clean(
     tissue &= ~pen
     min_px = min_area_um2 / (mpp * mpp)
     if min_px > 0 and tissue.any():
-        labels, n = ndimage.label(tissue, structure=np.ones((3, 3), bool))
+        labels, n = label(tissue, connectivity=8)
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
         keep = sizes >= min_px
         keep[0] = False

@@ -78,12 +78,13 @@ from ._pen import (
     pen_hint as pen_hint,
 )
 from ._polygons import iter_polygons, mask_contours, ring_area_um2, ring_to_list
-from ._refine import COARSE_FACTOR, MIN_COARSE_SIDE, segment_coarse_to_fine
+from ._refine import COARSE_FACTOR, MIN_COARSE_SIDE, read_coarse, segment_coarse_to_fine
 from ._segment import (
     MORPH_RADIUS_UM as MORPH_RADIUS_UM,
     SCORE_CEILING as SCORE_CEILING,
     SCORE_FLOOR as SCORE_FLOOR,
     SCORE_WEAK_FLOOR as SCORE_WEAK_FLOOR,
+    label,
     segment as _segment,
 )
 
@@ -302,9 +303,7 @@ class TissueMask:
         ``len(contours)`` once they are traced (which leaves out pieces of a pixel or two)."""
         if self.__dict__.get("_contours") is not None:
             return len(self.contours)
-        from scipy import ndimage
-
-        return int(ndimage.label(self.mask, structure=np.ones((3, 3), bool))[1]) if self.mask.any() else 0
+        return label(self.mask, connectivity=8)[1] if self.mask.any() else 0
 
     def __repr__(self) -> str:
         h, w = self.mask.shape
@@ -421,9 +420,11 @@ def detect_tissue(
         )
     level = slide.best_level_for_mpp(eff_mpp)
     pixel_mpp = float(math.sqrt(mask_mpp[0] * mask_mpp[1]))
-    if not darkfield_allowed(allow_darkfield):
-        _refuse_darkfield(slide, (mw, mh), pixel_mpp)
     used = method if min(mw, mh) >= COARSE_FACTOR * MIN_COARSE_SIDE else "full"
+    # the dark-field check looks at the coarse image, which the fast method then analyses: read once
+    coarse = read_coarse(slide, (mw, mh), pixel_mpp) if used == "fast" else None
+    if not darkfield_allowed(allow_darkfield):
+        _refuse_darkfield(slide, (mw, mh), pixel_mpp, None if coarse is None else coarse[0])
     if used == "fast":
         mask, info = segment_coarse_to_fine(
             slide,
@@ -434,6 +435,7 @@ def detect_tissue(
             pen_mode=pen,
             fill_holes=fill_holes,
             threshold=threshold,
+            coarse_image=coarse,
         )
     else:
         rgb = _read_downsampled(slide, level, (mw, mh))
@@ -473,11 +475,17 @@ def detect_tissue(
     return result
 
 
-def _refuse_darkfield(slide: Slide, size: tuple[int, int], mpp: float) -> None:
-    """Raise :class:`UnsupportedSlideError` when the slide's image at the coarse detection resolution (the one
-    ``method="fast"`` reads next, so its tiles are then cached) has a dark background."""
-    coarse = (math.ceil(size[0] / COARSE_FACTOR), math.ceil(size[1] / COARSE_FACTOR))
-    rgb = _read_downsampled(slide, slide.best_level_for_mpp(mpp * COARSE_FACTOR), coarse)
+def _refuse_darkfield(slide: Slide, size: tuple[int, int], mpp: float, coarse: np.ndarray | None) -> None:
+    """Raise :class:`UnsupportedSlideError` when the slide's image at the coarse detection resolution has a dark
+    background. ``coarse``: that image from :func:`._refine.read_coarse` (its pixels over the slide are looked
+    at, not the white past its right and bottom edges), or None to read it here."""
+    k = COARSE_FACTOR
+    if coarse is None:
+        rgb = _read_downsampled(
+            slide, slide.best_level_for_mpp(mpp * k), (math.ceil(size[0] / k), math.ceil(size[1] / k))
+        )
+    else:
+        rgb = coarse[: max(1, size[1] // k), : max(1, size[0] // k)]
     stats = darkfield_stats(rgb)
     if is_darkfield(stats):
         raise UnsupportedSlideError(f"{slide.path.name} {darkfield_refusal(stats)}")

@@ -21,7 +21,7 @@ from slidescope.synthetic._ihc import make_synthetic_ihc_slide
 from slidescope.wsi import _downsample, detect_tissue, make_tile_grid, open_slide
 from slidescope.wsi._grid import _tissue_fraction
 from slidescope.wsi._polygons import mask_contours
-from slidescope.wsi._segment import close_cross, dilate_square, disk, fill_holes
+from slidescope.wsi._segment import close_cross, dilate_square, disk, fill_holes, label
 from slidescope.wsi._tissue import TissueMask
 
 #: the bar of issue 19
@@ -117,20 +117,42 @@ def random_masks(n: int = 60):
 def test_fill_holes_equals_scipy() -> None:
     for m in random_masks():
         assert np.array_equal(fill_holes(m), ndimage.binary_fill_holes(m))
-    # both ways of filling: a comparison per hole (up to _FEW_HOLES holes) and a lookup per pixel
-    from slidescope.wsi._segment import _FEW_HOLES
+    # the three ways of filling: a comparison per hole (up to _FEW holes), a comparison per background piece
+    # reaching the edge (many holes, up to _FEW such pieces) and a lookup per pixel (many of both)
+    from slidescope.wsi._segment import _FEW
 
     rng = np.random.default_rng(0)
-    holes_seen = set()
+    seen = set()
     for _ in range(200):
         m = rng.random((60, 70)) < rng.uniform(0.05, 0.6)
         for mask in (m, ~m):
             filled = fill_holes(mask)
             assert np.array_equal(filled, ndimage.binary_fill_holes(mask))
-            holes_seen.add(int(ndimage.label(filled & ~mask)[1]))
-    assert (
-        min(holes_seen) == 0 and any(0 < h <= _FEW_HOLES for h in holes_seen) and max(holes_seen) > _FEW_HOLES
-    )
+            holes = int(ndimage.label(filled & ~mask)[1])
+            reach = int(ndimage.label(~filled)[1])
+            seen.add(
+                "none" if holes == 0 else "holes" if holes <= _FEW else "reach" if reach <= _FEW else "lookup"
+            )
+    assert seen == {"none", "holes", "reach", "lookup"}
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_label_equals_scipy(connectivity: int) -> None:
+    """cc3d's labelling against scipy's: the same pieces (numbered 1..n, maybe in another order)."""
+    structure = None if connectivity == 4 else np.ones((3, 3), bool)
+    rng = np.random.default_rng(2)
+    masks = [*random_masks(), np.zeros((5, 7), bool), np.ones((4, 3), bool), np.zeros((0, 4), bool)]
+    masks += [rng.random((300, 257)) < p for p in (0.3, 0.55, 0.7)]
+    for m in masks:
+        ours, n = label(m, connectivity=connectivity)
+        ref, n_ref = ndimage.label(m, structure=structure)
+        assert n == n_ref and np.array_equal(ours == 0, ref == 0) and int(ours.max(initial=0)) == n
+        pairs = np.unique(
+            np.stack([ours[m], ref[m]]), axis=1
+        )  # one to one: each piece is one piece of scipy's
+        assert pairs.shape[1] == n
+    with pytest.raises(ValueError, match="4 or 8"):
+        label(masks[0], connectivity=6)
 
 
 def test_close_cross_equals_scipy_closing_of_the_padded_image() -> None:
@@ -164,6 +186,22 @@ def test_tile_fraction_equals_whole_summed_area_table() -> None:
         y1 = np.clip(np.round((coords[:, 1] + ext[1]) / ds[1]).astype(np.int64), y0 + 1, h)
         ref = (sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]) / ((x1 - x0) * (y1 - y0))
         assert np.array_equal(_tissue_fraction(mask, ds, coords, ext), ref.astype(np.float32))
+
+
+def test_band_sums_eight_columns_at_once_equal_reduceat() -> None:
+    """The summed-area table's row bands: tall bands (over 255 rows, summed in parts), widths that are and are
+    not multiples of 8, narrower than 8, against numpy's reduceat in int64."""
+    from slidescope.wsi._grid import _row_band_sums
+
+    rng = np.random.default_rng(3)
+    for h, w in ((1000, 2500), (700, 16), (600, 5), (9, 3), (300, 1)):
+        u = (rng.random((h, w)) < rng.uniform(0.2, 1.0)).view(np.uint8)
+        for starts in (np.arange(0, h, 14), np.array([0, 1, 2, min(h - 1, 520)]), np.array([0])):
+            starts = np.unique(starts)
+            ref = np.add.reduceat(u, starts, axis=0, dtype=np.int64)
+            assert np.array_equal(_row_band_sums(u, starts.astype(np.intp)), ref)
+    full = np.ones((1000, 24), np.uint8)  # a 1,000-row band of ones: 1000 in every column, no byte overflow
+    assert (_row_band_sums(full, np.array([0], np.intp)) == 1000).all()
 
 
 def test_windows_and_extent_of_read_downsampled(cmu_small: Path) -> None:
