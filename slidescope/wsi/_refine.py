@@ -176,16 +176,33 @@ def _read_fine(
     return fine
 
 
-def read_coarse(slide: Slide, size: tuple[int, int], mpp: float) -> tuple[np.ndarray, int]:
-    """The coarse image of step 1, and the level it was read from: ``COARSE_FACTOR`` x ``mpp`` µm/px on a grid
-    whose pixels are exactly ``COARSE_FACTOR`` x ``COARSE_FACTOR`` pixels of the mask grid ``size``, so it may
-    reach past the slide (read as white) by less than one coarse pixel at the right and bottom."""
+def read_coarse(
+    slide: Slide, size: tuple[int, int], mpp: float, level: int
+) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """The coarse image of step 1, the level it was read from, and the mask-resolution image when it was read.
+
+    The coarse image is ``COARSE_FACTOR`` x ``mpp`` µm/px on a grid whose pixels are exactly ``COARSE_FACTOR`` x
+    ``COARSE_FACTOR`` pixels of the mask grid ``size``, so it may reach past the slide (white there) by less
+    than one coarse pixel at the right and bottom. It is read from the coarsest level at least that fine. When
+    that is the mask's own level ``level`` (a single-level file, or a pyramid without a level between 8 and
+    32 µm/px), reading it and then the band would read that level twice: the mask-resolution image is read
+    whole instead, once (what ``method="full"`` reads), the coarse image is the rounded means of its blocks, and the
+    band is cut from it. (Against a direct read, whose Pillow box filter weights pixels unevenly at non-integer
+    ratios: mean 0.12-0.16, at most 2-7 grey levels apart on CMU-1-Small-Region at 8-2 µm/px.) Returns (coarse RGB,
+    coarse level, the mask-resolution image padded to the coarse grid (white) or None)."""
     k = COARSE_FACTOR
     mw, mh = size
     w0, h0 = slide.dimensions
     cw, ch = math.ceil(mw / k), math.ceil(mh / k)
-    level = slide.best_level_for_mpp(mpp * k)
-    return read_downsampled(slide, level, (cw, ch), extent=(cw * k * w0 / mw, ch * k * h0 / mh)), level
+    coarse_level = slide.best_level_for_mpp(mpp * k)
+    if coarse_level != level:
+        extent = (cw * k * w0 / mw, ch * k * h0 / mh)
+        return read_downsampled(slide, coarse_level, (cw, ch), extent=extent), coarse_level, None
+    fine = np.full((ch * k, cw * k, 3), 255, np.uint8)
+    fine[:mh, :mw] = read_downsampled(slide, level, size)
+    sums = fine.reshape(ch, k, cw, k, 3).sum(axis=(1, 3), dtype=np.uint32)
+    coarse = ((sums + (k * k) // 2) // (k * k)).astype(np.uint8)  # the rounded mean of each k x k block
+    return coarse, coarse_level, fine
 
 
 def segment_coarse_to_fine(
@@ -198,12 +215,12 @@ def segment_coarse_to_fine(
     pen_mode: str,
     fill_holes: bool,
     threshold: float | None,
-    coarse_image: tuple[np.ndarray, int] | None = None,
+    coarse_image: tuple[np.ndarray, int, np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The tissue mask of ``slide`` on the grid ``size`` = (mw, mh) at ``mpp`` µm/px, coarse to fine.
 
     ``level`` is the pyramid level the mask resolution is read from; ``coarse_image``: what :func:`read_coarse`
-    gave for the same slide, size and mpp (read here when None). Returns (bool mask (mh, mw), info);
+    gave for the same slide, size, mpp and level (read here when None). Returns (bool mask (mh, mw), info);
     info has the full detector's keys (from the coarse image) and ``coarse_level``, ``coarse_mpp``,
     ``band_fraction`` (share of the mask analysed at its own resolution).
     """
@@ -211,7 +228,7 @@ def segment_coarse_to_fine(
     mw, mh = size
     cw, ch = math.ceil(mw / k), math.ceil(mh / k)
     coarse_mpp = mpp * k
-    rgb, coarse_level = read_coarse(slide, size, mpp) if coarse_image is None else coarse_image
+    rgb, coarse_level, whole = read_coarse(slide, size, mpp, level) if coarse_image is None else coarse_image
     a = analyse(rgb, pen_mode=pen_mode, threshold=threshold, glass_samples=65_536)
     coarse = hysteresis(a.score, a.pen, a.t, a.t_low)
     coarse = clean(coarse, a.pen, mpp=coarse_mpp, min_area_um2=min_area_um2, fill=fill_holes, closing=False)
@@ -226,7 +243,11 @@ def segment_coarse_to_fine(
     tissue = _upsample(coarse, k)
     pen = np.zeros_like(tissue)
     if len(bi):
-        fine = _read_fine(slide, level, size, band, k, a.glass)
+        if whole is None:
+            fine = _read_fine(slide, level, size, band, k, a.glass)
+        else:  # the mask-resolution image was read whole: its padding past the slide as in _read_fine
+            fine = whole
+            fine[mh:] = fine[:, mw:] = np.asarray(np.round(a.glass), np.uint8)
         # the band's mask pixels, (n, k, k, 3): advanced indices on the (ch, k, cw, k, 3) view
         pix = fine.reshape(ch, k, cw, k, 3)[bi, :, bj]
         od = optical_density(pix, a.glass)

@@ -422,7 +422,7 @@ def detect_tissue(
     pixel_mpp = float(math.sqrt(mask_mpp[0] * mask_mpp[1]))
     used = method if min(mw, mh) >= COARSE_FACTOR * MIN_COARSE_SIDE else "full"
     # the dark-field check looks at the coarse image, which the fast method then analyses: read once
-    coarse = read_coarse(slide, (mw, mh), pixel_mpp) if used == "fast" else None
+    coarse = read_coarse(slide, (mw, mh), pixel_mpp, level) if used == "fast" else None
     if not darkfield_allowed(allow_darkfield):
         _refuse_darkfield(slide, (mw, mh), pixel_mpp, None if coarse is None else coarse[0])
     if used == "fast":

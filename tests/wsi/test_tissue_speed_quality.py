@@ -204,6 +204,31 @@ def test_band_sums_eight_columns_at_once_equal_reduceat() -> None:
     assert (_row_band_sums(full, np.array([0], np.intp)) == 1000).all()
 
 
+def test_single_level_slide_is_read_once(cmu_small: Path, monkeypatch) -> None:
+    """CMU-1-Small-Region has one level, so the coarse image and the band come from the same level: it is read
+    whole once at the mask's resolution (not the coarse image, then the band again), the coarse image is its
+    block means, a few grey levels at most from a direct read (Pillow's box filter at non-integer ratios)."""
+    from slidescope.wsi import _refine
+
+    calls = []
+    read = _refine.read_downsampled
+    monkeypatch.setattr(
+        _refine, "read_downsampled", lambda *a, **kw: calls.append((a[1:], kw)) or read(*a, **kw)
+    )
+    slide = open_slide(cmu_small)
+    tm = detect_tissue(slide)
+    mh, mw = tm.mask.shape
+    assert tm.params["method"] == "fast" and calls == [((0, (mw, mh)), {})]
+    mpp = float(np.sqrt(tm.mpp[0] * tm.mpp[1]))
+    coarse, level, whole = _refine.read_coarse(slide, (mw, mh), mpp, 0)
+    assert level == 0 and whole is not None and whole.shape[:2] == (coarse.shape[0] * 4, coarse.shape[1] * 4)
+    w0, h0 = slide.dimensions
+    ch, cw = coarse.shape[:2]
+    direct = read(slide, 0, (cw, ch), extent=(cw * 4 * w0 / mw, ch * 4 * h0 / mh))
+    diff = np.abs(coarse.astype(int) - direct.astype(int))
+    assert diff.mean() < 0.5 and diff.max() <= 8  # measured 0.13 and 2
+
+
 def test_windows_and_extent_of_read_downsampled(cmu_small: Path) -> None:
     slide = open_slide(cmu_small)
     whole = _downsample.read_downsampled(slide, 0, (277, 371))
