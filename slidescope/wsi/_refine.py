@@ -235,9 +235,8 @@ def segment_coarse_to_fine(
 
     band = _band(coarse) | ((a.score < DENSE * a.t) & (coarse | (a.score > FAINT * a.t_low)))
     if a.pen_used == "on":
-        brightest = np.maximum(
-            np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]
-        )  # 20x rgb.max(axis=2)'s speed
+        # the brightest channel, by np.maximum: 20x the speed of rgb.max(axis=2)
+        brightest = np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
         band |= coarse & (brightest < DARK)
     bi, bj = np.nonzero(band)
     tissue = _upsample(coarse, k)
