@@ -215,6 +215,13 @@ class AnalyseWidget(AskMixin, Container):
             value="cpu",
             tooltip="Where the encoder and the model run (cuda: the first NVIDIA GPU).",
         )
+        self.dark_background = CheckBox(
+            text="Dark background",
+            value=False,
+            tooltip="Analyse a brightfield scan whose background is dark. Without it such a slide is refused as "
+            "a fluorescence image stored as RGB, which the encoders are not made for (--allow-darkfield of a "
+            "batch run).",
+        )
         self.run_button = PushButton(text="Analyse")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self._make_result_widgets()
@@ -233,6 +240,7 @@ class AnalyseWidget(AskMixin, Container):
                 *self._few_shot_fields(),
                 self.store,
                 self.device,
+                self.dark_background,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -416,6 +424,7 @@ class AnalyseWidget(AskMixin, Container):
             "weights": str(self.weights.value) if self.weights.value else None,
             "device": self.device.value,
             "slide_mpp": slide_mpp,
+            "allow_darkfield": bool(self.dark_background.value),
         }
         if self.mode.value == MIL:
             model = self.run_folder.value or self.checkpoint.value

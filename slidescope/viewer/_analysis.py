@@ -66,6 +66,9 @@ class AnalysisRequest:
         (see :func:`~slidescope.wsi.detect_tissue`).
     min_tissue, overlap : a tile's minimum tissue fraction and the pixels neighbouring tiles share (the
         schema's defaults, as for a batch run; see :class:`~slidescope.options.TilingOptions`).
+    allow_darkfield : analyse a slide whose background is dark, which tissue detection otherwise refuses as a
+        fluorescence image stored as RGB (``--allow-darkfield`` of a batch run; the widget's "Dark background"
+        box).
     """
 
     slide: Path
@@ -83,6 +86,7 @@ class AnalysisRequest:
     pen: str = TilingOptions.pen
     min_tissue: float = TilingOptions.min_tissue
     overlap: int = TilingOptions.overlap
+    allow_darkfield: bool = TilingOptions.allow_darkfield
 
     @property
     def mode(self) -> str:
@@ -389,7 +393,7 @@ def run_analysis(
     with open_slide(slide_path, slide_mpp=request.slide_mpp) as slide:
         mpp = slide.mpp
         yield Progress("finding the tissue")
-        tissue = detect_tissue(slide, pen=request.pen)
+        tissue = detect_tissue(slide, pen=request.pen, allow_darkfield=request.allow_darkfield)
         result = AnalysisResult(
             slide=slide_path, store=store, mpp=(float(mpp[0]), float(mpp[1])), tissue=tissue
         )

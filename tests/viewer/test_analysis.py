@@ -92,6 +92,43 @@ def test_bad_inputs_raise_slidescope_errors_that_say_what_to_do(
         drive(AnalysisRequest(slide=real_file("fixtures/not-a-tiff.svs"), checkpoint=checkpoint))
 
 
+def _dark_slide(path: Path) -> Path:
+    """A small fluorescence-like slide stored as 8-bit RGB (near-black field, blue nuclei): a JPEG pyramid."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 12, (1024, 1024, 3)).astype(np.uint8)
+    for cy, cx in rng.integers(200, 824, (150, 2)):
+        rgb[cy - 6 : cy + 6, cx - 6 : cx + 6, 2] = 220
+    desc = "Aperio Image Library v12.0.0\r\n1024x1024 [0,0 1024x1024] (256x256) JPEG/RGB Q=90|MPP = 0.5"
+    with tifffile.TiffWriter(path) as tw:
+        for level in range(3):
+            img = rgb[:: 2**level, :: 2**level]
+            tw.write(
+                img,
+                photometric="rgb",
+                tile=(256, 256),
+                compression="jpeg",
+                description=desc if not level else None,
+                metadata=None,
+            )
+    return path
+
+
+def test_dark_background_refused_unless_the_box_is_ticked(tmp_path: Path, checkpoint: Path) -> None:
+    """The widget's "Dark background" box is the viewer's --allow-darkfield: a slide that tissue detection
+    refuses as fluorescence stored as RGB is analysed with it."""
+    from slidescope.errors import UnsupportedSlideError
+
+    slide = _dark_slide(tmp_path / "dark.svs")
+    with pytest.raises(UnsupportedSlideError, match="fluorescence image stored as 8-bit RGB"):
+        drive(AnalysisRequest(slide=slide, checkpoint=checkpoint, store=tmp_path / "stores"))
+    _, result = drive(
+        AnalysisRequest(slide=slide, checkpoint=checkpoint, store=tmp_path / "stores", allow_darkfield=True)
+    )
+    assert result.tissue is not None and result.tissue.mask.any() and result.scores
+
+
 def test_cancel_stops_extraction_between_batches_and_the_next_run_finishes(
     checkpoint: Path, sample_copy: Path, tmp_path: Path
 ) -> None:

@@ -45,6 +45,11 @@ def test_a_slide_without_pixel_size_is_analysed_at_the_entered_one(
 
     widget.pixel_size.value = 0.5
     assert widget.pixel_size.native.text() == "0.5000"
+    # the "Dark background" box is the request's allow_darkfield (off by default)
+    assert widget.request().allow_darkfield is False
+    widget.dark_background.value = True
+    assert widget.request().allow_darkfield is True
+    widget.dark_background.value = False
     widget.start()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: widget.encoders_listed, timeout=WAIT_MS)
