@@ -209,21 +209,7 @@ class AnalyseWidget(AskMixin, Container):
             nullable=True,
             tooltip="Folder of embedding stores (empty: slidescope's cache folder).",
         )
-        self.device = ComboBox(
-            label="Device",
-            choices=["cpu", "cuda"],
-            value="cpu",
-            tooltip="Where the encoder and the model run (cuda: the first NVIDIA GPU).",
-        )
-        self.dark_background = CheckBox(
-            text="Dark background",
-            value=False,
-            tooltip="Analyse a brightfield scan whose background is dark. Without it such a slide is refused as "
-            "a fluorescence image stored as RGB, which the encoders are not made for (--allow-darkfield of a "
-            "batch run).",
-        )
-        self.run_button = PushButton(text="Analyse")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self._make_run_widgets()
         self._make_result_widgets()
         self.extend(
             [
@@ -269,6 +255,24 @@ class AnalyseWidget(AskMixin, Container):
         self._on_mode(self.mode.value)
         self._on_layers_changed()
         self.encoders_worker = self._load_encoder_names()
+
+    def _make_run_widgets(self) -> None:
+        """The widgets of the run itself: device, dark-background switch, Analyse and Cancel."""
+        self.device = ComboBox(
+            label="Device",
+            choices=["cpu", "cuda"],
+            value="cpu",
+            tooltip="Where the encoder and the model run (cuda: the first NVIDIA GPU).",
+        )
+        self.dark_background = CheckBox(
+            text="Dark background",
+            value=False,
+            tooltip="Analyse a brightfield scan whose background is dark. Without it such a slide is refused as "
+            "a fluorescence image stored as RGB, which the encoders are not made for (--allow-darkfield of a "
+            "batch run).",
+        )
+        self.run_button = PushButton(text="Analyse")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
 
     def _make_result_widgets(self) -> None:
         """The widgets below the run: progress, status, summary, legend, tile grid, similarity clicks, top
