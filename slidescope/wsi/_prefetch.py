@@ -10,7 +10,7 @@ needs, and how many grid tiles need each file tile, is known in advance (the *pl
   tiles still awaited (about one row of file tiles across the slide: 30 MB for a 40,000 px wide slide of
   256 px tiles) and never more than ``budget`` bytes: past it the least recently used tile still awaited is
   dropped and decoded again when needed (a slide wider than ~340,000 px of 256 px tiles at 96 MiB).
-* **threads**: libjpeg-turbo (through imagecodecs) and Pillow's resize release the GIL, so each grid tile
+* **threads**: libjpeg-turbo (through imagecodecs) and the resize (OpenCV, Pillow) release the GIL, so each grid tile
   (its file tiles' decode, the cut and the resize) is made in a small thread pool, a bounded window of
   tiles ahead of the consumer, and handed out in order. Two threads that need the same file tile share
   one decode (the second waits for the first).
@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from ._resize import block_mean
 from ._tiff import TiffTileSource
 
 __all__ = ["default_read_threads", "stream_tiles"]
@@ -68,7 +69,7 @@ def stream_tiles(
     Parts of a region outside the level are white (``edge="pad"`` grids). ``finish`` (the resize) runs
     in the decode threads.
 
-    ``reduce=(kx, ky)``: ``finish`` is Pillow's ``reduce((kx, ky))`` (an exact block mean, whole factors).
+    ``reduce=(kx, ky)``: ``finish`` is :func:`~._resize.block_mean` (an exact block mean, whole factors).
     A region inside the level whose origin is a multiple of the factors (and the file tiles too) is then
     made from file tiles each reduced once, in the decode threads, right after decoding: the same blocks,
     so the same pixels as reducing the assembled region (each output pixel is the rounded mean of the same
@@ -191,15 +192,9 @@ class _Plan:
         tx, ty, r = key
         if not r:
             return self.source.decode(self.level, tx, ty)
-        from PIL import Image
-
-        tile = self.source.decode(self.level, tx, ty, rgbx=True)
-        if tile.shape[2] == 4:  # RGBX: Pillow takes it as it is and packs the result to RGB once
-            img = Image.frombuffer("RGBX", (self.tw, self.th), tile, "raw", "RGBX", 0, 1).reduce(
-                (self.kx, self.ky)
-            )
-            return np.frombuffer(img.tobytes("raw", "RGB"), np.uint8).reshape(img.height, img.width, 3)
-        return np.asarray(Image.fromarray(np.ascontiguousarray(tile)).reduce((self.kx, self.ky)))
+        # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out)
+        tile = self.source.decode(self.level, tx, ty, rgbx=(self.kx, self.ky) != (2, 2))
+        return block_mean(tile, self.kx, self.ky)
 
     def region(self, i: int, decoded: list[tuple[Future, int]]) -> np.ndarray:
         """Region ``i`` cut out of its decoded file tiles (reduced regions at the reduced scale)."""

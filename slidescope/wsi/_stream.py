@@ -174,7 +174,7 @@ def _direct(
         (rw, rh),
         None if (rw, rh) == (size, size) else (lambda tile: _resize(tile, size)),
         threads=default_read_threads() if threads is None else int(threads),
-        # whole shrink factors are Pillow's reduce in _resize, which the file tiles can take before assembly
+        # whole shrink factors are _resize.block_mean, which the file tiles can take before assembly
         reduce=(rw // size, rh // size)
         if rw > size and rh > size and rw % size == 0 and rh % size == 0
         else None,

@@ -23,7 +23,7 @@ from test_grid import mask_of
 from slidescope.errors import InvalidParameterError
 from slidescope.features.store import SlideStore, open_store
 from slidescope.wsi import detect_tissue, make_tile_grid, open_slide
-from slidescope.wsi._resize import area_weights, resize_tile
+from slidescope.wsi._resize import area_weights, block_mean, resize_tile
 from slidescope.wsi._stream import iter_tiles, read_tile
 
 GOLDEN = Path(__file__).parents[1] / "golden"
@@ -246,3 +246,48 @@ def test_pad_loses_no_tissue_at_the_edges(slide_name, request) -> None:
     drop = make_tile_grid(slide, tile_size=224, mpp=0.5, mask=mask, min_tissue=1e-6)
     assert lost_tissue(mask, pad) == 0.0
     assert lost_tissue(mask, drop) > 0.01
+
+
+@pytest.mark.parametrize("channels", [0, 3, 4])
+@pytest.mark.parametrize(("kx", "ky"), [(2, 2), (3, 3), (4, 4), (2, 4), (3, 2)])
+def test_block_mean_is_the_rounded_block_mean(kx, ky, channels) -> None:
+    """block_mean against integer arithmetic, (sum + n // 2) // n per block, and Pillow's reduce (RGBX: the
+    padding byte dropped). 2 x 2 goes through OpenCV: exactly both. Other factors are Pillow's, which differs
+    from the exact rounding by at most 1 grey level (its fixed-point division)."""
+    rng = np.random.default_rng(kx * 10 + ky + channels)
+    for trial in range(12):
+        h, w = ky * int(rng.integers(1, 70)), kx * int(rng.integers(1, 70))
+        shape = (h, w) if channels == 0 else (h, w, channels)
+        tile = rng.integers(0, 256, shape, dtype=np.uint8)
+        if trial % 2:  # few levels: many blocks whose sum is a tie
+            tile = (tile // 64 * 64).astype(np.uint8)
+        if channels == 4:
+            tile[..., 3] = 255
+        rgb = tile[..., :3] if channels == 4 else tile
+        blocks = rgb.reshape(h // ky, ky, w // kx, kx, *rgb.shape[2:]).astype(np.int64).sum(axis=(1, 3))
+        exact = (blocks + kx * ky // 2) // (kx * ky)
+        pillow = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce((kx, ky)))
+        got = block_mean(tile, kx, ky)
+        assert got.dtype == np.uint8 and got.shape == exact.shape and got.flags.c_contiguous
+        assert np.array_equal(got, pillow)
+        if (kx, ky) == (2, 2):
+            assert np.array_equal(got, exact)
+        else:
+            assert np.abs(got.astype(int) - exact).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "out"), [((443, 901, 3), (224, 455)), ((700, 313), (331, 150)), ((1000, 1000, 4), (256, 256))]
+)
+def test_area_resize_large_non_square(shape, out) -> None:
+    """The banded products (split into small ones, spread over interleaved channels) against the dense
+    float64 products of the area weights: the nearest integer to the exact mean, on tiles large enough for
+    every split, non-square, grey and 4 channels."""
+    rng = np.random.default_rng(len(shape) + shape[0])
+    tile = rng.integers(0, 256, shape, dtype=np.uint8)
+    wy, wx = area_weights(shape[0], out[0]), area_weights(shape[1], out[1])
+    rows = np.tensordot(wy, tile.astype(np.float64), axes=(1, 0))  # (out h, w, ...)
+    exact = np.moveaxis(np.tensordot(wx, rows, axes=(1, 1)), 0, 1)  # (out h, out w, ...)
+    ours = resize_tile(tile, out[1], out[0])
+    assert ours.shape == exact.shape and ours.dtype == np.uint8
+    assert np.abs(ours - exact).max() <= 0.5 + 1e-3
