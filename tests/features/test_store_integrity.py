@@ -261,6 +261,26 @@ def test_encoders_at_other_tile_sizes_share_one_store(extracted, slide_file, tin
     assert _extract(slide_file, other, tmp_path / "stores", tile_size=128).status == "reused"
 
 
+def test_open_takes_the_newest_tiling_within_one_second(
+    extracted, slide_file, tiny_encoder, tmp_path
+) -> None:
+    """Without an encoder, ``open_store`` reads the most recently updated tiling. The stamps are to the
+    microsecond: at seconds, two extractions finishing within one second tied, and the tie went to the first
+    key in sorted order (seen in CI on test_segmenters' two quick extractions)."""
+    from slidescope.features.store._keys import _now
+
+    stamps = [_now() for _ in range(3)]
+    assert all("." in t for t in stamps) and stamps == sorted(stamps)
+    assert stamps[0][:19] + "+00:00" < stamps[0]  # a seconds-only stamp of the same second sorts first
+    other = tiny_encoder(dim=8, seed=1)
+    other.config = dataclasses.replace(other.config, name="tiny-b", tile_size=128)
+    res = _extract(slide_file, other, tmp_path / "stores", tile_size=128)
+    newest = open_store(res.store)
+    assert len(newest.tilings()) == 2 and newest.tile_extent == (128, 128)
+    older = open_store(res.store, encoder=ENC)
+    assert older.attrs["updated"] < newest.attrs["updated"]
+
+
 def test_schema_1_store_is_read_and_rewritten(slide_file, tiny_encoder, tmp_path) -> None:
     """A store of the layout before tilings (schema 1) is still read; extraction rewrites it in schema 2."""
     from slidescope.features.store import slide_fingerprint

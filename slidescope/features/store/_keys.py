@@ -15,7 +15,11 @@ from ..._location import join as _join
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    """UTC now, ISO 8601 to the microsecond: ``open`` takes the most recently updated of several tilings, and
+    two extractions of a small slide can finish within one second (at seconds, the tie went to the first key
+    in sorted order, not to the newer tiling). The strings still sort in time order against older stores'
+    second-resolution ones (same prefix, and ``+`` sorts before ``.``)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 def _package_version() -> str:
