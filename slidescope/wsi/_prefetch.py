@@ -194,7 +194,7 @@ class _Plan:
             return self.source.decode(self.level, tx, ty)
         # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out)
         tile = self.source.decode(self.level, tx, ty, rgbx=(self.kx, self.ky) != (2, 2))
-        return block_mean(tile, self.kx, self.ky)
+        return block_mean(tile, self.kx, self.ky, rgbx=tile.shape[2] == 4)
 
     def region(self, i: int, decoded: list[tuple[Future, int]]) -> np.ndarray:
         """Region ``i`` cut out of its decoded file tiles (reduced regions at the reduced scale)."""

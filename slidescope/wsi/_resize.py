@@ -103,16 +103,17 @@ def _area_resize(tile: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.rint(out).astype(np.uint8)  # weights sum to 1: the values stay within 0..255
 
 
-def block_mean(tile: np.ndarray, kx: int, ky: int) -> np.ndarray:
-    """The rounded mean of each ``kx x ky`` block of the uint8 ``tile``, ``(h // ky, w // kx[, 3])``.
+def block_mean(tile: np.ndarray, kx: int, ky: int, *, rgbx: bool = False) -> np.ndarray:
+    """The rounded mean of each ``kx x ky`` block of the uint8 ``tile``, ``(h // ky, w // kx[, c])``.
 
-    ``tile`` is ``(h, w)`` grey, ``(h, w, 3)`` RGB or ``(h, w, 4)`` RGBX (libjpeg-turbo's RGBX output,
-    taken by Pillow as it is; the result is RGB); ``h`` and ``w`` are multiples of the factors. 2 x 2 is
+    ``tile`` is ``(h, w)`` grey or ``(h, w, c)``; ``h`` and ``w`` are multiples of the factors. ``rgbx``:
+    ``tile`` is ``(h, w, 4)`` RGBX (libjpeg-turbo's RGBX output, taken by Pillow as it is) and the result is
+    RGB, the padding byte dropped; otherwise every channel is kept. 2 x 2 is
     OpenCV's ``INTER_AREA`` (same pixels as Pillow's ``reduce``, in SIMD; outputs of up to 256 x 256 px
     run in the calling thread, larger ones in OpenCV's own thread pool), other factors Pillow's ``reduce``.
     """
     h, w = tile.shape[:2]
-    rgbx = tile.ndim == 3 and tile.shape[2] == 4
+    rgbx = rgbx and tile.ndim == 3 and tile.shape[2] == 4
     if (kx, ky) == (2, 2):
         import cv2
 
