@@ -150,6 +150,8 @@ class _Plan:
         self.tx0, self.ty0 = np.maximum(xy[:, 0], 0) // tw, np.maximum(xy[:, 1], 0) // th
         self.tx1 = (np.minimum(xy[:, 0] + w, lw) - 1) // tw
         self.ty1 = (np.minimum(xy[:, 1] + h, lh) - 1) // th
+        apart = (xy[:, 0] >= lw) | (xy[:, 1] >= lh) | (xy[:, 0] + w <= 0) | (xy[:, 1] + h <= 0)
+        self.tx1[apart] = self.tx0[apart] - 1  # no file tile for a region that misses the level
         self.inside = (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] + w <= lw) & (xy[:, 1] + h <= lh)
         self.kx, self.ky = reduce or (1, 1)
         self.reduced = np.zeros(len(xy), bool)
@@ -174,6 +176,7 @@ class _Plan:
             )
         ]
         self.uses: dict[Key, int] = {}
+        self._pieces: dict[tuple[bool, int, int], list] = {}
         for keys in self.keys_of:
             for key in keys:
                 self.uses[key] = self.uses.get(key, 0) + 1
@@ -198,26 +201,55 @@ class _Plan:
 
     def region(self, i: int, decoded: list[tuple[Future, int]]) -> np.ndarray:
         """Region ``i`` cut out of its decoded file tiles (reduced regions at the reduced scale)."""
-        fx, fy = (self.kx, self.ky) if self.reduced[i] else (1, 1)
+        r = bool(self.reduced[i])
+        fx, fy = (self.kx, self.ky) if r else (1, 1)
         x, y, rw, rh = int(self.xy[i, 0]) // fx, int(self.xy[i, 1]) // fy, self.w // fx, self.h // fy
         sw, sh = self.tw // fx, self.th // fy
-        bw, bh = self.lw // fx, self.lh // fy
         a, b, c, d = int(self.tx0[i]), int(self.ty0[i]), int(self.tx1[i]), int(self.ty1[i])
-        if self.inside[i] and len(decoded) == 1:  # inside one file tile: a view of it
+        if self.inside[i]:
             ox, oy = x - a * sw, y - b * sh
-            return _tile_of(decoded[0])[oy : oy + rh, ox : ox + rw]
-        out = np.empty((rh, rw, 3), np.uint8) if self.inside[i] else np.full((rh, rw, 3), 255, np.uint8)
-        k = 0
-        for ty in range(b, d + 1):
-            sy0, sy1 = max(y, ty * sh), min(y + rh, (ty + 1) * sh, bh)
-            for tx in range(a, c + 1):
-                sx0, sx1 = max(x, tx * sw), min(x + rw, (tx + 1) * sw, bw)
-                tile = _tile_of(decoded[k])
-                k += 1
-                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[
-                    sy0 - ty * sh : sy1 - ty * sh, sx0 - tx * sw : sx1 - tx * sw
-                ]
+            if len(decoded) == 1:  # inside one file tile: a view of it
+                return _tile_of(decoded[0])[oy : oy + rh, ox : ox + rw]
+            # a region inside the level is cut the same way as every other at the same offset in its
+            # first file tile (a regular grid has a handful of offsets): the slices are made once
+            pieces = self._pieces.get((r, ox, oy))
+            if pieces is None:
+                pieces = self._pieces[(r, ox, oy)] = _pieces(
+                    ox, oy, rw, rh, sw, sh, sw * (c - a + 1), sh * (d - b + 1)
+                )
+            out = np.empty((rh, rw, 3), np.uint8)
+            for k, dst, src in pieces:
+                out[dst] = _tile_of(decoded[k])[src]
+            return out
+        out = np.full((rh, rw, 3), 255, np.uint8)  # partly outside the level: white there
+        pieces = _pieces(
+            x - a * sw, y - b * sh, rw, rh, sw, sh, self.lw // fx - a * sw, self.lh // fy - b * sh
+        )
+        for k, dst, src in pieces:
+            out[dst] = _tile_of(decoded[k])[src]
         return out
+
+
+def _pieces(
+    x: int, y: int, rw: int, rh: int, sw: int, sh: int, bw: int, bh: int
+) -> list[tuple[int, tuple[slice, slice], tuple[slice, slice]]]:
+    """How to cut a ``rw x rh`` region at ``(x, y)`` from ``sw x sh`` tiles laid out from the origin (the
+    part inside ``[0, bw) x [0, bh)``): per tile touched, row by row, its index in that order, the
+    region's slices and the tile's."""
+    pieces: list[tuple[int, tuple[slice, slice], tuple[slice, slice]]] = []
+    if x >= bw or y >= bh or x + rw <= 0 or y + rh <= 0:  # misses the level: no file tile
+        return pieces
+    k = 0
+    for ty in range(max(y, 0) // sh, (min(y + rh, bh) - 1) // sh + 1):
+        sy0, sy1 = max(y, ty * sh), min(y + rh, (ty + 1) * sh, bh)
+        for tx in range(max(x, 0) // sw, (min(x + rw, bw) - 1) // sw + 1):
+            sx0, sx1 = max(x, tx * sw), min(x + rw, (tx + 1) * sw, bw)
+            dst = (slice(sy0 - y, sy1 - y), slice(sx0 - x, sx1 - x))
+            pieces.append(
+                (k, dst, (slice(sy0 - ty * sh, sy1 - ty * sh), slice(sx0 - tx * sw, sx1 - tx * sw)))
+            )
+            k += 1
+    return pieces
 
 
 def _tile_of(ref: tuple[Future, int]) -> np.ndarray:

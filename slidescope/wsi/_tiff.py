@@ -59,6 +59,10 @@ _APERIO_JP2K = (33003, 33005)
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 #: what libjpeg puts in the blocks it has no data for: all coefficients zero, i.e. mid-grey
 _JPEG_FILL = 128
+#: a last 8 x 8 RGB block of nothing but that fill, as bytes (compared faster than an array)
+_JPEG_FILL_BLOCK = bytes([_JPEG_FILL]) * (8 * 8 * 3)
+#: the header (SOI up to the end of the start-of-scan segment) of the last JPEG tile found well-formed
+_LAST_HEADER = b""
 
 
 def jpeg_damage(data: bytes) -> str | None:
@@ -75,18 +79,15 @@ def jpeg_damage(data: bytes) -> str | None:
         return "no JPEG start-of-image marker"
     if data[end - 2 : end] != b"\xff\xd9":
         return "no end-of-image marker (truncated data)"
-    i = 2
-    while True:  # marker segments up to the start of scan
-        if i + 4 > end or data[i] != 0xFF:
+    global _LAST_HEADER
+    header = _LAST_HEADER  # the tiles of one file mostly share their header: walked once
+    if header and end >= len(header) + 2 and data.startswith(header):
+        i = len(header)
+    else:
+        i = _walk_header(data, end)
+        if i < 0:
             return "malformed JPEG header"
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        i += 2 + length
-        if marker == 0xDA:
-            break
+        _LAST_HEADER = data[:i]
     found = _MARKER.search(data, i, end)
     if found is not None and found.start() != end - 2:
         return (
@@ -94,6 +95,23 @@ def jpeg_damage(data: bytes) -> str | None:
             "(premature end of data segment)"
         )
     return None
+
+
+def _walk_header(data: bytes, end: int) -> int:
+    """Where the entropy-coded data starts (just past the start-of-scan segment), -1 when the marker
+    segments before it are malformed."""
+    i = 2
+    while True:  # marker segments up to the start of scan
+        if i + 4 > end or data[i] != 0xFF:
+            return -1
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        i += 2 + length
+        if marker == 0xDA:
+            return i
 
 
 #: what follows a refusal of a non-RGB image that may be a brightfield scan stored otherwise
@@ -225,9 +243,9 @@ class _Level:
         if self.is_jpeg:  # the JPEG colour spaces tifffile's own decode uses for this page
             from tifffile.tifffile import jpeg_decode_colorspace
 
-            self.colorspace = jpeg_decode_colorspace(
+            self.colorspace, self.outcolorspace = jpeg_decode_colorspace(
                 page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
-            )[0]
+            )[:2]
 
     def problem(self) -> str | None:
         """Why this level cannot be read directly (None when it can)."""
@@ -365,11 +383,16 @@ class TiffTileSource:
         damage = jpeg_damage(data) if lv.is_jpeg else None
         if damage is None:
             try:
-                if rgbx and lv.is_jpeg:
+                if lv.is_jpeg:  # what tifffile's decode calls, without its wrapper (3 us of 230 a tile)
                     import imagecodecs
 
-                    decoded = imagecodecs.jpeg8_decode(
-                        data, tables=lv.jpegtables, colorspace=lv.colorspace, outcolorspace="RGBA"
+                    decoded = imagecodecs.jpeg_decode(
+                        data,
+                        bitspersample=8,
+                        tables=lv.jpegtables,
+                        colorspace=lv.colorspace,
+                        outcolorspace="RGBA" if rgbx else lv.outcolorspace,
+                        shape=(lv.th, lv.tw),
                     )
                 else:
                     decoded = lv.decode(data, index, jpegtables=lv.jpegtables)[0]
@@ -381,7 +404,7 @@ class TiffTileSource:
                 else:
                     tile = np.asarray(decoded).reshape(lv.th, lv.tw, -1)
                     tile = tile if rgbx and tile.shape[2] == 4 else tile[..., :3]
-                    if not (lv.is_jpeg and bool((tile[-8:, -8:, :3] == _JPEG_FILL).all())):
+                    if not (lv.is_jpeg and tile[-8:, -8:, :3].tobytes() == _JPEG_FILL_BLOCK):
                         return tile
                     damage = "its last block is the JPEG decoder's grey fill for missing data"
         with self._lock:

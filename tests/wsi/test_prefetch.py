@@ -156,18 +156,64 @@ def test_default_threads_share_the_cpus() -> None:
 
 
 def test_rgbx_decode_is_the_same_rgb_on_an_aperio_file(opened, cmu_small) -> None:
-    """The halving path decodes JPEG tiles to RGBX itself (imagecodecs directly, with tifffile's colour spaces):
-    on CMU-1-Small-Region (Aperio: abbreviated JPEG streams with shared tables, RGB colour space) every file
-    tile's RGB equals tifffile's own decode."""
+    """The direct reader calls imagecodecs itself (with tifffile's colour spaces), for RGB and for RGBX: on
+    CMU-1-Small-Region (Aperio: abbreviated JPEG streams with shared tables, RGB colour space) every file
+    tile equals tifffile's own decode of the same bytes."""
+    import tifffile
+
     slide = opened(cmu_small)
     source = slide.tile_source()
     tw, th = source.tile_shape(0)
     lw, lh = source.level_size(0)
-    for ty in range(-(-lh // th)):
-        for tx in range(-(-lw // tw)):
-            rgbx = source.decode(0, tx, ty, rgbx=True)
-            assert rgbx.shape == (th, tw, 4)
-            assert np.array_equal(rgbx[..., :3], source.decode(0, tx, ty))
+    with tifffile.TiffFile(cmu_small) as tif:
+        page = tif.pages[0]
+        for ty in range(-(-lh // th)):
+            for tx in range(-(-lw // tw)):
+                index = ty * (-(-lw // tw)) + tx
+                tif.filehandle.seek(page.dataoffsets[index])
+                data = tif.filehandle.read(page.databytecounts[index])
+                theirs = page.decode(data, index, jpegtables=page.jpegtables)[0].reshape(th, tw, 3)
+                rgbx = source.decode(0, tx, ty, rgbx=True)
+                assert rgbx.shape == (th, tw, 4)
+                assert np.array_equal(rgbx[..., :3], theirs)
+                assert np.array_equal(source.decode(0, tx, ty), theirs)
+
+
+@pytest.mark.parametrize("reduce", [None, (2, 2)])
+def test_regions_anywhere_equal_the_white_padded_level(opened, pyramid, reduce) -> None:
+    """Regions inside, across, partly and wholly outside the level (negative origins too), cut from the
+    file tiles (and halved, where the region allows): each equals the level read whole, padded with white."""
+    from slidescope.wsi._resize import block_mean
+
+    slide = opened(pyramid(1000, 700, mpp=0.25, levels=1))
+    source = slide.tile_source()
+    lw, lh = source.level_size(0)
+    tw, th = source.tile_shape(0)
+    pad = 600
+    level = np.full((lh + 2 * pad, lw + 2 * pad, 3), 255, np.uint8)
+    level[pad : pad + lh, pad : pad + lw] = source.read(0, 0, 0, lw, lh)
+    xy = np.array(
+        [
+            [0, 0],
+            [tw - 10, th - 6],
+            [2 * tw, th],
+            [lw - 300, lh - 300],
+            [-50, 40],
+            [lw - 100, lh - 20],
+            [-400, -400],
+            [lw + 10, 0],
+            [lw - 2 * tw - 2, 2],
+            [3, 5],
+        ]  # fmt: skip
+    )
+    for threads in (1, 2):
+        got = list(stream_tiles(source, 0, xy, (300, 300), None, threads=threads, reduce=reduce))
+        for (x, y), tile in zip(xy, got, strict=True):
+            want = level[pad + y : pad + y + 300, pad + x : pad + x + 300]
+            inside_even = 0 <= x and 0 <= y and x + 300 <= lw and y + 300 <= lh and x % 2 == y % 2 == 0
+            if reduce is not None and inside_even:  # cut from halved file tiles
+                want = block_mean(want, 2, 2)
+            assert np.array_equal(tile, want), (x, y)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -108,6 +108,23 @@ def test_jpeg_damage_on_real_tile_bytes() -> None:
     assert "premature end of data segment" in _tiff.jpeg_damage(cut)
 
 
+def test_jpeg_damage_with_the_header_of_the_last_tile_remembered() -> None:
+    """The header walk is skipped for a tile that starts with the last well-formed header: the checks
+    after it still run, and a different or malformed header is still walked."""
+    offset, count = tile_bytes_location(SAMPLE, 0, 5, 5)
+    data = SAMPLE.read_bytes()[offset : offset + count]
+    sos = data.find(b"\xff\xda")
+    assert _tiff.jpeg_damage(data) is None
+    assert _tiff._LAST_HEADER and data.startswith(_tiff._LAST_HEADER)
+    mid = sos + (count - sos) // 2
+    assert "premature" in _tiff.jpeg_damage(data[:mid] + b"\xff\xc4" + data[mid + 2 :])  # same header
+    assert "truncated" in _tiff.jpeg_damage(data[: sos + 8])
+    assert "malformed" in _tiff.jpeg_damage(b"\xff\xd8\x00\x00" + data[4:])
+    # a header that only begins like the remembered one: walked, and found short
+    assert "malformed" in _tiff.jpeg_damage(data[: sos - 4] + b"\xff\xd9")
+    assert _tiff.jpeg_damage(data) is None
+
+
 def test_extract_does_not_complete_a_store_from_a_corrupt_tile(tmp_path: Path, sample_grid) -> None:
     from slidescope.features import open_store
     from slidescope.features.extract import extract_slides
