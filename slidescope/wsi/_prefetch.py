@@ -205,26 +205,20 @@ class _Plan:
         fx, fy = (self.kx, self.ky) if r else (1, 1)
         x, y, rw, rh = int(self.xy[i, 0]) // fx, int(self.xy[i, 1]) // fy, self.w // fx, self.h // fy
         sw, sh = self.tw // fx, self.th // fy
-        a, b, c, d = int(self.tx0[i]), int(self.ty0[i]), int(self.tx1[i]), int(self.ty1[i])
-        if self.inside[i]:
-            ox, oy = x - a * sw, y - b * sh
-            if len(decoded) == 1:  # inside one file tile: a view of it
-                return _tile_of(decoded[0])[oy : oy + rh, ox : ox + rw]
-            # a region inside the level is cut the same way as every other at the same offset in its
-            # first file tile (a regular grid has a handful of offsets): the slices are made once
-            pieces = self._pieces.get((r, ox, oy))
-            if pieces is None:
-                pieces = self._pieces[(r, ox, oy)] = _pieces(
-                    ox, oy, rw, rh, sw, sh, sw * (c - a + 1), sh * (d - b + 1)
-                )
-            out = np.empty((rh, rw, 3), np.uint8)
-            for k, dst, src in pieces:
-                out[dst] = _tile_of(decoded[k])[src]
-            return out
-        out = np.full((rh, rw, 3), 255, np.uint8)  # partly outside the level: white there
-        pieces = _pieces(
-            x - a * sw, y - b * sh, rw, rh, sw, sh, self.lw // fx - a * sw, self.lh // fy - b * sh
-        )
+        a, b = int(self.tx0[i]), int(self.ty0[i])
+        inside = bool(self.inside[i])
+        ox, oy = x - a * sw, y - b * sh  # the region's origin in its first file tile (negative: outside)
+        if inside and len(decoded) == 1:  # inside one file tile: a view of it
+            return _tile_of(decoded[0])[oy : oy + rh, ox : ox + rw]
+        # a region inside the level is cut the same way as every other at the same offset in its first file
+        # tile (a regular grid has a handful of offsets): its slices are made once
+        pieces = self._pieces.get((r, ox, oy)) if inside else None
+        if pieces is None:
+            pieces = _pieces(ox, oy, rw, rh, sw, sh, self.lw // fx - a * sw, self.lh // fy - b * sh)
+            if inside:
+                self._pieces[(r, ox, oy)] = pieces
+        # outside the level the region is white
+        out = np.empty((rh, rw, 3), np.uint8) if inside else np.full((rh, rw, 3), 255, np.uint8)
         for k, dst, src in pieces:
             out[dst] = _tile_of(decoded[k])[src]
         return out
