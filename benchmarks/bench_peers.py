@@ -14,7 +14,9 @@ Cases (the tissue tiles of our grid on each slide, read in our block order by ev
     40x: real 40x scans are rarely exactly 0.25): read 443 px, area-average to 224 at a ratio of 1.98;
   * ``CMU small``: 224 px at the scan's mpp from the real CMU-1-Small-Region.svs (57 tiles).
 
-Arms, each in a fresh process per round, 1 pass over the tiles, interleaved rounds, medians:
+Arms, each in a fresh process per round, 1 pass over the tiles, interleaved rounds, medians (a case of fewer than
+:data:`SMALL_CASE` tiles, CMU small, takes :data:`SMALL_ROUNDS` times the rounds: one pass of 57 tiles lasts
+~30 ms, and a scheduling hiccup in it moved the best peer from 640 to 1,845 tiles/s between runs):
   * ``ours``: ``iter_tiles`` with its default decode threads (the process's CPUs, at most 4), and ``ours 1 thread``;
   * ``openslide``: a plain ``OpenSlide.read_region`` loop;
   * ``cucim+cache``: ``CuImage.read_region`` per tile with a 256 MiB per-process tile cache;
@@ -55,6 +57,8 @@ sys.path.insert(0, str(HERE))
 from bench_wsi import CACHE, shared_slide, synthetic  # noqa: E402
 
 PEERS = ("openslide", "cucim+cache", "cucim batch", "fastslide+cache")
+#: a case with fewer tiles than this is timed in SMALL_ROUNDS times the rounds (each pass is too short to time once)
+SMALL_CASE, SMALL_ROUNDS = 500, 3
 
 
 def cases(quick: bool) -> list[tuple[str, Path, float]]:
@@ -216,13 +220,16 @@ def measure(
     rounds = rounds or (3 if quick else 5)
     arms = ["ours", "ours 1 thread", *PEERS]
     skipped = {a: why for a in arms if (why := missing(a))}
-    result: dict = {"cases": {}, "skipped": skipped, "rounds": rounds}
+    result: dict = {"cases": {}, "skipped": skipped, "rounds": rounds, "case_rounds": {}}
     for name, slide, mpp in cases(quick):
         if only and name not in only:
             continue
         plan = grid_file(slide, mpp)
+        n_tiles = len(np.load(plan)["l0"])
+        case_rounds = rounds * SMALL_ROUNDS if n_tiles < SMALL_CASE else rounds
+        result["case_rounds"][name] = case_rounds
         runs: dict[str, list[dict]] = {a: [] for a in arms if a not in skipped}
-        for _ in range(rounds):
+        for _ in range(case_rounds):
             for arm in runs:
                 got = _spawn(["--arm", arm, "--slide", str(slide), "--plan", str(plan)])
                 if got is not None:
@@ -297,7 +304,9 @@ def print_report(result: dict) -> None:
             else "-"
         )
         diffs = ", ".join(f"{a} {v['diff']}" for a, v in got.items() if a != "openslide")
-        print(f"| {name} ({got['ours']['n']} tiles) | " + " | ".join(cells) + f" | {ratio} | {diffs} |")
+        k = result.get("case_rounds", {}).get(name, result["rounds"])
+        shown = f"{name} ({got['ours']['n']} tiles{f', {k} rounds' if k != result['rounds'] else ''})"
+        print(f"| {shown} | " + " | ".join(cells) + f" | {ratio} | {diffs} |")
     if "scaling" in result:
         sc = result["scaling"]
         print(

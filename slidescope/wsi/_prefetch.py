@@ -22,6 +22,7 @@ tested equal, which are OpenSlide's.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -176,6 +177,7 @@ class _Plan:
             )
         ]
         self.uses: dict[Key, int] = {}
+        self._scratch = threading.local()  # per decode thread: the array a tile to reduce is decoded into
         self._pieces: dict[tuple[bool, int, int], list] = {}
         for keys in self.keys_of:
             for key in keys:
@@ -195,8 +197,14 @@ class _Plan:
         tx, ty, r = key
         if not r:
             return self.source.decode(self.level, tx, ty)
-        # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out)
-        tile = self.source.decode(self.level, tx, ty, rgbx=(self.kx, self.ky) != (2, 2))
+        # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out);
+        # decoded into this thread's scratch array, as only the reduced tile is kept
+        rgbx = (self.kx, self.ky) != (2, 2)
+        shape = (self.th, self.tw, 4 if rgbx else 3)
+        scratch = getattr(self._scratch, "tile", None)
+        if scratch is None or scratch.shape != shape:
+            scratch = self._scratch.tile = np.empty(shape, np.uint8)
+        tile = self.source.decode(self.level, tx, ty, rgbx=rgbx, out=scratch)
         return block_mean(tile, self.kx, self.ky, rgbx=tile.shape[2] == 4)
 
     def region(self, i: int, decoded: list[tuple[Future, int]]) -> np.ndarray:

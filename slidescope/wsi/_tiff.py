@@ -366,12 +366,19 @@ class TiffTileSource:
             self._fh.seek(offset)
             return self._fh.read(count)
 
-    def decode(self, level: int, tx: int, ty: int, *, rgbx: bool = False) -> np.ndarray:
+    def decode(
+        self, level: int, tx: int, ty: int, *, rgbx: bool = False, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """File tile (tx, ty) of ``level`` decoded, ``(tile height, tile width, 3)`` uint8, uncached.
 
         ``rgbx``: a JPEG tile comes as ``(h, w, 4)``, the same RGB plus a padding byte (libjpeg-turbo's
         RGBX output, what Pillow holds an RGB image as: no conversion on the way to Pillow); other tiles
-        still come as RGB. Safe to call from several threads at once: the bytes are read with one
+        still come as RGB. ``out``: a C-contiguous uint8 scratch array of ``(tile height, tile width, 3)``
+        (``4`` with ``rgbx``) that a JPEG tile is decoded into, and the tile returned is then a view of it
+        (other tiles ignore it): for a caller that reduces the tile and drops it before its next decode.
+        Measured on 40x -> 20x with one decode thread: 0.81x the CPU per grid tile of a new array per file
+        tile (median of 6 interleaved passes; likely as the reused array stays in the core's cache); with two threads
+        no difference showed. Safe to call from several threads at once: the bytes are read with one
         positioned read and the decoder (libjpeg-turbo through imagecodecs) releases the GIL; a damaged
         tile's backend read is taken one thread at a time."""
         lv = self._levels[level]
@@ -393,6 +400,7 @@ class TiffTileSource:
                         colorspace=lv.colorspace,
                         outcolorspace="RGBA" if rgbx else lv.outcolorspace,
                         shape=(lv.th, lv.tw),
+                        out=out,
                     )
                 else:
                     decoded = lv.decode(data, index, jpegtables=lv.jpegtables)[0]

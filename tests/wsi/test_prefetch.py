@@ -158,13 +158,14 @@ def test_default_threads_share_the_cpus() -> None:
 def test_rgbx_decode_is_the_same_rgb_on_an_aperio_file(opened, cmu_small) -> None:
     """The direct reader calls imagecodecs itself (with tifffile's colour spaces), for RGB and for RGBX: on
     CMU-1-Small-Region (Aperio: abbreviated JPEG streams with shared tables, RGB colour space) every file
-    tile equals tifffile's own decode of the same bytes."""
+    tile equals tifffile's own decode of the same bytes, also when decoded into a reused scratch array."""
     import tifffile
 
     slide = opened(cmu_small)
     source = slide.tile_source()
     tw, th = source.tile_shape(0)
     lw, lh = source.level_size(0)
+    rgb_scratch, rgbx_scratch = np.empty((th, tw, 3), np.uint8), np.empty((th, tw, 4), np.uint8)
     with tifffile.TiffFile(cmu_small) as tif:
         page = tif.pages[0]
         for ty in range(-(-lh // th)):
@@ -177,12 +178,19 @@ def test_rgbx_decode_is_the_same_rgb_on_an_aperio_file(opened, cmu_small) -> Non
                 assert rgbx.shape == (th, tw, 4)
                 assert np.array_equal(rgbx[..., :3], theirs)
                 assert np.array_equal(source.decode(0, tx, ty), theirs)
+                # into a reused scratch array (the reduced path's): a view of it, the same pixels
+                for scratch in (rgb_scratch, rgbx_scratch):
+                    got = source.decode(0, tx, ty, rgbx=scratch.shape[2] == 4, out=scratch)
+                    assert np.shares_memory(got, scratch)
+                    assert np.array_equal(got[..., :3], theirs)
 
 
-@pytest.mark.parametrize("reduce", [None, (2, 2)])
+@pytest.mark.parametrize("reduce", [None, (2, 2), (4, 4)])
 def test_regions_anywhere_equal_the_white_padded_level(opened, pyramid, reduce) -> None:
     """Regions inside, across, partly and wholly outside the level (negative origins too), cut from the
-    file tiles (and halved, where the region allows): each equals the level read whole, padded with white."""
+    file tiles (and reduced, where the region allows: 2 x 2 by OpenCV from RGB, 4 x 4 by Pillow from RGBX,
+    each file tile decoded into its thread's reused scratch array): each equals the level read whole, padded
+    with white."""
     from slidescope.wsi._resize import block_mean
 
     slide = opened(pyramid(1000, 700, mpp=0.25, levels=1))
@@ -210,9 +218,10 @@ def test_regions_anywhere_equal_the_white_padded_level(opened, pyramid, reduce) 
         got = list(stream_tiles(source, 0, xy, (300, 300), None, threads=threads, reduce=reduce))
         for (x, y), tile in zip(xy, got, strict=True):
             want = level[pad + y : pad + y + 300, pad + x : pad + x + 300]
-            inside_even = 0 <= x and 0 <= y and x + 300 <= lw and y + 300 <= lh and x % 2 == y % 2 == 0
-            if reduce is not None and inside_even:  # cut from halved file tiles
-                want = block_mean(want, 2, 2)
+            k = reduce[0] if reduce else 1
+            inside_even = 0 <= x and 0 <= y and x + 300 <= lw and y + 300 <= lh and x % k == y % k == 0
+            if reduce is not None and inside_even:  # cut from reduced file tiles
+                want = block_mean(want, k, k)
             assert np.array_equal(tile, want), (x, y)
 
 
