@@ -14,7 +14,9 @@ Cases (the tissue tiles of our grid on each slide, read in our block order by ev
     40x: real 40x scans are rarely exactly 0.25): read 443 px, area-average to 224 at a ratio of 1.98;
   * ``CMU small``: 224 px at the scan's mpp from the real CMU-1-Small-Region.svs (57 tiles).
 
-Arms, each in a fresh process per round, 1 pass over the tiles, interleaved rounds, medians (a case of fewer than
+Arms, each in a fresh process per round, 1 pass over the tiles, interleaved rounds (ours next to the fastest
+peers, the order reversed every other round), medians of tiles/s; ours / best peer also as the median of the
+per-round ratios, which a slow drift of the VM's speed moves less (a case of fewer than
 :data:`SMALL_CASE` tiles, CMU small, takes :data:`SMALL_ROUNDS` times the rounds: one pass of 57 tiles lasts
 ~30 ms, and a scheduling hiccup in it moved the best peer from 640 to 1,845 tiles/s between runs):
   * ``ours``: ``iter_tiles`` with its default decode threads (the process's CPUs, at most 4), and ``ours 1 thread``;
@@ -57,6 +59,9 @@ sys.path.insert(0, str(HERE))
 from bench_wsi import CACHE, shared_slide, synthetic  # noqa: E402
 
 PEERS = ("openslide", "cucim+cache", "cucim batch", "fastslide+cache")
+#: the order the arms run in within a round: ours next to the peers that are closest to it, the slow OpenSlide
+#: loop last (reversed every other round)
+RUN_ORDER = ("ours", "cucim batch", "cucim+cache", "fastslide+cache", "ours 1 thread", "openslide")
 #: a case with fewer tiles than this is timed in SMALL_ROUNDS times the rounds (each pass is too short to time once)
 SMALL_CASE, SMALL_ROUNDS = 500, 3
 
@@ -229,11 +234,14 @@ def measure(
         case_rounds = rounds * SMALL_ROUNDS if n_tiles < SMALL_CASE else rounds
         result["case_rounds"][name] = case_rounds
         runs: dict[str, list[dict]] = {a: [] for a in arms if a not in skipped}
-        for _ in range(case_rounds):
-            for arm in runs:
+        for k in range(case_rounds):
+            # the order reversed every other round (ABBA), so that a drift of the VM's speed over a round
+            # does not always favour the arms that run first
+            order = sorted(runs, key=RUN_ORDER.index)
+            for arm in order if k % 2 == 0 else order[::-1]:
                 got = _spawn(["--arm", arm, "--slide", str(slide), "--plan", str(plan)])
                 if got is not None:
-                    runs[arm].append(got)
+                    runs[arm].append({**got, "round": k})
         result["cases"][name] = {
             arm: {
                 "tiles_s": statistics.median(r["tiles_s"] for r in rs),
@@ -244,6 +252,7 @@ def measure(
             for arm, rs in runs.items()
             if rs
         }
+        result.setdefault("ratios", {})[name] = round_ratios(runs, result["cases"][name])
         print(f"  {name}: done", file=sys.stderr, flush=True)
     if scaling:
         name, slide, mpp = cases(quick)[0]
@@ -261,6 +270,20 @@ def measure(
     return result
 
 
+def round_ratios(runs: dict[str, list[dict]], medians: dict) -> dict | None:
+    """Ours against the best peer (highest median) round by round: the median of the per-round ratios of
+    tiles/s and their range. Arms of one round run minutes apart at most, so a slow drift of the VM's speed
+    moves both sides of a round's ratio together; it moves the ratio of the two medians more."""
+    peer = best_peer(medians)
+    if peer is None or "ours" not in runs:
+        return None
+    theirs = {r["round"]: r["tiles_s"] for r in runs[peer[0]]}
+    per_round = [r["tiles_s"] / theirs[r["round"]] for r in runs["ours"] if r["round"] in theirs]
+    if not per_round:
+        return None
+    return {"peer": peer[0], "per_round": per_round, "median": statistics.median(per_round)}
+
+
 def best_peer(arms: dict) -> tuple[str, dict] | None:
     peers = [(a, v) for a, v in arms.items() if a in PEERS and a != "openslide"]
     return max(peers, key=lambda p: p[1]["tiles_s"]) if peers else None
@@ -273,14 +296,21 @@ def rows_from(result: dict) -> list[dict]:
         if peer is None or "ours" not in arms:
             continue
         n = arms["ours"]["n"]
-        rows.append(
-            {
-                "stage": f"read tiles vs the fastest peer: {name}, {n} tiles (best of {', '.join(a for a in arms if a in PEERS[1:])}: {peer[0]})",
-                "ours": arms["ours"]["tiles_s"],
-                "baseline": peer[1]["tiles_s"],
-                "unit": "tiles/s",
-            }
-        )
+        row = {
+            "stage": f"read tiles vs the fastest peer: {name}, {n} tiles (best of {', '.join(a for a in arms if a in PEERS[1:])}: {peer[0]})",
+            "ours": arms["ours"]["tiles_s"],
+            "baseline": peer[1]["tiles_s"],
+            "unit": "tiles/s",
+        }
+        ratios = result.get("ratios", {}).get(name)
+        if ratios is not None:  # medians of tiles/s; the ratio is the median of the per-round ratios
+            k = len(ratios["per_round"])
+            row["stage"] += (
+                f"; ratio: median of {k} per-round ratios ({min(ratios['per_round']):.2f}-"
+                f"{max(ratios['per_round']):.2f}x)"
+            )
+            row["ratio"] = ratios["median"]
+        rows.append(row)
     return rows
 
 
@@ -291,18 +321,28 @@ def print_report(result: dict) -> None:
         f"\nmedians of {result['rounds']} interleaved rounds, each arm in a fresh process; tiles/s (CPU ms/tile)\n"
     )
     arms = ["ours", "ours 1 thread", *PEERS]
-    print("| case | " + " | ".join(arms) + " | ours / best peer | max abs diff vs OpenSlide |")
+    print(
+        "| case | "
+        + " | ".join(arms)
+        + " | ours / best peer (ratio of medians; per-round ratios) | max abs diff vs OpenSlide |"
+    )
     print("|---|" + "---:|" * (len(arms) + 2))
     for name, got in result["cases"].items():
         cells = [
             f"{got[a]['tiles_s']:,.0f} ({got[a]['cpu_ms']:.2f})" if a in got else "skipped" for a in arms
         ]
         peer = best_peer(got)
+        per = result.get("ratios", {}).get(name)
         ratio = (
             f"{got['ours']['tiles_s'] / peer[1]['tiles_s']:.2f}x ({peer[0]})"
             if peer and "ours" in got
             else "-"
         )
+        if per is not None:
+            ratio += (
+                f"; per round: median {per['median']:.2f}x, {min(per['per_round']):.2f}-"
+                f"{max(per['per_round']):.2f}x"
+            )
         diffs = ", ".join(f"{a} {v['diff']}" for a, v in got.items() if a != "openslide")
         k = result.get("case_rounds", {}).get(name, result["rounds"])
         shown = f"{name} ({got['ours']['n']} tiles{f', {k} rounds' if k != result['rounds'] else ''})"

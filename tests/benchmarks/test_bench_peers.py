@@ -44,3 +44,20 @@ def test_arms_read_the_same_tiles(bench, cmu_small, tmp_path, monkeypatch) -> No
     got = bench.rows_from(result)
     if "fastslide+cache" in rows or "cucim+cache" in rows:
         assert len(got) == 1 and got[0]["unit"] == "tiles/s" and got[0]["ours"] == rows["ours"]["tiles_s"]
+
+
+def test_ours_against_the_best_peer_round_by_round(bench) -> None:
+    """The ratio run_all prints is the median of ours / the best peer (highest median) within each round."""
+    runs = {
+        "ours": [{"tiles_s": t, "round": k} for k, t in enumerate([100.0, 90.0, 120.0])],
+        "cucim batch": [{"tiles_s": t, "round": k} for k, t in enumerate([50.0, 100.0, 100.0])],
+        "cucim+cache": [{"tiles_s": t, "round": k} for k, t in enumerate([80.0, 80.0, 80.0])],
+    }
+    medians = {a: {"tiles_s": float(np.median([r["tiles_s"] for r in rs])), "n": 7} for a, rs in runs.items()}
+    got = bench.round_ratios(runs, medians)
+    assert got["peer"] == "cucim batch"  # median 100 against 80
+    assert got["per_round"] == [2.0, 0.9, 1.2] and got["median"] == 1.2
+    result = {"cases": {"x": {**medians, "ours": {**medians["ours"], "diff": 0}}}, "ratios": {"x": got}}
+    (row,) = bench.rows_from(result)
+    assert row["ratio"] == 1.2 and "median of 3 per-round ratios (0.90-2.00x)" in row["stage"]
+    assert row["ours"] == 100.0 and row["baseline"] == 100.0  # the medians, as before
