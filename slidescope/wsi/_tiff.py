@@ -61,11 +61,9 @@ _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_FILL = 128
 #: a last 8 x 8 RGB block of nothing but that fill, as bytes (compared faster than an array)
 _JPEG_FILL_BLOCK = bytes([_JPEG_FILL]) * (8 * 8 * 3)
-#: the header (SOI up to the end of the start-of-scan segment) of the last JPEG tile found well-formed
-_LAST_HEADER = b""
 
 
-def jpeg_damage(data: bytes) -> str | None:
+def jpeg_damage(data: bytes, remembered: list[bytes] | None = None) -> str | None:
     """The trace of damage in one JPEG tile's bytes before decoding, or None when it looks whole.
 
     Checks (structure only, no decoding): the stream must start with SOI, reach a start-of-scan
@@ -73,21 +71,26 @@ def jpeg_damage(data: bytes) -> str | None:
     but restart markers up to a final EOI (zero padding after EOI is allowed). A marker inside the
     data is exactly what makes libjpeg warn "premature end of data segment"; a missing EOI is a
     truncated tile. Progressive JPEG (several scans) is reported too: it is read by the backend.
+
+    ``remembered``: a one-item list holding the header (SOI up to the end of the start-of-scan segment)
+    of the last well-formed tile checked with it, updated here: the tiles of one level mostly share their
+    header, so a tile that starts with it skips the walk through the marker segments (the checks after
+    the header still run). The direct reader keeps one per level.
     """
     end = len(data.rstrip(b"\x00"))
     if end < 4 or data[:2] != b"\xff\xd8":
         return "no JPEG start-of-image marker"
     if data[end - 2 : end] != b"\xff\xd9":
         return "no end-of-image marker (truncated data)"
-    global _LAST_HEADER
-    header = _LAST_HEADER  # the tiles of one file mostly share their header: walked once
+    header = remembered[0] if remembered else b""
     if header and end >= len(header) + 2 and data.startswith(header):
         i = len(header)
     else:
         i = _walk_header(data, end)
         if i < 0:
             return "malformed JPEG header"
-        _LAST_HEADER = data[:i]
+        if remembered is not None:
+            remembered[:] = [data[:i]]
     found = _MARKER.search(data, i, end)
     if found is not None and found.start() != end - 2:
         return (
@@ -240,6 +243,8 @@ class _Level:
         self.decode = page.decode
         self.jpegtables = page.jpegtables
         self.is_jpeg = int(page.compression) in _JPEG_CODES
+        #: the JPEG header of the last well-formed tile of this level (see :func:`jpeg_damage`)
+        self.jpeg_header: list[bytes] = [b""]
         if self.is_jpeg:  # the JPEG colour spaces tifffile's own decode uses for this page
             from tifffile.tifffile import jpeg_decode_colorspace
 
@@ -387,7 +392,7 @@ class TiffTileSource:
         if count == 0:  # sparse file: a missing tile is empty glass
             return np.full((lv.th, lv.tw, 3), 255, np.uint8)
         data = self._read_bytes(offset, count)
-        damage = jpeg_damage(data) if lv.is_jpeg else None
+        damage = jpeg_damage(data, lv.jpeg_header) if lv.is_jpeg else None
         if damage is None:
             try:
                 if lv.is_jpeg:  # what tifffile's decode calls, without its wrapper (3 us of 230 a tile)

@@ -89,7 +89,7 @@ def test_a_false_alarm_returns_the_backends_pixels(monkeypatch, sample_grid) -> 
     slide, grid = sample_grid
     expected = dict(iter_tiles(slide, grid, direct=False))
     # every tile looks damaged to the fast reader: each one is then read through the backend
-    monkeypatch.setattr(_tiff, "jpeg_damage", lambda data: "forced by the test")
+    monkeypatch.setattr(_tiff, "jpeg_damage", lambda data, header=None: "forced by the test")
     with open_slide(SAMPLE) as fresh:
         got = dict(iter_tiles(fresh, grid))
     assert got.keys() == expected.keys()
@@ -114,15 +114,24 @@ def test_jpeg_damage_with_the_header_of_the_last_tile_remembered() -> None:
     offset, count = tile_bytes_location(SAMPLE, 0, 5, 5)
     data = SAMPLE.read_bytes()[offset : offset + count]
     sos = data.find(b"\xff\xda")
-    assert _tiff.jpeg_damage(data) is None
-    assert _tiff._LAST_HEADER and data.startswith(_tiff._LAST_HEADER)
+    header = [b""]
+    assert _tiff.jpeg_damage(data, header) is None
+    assert header[0] and data.startswith(header[0])
     mid = sos + (count - sos) // 2
-    assert "premature" in _tiff.jpeg_damage(data[:mid] + b"\xff\xc4" + data[mid + 2 :])  # same header
-    assert "truncated" in _tiff.jpeg_damage(data[: sos + 8])
-    assert "malformed" in _tiff.jpeg_damage(b"\xff\xd8\x00\x00" + data[4:])
+    assert "premature" in _tiff.jpeg_damage(data[:mid] + b"\xff\xc4" + data[mid + 2 :], header)  # same header
+    assert "truncated" in _tiff.jpeg_damage(data[: sos + 8], header)
+    assert "malformed" in _tiff.jpeg_damage(b"\xff\xd8\x00\x00" + data[4:], header)
     # a header that only begins like the remembered one: walked, and found short
-    assert "malformed" in _tiff.jpeg_damage(data[: sos - 4] + b"\xff\xd9")
-    assert _tiff.jpeg_damage(data) is None
+    assert "malformed" in _tiff.jpeg_damage(data[: sos - 4] + b"\xff\xd9", header)
+    assert _tiff.jpeg_damage(data, header) is None
+    # a different well-formed header (another slide's tile): walked and remembered in its place
+    other = b"\xff\xd8\xff\xfe\x00\x04ab" + data[2:]  # a comment segment added before the rest
+    assert _tiff.jpeg_damage(other, header) is None and header[0] == other[: sos + 6 + _sos_length(data, sos)]
+
+
+def _sos_length(data: bytes, sos: int) -> int:
+    """Bytes from the start-of-scan marker to the end of its segment."""
+    return 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
 
 
 def test_extract_does_not_complete_a_store_from_a_corrupt_tile(tmp_path: Path, sample_grid) -> None:
