@@ -177,7 +177,11 @@ class _Plan:
             )
         ]
         self.uses: dict[Key, int] = {}
-        self._scratch = threading.local()  # per decode thread: the array a tile to reduce is decoded into
+        # per decode thread: the array a file tile to reduce is decoded into (only the reduced tile is kept);
+        # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out)
+        self._scratch = threading.local()
+        self._rgbx = (self.kx, self.ky) != (2, 2)
+        self._scratch_shape = (self.th, self.tw, 4 if self._rgbx else 3)
         self._pieces: dict[tuple[bool, int, int], list] = {}
         for keys in self.keys_of:
             for key in keys:
@@ -197,14 +201,10 @@ class _Plan:
         tx, ty, r = key
         if not r:
             return self.source.decode(self.level, tx, ty)
-        # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out);
-        # decoded into this thread's scratch array, as only the reduced tile is kept
-        rgbx = (self.kx, self.ky) != (2, 2)
-        shape = (self.th, self.tw, 4 if rgbx else 3)
         scratch = getattr(self._scratch, "tile", None)
-        if scratch is None or scratch.shape != shape:
-            scratch = self._scratch.tile = np.empty(shape, np.uint8)
-        tile = self.source.decode(self.level, tx, ty, rgbx=rgbx, out=scratch)
+        if scratch is None:
+            scratch = self._scratch.tile = np.empty(self._scratch_shape, np.uint8)
+        tile = self.source.decode(self.level, tx, ty, rgbx=self._rgbx, out=scratch)
         return block_mean(tile, self.kx, self.ky, rgbx=tile.shape[2] == 4)
 
     def region(self, i: int, decoded: list[tuple[Future, int]]) -> np.ndarray:

@@ -382,8 +382,8 @@ class TiffTileSource:
         (``4`` with ``rgbx``) that a JPEG tile is decoded into, and the tile returned is then a view of it
         (other tiles ignore it): for a caller that reduces the tile and drops it before its next decode.
         Measured on 40x -> 20x with one decode thread: 0.81x the CPU per grid tile of a new array per file
-        tile (median of 6 interleaved passes; likely as the reused array stays in the core's cache); with two threads
-        no difference showed. Safe to call from several threads at once: the bytes are read with one
+        tile (median of 6 interleaved passes; likely as the reused array stays in the core's cache); with
+        two threads no difference showed. Safe to call from several threads at once: the bytes are read with one
         positioned read and the decoder (libjpeg-turbo through imagecodecs) releases the GIL; a damaged
         tile's backend read is taken one thread at a time."""
         lv = self._levels[level]
