@@ -438,6 +438,8 @@ class QCGrid(TileGrid):
     qc_deferred: dict[str, Any] | None = None
     #: the thresholds set instead of the defaults (:func:`check_qc_thresholds`; empty: the defaults)
     qc_thresholds: dict[str, float] = field(default_factory=dict)
+    #: what made the learned measures (``qc_tiles(model=)``), kept for a later policy's cache key
+    qc_model: dict[str, Any] | None = None
 
     def measure_batch(self, images: Any) -> dict[str, np.ndarray] | None:
         """The classic measures of a batch of this grid's tiles (uint8 (B, H, W, 3)) while they are
@@ -505,20 +507,46 @@ def qc_tiles(
         must know which tiles to drop before any is embedded).
     thresholds : the checks' thresholds to use instead of the defaults (:func:`check_qc_thresholds`: a
         dict or ``"focus_min=40,pen_max=0.05"``), e.g. another ``focus_min`` at another mpp or for a very
-        pale stain. Recorded in the summary, the stored QC and, for ``"exclude"``, the cache key.
+        pale stain. Recorded in the summary, the stored QC and, for ``"exclude"``, the cache key. None on a
+        :class:`QCGrid`: the thresholds it was made with.
+
+    A :class:`QCGrid` given again: with the same policy and thresholds and no new ``measures`` it is returned
+    as it is; a ``"flag"`` grid with other thresholds, or to ``"exclude"``, gets its flags made again from
+    the measures it has (nothing read; a deferred one stays deferred with the new thresholds, or is measured
+    for ``"exclude"``); its learned measures are kept unless new ones are given. An ``"exclude"`` grid has
+    already dropped its flagged tiles: other thresholds or measures on it are an
+    :class:`InvalidParameterError` (give the grid from before QC); another policy measures its tiles again
+    with its thresholds.
 
     Returns
     -------
     TileGrid
-        ``grid`` for ``"off"`` (or a :class:`QCGrid` of this policy already), else a :class:`QCGrid`.
+        ``grid`` for ``"off"`` (or a :class:`QCGrid` of this policy and these thresholds already), else a
+        :class:`QCGrid`.
     """
 
     policy = check_qc_policy(policy)
     overrides = check_qc_thresholds(thresholds)
-    if policy == "off" or isinstance(grid, QCGrid) and grid.qc_policy == policy:
+    if policy == "off":
         return grid
-    params = getattr(mask, "params", None) or {}
     n = len(grid)
+    for name, value in (measures or {}).items():
+        if np.shape(value) != (n,):
+            raise InvalidParameterError(
+                f"QC measure {name!r} has shape {np.shape(value)}, the grid {n} tiles"
+            )
+    if isinstance(grid, QCGrid):
+        again = _qc_again(grid, policy, overrides if thresholds is not None else None, measures, model)
+        if again is not None:
+            return again
+        # measured as a new grid, with what the grid's QC was made with unless given
+        overrides = overrides if thresholds is not None else dict(grid.qc_thresholds)
+        if not measures and grid.qc_deferred is not None:
+            measures, model = grid.qc_deferred["measures"], grid.qc_deferred["model"]
+        elif not measures and grid.qc is not None:
+            measures = {k: v for k, v in grid.qc.items() if k.startswith(LEARNED_PREFIX)}
+            model = grid.qc_model
+    params = getattr(mask, "params", None) or {}
     state: dict[str, Any] = {
         "glass": params.get("glass_rgb"),
         # as tissue detection: no pen rule where it would take the counterstain for ink
@@ -528,18 +556,58 @@ def qc_tiles(
         "model": model,
         "thresholds": overrides,
     }
-    for name, value in state["measures"].items():
-        if np.shape(value) != (n,):
-            raise InvalidParameterError(
-                f"QC measure {name!r} has shape {np.shape(value)}, the grid {n} tiles"
-            )
     if defer and policy == "flag":
         state["values"] = {name: np.full(n, np.nan, np.float32) for name in QC_MEASURES}
         state["seen"] = np.zeros(n, bool)
         fields = {f: getattr(grid, f) for f in TileGrid.__dataclass_fields__}
-        return QCGrid(**fields, qc_policy=policy, qc_deferred=state, qc_thresholds=overrides)
+        return QCGrid(**fields, qc_policy=policy, qc_deferred=state, qc_thresholds=overrides, qc_model=model)
     values = _measure_tiles(slide, grid, state["glass"], batch_size)
     return _qc_grid(grid, values, policy, state)
+
+
+def _qc_again(
+    grid: QCGrid,
+    policy: str,
+    overrides: dict[str, float] | None,
+    measures: dict[str, np.ndarray] | None,
+    model: dict[str, Any] | None,
+) -> QCGrid | None:
+    """:func:`qc_tiles` of a grid that has QC already: ``policy`` and ``overrides`` (None: the grid's) applied
+    to the measures it has, none read again; None where its tiles must be measured as a new grid's (another
+    policy after ``"exclude"``, ``"exclude"`` after a deferred ``"flag"``)."""
+    over = dict(grid.qc_thresholds) if overrides is None else overrides
+    same = over == grid.qc_thresholds and not measures and model is None
+    if same and grid.qc_policy == policy:
+        return grid
+    if grid.qc_policy == "exclude":
+        if not same:
+            raise InvalidParameterError(
+                f"this grid's QC (policy 'exclude', thresholds {grid.qc_thresholds or 'the defaults'}) has "
+                f"already dropped its flagged tiles; to apply thresholds {over or 'the defaults'} or new "
+                "measures, give qc_tiles the grid from before QC (make_tile_grid's)"
+            )
+        return None
+    fields = {f: getattr(grid, f) for f in TileGrid.__dataclass_fields__}
+    if grid.qc_deferred is not None:  # measured as the extraction reads the tiles
+        if policy != "flag":
+            return None
+        state = {**grid.qc_deferred, "thresholds": over}
+        if measures:
+            state["measures"], state["model"] = dict(measures), model
+        return QCGrid(
+            **fields, qc_policy=policy, qc_deferred=state, qc_thresholds=over, qc_model=state["model"]
+        )
+    assert grid.qc is not None
+    values = {k: np.array(v, np.float32) for k, v in grid.qc.items() if not k.startswith(LEARNED_PREFIX)}
+    learned = {k: v for k, v in grid.qc.items() if k.startswith(LEARNED_PREFIX)}
+    state: dict[str, Any] = {
+        "pen_off": False,  # a pen fraction not measured before is NaN already
+        "tissue_mm2": (grid.qc_summary or {}).get("tissue_mm2"),
+        "measures": dict(measures) if measures else learned,
+        "model": model if measures else grid.qc_model,
+        "thresholds": over,
+    }
+    return _qc_grid(TileGrid(**fields), values, policy, state)
 
 
 def finish_qc(
@@ -625,7 +693,15 @@ def _qc_grid(grid: TileGrid, values: dict[str, np.ndarray], policy: str, state: 
     extra = {**grid.extra, "qc": meta} if policy == "exclude" else dict(grid.extra)
     fields = {f: getattr(grid, f) for f in TileGrid.__dataclass_fields__ if f != "extra"}
     summary = qc_summary(values, tissue_mm2=state["tissue_mm2"], policy=policy, thresholds=over)
-    out = QCGrid(**fields, extra=extra, qc=values, qc_policy=policy, qc_summary=summary, qc_thresholds=over)
+    out = QCGrid(
+        **fields,
+        extra=extra,
+        qc=values,
+        qc_policy=policy,
+        qc_summary=summary,
+        qc_thresholds=over,
+        qc_model=model,
+    )
     if policy == "exclude":
         bad = np.zeros(len(grid), bool)
         for f in qc_flags(values, over).values():
