@@ -591,11 +591,11 @@ def _qc_again(
     if grid.qc_deferred is not None:  # measured as the extraction reads the tiles
         if policy != "flag":
             return None
-        state = {**grid.qc_deferred, "thresholds": over}
+        later = {**grid.qc_deferred, "thresholds": over}
         if measures:
-            state["measures"], state["model"] = dict(measures), model
+            later["measures"], later["model"] = dict(measures), model
         return QCGrid(
-            **fields, qc_policy=policy, qc_deferred=state, qc_thresholds=over, qc_model=state["model"]
+            **fields, qc_policy=policy, qc_deferred=later, qc_thresholds=over, qc_model=later["model"]
         )
     assert grid.qc is not None
     values = {k: np.array(v, np.float32) for k, v in grid.qc.items() if not k.startswith(LEARNED_PREFIX)}
