@@ -195,17 +195,17 @@ def test_flag_measures_on_the_tiles_the_extraction_reads(artefacts, measured, tm
     stored measures, and a store made without QC is measured once when QC is asked of it."""
     from slidescope.features import extract_slides
     from slidescope.features.store import open_store
-    from slidescope.wsi import _qc
+    from slidescope.wsi import _qc_grid
 
     _, separate = measured
     kw = dict(tile_size=artefacts.cell, mpp=artefacts.mpp, device="cpu", progress=False)
     (plain,) = extract_slides([artefacts.path], "he-descriptor", store=tmp_path / "a", num_workers=0, **kw)
-    real_measure = _qc._measure_tiles
+    real_measure = _qc_grid._measure_tiles
 
     def no_read(*args, **kwargs):
         raise AssertionError("the QC read the tiles itself")
 
-    monkeypatch.setattr(_qc, "_measure_tiles", no_read)
+    monkeypatch.setattr(_qc_grid, "_measure_tiles", no_read)
     for workers in (0, 1):
         store = tmp_path / f"w{workers}"
         (res,) = extract_slides(
@@ -222,7 +222,7 @@ def test_flag_measures_on_the_tiles_the_extraction_reads(artefacts, measured, tm
     assert again.status == "reused" and again.extra["qc"] == separate.qc_summary
     # embeddings made without QC: reused, and their tiles measured by a read of their own
     calls = []
-    monkeypatch.setattr(_qc, "_measure_tiles", lambda *a, **k: calls.append(1) or real_measure(*a, **k))
+    monkeypatch.setattr(_qc_grid, "_measure_tiles", lambda *a, **k: calls.append(1) or real_measure(*a, **k))
     (late,) = extract_slides(
         [artefacts.path], "he-descriptor", store=tmp_path / "a", qc="flag", num_workers=0, **kw
     )

@@ -73,7 +73,6 @@ def test_thresholds_change_flags_summary_and_exclude_key(artefacts) -> None:
     assert kept.to_dict() != lenient.to_dict()
 
 
-
 def test_a_grid_with_qc_takes_other_thresholds_from_its_measures(artefacts) -> None:
     """qc_tiles on a QCGrid again: other thresholds are applied (they were ignored before), equal to QC of the
     plain grid with them, without reading; an exclude grid refuses them (its dropped tiles are gone)."""
@@ -89,20 +88,26 @@ def test_a_grid_with_qc_takes_other_thresholds_from_its_measures(artefacts) -> N
         kept = qc_tiles(slide, grid, "exclude", mask=mask)
         finished = finish_qc(slide, qc_tiles(slide, deferred, "flag", thresholds="focus_min=1e9"))
     # the slide is closed: what follows reads nothing
-    assert qc_tiles(slide, default, "flag") is default and qc_tiles(slide, fresh_strict, "flag") is fresh_strict
+    assert (
+        qc_tiles(slide, default, "flag") is default and qc_tiles(slide, fresh_strict, "flag") is fresh_strict
+    )
     again = qc_tiles(slide, default, "flag", thresholds="focus_min=1e9")
     assert again.qc_thresholds == {"focus_min": 1e9}
     assert again.qc_summary == fresh_strict.qc_summary
     for name in fresh_strict.qc:
         np.testing.assert_array_equal(again.qc[name], fresh_strict.qc[name])
     excluded = qc_tiles(slide, default, "exclude", thresholds="pen_max=1")
-    assert np.array_equal(excluded.coords, fresh_exclude.coords) and excluded.to_dict() == fresh_exclude.to_dict()
+    assert (
+        np.array_equal(excluded.coords, fresh_exclude.coords)
+        and excluded.to_dict() == fresh_exclude.to_dict()
+    )
     assert excluded.qc_summary == fresh_exclude.qc_summary
     # a deferred grid takes the new thresholds and applies them when its QC is completed
     assert finished.qc_summary == fresh_strict.qc_summary
     with pytest.raises(InvalidParameterError, match="already dropped its flagged tiles"):
         qc_tiles(slide, kept, "exclude", thresholds="focus_min=1")
     assert qc_tiles(slide, kept, "exclude") is kept
+
 
 def test_cli_records_thresholds_and_export_uses_them(artefacts, tmp_path) -> None:
     from typer.testing import CliRunner
