@@ -122,6 +122,7 @@ def _build_task(cfg: TrainConfig, plan: _Plan, dm: BagDataModule) -> Any:
         weight_decay=cfg.weight_decay,
         epochs=cfg.epochs,
         class_weights=weights,
+        bag=cfg.bag,
         **head,
     )
 

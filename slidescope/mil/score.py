@@ -172,6 +172,12 @@ def score(
                 f"{c} differs from {checkpoints[0]} in encoder, embedding size, task or "
                 f"classes; an ensemble needs the same ones"
             )
+    bags = {t.bag for t in tasks if t.bag is not None}
+    if len(bags) > 1:
+        raise InvalidParameterError(
+            f"the checkpoints were trained on different bags ({', '.join(sorted(bags))}); an ensemble needs one kind"
+        )
+    _check_bag(bags.pop() if bags else None, patients)
     kind = first.task
     encoder, dim, classes = first.encoder_name, int(first.hparams.embed_dim), first.class_names
     name = name or run_name(checkpoints[0])
@@ -237,6 +243,23 @@ def score(
     if out_csv is not None:
         write_predictions(out_csv, results)
     return results
+
+
+def _check_bag(bag: str | None, patients: Mapping[str, str] | None) -> None:
+    """Warn where the checkpoints' training bag (None: not recorded) differs from how they are asked to
+    score: patient bags scored slide by slide, or slide bags scored by patient. Both run (a patient model on
+    one slide, a slide model on a patient's tiles pooled, are sometimes meant), but not as validated."""
+    if bag == "patient" and patients is None:
+        log.warning(
+            "the checkpoints were trained on patient bags (all of a patient's slides as one bag) and are "
+            "scoring single slides: give the patients (slidescope score --patients slides.csv; "
+            "score(..., patients={slide: patient})) to score as they were trained"
+        )
+    elif bag == "slide" and patients is not None:
+        log.warning(
+            "the checkpoints were trained on slide bags and are scoring each patient's slides as one bag "
+            "(--patients): leave out --patients to score as they were trained"
+        )
 
 
 def _bags(stores: list, patients: Mapping[str, str] | None) -> list[tuple[str | None, list]]:

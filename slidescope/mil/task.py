@@ -310,6 +310,8 @@ class MILTask(L.LightningModule):
         ``(y - mean) / std``; :meth:`predict_bag` returns original units).
     survival_model : ``"cox"`` (num_classes 1) or ``"discrete"`` (num_classes = ``len(time_bins) + 1``).
     time_bins : discrete survival: the inner cut points of the time bins (training-fold quantiles).
+    bag : what one bag was in training: ``"slide"`` or ``"patient"`` (``train(..., bag=)``); :func:`score`
+        checks it against how it is asked to score. None: not recorded (checkpoints before it was).
 
     Under DDP every logged value is synchronised across ranks (losses: bag-weighted means over all
     ranks; metrics: torchmetrics gathers every rank's states).
@@ -340,6 +342,7 @@ class MILTask(L.LightningModule):
         target_std: float = 1.0,
         survival_model: str = "cox",
         time_bins: list[float] | None = None,
+        bag: str | None = None,
     ) -> None:
         super().__init__()
         aggregator_kwargs = dict(aggregator_kwargs or {})
@@ -475,6 +478,13 @@ class MILTask(L.LightningModule):
         """``"classification"``, ``"regression"`` or ``"survival"``."""
         return str(self.hparams.get("task", "classification"))
 
+    @property
+    def bag(self) -> str | None:
+        """What one bag was in training (``"slide"``, ``"patient"``), None where the checkpoint predates
+        its record."""
+        bag = self.hparams.get("bag")
+        return None if bag is None else str(bag)
+
     @torch.no_grad()
     def predict_bag(self, embeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """One slide's ``(N, D)`` embeddings -> ``(prediction, scores (N,))`` on the CPU, in eval mode.
@@ -531,6 +541,7 @@ _INIT_KEYS = (
     "target_std",
     "survival_model",
     "time_bins",
+    "bag",
 )
 
 

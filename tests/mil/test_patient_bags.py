@@ -186,3 +186,47 @@ def test_score_patients_concatenates_and_splits_attention_back(cohort, trained, 
     assert sum(line.startswith("P") for line in out.output.splitlines()) == 32
     with pytest.raises(InvalidParameterError, match="no patient for slide"):
         score(ckpts, [store], patients={"p00a": "P00"})
+
+
+def test_checkpoint_records_its_bag_and_score_warns_on_the_other_kind(
+    cohort, trained, caplog, tmp_path
+) -> None:
+    """The bag kind travels in the checkpoint: a patient-bag model scored slide by slide (no --patients) is
+    warned about, scored with its patients is not; a checkpoint without the record (older) warns of nothing;
+    an ensemble mixing kinds is refused."""
+    import logging
+
+    import torch
+
+    from slidescope.mil import read_patients
+    from slidescope.mil.score import score
+    from slidescope.mil.task import load_task
+
+    _, manifest, store, _, _ = cohort
+    ckpts = sorted(trained.glob("fold*/best.ckpt"))
+    assert {load_task(c).bag for c in ckpts} == {"patient"}
+
+    with caplog.at_level(logging.WARNING, logger="slidescope.mil.score"):
+        score(ckpts[:1], [store], write_scores=False, patients=read_patients(manifest))
+    assert "patient bags" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="slidescope.mil.score"):
+        score(ckpts[:1], [store], write_scores=False)
+    assert "trained on patient bags" in caplog.text and "--patients" in caplog.text
+    # an older checkpoint (no record) and one marked "slide"
+    data = torch.load(ckpts[0], weights_only=True)
+    old, slide = tmp_path / "old.ckpt", tmp_path / "slide.ckpt"
+    del data["hyper_parameters"]["bag"]
+    torch.save(data, old)
+    data["hyper_parameters"]["bag"] = "slide"
+    torch.save(data, slide)
+    assert load_task(old).bag is None and load_task(slide).bag == "slide"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="slidescope.mil.score"):
+        score([old], [store], write_scores=False)
+        score([slide], [store], write_scores=False)
+    assert "bags" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="slidescope.mil.score"):
+        score([slide], [store], write_scores=False, patients=read_patients(manifest))
+    assert "trained on slide bags" in caplog.text
+    with pytest.raises(InvalidParameterError, match="different bags"):
+        score([ckpts[0], slide], [store], write_scores=False)
