@@ -89,6 +89,8 @@ class RunConfig(SlideOptions):
         each finished one's slide embedding is written into its store and ``OUT/slide_embeddings.csv`` (not
         part of the results' signature: computed again from the stores at every run).
     slide_encoder_weights : its weights file or folder (offline use; default: the Hugging Face hub).
+    trust_remote_code : let PRISM's and TITAN's publishers' code run (they are built by it; see
+        :func:`~slidescope.vlm.published.load_published_model`); not part of the results' signature.
     progress : show a per-slide tile progress bar (execution only, not part of the results' signature).
     slide_mpps : per-slide ``slide_mpp`` from the manifests' ``slide_mpp`` (or ``mpp``) column, keyed by the
         slide path as given to the run (:func:`~slidescope.wsi.manifest_slide_mpp`); for its slide it takes
@@ -139,6 +141,14 @@ class RunConfig(SlideOptions):
     )
     slide_encoder_weights: str | None = option(
         None, kind="path", help="Local weights file or folder of --slide-encoder (default: the hub)"
+    )
+    trust_remote_code: bool = option(
+        False,
+        kind="bool",
+        help="Allow PRISM's / TITAN's own model code to run; required for them as --slide-encoder",
+        default_text="off",
+        flag="--trust-remote-code",
+        compare=False,
     )
     progress: bool = field(default=False, compare=False)
     slide_mpps: Mapping[str, float] = field(default_factory=dict, compare=False)

@@ -254,7 +254,9 @@ def run(
     if cfg.slide_encoder is not None:  # built (weights found) before any slide
         from ..features.slide_encoders import create_slide_encoder
 
-        slide_model = create_slide_encoder(cfg.slide_encoder, weights=cfg.slide_encoder_weights)
+        slide_model = create_slide_encoder(
+            cfg.slide_encoder, weights=cfg.slide_encoder_weights, trust_remote_code=cfg.trust_remote_code
+        )
     out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     for stem in ("report", "predictions"):  # left by a run killed while rewriting them

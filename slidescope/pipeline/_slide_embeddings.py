@@ -26,13 +26,21 @@ SLIDE_EMBEDDINGS_CSV = "slide_embeddings.csv"
 
 def check_slide_encoder(cfg: RunConfig) -> None:
     """Refuse, before any slide, a slide encoder that cannot read this run's tile embeddings (another patch
-    encoder or tiling): the message says which ``--encoder`` / ``--tile-size`` / ``--mpp`` it needs."""
+    encoder or tiling): the message says which ``--encoder`` / ``--tile-size`` / ``--mpp`` it needs; and one
+    built by its publisher's code (PRISM, TITAN) without ``trust_remote_code``."""
     if cfg.slide_encoder is None:
         return
     from ..features.encoders import get_encoder_config
     from ..features.slide_encoders import MPP_TOLERANCE, get_slide_encoder_config
 
     sc = get_slide_encoder_config(cfg.slide_encoder)
+    if sc.requires_remote_code and not cfg.trust_remote_code:
+        from ..vlm.published import RemoteCodeError
+
+        raise RemoteCodeError(
+            f"slide encoder {sc.name!r} is built by its publisher's code (downloaded with its weights): review "
+            "that code, then run with --trust-remote-code (key trust-remote-code)"
+        )
     if sc.patch_encoders and cfg.encoder not in sc.patch_encoders:
         raise InvalidParameterError(
             f"slide encoder {sc.name!r} was trained on {' or '.join(sc.patch_encoders)} tile embeddings, not "

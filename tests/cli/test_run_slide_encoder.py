@@ -144,3 +144,51 @@ def test_run_loads_slide_encoder_weights_and_refuses_another_tiling(
     finally:
         _registry._REGISTRY.pop("test-run-abmil")
         _registry._REGISTRY.pop("test-run-abmil-512")
+
+
+def test_run_passes_trust_remote_code_to_a_remote_code_slide_encoder(
+    slides: list[Path], tmp_path: Path
+) -> None:
+    """PRISM and TITAN are built by their publishers' code: `run` refuses them before any slide without
+    --trust-remote-code (the real TITAN entry), and hands the opt-in to the registry's builder with it (a
+    remote-code entry registered here, whose builder gives the ``mean`` encoder once trusted: what the flag
+    reaches is checked, not the publishers' models, which tests/features/test_slide_encoders.py loads)."""
+    import dataclasses
+
+    from slidescope.features.slide_encoders import (
+        _registry,
+        create_slide_encoder,
+        get_slide_encoder_config,
+        register_slide_encoder,
+    )
+    from slidescope.vlm.published import RemoteCodeError
+
+    out = tmp_path / "titan"
+    titan = [str(slides[0]), "--encoder", "conch-v1.5", "--tile-size", "512", "--slide-encoder", "titan"]
+    res = _run([*titan, "--out", str(out)])
+    assert isinstance(res.exception, RemoteCodeError), res.output
+    assert "--trust-remote-code" in str(res.exception) and not (out / "slides").exists()
+
+    seen: list[bool] = []
+
+    def builder(config, *, weights=None, trust_remote_code=False, device="cpu"):
+        seen.append(trust_remote_code)
+        if not trust_remote_code:
+            raise RemoteCodeError("test-remote runs its publisher's code: pass --trust-remote-code")
+        return create_slide_encoder("mean")
+
+    cfg = dataclasses.replace(
+        get_slide_encoder_config("mean"), name="test-remote", requires_remote_code=True, weight_free=True
+    )
+    register_slide_encoder(cfg, builder)
+    try:
+        args = [str(slides[0]), "--encoder", ENCODER, "--slide-encoder", "test-remote"]
+        res = _run([*args, "--out", str(tmp_path / "refused")])
+        assert isinstance(res.exception, RemoteCodeError) and seen == [], (
+            res.output
+        )  # refused before building
+        res = _run([*args, "--trust-remote-code", "--out", str(tmp_path / "trusted")])
+        assert res.exit_code == 0 and seen == [True], (res.output, res.exception)
+        assert (tmp_path / "trusted" / "slide_embeddings.csv").exists()
+    finally:
+        _registry._REGISTRY.pop("test-remote")
