@@ -20,6 +20,8 @@ per-round ratios, which a slow drift of the VM's speed moves less (a case of few
 :data:`SMALL_CASE` tiles, CMU small, takes :data:`SMALL_ROUNDS` times the rounds: one pass of 57 tiles lasts
 ~30 ms, and a scheduling hiccup in it moved the best peer from 640 to 1,845 tiles/s between runs):
   * ``ours``: ``iter_tiles`` with its default decode threads (the process's CPUs, at most 4), and ``ours 1 thread``;
+  * ``ours jpeg-dct``: as ``ours`` on a grid with ``downscale="jpeg-dct"`` (file tiles decoded at 1/2 by libjpeg's
+    scaled IDCT: not the exact 2x2 mean; its max abs difference from OpenSlide's is in the table), 40x -> 20x only;
   * ``openslide``: a plain ``OpenSlide.read_region`` loop;
   * ``cucim+cache``: ``CuImage.read_region`` per tile with a 256 MiB per-process tile cache;
   * ``cucim batch``: one ``read_region`` over all locations with ``num_workers`` = the CPUs (its thread pool);
@@ -61,7 +63,18 @@ from bench_wsi import CACHE, shared_slide, synthetic  # noqa: E402
 PEERS = ("openslide", "cucim+cache", "cucim batch", "fastslide+cache")
 #: the order the arms run in within a round: ours next to the peers that are closest to it, the slow OpenSlide
 #: loop last (reversed every other round)
-RUN_ORDER = ("ours", "cucim batch", "cucim+cache", "fastslide+cache", "ours 1 thread", "openslide")
+RUN_ORDER = (
+    "ours",
+    "cucim batch",
+    "cucim+cache",
+    "ours jpeg-dct",
+    "fastslide+cache",
+    "ours 1 thread",
+    "openslide",
+)
+#: our arms: the default (exact area) with its threads and with one, and ``--downscale jpeg-dct`` (timed only
+#: where it changes the read: a whole factor of 2, 4 or 8, i.e. 40x -> 20x)
+OURS = ("ours", "ours jpeg-dct", "ours 1 thread")
 #: a case with fewer tiles than this is timed in SMALL_ROUNDS times the rounds (each pass is too short to time once)
 SMALL_CASE, SMALL_ROUNDS = 500, 3
 
@@ -132,7 +145,10 @@ def arm_tiles(arm: str, slide: Path, plan: dict) -> Iterator[np.ndarray]:
         from slidescope.wsi import detect_tissue, iter_tiles, make_tile_grid, open_slide
 
         s = open_slide(slide)
-        grid = make_tile_grid(s, tile_size=size, mpp=float(plan["mpp"]), mask=detect_tissue(s))
+        downscale = "jpeg-dct" if arm == "ours jpeg-dct" else "area"
+        grid = make_tile_grid(
+            s, tile_size=size, mpp=float(plan["mpp"]), mask=detect_tissue(s), downscale=downscale
+        )
         threads = 1 if arm == "ours 1 thread" else None
         return (tile for _, tile in iter_tiles(s, grid, threads=threads))  # block order: the plan's
     if arm == "openslide":
@@ -223,7 +239,7 @@ def measure(
     """Every case (or those named in ``only``) x arm, ``rounds`` interleaved rounds, each arm in a fresh
     process; medians."""
     rounds = rounds or (3 if quick else 5)
-    arms = ["ours", "ours 1 thread", *PEERS]
+    arms = [*OURS, *PEERS]
     skipped = {a: why for a in arms if (why := missing(a))}
     result: dict = {"cases": {}, "skipped": skipped, "rounds": rounds, "case_rounds": {}}
     for name, slide, mpp in cases(quick):
@@ -234,6 +250,11 @@ def measure(
         case_rounds = rounds * SMALL_ROUNDS if n_tiles < SMALL_CASE else rounds
         result["case_rounds"][name] = case_rounds
         runs: dict[str, list[dict]] = {a: [] for a in arms if a not in skipped}
+        saved = np.load(plan)
+        if [int(v) for v in saved["read"]] != [
+            2 * int(saved["size"])
+        ] * 2:  # jpeg-dct reads as the default here
+            runs.pop("ours jpeg-dct", None)
         for k in range(case_rounds):
             # the order reversed every other round (ABBA), so that a drift of the VM's speed over a round
             # does not always favour the arms that run first
@@ -253,6 +274,10 @@ def measure(
             if rs
         }
         result.setdefault("ratios", {})[name] = round_ratios(runs, result["cases"][name])
+        if "ours jpeg-dct" in runs:
+            result.setdefault("dct_ratios", {})[name] = round_ratios(
+                runs, result["cases"][name], "ours jpeg-dct"
+            )
         print(f"  {name}: done", file=sys.stderr, flush=True)
     if scaling:
         name, slide, mpp = cases(quick)[0]
@@ -270,15 +295,15 @@ def measure(
     return result
 
 
-def round_ratios(runs: dict[str, list[dict]], medians: dict) -> dict | None:
+def round_ratios(runs: dict[str, list[dict]], medians: dict, ours: str = "ours") -> dict | None:
     """Ours against the best peer (highest median) round by round: the median of the per-round ratios of
     tiles/s and their range. Arms of one round run minutes apart at most, so a slow drift of the VM's speed
     moves both sides of a round's ratio together; it moves the ratio of the two medians more."""
     peer = best_peer(medians)
-    if peer is None or "ours" not in runs:
+    if peer is None or ours not in runs:
         return None
     theirs = {r["round"]: r["tiles_s"] for r in runs[peer[0]]}
-    per_round = [r["tiles_s"] / theirs[r["round"]] for r in runs["ours"] if r["round"] in theirs]
+    per_round = [r["tiles_s"] / theirs[r["round"]] for r in runs[ours] if r["round"] in theirs]
     if not per_round:
         return None
     return {"peer": peer[0], "per_round": per_round, "median": statistics.median(per_round)}
@@ -311,6 +336,20 @@ def rows_from(result: dict) -> list[dict]:
             )
             row["ratio"] = ratios["median"]
         rows.append(row)
+        dct = result.get("dct_ratios", {}).get(name)
+        if dct is not None and "ours jpeg-dct" in arms:
+            k = len(dct["per_round"])
+            rows.append(
+                {
+                    "stage": f"  the same with --downscale jpeg-dct (max abs diff vs OpenSlide "
+                    f"{arms['ours jpeg-dct']['diff']}); ratio: median of {k} per-round ratios "
+                    f"({min(dct['per_round']):.2f}-{max(dct['per_round']):.2f}x)",
+                    "ours": arms["ours jpeg-dct"]["tiles_s"],
+                    "baseline": peer[1]["tiles_s"],
+                    "unit": "tiles/s",
+                    "ratio": dct["median"],
+                }
+            )
     return rows
 
 
@@ -320,7 +359,7 @@ def print_report(result: dict) -> None:
     print(
         f"\nmedians of {result['rounds']} interleaved rounds, each arm in a fresh process; tiles/s (CPU ms/tile)\n"
     )
-    arms = ["ours", "ours 1 thread", *PEERS]
+    arms = [*OURS, *PEERS]
     print(
         "| case | "
         + " | ".join(arms)
@@ -329,7 +368,12 @@ def print_report(result: dict) -> None:
     print("|---|" + "---:|" * (len(arms) + 2))
     for name, got in result["cases"].items():
         cells = [
-            f"{got[a]['tiles_s']:,.0f} ({got[a]['cpu_ms']:.2f})" if a in got else "skipped" for a in arms
+            f"{got[a]['tiles_s']:,.0f} ({got[a]['cpu_ms']:.2f})"
+            if a in got
+            else "skipped"
+            if a in result["skipped"]
+            else "-"
+            for a in arms
         ]
         peer = best_peer(got)
         per = result.get("ratios", {}).get(name)
@@ -342,6 +386,12 @@ def print_report(result: dict) -> None:
             ratio += (
                 f"; per round: median {per['median']:.2f}x, {min(per['per_round']):.2f}-"
                 f"{max(per['per_round']):.2f}x"
+            )
+        dct = result.get("dct_ratios", {}).get(name)
+        if dct is not None:
+            ratio += (
+                f"; jpeg-dct per round: median {dct['median']:.2f}x, {min(dct['per_round']):.2f}-"
+                f"{max(dct['per_round']):.2f}x"
             )
         diffs = ", ".join(f"{a} {v['diff']}" for a, v in got.items() if a != "openslide")
         k = result.get("case_rounds", {}).get(name, result["rounds"])

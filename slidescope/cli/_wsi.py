@@ -109,6 +109,7 @@ def _qc_summary(s: Any, thresholds: str | None = None, allow_darkfield: bool = F
         "overlap",
         "min_tissue",
         "edge",
+        "downscale",
         "pen",
         "tissue",
         "segmenter_weights",
@@ -171,6 +172,7 @@ def tile(
             min_tissue=t.min_tissue,
             mask=mask,
             edge=t.edge,
+            downscale=t.downscale,
         )
         folder = local(out, "--out of tile (the tiles folder)") or Path.cwd() / f"{s.path.name}.tiles"
         folder.mkdir(parents=True, exist_ok=True)

@@ -497,6 +497,7 @@ def extract_slides(
     overlap: int = TilingOptions.overlap,
     min_tissue: float = TilingOptions.min_tissue,
     edge: str = TilingOptions.edge,
+    downscale: str = TilingOptions.downscale,
     pen: str = TilingOptions.pen,
     tissue: str = TilingOptions.tissue,
     segmenter_weights: str | None = TilingOptions.segmenter_weights,
@@ -521,8 +522,8 @@ def extract_slides(
     detector (``"classic"``, or a learned segmenter with ``segmenter_weights``, see
     :func:`~slidescope.features.segmenters.find_tissue`); ``qc`` (in ``kwargs``) and ``qc_model`` (the learned
     artefact QC, :func:`~slidescope.features.segmenters.artefact_measures`)
-    the tile QC of :func:`extract_features`; ``edge`` the edge policy
-    of :func:`~slidescope.wsi.make_tile_grid`. ``slide_mpp`` is the level-0
+    the tile QC of :func:`extract_features`; ``edge`` the edge policy and ``downscale`` how tiles are shrunk
+    (``"jpeg-dct"``: not for ``coords`` grids) of :func:`~slidescope.wsi.make_tile_grid`. ``slide_mpp`` is the level-0
     µm/px filled in for slides without one (a file's own wins); ``force_slide_mpp`` overrides every
     slide's (``slide_mpp`` and ``force_slide_mpp`` of :func:`~slidescope.wsi.open_slide`); ``slide_mpps``
     (slide path as given -> µm/px, from a manifest's ``slide_mpp``/``mpp`` column:
@@ -552,6 +553,7 @@ def extract_slides(
             overlap=overlap,
             min_tissue=min_tissue,
             edge=edge,
+            downscale=downscale,
             pen=pen,
             tissue=tissue,
             segmenter_weights=segmenter_weights,
@@ -602,6 +604,7 @@ def extract_slides(
                         mask=mask,
                         allow_empty=True,
                         edge=edge,
+                        downscale=downscale,
                     )
                 grid = tile_qc(slide=slide, grid=grid, policy=kwargs.get("qc", "off"), mask=mask)
                 if len(grid) == 0:
@@ -611,20 +614,24 @@ def extract_slides(
                 res = extract_features(slide, grid, encoder, store=store, progress=progress, **kwargs)
                 res.extra["tissue_mm2"] = round(mask.area_um2 / 1e6, 4)
         except Exception as err:  # noqa: BLE001 - any failure of one slide is that slide's, never the batch's
-            status = "claimed" if type(err).__name__ == "SlideClaimedError" else "failed"
-            from ._extract_batch import worker_message
-
-            message = worker_message(err)
-            log.error("%s: %s: %s", Path(path).name, type(err).__name__, message)
-            res = ExtractionResult(
-                slide=str(path),
-                status=status,
-                error=message,
-                error_type=type(err).__name__,
-                seconds=time.perf_counter() - t0,
-            )
+            res = _failed(path, err, time.perf_counter() - t0)
         results.append(res)
     return results
+
+
+def _failed(path: str | os.PathLike[str], err: Exception, seconds: float) -> ExtractionResult:
+    """The result row of a slide that failed (``claimed``: another process is extracting it), logged."""
+    from ._extract_batch import worker_message
+
+    message = worker_message(err)
+    log.error("%s: %s: %s", Path(path).name, type(err).__name__, message)
+    return ExtractionResult(
+        slide=str(path),
+        status="claimed" if type(err).__name__ == "SlideClaimedError" else "failed",
+        error=message,
+        error_type=type(err).__name__,
+        seconds=seconds,
+    )
 
 
 # the per-slide task of ``slidescope extract --executor dask`` lives in ._extract_batch (public here)

@@ -68,6 +68,8 @@ class RunConfig(SlideOptions):
     overlap, min_tissue : tile overlap (px) and minimum tissue fraction of a tile.
     edge : the strips at the right and bottom edges narrower than a tile: ``drop`` (not tiled) or ``pad``
         (tiled, white outside the slide; :func:`~slidescope.wsi.make_tile_grid`).
+    downscale : how tiles read at a finer level are shrunk: ``area`` (exact) or ``jpeg-dct`` (libjpeg's scaled
+        IDCT at whole factors on JPEG-tiled TIFFs, within a measured bound; :func:`~slidescope.wsi.make_tile_grid`).
     pen : pen-mark removal in tissue detection: ``auto`` (on, but off on slides that look like IHC, whose
         blue counterstain would be taken for ink), ``on`` or ``off`` (:func:`~slidescope.wsi.detect_tissue`).
     slide_mpp : level-0 pixel size (µm/px) filled in for slides whose metadata lacks a plausible one; a
@@ -536,6 +538,7 @@ def result_signature(cfg: RunConfig) -> dict[str, Any]:
             "overlap": cfg.overlap,
             "min_tissue": cfg.min_tissue,
             **({"edge": cfg.edge} if cfg.edge != "drop" else {}),  # absent for drop: older records stay valid
+            **({"downscale": cfg.downscale} if cfg.downscale != "area" else {}),  # likewise for area
             "pen": cfg.pen,
             # the learned models and their weights only where used: older records stay valid
             **({"tissue": cfg.tissue} if cfg.tissue != "classic" else {}),

@@ -115,6 +115,7 @@ def embed_slide(
             mask=mask,
             allow_empty=True,
             edge=tiling.edge,
+            downscale=tiling.downscale,
         )
     if tiling.qc != "off":
         with timed("qc"):

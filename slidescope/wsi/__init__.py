@@ -30,6 +30,7 @@ _EXPORTS = {
     "TileGrid": "._grid",
     "make_tile_grid": "._grid",
     "EDGE_POLICIES": "._grid",
+    "DOWNSCALES": "._grid",
     "iter_tiles": "._stream",
     "default_read_threads": "._prefetch",
     "read_tile": "._stream",
@@ -72,7 +73,12 @@ if TYPE_CHECKING:  # pragma: no cover
         registered_backends as registered_backends,
     )
     from ._dataset import TileDataset as TileDataset
-    from ._grid import EDGE_POLICIES as EDGE_POLICIES, TileGrid as TileGrid, make_tile_grid as make_tile_grid
+    from ._grid import (
+        DOWNSCALES as DOWNSCALES,
+        EDGE_POLICIES as EDGE_POLICIES,
+        TileGrid as TileGrid,
+        make_tile_grid as make_tile_grid,
+    )
     from ._inputs import (
         dicom_series_name as dicom_series_name,
         expand_slides as expand_slides,

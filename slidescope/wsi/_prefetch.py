@@ -64,6 +64,7 @@ def stream_tiles(
     threads: int = 1,
     budget: int | None = None,
     reduce: tuple[int, int] | None = None,
+    dct: bool = False,
 ) -> Generator[np.ndarray, None, None]:
     """Yield ``finish(region)`` for each read-level top-left in ``xy`` (in order), region ``(h, w, 3)``.
 
@@ -75,8 +76,13 @@ def stream_tiles(
     made from file tiles each reduced once, in the decode threads, right after decoding: the same blocks,
     so the same pixels as reducing the assembled region (each output pixel is the rounded mean of the same
     ``kx x ky`` input pixels), at a quarter of the copying for 448 -> 224. Other regions take the full path.
+
+    ``dct``: those file tiles are instead decoded at ``1 / k`` by libjpeg's scaled IDCT
+    (:meth:`TiffTileSource.decode_scaled`; ``kx == ky`` in 2, 4, 8, where :meth:`~TiffTileSource.can_scale`
+    holds, else as without it): not the exact block mean (``downscale="jpeg-dct"`` of
+    :func:`~slidescope.wsi.make_tile_grid`).
     """
-    plan = _Plan(source, level, xy, size, reduce)
+    plan = _Plan(source, level, xy, size, reduce, dct)
     n = len(plan.xy)
     threads = max(1, int(threads)) if n > 1 else 1
     pool = (
@@ -140,6 +146,7 @@ class _Plan:
         xy: np.ndarray,
         size: tuple[int, int],
         reduce: tuple[int, int] | None,
+        dct: bool = False,
     ) -> None:
         self.source, self.level = source, level
         self.w, self.h = size
@@ -179,6 +186,8 @@ class _Plan:
         self.uses: dict[Key, int] = {}
         # per decode thread: the array a file tile to reduce is decoded into (only the reduced tile is kept);
         # RGBX for Pillow's reduce (no conversion on the way in), RGB for OpenCV's 2 x 2 (no copy on the way out)
+        #: reduced file tiles decoded at 1 / k by libjpeg's scaled IDCT instead of the exact block mean
+        self.dct = bool(dct) and self.kx == self.ky and source.can_scale(level, self.kx)
         self._scratch = threading.local()
         self._rgbx = (self.kx, self.ky) != (2, 2)
         self._scratch_shape = (self.th, self.tw, 4 if self._rgbx else 3)
@@ -201,6 +210,8 @@ class _Plan:
         tx, ty, r = key
         if not r:
             return self.source.decode(self.level, tx, ty)
+        if self.dct:
+            return self.source.decode_scaled(self.level, tx, ty, self.kx)
         scratch = getattr(self._scratch, "tile", None)
         if scratch is None:
             scratch = self._scratch.tile = np.empty(self._scratch_shape, np.uint8)

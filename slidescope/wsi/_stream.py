@@ -122,7 +122,8 @@ def iter_tiles(
     restricts the tiles read (e.g. one DataLoader worker's share). ``direct=False`` forces the
     backend path (for comparison and tests). ``threads``: decode threads on the direct TIFF path
     (:mod:`._prefetch`; default :func:`default_read_threads`: this process's CPUs, at most 4); the
-    tiles and their order are the same for any number.
+    tiles and their order are the same for any number. A grid with ``downscale="jpeg-dct"`` is read so on
+    the direct path only (``direct=False`` gives the exact ``"area"`` pixels, e.g. to compare).
     """
     use_direct = (
         bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
@@ -178,6 +179,7 @@ def _direct(
         reduce=(rw // size, rh // size)
         if rw > size and rh > size and rw % size == 0 and rh % size == 0
         else None,
+        dct=grid.downscale == "jpeg-dct",
     )
     try:
         for tile in tiles:
@@ -203,6 +205,9 @@ def read_tile(slide: Slide, grid: TileGrid, index: int, *, direct: bool = True) 
     use_direct = (
         bool(direct) and slide.tile_source() is not None and slide.tile_source().has_level(grid.level)
     )
+    if use_direct and grid.downscale == "jpeg-dct":  # the file tiles decoded at 1/k, as iter_tiles does
+        ((_, tile),) = _direct(slide, grid, [np.zeros(1, np.int64)], np.array([[x, y]], np.int64), 1)
+        return np.array(tile)
     rw, rh = grid.read_size
     tile = _read_level(slide, grid.level, int(x), int(y), rw, rh, use_direct)
     return np.array(_resize(tile, grid.tile_size))

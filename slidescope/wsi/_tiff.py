@@ -61,6 +61,12 @@ _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_FILL = 128
 #: a last 8 x 8 RGB block of nothing but that fill, as bytes (compared faster than an array)
 _JPEG_FILL_BLOCK = bytes([_JPEG_FILL]) * (8 * 8 * 3)
+#: the whole factors libjpeg's scaled IDCT decodes at (1/2, 1/4, 1/8), with OpenCV's flag for each
+_DCT_FLAGS = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
+#: an Adobe APP14 segment telling libjpeg the stream's colour transform (0: RGB, 1: YCbCr), put after SOI
+#: so that the scaled decode reads the colour space tifffile gives the page (e.g. Aperio's RGB-coded tiles),
+#: as imagecodecs is told it for the full decode
+_ADOBE = {t: b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00" + bytes([t]) for t in (0, 1)}
 
 
 def jpeg_damage(data: bytes, remembered: list[bytes] | None = None) -> str | None:
@@ -422,6 +428,55 @@ class TiffTileSource:
                     damage = "its last block is the JPEG decoder's grey fill for missing data"
         with self._lock:
             return self._from_backend(level, tx, ty, damage)
+
+    def can_scale(self, level: int, k: int) -> bool:
+        """Whether :meth:`decode_scaled` can decode the tiles of ``level`` at ``1 / k`` in the DCT domain: 8-bit
+        3-sample JPEG in a colour space libjpeg is told (JFIF, RGB or YCbCr), tiles a multiple of ``k``."""
+        lv = self._levels.get(level)
+        return (
+            lv is not None
+            and lv.is_jpeg
+            and k in _DCT_FLAGS
+            and lv.tw % k == 0
+            and lv.th % k == 0
+            and int(lv.page.samplesperpixel) == 3
+            and lv.colorspace in (None, 2, 3)
+        )
+
+    def decode_scaled(self, level: int, tx: int, ty: int, k: int) -> np.ndarray:
+        """File tile (tx, ty) of ``level`` decoded at ``1 / k`` by libjpeg-turbo's scaled IDCT (through
+        OpenCV's ``imdecode``, which releases the GIL): ``(th / k, tw / k, 3)`` uint8. Not the exact
+        ``k x k`` mean of the full decode (:func:`._resize.block_mean`): the IDCT keeps the ``8 / k``
+        lowest frequencies of each 8 x 8 block (bounds measured: README, tests/wsi/test_jpeg_dct.py).
+        A tile that shows damage, or that the decoder refuses, is read as :meth:`decode` reads it and
+        reduced exactly. Only for levels where :meth:`can_scale` holds."""
+        import cv2
+
+        lv = self._levels[level]
+        index = ty * lv.ntx + tx
+        offset, count = int(lv.offsets[index]), int(lv.counts[index])
+        if count == 0:  # sparse file: a missing tile is empty glass
+            return np.full((lv.th // k, lv.tw // k, 3), 255, np.uint8)
+        data = self._read_bytes(offset, count)
+        tile = None
+        if jpeg_damage(data, lv.jpeg_header) is None:
+            tables = bytes(lv.jpegtables) if lv.jpegtables else b""
+            if tables.endswith(b"\xff\xd9"):  # an abbreviated stream: its tables, then its frame and scan
+                data = tables[:-2] + data[2:]
+            if lv.colorspace in (2, 3):
+                data = data[:2] + _ADOBE[lv.colorspace - 2] + data[2:]
+            flags = getattr(cv2, _DCT_FLAGS[k]) | cv2.IMREAD_IGNORE_ORIENTATION
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+            n = 8 // k
+            if bgr is not None and bgr.shape == (lv.th // k, lv.tw // k, 3):
+                tile = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                if tile[-n:, -n:].tobytes() == _JPEG_FILL_BLOCK[: n * n * 3]:  # the decoder's fill: damage
+                    tile = None
+        if tile is None:
+            from ._resize import block_mean
+
+            return block_mean(self.decode(level, tx, ty), k, k)
+        return tile
 
     def _from_backend(self, level: int, tx: int, ty: int, damage: str) -> np.ndarray:
         """File tile (tx, ty) read through the slide's backend, which decides whether it is corrupt."""

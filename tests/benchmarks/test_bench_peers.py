@@ -61,3 +61,30 @@ def test_ours_against_the_best_peer_round_by_round(bench) -> None:
     (row,) = bench.rows_from(result)
     assert row["ratio"] == 1.2 and "median of 3 per-round ratios (0.90-2.00x)" in row["stage"]
     assert row["ours"] == 100.0 and row["baseline"] == 100.0  # the medians, as before
+
+
+def test_the_jpeg_dct_arm_reads_within_its_bound_and_gets_its_row(
+    bench, cmu_small, tmp_path, monkeypatch
+) -> None:
+    """``ours jpeg-dct`` (a whole factor: CMU read 448 px, halved) differs from OpenSlide's halved pixels by
+    at most the README's bound, and run_all gets a row of its own beside the exact one."""
+    monkeypatch.setattr(bench, "CACHE", tmp_path)
+    plan = bench.grid_file(cmu_small, 0.998)
+    assert [int(v) for v in np.load(plan)["read"]] == [448, 448]
+    dct = bench.time_arm("ours jpeg-dct", cmu_small, plan)
+    exact = bench.time_arm("ours", cmu_small, plan)
+    assert exact["diff"] == 0 and 0 < dct["diff"] <= 24
+    medians = {
+        "ours": {**exact, "n": exact["n"]},
+        "ours jpeg-dct": dct,
+        "cucim batch": {"tiles_s": 1.0, "diff": 0, "n": exact["n"]},
+    }
+    runs = {a: [{"tiles_s": v["tiles_s"], "round": 0}] for a, v in medians.items()}
+    result = {
+        "cases": {"x": medians},
+        "ratios": {"x": bench.round_ratios(runs, medians)},
+        "dct_ratios": {"x": bench.round_ratios(runs, medians, "ours jpeg-dct")},
+    }
+    exact_row, dct_row = bench.rows_from(result)
+    assert dct_row["ours"] == dct["tiles_s"] and dct_row["ratio"] == dct["tiles_s"] / 1.0
+    assert f"max abs diff vs OpenSlide {dct['diff']}" in dct_row["stage"]
