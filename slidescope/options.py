@@ -187,7 +187,7 @@ EDGE_HELP = (
 DOWNSCALE_HELP = (
     "How tiles read at a finer level are shrunk: area (exact area average: OpenSlide's pixels averaged) or "
     "jpeg-dct (whole factors 2, 4, 8 on JPEG-tiled TIFFs: tiles decoded at 1/k by libjpeg's scaled IDCT, "
-    "about 1.4-1.9x faster at 1/2, within 23 grey levels of area, mean 0.2-0.3; in the cache key)"
+    "1.45-1.8x less CPU per file tile at 1/2, within 23 grey levels of area, mean 0.1-0.33; in the cache key)"
 )
 QC_HELP = (
     "Classic tile QC (blur, folds, dark spots, pen, bubbles): off, flag (measured and stored with the tiles) "

@@ -222,9 +222,9 @@ def make_tile_grid(
         How tiles read at a finer level are shrunk. ``"area"``: the exact area average (a whole-factor
         block mean at 448 -> 224). ``"jpeg-dct"``: where the factor is whole and 2, 4 or 8 (both axes) and the
         read level is a JPEG-tiled TIFF level that slidescope decodes directly, each file tile is decoded at
-        1/k by libjpeg-turbo's scaled IDCT instead of in full and averaged: about 1.7x less CPU per file tile
-        at 1/2, pixels within a bound of ``"area"`` (README, *Performance*: at most 17-19 grey levels, mean
-        0.1-0.3, on the test slides at 1/2); it goes into the cache key. Elsewhere (other ratios or formats)
+        1/k by libjpeg-turbo's scaled IDCT instead of in full and averaged: 1.45-1.8x less CPU per file
+        tile at 1/2, pixels within a bound of ``"area"`` (README, *Tiling*: at most 19-23 grey levels, mean
+        0.1-0.33, on the test slides at 1/2); it goes into the cache key. Elsewhere (other ratios or formats)
         the grid keeps ``"area"``, and so do tiles not aligned to the factor or crossing the slide's edge.
 
     Returns
