@@ -257,6 +257,15 @@ class _Level:
             self.colorspace, self.outcolorspace = jpeg_decode_colorspace(
                 page.photometric, page.planarconfig, page.extrasamples, page.is_jfif
             )[:2]
+            # what :meth:`TiffTileSource.decode_scaled` puts before a tile's bytes after its SOI: the Adobe marker
+            # naming the page's colour space (RGB, YCbCr), then the tables of an abbreviated stream without their
+            # SOI and EOI (made once per level, not per tile)
+            tables = bytes(self.jpegtables or b"")
+            self.scaled_prefix = (
+                b"\xff\xd8"
+                + (_ADOBE[self.colorspace - 2] if self.colorspace in (2, 3) else b"")
+                + (tables[2:-2] if tables.endswith(b"\xff\xd9") else b"")
+            )
 
     def problem(self) -> str | None:
         """Why this level cannot be read directly (None when it can)."""
@@ -460,11 +469,7 @@ class TiffTileSource:
         data = self._read_bytes(offset, count)
         tile = None
         if jpeg_damage(data, lv.jpeg_header) is None:
-            tables = bytes(lv.jpegtables) if lv.jpegtables else b""
-            if tables.endswith(b"\xff\xd9"):  # an abbreviated stream: its tables, then its frame and scan
-                data = tables[:-2] + data[2:]
-            if lv.colorspace in (2, 3):
-                data = data[:2] + _ADOBE[lv.colorspace - 2] + data[2:]
+            data = lv.scaled_prefix + data[2:]  # SOI, colour space, tables, then the tile's frame and scan
             flags = getattr(cv2, _DCT_FLAGS[k]) | cv2.IMREAD_IGNORE_ORIENTATION
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
             n = 8 // k
